@@ -21,6 +21,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """GlobAI: paid, verified LLM inference and training on idle machines."""
+
+
 @app.command()
 def version() -> None:
     """Print the installed GlobAI version."""
