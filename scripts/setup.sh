@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up on a fresh machine: Python virtualenv with GlobAI and its dev tools,
+# the devnet's npm packages (Anvil, solc, OpenZeppelin), and Redis if it can be installed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# torch is pinned in pyproject.toml to the CPU wheel this project is tested with.
+stamp=.venv/.globai-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  touch "$stamp"
+fi
+
+if [ ! -x hardhat-free-devnet/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] \
+   || [ hardhat-free-devnet/package-lock.json -nt hardhat-free-devnet/node_modules/.package-lock.json ]; then
+  (cd hardhat-free-devnet && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# Redis: the demo and the tests start a private redis-server when none listens; install it if we can.
+if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || echo "note: could not install redis-server"
+fi
