@@ -1,0 +1,29 @@
+"""Market database: SQLAlchemy 2 models (Postgres and SQLite) and engine helpers."""
+
+from market.db.base import Base, UtcDateTime, Wei, new_id, utcnow
+from market.db.jobs import JOB_STATUSES, TASK_STATUSES, Job, Lease, Task
+from market.db.ledger import AuthNonce, ChainCursor, ChainEvent, Settlement, SettlementItem, Verification
+from market.db.workers import InferenceSession, ReputationEvent, Worker, WorkerProfile
+
+__all__ = [
+    "JOB_STATUSES",
+    "TASK_STATUSES",
+    "AuthNonce",
+    "Base",
+    "ChainCursor",
+    "ChainEvent",
+    "InferenceSession",
+    "Job",
+    "Lease",
+    "ReputationEvent",
+    "Settlement",
+    "SettlementItem",
+    "Task",
+    "UtcDateTime",
+    "Verification",
+    "Wei",
+    "Worker",
+    "WorkerProfile",
+    "new_id",
+    "utcnow",
+]

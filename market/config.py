@@ -1,0 +1,93 @@
+"""Market process settings: one `Settings` object, read once at the entry point and passed down.
+
+Libraries never read the environment themselves; tests build `Settings(...)` explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Secrets that ship in examples and docs: accepted only in the dev profile so nobody runs production with them.
+PLACEHOLDER_SECRETS = frozenset({"", "changethis", "change-me", "dev-secret-change-me", "secret"})
+DEV_SECRET = "dev-secret-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GLOBAI_", env_file=None, extra="ignore")
+
+    profile: Literal["dev", "test", "prod"] = "dev"
+
+    # Storage. SQLite is the embedded default; Postgres for scale-out (many API processes).
+    database_url: str = "sqlite:///var/globai.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # Chain. Addresses come from the deployment file or the environment; empty means "no chain configured".
+    rpc_url: str = "http://127.0.0.1:8545"
+    chain_id: int = 31337
+    staking_vault_address: str = ""
+    job_escrow_address: str = ""
+    token_address: str = ""
+    # Logs are read in pages so one call never asks an RPC node for an unbounded range.
+    log_page_blocks: int = Field(default=2000, ge=1)
+    # Blocks to wait before trusting an event; 0 on a devnet, more on a real chain (reorgs).
+    confirmations: int = Field(default=0, ge=0)
+    # Fallback when the vault is not reachable; the vault's own `minStake()` wins when it is.
+    min_stake_wei: int = Field(default=0, ge=0)
+
+    # Sign-in with Ethereum.
+    auth_secret: SecretStr = SecretStr(DEV_SECRET)
+    auth_domain: str = "localhost:8000"
+    auth_uri: str = "http://localhost:8000"
+    token_ttl_s: int = Field(default=900, ge=10, le=86_400)
+    nonce_ttl_s: int = Field(default=300, ge=10, le=3600)
+    # Longest accepted gap between a message's issued-at and expiration (a signed message is a credential).
+    max_message_lifetime_s: int = Field(default=600, ge=10)
+    clock_skew_s: int = Field(default=30, ge=0)
+    admin_addresses: list[str] = Field(default_factory=list)
+    # Empty means any address may take the read-only auditor role.
+    auditor_addresses: list[str] = Field(default_factory=list)
+
+    # Limits.
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    rate_limit_per_s: float = Field(default=50.0, gt=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
+
+    # Leasing.
+    lease_ttl_s: int = Field(default=60, ge=1)
+    max_task_attempts: int = Field(default=5, ge=1)
+    worker_heartbeat_ttl_s: int = Field(default=120, ge=1)
+    requeue_interval_s: float = Field(default=10.0, gt=0)
+    stake_sync_interval_s: float = Field(default=15.0, gt=0)
+
+    # Serving.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(default=1, ge=1)
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    # Client side (the `globai job` CLI).
+    market_url: str = "http://127.0.0.1:8000"
+    private_key: SecretStr | None = None
+
+    @field_validator("admin_addresses", "auditor_addresses")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [a.lower() for a in value]
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secret(self) -> Settings:
+        secret = self.auth_secret.get_secret_value()
+        if self.profile != "dev" and (secret.lower() in PLACEHOLDER_SECRETS or len(secret) < 32):
+            raise ValueError(
+                "GLOBAI_AUTH_SECRET is a placeholder or shorter than 32 characters; "
+                "set a random secret (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
