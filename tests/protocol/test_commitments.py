@@ -1,0 +1,144 @@
+"""Signed chunk commitments: the signer recovers; no replay across chain, job, task, stage, chunk, nonce."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from eth_account import Account
+
+from market.protocol.commitments import (
+    CHUNK_TOKENS,
+    MalformedCommitment,
+    SignedCommitment,
+    chunk_bounds,
+    chunk_id,
+    commit_chunk,
+    commit_output,
+    sign_commitment,
+    sign_task_root,
+    task_tree,
+    tensor_sha256,
+    verify_commitment,
+    verify_in_root,
+)
+from market.protocol.signing import BadSignature, ChunkScope, commit_digest, recover_signer
+
+WORKER = Account.from_key("0x" + "11" * 32)
+OTHER = Account.from_key("0x" + "22" * 32)
+SCOPE = ChunkScope(chain_id=31337, job_id=b"\x01" * 32, task_id=b"\x02" * 32, stage=1, job_nonce=b"\x03" * 32)
+
+
+def _output(tokens: int = 70, hidden: int = 64) -> torch.Tensor:
+    return torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(7))
+
+
+def test_sign_and_recover() -> None:
+    c = commit_chunk(SCOPE, 0, _output()[:32])
+    signed = sign_commitment(c, WORKER)
+    assert signed.signer() == WORKER.address
+    assert verify_commitment(signed, WORKER.address)
+    assert not verify_commitment(signed, OTHER.address)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"chain_id": 1},
+        {"job_id": b"\x09" * 32},
+        {"task_id": b"\x09" * 32},
+        {"stage": 2},
+        {"job_nonce": b"\x09" * 32},
+    ],
+)
+def test_signature_does_not_replay_to_another_scope(change: dict) -> None:
+    signed = sign_commitment(commit_chunk(SCOPE, 3, _output()[:32]), WORKER)
+    moved = dataclasses.replace(signed.commitment, scope=dataclasses.replace(SCOPE, **change))
+    assert not verify_commitment(SignedCommitment(moved, signed.signature), WORKER.address)
+
+
+@pytest.mark.parametrize("field", ["chunk_index", "output_sha256", "sketch"])
+def test_signature_does_not_replay_to_another_chunk_or_content(field: str) -> None:
+    out = _output()
+    signed = sign_commitment(commit_chunk(SCOPE, 0, out[:32]), WORKER)
+    other = commit_chunk(SCOPE, 1, out[32:64])
+    moved = dataclasses.replace(signed.commitment, **{field: getattr(other, field)})
+    assert not verify_commitment(SignedCommitment(moved, signed.signature), WORKER.address)
+
+
+def test_malformed_and_high_s_signatures() -> None:
+    digest = commit_chunk(SCOPE, 0, _output()[:32]).digest
+    sig = sign_commitment(commit_chunk(SCOPE, 0, _output()[:32]), WORKER).signature
+    with pytest.raises(BadSignature):
+        recover_signer(digest, sig[:64])
+    with pytest.raises(BadSignature):
+        recover_signer(digest, sig[:64] + b"\x05")
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    s = int.from_bytes(sig[32:64], "big")
+    flipped = sig[:32] + (n - s).to_bytes(32, "big") + bytes([55 - sig[64]])  # the malleable twin
+    with pytest.raises(BadSignature, match="non-canonical"):
+        recover_signer(digest, flipped)
+
+
+def test_digest_is_abi_encoded_with_tag() -> None:
+    # Pinned so a Solidity verifier and other clients can be checked against the same value.
+    d = commit_digest(SCOPE, 5, b"\x0a" * 32, b"\x0b" * 32)
+    from eth_abi import encode
+    from eth_utils import keccak
+
+    body = encode(
+        ["uint256", "bytes32", "bytes32", "uint32", "uint64", "bytes32", "bytes32", "bytes32"],
+        [31337, b"\x01" * 32, b"\x02" * 32, 1, 5, b"\x03" * 32, b"\x0a" * 32, b"\x0b" * 32],
+    )
+    assert d == keccak(b"GLOBAI-COMMIT-V1" + body)
+
+
+def test_chunking() -> None:
+    assert chunk_bounds(70) == [(0, 0, 32), (1, 32, 64), (2, 64, 70)]
+    assert chunk_bounds(1, first_position=70) == [(2, 0, 1)]
+    assert chunk_bounds(40, first_position=20) == [(0, 0, 12), (1, 12, 40)]
+    assert chunk_id(3, 2) == (3 << 32) + 2
+    out = _output()
+    cs = commit_output(SCOPE, out)
+    assert [c.chunk_index for c in cs] == [0, 1, 2]
+    assert cs[2].output_sha256 == tensor_sha256(out[64:70])
+    assert CHUNK_TOKENS == 32
+
+
+def test_bf16_bytes_hash() -> None:
+    out = _output().to(torch.bfloat16)
+    assert tensor_sha256(out) != tensor_sha256(out.float())
+    assert len(commit_chunk(SCOPE, 0, out[:32]).output_sha256) == 32
+
+
+def test_json_round_trip_and_strictness() -> None:
+    signed = sign_commitment(commit_chunk(SCOPE, 1, _output()[32:64]), WORKER)
+    data = signed.to_json()
+    assert SignedCommitment.from_json(data, hidden=64) == signed
+    for bad in (
+        {**data, "stage": "1"},
+        {**data, "job_id": "0x00"},
+        {**data, "sketch": "0x" + "00" * 12},
+        {**data, "extra": 1},
+        {**data, "chunk_index": 2**64},
+        {**data, "signature": "zz"},
+    ):
+        with pytest.raises(MalformedCommitment):
+            SignedCommitment.from_json(bad)
+    with pytest.raises(MalformedCommitment):
+        SignedCommitment.from_json(data, hidden=128)
+
+
+def test_task_root_signed_and_proves_each_chunk() -> None:
+    cs = commit_output(SCOPE, _output(tokens=200))
+    root = sign_task_root(cs, WORKER)
+    assert root.signer() == WORKER.address
+    tree = task_tree(cs)
+    for c in cs:
+        assert verify_in_root(c, tree.proof(c.leaf), root, WORKER.address)
+    assert not verify_in_root(cs[0], tree.proof(cs[0].leaf), root, OTHER.address)
+    other_scope = dataclasses.replace(cs[0], scope=dataclasses.replace(SCOPE, job_id=b"\x07" * 32))
+    assert not verify_in_root(other_scope, tree.proof(cs[0].leaf), root, WORKER.address)
+    with pytest.raises(ValueError):
+        task_tree([cs[0], cs[0]])
