@@ -1,0 +1,277 @@
+"""Layer-range execution: one `Stage` runs layers [start, end) of a model for many pipeline sessions.
+
+Stage 0 takes token ids and embeds them; middle stages map hidden states to hidden states; the last stage
+of a decoder returns logits (final norm + LM head), that of an encoder pooled sentence embeddings.
+Decoder stages keep a KV cache per session (`worker.models.sessions`); the coordinator drives prefill and
+decode and relays each stage's output to the next, as `market.models.reference.run_pipeline_local` does
+in-process.
+
+The layer calls follow TOOLCHAIN.md ("running a range of decoder layers"): always build the causal mask, with
+`layer_idx` = this stage's first layer, because each stage has its own DynamicCache (lower layers empty).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+
+from market.models.manifest import Manifest, check_layer_range, load_manifest
+from market.models.pooling import pool_embeddings
+from market.protocol.tensors import dtype_from_name
+from worker.models.errors import StageError, StageInputError
+from worker.models.modules import StageModules, build_stage_modules
+from worker.models.sessions import Session, SessionStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SESSION_TTL_S = 600.0
+DEFAULT_MAX_CACHE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """One forward call as the coordinator records it (for failover replay and verification)."""
+
+    inputs: torch.Tensor
+    positions: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+
+
+class Stage:
+    """Layers [start, end) of the model in `model_dir`; only this range's shards are read (sha256-checked)."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        start: int,
+        end: int,
+        *,
+        device: torch.device | str = "cpu",
+        session_ttl_s: float = DEFAULT_SESSION_TTL_S,
+        max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+        manifest: Manifest | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.manifest = manifest if manifest is not None else load_manifest(self.model_dir)
+        check_layer_range(self.manifest, start, end)
+        self.start, self.end = start, end
+        self.device = torch.device(device)
+        self.dtype = dtype_from_name(self.manifest.dtype)
+        self.modules: StageModules = build_stage_modules(
+            self.model_dir, self.manifest, start, end, device=device
+        )
+        self.sessions = SessionStore(ttl_s=session_ttl_s, max_bytes=max_cache_bytes, clock=clock)
+        self._lock = threading.Lock()  # one forward at a time: sessions and torch modules are not thread-safe
+
+    # --- what this stage is -------------------------------------------------------------------------------
+    @property
+    def is_first(self) -> bool:
+        return self.start == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.end == self.manifest.num_layers
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.manifest.task == "causal-lm"
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """dtype a request's main tensor must have (for `decode_tensor(expected_dtype=...)`)."""
+        return torch.int64 if self.is_first else self.dtype
+
+    def input_shape_ok(self, shape: tuple[int, ...]) -> bool:
+        """Shape predicate for `decode_tensor(expected_shape=...)`: [B, T] ids or [B, T, hidden] states."""
+        if self.is_first:
+            return len(shape) == 2 and shape[0] >= 1 and shape[1] >= 1
+        return len(shape) == 3 and shape[0] >= 1 and shape[1] >= 1 and shape[2] == self.manifest.hidden_size
+
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes one token of one sequence costs on this stage (for admission and the memory cap)."""
+        if not self.is_decoder:
+            return 0
+        cfg = self.modules.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * (self.end - self.start) * cfg.num_key_value_heads * head_dim * itemsize
+
+    # --- sessions -----------------------------------------------------------------------------------------
+    def open_session(self, session_id: str) -> None:
+        with self._lock:
+            self.sessions.open(session_id)
+
+    def close_session(self, session_id: str) -> bool:
+        with self._lock:
+            return self.sessions.close(session_id)
+
+    def session_length(self, session_id: str) -> int:
+        """Tokens cached for the session (what the next positions continue from)."""
+        with self._lock:
+            return self.sessions.get(session_id).seen_tokens
+
+    # --- execution ----------------------------------------------------------------------------------------
+    def forward(
+        self,
+        session_id: str | None,
+        inputs: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        last_token_only: bool = False,
+    ) -> torch.Tensor:
+        """Run this stage on new tokens of a session (or statelessly if `session_id` is None).
+
+        inputs: int64 token ids [B, T] on stage 0, else hidden states [B, T, hidden] in the manifest dtype.
+        positions: int64 [B, T] or [1, T]; default continues the session (past + 0..T-1).
+        attention_mask: 0/1 [B, T] for the *new* tokens (0 = left padding); the stage keeps the history.
+        last_token_only: on the last decoder stage, return logits for the final position only (as `generate`).
+        Returns hidden states [B, T, hidden], logits [B, T or 1, vocab], or embeddings [B, hidden] (encoders).
+        Encoders keep no cache: each call must carry whole sequences.
+        """
+        with self._lock:
+            if not self.is_decoder:
+                return self._encode(inputs, positions, attention_mask)
+            if session_id is None:
+                session = Session(session_id="<stateless>", created_at=0.0, last_used=0.0)
+                return self._decode_step(session, inputs, positions, attention_mask, last_token_only)
+            session = self.sessions.get(session_id)
+            self._check_inputs(inputs, positions, attention_mask, session)
+            self.sessions.reserve(session, inputs.shape[0] * inputs.shape[1] * self.kv_bytes_per_token())
+            try:
+                return self._decode_step(session, inputs, positions, attention_mask, last_token_only)
+            except Exception as exc:
+                # Some layers may have appended to the cache already: the session can no longer be trusted.
+                self.sessions.evict(session_id, "error")
+                if isinstance(exc, StageError):
+                    raise
+                raise StageError(f"forward failed on layers [{self.start}, {self.end}): {exc}") from exc
+
+    def replay(self, session_id: str, recorded: Iterable[StageInput]) -> torch.Tensor | None:
+        """Rebuild a session's KV cache from its recorded inputs (failover); returns the last output."""
+        with self._lock:
+            self.sessions.close(session_id)
+            self.sessions.open(session_id)
+        output = None
+        for item in recorded:
+            output = self.forward(session_id, item.inputs, item.positions, item.attention_mask)
+        return output
+
+    # --- internals ----------------------------------------------------------------------------------------
+    def _check_inputs(
+        self,
+        inputs: torch.Tensor,
+        positions: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        session: Session | None,
+    ) -> None:
+        if inputs.dtype != self.input_dtype or not self.input_shape_ok(tuple(inputs.shape)):
+            want = "int64 [B, T]" if self.is_first else f"{self.dtype} [B, T, {self.manifest.hidden_size}]"
+            raise StageInputError(f"inputs are {inputs.dtype} {list(inputs.shape)}, this stage takes {want}")
+        batch, tokens = inputs.shape[:2]
+        if self.is_first and (int(inputs.min()) < 0 or int(inputs.max()) >= self.manifest.vocab_size):
+            raise StageInputError(f"token ids must be in [0, {self.manifest.vocab_size})")
+        if positions is not None:
+            if positions.dtype != torch.int64 or positions.dim() != 2 or positions.shape[1] != tokens:
+                raise StageInputError(
+                    f"positions must be int64 [B or 1, {tokens}], got {list(positions.shape)}"
+                )
+            if positions.shape[0] not in (1, batch) or int(positions.min()) < 0:
+                raise StageInputError("positions must be non-negative, one row or one row per sequence")
+            limit = int(self.modules.config.max_position_embeddings)
+            if int(positions.max()) >= limit:
+                raise StageInputError(f"position {int(positions.max())} beyond the model's {limit}")
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != (batch, tokens) or not bool(
+                ((attention_mask == 0) | (attention_mask == 1)).all()
+            ):
+                raise StageInputError(f"attention_mask must be 0/1 of shape [{batch}, {tokens}]")
+        if session is not None and session.batch is not None and session.batch != batch:
+            raise StageInputError(f"session has batch {session.batch}, request has {batch}")
+
+    @torch.inference_mode()
+    def _decode_step(
+        self,
+        session: Session,
+        inputs: torch.Tensor,
+        positions: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        last_token_only: bool,
+    ) -> torch.Tensor:
+        if session.session_id == "<stateless>":
+            self._check_inputs(inputs, positions, attention_mask, None)
+        m = self.modules
+        inputs = inputs.to(self.device)
+        batch, tokens = inputs.shape[:2]
+        past = session.seen_tokens
+        if positions is None:
+            positions = torch.arange(past, past + tokens, device=self.device).unsqueeze(0)
+        positions = positions.to(self.device)
+        new_mask = torch.ones((batch, tokens), dtype=torch.long, device=self.device)
+        if attention_mask is not None:
+            new_mask = attention_mask.to(device=self.device, dtype=torch.long)
+        full_mask = new_mask if session.mask is None else torch.cat([session.mask, new_mask], dim=1)
+        # `generate` drops an all-ones mask; doing the same keeps the attention kernels (and bits) identical.
+        mask_arg = None if bool(full_mask.all()) else full_mask
+        cache: DynamicCache = session.cache
+
+        hidden = m.embed(inputs) if m.embed is not None else inputs
+        causal_mask = create_causal_mask(
+            config=m.config,
+            inputs_embeds=hidden,
+            attention_mask=mask_arg,
+            past_key_values=cache,
+            position_ids=positions,
+            layer_idx=self.start,
+        )
+        assert m.rotary is not None  # decoders always have one (internal invariant, not input validation)
+        position_embeddings = m.rotary(hidden, position_ids=positions)
+        for layer in m.layers:
+            hidden = layer(
+                hidden,
+                attention_mask=causal_mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                position_embeddings=position_embeddings,
+            )
+        session.mask = full_mask
+        session.steps += 1
+        if m.head is None:
+            return hidden
+        hidden = m.head.norm(hidden)
+        if last_token_only:
+            hidden = hidden[:, -1:, :]
+        return m.head.lm_head(hidden)
+
+    @torch.inference_mode()
+    def _encode(
+        self, inputs: torch.Tensor, positions: torch.Tensor | None, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        self._check_inputs(inputs, positions, attention_mask, None)
+        m = self.modules
+        inputs = inputs.to(self.device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device=self.device, dtype=torch.long)
+        if positions is not None:
+            positions = positions.to(self.device)
+        if m.embed is not None:
+            hidden = m.embed(input_ids=inputs, position_ids=positions)
+        else:
+            hidden = inputs
+        mask = create_bidirectional_mask(config=m.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        for layer in m.layers:
+            hidden = layer(hidden, mask)
+        if not self.is_last:
+            return hidden
+        assert self.manifest.pooling is not None  # guaranteed by the manifest validator for embedding models
+        return pool_embeddings(hidden, attention_mask, self.manifest.pooling)
