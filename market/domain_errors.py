@@ -72,3 +72,10 @@ class RateLimited(MarketError):
     def __init__(self, retry_after_s: float) -> None:
         super().__init__(f"rate limit exceeded; retry after {retry_after_s:.1f}s")
         self.retry_after_s = retry_after_s
+
+
+class ChainNotConfigured(MarketError):
+    """This market process has no chain configured (contract addresses missing)."""
+
+    def __init__(self) -> None:
+        super().__init__("no chain configured for this market (set GLOBAI_STAKING_VAULT_ADDRESS etc.)")

@@ -45,6 +45,8 @@ class Job(Base):
     funded_amount: Mapped[int | None] = mapped_column(Wei, nullable=True)
     funded_tx: Mapped[str | None] = mapped_column(String(66), nullable=True)
     funded_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Chain head when the job was created: its JobFunded event can only be at or after this block.
+    created_block: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
     cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
@@ -68,6 +70,7 @@ class Task(Base):
     memory_bytes: Mapped[int] = mapped_column(BigInteger)
     units: Mapped[int] = mapped_column(BigInteger)
     priority: Mapped[int] = mapped_column(Wei)  # the job's price per unit: better-paying work first
+    deadline: Mapped[datetime] = mapped_column(UtcDateTime)  # the job's: work past it is never handed out
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -100,7 +103,8 @@ class Lease(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     worker_id: Mapped[str] = mapped_column(ForeignKey("workers.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="active")  # active | expired | completed | released
+    # active | expired | completed | released
+    status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -1,0 +1,1 @@
+"""Scheduling policy as pure functions: capability, reputation, scoring/choice, priority and reservation."""

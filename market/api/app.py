@@ -1,0 +1,63 @@
+"""`create_app(settings)`: the market's FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from market.api.context import AppContext, auth_policy, system_clock
+from market.api.errors import install_error_handlers
+from market.api.middleware import BodySizeLimit, RateLimit
+from market.api.routes import auth, health, jobs, tasks, workers
+from market.config import Settings
+from market.db.engine import make_engine, make_session_factory
+from market.services.chain_view import ChainView, chain_view_from_settings
+
+_UNSET = object()
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    chain: ChainView | None | object = _UNSET,
+    clock: Callable[[], datetime] = system_clock,
+) -> FastAPI:
+    """Build the app. `engine`, `chain` and `clock` are injectable for tests; by default they come from settings."""
+    own_engine = engine is None
+    db = make_engine(settings.database_url) if engine is None else engine
+    view = chain_view_from_settings(settings) if chain is _UNSET else chain
+    ctx = AppContext(
+        settings=settings,
+        engine=db,
+        session_factory=make_session_factory(db),
+        chain=view,  # type: ignore[arg-type]
+        policy=auth_policy(settings),
+        clock=clock,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if own_engine:
+            db.dispose()
+
+    app = FastAPI(
+        title="GlobAI market",
+        version="1",
+        description="Paid, verified LLM inference and training on idle machines: jobs, workers, task leases.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    for module in (health, auth, workers, jobs, tasks):
+        app.include_router(module.router)
+    # Outermost first: oversized bodies are refused before they count against anyone's rate limit.
+    app.add_middleware(RateLimit, rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst,
+                       secret=ctx.policy.secret)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,89 @@
+"""FastAPI dependencies, as `Annotated` aliases used by every router."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from market.api.context import AppContext
+from market.config import Settings
+from market.domain_errors import AuthError, ChainNotConfigured, Forbidden
+from market.services.auth import Principal, decode_token
+from market.services.chain_view import ChainView
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+CtxDep = Annotated[AppContext, Depends(get_ctx)]
+
+
+def get_settings(ctx: CtxDep) -> Settings:
+    return ctx.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(ctx: CtxDep) -> Iterator[Session]:
+    with ctx.session_factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_now(ctx: CtxDep) -> datetime:
+    return ctx.clock()
+
+
+NowDep = Annotated[datetime, Depends(get_now)]
+
+
+def get_chain(ctx: CtxDep) -> ChainView:
+    if ctx.chain is None:
+        raise ChainNotConfigured()
+    return ctx.chain
+
+
+ChainDep = Annotated[ChainView, Depends(get_chain)]
+
+_bearer = HTTPBearer(auto_error=False, description="token from POST /v1/auth/verify")
+
+
+def get_principal(
+    ctx: CtxDep, now: NowDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    if credentials is None:
+        raise AuthError("missing bearer token")
+    return decode_token(credentials.credentials, secret=ctx.policy.secret, now=now)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_role(role: str) -> Callable[[Principal], Principal]:
+    def dependency(principal: PrincipalDep) -> Principal:
+        if role not in principal.roles:
+            raise Forbidden(f"this needs the {role} role")
+        return principal
+
+    return dependency
+
+
+RequesterDep = Annotated[Principal, Depends(require_role("requester"))]
+WorkerDep = Annotated[Principal, Depends(require_role("worker"))]
+AuditorDep = Annotated[Principal, Depends(require_role("auditor"))]
+AdminDep = Annotated[Principal, Depends(require_role("admin"))]
+
+
+def can_see_everything(principal: Principal) -> bool:
+    """Auditors and admins read every job and task; everyone else only their own."""
+    return bool(principal.roles & {"auditor", "admin"})

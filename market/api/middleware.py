@@ -1,0 +1,152 @@
+"""Body size limit (413) and per-address / per-IP rate limits (429), as plain ASGI middleware.
+
+Plain ASGI rather than BaseHTTPMiddleware: these run on every request, and the claim path is latency-bound.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from market.domain_errors import AuthError
+from market.services.auth import decode_token
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def _send_json(send: Send, status: int, body: dict[str, str], headers: list[tuple[bytes, bytes]]) -> None:
+    raw = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+                        *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw})
+
+
+class BodySizeLimit:
+    """Refuse bodies over `max_bytes`: by Content-Length up front, and by counting when it is absent or lies."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = self.max_bytes + 1
+                if declared > self.max_bytes:
+                    await self._too_large(send)
+                    return
+        # Buffer the (bounded) body so an oversized chunked upload is refused before the app sees any of it.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message]), send)
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}],
+                                      receive), send)
+
+    async def _too_large(self, send: Send) -> None:
+        await _send_json(send, 413, {"error": "PayloadTooLarge", "detail": f"body over {self.max_bytes} bytes"}, [])
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    pending = list(messages)
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()  # e.g. http.disconnect after the body
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimit:
+    """Token bucket per signed-in address (or per client IP for anonymous requests).
+
+    Per process: with several API processes the effective limit is multiplied by their number, which is
+    acceptable for abuse protection; an exact global limit would need Redis on every request.
+    """
+
+    MAX_KEYS = 100_000
+
+    def __init__(self, app: ASGIApp, *, rate_per_s: float, burst: int, secret: bytes) -> None:
+        self.app = app
+        self.rate = rate_per_s
+        self.burst = float(burst)
+        self.secret = secret
+        self.buckets: dict[str, _Bucket] = {}
+
+    def _key(self, scope: Scope) -> str:
+        for name, value in scope.get("headers", []):
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                try:
+                    token = value[7:].decode("latin-1").strip()
+                    principal = decode_token(token, secret=self.secret, now=datetime.now(UTC))
+                    return "addr:" + principal.address
+                except AuthError:
+                    break  # a bad token is limited by IP (and refused by the route)
+        client = scope.get("client") or ("unknown", 0)
+        return f"ip:{client[0]}"
+
+    def _take(self, key: str, now: float) -> float:
+        """Take one token; return 0 when allowed, else seconds until one is available."""
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if len(self.buckets) >= self.MAX_KEYS:
+                self.buckets.clear()  # crude but bounded: forgetting buckets only ever lets requests through
+            bucket = self.buckets[key] = _Bucket(tokens=self.burst, updated=now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+        bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / self.rate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        wait = self._take(self._key(scope), time.monotonic())
+        if wait > 0:
+            retry = str(max(1, round(wait)))
+            await _send_json(send, 429, {"error": "RateLimited", "detail": f"retry after {retry}s"},
+                             [(b"retry-after", retry.encode())])
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,43 @@
+"""Liveness and the public facts a client needs before signing in (domain, chain, contracts)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from market.api.deps import CtxDep
+
+router = APIRouter(tags=["meta"])
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Info(BaseModel):
+    chain_id: int
+    auth_domain: str
+    auth_uri: str
+    escrow_address: str | None
+    staking_address: str | None
+    lease_ttl_s: int
+    max_body_bytes: int
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/v1/info", response_model=Info)
+def info(ctx: CtxDep) -> Info:
+    s = ctx.settings
+    return Info(
+        chain_id=s.chain_id,
+        auth_domain=s.auth_domain,
+        auth_uri=s.auth_uri,
+        escrow_address=ctx.chain.escrow_address if ctx.chain else (s.job_escrow_address or None),
+        staking_address=ctx.chain.staking_address if ctx.chain else (s.staking_vault_address or None),
+        lease_ttl_s=s.lease_ttl_s,
+        max_body_bytes=s.max_body_bytes,
+    )

@@ -1,0 +1,83 @@
+"""Task leasing for workers: claim, heartbeat the lease, submit the result."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
+
+from market.api.deps import CtxDep, NowDep, PrincipalDep, SessionDep, WorkerDep, can_see_everything
+from market.api.schemas.tasks import ClaimIn, HeartbeatOut, LeaseOut, LeaseRefIn, ResultIn, ResultOut, TaskOut
+from market.db import Job, Task
+from market.domain_errors import Forbidden
+from market.services import leasing, workers
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+TaskId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]+$")]
+
+
+def task_out(task: Task) -> TaskOut:
+    return TaskOut(
+        id=task.id, job_id=task.job_id, index=task.index, kind=task.kind, model=task.model,
+        layer_start=task.layer_start, layer_end=task.layer_end, memory_bytes=task.memory_bytes,
+        units=task.units, status=task.status, attempts=task.attempts, payload=task.payload,
+        deadline=task.deadline, result_hash=task.result_hash, submitted_at=task.submitted_at,
+    )
+
+
+@router.post(
+    "/claim",
+    response_model=LeaseOut,
+    responses={204: {"description": "no task matches this worker's capabilities right now"}},
+)
+def claim(body: ClaimIn, principal: WorkerDep, session: SessionDep, ctx: CtxDep, now: NowDep) -> LeaseOut | Response:
+    """Lease the best-paying queued task this worker can run. Keep the lease alive with heartbeats."""
+    worker = workers.require_eligible(session, address=principal.address, min_stake=ctx.settings.min_stake_wei)
+    wanted = leasing.ClaimFilter(
+        kinds=body.kinds, models=body.models, memory_bytes=body.memory_bytes,
+        layer_ranges=[(r.start, r.end) for r in body.layer_ranges],
+    )
+    claimed = leasing.claim_task(
+        session, worker=worker, wanted=wanted, lease_ttl_s=ctx.settings.lease_ttl_s, now=now
+    )
+    if claimed is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return LeaseOut(task=task_out(claimed.task), lease_id=claimed.lease_id, lease_expires_at=claimed.expires_at)
+
+
+@router.post("/{task_id}/heartbeat", response_model=HeartbeatOut)
+def heartbeat(
+    task_id: TaskId, body: LeaseRefIn, principal: WorkerDep, session: SessionDep, ctx: CtxDep, now: NowDep
+) -> HeartbeatOut:
+    worker = workers.get_worker(session, address=principal.address)
+    expires = leasing.heartbeat_lease(
+        session, task_id=task_id, worker_id=worker.id, lease_id=body.lease_id,
+        lease_ttl_s=ctx.settings.lease_ttl_s, now=now,
+    )
+    return HeartbeatOut(task_id=task_id, lease_id=body.lease_id, lease_expires_at=expires)
+
+
+@router.post("/{task_id}/result", response_model=ResultOut)
+def submit(task_id: TaskId, body: ResultIn, principal: WorkerDep, session: SessionDep, now: NowDep) -> ResultOut:
+    """Submit the lease holder's result; the same result again is accepted=false, a different one 409."""
+    worker = workers.get_worker(session, address=principal.address)
+    task, created = leasing.submit_result(
+        session, task_id=task_id, worker_id=worker.id, lease_id=body.lease_id,
+        result_hash=body.result_hash.lower(), result=body.result, now=now,
+    )
+    return ResultOut(task=task_out(task), accepted=created)
+
+
+@router.get("/{task_id}", response_model=TaskOut)
+def get_task(task_id: TaskId, principal: PrincipalDep, session: SessionDep) -> TaskOut:
+    """Visible to the job's requester, the worker that leased or submitted it, auditors and admins."""
+    task = leasing.get_task(session, task_id=task_id)
+    if not can_see_everything(principal):
+        job = session.get(Job, task.job_id)
+        worker = session.scalar(workers.select_worker_id(principal.address))
+        is_owner = job is not None and job.requester == principal.address
+        is_worker = worker is not None and worker in (task.leased_by, task.submitted_by)
+        if not (is_owner or is_worker):
+            raise Forbidden("not your task")
+    return task_out(task)

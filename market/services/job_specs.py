@@ -1,0 +1,80 @@
+"""Job specifications (what a requester asks for), their canonical hash and the work units they imply.
+
+Plain pydantic (no fastapi): the CLI builds the same objects, so the spec hash it funds with is the market's.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from eth_utils import keccak
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._/:@+-]+$")]
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+
+
+class InferenceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["inference"] = "inference"
+    model: Name
+    prompts: list[Annotated[str, Field(min_length=1, max_length=8192)]] = Field(min_length=1, max_length=64)
+    max_new_tokens: int = Field(ge=1, le=4096)
+    sampling: Sampling = Field(default_factory=Sampling)
+
+    def units(self) -> int:
+        """One unit = one generated token of one sequence."""
+        return len(self.prompts) * self.max_new_tokens
+
+
+class TrainingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["training"] = "training"
+    model: Name
+    dataset: Name
+    rounds: int = Field(ge=1, le=1000)
+    tasks_per_round: int = Field(ge=1, le=1024)
+    local_steps: int = Field(ge=1, le=10_000)
+    layer_start: int = Field(default=0, ge=0, le=1024)
+    layer_end: int = Field(ge=1, le=1024)  # exclusive
+    memory_bytes: int = Field(default=0, ge=0, le=2**50)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+
+    @model_validator(mode="after")
+    def _range(self) -> TrainingSpec:
+        if self.layer_end <= self.layer_start:
+            raise ValueError("layer_end must be greater than layer_start")
+        return self
+
+    def units(self) -> int:
+        """One unit = one local optimizer step on one data shard."""
+        return self.rounds * self.tasks_per_round * self.local_steps
+
+
+JobSpec = Annotated[InferenceSpec | TrainingSpec, Field(discriminator="kind")]
+
+# Jobs of at least this many rounds reserve capacity (see market.scheduler.priority.reserve_capacity).
+LONG_JOB_ROUNDS = 10
+
+
+def canonical_json(spec: dict[str, Any]) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: the same bytes on every machine for the same spec."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    return "0x" + keccak(canonical_json(spec)).hex()
+
+
+def spec_dict(spec: InferenceSpec | TrainingSpec) -> dict[str, Any]:
+    return spec.model_dump(mode="json")

@@ -1,0 +1,243 @@
+"""Jobs: creation with escrow parameters, funding confirmed from chain events, listing, cancellation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from market.db import Job, Lease, Settlement, Task, new_id
+from market.domain_errors import Conflict, Forbidden, FundingNotFound, InvalidRequest, NotFound
+from market.services.chain_view import ChainLog, ChainView, chain_job_id
+from market.services.job_specs import LONG_JOB_ROUNDS, InferenceSpec, TrainingSpec, spec_dict, spec_hash
+
+log = logging.getLogger(__name__)
+
+MIN_DEADLINE = timedelta(minutes=5)
+MAX_DEADLINE = timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A claimable unit of work; the aggregator and verifier add these to a job (next round, replays)."""
+
+    kind: str  # train | forward
+    model: str
+    layer_start: int
+    layer_end: int
+    memory_bytes: int
+    units: int
+    payload: dict[str, Any] = field(default_factory=dict)
+    exclude_operator: str | None = None
+
+
+def create_job(
+    session: Session,
+    *,
+    requester: str,
+    spec: InferenceSpec | TrainingSpec,
+    budget: int,
+    price_per_unit: int,
+    deadline: datetime,
+    replicas: int,
+    created_block: int,
+    now: datetime,
+) -> Job:
+    if deadline < now + MIN_DEADLINE or deadline > now + MAX_DEADLINE:
+        raise InvalidRequest("deadline must be between 5 minutes and 365 days from now")
+    units = spec.units()
+    if price_per_unit <= 0:
+        raise InvalidRequest("price_per_unit must be positive")
+    if budget < price_per_unit * units:
+        raise InvalidRequest(f"budget {budget} is below price_per_unit x units = {price_per_unit * units}")
+    if budget >= 2**256:
+        raise InvalidRequest("budget does not fit in uint256")
+    job_uuid = new_id()
+    body = spec_dict(spec)
+    job = Job(
+        id=job_uuid,
+        chain_job_id=chain_job_id(job_uuid),
+        requester=requester,
+        kind=spec.kind,
+        model=spec.model,
+        spec=body,
+        spec_hash=spec_hash(body),
+        budget=budget,
+        price_per_unit=price_per_unit,
+        max_units=units,
+        # The escrow stores whole seconds; keep the DB value identical so the funding check is exact.
+        deadline=deadline.replace(microsecond=0),
+        replicas=replicas,
+        long_running=isinstance(spec, TrainingSpec) and spec.rounds >= LONG_JOB_ROUNDS,
+        status="created",
+        created_block=created_block,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.commit()
+    return job
+
+
+def get_job(session: Session, *, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound("job", job_id)
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    requester: str | None,
+    status: str | None,
+    kind: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Job], int]:
+    query = select(Job)
+    if requester is not None:
+        query = query.where(Job.requester == requester)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def funding_mismatch(job: Job, args: dict[str, Any]) -> str | None:
+    """Why a JobFunded event does not fund `job` (None when it does)."""
+    if int(args.get("amount", -1)) != job.budget:
+        return f"amount {args.get('amount')} != budget {job.budget}"
+    if str(args.get("specHash", "")).lower() != job.spec_hash.lower():
+        return "spec hash differs"
+    if int(args.get("deadline", -1)) != int(job.deadline.timestamp()):
+        return "deadline differs"
+    if str(args.get("requester", "")).lower() != job.requester.lower():
+        return "funded by another address than the job's requester"
+    return None
+
+
+def apply_job_funded(session: Session, *, job: Job, event: ChainLog, now: datetime) -> bool:
+    """Mark `job` funded by `event` if it matches; returns whether it did. Idempotent for the same event."""
+    if job.status != "created":
+        return job.funded_tx == event.tx_hash
+    reason = funding_mismatch(job, event.args)
+    if reason is not None:
+        log.warning("JobFunded %s for job %s ignored: %s", event.tx_hash, job.id, reason)
+        return False
+    job.status = "funded"
+    job.funded_amount = int(event.args["amount"])
+    job.funded_tx = event.tx_hash
+    job.funded_block = event.block_number
+    job.updated_at = now
+    _enqueue_first_round(session, job=job, now=now)
+    return True
+
+
+def confirm_funding(session: Session, *, job_id: str, chain: ChainView, now: datetime) -> Job:
+    """Look for the job's JobFunded event on chain (from the block the job was created at) and apply it."""
+    job = get_job(session, job_id=job_id)
+    if job.status != "created":
+        if job.funded_tx is not None:
+            return job  # already funded: confirming again is a no-op
+        raise Conflict(f"job {job.id} is {job.status}")
+    latest = chain.latest_block()
+    reasons: list[str] = []
+    for event in chain.escrow_logs(job.created_block, latest):
+        if event.name != "JobFunded" or str(event.args.get("jobId", "")).lower() != job.chain_job_id:
+            continue
+        if apply_job_funded(session, job=job, event=event, now=now):
+            session.commit()
+            return job
+        reasons.append(funding_mismatch(job, event.args) or "not applicable")
+    raise FundingNotFound(job.id, "; ".join(reasons) or "no JobFunded event for this job yet")
+
+
+def _enqueue_first_round(session: Session, *, job: Job, now: datetime) -> None:
+    if job.kind != "training":
+        return  # inference is driven by the coordinator's pipeline sessions, not claimed
+    spec = TrainingSpec.model_validate(job.spec)
+    tasks = [
+        TaskSpec(
+            kind="train",
+            model=spec.model,
+            layer_start=spec.layer_start,
+            layer_end=spec.layer_end,
+            memory_bytes=spec.memory_bytes,
+            units=spec.local_steps,
+            payload={"round": 0, "shard": shard, "dataset": spec.dataset, "seed": spec.seed + shard},
+        )
+        for shard in range(spec.tasks_per_round)
+    ]
+    enqueue_tasks(session, job=job, tasks=tasks, now=now)
+
+
+def enqueue_tasks(session: Session, *, job: Job, tasks: list[TaskSpec], now: datetime) -> list[Task]:
+    """Add claimable tasks to a funded job (caller commits)."""
+    if job.status not in ("funded", "running"):
+        raise Conflict(f"job {job.id} is {job.status}; tasks are only queued for funded jobs")
+    start = int(session.scalar(select(func.coalesce(func.max(Task.index) + 1, 0)).where(Task.job_id == job.id)) or 0)
+    rows = [
+        Task(
+            job_id=job.id,
+            index=start + i,
+            kind=t.kind,
+            model=t.model,
+            layer_start=t.layer_start,
+            layer_end=t.layer_end,
+            memory_bytes=t.memory_bytes,
+            units=t.units,
+            priority=job.price_per_unit,
+            deadline=job.deadline,
+            status="queued",
+            attempts=0,
+            payload=t.payload,
+            exclude_operator=t.exclude_operator,
+            created_at=now,
+        )
+        for i, t in enumerate(tasks)
+    ]
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def cancel_job(session: Session, *, job_id: str, caller: str, is_admin: bool, now: datetime) -> Job:
+    """Cancel a job that is not finished. Funded jobs get a pending refund settlement (the refund hook)."""
+    job = get_job(session, job_id=job_id)
+    if job.requester != caller and not is_admin:
+        raise Forbidden("only the job's requester or an admin may cancel it")
+    if job.status == "cancelled":
+        return job
+    if job.status not in ("created", "funded", "running"):
+        raise Conflict(f"job {job.id} is {job.status} and cannot be cancelled")
+    was_funded = job.status != "created"
+    job.status = "cancelled"
+    job.cancelled_at = now
+    job.updated_at = now
+    open_tasks = select(Task.id).where(Task.job_id == job.id, Task.status.in_(("pending", "queued", "leased")))
+    session.execute(
+        update(Lease)
+        .where(Lease.task_id.in_(open_tasks), Lease.status == "active")
+        .values(status="released", ended_at=now)
+    )
+    session.execute(
+        update(Task)
+        .where(Task.job_id == job.id, Task.status.in_(("pending", "queued", "leased")))
+        .values(status="cancelled", lease_id=None, leased_by=None, lease_expires_at=None)
+    )
+    if was_funded:
+        # Refund hook: settlement code picks up pending settlements; it pays verified work done so far and
+        # refunds the rest (or calls `refund` after the deadline). The unique job_id keeps it to one.
+        existing = session.scalar(select(Settlement).where(Settlement.job_id == job.id))
+        if existing is None:
+            session.add(Settlement(job_id=job.id, kind="refund", status="pending", created_at=now))
+    session.commit()
+    return job
