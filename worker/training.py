@@ -59,9 +59,7 @@ def _deterministic(num_threads: int | None) -> Iterator[None]:
 
 
 def _build(config: Mapping[str, Any], params: Mapping[str, torch.Tensor]) -> LlamaForCausalLM:
-    fields = {
-        k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")
-    }
+    fields = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")}
     fields.setdefault("tie_word_embeddings", False)
     model = LlamaForCausalLM(LlamaConfig(**fields))
     model.load_state_dict({k: v.to(torch.float32) for k, v in params.items()}, strict=True)

@@ -10,9 +10,8 @@ Codecs (chosen per training job, see `market.training.spec.TrainingJobSpec.compr
   indices and fp32 values; everything else is zero.
 
 The encoding is a safetensors blob (a JSON header + raw little-endian bytes, parsed without executing
-anything, so it is safe on bytes from the network; never pickle). Its string metadata carries the codec and
-the original shapes; `decode_update` checks every name, shape, dtype and index against what the receiver
-expects before use.
+anything, so it is safe on bytes from the network; never pickle). Its metadata carries the codec;
+`decode_update` checks every name, shape, dtype and index against what the receiver expects before use.
 """
 
 from __future__ import annotations
@@ -31,14 +30,15 @@ from safetensors.torch import save as st_save
 from market.errors import GlobaiError
 
 FORMAT = "globai-pseudo-gradient/1"
+META_KEY = "globai"
 _TOPK = re.compile(r"^topk:(0(\.\d+)?|1(\.0+)?|\d?\.\d+(e-?\d+)?)$")
 
 
 class CompressionError(GlobaiError):
-    """A payload is malformed, or does not match the tensors the receiver expects."""
+    """A payload is malformed, does not match the tensors the receiver expects, or a codec name is unknown."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(f"bad pseudo-gradient payload: {reason}")
+        super().__init__(f"pseudo-gradient compression: {reason}")
         self.reason = reason
 
 
@@ -96,9 +96,10 @@ def compress(update: Mapping[str, torch.Tensor], codec: Codec) -> dict[str, torc
 
 def encode_update(update: Mapping[str, torch.Tensor], codec: Codec) -> bytes:
     """Compress and serialise a pseudo-gradient into wire bytes."""
-    shapes = {name: list(t.shape) for name, t in update.items()}
-    meta = {"format": FORMAT, "codec": codec.name, "shapes": json.dumps(shapes, sort_keys=True)}
-    return st_save(compress(update, codec), metadata=meta)
+    # A single metadata key: safetensors writes a multi-key metadata map in hash order, which would make the bytes
+    # (and so the signed digest) differ between two encodings of the same update.
+    header = {"format": FORMAT, "codec": codec.name}
+    return st_save(compress(update, codec), metadata={META_KEY: json.dumps(header, sort_keys=True)})
 
 
 def payload_digest(payload: bytes) -> str:
@@ -106,9 +107,7 @@ def payload_digest(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def _expect(
-    tensors: Mapping[str, torch.Tensor], key: str, dtype: torch.dtype, shape: tuple[int, ...]
-) -> torch.Tensor:
+def _expect(tensors: Mapping[str, torch.Tensor], key: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     t = tensors.get(key)
     if t is None:
         raise CompressionError(f"missing {key}")
@@ -178,9 +177,13 @@ def _metadata(payload: bytes) -> dict[str, str]:
         raise CompressionError("header length past the end")
     header = json.loads(payload[8 : 8 + n])
     meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
+    try:
+        ours = json.loads(meta[META_KEY])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CompressionError("no globai metadata") from exc
+    if not isinstance(ours, dict):
         raise CompressionError("metadata is not a map")
-    return {str(k): str(v) for k, v in meta.items()}
+    return {str(k): str(v) for k, v in ours.items()}
 
 
 def shapes_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:

@@ -228,9 +228,7 @@ class CheckpointStore:
         self._write_manifest(manifest)
         return ApplyResult(manifest, True, written, reused)
 
-    def init_job(
-        self, job_id: str, config: Mapping[str, Any], params: Mapping[str, torch.Tensor]
-    ) -> Manifest:
+    def init_job(self, job_id: str, config: Mapping[str, Any], params: Mapping[str, torch.Tensor]) -> Manifest:
         """Commit checkpoint 0 (no-op if it exists: job creation may be retried)."""
         if self.versions(job_id):
             return self.manifest(job_id, 0)
@@ -274,9 +272,7 @@ def apply_round(
         log.info("job %s round %d already applied (version %d)", job_id, round_index, done.version)
         return ApplyResult(done, applied=False)
     if versions[-1] < round_index:
-        raise CheckpointError(
-            f"job {job_id} is at version {versions[-1]}; round {round_index} is out of order"
-        )
+        raise CheckpointError(f"job {job_id} is at version {versions[-1]}; round {round_index} is out of order")
     current = store.load(job_id, round_index)
     pseudo = aggregate(updates, spec.aggregation, spec.trim_fraction)
     params, momentum = nesterov_step(

@@ -95,9 +95,7 @@ def shard_indices(n_train: int, round_index: int, worker_index: int, workers: in
     return torch.tensor_split(order, workers)[worker_index]
 
 
-def shard_for(
-    data: PreparedDataset, spec: TrainingJobSpec, round_index: int, worker_index: int
-) -> torch.Tensor:
+def shard_for(data: PreparedDataset, spec: TrainingJobSpec, round_index: int, worker_index: int) -> torch.Tensor:
     """The ``[n, seq_len + 1]`` token windows of task (round, worker)."""
     idx = shard_indices(data.train.shape[0], round_index, worker_index, spec.workers_per_round, spec.seed)
     return data.train[idx]

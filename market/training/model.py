@@ -19,16 +19,12 @@ Tensors = dict[str, torch.Tensor]
 
 def llama_config(config: Mapping[str, Any]) -> LlamaConfig:
     # Untied embeddings: tied weights appear twice in the state dict and safetensors refuses shared storage.
-    fields = {
-        k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")
-    }
+    fields = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")}
     fields.setdefault("tie_word_embeddings", False)
     return LlamaConfig(**fields)
 
 
-def build_model(
-    config: Mapping[str, Any], params: Mapping[str, torch.Tensor] | None = None
-) -> LlamaForCausalLM:
+def build_model(config: Mapping[str, Any], params: Mapping[str, torch.Tensor] | None = None) -> LlamaForCausalLM:
     """A Llama model in fp32 eval mode, optionally loaded with ``params`` (strict: every name must match)."""
     model = LlamaForCausalLM(llama_config(config))
     if params is not None:
@@ -73,17 +69,13 @@ def evaluate_loss(
     total, count = 0.0, 0
     for chunk in windows.split(batch_size):
         logits = model(input_ids=chunk[:, :-1]).logits
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum"
-        )
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum")
         total += float(loss)
         count += chunk[:, 1:].numel()
     return total / max(count, 1)
 
 
-def tiny_llama_config(
-    vocab_size: int = 260, hidden: int = 64, layers: int = 2, heads: int = 4
-) -> dict[str, Any]:
+def tiny_llama_config(vocab_size: int = 260, hidden: int = 64, layers: int = 2, heads: int = 4) -> dict[str, Any]:
     """A tiny Llama config dict for tests, demos and the bench."""
     return {
         "model_type": "llama",

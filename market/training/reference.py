@@ -50,9 +50,7 @@ def reference_diloco(spec: TrainingJobSpec, corpus: bytes, *, evaluate: bool = T
     data = prepare(spec, corpus)
     outer_model = build_model(config, params)
     inner_model = build_model(config, params).train()
-    outer = torch.optim.SGD(
-        outer_model.parameters(), lr=spec.outer_lr, momentum=spec.outer_momentum, nesterov=True
-    )
+    outer = torch.optim.SGD(outer_model.parameters(), lr=spec.outer_lr, momentum=spec.outer_momentum, nesterov=True)
     losses = [evaluate_loss(config, params, data.eval)] if evaluate and len(data.eval) else []
     prev_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)

@@ -65,9 +65,7 @@ def decide_round(
         by_time = sorted(accepted, key=lambda s: (s.received_at, s.submission_id))[:quorum]
         kept = tuple(sorted(by_time, key=lambda s: s.slot))
         kept_slots = {s.slot for s in kept}
-        return RoundDecision(
-            RoundState.CLOSED_QUORUM, kept, tuple(s for s in range(workers) if s not in kept_slots)
-        )
+        return RoundDecision(RoundState.CLOSED_QUORUM, kept, tuple(s for s in range(workers) if s not in kept_slots))
     if now < deadline:
         return RoundDecision(RoundState.OPEN, accepted, missing)
     if len(accepted) >= min_updates:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from market.protocol.compression import Codec, parse_codec
+from market.protocol.compression import Codec, CompressionError, parse_codec
 
 #: Byte-level tokens: ids 0-255 are the bytes themselves, then these specials.
 BOS_ID, EOS_ID, PAD_ID = 256, 257, 258
@@ -97,7 +97,10 @@ class TrainingJobSpec(_Frozen):
     @field_validator("compression")
     @classmethod
     def _codec(cls, value: str) -> str:
-        parse_codec(value)
+        try:
+            parse_codec(value)
+        except CompressionError as exc:  # pydantic reports ValueErrors as validation errors
+            raise ValueError(exc.reason) from exc
         return value
 
     @model_validator(mode="after")

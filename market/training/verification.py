@@ -41,9 +41,7 @@ class UpdateVerdict:
     metrics: UpdateMetrics | None
 
 
-def update_metrics(
-    claimed: Mapping[str, torch.Tensor], replayed: Mapping[str, torch.Tensor]
-) -> UpdateMetrics:
+def update_metrics(claimed: Mapping[str, torch.Tensor], replayed: Mapping[str, torch.Tensor]) -> UpdateMetrics:
     """Global relative L2 error, cosine and norm ratio over all tensors, in float64 for stable sums."""
     diff_sq = ref_sq = claim_sq = dot = 0.0
     worst, worst_err = "", -1.0
@@ -63,9 +61,7 @@ def update_metrics(
     ref_norm, claim_norm = math.sqrt(ref_sq), math.sqrt(claim_sq)
     if ref_norm == 0:
         rel = 0.0 if diff_sq == 0 else math.inf
-        return UpdateMetrics(
-            rel, 1.0 if claim_norm == 0 else 0.0, math.inf if claim_norm else 1.0, worst, worst_err
-        )
+        return UpdateMetrics(rel, 1.0 if claim_norm == 0 else 0.0, math.inf if claim_norm else 1.0, worst, worst_err)
     cosine = dot / (ref_norm * claim_norm) if claim_norm > 0 else 0.0
     return UpdateMetrics(math.sqrt(diff_sq) / ref_norm, cosine, claim_norm / ref_norm, worst, worst_err)
 
@@ -89,9 +85,7 @@ def compare_updates(
     if not m.cosine >= tolerance.min_cosine:
         return UpdateVerdict(False, f"cosine {m.cosine:.6f} < {tolerance.min_cosine}", m)
     if not abs(m.norm_ratio - 1) <= tolerance.max_norm_ratio_dev:
-        return UpdateVerdict(
-            False, f"norm ratio {m.norm_ratio:.4f} off by > {tolerance.max_norm_ratio_dev}", m
-        )
+        return UpdateVerdict(False, f"norm ratio {m.norm_ratio:.4f} off by > {tolerance.max_norm_ratio_dev}", m)
     return UpdateVerdict(True, "match", m)
 
 
