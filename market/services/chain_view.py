@@ -23,7 +23,7 @@ def chain_job_id(job_uuid: str) -> str:
 class OnchainJob:
     requester: str
     amount: int
-    spec_hash: str  # 0x-hex
+    spec_hash: str  # 0x-hex; "0x" when the escrow's view does not return it (the JobFunded event does)
     deadline: int  # unix seconds
     status: str  # none | funded | settled | refunded
 
@@ -95,14 +95,17 @@ class Web3ChainView:
         return stake, int(unbonding[0])
 
     def get_job(self, chain_job_id: str) -> OnchainJob:
-        raw = self.client.call(self.escrow.functions.getJob(bytes.fromhex(chain_job_id.removeprefix("0x"))))
-        requester, amount, spec_hash, deadline, status = raw[0], raw[1], raw[2], raw[3], raw[4]
+        fn = self.escrow.functions.getJob(bytes.fromhex(chain_job_id.removeprefix("0x")))
+        raw = self.client.call(fn)
+        # Decode by the ABI's output names, not positions, so a reordered view cannot be misread.
+        names = [o["name"] for o in fn.abi["outputs"]]
+        fields = dict(zip(names, raw, strict=True))
         return OnchainJob(
-            requester=to_checksum_address(requester),
-            amount=int(amount),
-            spec_hash=_hex(spec_hash),
-            deadline=int(deadline),
-            status=ESCROW_STATUS.get(int(status), "none"),
+            requester=to_checksum_address(fields["requester"]),
+            amount=int(fields["amount"]),
+            spec_hash=_hex(fields.get("specHash", b"")),
+            deadline=int(fields["deadline"]),
+            status=ESCROW_STATUS.get(int(fields["status"]), "none"),
         )
 
     def _logs(self, contract: Any, from_block: int, to_block: int) -> list[ChainLog]:

@@ -174,6 +174,23 @@ def make_settings(db_url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def login(client: TestClient, clock: Clock, account: LocalAccount, roles: list[str] | None = None) -> dict[str, str]:
+    """Sign in through the API (nonce, signed EIP-4361 message, verify); returns the auth headers."""
+    nonce = client.post("/v1/auth/nonce", json={"address": account.address})
+    assert nonce.status_code == 200, nonce.text
+    n = nonce.json()
+    message = build_message(
+        domain=n["domain"], address=account.address, uri=n["uri"], chain_id=n["chain_id"], nonce=n["nonce"],
+        issued_at=clock.now, expiration_time=clock.now + timedelta(minutes=5),
+    )
+    body: dict[str, Any] = {"message": message.to_text(), "signature": sign_message(message, account.key)}
+    if roles is not None:
+        body["roles"] = roles
+    token = client.post("/v1/auth/verify", json=body)
+    assert token.status_code == 200, token.text
+    return {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+
 @dataclass
 class Market:
     client: TestClient
@@ -183,19 +200,7 @@ class Market:
     settings: Settings
 
     def login(self, account: LocalAccount, roles: list[str] | None = None) -> dict[str, str]:
-        nonce = self.client.post("/v1/auth/nonce", json={"address": account.address})
-        assert nonce.status_code == 200, nonce.text
-        n = nonce.json()
-        message = build_message(
-            domain=n["domain"], address=account.address, uri=n["uri"], chain_id=n["chain_id"], nonce=n["nonce"],
-            issued_at=self.clock.now, expiration_time=self.clock.now + timedelta(minutes=5),
-        )
-        body: dict[str, Any] = {"message": message.to_text(), "signature": sign_message(message, account.key)}
-        if roles is not None:
-            body["roles"] = roles
-        token = self.client.post("/v1/auth/verify", json=body)
-        assert token.status_code == 200, token.text
-        return {"Authorization": f"Bearer {token.json()['access_token']}"}
+        return login(self.client, self.clock, account, roles)
 
     def worker(self, account: LocalAccount | None = None, *, operator: str = "op-1", stake: int = MIN_STAKE,
                memory: int = 16 << 30, models: list[str] | None = None) -> dict[str, str]:
