@@ -91,7 +91,7 @@ class ChainClient:
             except TRANSIENT as exc:
                 if attempt == self.retries:
                     raise RpcUnavailable(self.rpc_url, f"{what}: {exc.__class__.__name__}") from exc
-                log.warning("transient RPC error on %s (%s); retrying", what, exc)
+                log.info("transient RPC error on %s (%s); retrying", what, exc)
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
@@ -196,10 +196,10 @@ class ChainClient:
         for attempt in range(3):
             tx["nonce"] = self._next_nonce(sender.address)
             built = fn.build_transaction(tx)
-            signed = sender.sign_transaction(built)
+            raw = sender.sign_transaction(built).raw_transaction
             try:
                 tx_hash = self._retry(
-                    "eth_sendRawTransaction", lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction)
+                    "eth_sendRawTransaction", lambda raw=raw: self.w3.eth.send_raw_transaction(raw)  # type: ignore[misc]
                 )
                 break
             except ValueError as exc:  # the node refused: a stale nonce is recoverable, anything else is not

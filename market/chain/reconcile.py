@@ -1,0 +1,95 @@
+"""Balances reproduced from contract events alone, compared with the token's own balances.
+
+escrow balance = Σ JobFunded.amount − Σ Withdrawn.amount − Σ JobRefunded.amount
+vault balance  = Σ Staked.amount − Σ Withdrawn.amount − Σ Slashed.amount
+
+Per account, the escrow's credited balances are reproduced as well
+(Σ PaymentCredited to the account − Σ Withdrawn by it) and compared with `balanceOf`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from web3.contract import Contract
+
+from market.chain.client import ChainClient, Event
+
+
+@dataclass
+class Reconciliation:
+    escrow_expected: int
+    escrow_actual: int
+    vault_expected: int
+    vault_actual: int
+    credit_mismatches: dict[str, tuple[int, int]] = field(default_factory=dict)  # account -> (events, contract)
+    events: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.escrow_expected == self.escrow_actual
+            and self.vault_expected == self.vault_actual
+            and not self.credit_mismatches
+        )
+
+    def lines(self) -> list[str]:
+        def mark(a: int, b: int) -> str:
+            return "ok" if a == b else "MISMATCH"
+
+        out = [
+            f"events read: {self.events}",
+            f"JobEscrow    from events {self.escrow_expected}  on chain {self.escrow_actual}  "
+            f"{mark(self.escrow_expected, self.escrow_actual)}",
+            f"StakingVault from events {self.vault_expected}  on chain {self.vault_actual}  "
+            f"{mark(self.vault_expected, self.vault_actual)}",
+        ]
+        for account, (expected, actual) in sorted(self.credit_mismatches.items()):
+            out.append(f"credited balance of {account}: events {expected}, contract {actual}  MISMATCH")
+        return out
+
+
+def expected_balances(escrow_events: Iterable[Event], vault_events: Iterable[Event]) -> tuple[int, int, dict[str, int]]:
+    """(escrow balance, vault balance, escrow credit per account) implied by the events alone."""
+    escrow = 0
+    credits: dict[str, int] = defaultdict(int)
+    for ev in escrow_events:
+        if ev.name == "JobFunded":
+            escrow += ev.args["amount"]
+        elif ev.name == "Withdrawn":
+            escrow -= ev.args["amount"]
+            credits[ev.args["account"]] -= ev.args["amount"]
+        elif ev.name == "JobRefunded":
+            escrow -= ev.args["amount"]
+        elif ev.name == "PaymentCredited":
+            credits[ev.args["payee"]] += ev.args["amount"]
+    vault = 0
+    for ev in vault_events:
+        if ev.name == "Staked":
+            vault += ev.args["amount"]
+        elif ev.name in ("Withdrawn", "Slashed"):
+            vault -= ev.args["amount"]
+    return escrow, vault, dict(credits)
+
+
+def reconcile(
+    client: ChainClient, token: Contract, escrow: Contract, vault: Contract, *, from_block: int = 0
+) -> Reconciliation:
+    """Read every escrow and vault event since `from_block` and check the balances they imply."""
+    escrow_events = client.get_logs([escrow], from_block)
+    vault_events = client.get_logs([vault], from_block)
+    expected_escrow, expected_vault, credits = expected_balances(escrow_events, vault_events)
+    result = Reconciliation(
+        escrow_expected=expected_escrow,
+        escrow_actual=client.call(token.functions.balanceOf(escrow.address)),
+        vault_expected=expected_vault,
+        vault_actual=client.call(token.functions.balanceOf(vault.address)),
+        events=len(escrow_events) + len(vault_events),
+    )
+    for account, expected in credits.items():
+        actual = client.call(escrow.functions.balanceOf(account))
+        if actual != expected:
+            result.credit_mismatches[account] = (expected, actual)
+    return result

@@ -1,0 +1,48 @@
+"""`globai devnet up|down|status`."""
+
+from __future__ import annotations
+
+import typer
+
+from market.chain import devnet
+from market.errors import ConfigError
+
+app = typer.Typer(help="A local Anvil chain with persisted state and the GlobAI contracts deployed once.")
+
+PortOpt = typer.Option(devnet.DEFAULT_PORT, "--port", help="Port for a devnet that is not running yet.")
+
+
+@app.command()
+def up(port: int = PortOpt) -> None:
+    """Start the devnet (or reuse the running one) and deploy the contracts if they are not deployed."""
+    url, record, started, deployed = devnet.up(port)
+    typer.echo(f"devnet {'started' if started else 'already running'} at {url} (chain {record.chain_id})")
+    typer.echo("contracts deployed now" if deployed else "contracts already deployed")
+    for name, info in record.contracts.items():
+        typer.echo(f"  {name:13s} {info.address}")
+
+
+@app.command()
+def down() -> None:
+    """Stop the devnet cleanly; its state is kept for the next `up`."""
+    stopped = devnet.stop_anvil(devnet.DevnetPaths())
+    typer.echo("devnet stopped" if stopped else "devnet was not running")
+
+
+@app.command()
+def status(
+    rpc: str = typer.Option(None, "--rpc", help="RPC URL (default: the running devnet)."),
+) -> None:
+    """Show chain, block, contract addresses and token balances."""
+    paths = devnet.DevnetPaths()
+    if rpc is None:
+        pid = devnet.running_pid(paths)
+        if pid is None:
+            raise ConfigError("devnet is not running: start it with `globai devnet up`")
+        rpc = devnet.rpc_url(int(paths.pid_file.read_text().split()[1]))
+    client, record = devnet.connect(rpc, paths)
+    token = client.contract("GLBToken", record.token)
+    typer.echo(f"rpc {rpc}  chain {client.chain_id}  block {client.block_number()}")
+    for name, info in record.contracts.items():
+        balance = client.call(token.functions.balanceOf(info.address))
+        typer.echo(f"  {name:13s} {info.address}  GLB {balance / 10**18:,.4f}")
