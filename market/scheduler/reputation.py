@@ -30,6 +30,9 @@ class ReputationParams:
     slash_beta: float = 20.0  # failure mass a slash adds (decays like any other evidence)
 
 
+DEFAULT_PARAMS = ReputationParams()
+
+
 @dataclass(frozen=True)
 class Reputation:
     alpha: float
@@ -51,7 +54,7 @@ def _decay(age_s: float, half_life_s: float) -> float:
 
 
 def reputation(
-    outcomes: Iterable[Outcome], *, now: datetime, params: ReputationParams = ReputationParams()
+    outcomes: Iterable[Outcome], *, now: datetime, params: ReputationParams = DEFAULT_PARAMS
 ) -> Reputation:
     ordered = sorted(outcomes, key=lambda o: o.at)
     last_slash = max((i for i, o in enumerate(ordered) if o.kind == SLASH), default=None)

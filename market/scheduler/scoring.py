@@ -29,7 +29,10 @@ class ChoiceParams:
     ref_latency_ms: float = 50.0
 
 
-def score(candidate: Candidate, params: ChoiceParams = ChoiceParams()) -> float:
+DEFAULT_CHOICE = ChoiceParams()
+
+
+def score(candidate: Candidate, params: ChoiceParams = DEFAULT_CHOICE) -> float:
     """Higher is better: trust (posterior mean) x speed factor x latency factor, each in (0, 1]."""
     speed = min(1.0, max(candidate.throughput_tokens_s, 0.0) / params.ref_throughput) ** 0.5
     latency = params.ref_latency_ms / (params.ref_latency_ms + max(candidate.latency_ms, 0.0))
@@ -37,7 +40,7 @@ def score(candidate: Candidate, params: ChoiceParams = ChoiceParams()) -> float:
 
 
 def choose(
-    candidates: Sequence[Candidate], rng: random.Random, params: ChoiceParams = ChoiceParams()
+    candidates: Sequence[Candidate], rng: random.Random, params: ChoiceParams = DEFAULT_CHOICE
 ) -> Candidate | None:
     """One worker: with probability `explore` a uniformly random new worker, else score-weighted among the top k."""
     if not candidates:
@@ -58,7 +61,7 @@ def choose_replicas(
     rng: random.Random,
     *,
     exclude_operators: Collection[str] = (),
-    params: ChoiceParams = ChoiceParams(),
+    params: ChoiceParams = DEFAULT_CHOICE,
 ) -> list[Candidate]:
     """Up to `n` workers, no two of one operator and none of `exclude_operators`.
 

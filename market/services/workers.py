@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from market.db import ReputationEvent, Worker, WorkerProfile
 from market.domain_errors import NotEligible, NotFound
-from market.scheduler.reputation import Outcome, Reputation, ReputationParams, reputation
+from market.scheduler.reputation import DEFAULT_PARAMS, Outcome, Reputation, ReputationParams, reputation
 from market.services.chain_view import ChainView
 
 
@@ -141,7 +141,7 @@ def record_outcome(
 
 
 def worker_reputation(
-    session: Session, *, worker_id: str, now: datetime, params: ReputationParams = ReputationParams()
+    session: Session, *, worker_id: str, now: datetime, params: ReputationParams = DEFAULT_PARAMS
 ) -> Reputation:
     rows = session.execute(
         select(ReputationEvent.kind, ReputationEvent.created_at, ReputationEvent.weight).where(
