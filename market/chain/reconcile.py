@@ -3,8 +3,9 @@
 escrow balance = Σ JobFunded.amount − Σ Withdrawn.amount − Σ JobRefunded.amount
 vault balance  = Σ Staked.amount − Σ Withdrawn.amount − Σ Slashed.amount
 
-Per account, the escrow's credited balances are reproduced as well
-(Σ PaymentCredited to the account − Σ Withdrawn by it) and compared with `balanceOf`.
+Per account, the escrow's credited balances are reproduced as well (payments credited, settlement remainders
+credited back to the requester, fees credited to the fee recipient, minus withdrawals) and compared with
+the escrow's `balanceOf`.
 """
 
 from __future__ import annotations
@@ -36,28 +37,34 @@ class Reconciliation:
         )
 
     def lines(self) -> list[str]:
-        def mark(a: int, b: int) -> str:
-            return "ok" if a == b else "MISMATCH"
+        def row(name: str, expected: int, actual: int) -> str:
+            mark = "ok" if expected == actual else "MISMATCH"
+            return f"{name:13s} from events {expected / 1e18:>16,.6f} GLB  on chain {actual / 1e18:>16,.6f} GLB  {mark}"
 
         out = [
             f"events read: {self.events}",
-            f"JobEscrow    from events {self.escrow_expected}  on chain {self.escrow_actual}  "
-            f"{mark(self.escrow_expected, self.escrow_actual)}",
-            f"StakingVault from events {self.vault_expected}  on chain {self.vault_actual}  "
-            f"{mark(self.vault_expected, self.vault_actual)}",
+            row("JobEscrow", self.escrow_expected, self.escrow_actual),
+            row("StakingVault", self.vault_expected, self.vault_actual),
         ]
         for account, (expected, actual) in sorted(self.credit_mismatches.items()):
             out.append(f"credited balance of {account}: events {expected}, contract {actual}  MISMATCH")
         return out
 
 
-def expected_balances(escrow_events: Iterable[Event], vault_events: Iterable[Event]) -> tuple[int, int, dict[str, int]]:
+def expected_balances(
+    escrow_events: Iterable[Event], vault_events: Iterable[Event], fee_recipient: str
+) -> tuple[int, int, dict[str, int]]:
     """(escrow balance, vault balance, escrow credit per account) implied by the events alone."""
     escrow = 0
     credits: dict[str, int] = defaultdict(int)
+    requester_of: dict[bytes, str] = {}
     for ev in escrow_events:
         if ev.name == "JobFunded":
             escrow += ev.args["amount"]
+            requester_of[ev.args["jobId"]] = ev.args["requester"]
+        elif ev.name == "JobSettled":
+            credits[requester_of[ev.args["jobId"]]] += ev.args["refunded"]
+            credits[fee_recipient] += ev.args["fee"]
         elif ev.name == "Withdrawn":
             escrow -= ev.args["amount"]
             credits[ev.args["account"]] -= ev.args["amount"]
@@ -80,7 +87,8 @@ def reconcile(
     """Read every escrow and vault event since `from_block` and check the balances they imply."""
     escrow_events = client.get_logs([escrow], from_block)
     vault_events = client.get_logs([vault], from_block)
-    expected_escrow, expected_vault, credits = expected_balances(escrow_events, vault_events)
+    fee_recipient = client.call(escrow.functions.feeRecipient())
+    expected_escrow, expected_vault, credits = expected_balances(escrow_events, vault_events, fee_recipient)
     result = Reconciliation(
         escrow_expected=expected_escrow,
         escrow_actual=client.call(token.functions.balanceOf(escrow.address)),
