@@ -1,0 +1,124 @@
+"""Manifests and shards: determinism, integrity (sha256 tamper), partial loading, import refusals, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+from typer.testing import CliRunner
+
+from market.commands.models import app as models_app
+from market.models.errors import ManifestError, ShardIntegrityError, UnsupportedModelError
+from market.models.importer import import_checkpoint
+from market.models.manifest import MANIFEST_FILE, load_manifest, verify_model_dir
+from market.models.tiny import build_tiny_llama
+from worker.stage import Stage
+
+
+def test_manifest_describes_every_shard(tiny_llama: Path) -> None:
+    m = load_manifest(tiny_llama)
+    assert (m.family, m.task, m.num_layers, m.hidden_size, m.dtype) == ("llama", "causal-lm", 4, 128, "float32")
+    assert [s.name for s in m.shards] == ["embed", "layer.0", "layer.1", "layer.2", "layer.3", "head"]
+    assert [s.name for s in m.stage_shards(0, 2)] == ["embed", "layer.0", "layer.1"]
+    assert [s.name for s in m.stage_shards(2, 4)] == ["layer.2", "layer.3", "head"]
+    assert m.shard("layer.2").tensors[0].startswith("model.layers.2.")
+    assert set(m.shard("head").tensors) == {"model.norm.weight", "lm_head.weight"}
+    verify_model_dir(tiny_llama, m)
+    with pytest.raises(ManifestError):
+        m.stage_shards(3, 5)
+
+
+def test_tiny_build_is_deterministic(tmp_path: Path) -> None:
+    a = build_tiny_llama(tmp_path / "a", hidden=64, layers=2, seed=7)
+    b = build_tiny_llama(tmp_path / "b", hidden=64, layers=2, seed=7)
+    c = build_tiny_llama(tmp_path / "c", hidden=64, layers=2, seed=8)
+    assert a.digest() == b.digest() != c.digest()
+    assert a.tokenizer == c.tokenizer  # the tokenizer does not depend on the weight seed
+
+
+def test_tokenizer_is_real_and_round_trips(tiny_llama: Path) -> None:
+    tok = Tokenizer.from_file(str(tiny_llama / "tokenizer" / "tokenizer.json"))
+    text = "The coordinator replays the recorded inputs. Ünïcödé too!"
+    enc = tok.encode(text)
+    assert enc.ids[0] == tok.token_to_id("<s>") and len(enc.ids) < len(text.encode())  # merges were learned
+    assert tok.decode(enc.ids) == text
+
+
+def test_tampered_shard_is_refused_with_a_clear_error(tiny_llama: Path, tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(tiny_llama, model)
+    shard = model / load_manifest(model).shard("layer.1").path
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF  # same size, one weight byte changed
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ShardIntegrityError) as info:
+        Stage(model, 0, 2)
+    assert info.value.path == "shards/layer.0001.safetensors" and "sha256" in str(info.value)
+    Stage(model, 2, 4)  # a stage that does not serve layer 1 never reads it
+    with pytest.raises(ShardIntegrityError):
+        verify_model_dir(model, load_manifest(model))
+
+
+def test_manifest_hash_edit_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(tiny_llama, model)
+    raw = json.loads((model / MANIFEST_FILE).read_text())
+    raw["shards"][0]["sha256"] = "0" * 64
+    (model / MANIFEST_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ShardIntegrityError):
+        Stage(model, 0, 1)
+
+
+def test_stage_loads_only_its_shards(tiny_llama: Path, tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(tiny_llama, model)
+    m = load_manifest(model)
+    for name in ("embed", "layer.0", "layer.1", "head"):
+        (model / m.shard(name).path).unlink()  # a worker serving layers 2-3 only downloaded those
+    stage = Stage(model, 2, 3)
+    assert stage.modules.embed is None and stage.modules.head is None and len(stage.modules.layers) == 1
+    out = stage.forward(None, torch.randn(1, 3, 128))
+    assert out.shape == (1, 3, 128)
+
+
+@pytest.mark.parametrize("bad_path", ["../escape.safetensors", "/etc/passwd", "a/../../b"])
+def test_manifest_paths_cannot_escape(tiny_llama: Path, tmp_path: Path, bad_path: str) -> None:
+    raw = json.loads((tiny_llama / MANIFEST_FILE).read_text())
+    raw["shards"][1]["path"] = bad_path
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match="path"):
+        load_manifest(tmp_path)
+
+
+def test_import_refuses_pickle_checkpoints(tmp_path: Path) -> None:
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 1}))
+    (src / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(UnsupportedModelError, match="pickle"):
+        import_checkpoint(src, tmp_path / "out")
+    (src / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "num_hidden_layers": 1}))
+    with pytest.raises(UnsupportedModelError, match="gpt_neox"):
+        import_checkpoint(src, tmp_path / "out")
+
+
+def test_reimport_of_the_hf_dir_gives_the_same_digest(tiny_llama: Path, tmp_path: Path) -> None:
+    again = import_checkpoint(tiny_llama / "hf", tmp_path / "again", name=load_manifest(tiny_llama).name)
+    assert again.digest() == load_manifest(tiny_llama).digest()
+
+
+def test_cli_build_show_verify(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    result = runner.invoke(models_app, ["build-tiny", "--hidden", "64", "--layers", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "tiny-llama-h64-l2-s0" in result.output
+    assert runner.invoke(models_app, ["verify", str(out)]).exit_code == 0
+    shown = runner.invoke(models_app, ["show", str(out)])
+    assert "layer.1" in shown.output and "digest" in shown.output
+    again = runner.invoke(models_app, ["build-tiny", "--hidden", "64", "--layers", "2", "--out", str(out)])
+    assert isinstance(again.exception, ManifestError)  # main() prints GlobaiErrors as one line
