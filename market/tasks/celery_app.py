@@ -1,0 +1,91 @@
+"""Celery app factory for the market's background work (lease requeue, chain sync, and other components' tasks).
+
+Built by the entry point (`globai market celery-worker` / `celery-beat`) from Settings; tasks reach the DB and
+chain through `runtime(app)`, created lazily once per worker process (never at import time, never pickled).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from market.config import Settings
+from market.db.engine import make_engine, make_session_factory
+
+TASK_MODULES = ("market.tasks.leases",)
+
+
+@dataclass
+class Runtime:
+    """Per-process resources for tasks."""
+
+    settings: Settings
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _engine: Engine | None = None
+    _sessions: sessionmaker[Session] | None = None
+    _chain: Any = None
+    _chain_built: bool = False
+
+    def session(self) -> Session:
+        with self._lock:
+            if self._sessions is None:
+                self._engine = make_engine(self.settings.database_url, pool_size=2)
+                self._sessions = make_session_factory(self._engine)
+        return self._sessions()
+
+    def chain(self) -> Any:
+        """The ChainView, or None when no contracts are configured."""
+        with self._lock:
+            if not self._chain_built:
+                from market.services.chain_view import chain_view_from_settings
+
+                self._chain = chain_view_from_settings(self.settings)
+                self._chain_built = True
+        return self._chain
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def create_celery(settings: Settings, *, include: Iterable[str] = ()) -> Celery:
+    app = Celery("globai", broker=settings.redis_url, backend=settings.redis_url,
+                 include=[*TASK_MODULES, *include])
+    app.conf.update(
+        # JSON only: nothing received from the broker is ever unpickled.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        result_expires=3600,
+        broker_connection_retry_on_startup=True,
+        beat_schedule={
+            "requeue-expired-leases": {
+                "task": "market.tasks.leases.requeue_expired_leases",
+                "schedule": settings.requeue_interval_s,
+                # A missed run is harmless (the next one catches up), so don't let stale runs pile up.
+                "options": {"expires": settings.requeue_interval_s},
+            },
+            "sync-stakes": {
+                "task": "market.tasks.leases.sync_chain",
+                "schedule": settings.stake_sync_interval_s,
+                "options": {"expires": settings.stake_sync_interval_s},
+            },
+        },
+    )
+    app.globai_runtime = Runtime(settings)  # type: ignore[attr-defined]
+    return app
+
+
+def runtime(app: Celery) -> Runtime:
+    rt: Runtime | None = getattr(app, "globai_runtime", None)
+    if rt is None:
+        raise RuntimeError("Celery app was not built by market.tasks.celery_app.create_celery")
+    return rt
