@@ -12,12 +12,28 @@ from sqlalchemy import Engine
 from market.api.context import AppContext, auth_policy, system_clock
 from market.api.errors import install_error_handlers
 from market.api.middleware import BodySizeLimit, RateLimit
+from market.api.schemas.common import ErrorOut
 from market.api.routes import auth, health, jobs, tasks, workers
 from market.config import Settings
 from market.db.engine import make_engine, make_session_factory
 from market.services.chain_view import ChainView, chain_view_from_settings
 
 _UNSET = object()
+
+# Documented on every operation so the OpenAPI schema lists every status a client can get.
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in (
+        (400, "invalid request (domain rule)"),
+        (401, "missing, malformed or expired bearer token / failed sign-in"),
+        (403, "role, ownership or stake requirement not met"),
+        (404, "not found"),
+        (409, "state conflict (lease lost, not funded, already done)"),
+        (413, "request body too large"),
+        (429, "rate limited (see Retry-After)"),
+        (503, "chain not configured or unreachable"),
+    )
+}
 
 
 def create_app(
@@ -55,7 +71,7 @@ def create_app(
     app.state.ctx = ctx
     install_error_handlers(app)
     for module in (health, auth, workers, jobs, tasks):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     # Outermost first: oversized bodies are refused before they count against anyone's rate limit.
     app.add_middleware(RateLimit, rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst,
                        secret=ctx.policy.secret)
