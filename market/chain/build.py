@@ -49,8 +49,7 @@ class BuildResult:
 def project_sources(contracts_dir: Path = CONTRACTS_DIR) -> dict[str, bytes]:
     """Our Solidity files keyed by source unit name (path relative to `contracts_dir`, '/'-separated)."""
     return {
-        path.relative_to(contracts_dir).as_posix(): path.read_bytes()
-        for path in sorted(contracts_dir.rglob("*.sol"))
+        path.relative_to(contracts_dir).as_posix(): path.read_bytes() for path in sorted(contracts_dir.rglob("*.sol"))
     }
 
 
@@ -81,7 +80,8 @@ def _run_solcjs(solcjs: Path, standard_input: dict[str, Any], *, base_path: Path
     """
     with tempfile.TemporaryFile() as out:
         proc = subprocess.run(
-            ["node", str(solcjs), "--standard-json", "--base-path", str(base_path), "--include-path", str(include_path)],
+            ["node", str(solcjs), "--standard-json"]
+            + ["--base-path", str(base_path), "--include-path", str(include_path)],
             input=json.dumps(standard_input).encode(),
             stdout=out,
             stderr=subprocess.PIPE,

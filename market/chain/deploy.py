@@ -87,9 +87,7 @@ class Deployment:
     def to_json(self) -> dict[str, Any]:
         return {
             "chainId": self.chain_id,
-            "contracts": {
-                name: {"address": c.address, "block": c.block} for name, c in sorted(self.contracts.items())
-            },
+            "contracts": {name: {"address": c.address, "block": c.block} for name, c in sorted(self.contracts.items())},
             "artifactsHash": self.artifacts_hash,
         }
 

@@ -1,0 +1,179 @@
+"""StakingVault on a real Anvil: staking, unbonding, withdrawal, slashing (also during unbonding), roles, pause."""
+
+from __future__ import annotations
+
+from eth_utils import keccak
+
+from market.chain.artifacts import bytecode
+from market.chain.deploy import GLB, role_id
+
+from .conftest import DAY, Env, assert_reverts, names
+
+WEEK = 7 * DAY
+ZERO = "0x" + "00" * 20
+
+
+def stake(env: Env, amount: int, worker=None) -> dict:  # type: ignore[no-untyped-def]
+    return env.tx(env.c.vault.functions.stake(amount), worker or env.worker)
+
+
+def test_stake_adds_up_and_makes_eligible(env: Env) -> None:
+    vault = env.c.vault
+    before = env.glb(env.worker)
+    receipt = stake(env, 60 * GLB)
+    assert not vault.functions.isEligible(env.worker.address).call()
+    stake(env, 40 * GLB)
+    assert vault.functions.stakeOf(env.worker.address).call() == 100 * GLB
+    assert vault.functions.isEligible(env.worker.address).call()
+    assert env.glb(env.worker) == before - 100 * GLB
+    assert env.glb(vault.address) == 100 * GLB
+    (event,) = [e for e in env.events(receipt) if e.address == vault.address]
+    assert (event.name, event.args) == (
+        "Staked",
+        {"worker": env.worker.address, "amount": 60 * GLB, "newStake": 60 * GLB},
+    )
+    assert_reverts(env.client, vault.functions.stake(0), env.worker, "StakingVaultZeroAmount")
+
+
+def test_unstake_unbonds_then_withdraws_after_the_period(env: Env) -> None:
+    vault = env.c.vault
+    stake(env, 100 * GLB)
+    receipt = env.tx(vault.functions.requestUnstake(30 * GLB), env.worker)
+    release = env.now() + WEEK
+    assert vault.functions.stakeOf(env.worker.address).call() == 70 * GLB
+    assert vault.functions.unbondingOf(env.worker.address).call() == [30 * GLB, release]
+    assert env.events(receipt)[0].args == {"worker": env.worker.address, "amount": 30 * GLB, "releaseTime": release}
+    assert not vault.functions.isEligible(env.worker.address).call()
+
+    assert_reverts(env.client, vault.functions.withdraw(), env.worker, "StakingVaultStillUnbonding", release)
+    env.warp(WEEK)
+    before = env.glb(env.worker)
+    receipt = env.tx(vault.functions.withdraw(), env.worker)
+    assert env.glb(env.worker) == before + 30 * GLB
+    assert vault.functions.unbondingOf(env.worker.address).call() == [0, 0]
+    assert [(e.name, e.args) for e in env.events(receipt) if e.address == vault.address] == [
+        ("Withdrawn", {"worker": env.worker.address, "amount": 30 * GLB})
+    ]
+    assert_reverts(
+        env.client, vault.functions.withdraw(), env.worker, "StakingVaultNothingToWithdraw", env.worker.address
+    )
+
+
+def test_a_new_unstake_request_restarts_the_release_time(env: Env) -> None:
+    vault = env.c.vault
+    stake(env, 100 * GLB)
+    env.tx(vault.functions.requestUnstake(10 * GLB), env.worker)
+    env.warp(WEEK - DAY)
+    env.tx(vault.functions.requestUnstake(5 * GLB), env.worker)
+    release = env.now() + WEEK
+    assert vault.functions.unbondingOf(env.worker.address).call() == [15 * GLB, release]
+    env.warp(DAY + 1)
+    assert_reverts(env.client, vault.functions.withdraw(), env.worker, "StakingVaultStillUnbonding", release)
+
+
+def test_unstake_rejects_more_than_active_stake(env: Env) -> None:
+    vault = env.c.vault
+    stake(env, 10 * GLB)
+    fn = vault.functions.requestUnstake(11 * GLB)
+    assert_reverts(env.client, fn, env.worker, "StakingVaultInsufficientStake", 10 * GLB, 11 * GLB)
+    assert_reverts(env.client, vault.functions.requestUnstake(0), env.worker, "StakingVaultZeroAmount")
+
+
+def test_slash_splits_between_requester_finder_and_burn(env: Env) -> None:
+    vault, token = env.c.vault, env.c.token
+    stake(env, 100 * GLB)
+    supply = token.functions.totalSupply().call()
+    req_before, finder_before = env.glb(env.requester), env.glb(env.finder)
+    job_id, evidence = keccak(b"job"), keccak(b"evidence")
+    fn = vault.functions.slash(
+        env.worker.address, 40 * GLB, job_id, evidence, env.requester.address, env.finder.address
+    )
+    receipt = env.tx(fn, env.admin)
+
+    assert vault.functions.stakeOf(env.worker.address).call() == 60 * GLB
+    assert env.glb(env.requester) == req_before + 20 * GLB  # 50 %
+    assert env.glb(env.finder) == finder_before + 4 * GLB  # 10 %
+    assert token.functions.totalSupply().call() == supply - 16 * GLB  # 40 % burned
+    assert env.glb(vault.address) == 60 * GLB
+    slashed = [e for e in env.events(receipt) if e.name == "Slashed"]
+    assert slashed[0].args == {
+        "worker": env.worker.address,
+        "jobId": job_id,
+        "evidenceHash": evidence,
+        "amount": 40 * GLB,
+        "toRequester": 20 * GLB,
+        "toFinder": 4 * GLB,
+        "burned": 16 * GLB,
+    }
+
+
+def test_slash_reaches_unbonding_stake(env: Env) -> None:
+    """A cheater who asked to leave is still slashable until the unbonding period ends."""
+    vault = env.c.vault
+    stake(env, 100 * GLB)
+    env.tx(vault.functions.requestUnstake(80 * GLB), env.worker)
+    env.warp(WEEK - 60)
+    fn = vault.functions.slash(env.worker.address, 50 * GLB, keccak(b"j"), keccak(b"e"), env.requester.address, ZERO)
+    receipt = env.tx(fn, env.admin)
+    # 20 from active stake first, then 30 from unbonding.
+    assert vault.functions.stakeOf(env.worker.address).call() == 0
+    assert vault.functions.unbondingOf(env.worker.address).call()[0] == 50 * GLB
+    slashed = next(e for e in env.events(receipt) if e.name == "Slashed")
+    assert (slashed.args["toRequester"], slashed.args["toFinder"], slashed.args["burned"]) == (25 * GLB, 0, 25 * GLB)
+
+    # Taking more than is left takes everything and reports what was actually taken.
+    fn = vault.functions.slash(env.worker.address, 500 * GLB, keccak(b"j"), keccak(b"e"), ZERO, ZERO)
+    receipt = env.tx(fn, env.admin)
+    slashed = next(e for e in env.events(receipt) if e.name == "Slashed")
+    assert (slashed.args["amount"], slashed.args["burned"]) == (50 * GLB, 50 * GLB)
+    assert vault.functions.unbondingOf(env.worker.address).call() == [0, 0]
+    env.warp(DAY)
+    assert_reverts(env.client, vault.functions.withdraw(), env.worker, "StakingVaultNothingToWithdraw")
+    assert_reverts(env.client, fn, env.admin, "StakingVaultNothingToSlash", env.worker.address)
+
+
+def test_only_slashers_slash(env: Env) -> None:
+    vault = env.c.vault
+    stake(env, 10 * GLB)
+    fn = vault.functions.slash(env.worker.address, GLB, keccak(b"j"), keccak(b"e"), ZERO, ZERO)
+    slasher = role_id("SLASHER_ROLE")
+    assert_reverts(env.client, fn, env.outsider, "AccessControlUnauthorizedAccount", env.outsider.address, slasher)
+    zero = vault.functions.slash(env.worker.address, 0, keccak(b"j"), keccak(b"e"), ZERO, ZERO)
+    assert_reverts(env.client, zero, env.admin, "StakingVaultZeroAmount")
+    # Only the admin role can grant roles.
+    grant = vault.functions.grantRole(slasher, env.outsider.address)
+    assert_reverts(env.client, grant, env.outsider, "AccessControlUnauthorizedAccount")
+    env.tx(grant, env.admin)
+    env.tx(fn, env.outsider)
+
+
+def test_pause_stops_staking_but_not_slashing_or_withdrawal(env: Env) -> None:
+    vault = env.c.vault
+    stake(env, 50 * GLB)
+    env.tx(vault.functions.requestUnstake(10 * GLB), env.worker)
+    assert_reverts(env.client, vault.functions.pause(), env.outsider, "AccessControlUnauthorizedAccount")
+    assert names(env.events(env.tx(vault.functions.pause(), env.admin))) == ["Paused"]
+    assert_reverts(env.client, vault.functions.stake(GLB), env.worker, "EnforcedPause")
+    assert_reverts(env.client, vault.functions.requestUnstake(GLB), env.worker, "EnforcedPause")
+    env.tx(vault.functions.slash(env.worker.address, GLB, keccak(b"j"), keccak(b"e"), ZERO, ZERO), env.admin)
+    env.warp(WEEK)
+    env.tx(vault.functions.withdraw(), env.worker)
+    env.tx(vault.functions.unpause(), env.admin)
+    stake(env, GLB)
+
+
+def test_views_and_constructor_checks(env: Env) -> None:
+    vault = env.c.vault
+    assert vault.functions.minStake().call() == 100 * GLB
+    assert vault.functions.unbondingPeriod().call() == WEEK
+    assert (vault.functions.requesterBps().call(), vault.functions.finderBps().call()) == (5_000, 1_000)
+    assert vault.functions.token().call() == env.c.token.address
+    token, admin = env.c.token.address, env.admin
+    factory = env.client.w3.eth.contract(abi=vault.abi, bytecode=bytecode("StakingVault"))
+    for args, error in (
+        ((token, admin.address, GLB, WEEK, 9_000, 1_001), "StakingVaultInvalidSplit"),
+        ((token, admin.address, GLB, 0, 0, 0), "StakingVaultInvalidUnbondingPeriod"),
+        ((ZERO, admin.address, GLB, WEEK, 0, 0), "StakingVaultZeroAddress"),
+        ((token, ZERO, GLB, WEEK, 0, 0), "StakingVaultZeroAddress"),
+    ):
+        assert_reverts(env.client, factory.constructor(*args), admin, error)
