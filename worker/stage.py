@@ -27,7 +27,7 @@ from market.models.manifest import Manifest, check_layer_range, load_manifest
 from market.models.pooling import pool_embeddings
 from market.protocol.tensors import dtype_from_name
 from worker.models.errors import StageError, StageInputError
-from worker.models.modules import StageModules, build_stage_modules
+from worker.models.modules import LlamaHead, StageModules, build_stage_modules
 from worker.models.sessions import Session, SessionStore
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,7 @@ class Stage:
         self.start, self.end = start, end
         self.device = torch.device(device)
         self.dtype = dtype_from_name(self.manifest.dtype)
-        self.modules: StageModules = build_stage_modules(
-            self.model_dir, self.manifest, start, end, device=device
-        )
+        self.modules: StageModules = build_stage_modules(self.model_dir, self.manifest, start, end, device=device)
         self.sessions = SessionStore(ttl_s=session_ttl_s, max_bytes=max_cache_bytes, clock=clock)
         self._lock = threading.Lock()  # one forward at a time: sessions and torch modules are not thread-safe
 
@@ -182,9 +180,7 @@ class Stage:
             raise StageInputError(f"token ids must be in [0, {self.manifest.vocab_size})")
         if positions is not None:
             if positions.dtype != torch.int64 or positions.dim() != 2 or positions.shape[1] != tokens:
-                raise StageInputError(
-                    f"positions must be int64 [B or 1, {tokens}], got {list(positions.shape)}"
-                )
+                raise StageInputError(f"positions must be int64 [B or 1, {tokens}], got {list(positions.shape)}")
             if positions.shape[0] not in (1, batch) or int(positions.min()) < 0:
                 raise StageInputError("positions must be non-negative, one row or one row per sequence")
             limit = int(self.modules.config.max_position_embeddings)
@@ -246,7 +242,7 @@ class Stage:
             )
         session.mask = full_mask
         session.steps += 1
-        if m.head is None:
+        if not isinstance(m.head, LlamaHead):
             return hidden
         hidden = m.head.norm(hidden)
         if last_token_only:

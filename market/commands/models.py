@@ -20,13 +20,14 @@ def build_tiny(
     layers: Annotated[int, typer.Option(help="Number of decoder layers.")] = 8,
     seed: Annotated[int, typer.Option(help="torch.manual_seed for the weights.")] = 0,
     vocab: Annotated[int, typer.Option(help="BPE vocabulary size to train.")] = 512,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     force: ForceOpt = False,
 ) -> None:
     """Make a deterministic tiny Llama model (local BPE tokenizer, seeded weights) and shard it."""
     from market.models.tiny import build_tiny_llama
 
     manifest = build_tiny_llama(
-        out, hidden=hidden, layers=layers, seed=seed, vocab_size=vocab, overwrite=force
+        out, hidden=hidden, layers=layers, seed=seed, vocab_size=vocab, dtype=dtype, overwrite=force
     )
     typer.echo(f"{manifest.name}: {manifest.num_layers} layers, digest {manifest.digest()} -> {out}")
 

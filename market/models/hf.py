@@ -6,14 +6,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load as load_safetensors
-from transformers import (
-    BertConfig,
-    BertModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoModel, AutoModelForCausalLM, BertConfig, LlamaConfig, PretrainedConfig, PreTrainedModel
 
 from market.models.manifest import HEAD, Manifest, load_manifest, read_verified
 
@@ -37,11 +30,14 @@ def load_full_model(model_dir: Path) -> tuple[Manifest, PreTrainedModel]:
     for shard in manifest.shards:
         state.update(load_safetensors(read_verified(model_dir, shard)))
     config = hf_config(manifest)
+    # from_config(dtype=...) builds as from_pretrained does: weights in the manifest dtype but RoPE's inv_freq
+    # in float32 (`model.to(bfloat16)` would round it and change every logit).
+    dtype = getattr(torch, manifest.dtype)
     model: PreTrainedModel
     if manifest.family == "llama":
-        model = LlamaForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
-        model = BertModel(config, add_pooling_layer=bool(manifest.shard(HEAD).tensors))
-    model = model.to(getattr(torch, manifest.dtype))  # before loading, so weights are never cast
+        pooler = bool(manifest.shard(HEAD).tensors)
+        model = AutoModel.from_config(config, dtype=dtype, add_pooling_layer=pooler)
     model.load_state_dict(state, strict=True)
     return manifest, model.eval()

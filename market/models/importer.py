@@ -11,7 +11,7 @@ import logging
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
@@ -63,15 +63,13 @@ def _weight_files(src: Path) -> list[Path]:
     if files:
         return files
     if any(src.glob("*.bin")) or any(src.glob("*.pt")) or any(src.glob("*.pth")):
-        raise UnsupportedModelError(
-            f"{src} holds only pickle weights; convert to safetensors (pickle is never loaded)"
-        )
+        raise UnsupportedModelError(f"{src} holds only pickle weights; convert to safetensors (pickle is never loaded)")
     raise ManifestError(f"no safetensors weights in {src}")
 
 
 def _pooling(src: Path) -> Pooling:
     """sentence-transformers layout: 1_Pooling/config.json and a Normalize module in modules.json."""
-    mode = "mean"
+    mode: Literal["mean", "cls"] = "mean"
     pooling_cfg = src / "1_Pooling" / "config.json"
     if pooling_cfg.is_file():
         cfg = json.loads(pooling_cfg.read_text())
@@ -124,9 +122,7 @@ def _model_dtype(items: list[tuple[Path, str, str]]) -> str:
     names = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
     floating = {names.get(d, d) for d in dtypes}
     if len(floating) != 1 or next(iter(floating)) not in ALLOWED_DTYPES:
-        raise UnsupportedModelError(
-            f"weights must share one dtype of {ALLOWED_DTYPES}, found {sorted(dtypes)}"
-        )
+        raise UnsupportedModelError(f"weights must share one dtype of {ALLOWED_DTYPES}, found {sorted(dtypes)}")
     return next(iter(floating))
 
 
@@ -146,9 +142,7 @@ def import_checkpoint(src: Path, out: Path, *, name: str | None = None, overwrit
     plan = _plan(_weight_files(src), layout)
     expected = {EMBED, HEAD, *(layer_shard_name(i) for i in range(num_layers))}
     if set(plan) - {HEAD} != expected - {HEAD} or set(plan) - expected:
-        raise ManifestError(
-            f"checkpoint shards {sorted(plan)} do not cover {num_layers} layers plus embeddings"
-        )
+        raise ManifestError(f"checkpoint shards {sorted(plan)} do not cover {num_layers} layers plus embeddings")
     dtype = _model_dtype([item for items in plan.values() for item in items])
 
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
@@ -159,9 +153,7 @@ def import_checkpoint(src: Path, out: Path, *, name: str | None = None, overwrit
         embed_path, embed_key, _ = next(i for i in plan[EMBED] if i[2] == "model.embed_tokens.weight")
         with safe_open(str(embed_path), framework="pt") as fh:
             head_extra["lm_head.weight"] = fh.get_tensor(embed_key).contiguous()
-    shards = [
-        _write_shard(out, n, plan.get(n, []), head_extra if n == HEAD else {}) for n in sorted(expected)
-    ]
+    shards = [_write_shard(out, n, plan.get(n, []), head_extra if n == HEAD else {}) for n in sorted(expected)]
 
     tokenizer = []
     for file_name in TOKENIZER_FILES:

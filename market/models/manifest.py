@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from market.models.errors import ManifestError, ShardIntegrityError
 
-MANIFEST_FORMAT = "globai-manifest/1"
+MANIFEST_FORMAT: Final = "globai-manifest/1"
 MANIFEST_FILE = "manifest.json"
 EMBED = "embed"
 HEAD = "head"
@@ -167,18 +167,12 @@ def read_verified(model_dir: Path, entry: FileEntry) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ShardIntegrityError(
-            entry.path, entry.sha256, None, f"cannot read: {exc.strerror or exc}"
-        ) from None
+        raise ShardIntegrityError(entry.path, entry.sha256, None, f"cannot read: {exc.strerror or exc}") from None
     if len(data) != entry.size:
-        raise ShardIntegrityError(
-            entry.path, entry.sha256, None, f"size {len(data)}, manifest says {entry.size}"
-        )
+        raise ShardIntegrityError(entry.path, entry.sha256, None, f"size {len(data)}, manifest says {entry.size}")
     actual = hashlib.sha256(data).hexdigest()
     if actual != entry.sha256:
-        raise ShardIntegrityError(
-            entry.path, entry.sha256, actual, f"sha256 {actual} != manifest {entry.sha256}"
-        )
+        raise ShardIntegrityError(entry.path, entry.sha256, actual, f"sha256 {actual} != manifest {entry.sha256}")
     return data
 
 
@@ -191,9 +185,7 @@ def verify_file(model_dir: Path, entry: FileEntry) -> None:
         raise ShardIntegrityError(entry.path, entry.sha256, None, "size differs from the manifest")
     actual = sha256_file(path)
     if actual != entry.sha256:
-        raise ShardIntegrityError(
-            entry.path, entry.sha256, actual, f"sha256 {actual} != manifest {entry.sha256}"
-        )
+        raise ShardIntegrityError(entry.path, entry.sha256, actual, f"sha256 {actual} != manifest {entry.sha256}")
 
 
 def verify_model_dir(model_dir: Path, manifest: Manifest, *, shards: list[ShardEntry] | None = None) -> None:

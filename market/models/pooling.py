@@ -8,9 +8,7 @@ import torch.nn.functional as F
 from market.models.manifest import Pooling
 
 
-def pool_embeddings(
-    hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: Pooling
-) -> torch.Tensor:
+def pool_embeddings(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: Pooling) -> torch.Tensor:
     """[batch, tokens, hidden] token states -> [batch, hidden] sentence embeddings."""
     if pooling.mode == "cls":
         pooled = hidden[:, 0]

@@ -72,7 +72,9 @@ def generate_reference(
     if attention_mask is None:
         attention_mask = torch.ones_like(prompt_ids)
     with torch.inference_mode():
-        out = model.generate(input_ids=prompt_ids, attention_mask=attention_mask, generation_config=config)
+        out = model.generate(  # type: ignore[operator]  # nn.Module.__getattr__ hides it from mypy
+            input_ids=prompt_ids, attention_mask=attention_mask, generation_config=config
+        )
     return out[:, prompt_ids.shape[1] :]
 
 
@@ -83,9 +85,7 @@ def reference_logits(model_dir: Path, input_ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=input_ids).logits
 
 
-def reference_embeddings(
-    model_dir: Path, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
+def reference_embeddings(model_dir: Path, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Sentence embeddings of the unsharded encoder with the manifest's pooling: [B, hidden]."""
     manifest, model = load_full_model(model_dir)
     assert manifest.pooling is not None, "not an embedding model"

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from market.models.errors import ManifestError
 from market.models.importer import import_checkpoint
-from market.models.manifest import Manifest
+from market.models.manifest import ALLOWED_DTYPES, Manifest
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 HF_DIR = "hf"
@@ -58,14 +58,12 @@ def train_tokenizer(vocab_size: int = 512) -> Tokenizer:
     # Repeat so pair counts are large and ties rarer; training is deterministic for a fixed input order.
     tokenizer.train_from_iterator(lines * 4, trainer=trainer)
     bos_id = tokenizer.token_to_id(BOS)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", special_tokens=[(BOS, bos_id)]
-    )
+    tokenizer.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, bos_id)])
     return tokenizer
 
 
 def tiny_llama_config(
-    *, hidden: int, layers: int, vocab_size: int, pad_id: int, bos_id: int, eos_id: int
+    *, hidden: int, layers: int, vocab_size: int, pad_id: int, bos_id: int, eos_id: int, dtype: str = "float32"
 ) -> dict:
     heads = max(1, hidden // 64)
     # Grouped-query attention when possible, so stages exercise the same KV layout as real Llama models.
@@ -87,7 +85,7 @@ def tiny_llama_config(
         "pad_token_id": pad_id,
         "bos_token_id": bos_id,
         "eos_token_id": eos_id,
-        "dtype": "float32",
+        "dtype": dtype,
     }
 
 
@@ -98,6 +96,7 @@ def build_tiny_llama(
     layers: int = 8,
     seed: int = 0,
     vocab_size: int = 512,
+    dtype: str = "float32",
     overwrite: bool = False,
 ) -> Manifest:
     """Write an HF-style checkpoint to `out/hf` and its sharded form (manifest + shards) to `out`."""
@@ -105,11 +104,18 @@ def build_tiny_llama(
 
     if hidden % 64 and hidden >= 64 or hidden < 8 or layers < 1:
         raise ManifestError("hidden must be a multiple of 64 (or < 64) and layers >= 1")
+    if dtype not in ALLOWED_DTYPES:
+        raise ManifestError(f"dtype must be one of {ALLOWED_DTYPES}")
     out = Path(out)
     hf = out / HF_DIR
     hf.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(vocab_size)
-    ids = {tok: tokenizer.token_to_id(tok) for tok in (PAD, BOS, EOS)}
+    ids: dict[str, int] = {}
+    for special in (PAD, BOS, EOS):
+        token_id = tokenizer.token_to_id(special)
+        if token_id is None:  # cannot happen with the trainer's special_tokens, but never guess an id
+            raise ManifestError(f"tokenizer lacks {special}")
+        ids[special] = token_id
     config_dict = tiny_llama_config(
         hidden=hidden,
         layers=layers,
@@ -117,10 +123,12 @@ def build_tiny_llama(
         pad_id=ids[PAD],
         bos_id=ids[BOS],
         eos_id=ids[EOS],
+        dtype=dtype,
     )
     config = LlamaConfig(**config_dict)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    # Initialised in float32 (same random numbers for every dtype), then cast.
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype)).eval()
     # Plain safetensors (what save_pretrained writes, minus its progress bar); from_pretrained loads it as is.
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(hf / "model.safetensors"), metadata={"format": "pt"})

@@ -15,6 +15,7 @@ from market.models.reference import (
     reference_logits,
     run_pipeline_local,
 )
+from market.models.tiny import build_tiny_llama
 from worker.stage import Stage, StageInput
 
 SPLITS = {1: [0, 4], 2: [0, 2, 4], 4: [0, 1, 2, 3, 4]}
@@ -109,3 +110,16 @@ def test_seeded_sampling_is_reproducible_through_the_pipeline(tiny_llama: Path) 
 def test_prefill_positions_match_generate_convention() -> None:
     mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     assert prefill_positions(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+
+
+def test_bfloat16_model_is_exact_too(tmp_path: Path) -> None:
+    # RoPE's inv_freq stays float32 in both the stages and the reference, as from_pretrained keeps it.
+    model_dir = tmp_path / "bf16"
+    build_tiny_llama(model_dir, hidden=64, layers=2, dtype="bfloat16")
+    prompt = _prompts(batch=2, length=6, seed=60)
+    stages = [Stage(model_dir, 0, 1), Stage(model_dir, 1, 2)]
+    assert run_pipeline_local(stages, prompt, 8).tolist() == generate_reference(model_dir, prompt, 8).tolist()
+    hidden: torch.Tensor = prompt
+    for stage in stages:
+        hidden = stage.forward(None, hidden)
+    assert hidden.dtype == torch.bfloat16 and torch.equal(hidden, reference_logits(model_dir, prompt))

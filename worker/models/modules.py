@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -71,9 +72,7 @@ def _shard_prefixes(layout: FamilyLayout, name: str) -> dict[str, str]:
     if name.startswith("layer."):
         return {layout.layer_prefix_of(int(name.split(".", 1)[1])): ""}
     if layout.family == "llama":
-        return (
-            {"model.embed_tokens.": ""} if name == EMBED else {"model.norm.": "norm.", "lm_head.": "lm_head."}
-        )
+        return {"model.embed_tokens.": ""} if name == EMBED else {"model.norm.": "norm.", "lm_head.": "lm_head."}
     return {"embeddings.": ""} if name == EMBED else {"pooler.": ""}
 
 
@@ -83,8 +82,8 @@ def _construct(config: PretrainedConfig, family: str, name: str, has_tensors: bo
             if name == EMBED:
                 return nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
             if name == HEAD:
-                return LlamaHead(config)
-            return LlamaDecoderLayer(config, layer_idx=int(name.split(".", 1)[1]))
+                return LlamaHead(cast(LlamaConfig, config))
+            return LlamaDecoderLayer(cast(LlamaConfig, config), layer_idx=int(name.split(".", 1)[1]))
         if name == EMBED:
             return BertEmbeddings(config)
         if name == HEAD:
@@ -127,7 +126,9 @@ def build_stage_modules(
         modules[shard.name] = load_shard_module(model_dir, manifest, config, shard, device)
     rotary = None
     if manifest.family == "llama":
-        rotary = LlamaRotaryEmbedding(config=config).to(device)  # recomputed from config; no weights to load
+        rotary = LlamaRotaryEmbedding(config=cast(LlamaConfig, config)).to(
+            device
+        )  # recomputed from config; no weights to load
     return StageModules(
         config=config,
         embed=modules.get(EMBED),
