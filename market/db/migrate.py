@@ -21,7 +21,7 @@ def alembic_config(engine: Engine | None = None, *, url: str | None = None) -> C
     return config
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "heads") -> None:
     with engine.begin() as connection:
         config = alembic_config(engine)
         config.attributes["connection"] = connection

@@ -1,0 +1,152 @@
+"""`globai market serve|migrate|sync|requeue|celery-worker|celery-beat|openapi`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime
+
+import typer
+
+from market.config import Settings
+from market.errors import ConfigError, RpcUnavailable
+
+app = typer.Typer(help="The market API server, its database and its background jobs.")
+log = logging.getLogger(__name__)
+
+
+def _settings_with_devnet_addresses(settings: Settings) -> Settings:
+    """Fill contract addresses from the devnet deployment record when none are configured (dev profile only)."""
+    if settings.staking_vault_address and settings.job_escrow_address:
+        return settings
+    if settings.profile != "dev":
+        return settings
+    try:
+        from market.chain import devnet
+
+        client, record = devnet.connect(settings.rpc_url)
+    except (ConfigError, RpcUnavailable) as exc:
+        typer.echo(f"warning: no chain configured ({exc}); chain features answer 503", err=True)
+        return settings
+    if client.chain_id != settings.chain_id:
+        raise ConfigError(f"RPC chain id {client.chain_id} != GLOBAI_CHAIN_ID {settings.chain_id}")
+    return settings.model_copy(
+        update={"staking_vault_address": record.vault, "job_escrow_address": record.escrow,
+                "token_address": record.token}
+    )
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Bind address (default: GLOBAI_HOST)."),
+    port: int = typer.Option(None, help="Port (default: GLOBAI_PORT)."),
+    workers: int = typer.Option(None, help="Server processes (default: GLOBAI_WORKERS)."),
+) -> None:
+    """Run the market API with uvicorn (TLS when GLOBAI_SSL_CERTFILE/KEYFILE are set)."""
+    import uvicorn
+
+    settings = _settings_with_devnet_addresses(Settings())
+    if settings.profile == "prod" and not settings.ssl_certfile:
+        raise ConfigError("the prod profile needs TLS: set GLOBAI_SSL_CERTFILE and GLOBAI_SSL_KEYFILE")
+    # Server processes read Settings from the environment at their own entry point (market.api.asgi).
+    for key in ("staking_vault_address", "job_escrow_address", "token_address"):
+        value = getattr(settings, key)
+        if value:
+            os.environ[f"GLOBAI_{key.upper()}"] = value
+    uvicorn.run(
+        "market.api.asgi:app_factory",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@app.command()
+def migrate(
+    revision: str = typer.Argument("heads", help="Target revision (heads = every branch)."),
+    down: bool = typer.Option(False, "--down", help="Downgrade to the revision instead (e.g. base)."),
+) -> None:
+    """Apply the Alembic migrations to GLOBAI_DATABASE_URL."""
+    from market.db import migrate as migrations
+    from market.db.engine import make_engine
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    try:
+        (migrations.downgrade if down else migrations.upgrade)(engine, revision)
+    finally:
+        engine.dispose()
+    typer.echo(f"database at {revision}: {engine.url.render_as_string(hide_password=True)}")
+
+
+@app.command()
+def sync() -> None:
+    """Apply new StakingVault and JobEscrow events once (the beat task does this periodically)."""
+    from market.db.engine import make_engine, make_session_factory
+    from market.services.chain_sync import sync_escrow, sync_stakes
+    from market.services.chain_view import chain_view_from_settings
+
+    settings = _settings_with_devnet_addresses(Settings())
+    chain = chain_view_from_settings(settings)
+    if chain is None:
+        raise ConfigError("no chain configured: set GLOBAI_STAKING_VAULT_ADDRESS and GLOBAI_JOB_ESCROW_ADDRESS")
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            now = datetime.now(UTC)
+            stakes = sync_stakes(session, chain, now=now, page=settings.log_page_blocks,
+                                 confirmations=settings.confirmations)
+            escrow = sync_escrow(session, chain, now=now, page=settings.log_page_blocks,
+                                 confirmations=settings.confirmations)
+    finally:
+        engine.dispose()
+    typer.echo(f"stake events {stakes.events}, escrow events {escrow.events}, up to block {stakes.to_block}")
+
+
+@app.command()
+def requeue() -> None:
+    """Requeue tasks whose lease expired, once."""
+    from market.db.engine import make_engine, make_session_factory
+    from market.services.leasing import requeue_expired
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            count = requeue_expired(session, now=datetime.now(UTC), max_attempts=settings.max_task_attempts)
+    finally:
+        engine.dispose()
+    typer.echo(f"requeued {count} tasks")
+
+
+def _celery() -> object:
+    from market.tasks.celery_app import create_celery
+
+    return create_celery(_settings_with_devnet_addresses(Settings()))
+
+
+@app.command("celery-worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def celery_worker(ctx: typer.Context) -> None:
+    """Run a Celery worker for the market's tasks (extra arguments go to Celery, e.g. --concurrency 2)."""
+    _celery().worker_main(["worker", "--loglevel=INFO", *ctx.args])  # type: ignore[attr-defined]
+
+
+@app.command("celery-beat", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def celery_beat(ctx: typer.Context) -> None:
+    """Run Celery beat: lease requeue and chain sync on their intervals."""
+    _celery().start(["beat", "--loglevel=INFO", *ctx.args])  # type: ignore[attr-defined]
+
+
+@app.command()
+def openapi() -> None:
+    """Print the API's OpenAPI schema (JSON)."""
+    from market.api import create_app
+
+    settings = Settings(database_url="sqlite:///:memory:")
+    typer.echo(json.dumps(create_app(settings, chain=None).openapi(), indent=2))
