@@ -139,8 +139,9 @@ class Stage:
         with self._lock:
             if not self.is_decoder:
                 return self._encode(inputs, positions, attention_mask)
-            if session_id is None:
-                session = Session(session_id="<stateless>", created_at=0.0, last_used=0.0)
+            if session_id is None:  # one-shot: a throwaway cache (verification of a whole sequence, tests)
+                self._check_inputs(inputs, positions, attention_mask, None)
+                session = Session(session_id="", created_at=0.0, last_used=0.0)
                 return self._decode_step(session, inputs, positions, attention_mask, last_token_only)
             session = self.sessions.get(session_id)
             self._check_inputs(inputs, positions, attention_mask, session)
@@ -203,8 +204,6 @@ class Stage:
         attention_mask: torch.Tensor | None,
         last_token_only: bool,
     ) -> torch.Tensor:
-        if session.session_id == "<stateless>":
-            self._check_inputs(inputs, positions, attention_mask, None)
         m = self.modules
         inputs = inputs.to(self.device)
         batch, tokens = inputs.shape[:2]
