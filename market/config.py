@@ -62,6 +62,17 @@ class Settings(BaseSettings):
     requeue_interval_s: float = Field(default=10.0, gt=0)
     stake_sync_interval_s: float = Field(default=15.0, gt=0)
 
+    # Verification and settlement (Celery verifiers, settlement and indexer; docs/settlement.md).
+    # Key holding SETTLER_ROLE on JobEscrow and SLASHER_ROLE on StakingVault (the devnet deployer by default).
+    operator_private_key: SecretStr | None = None
+    # GLB wei slashed from a worker found cheating in a job; 0 means the vault's minStake.
+    slash_amount_wei: int = Field(default=0, ge=0)
+    # Calibration JSON from `globai verifier calibrate --out`; empty means the embedded defaults.
+    tolerances_path: str = ""
+    index_interval_s: float = Field(default=5.0, gt=0)
+    settle_interval_s: float = Field(default=10.0, gt=0)
+    verify_interval_s: float = Field(default=5.0, gt=0)
+
     # Serving.
     host: str = "127.0.0.1"
     port: int = 8000

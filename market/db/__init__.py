@@ -3,6 +3,7 @@
 from market.db.base import Base, UtcDateTime, Wei, new_id, utcnow
 from market.db.jobs import JOB_STATUSES, TASK_STATUSES, Job, Lease, Task
 from market.db.ledger import AuthNonce, ChainCursor, ChainEvent, Settlement, SettlementItem, Verification
+from market.db.verification import SettlementReport, SlashRecord, VerificationCheck, VerificationRun, WorkPart
 from market.db.workers import InferenceSession, ReputationEvent, Worker, WorkerProfile
 
 __all__ = [
@@ -18,11 +19,16 @@ __all__ = [
     "ReputationEvent",
     "Settlement",
     "SettlementItem",
+    "SettlementReport",
+    "SlashRecord",
     "Task",
     "UtcDateTime",
     "Verification",
+    "VerificationCheck",
+    "VerificationRun",
     "Wei",
     "Worker",
+    "WorkPart",
     "WorkerProfile",
     "new_id",
     "utcnow",

@@ -18,7 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from market.config import Settings
 from market.db.engine import make_engine, make_session_factory
 
-TASK_MODULES = ("market.tasks.leases",)
+TASK_MODULES = (
+    "market.tasks.leases",
+    "market.tasks.verification",
+    "market.tasks.settlement",
+    "market.tasks.indexer",
+)
 
 
 @dataclass
@@ -77,6 +82,21 @@ def create_celery(settings: Settings, *, include: Iterable[str] = ()) -> Celery:
                 "task": "market.tasks.leases.sync_chain",
                 "schedule": settings.stake_sync_interval_s,
                 "options": {"expires": settings.stake_sync_interval_s},
+            },
+            "index-chain": {
+                "task": "market.indexer.index_chain",
+                "schedule": settings.index_interval_s,
+                "options": {"expires": settings.index_interval_s},
+            },
+            "start-verifications": {
+                "task": "market.verification.start_ready",
+                "schedule": settings.verify_interval_s,
+                "options": {"expires": settings.verify_interval_s},
+            },
+            "settle-ready-jobs": {
+                "task": "market.settlement.settle_ready",
+                "schedule": settings.settle_interval_s,
+                "options": {"expires": settings.settle_interval_s},
             },
         },
     )

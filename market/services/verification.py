@@ -1,0 +1,400 @@
+"""The verification pipeline's logic (the Celery tasks in `market.tasks.verification` are thin wrappers).
+
+    open_run            before the work: draw the job's sampling secret, publish only its hash (beacon)
+    start_verification  after every signed root is in: reveal the seed, sample segments per worker at the
+                        policy's rate, pick a replica of another operator for each -> check ids
+    run_check           replay one segment on its replica, compare with the claim; a tolerance mismatch opens
+                        two dispute checks on two more replicas -> new check ids
+    decide_job          once no check is pending: 2-of-3 per segment, work parts paid / unpaid, reputation,
+                        slash records for the guilty
+    execute_slash       `StakingVault.slash` once per (job, worker), evidence = the signed commitment's digest,
+                        finder = the replica that caught it; then the job moves on to settlement
+
+Where the work itself lives (commitments, recorded stage inputs, replicas) is behind `WorkSource`: the inference
+coordinator provides one over its tables and blob store; tests provide an in-process one. Every step is
+idempotent (state in the DB, compare-and-set on the run's status) so at-least-once task delivery is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import torch
+from eth_utils import to_checksum_address
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from market.chain.client import ContractReverted
+from market.db import Job, SlashRecord, VerificationCheck, VerificationRun, Worker, WorkPart
+from market.domain_errors import Conflict, NotFound
+from market.errors import GlobaiError
+from market.protocol.commitments import SignedCommitment, SignedRoot
+from market.protocol.signing import ChunkScope
+from market.scheduler.reputation import reputation
+from market.services.operator import ChainOperator
+from market.services.workers import record_outcome, worker_reputation
+from market.settlement.payout import PAID, UNPAID_FAULTY, UNPAID_SLASHED
+from market.verifier import sampling
+from market.verifier.compare import DEFAULT_TOLERANCES, Tolerance
+from market.verifier.disputes import FAULTY, GUILTY, Vote, check_claim, check_structure, decide_segment
+
+log = logging.getLogger(__name__)
+
+DISPUTE_ROUNDS = (1, 2)
+
+
+class ReplicaUnavailable(GlobaiError):
+    """A replica could not run a replay now (offline, timed out): transient, the task retries."""
+
+
+@dataclass(frozen=True)
+class ClaimedPart:
+    """A worker's share of a job as the coordinator recorded it."""
+
+    work_key: str
+    worker: str
+    operator_id: str
+    stage: int
+    layer_start: int
+    layer_end: int
+    units: int
+    dtype: str  # the job's dtype name: picks the tolerance
+    scope: ChunkScope  # what this part's commitments must be scoped to
+    signed_root: SignedRoot
+    chunk_indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Replica:
+    address: str
+    operator_id: str
+
+
+class WorkSource(Protocol):
+    def parts(self, job_id: str) -> list[ClaimedPart]: ...
+
+    def commitment(self, job_id: str, work_key: str, chunk_index: int) -> tuple[SignedCommitment, list[bytes]]:
+        """The signed chunk commitment and its Merkle proof under the part's signed root."""
+        ...
+
+    def replicas(self, job_id: str, part: ClaimedPart) -> list[Replica]:
+        """Workers that can replay this part (same layers, same model), any operator; the caller filters."""
+        ...
+
+    def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
+        """Have `replica` run the part's recorded stage input (an ordinary forward task) and return its output
+        for the chunk, [tokens, hidden]. Raises `ReplicaUnavailable` when it can't now."""
+        ...
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    policy: sampling.SamplingPolicy = sampling.DEFAULT_POLICY
+    economics: sampling.Economics = sampling.DEFAULT_ECONOMICS
+    tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+    sketch_k: int | None = None  # None: accept the k the sketch declares (the job spec pins it in production)
+    slash_amount: int = 0  # 0: the vault's minStake
+
+
+# --- before the work -------------------------------------------------------------------------------------------
+
+
+def open_run(session: Session, *, job_id: str, now: datetime, secret: bytes | None = None) -> VerificationRun:
+    """Create the job's run with a fresh secret (idempotent); the beacon may be published with the job."""
+    run = session.get(VerificationRun, job_id)
+    if run is None:
+        raw = secret if secret is not None else os.urandom(32)
+        run = VerificationRun(
+            job_id=job_id, status="open", secret="0x" + raw.hex(),
+            beacon="0x" + sampling.beacon_commitment(raw).hex(), created_at=now, updated_at=now,
+        )
+        session.add(run)
+        session.commit()
+    return run
+
+
+def _history(session: Session, worker: str, now: datetime) -> sampling.WorkerHistory:
+    row = session.scalar(select(Worker).where(Worker.address == worker))
+    if row is None:
+        return sampling.WorkerHistory()
+    rep = worker_reputation(session, worker_id=row.id, now=now)
+    base = reputation([], now=now)
+    return sampling.WorkerHistory(verified=rep.alpha - base.alpha, failed=rep.beta - base.beta)
+
+
+def _pick(rng: random.Random, pool: Sequence[Replica], exclude_ops: set[str], exclude: set[str]) -> Replica | None:
+    candidates = [r for r in pool if r.operator_id not in exclude_ops and r.address not in exclude]
+    return rng.choice(candidates) if candidates else None
+
+
+def _pending_ids(session: Session, job_id: str) -> list[str]:
+    return list(
+        session.scalars(
+            select(VerificationCheck.id).where(VerificationCheck.job_id == job_id, VerificationCheck.status == "pending")
+        ).all()
+    )
+
+
+# --- sampling --------------------------------------------------------------------------------------------------
+
+
+def start_verification(
+    session: Session, source: WorkSource, cfg: VerifierConfig, *, job_id: str, now: datetime,
+    rng: random.Random | None = None,
+) -> list[str]:
+    """Sample the job's segments and create round-0 checks; returns the ids of checks to replay."""
+    rng = rng or random.SystemRandom()
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound("job", job_id)
+    run = session.get(VerificationRun, job_id)
+    if run is None:
+        log.warning("job %s had no verification run before its work; drawing the secret now", job_id)
+        run = open_run(session, job_id=job_id, now=now)
+    if run.status != "open":
+        return _pending_ids(session, job_id)  # a redelivered task: the replays still pending
+
+    parts = source.parts(job_id)
+    if not parts:
+        raise Conflict(f"job {job_id} has no work to verify")
+    existing = {p.work_key: p for p in session.scalars(select(WorkPart).where(WorkPart.job_id == job_id))}
+    for part in parts:
+        row = existing.get(part.work_key)
+        if row is None:
+            row = WorkPart(job_id=job_id, work_key=part.work_key)
+            session.add(row)
+        row.worker, row.operator_id, row.stage = to_checksum_address(part.worker), part.operator_id, part.stage
+        row.layer_start, row.layer_end, row.units = part.layer_start, part.layer_end, part.units
+        row.chunk_count, row.root, row.status = len(part.chunk_indices), "0x" + part.signed_root.root.hex(), "pending"
+    session.flush()
+
+    secret = bytes.fromhex(run.secret[2:])
+    roots = {part.scope.task_id: part.signed_root.root for part in parts}
+    seed = sampling.sampling_seed(
+        bytes.fromhex(job.chain_job_id[2:]), roots, secret, bytes.fromhex(run.beacon[2:])
+    )
+    by_task = {part.scope.task_id: part for part in parts}
+    tasks = [
+        sampling.TaskChunks(
+            task_id=part.scope.task_id, stage=part.stage, chunk_indices=part.chunk_indices,
+            rate=sampling.sampling_rate(cfg.economics, _history(session, part.worker, now),
+                                        max(len(part.chunk_indices), 1), cfg.policy),
+        )
+        for part in parts
+    ]
+    segments = sampling.sample_segments(seed, tasks)
+    pools: dict[str, list[Replica]] = {}
+    for seg in segments:
+        part = by_task[seg.task_id]
+        if part.work_key not in pools:
+            pools[part.work_key] = source.replicas(job_id, part)
+        replica = _pick(rng, pools[part.work_key], {part.operator_id}, {part.worker})
+        session.add(
+            VerificationCheck(
+                job_id=job_id, work_key=part.work_key, worker=part.worker, stage=part.stage,
+                chunk_index=seg.chunk_index, round=0, replica=None if replica is None else replica.address,
+                status="pending" if replica is not None else "void", reason="" if replica else "no_replica",
+                created_at=now, decided_at=None if replica else now,
+            )
+        )
+    run.status, run.seed, run.sampled, run.updated_at = "replaying", "0x" + seed.hex(), len(segments), now
+    session.commit()
+    log.info("job %s: %d of %d chunks sampled", job_id, len(segments), sum(len(p.chunk_indices) for p in parts))
+    return _pending_ids(session, job_id)
+
+
+# --- replay and compare ----------------------------------------------------------------------------------------
+
+
+def run_check(
+    session: Session, source: WorkSource, cfg: VerifierConfig, *, check_id: str, now: datetime,
+    rng: random.Random | None = None,
+) -> tuple[str, list[str]]:
+    """Replay one check's segment and decide it; returns (job id, ids of dispute checks it opened)."""
+    rng = rng or random.SystemRandom()
+    check = session.get(VerificationCheck, check_id)
+    if check is None:
+        raise NotFound("verification check", check_id)
+    if check.status != "pending":
+        return check.job_id, []
+    part = next((p for p in source.parts(check.job_id) if p.work_key == check.work_key), None)
+    if part is None:
+        raise NotFound("work part", check.work_key)
+    signed, proof = source.commitment(check.job_id, check.work_key, check.chunk_index)
+    common = {"expected_scope": part.scope, "chunk_index": check.chunk_index, "worker": part.worker,
+              "signed_root": part.signed_root}
+    verdict = check_structure(signed, proof, **common)
+    if verdict is None:
+        assert check.replica is not None  # pending checks always have one
+        replayed = source.replay(check.job_id, part, check.chunk_index, check.replica)
+        tol = cfg.tolerances[part.dtype]
+        verdict = check_claim(signed, proof, replayed, tol, k=cfg.sketch_k, **common)
+    check.status = "pass" if verdict.ok else "fail"
+    check.reason = verdict.reason[:128]
+    check.metrics = {k: v for k, v in verdict.metrics.items() if v == v}  # drop NaN (not JSON)
+    check.evidence = "0x" + signed.commitment.digest.hex()
+    check.decided_at = now
+    opened: list[str] = []
+    if check.round == 0 and verdict.needs_replay_vote:
+        pool = source.replicas(check.job_id, part)
+        used_ops = {part.operator_id}
+        used = {part.worker, check.replica or ""}
+        first = next((r for r in pool if r.address == check.replica), None)
+        if first is not None:
+            used_ops.add(first.operator_id)
+        for rnd in DISPUTE_ROUNDS:
+            replica = _pick(rng, pool, used_ops, used)
+            row = VerificationCheck(
+                job_id=check.job_id, work_key=check.work_key, worker=check.worker, stage=check.stage,
+                chunk_index=check.chunk_index, round=rnd, replica=None if replica is None else replica.address,
+                status="pending" if replica else "void", reason="" if replica else "no_replica", created_at=now,
+                decided_at=None if replica else now,
+            )
+            session.add(row)
+            session.flush()
+            if replica is not None:
+                used.add(replica.address)
+                used_ops.add(replica.operator_id)
+                opened.append(row.id)
+    session.commit()
+    return check.job_id, opened
+
+
+# --- decision --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobDecision:
+    job_id: str
+    guilty: dict[str, str]  # worker -> evidence digest
+    slash_ids: list[str]
+
+
+def decide_job(
+    session: Session, cfg: VerifierConfig, *, job_id: str, now: datetime
+) -> JobDecision | None:
+    """Decide every sampled segment once nothing is pending (None while replays are still running)."""
+    if _pending_ids(session, job_id):
+        return None
+    # Compare-and-set: of several concurrent deciders exactly one moves the run on.
+    moved = session.execute(
+        update(VerificationRun)
+        .where(VerificationRun.job_id == job_id, VerificationRun.status == "replaying")
+        .values(status="deciding", updated_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    if not moved:
+        return None
+    job = session.get(Job, job_id)
+    assert job is not None
+    checks = session.scalars(select(VerificationCheck).where(VerificationCheck.job_id == job_id)).all()
+    segments: dict[tuple[str, int], list[VerificationCheck]] = defaultdict(list)
+    for c in checks:
+        segments[(c.work_key, c.chunk_index)].append(c)
+    guilty: dict[str, tuple[str, str]] = {}  # worker -> (evidence, finder)
+    faulty_parts: set[str] = set()
+    workers = {w.address: w for w in session.scalars(select(Worker)).all()} if checks else {}
+    for (work_key, _chunk), rows in sorted(segments.items()):
+        rows.sort(key=lambda r: r.round)
+        outcome, first_lost = decide_segment([Vote(r.round, r.status, r.reason) for r in rows])
+        first = rows[0]
+        accused = workers.get(first.worker)
+        if outcome == GUILTY:
+            guilty.setdefault(first.worker, (first.evidence, first.replica or ""))
+        elif outcome == FAULTY:
+            faulty_parts.add(work_key)
+        if accused is not None and outcome in ("cleared", GUILTY, FAULTY):
+            record_outcome(session, worker_id=accused.id, kind="pass" if outcome == "cleared" else "fail",
+                           now=now, job_id=job_id, detail=f"{work_key}#{first.chunk_index}: {first.reason}")
+        liar = workers.get(first.replica or "")
+        if first_lost and liar is not None:
+            record_outcome(session, worker_id=liar.id, kind="fail", now=now, job_id=job_id,
+                           detail=f"lost dispute on {work_key}#{first.chunk_index}")
+    for part in session.scalars(select(WorkPart).where(WorkPart.job_id == job_id)):
+        if part.worker in guilty:
+            part.status = UNPAID_SLASHED  # the cheater's whole share of the job: its unverified work is refunded
+        elif part.work_key in faulty_parts:
+            part.status = UNPAID_FAULTY
+        else:
+            part.status = PAID
+    slash_ids = []
+    for worker, (evidence, finder) in sorted(guilty.items()):
+        existing = session.scalar(select(SlashRecord).where(SlashRecord.job_id == job_id, SlashRecord.worker == worker))
+        if existing is None:
+            existing = SlashRecord(job_id=job_id, worker=worker, amount=cfg.slash_amount, evidence=evidence,
+                                   finder=finder or worker, requester=job.requester, status="pending", created_at=now)
+            session.add(existing)
+            session.flush()
+        slash_ids.append(existing.id)
+        if worker in workers:
+            record_outcome(session, worker_id=workers[worker].id, kind="slash", now=now, job_id=job_id,
+                           detail=f"guilty in job {job_id}")
+            workers[worker].last_slash_at = now
+    run = session.get(VerificationRun, job_id)
+    assert run is not None
+    run.status = "slashing" if slash_ids else "settling"
+    run.detail = f"{len(checks)} checks, {len(guilty)} guilty"
+    session.commit()
+    return JobDecision(job_id, {w: e for w, (e, _) in guilty.items()}, slash_ids)
+
+
+# --- slashing --------------------------------------------------------------------------------------------------
+
+
+def _slashed_event(op: ChainOperator, worker: str, chain_job_id: bytes, from_block: int):  # type: ignore[no-untyped-def]
+    for ev in op.client.get_logs([op.vault], from_block):
+        if ev.name == "Slashed" and ev.args["jobId"] == chain_job_id and to_checksum_address(ev.args["worker"]) == worker:
+            return ev
+    return None
+
+
+def execute_slash(session: Session, op: ChainOperator, *, slash_id: str, now: datetime) -> SlashRecord:
+    """Slash once per (job, worker): a retry after a crash finds the chain's Slashed event instead of resending."""
+    row = session.get(SlashRecord, slash_id)
+    if row is None:
+        raise NotFound("slash", slash_id)
+    if row.status == "pending":
+        job = session.get(Job, row.job_id)
+        assert job is not None
+        chain_job_id = bytes.fromhex(job.chain_job_id[2:])
+        event = _slashed_event(op, to_checksum_address(row.worker), chain_job_id, job.created_block)
+        if event is None:
+            amount = row.amount or int(op.client.call(op.vault.functions.minStake()))
+            fn = op.vault.functions.slash(
+                to_checksum_address(row.worker), amount, chain_job_id, bytes.fromhex(row.evidence[2:]),
+                to_checksum_address(row.requester), to_checksum_address(row.finder),
+            )
+            try:
+                receipt = op.client.transact(fn, op.account)
+            except ContractReverted as exc:
+                if exc.error != "StakingVaultNothingToSlash":
+                    raise
+                row.status = "nothing_staked"
+            else:
+                event = next(e for e in op.client.events(receipt, op.vault) if e.name == "Slashed")
+        if event is not None:
+            row.status, row.tx_hash, row.slashed = "confirmed", event.tx_hash, int(event.args["amount"])
+        row.confirmed_at = now
+        session.commit()
+    moved = session.execute(
+        update(VerificationRun)
+        .where(VerificationRun.job_id == row.job_id, VerificationRun.status == "slashing")
+        .values(status="settling", updated_at=now)
+        .where(
+            ~select(SlashRecord.id)
+            .where(SlashRecord.job_id == row.job_id, SlashRecord.status == "pending")
+            .exists()
+        )
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    if moved:
+        log.info("job %s: slashes done, ready to settle", row.job_id)
+    return row
+

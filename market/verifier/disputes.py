@@ -1,0 +1,121 @@
+"""Checking one claimed chunk against a replica's replay, and deciding a disputed segment 2-of-3 (pure).
+
+A claim is the worker's signed chunk commitment plus its Merkle proof under the worker's signed task root.
+Structural faults are decided by the signed data alone (anyone can re-check them, so no replica vote is needed):
+
+- `bad_signature`: the commitment is not signed by the worker: not evidence against anyone, the work is unpaid;
+- `wrong_scope`: signed by the worker but for another job/task/stage/nonce (e.g. a commitment replayed from
+  another job) - provable, slashable;
+- `not_in_root`: signed, but not under the worker's signed root - provable, slashable;
+- `malformed`: the signed sketch does not parse (fail closed) - provable, slashable.
+
+Otherwise the committed sketch is compared with the replay (`compare.compare_sketch`): a mismatch is one vote
+against the worker, and two more replicas (other operators) replay the segment; the worker is guilty when at
+least two of the three replays disagree with its claim. When the two extra replicas both agree with the worker,
+the first replica lost the dispute (its own reputation takes the failure).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from market.protocol import merkle
+from market.protocol.commitments import SignedCommitment, SignedRoot
+from market.protocol.signing import ChunkScope, verify_signer
+from market.verifier.compare import Tolerance, compare_sketch
+
+STRUCTURAL_SLASHABLE = frozenset({"wrong_scope", "not_in_root", "malformed"})
+UNPAID_ONLY = frozenset({"bad_signature"})
+GUILTY, CLEARED, UNVERIFIED, FAULTY = "guilty", "cleared", "unverified", "faulty"
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    ok: bool
+    reason: str
+    needs_replay_vote: bool  # a tolerance mismatch (decided 2-of-3), as opposed to a structural fault
+    metrics: dict[str, Any]
+
+
+def check_structure(
+    signed: SignedCommitment,
+    proof: Sequence[bytes],
+    *,
+    expected_scope: ChunkScope,
+    chunk_index: int,
+    worker: str,
+    signed_root: SignedRoot,
+) -> ClaimVerdict | None:
+    """A structural fault (see the module docstring), or None when the claim is well-formed and bound."""
+    c = signed.commitment
+    if not verify_signer(c.digest, signed.signature, worker):
+        return ClaimVerdict(False, "bad_signature", False, {})
+    if c.scope != expected_scope or c.chunk_index != chunk_index:
+        return ClaimVerdict(False, "wrong_scope", False, {})
+    if signed_root.scope != expected_scope or not merkle.verify_proof(c.leaf, list(proof), signed_root.root):
+        return ClaimVerdict(False, "not_in_root", False, {})
+    if not verify_signer(signed_root.digest, signed_root.signature, worker):
+        return ClaimVerdict(False, "not_in_root", False, {})
+    return None
+
+
+def check_claim(
+    signed: SignedCommitment,
+    proof: Sequence[bytes],
+    replayed: torch.Tensor | None,
+    tol: Tolerance,
+    *,
+    expected_scope: ChunkScope,
+    chunk_index: int,
+    worker: str,
+    signed_root: SignedRoot,
+    k: int | None = None,
+) -> ClaimVerdict:
+    """Full check of one claimed chunk against the replica's replayed chunk [tokens, hidden]."""
+    fault = check_structure(
+        signed, proof, expected_scope=expected_scope, chunk_index=chunk_index, worker=worker, signed_root=signed_root
+    )
+    if fault is not None:
+        return fault
+    if replayed is None:
+        raise ValueError("a well-formed claim needs the replayed chunk")
+    verdict = compare_sketch(signed.commitment.sketch, replayed, tol, k=k)
+    if verdict.reason == "malformed":
+        return ClaimVerdict(False, "malformed", False, verdict.metrics.to_json())
+    return ClaimVerdict(verdict.ok, verdict.reason, not verdict.ok, verdict.metrics.to_json())
+
+
+@dataclass(frozen=True)
+class Vote:
+    round: int
+    status: str  # pass | fail | void (no replica / replica failed)
+    reason: str
+
+
+def decide_segment(votes: Sequence[Vote]) -> tuple[str, bool]:
+    """(outcome, first_replica_lost) for one sampled segment from its checks (round 0 first, then disputes).
+
+    outcome: `guilty` (slash), `faulty` (unpaid, not slashable), `cleared`, or `unverified` (no replica could
+    check it: treated like an unsampled chunk).
+    """
+    by_round = {v.round: v for v in votes}
+    first = by_round.get(0)
+    if first is None or first.status == "void":
+        return UNVERIFIED, False
+    if first.status == "pass":
+        return CLEARED, False
+    if first.reason in UNPAID_ONLY:
+        return FAULTY, False
+    if first.reason in STRUCTURAL_SLASHABLE:
+        return GUILTY, False
+    disputes = [by_round[r] for r in (1, 2) if r in by_round and by_round[r].status != "void"]
+    fails = 1 + sum(v.status == "fail" for v in disputes)
+    passes = sum(v.status == "pass" for v in disputes)
+    if fails >= 2:
+        return GUILTY, False
+    # Two replicas of other operators reproduced the claim: the first replica was wrong (or lying).
+    return CLEARED, passes >= 2
