@@ -16,6 +16,7 @@ from market.models.reference import (
     run_pipeline_local,
 )
 from market.models.tiny import build_tiny_llama
+from market.protocol.tensors import decode_message, encode_message, validate_tensor
 from worker.stage import Stage, StageInput
 
 SPLITS = {1: [0, 4], 2: [0, 2, 4], 4: [0, 1, 2, 3, 4]}
@@ -123,3 +124,56 @@ def test_bfloat16_model_is_exact_too(tmp_path: Path) -> None:
     for stage in stages:
         hidden = stage.forward(None, hidden)
     assert hidden.dtype == torch.bfloat16 and torch.equal(hidden, reference_logits(model_dir, prompt))
+
+
+class WireStage:
+    """A stage reached through the binary codec both ways, as the coordinator will reach a worker."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        self.is_last = stage.is_last
+
+    def open_session(self, session_id: str) -> None:
+        self.stage.open_session(session_id)
+
+    def close_session(self, session_id: str) -> bool:
+        return self.stage.close_session(session_id)
+
+    def forward(
+        self,
+        session_id: str | None,
+        inputs: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        last_token_only: bool = False,
+    ) -> torch.Tensor:
+        tensors = [inputs, positions if positions is not None else torch.empty(0, dtype=torch.int64)]
+        if attention_mask is not None:
+            tensors.append(attention_mask)
+        request = encode_message({"op": "forward", "session": session_id, "last": last_token_only}, tensors)
+        msg = decode_message(request, max_bytes=1 << 24)
+        x = validate_input(self.stage, msg.tensors[0])
+        pos = msg.tensors[1] if msg.tensors[1].numel() else None
+        out = self.stage.forward(
+            msg.header["session"],
+            x,
+            pos,
+            msg.tensors[2] if len(msg.tensors) > 2 else None,
+            last_token_only=msg.header["last"],
+        )
+        return decode_message(encode_message({"op": "result"}, [out]), max_bytes=1 << 24).tensors[0]
+
+
+def validate_input(stage: Stage, tensor: torch.Tensor) -> torch.Tensor:
+    validate_tensor(tensor, expected_dtype=stage.input_dtype, expected_shape=stage.input_shape_ok)
+    return tensor
+
+
+def test_exact_match_survives_the_wire_codec(tiny_llama: Path) -> None:
+    prompt = _prompts(batch=2, length=8, seed=70)
+    mask = torch.ones_like(prompt)
+    mask[1, :2] = 0
+    expected = generate_reference(tiny_llama, prompt, NEW_TOKENS, attention_mask=mask)
+    stages = [WireStage(s) for s in _stages(tiny_llama, 2)]
+    assert run_pipeline_local(stages, prompt, NEW_TOKENS, attention_mask=mask).tolist() == expected.tolist()
