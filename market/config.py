@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     settle_interval_s: float = Field(default=10.0, gt=0)
     verify_interval_s: float = Field(default=5.0, gt=0)
 
+    # Pipeline inference (docs/inference.md): served models, recorded stage inputs, worker call timeout.
+    models_dir: str = "models"
+    blob_dir: str = "var/blobs"
+    blob_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    stage_timeout_s: float = Field(default=60.0, gt=0)
+
     # Serving.
     host: str = "127.0.0.1"
     port: int = 8000

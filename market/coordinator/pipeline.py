@@ -1,0 +1,337 @@
+"""Drive one generation through a route of workers: sessions, prefill, decode, sampling, recording, failover.
+
+The coordinator is the pipeline's client (as in Petals): it opens a session on every hop, sends the prompt
+through the chain (prefill), samples the next token from the last hop's logits with the seeded sampler, and
+sends that token through again (decode), for the whole batch of the request's sequences at once. Positions and
+padding follow `market.models.reference.run_pipeline_local` exactly, so greedy output equals `generate`.
+
+Every call a hop answered is recorded (tensors in memory for failover, canonical bytes for the blob store);
+when a worker drops, times out or answers garbage, its span of layers is re-planned (a standby first), the new
+hops get fresh sessions and the recorded inputs are replayed through them, then the interrupted step goes on:
+the output is identical to an undisturbed run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from market.coordinator.links import StageFailed, WorkerGone, WorkerLink
+from market.coordinator.sampling import Sampler, SamplingParams
+from market.errors import GlobaiError
+from market.models.manifest import Manifest
+from market.models.reference import prefill_positions
+from market.protocol.commitments import MalformedCommitment, SignedCommitment, SignedRoot, verify_commitment
+from market.protocol.pipeline import StageLimits, scope_to_json
+from market.protocol.signing import ChunkScope
+from market.protocol.tensors import FrameError, encode_message
+
+log = logging.getLogger(__name__)
+
+# Worker answers that mean "this session's cache is gone, replay it here" rather than "this worker is bad".
+REPLAYABLE = ("session_evicted", "unknown_session")
+
+
+class RouteUnavailable(GlobaiError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"no route: {detail}")
+
+
+class GenerationFailed(GlobaiError):
+    pass
+
+
+@dataclass
+class RecordedCall:
+    """One forward call a hop answered: replayed on failover, stored as a blob for verification."""
+
+    step: int
+    tensors: list[torch.Tensor]  # inputs, positions[, mask]
+    first_position: int
+    last_token_only: bool
+    blob: bytes  # canonical request bytes (no rid): what a verifier replays
+    output_sha256: str
+
+
+@dataclass
+class Hop:
+    start: int
+    end: int
+    link: WorkerLink
+    standbys: list[WorkerLink]
+    scope: ChunkScope
+    records: list[RecordedCall] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        return {"layers": [self.start, self.end], "worker": self.link.address,
+                "standbys": [s.address for s in self.standbys]}
+
+
+@dataclass
+class Evidence:
+    """What a run leaves for verification: records per (hop, worker) and verified signed commitments."""
+
+    records: list[tuple[Hop, WorkerLink, RecordedCall]] = field(default_factory=list)
+    commitments: list[tuple[str, SignedCommitment]] = field(default_factory=list)  # (worker address, signed)
+    roots: list[tuple[str, ChunkScope, dict[str, Any]]] = field(default_factory=list)
+
+
+# (start, end, exclude link ids) -> new hops for that span, or None
+Replanner = Callable[[int, int, set[str]], list[tuple[WorkerLink, list[WorkerLink]]] | None]
+
+
+class PipelineRun:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        manifest: Manifest,
+        limits: StageLimits,
+        hops: list[tuple[WorkerLink, list[WorkerLink]]],
+        prompt_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        sampling: SamplingParams,
+        scope_for: Callable[[int], ChunkScope],
+        replan: Replanner,
+        call_timeout_s: float,
+        max_failovers: int = 4,
+        decode: Callable[[list[int]], str] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.manifest = manifest
+        self.limits = limits
+        self.scope_for = scope_for
+        self.hops = [Hop(link.layer_start, link.layer_end, link, list(standbys), scope_for(link.layer_start))
+                     for link, standbys in hops]
+        self.prompt_ids = prompt_ids
+        self.attention_mask = attention_mask
+        self.max_new_tokens = max_new_tokens
+        self.sampler = Sampler(sampling)
+        self.replan = replan
+        self.call_timeout_s = call_timeout_s
+        self.max_failovers = max_failovers
+        self.decode = decode
+        self.session_id = run_id
+        self.failovers = 0
+        self.excluded: set[str] = set()
+        self.tokens: list[list[int]] = [[] for _ in range(prompt_ids.shape[0])]
+        self.evidence = Evidence()
+        self.events: list[dict[str, Any]] = []
+        self.done = False
+        self._changed = asyncio.Event()
+        self.timings: dict[str, float] = {}
+
+    # --- events for the requester ----------------------------------------------------------------------------
+    def emit(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def stream(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event from the first, then live ones, until the run ends."""
+        index = 0
+        while True:
+            while index < len(self.events):
+                yield self.events[index]
+                index += 1
+            if self.done:
+                return
+            self._changed.clear()
+            if index < len(self.events) or self.done:
+                continue
+            await self._changed.wait()
+
+    def route(self) -> list[dict[str, Any]]:
+        return [h.describe() for h in self.hops]
+
+    # --- the run ---------------------------------------------------------------------------------------------
+    async def run(self) -> list[list[int]]:
+        started = time.perf_counter()
+        try:
+            self.emit({"event": "route", "route": self.route()})
+            for hop in list(self.hops):
+                await self._open(hop)
+            mask = self.attention_mask
+            positions = prefill_positions(mask)
+            mask_arg = None if bool(mask.all()) else mask
+            t0 = time.perf_counter()
+            logits = await self._through(0, self.prompt_ids, positions, mask_arg, first_position=0)
+            self.timings["prefill_s"] = time.perf_counter() - t0
+            seen = self.prompt_ids.shape[1]
+            last = positions[:, -1:]
+            texts = [""] * len(self.tokens)
+            t0 = time.perf_counter()
+            for step in range(self.max_new_tokens):
+                next_tokens = self.sampler(logits[:, -1, :].float())
+                for seq, tok in enumerate(next_tokens.tolist()):
+                    self.tokens[seq].append(int(tok))
+                event: dict[str, Any] = {"event": "token", "step": step, "tokens": next_tokens.tolist()}
+                if self.decode is not None:
+                    full = [self.decode(t) for t in self.tokens]
+                    event["text"] = [f[len(p):] for f, p in zip(full, texts, strict=True)]
+                    texts = full
+                self.emit(event)
+                if step == self.max_new_tokens - 1:
+                    break
+                last = last + 1
+                logits = await self._through(step + 1, next_tokens[:, None], last, None, first_position=seen)
+                seen += 1
+            self.timings["decode_s"] = time.perf_counter() - t0
+            await self._close_all()
+            self.timings["total_s"] = time.perf_counter() - started
+            done: dict[str, Any] = {"event": "done", "tokens": self.tokens, "failovers": self.failovers,
+                                    "route": self.route(), "timings": self.timings}
+            if self.decode is not None:
+                done["text"] = [self.decode(t) for t in self.tokens]
+            self.emit(done)
+            return self.tokens
+        except Exception as exc:
+            self.emit({"event": "error", "detail": str(exc)})
+            await self._close_all(quiet=True)
+            raise
+        finally:
+            self.done = True
+            self._changed.set()
+
+    # --- hops ------------------------------------------------------------------------------------------------
+    async def _request(self, link: WorkerLink, header: dict[str, Any], tensors: list[torch.Tensor]) -> Any:
+        rid = link.next_rid()
+        raw = encode_message({**header, "rid": rid, "session": self.session_id}, tensors)
+        return await link.call(rid, raw, self.call_timeout_s)
+
+    async def _open(self, hop: Hop) -> None:
+        await self._request(hop.link, {"op": "open", "scope": scope_to_json(hop.scope)}, [])
+
+    async def _call(self, hop: Hop, step: int, tensors: list[torch.Tensor], first_position: int) -> torch.Tensor:
+        """One forward on one hop; validates the answer against the manifest and records the call."""
+        last_stage = hop.end == self.manifest.num_layers
+        header = {"op": "forward", "step": step, "first_position": first_position, "last_token_only": last_stage}
+        reply = await self._request(hop.link, header, tensors)
+        if len(reply.tensors) != 1:
+            raise StageFailed(hop.link.address, "bad_reply", f"{len(reply.tensors)} tensors in a result")
+        output = reply.tensors[0]
+        batch, tokens = int(tensors[0].shape[0]), int(tensors[0].shape[1])
+        try:
+            self.limits.check_output(output, batch=batch, tokens=tokens, last_stage=last_stage)
+        except FrameError as exc:
+            raise StageFailed(hop.link.address, "bad_reply", str(exc)) from None
+        self._take_commitments(hop, reply.header.get("commitments"), output.shape[-1])
+        blob = encode_message({"op": "forward", "run": self.run_id, "layers": [hop.start, hop.end], "step": step,
+                               "first_position": first_position, "last_token_only": last_stage}, tensors)
+        digest = hashlib.sha256(output.contiguous().view(torch.uint8).reshape(-1).numpy().tobytes()).hexdigest()
+        record = RecordedCall(step, tensors, first_position, last_stage, blob, digest)
+        hop.records.append(record)
+        self.evidence.records.append((hop, hop.link, record))
+        return output
+
+    def _take_commitments(self, hop: Hop, items: Any, width: int) -> None:
+        if not items:
+            return
+        if not isinstance(items, list):
+            raise StageFailed(hop.link.address, "bad_reply", "commitments must be a list")
+        for item in items:
+            try:
+                signed = SignedCommitment.from_json(item, hidden=width)
+            except MalformedCommitment as exc:
+                raise StageFailed(hop.link.address, "bad_commitment", str(exc)) from None
+            if signed.commitment.scope != hop.scope or not verify_commitment(signed, hop.link.address):
+                raise StageFailed(hop.link.address, "bad_commitment", "wrong scope or signer")
+            self.evidence.commitments.append((hop.link.address, signed))
+
+    async def _through(
+        self, step: int, inputs: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+        *, first_position: int,
+    ) -> torch.Tensor:
+        hidden = inputs
+        index = 0
+        while index < len(self.hops):
+            hop = self.hops[index]
+            tensors = [hidden, positions] + ([mask] if mask is not None else [])
+            try:
+                hidden = await self._call(hop, step, tensors, first_position)
+                index += 1
+            except (WorkerGone, StageFailed) as exc:
+                await self._failover(index, exc)
+        return hidden
+
+    # --- failover --------------------------------------------------------------------------------------------
+    async def _failover(self, index: int, cause: Exception) -> None:
+        """Replace hop `index` (a standby, or a re-planned chain) and rebuild its cache by replaying its inputs."""
+        self.failovers += 1
+        if self.failovers > self.max_failovers:
+            raise GenerationFailed(f"gave up after {self.max_failovers} failovers; last: {cause}")
+        old = self.hops[index]
+        same_worker = isinstance(cause, StageFailed) and cause.code in REPLAYABLE and old.link.alive
+        if not same_worker:
+            self.excluded.add(old.link.link_id)
+        log.warning("run %s: hop [%d, %d) on %s failed (%s); failing over", self.run_id, old.start, old.end,
+                    old.link.address, cause)
+        replacement: list[tuple[WorkerLink, list[WorkerLink]]] | None
+        if same_worker:
+            replacement = [(old.link, old.standbys)]
+        else:
+            standby = next((s for s in old.standbys if s.alive and s.link_id not in self.excluded), None)
+            if standby is not None:
+                rest = [s for s in old.standbys if s is not standby]
+                replacement = [(standby, rest)]
+            else:
+                replacement = self.replan(old.start, old.end, set(self.excluded))
+        if not replacement:
+            raise GenerationFailed(f"layers [{old.start}, {old.end}) lost their worker and nobody else serves them")
+        new_hops = [Hop(link.layer_start, link.layer_end, link, list(sb), self.scope_for(link.layer_start))
+                    for link, sb in replacement]
+        try:
+            for hop in new_hops:
+                await self._open(hop)
+            # Replay: every recorded input of the old hop goes through the new chain, in order.
+            for rec in old.records:
+                hidden = rec.tensors[0]
+                rest = rec.tensors[1:]
+                for hop in new_hops:
+                    hidden = await self._call(hop, rec.step, [hidden, *rest], rec.first_position)
+        except (WorkerGone, StageFailed) as exc:
+            # The replacement failed too: drop it and fail over again from the old hop's records.
+            failed = next((h for h in new_hops if h.link.address == getattr(exc, "address", None)), new_hops[0])
+            self.excluded.add(failed.link.link_id)
+            old.standbys = [s for s in old.standbys if s.link_id != failed.link.link_id]
+            await self._failover(index, exc)
+            return
+        self.hops[index:index + 1] = new_hops
+        self.emit({"event": "failover", "layers": [old.start, old.end], "failed": old.link.address,
+                   "reason": str(cause), "replacement": [h.describe() for h in new_hops],
+                   "replayed_calls": len(old.records)})
+
+    async def _close_all(self, *, quiet: bool = False) -> None:
+        for hop in self.hops:
+            if not hop.link.alive:
+                continue
+            try:
+                reply = await self._request(hop.link, {"op": "close"}, [])
+                self._take_commitments(hop, reply.header.get("commitments"), self._width(hop))
+                root = reply.header.get("root")
+                if isinstance(root, dict):
+                    self._check_root(hop, root)
+                    self.evidence.roots.append((hop.link.address, hop.scope, root))
+            except (WorkerGone, StageFailed) as exc:
+                if not quiet:
+                    log.warning("run %s: closing [%d, %d) failed: %s", self.run_id, hop.start, hop.end, exc)
+
+    def _check_root(self, hop: Hop, root: dict[str, Any]) -> None:
+        try:
+            signed = SignedRoot(hop.scope, int(root["chunk_count"]), bytes.fromhex(str(root["root"])[2:]),
+                                bytes.fromhex(str(root["signature"])[2:]))
+            ok = signed.signer() == hop.link.address
+        except (KeyError, TypeError, ValueError, GlobaiError):
+            ok = False
+        if not ok:
+            raise StageFailed(hop.link.address, "bad_commitment", "task root not signed by the worker")
+
+    def _width(self, hop: Hop) -> int:
+        return self.manifest.vocab_size if hop.end == self.manifest.num_layers else self.manifest.hidden_size

@@ -1,0 +1,56 @@
+"""Persist what a run leaves for verification: recorded stage inputs (blobs + rows) and signed commitments."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from market.blobstore import BlobStore
+from market.coordinator.pipeline import Evidence
+from market.db.inference import InferenceRun, StageCommitment, StageRecord
+
+
+def save_evidence(
+    session: Session, *, run_id: str, evidence: Evidence, blobs: BlobStore, now: datetime, retention_s: float
+) -> None:
+    """Blobs first (content-addressed, idempotent), then the rows that reference them, in one transaction."""
+    retain_until = now + timedelta(seconds=retention_s)
+    for hop, link, rec in evidence.records:
+        digest = blobs.put(rec.blob)
+        session.add(StageRecord(
+            run_id=run_id, layer_start=hop.start, layer_end=hop.end, step=rec.step, worker_address=link.address,
+            input_blob=digest, output_sha256=rec.output_sha256, created_at=now, retain_until=retain_until,
+        ))
+    for address, signed in evidence.commitments:
+        body = signed.to_json()
+        session.add(StageCommitment(
+            run_id=run_id, worker_address=address, stage=signed.commitment.scope.stage,
+            chunk_index=str(signed.commitment.chunk_index), digest="0x" + signed.commitment.digest.hex(),
+            body=body, signature=body["signature"], created_at=now,
+        ))
+    for address, scope, root in evidence.roots:
+        session.add(StageCommitment(
+            run_id=run_id, worker_address=address, stage=scope.stage, chunk_index=None,
+            digest=str(root["root"]), body=dict(root), signature=str(root["signature"]), created_at=now,
+        ))
+
+
+def finish_run(
+    session: Session, *, run_id: str, status: str, tokens: list[list[int]] | None, route: list[dict[str, object]],
+    failovers: int, error: str | None, now: datetime,
+) -> None:
+    run = session.get(InferenceRun, run_id)
+    if run is None:
+        return
+    run.status, run.tokens, run.route, run.failovers, run.error, run.finished_at = (
+        status, tokens, route, failovers, error, now)
+
+
+def purge_expired(session: Session, *, blobs: BlobStore, now: datetime) -> int:
+    """Drop records whose verification window has ended, then every blob no remaining record references."""
+    session.execute(delete(StageRecord).where(StageRecord.retain_until < now))
+    session.commit()
+    live = session.scalars(select(StageRecord.input_blob).distinct()).all()
+    return blobs.sweep(live)

@@ -1,0 +1,194 @@
+"""The coordinator inside the market process: connected workers, route planning and running generations.
+
+Built once per app (`create_app`), kept on `app.state`; routes call it, it never raises HTTP errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from eth_utils import keccak
+from sqlalchemy.orm import Session, sessionmaker
+
+from market.blobstore import BlobStore
+from market.coordinator.catalog import ModelCatalog, ServedModel
+from market.coordinator.links import LinkRegistry, WorkerLink
+from market.coordinator.pipeline import PipelineRun, RouteUnavailable
+from market.coordinator.records import finish_run, save_evidence
+from market.coordinator.routing import RouteCandidate, plan_route, plan_span
+from market.coordinator.sampling import SamplingParams
+from market.db.inference import InferenceRun
+from market.domain_errors import InvalidRequest, NotFound
+from market.protocol.pipeline import StageLimits
+from market.protocol.signing import ChunkScope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    models_dir: Path
+    blob_dir: Path
+    chain_id: int
+    call_timeout_s: float = 60.0
+    retention_s: float = 7 * 24 * 3600.0
+    standbys: int = 1
+    max_batch: int = 8
+    max_new_tokens: int = 512
+
+
+class Coordinator:
+    def __init__(
+        self, config: CoordinatorConfig, session_factory: sessionmaker[Session], clock: Callable[[], datetime]
+    ) -> None:
+        self.config = config
+        self.catalog = ModelCatalog(config.models_dir)
+        self.blobs = BlobStore(config.blob_dir)
+        self.links = LinkRegistry()
+        self.runs: dict[str, PipelineRun] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._session_factory = session_factory
+        self._clock = clock
+        self._rng = random.Random(secrets.randbits(64))
+
+    # --- routing ---------------------------------------------------------------------------------------------
+    def candidates(self, model: str) -> list[RouteCandidate]:
+        return [
+            RouteCandidate(lnk.link_id, lnk.operator_id, lnk.layer_start, lnk.layer_end, lnk.throughput_tokens_s,
+                           lnk.latency_ms, lnk.reputation)
+            for lnk in self.links.live(model)
+        ]
+
+    def plan(self, served: ServedModel) -> list[tuple[WorkerLink, list[WorkerLink]]]:
+        hops = plan_route(served.manifest.num_layers, self.candidates(served.manifest.name),
+                          standbys=self.config.standbys, rng=self._rng)
+        if hops is None:
+            coverage = self.links.coverage(served.manifest.name, served.manifest.num_layers)
+            gaps = [i for i, c in enumerate(coverage) if c == 0]
+            detail = f"layers {gaps} have no worker" if gaps else "connected ranges do not chain"
+            raise RouteUnavailable(f"{served.manifest.name}: {detail}")
+        return [(self._link(h.primary), [self._link(s) for s in h.standbys]) for h in hops]
+
+    def replan(self, model: str, start: int, end: int, exclude: set[str]) -> list[tuple[WorkerLink, list[WorkerLink]]] | None:
+        path = plan_span(start, end, self.candidates(model), exclude=exclude)
+        return None if path is None else [(self._link(c.link_id), []) for c in path]
+
+    def _link(self, link_id: str) -> WorkerLink:
+        link = self.links.get(link_id)
+        assert link is not None  # candidates come from live links in the same event-loop turn
+        return link
+
+    # --- generations -----------------------------------------------------------------------------------------
+    def encode_prompts(self, model: str, prompts: list[str] | None, prompt_ids: list[list[int]] | None) -> list[list[int]]:
+        if prompt_ids is not None:
+            return prompt_ids
+        tokenizer = self.catalog.tokenizer(model)
+        if tokenizer is None:
+            raise InvalidRequest(f"model {model} has no tokenizer: send prompt_ids")
+        return [tokenizer.encode(p).ids for p in prompts or []]
+
+    def decoder(self, model: str) -> Callable[[list[int]], str] | None:
+        tokenizer = self.catalog.tokenizer(model)
+        if tokenizer is None:
+            return None
+        return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+    async def start(
+        self, *, requester: str, model: str, prompts: list[str] | None, prompt_ids: list[list[int]] | None,
+        max_new_tokens: int, sampling: SamplingParams,
+    ) -> PipelineRun:
+        served = self.catalog.get(model)
+        if served is None:
+            raise NotFound("model", model)
+        manifest = served.manifest
+        if manifest.task != "causal-lm":
+            raise InvalidRequest(f"{model} is an embedding model; generation needs a causal LM")
+        ids = self.encode_prompts(model, prompts, prompt_ids)
+        if not ids or len(ids) > self.config.max_batch or any(not row for row in ids):
+            raise InvalidRequest(f"give 1 to {self.config.max_batch} non-empty prompts")
+        if any(t < 0 or t >= manifest.vocab_size for row in ids for t in row):
+            raise InvalidRequest(f"token ids must be in [0, {manifest.vocab_size})")
+        limits = StageLimits.for_manifest(manifest, max_batch=self.config.max_batch)
+        if max(len(r) for r in ids) + max_new_tokens > limits.max_tokens:
+            raise InvalidRequest(f"prompt + max_new_tokens exceeds the model's {limits.max_tokens} positions")
+        prompt, mask = left_pad(ids, int(manifest.config.get("pad_token_id") or 0))
+        hops = self.plan(served)
+        now = self._clock()
+        job_nonce = secrets.token_bytes(32)
+        row = InferenceRun(
+            requester=requester, model=model, model_digest=served.digest, job_nonce="0x" + job_nonce.hex(),
+            params={"prompt_ids": ids, "max_new_tokens": max_new_tokens, "temperature": sampling.temperature,
+                    "top_p": sampling.top_p, "seed": sampling.seed},
+            status="running", route=[], failovers=0, created_at=now,
+        )
+        run_id = await asyncio.to_thread(self._insert, row)
+        job_id = keccak(text=run_id)
+
+        def scope_for(stage: int) -> ChunkScope:
+            return ChunkScope(self.config.chain_id, job_id, keccak(text=f"{run_id}/stage/{stage}"), stage, job_nonce)
+
+        run = PipelineRun(
+            run_id=run_id, manifest=manifest, limits=limits, hops=hops, prompt_ids=prompt, attention_mask=mask,
+            max_new_tokens=max_new_tokens, sampling=sampling, scope_for=scope_for,
+            replan=lambda a, b, ex: self.replan(model, a, b, ex), call_timeout_s=self.config.call_timeout_s,
+            decode=self.decoder(model),
+        )
+        run.requester = requester  # type: ignore[attr-defined]
+        self.runs[run_id] = run
+        task = asyncio.create_task(self._drive(run))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return run
+
+    def _insert(self, row: InferenceRun) -> str:
+        with self._session_factory() as session:
+            session.add(row)
+            session.commit()
+            return row.id
+
+    async def _drive(self, run: PipelineRun) -> None:
+        status, error, tokens = "completed", None, None
+        try:
+            tokens = await run.run()
+        except Exception as exc:
+            status, error = "failed", str(exc)
+            log.warning("run %s failed: %s", run.run_id, exc)
+        try:
+            await asyncio.to_thread(self._persist, run, status, tokens, error)
+        except Exception:
+            log.exception("run %s: saving its evidence failed", run.run_id)
+
+    def _persist(self, run: PipelineRun, status: str, tokens: list[list[int]] | None, error: str | None) -> None:
+        now = self._clock()
+        with self._session_factory() as session:
+            save_evidence(session, run_id=run.run_id, evidence=run.evidence, blobs=self.blobs, now=now,
+                          retention_s=self.config.retention_s)
+            finish_run(session, run_id=run.run_id, status=status, tokens=tokens, route=run.route(),
+                       failovers=run.failovers, error=error, now=now)
+            session.commit()
+
+    async def shutdown(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        for link in self.links.live():
+            self.links.remove(link.link_id, "market shutting down")
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] left-padded ids and their 0/1 mask, as `generate` expects a batch of unequal prompts."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(rows), width), dtype=torch.int64)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.int64)
+        mask[i, width - len(row):] = 1
+    return ids, mask

@@ -1,0 +1,1 @@
+"""The worker daemon: probe, placement, shard download, the market WebSocket link and request handling."""

@@ -1,0 +1,212 @@
+"""The worker daemon: prepare (probe, sign in, place, download, register), then serve over a dialled-out WebSocket.
+
+`prepare()` is synchronous and runs once; `serve(stop)` keeps one WebSocket to the market open, answering
+requests through `StageServer`, and reconnects with exponential backoff (with jitter) when the socket drops or
+the market restarts, signing in again when its token is refused. Sessions survive a reconnect on this side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+from eth_account.signers.local import LocalAccount
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from market.errors import GlobaiError
+from market.protocol.auth_client import MarketError, check, sign_in
+from market.protocol.pipeline import WS_PATH
+from market.protocol.tensors import decode_message
+from worker.runtime.placement import choose_layer_range, parse_layers
+from worker.runtime.probe import Hardware, probe
+from worker.runtime.server import StageServer
+from worker.runtime.shards import download_stage, fetch_manifest
+from worker.stage import DEFAULT_MAX_CACHE_BYTES, DEFAULT_SESSION_TTL_S, Stage
+
+log = logging.getLogger(__name__)
+
+
+class NotEligibleError(GlobaiError):
+    def __init__(self, address: str, stake: str) -> None:
+        super().__init__(
+            f"worker {address} is not eligible for work (stake {stake} wei is below the vault minimum); "
+            "stake GLB first, e.g. `globai worker stake --key ...`"
+        )
+
+
+@dataclass
+class WorkerConfig:
+    market_url: str
+    account: LocalAccount
+    model: str | None = None
+    layers: str | None = None  # "a:b"; default: chosen from memory and coverage
+    max_memory: int | None = None  # bytes this worker may use for weights + cache
+    threads: int = 1
+    device: str = "cpu"
+    cache_dir: Path = Path("var/worker-cache")
+    operator_id: str | None = None
+    session_ttl_s: float = DEFAULT_SESSION_TTL_S
+    max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES
+    show_progress: bool = True
+    reconnect_min_s: float = 0.2
+    reconnect_max_s: float = 5.0
+    http_timeout_s: float = 30.0
+
+
+@dataclass
+class WorkerState:
+    hardware: Hardware | None = None
+    token: str | None = None
+    model_dir: Path | None = None
+    layer_range: tuple[int, int] | None = None
+    connects: int = 0
+    connected: bool = False
+    registration: dict[str, Any] = field(default_factory=dict)
+
+
+class WorkerDaemon:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.state = WorkerState()
+        self.server: StageServer | None = None
+        self.http = httpx.Client(base_url=config.market_url, timeout=config.http_timeout_s)
+
+    # --- one-time preparation ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        cfg = self.config
+        torch.set_num_threads(cfg.threads)
+        self.state.hardware = hw = probe(threads=cfg.threads, device=cfg.device)
+        log.info("probe: %s, %.0f tokens/s on %s", hw.device, hw.throughput_tokens_s, hw.reference_layer)
+        self.sign_in()
+        model = cfg.model or self._default_model()
+        manifest = fetch_manifest(self.http, model)
+        budget = cfg.max_memory or hw.memory_bytes
+        if cfg.layers:
+            start, end = parse_layers(cfg.layers, manifest.num_layers)
+        else:
+            coverage = check(self.http.get(f"/v1/models/{model}/coverage", headers=self._auth())).json()
+            start, end = choose_layer_range(manifest, budget, coverage["layers"])
+        started = time.perf_counter()
+        model_dir, fetched = download_stage(self.http, manifest, start, end, cfg.cache_dir,
+                                            show_progress=cfg.show_progress)
+        elapsed = time.perf_counter() - started
+        stage = Stage(model_dir, start, end, device=cfg.device, session_ttl_s=cfg.session_ttl_s,
+                      max_cache_bytes=cfg.max_cache_bytes, manifest=manifest)
+        self.server = StageServer(stage, cfg.account)
+        self.state.model_dir, self.state.layer_range = model_dir, (start, end)
+        latency_ms = self._ping_ms()
+        profile = {
+            "device": hw.device, "memory_bytes": budget, "throughput_tokens_s": hw.throughput_tokens_s,
+            "bandwidth_bytes_s": fetched / elapsed if fetched and elapsed > 0 else 0.0,
+            "latency_ms": latency_ms, "reference_layer": hw.reference_layer,
+            "operator_id": cfg.operator_id or cfg.account.address.lower(), "models": [manifest.name],
+        }
+        self.state.registration = reg = check(self.http.post("/v1/workers", json=profile, headers=self._auth())).json()
+        if not reg.get("eligible"):
+            raise NotEligibleError(cfg.account.address, str(reg.get("stake")))
+        log.info("serving %s layers [%d, %d) from %s", manifest.name, start, end, model_dir)
+
+    def sign_in(self) -> None:
+        self.state.token = sign_in(self.http, self.config.account, ["worker"])
+        self.http.headers["Authorization"] = f"Bearer {self.state.token}"
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.state.token}"}
+
+    def _default_model(self) -> str:
+        models = check(self.http.get("/v1/models", headers=self._auth())).json()["models"]
+        if not models:
+            raise MarketError(404, "the market serves no models")
+        return str(models[0]["name"])
+
+    def _ping_ms(self) -> float:
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            self.http.get("/healthz")
+            best = min(best, (time.perf_counter() - started) * 1000)
+        return best
+
+    # --- serving -------------------------------------------------------------------------------------------
+    def ws_url(self) -> str:
+        base = self.config.market_url.rstrip("/")
+        return base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + WS_PATH
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Stay connected until `stop` is set; reconnect with backoff on any drop."""
+        assert self.server is not None, "prepare() first"
+        delay = self.config.reconnect_min_s
+        while not stop.is_set():
+            try:
+                await self._connection(stop)
+                delay = self.config.reconnect_min_s
+            except InvalidStatus as exc:
+                if exc.response.status_code in (401, 403):
+                    log.info("token refused (%s): signing in again", exc.response.status_code)
+                    await asyncio.to_thread(self._refresh_token)
+                else:
+                    log.warning("market refused the WebSocket: %s", exc)
+            except (OSError, ConnectionClosed, TimeoutError, httpx.HTTPError, MarketError) as exc:
+                log.warning("market connection lost: %s", exc or type(exc).__name__)
+            self.state.connected = False
+            if stop.is_set():
+                break
+            sleep = delay * (0.5 + random.random())
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=sleep)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, self.config.reconnect_max_s)
+
+    def _refresh_token(self) -> None:
+        try:
+            self.sign_in()
+        except (httpx.HTTPError, MarketError) as exc:
+            log.warning("sign-in failed: %s", exc)
+
+    async def _connection(self, stop: asyncio.Event) -> None:
+        assert self.server is not None
+        server = self.server
+        async with connect(
+            self.ws_url(), additional_headers=self._auth(), max_size=server.limits.max_message_bytes,
+            open_timeout=10, ping_interval=10, ping_timeout=30, compression=None,
+        ) as ws:
+            await ws.send(server.hello())
+            welcome = decode_message(await ws.recv(decode=False), max_bytes=0)
+            if welcome.header.get("op") != "welcome":
+                raise MarketError(400, str(welcome.header.get("message", "market refused hello")))
+            self.state.connects += 1
+            self.state.connected = True
+            log.info("connected to %s as %s", self.ws_url(), welcome.header.get("worker_id"))
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                await self._pump(ws, stop, stopper)
+            finally:
+                stopper.cancel()
+
+    async def _pump(self, ws: ClientConnection, stop: asyncio.Event, stopper: asyncio.Task[Any]) -> None:
+        assert self.server is not None
+        while not stop.is_set():
+            receive = asyncio.ensure_future(ws.recv(decode=False))
+            done, _ = await asyncio.wait({receive, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if receive not in done:
+                receive.cancel()
+                await ws.close(1001, "worker shutting down")
+                return
+            raw = receive.result()
+            if isinstance(raw, str):
+                raw = raw.encode()
+            reply = await asyncio.to_thread(self.server.handle, raw)
+            if reply is not None:
+                await ws.send(reply)
+
+    def close(self) -> None:
+        self.http.close()
