@@ -112,6 +112,20 @@ class Stage:
         with self._lock:
             return self.sessions.close(session_id)
 
+    def expire_idle(self) -> list[str]:
+        """Drop sessions idle past the TTL (also done lazily on every request); the daemon may call it on a timer."""
+        with self._lock:
+            return self.sessions.purge_expired()
+
+    def cache_stats(self) -> dict[str, int]:
+        """For status/heartbeat messages: open sessions, KV-cache bytes held, and the cap."""
+        with self._lock:
+            return {
+                "sessions": len(self.sessions),
+                "cache_bytes": self.sessions.total_bytes(),
+                "max_cache_bytes": self.sessions.max_bytes,
+            }
+
     def session_length(self, session_id: str) -> int:
         """Tokens cached for the session (what the next positions continue from)."""
         with self._lock:

@@ -36,7 +36,9 @@ def test_ttl_evicts_idle_sessions(tiny_llama: Path) -> None:
     stage.forward("a", _ids())
     clock.now += 59
     stage.forward("a", _ids(length=1))  # touching the session renews it
+    stage.open_session("b")
     clock.now += 61
+    assert stage.expire_idle() == ["a", "b"] and stage.cache_stats()["sessions"] == 0
     with pytest.raises(SessionEvictedError) as info:
         stage.forward("a", _ids(length=1))
     assert info.value.reason == "ttl" and info.value.code == "session_evicted"
@@ -49,7 +51,7 @@ def test_memory_cap_evicts_least_recently_used(tiny_llama: Path) -> None:
     for sid in ("a", "b"):
         stage.open_session(sid)
         stage.forward(sid, _ids(length=8))
-    assert stage.sessions.total_bytes() == 2 * per_session  # the estimate is the real cache size
+    assert stage.cache_stats()["cache_bytes"] == 2 * per_session  # the estimate is the real cache size
     stage.open_session("c")
     stage.forward("c", _ids(length=8))  # needs room: "a" is the least recently used
     with pytest.raises(SessionEvictedError) as info:
