@@ -20,9 +20,7 @@ from market.protocol.sketch import (
 )
 
 
-def _chunk(
-    seed: int = 0, tokens: int = 32, hidden: int = 256, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
+def _chunk(seed: int = 0, tokens: int = 32, hidden: int = 256, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(tokens, hidden, generator=g).to(dtype)
 

@@ -1,0 +1,240 @@
+"""Compare a worker's claimed stage output with a replica's replay: pure, tensors in, `Verdict` out.
+
+Two modes, one set of metrics:
+- `compare_hidden_states(claimed, replayed, tol)`: the full claimed chunk [tokens, hidden] is available;
+- `compare_sketch(claimed_sketch_bytes, replayed, tol)`: only the committed sketch is (a few hundred bytes).
+
+Errors are scale-free so one calibration carries across layers and activation magnitudes (`scale` = RMS of
+the replayed chunk): `max_rel_err` = max |c - r| / (|r| + scale) (relative per element, with the RMS as a floor so
+near-zero elements don't blow it up; large outlier activations get their own relative error), `mean_rel_err` =
+mean |c - r| / scale. Sketch metrics: per token, the fraction of the claimed top-k indices that are also in the
+replay's top-k (`topk_overlap`, averaged over tokens), and on those matched indices the difference between the
+claimed fp16 value and the replayed value rounded to fp16, in fp16 ULPs (`value_max_err`, `value_mean_err`).
+Honest drift far below an fp16 step mostly rounds to the same value (at most a 1-ULP flip); a systematic change
+(other weights, other dtype, skipped work) moves many values by a step or more.
+
+Fail closed: malformed sketches, shape mismatches and non-finite claims are verdicts with ok=False; a
+non-finite *replay* raises `ValueError` because it says nothing about the worker (the caller retries it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from market.protocol.commitments import tensor_sha256
+from market.protocol.sketch import (
+    DEFAULT_K,
+    FP16_MAX,
+    MalformedSketch,
+    Sketch,
+    compute_sketch,
+    parse_sketch,
+)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Largest honest deviation accepted for one dtype (metric definitions in the module docstring)."""
+
+    max_rel_err: float
+    mean_rel_err: float
+    min_topk_overlap: float
+    value_max_err: float
+    value_mean_err: float
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tolerance:
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"tolerance needs exactly the fields {sorted(names)}")
+        values = {name: float(data[name]) for name in names}
+        if any(not (v >= 0.0 and v == v) for v in values.values()) or values["min_topk_overlap"] > 1.0:
+            raise ValueError("tolerance values must be finite, >= 0, and min_topk_overlap <= 1")
+        return cls(**values)
+
+
+# Measured by `globai verifier calibrate` (tiny Llama, seed 1234, CPU; docs/verification.md) and rounded up.
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "float32": Tolerance(
+        max_rel_err=1e-4, mean_rel_err=1e-5, min_topk_overlap=0.95, value_max_err=4.0, value_mean_err=0.05
+    ),
+    "bfloat16": Tolerance(
+        max_rel_err=8e-3, mean_rel_err=1e-3, min_topk_overlap=0.85, value_max_err=16.0, value_mean_err=1.0
+    ),
+}
+
+
+def load_tolerances(path: str | Path | None = None) -> dict[str, Tolerance]:
+    """Tolerances per dtype name ("float32", "bfloat16") from a calibration JSON, or the embedded defaults.
+
+    The JSON is what `globai verifier calibrate` writes; only its `"tolerances"` object is read here. Dtypes
+    it doesn't cover keep their defaults.
+    """
+    tolerances = dict(DEFAULT_TOLERANCES)
+    if path is None:
+        return tolerances
+    data = json.loads(Path(path).read_text())
+    for dtype, tol in data["tolerances"].items():
+        tolerances[dtype] = Tolerance.from_json(tol)
+    return tolerances
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What was measured; NaN where a metric does not apply (e.g. full-tensor errors in sketch mode)."""
+
+    n_tokens: int = 0
+    scale: float = float("nan")
+    max_abs_err: float = float("nan")
+    mean_abs_err: float = float("nan")
+    max_rel_err: float = float("nan")
+    mean_rel_err: float = float("nan")
+    topk_overlap: float = float("nan")
+    value_max_err: float = float("nan")
+    value_mean_err: float = float("nan")
+    exact_match: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and v != v else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`ok` is the decision; `reason` is "exact", "within_tolerance", "malformed", "shape_mismatch",
+    "non_finite", "hash_mismatch", or the comma-joined names of the tolerance fields exceeded."""
+
+    ok: bool
+    reason: str
+    metrics: Metrics
+
+
+def _fp16(x: torch.Tensor) -> torch.Tensor:
+    return x.float().clamp(-FP16_MAX, FP16_MAX).half().float()
+
+
+def _fp16_ulp(x: torch.Tensor) -> torch.Tensor:
+    """Spacing of fp16 numbers at |x| (subnormal spacing 2^-24 below 2^-14)."""
+    exponent = torch.floor(torch.log2(x.abs().clamp(min=2.0**-14)))
+    return torch.exp2(exponent - 10)
+
+
+def _check_replay(replayed: torch.Tensor) -> torch.Tensor:
+    if replayed.dim() != 2:
+        raise ValueError(f"replayed chunk must be [tokens, hidden], got {tuple(replayed.shape)}")
+    x = replayed.detach().float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("replay produced non-finite values")
+    return x
+
+
+def _scale(x: torch.Tensor) -> float:
+    # A floor keeps an all-zero replay (never honest for a hidden state) from dividing by zero.
+    return max(float(x.pow(2).mean().sqrt()), 1e-12)
+
+
+def _sketch_metrics(sketch: Sketch, replayed: torch.Tensor) -> tuple[float, float, float]:
+    k = sketch.k
+    claimed_idx = sketch.index_tensor()
+    claimed_val = sketch.value_tensor()
+    replay_top = torch.sort(-replayed.abs(), dim=1, stable=True).indices[:, :k]
+    matched = (claimed_idx.unsqueeze(2) == replay_top.unsqueeze(1)).any(dim=2)  # [tokens, k]
+    overlap = float(matched.float().mean())
+    if not bool(matched.any()):
+        return overlap, float("inf"), float("inf")
+    replay_val = _fp16(replayed.gather(1, claimed_idx))
+    err = ((claimed_val - replay_val).abs() / _fp16_ulp(replay_val))[matched]
+    return overlap, float(err.max()), float(err.mean())
+
+
+def judge(metrics: Metrics, tol: Tolerance) -> Verdict:
+    """Decide on measured metrics (NaN metrics are not applicable and pass)."""
+    failed = [
+        name
+        for name, value, limit, higher_is_bad in (
+            ("max_rel_err", metrics.max_rel_err, tol.max_rel_err, True),
+            ("mean_rel_err", metrics.mean_rel_err, tol.mean_rel_err, True),
+            ("topk_overlap", metrics.topk_overlap, tol.min_topk_overlap, False),
+            ("value_max_err", metrics.value_max_err, tol.value_max_err, True),
+            ("value_mean_err", metrics.value_mean_err, tol.value_mean_err, True),
+        )
+        if value == value and (value > limit if higher_is_bad else value < limit)  # NaN: not measured
+    ]
+    if failed:
+        return Verdict(False, ",".join(failed), metrics)
+    return Verdict(True, "within_tolerance", metrics)
+
+
+def compare_sketch(
+    claimed_sketch: bytes,
+    replayed: torch.Tensor,
+    tol: Tolerance,
+    *,
+    k: int | None = DEFAULT_K,
+) -> Verdict:
+    """Check a committed sketch against a replayed chunk [tokens, hidden].
+
+    `k` is the sketch size the job requires (None accepts any); hidden size and token count must match the
+    replay. Anything unparsable or inconsistent is `malformed`.
+    """
+    x = _check_replay(replayed)
+    try:
+        sketch = parse_sketch(claimed_sketch, hidden=x.shape[1], k=k, n_tokens=x.shape[0])
+    except MalformedSketch:
+        return Verdict(False, "malformed", Metrics(n_tokens=x.shape[0]))
+    overlap, vmax, vmean = _sketch_metrics(sketch, x)
+    metrics = Metrics(
+        n_tokens=x.shape[0], scale=_scale(x), topk_overlap=overlap, value_max_err=vmax, value_mean_err=vmean
+    )
+    return judge(metrics, tol)
+
+
+def compare_hidden_states(
+    claimed: torch.Tensor,
+    replayed: torch.Tensor,
+    tol: Tolerance,
+    *,
+    claimed_sha256: bytes | None = None,
+    k: int = DEFAULT_K,
+) -> Verdict:
+    """Check a full claimed chunk against a replayed one (both [tokens, hidden]).
+
+    With `claimed_sha256` (from the signed commitment) the claimed bytes must hash to it first: otherwise the
+    tensor is not what the worker committed to (`hash_mismatch`). Bit-identical tensors are `exact`.
+    """
+    x = _check_replay(replayed)
+    if claimed.shape != replayed.shape:
+        return Verdict(False, "shape_mismatch", Metrics(n_tokens=x.shape[0]))
+    if claimed_sha256 is not None and tensor_sha256(claimed) != claimed_sha256:
+        return Verdict(False, "hash_mismatch", Metrics(n_tokens=x.shape[0]))
+    c = claimed.detach().float()
+    if not bool(torch.isfinite(c).all()):
+        return Verdict(False, "non_finite", Metrics(n_tokens=x.shape[0]))
+    exact = claimed.dtype == replayed.dtype and tensor_sha256(claimed) == tensor_sha256(replayed)
+    scale = _scale(x)
+    diff = (c - x).abs()
+    overlap, vmax, vmean = _sketch_metrics(compute_sketch(c, min(k, x.shape[1])), x)
+    metrics = Metrics(
+        n_tokens=x.shape[0],
+        scale=scale,
+        max_abs_err=float(diff.max()),
+        mean_abs_err=float(diff.mean()),
+        max_rel_err=float((diff / (x.abs() + scale)).max()),
+        mean_rel_err=float(diff.mean()) / scale,
+        topk_overlap=overlap,
+        value_max_err=vmax,
+        value_mean_err=vmean,
+        exact_match=exact,
+    )
+    if exact:
+        return Verdict(True, "exact", metrics)
+    return judge(metrics, tol)

@@ -1,0 +1,132 @@
+"""compare: honest drift passes, every cheat fails (full tensor and sketch only), malformed input fails closed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from market.protocol.commitments import tensor_sha256
+from market.protocol.sketch import sketch_chunk
+from market.verifier import cheats
+from market.verifier.calibrate import scenarios
+from market.verifier.compare import (
+    DEFAULT_TOLERANCES,
+    Tolerance,
+    compare_hidden_states,
+    compare_sketch,
+    load_tolerances,
+)
+from market.verifier.tiny import run_stage
+
+from .conftest import SETTINGS
+
+STAGE = SETTINGS.stage
+
+
+def _chunks(t: torch.Tensor) -> list[slice]:
+    return [slice(s, min(s + 32, t.shape[0])) for s in range(0, t.shape[0], 32)]
+
+
+def _reference(model, x: torch.Tensor) -> torch.Tensor:
+    return run_stage(model, x.unsqueeze(0), STAGE)[0]
+
+
+@pytest.mark.parametrize("scenario", ["threads_2", "batched_padded", "kv_decode", "kv_chunked"])
+def test_honest_drift_passes(model_and_inputs, scenario: str) -> None:
+    dtype, model, inputs = model_and_inputs
+    tol = DEFAULT_TOLERANCES[dtype]
+    run = scenarios(SETTINGS)[scenario]
+    for i, x in enumerate(inputs):
+        claimed, ref = run(model, inputs, i), _reference(model, x)
+        for sl in _chunks(ref):
+            v = compare_hidden_states(claimed[sl], ref[sl], tol, claimed_sha256=tensor_sha256(claimed[sl]))
+            assert v.ok, (scenario, v)
+            s = compare_sketch(sketch_chunk(claimed[sl]), ref[sl], tol)
+            assert s.ok, (scenario, s)
+
+
+def test_identical_is_exact(model_and_inputs) -> None:
+    dtype, model, inputs = model_and_inputs
+    ref = _reference(model, inputs[0])[:32]
+    v = compare_hidden_states(ref.clone(), ref, DEFAULT_TOLERANCES[dtype])
+    assert v.ok and v.reason == "exact" and v.metrics.exact_match and v.metrics.max_abs_err == 0
+
+
+def test_every_cheat_fails_on_every_chunk(model_and_inputs) -> None:
+    dtype, model, inputs = model_and_inputs
+    tol = DEFAULT_TOLERANCES[dtype]
+    for name, run in cheats.all_cheats(model.dtype).items():
+        for x in inputs:
+            claimed, ref = run(model, x.unsqueeze(0), STAGE)[0], _reference(model, x)
+            for sl in _chunks(ref):
+                full = compare_hidden_states(claimed[sl], ref[sl], tol)
+                sketch = compare_sketch(sketch_chunk(claimed[sl]), ref[sl], tol)
+                assert not full.ok and not sketch.ok, (name, full, sketch)
+                assert full.reason not in ("exact", "within_tolerance")
+
+
+def test_malformed_sketch_fails_closed() -> None:
+    ref = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    tol = DEFAULT_TOLERANCES["float32"]
+    good = sketch_chunk(ref)
+    assert compare_sketch(good, ref, tol).ok
+    for bad in (b"", good[:-1], good + b"\0", b"XXXX" + good[4:], sketch_chunk(ref[:31]), sketch_chunk(ref, k=4)):
+        v = compare_sketch(bad, ref, tol)
+        assert not v.ok and v.reason == "malformed"
+    nan = bytearray(good)
+    nan[8 + 16 : 8 + 18] = b"\x00\x7e"  # first value of token 0 -> fp16 NaN
+    assert compare_sketch(bytes(nan), ref, tol).reason == "malformed"
+
+
+def test_fabricated_sketch_fails() -> None:
+    ref = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    other = torch.randn(32, 64, generator=torch.Generator().manual_seed(1))
+    v = compare_sketch(sketch_chunk(other), ref, DEFAULT_TOLERANCES["float32"])
+    assert not v.ok and "topk_overlap" in v.reason
+
+
+def test_fail_closed_cases() -> None:
+    ref = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    tol = DEFAULT_TOLERANCES["float32"]
+    assert compare_hidden_states(ref[:31], ref, tol).reason == "shape_mismatch"
+    assert compare_hidden_states(ref, ref, tol, claimed_sha256=b"\0" * 32).reason == "hash_mismatch"
+    bad = ref.clone()
+    bad[0, 0] = math.nan
+    assert compare_hidden_states(bad, ref, tol).reason == "non_finite"
+    with pytest.raises(ValueError):
+        compare_hidden_states(ref, bad, tol)  # a broken replay is the verifier's problem, not a verdict
+    with pytest.raises(ValueError):
+        compare_sketch(sketch_chunk(ref), bad, tol)
+
+
+def test_outlier_activation_does_not_break_relative_metrics() -> None:
+    # A massive activation (1000x RMS) that drifts by one bf16 step must not look like a cheat: errors are
+    # relative per element, so the outlier's absolute error (4.0 here, 4x the RMS of the rest) is fine.
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(32, 256, generator=g)
+    ref[:, 7] = 1000.0
+    ref = ref.to(torch.bfloat16)
+    claimed = ref.clone()
+    flip = torch.rand(32, 256, generator=g) < 0.05
+    flip[::4, 7] = True  # the outlier drifts in a quarter of the tokens
+    claimed.view(torch.int16)[flip] += 1  # one bf16 ULP further from zero
+    v = compare_hidden_states(claimed, ref, DEFAULT_TOLERANCES["bfloat16"])
+    assert v.ok, v
+    assert v.metrics.max_abs_err >= 4.0
+
+
+def test_load_tolerances(tmp_path) -> None:
+    assert load_tolerances() == DEFAULT_TOLERANCES
+    path = tmp_path / "cal.json"
+    custom = {"max_rel_err": 1, "mean_rel_err": 1, "min_topk_overlap": 0.5, "value_max_err": 3, "value_mean_err": 1}
+    path.write_text(json.dumps({"tolerances": {"float32": custom}}))
+    loaded = load_tolerances(path)
+    assert loaded["float32"] == Tolerance(1.0, 1.0, 0.5, 3.0, 1.0)
+    assert loaded["bfloat16"] == DEFAULT_TOLERANCES["bfloat16"]
+    for bad in ({**custom, "extra": 1}, {**custom, "min_topk_overlap": 2}, {**custom, "max_rel_err": "nan"}):
+        path.write_text(json.dumps({"tolerances": {"float32": bad}}))
+        with pytest.raises(ValueError):
+            load_tolerances(path)
