@@ -129,9 +129,7 @@ class SignedCommitment:
             )
             sketch = _hex(data["sketch"], None)
             parse_sketch(sketch, hidden=hidden)
-            commitment = ChunkCommitment(
-                scope, _int(data["chunk_index"]), _hex(data["output_sha256"], 32), sketch
-            )
+            commitment = ChunkCommitment(scope, _int(data["chunk_index"]), _hex(data["output_sha256"], 32), sketch)
             commitment.digest  # noqa: B018 - range-checks chunk_index
             return cls(commitment, _hex(data["signature"], 65))
         except (ValueError, MalformedSketch) as exc:
@@ -166,9 +164,7 @@ def _hex(v: Any, length: int | None) -> bytes:
     return raw
 
 
-def commit_chunk(
-    scope: ChunkScope, chunk_index: int, chunk: torch.Tensor, k: int = DEFAULT_K
-) -> ChunkCommitment:
+def commit_chunk(scope: ChunkScope, chunk_index: int, chunk: torch.Tensor, k: int = DEFAULT_K) -> ChunkCommitment:
     """Commitment to one output chunk [tokens, hidden] exactly as it is sent."""
     return ChunkCommitment(scope, chunk_index, tensor_sha256(chunk), sketch_chunk(chunk, k))
 
@@ -238,9 +234,7 @@ def sign_task_root(commitments: Sequence[ChunkCommitment], account: LocalAccount
     return SignedRoot(scope, len(commitments), tree.root, signing.sign_digest(account, digest))
 
 
-def verify_in_root(
-    commitment: ChunkCommitment, proof: Sequence[bytes], signed_root: SignedRoot, signer: str
-) -> bool:
+def verify_in_root(commitment: ChunkCommitment, proof: Sequence[bytes], signed_root: SignedRoot, signer: str) -> bool:
     """True iff `commitment` is under `signed_root`, same scope, and the root is signed by `signer`."""
     if commitment.scope != signed_root.scope:
         return False

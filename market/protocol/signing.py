@@ -120,10 +120,7 @@ def recover_signer(digest: bytes, signature: bytes) -> str:
     if signature[64] not in (27, 28):
         raise BadSignature("v must be 27 or 28")
     # Reject high-s signatures (as OpenZeppelin's ECDSA does) so each message has a single valid signature.
-    if (
-        int.from_bytes(signature[32:64], "big")
-        > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
-    ):
+    if int.from_bytes(signature[32:64], "big") > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0:
         raise BadSignature("non-canonical s")
     try:
         address = Account.recover_message(encode_defunct(primitive=digest), signature=signature)
