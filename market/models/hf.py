@@ -22,7 +22,7 @@ def hf_config(manifest: Manifest) -> PretrainedConfig:
     return config
 
 
-def load_full_model(model_dir: Path) -> tuple[Manifest, PreTrainedModel]:
+def load_full_model(model_dir: Path, *, device: str = "cpu") -> tuple[Manifest, PreTrainedModel]:
     """The whole model in one process, from the very shards the stages use (each sha256-checked)."""
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir)
@@ -40,4 +40,5 @@ def load_full_model(model_dir: Path) -> tuple[Manifest, PreTrainedModel]:
         pooler = bool(manifest.shard(HEAD).tensors)
         model = AutoModel.from_config(config, dtype=dtype, add_pooling_layer=pooler)
     model.load_state_dict(state, strict=True)
+    model.to(device)  # type: ignore[arg-type]  # transformers types `.to` through a decorator
     return manifest, model.eval()

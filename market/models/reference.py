@@ -54,6 +54,7 @@ def generate_reference(
     max_new_tokens: int,
     *,
     attention_mask: torch.Tensor | None = None,
+    device: str = "cpu",
 ) -> torch.Tensor:
     """Greedy `generate` of the unsharded model: [B, T] prompt (left-padded) -> [B, max_new_tokens].
 
@@ -61,7 +62,7 @@ def generate_reference(
     """
     from transformers import GenerationConfig
 
-    manifest, model = load_full_model(model_dir)
+    manifest, model = load_full_model(model_dir, device=device)
     config = GenerationConfig(
         do_sample=False,
         max_new_tokens=max_new_tokens,
@@ -73,16 +74,16 @@ def generate_reference(
         attention_mask = torch.ones_like(prompt_ids)
     with torch.inference_mode():
         out = model.generate(  # type: ignore[operator]  # nn.Module.__getattr__ hides it from mypy
-            input_ids=prompt_ids, attention_mask=attention_mask, generation_config=config
+            input_ids=prompt_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
         )
-    return out[:, prompt_ids.shape[1] :]
+    return out[:, prompt_ids.shape[1] :].cpu()
 
 
-def reference_logits(model_dir: Path, input_ids: torch.Tensor) -> torch.Tensor:
-    """Logits of one full (unpadded) forward of the unsharded model: [B, T, vocab]."""
-    _, model = load_full_model(model_dir)
+def reference_logits(model_dir: Path, input_ids: torch.Tensor, *, device: str = "cpu") -> torch.Tensor:
+    """Logits of one full (unpadded) forward of the unsharded model: [B, T, vocab], on `device`."""
+    _, model = load_full_model(model_dir, device=device)
     with torch.inference_mode():
-        return model(input_ids=input_ids).logits
+        return model(input_ids=input_ids.to(device)).logits
 
 
 def reference_embeddings(model_dir: Path, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
