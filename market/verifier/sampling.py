@@ -76,7 +76,7 @@ class SamplingPolicy:
     prior_bad: float = 3.0  # a0: pseudo-count of bad outcomes for a new worker
     prior_good: float = 1.0  # b0
     failure_weight: float = 10.0  # one failed check counts like this many bad outcomes
-    failure_penalty: float = 100.0  # ... and divides the credit of verified history by this
+    failure_penalty: float = 1000.0  # ... and divides the credit of verified history by this
 
 
 DEFAULT_POLICY = SamplingPolicy()
