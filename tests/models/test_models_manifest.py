@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
@@ -15,6 +16,7 @@ from market.commands.models import app as models_app
 from market.models.errors import ManifestError, ShardIntegrityError, UnsupportedModelError
 from market.models.importer import import_checkpoint
 from market.models.manifest import MANIFEST_FILE, load_manifest, verify_model_dir
+from market.models.reference import generate_reference, run_pipeline_local
 from market.models.tiny import build_tiny_llama
 from worker.stage import Stage
 
@@ -122,3 +124,21 @@ def test_cli_build_show_verify(tmp_path: Path) -> None:
     assert "layer.1" in shown.output and "digest" in shown.output
     again = runner.invoke(models_app, ["build-tiny", "--hidden", "64", "--layers", "2", "--out", str(out)])
     assert isinstance(again.exception, ManifestError)  # main() prints GlobaiErrors as one line
+
+
+def test_tied_embeddings_give_a_self_contained_head(tiny_llama: Path, tmp_path: Path) -> None:
+    src = tmp_path / "tied"
+    src.mkdir()
+    config = json.loads((tiny_llama / "hf" / "config.json").read_text())
+    config["tie_word_embeddings"] = True
+    (src / "config.json").write_text(json.dumps(config))
+    shutil.copy(tiny_llama / "hf" / "tokenizer.json", src / "tokenizer.json")
+    state = load_file(str(tiny_llama / "hf" / "model.safetensors"))
+    del state["lm_head.weight"]  # what a tied checkpoint stores
+    save_file(state, str(src / "model.safetensors"))
+    m = import_checkpoint(src, tmp_path / "out")
+    assert "lm_head.weight" in m.shard("head").tensors
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    stages = [Stage(tmp_path / "out", 0, 2), Stage(tmp_path / "out", 2, 4)]
+    expected = generate_reference(tmp_path / "out", prompt, 6)
+    assert run_pipeline_local(stages, prompt, 6).tolist() == expected.tolist()
