@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     blob_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     stage_timeout_s: float = Field(default=60.0, gt=0)
 
+    # Training jobs (docs/training.md): uploaded datasets, received pseudo-gradients and checkpoints live here.
+    training_dir: str = "var/training"
+    training_max_dataset_bytes: int = Field(default=64 << 20, ge=1024)
+    training_max_update_bytes: int = Field(default=256 << 20, ge=1024)
+    # How often beat looks at running training jobs (round deadlines, replays that never came).
+    training_tick_s: float = Field(default=5.0, gt=0)
+
     # Serving.
     host: str = "127.0.0.1"
     port: int = 8000

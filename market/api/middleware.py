@@ -38,22 +38,28 @@ async def _send_json(send: Send, status: int, body: dict[str, str], headers: lis
 class BodySizeLimit:
     """Refuse bodies over `max_bytes`: by Content-Length up front, and by counting when it is absent or lies."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, path_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # Path prefix -> limit, for the few uploads that are bulk data (training datasets and updates).
+        self.path_limits = sorted((path_limits or {}).items(), key=lambda item: -len(item[0]))
+
+    def _limit(self, path: str) -> int:
+        return next((limit for prefix, limit in self.path_limits if path.startswith(prefix)), self.max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope.get("path", ""))
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    declared = self.max_bytes + 1
-                if declared > self.max_bytes:
-                    await self._too_large(send)
+                    declared = limit + 1
+                if declared > limit:
+                    await self._too_large(send, limit)
                     return
         # Buffer the (bounded) body so an oversized chunked upload is refused before the app sees any of it.
         chunks: list[bytes] = []
@@ -65,8 +71,8 @@ class BodySizeLimit:
                 return
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
-                await self._too_large(send)
+            if size > limit:
+                await self._too_large(send, limit)
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -74,8 +80,8 @@ class BodySizeLimit:
         await self.app(scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}],
                                       receive), send)
 
-    async def _too_large(self, send: Send) -> None:
-        await _send_json(send, 413, {"error": "PayloadTooLarge", "detail": f"body over {self.max_bytes} bytes"}, [])
+    async def _too_large(self, send: Send, limit: int) -> None:
+        await _send_json(send, 413, {"error": "PayloadTooLarge", "detail": f"body over {limit} bytes"}, [])
 
 
 def _replay(messages: list[Message], then: Receive | None = None) -> Receive:

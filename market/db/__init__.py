@@ -3,6 +3,7 @@
 from market.db.base import Base, UtcDateTime, Wei, new_id, utcnow
 from market.db.jobs import JOB_STATUSES, TASK_STATUSES, Job, Lease, Task
 from market.db.ledger import AuthNonce, ChainCursor, ChainEvent, Settlement, SettlementItem, Verification
+from market.db.training import TrainingJob, TrainingRound, TrainingUpdate
 from market.db.verification import SettlementReport, SlashRecord, VerificationCheck, VerificationRun, WorkPart
 from market.db.workers import InferenceSession, ReputationEvent, Worker, WorkerProfile
 
@@ -22,6 +23,9 @@ __all__ = [
     "SettlementReport",
     "SlashRecord",
     "Task",
+    "TrainingJob",
+    "TrainingRound",
+    "TrainingUpdate",
     "UtcDateTime",
     "Verification",
     "VerificationCheck",

@@ -49,11 +49,20 @@ class TrainingSpec(BaseModel):
     layer_end: int = Field(ge=1, le=1024)  # exclusive
     memory_bytes: int = Field(default=0, ge=0, le=2**50)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    # The full DiLoCo spec (`market.training.spec.TrainingJobSpec` as JSON) of jobs posted through
+    # /v1/training/jobs; inside the spec hash, so escrow funds exactly these hyper-parameters.
+    diloco: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _range(self) -> TrainingSpec:
         if self.layer_end <= self.layer_start:
             raise ValueError("layer_end must be greater than layer_start")
+        if self.diloco is not None:
+            from market.training.spec import TrainingJobSpec  # lazy: torch is only needed for DiLoCo jobs
+
+            d = TrainingJobSpec.model_validate(self.diloco)
+            if (d.rounds, d.workers_per_round, d.inner_steps) != (self.rounds, self.tasks_per_round, self.local_steps):
+                raise ValueError("diloco rounds / workers_per_round / inner_steps differ from the job's")
         return self
 
     def units(self) -> int:
@@ -77,4 +86,6 @@ def spec_hash(spec: dict[str, Any]) -> str:
 
 
 def spec_dict(spec: InferenceSpec | TrainingSpec) -> dict[str, Any]:
-    return spec.model_dump(mode="json")
+    # A job without a DiLoCo spec hashes exactly as before the field existed.
+    plain = isinstance(spec, TrainingSpec) and spec.diloco is None
+    return spec.model_dump(mode="json", exclude={"diloco"} if plain else None)

@@ -164,6 +164,11 @@ def _enqueue_first_round(session: Session, *, job: Job, now: datetime) -> None:
     if job.kind != "training":
         return  # inference is driven by the coordinator's pipeline sessions, not claimed
     spec = TrainingSpec.model_validate(job.spec)
+    if spec.diloco is not None:
+        from market.training.jobs import open_first_round  # DiLoCo rounds are run by the training module
+
+        open_first_round(session, job=job, now=now)
+        return
     tasks = [
         TaskSpec(
             kind="train",

@@ -23,6 +23,7 @@ TASK_MODULES = (
     "market.tasks.verification",
     "market.tasks.settlement",
     "market.tasks.indexer",
+    "market.tasks.training",
 )
 
 
@@ -97,6 +98,11 @@ def create_celery(settings: Settings, *, include: Iterable[str] = ()) -> Celery:
                 "task": "market.settlement.settle_ready",
                 "schedule": settings.settle_interval_s,
                 "options": {"expires": settings.settle_interval_s},
+            },
+            "tick-training-jobs": {
+                "task": "market.tasks.training.tick_training_jobs",
+                "schedule": settings.training_tick_s,
+                "options": {"expires": settings.training_tick_s},
             },
         },
     )

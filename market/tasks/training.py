@@ -1,0 +1,52 @@
+"""Celery tasks that drive DiLoCo training jobs: close rounds at quorum or deadline, judge replays, aggregate.
+
+Thin: the logic is `market.training.jobs.advance`, which is idempotent and crash-safe (conditional state
+transitions; a round's inputs are persisted before the checkpoint store applies it exactly once), so the task is
+`acks_late`: a worker killed mid-aggregation leaves the message to be redelivered, and the beat tick re-drives
+every running job anyway. The API enqueues `advance_training_job` after each accepted update; beat runs
+`tick_training_jobs` every `training_tick_s` for deadlines.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from celery import Task, shared_task
+from sqlalchemy.exc import OperationalError
+
+from market.tasks.celery_app import runtime
+from market.training.jobs import advance, running_jobs
+from market.training.storage import storage_at
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@shared_task(
+    bind=True,
+    name="market.tasks.training.advance_training_job",
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=5,
+)
+def advance_training_job(self: Task, job_id: str) -> str:
+    rt = runtime(self.app)
+    state = advance(rt.session, storage_at(rt.settings.training_dir), job_id, now=_now,
+                    slash_amount=rt.settings.slash_amount_wei)
+    log.debug("training job %s: %s", job_id, state)
+    return state
+
+
+@shared_task(bind=True, name="market.tasks.training.tick_training_jobs", acks_late=True)
+def tick_training_jobs(self: Task) -> int:
+    """Beat: re-drive every running training job (round deadlines, replays that never came, restarts)."""
+    with runtime(self.app).session() as session:
+        ids = running_jobs(session)
+    for job_id in ids:
+        advance_training_job.apply_async((job_id,))
+    return len(ids)

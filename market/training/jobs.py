@@ -1,0 +1,504 @@
+"""DiLoCo training jobs in the market: creation, rounds of leased tasks, received updates, round close,
+verification replays, aggregation into exactly-once checkpoints, completion and the settlement hand-off.
+
+State lives in the DB (`market.db.training`) and the `TrainingStorage` directory; `advance` moves one job as far
+as it can and is safe to run any number of times, concurrently, or after a crash anywhere:
+
+    pending --funded--> open --quorum/deadline--> verifying --replays judged--> aggregating --apply_round--> applied
+                         ^  \\--deadline, < min_updates: stalled, deadline extended, missing slots re-leased
+                         \\-- next round opened (or the job completes)
+
+Every transition is a conditional UPDATE on the round's status, and the updates a round aggregates are written
+to the round row before the checkpoint store applies them, so a second aggregator (or a restarted one) either
+finds nothing to do or re-applies exactly the same inputs, which the store recognises (`applied=False`).
+DB transactions are kept short and never span model compute (SQLite holds its write lock per transaction).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from eth_utils import keccak
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from market.db import Job, Lease, Task, Worker
+from market.db.training import TrainingJob, TrainingRound, TrainingUpdate
+from market.domain_errors import Conflict, Forbidden, InvalidRequest, LeaseLost, NotFound
+from market.protocol.compression import CompressionError, decode_update, payload_digest
+from market.protocol.signing import BadSignature
+from market.protocol.training import PAYLOAD_KIND, TRAINING_MODEL, UpdateScope, update_signer
+from market.services import jobs as job_service
+from market.services import leasing
+from market.services.job_specs import TrainingSpec
+from market.training import verify
+from market.training.checkpoints import apply_round
+from market.training.data import DatasetError
+from market.training.model import evaluate_loss, initial_checkpoint
+from market.training.rounds import RoundState, Submission, decide_round
+from market.training.spec import ConfigModelRef, TrainingJobSpec, task_seed
+from market.training.storage import TrainingStorage, estimate_memory_bytes, parameter_shapes
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VERIFY_RATE = 0.1
+_LIVE = ("pending", "queued", "leased")
+
+
+def job_spec(tj: TrainingJob) -> TrainingJobSpec:
+    return TrainingJobSpec.model_validate(tj.spec)
+
+
+# -- creation and round opening ------------------------------------------------------------------------------------
+
+
+def create_training_job(
+    session: Session,
+    *,
+    storage: TrainingStorage,
+    requester: str,
+    spec: TrainingJobSpec,
+    dataset_sha256: str,
+    budget: int,
+    price_per_unit: int,
+    deadline: datetime,
+    verify_rate: float,
+    chain_id: int,
+    created_block: int,
+    now: datetime,
+) -> Job:
+    """Create the market job (escrow parameters as for any job), its checkpoint 0 and its training state."""
+    if not isinstance(spec.model, ConfigModelRef):
+        raise InvalidRequest("over the API a model is a config + init seed (a server path is not accepted)")
+    if not storage.datasets.has(dataset_sha256):
+        raise NotFound("dataset", dataset_sha256)
+    if spec.dataset.sha256 not in (None, dataset_sha256):
+        raise InvalidRequest("spec.dataset.sha256 differs from the dataset given")
+    if not 0.0 <= verify_rate <= 1.0:
+        raise InvalidRequest("verify_rate must be within [0, 1]")
+    spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"sha256": dataset_sha256})})
+    try:
+        data = storage.prepared(spec, dataset_sha256)
+    except DatasetError as exc:
+        raise InvalidRequest(exc.reason) from exc
+    config, params0 = initial_checkpoint(spec)
+    try:
+        generic = TrainingSpec(
+            model=TRAINING_MODEL, dataset=dataset_sha256, rounds=spec.rounds, tasks_per_round=spec.workers_per_round,
+            local_steps=spec.inner_steps, layer_start=0, layer_end=int(config["num_hidden_layers"]),
+            memory_bytes=estimate_memory_bytes(config, spec), seed=spec.seed, diloco=spec.model_dump(mode="json"),
+        )
+    except ValidationError as exc:
+        raise InvalidRequest(f"spec out of the market's limits: {exc.errors()[0]['msg']}") from exc
+    # Replays are paid from the same budget: make room for the expected share of re-run tasks.
+    needed = math.ceil(price_per_unit * generic.units() * (1 + verify_rate))
+    if budget < needed:
+        raise InvalidRequest(f"budget {budget} is below price_per_unit x units x (1 + verify_rate) = {needed}")
+    initial_loss = evaluate_loss(config, params0, data.eval) if len(data.eval) else None
+    job = job_service.create_job(
+        session, requester=requester, spec=generic, budget=budget, price_per_unit=price_per_unit,
+        deadline=deadline, replicas=1, created_block=created_block, now=now,
+    )
+    manifest0 = storage.checkpoints.init_job(job.id, config, params0)
+    secret = secrets.token_bytes(32)
+    session.add(
+        TrainingJob(
+            job_id=job.id, spec=spec.model_dump(mode="json"), spec_sha256=spec.spec_hash(),
+            dataset_sha256=dataset_sha256, job_nonce="0x" + secrets.token_hex(32), chain_id=chain_id,
+            sample_secret="0x" + secret.hex(), beacon="0x" + keccak(b"GLOBAI-BEACON-V1" + secret).hex(),
+            verify_rate=verify_rate, status="waiting", round=0, version=0, initial_eval_loss=initial_loss,
+            detail="", created_at=now, updated_at=now,
+        )
+    )
+    session.add(
+        TrainingRound(
+            job_id=job.id, round=0, status="pending", base_manifest=manifest0.sha256, opened_at=now,
+            deadline_at=now, reopened=0, accepted=[], bytes_up=0,
+        )
+    )
+    session.commit()
+    return job
+
+
+def task_payload(job: Job, tj: TrainingJob, spec: TrainingJobSpec, rnd: TrainingRound, slot: int,
+                 replay_of: str | None = None) -> dict[str, Any]:
+    """Everything a worker needs to run task (round, slot) besides the checkpoint and shard bytes."""
+    return {
+        "kind": PAYLOAD_KIND, "round": rnd.round, "slot": slot, "version": rnd.round,
+        "base_manifest": rnd.base_manifest, "seed": task_seed(spec, rnd.round, slot),
+        "inner_steps": spec.inner_steps, "inner_lr": spec.inner_lr, "batch_size": spec.batch_size,
+        "weight_decay": spec.inner_weight_decay, "grad_clip": spec.grad_clip, "compression": spec.compression,
+        "chain_id": tj.chain_id, "chain_job_id": job.chain_job_id, "job_nonce": tj.job_nonce,
+        "replay_of": replay_of,
+    }
+
+
+def _task_spec(job: Job, payload: dict[str, Any], exclude_operator: str | None = None) -> job_service.TaskSpec:
+    return job_service.TaskSpec(
+        kind="train", model=TRAINING_MODEL, layer_start=0, layer_end=int(job.spec["layer_end"]),
+        memory_bytes=int(job.spec.get("memory_bytes", 0)), units=int(job.spec["local_steps"]), payload=payload,
+        exclude_operator=exclude_operator,
+    )
+
+
+def _enqueue_slots(session: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, slots: list[int],
+                   now: datetime) -> list[Task]:
+    spec = job_spec(tj)
+    specs = [_task_spec(job, task_payload(job, tj, spec, rnd, s)) for s in slots]
+    return job_service.enqueue_tasks(session, job=job, tasks=specs, now=now)
+
+
+def _open_round(session: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, now: datetime) -> None:
+    spec = job_spec(tj)
+    rnd.status = "open"
+    rnd.opened_at = now
+    rnd.deadline_at = now + timedelta(seconds=spec.round_timeout_s)
+    _enqueue_slots(session, job, tj, rnd, list(range(spec.workers_per_round)), now)
+
+
+def open_first_round(session: Session, *, job: Job, now: datetime) -> None:
+    """Called when the job's funding is confirmed (caller commits): queue round 0's W tasks."""
+    tj = session.get(TrainingJob, job.id)
+    rnd = session.scalar(select(TrainingRound).where(TrainingRound.job_id == job.id, TrainingRound.round == 0))
+    if tj is None or rnd is None:
+        raise Conflict(f"job {job.id} has no training state")
+    if rnd.status != "pending":
+        return
+    _open_round(session, job, tj, rnd, now)
+    tj.status = "running"
+    tj.updated_at = now
+    job.status = "running"
+
+
+# -- receiving updates ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    update: TrainingUpdate
+    created: bool
+
+
+def submit_update(
+    session: Session,
+    *,
+    storage: TrainingStorage,
+    task_id: str,
+    worker_address: str,
+    lease_id: str,
+    payload: bytes,
+    signature: str,
+    loss_start: float,
+    loss_end: float,
+    now: datetime,
+) -> Received:
+    """Accept the lease holder's pseudo-gradient for a task: decoded against the checkpoint's shapes and the job's
+    codec, signature over the scoped digest checked, bytes stored, task submitted (all or nothing)."""
+    task = leasing.get_task(session, task_id=task_id)
+    if task.payload.get("kind") != PAYLOAD_KIND:
+        raise InvalidRequest(f"task {task_id} is not a DiLoCo training task")
+    worker = session.scalar(select(Worker).where(Worker.address == worker_address))
+    if worker is None:
+        raise NotFound("worker", worker_address)
+    sha = payload_digest(payload)
+    existing = session.get(TrainingUpdate, task_id)
+    if existing is not None:
+        if existing.worker == worker.address and existing.payload_sha256 == sha:
+            session.rollback()
+            return Received(existing, False)
+        session.rollback()
+        raise Conflict(f"task {task_id} already has a different update")
+    if not (task.status == "leased" and task.lease_id == lease_id and task.leased_by == worker.id):
+        session.rollback()
+        raise LeaseLost(task_id)
+    tj = session.get(TrainingJob, task.job_id)
+    job = session.get(Job, task.job_id)
+    assert tj is not None and job is not None
+    # Copy what is needed, then end the read transaction (SQLite: its write lock) while decoding.
+    p, job_id, chain_job_id = dict(task.payload), job.id, job.chain_job_id
+    spec, chain_id, job_nonce = job_spec(tj), tj.chain_id, tj.job_nonce
+    worker_id, address, operator_id = worker.id, worker.address, worker.operator_id
+    session.rollback()
+    config = storage.checkpoints.manifest(job_id, int(p["version"])).config
+    try:
+        decode_update(payload, parameter_shapes(config), spec.codec)
+    except CompressionError as exc:
+        raise InvalidRequest(exc.reason) from exc
+    scope = UpdateScope(
+        chain_id=chain_id, chain_job_id=chain_job_id, task_id=task_id, round=int(p["round"]),
+        slot=int(p["slot"]), job_nonce=job_nonce, base_checkpoint=str(p["base_manifest"]),
+    )
+    try:
+        signer = update_signer(scope, sha, signature)
+    except (BadSignature, ValueError) as exc:
+        raise InvalidRequest(f"bad update signature: {exc}") from exc
+    if signer != address:
+        raise Forbidden("the update is not signed by the lease holder")
+    storage.updates.put(payload)
+    row = TrainingUpdate(
+        task_id=task_id, job_id=job_id, round=int(p["round"]), slot=int(p["slot"]), worker=address,
+        operator_id=operator_id, payload_sha256=sha, size=len(payload),
+        digest="0x" + scope.digest(sha).hex(), signature=signature, received_at=now, loss_start=float(loss_start),
+        loss_end=float(loss_end), replay_of=p.get("replay_of"), check="unchecked", check_reason="",
+        check_metrics={}, aggregated=False,
+    )
+    session.add(row)
+    # submit_result commits the row with the task's state change, or rolls both back (lease lost meanwhile).
+    _, created = leasing.submit_result(
+        session, task_id=task_id, worker_id=worker_id, lease_id=lease_id, result_hash="0x" + sha,
+        result={"update_sha256": sha, "digest": row.digest, "signature": signature, "loss_end": row.loss_end,
+                "size": len(payload)},
+        now=now,
+    )
+    return Received(row, created)
+
+
+# -- advancing a job -----------------------------------------------------------------------------------------------
+
+Sessions = sessionmaker[Session] | Callable[[], Session]
+
+
+def _load(s: Session, job_id: str) -> tuple[Job, TrainingJob, TrainingRound | None]:
+    job, tj = s.get(Job, job_id), s.get(TrainingJob, job_id)
+    if job is None or tj is None:
+        raise NotFound("training job", job_id)
+    rnd = s.scalar(select(TrainingRound).where(TrainingRound.job_id == job_id, TrainingRound.round == tj.round))
+    return job, tj, rnd
+
+
+def _transition(s: Session, rnd: TrainingRound, old: str, new: str) -> bool:
+    """Claim a round's state change; False when another aggregator got there first."""
+    done = s.execute(
+        update(TrainingRound).where(TrainingRound.id == rnd.id, TrainingRound.status == old).values(status=new)
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        s.rollback()
+        return False
+    rnd.status = new
+    return True
+
+
+def _round_tasks(s: Session, job_id: str, round_index: int, statuses: tuple[str, ...]) -> list[Task]:
+    rows = s.scalars(select(Task).where(Task.job_id == job_id, Task.status.in_(statuses))).all()
+    return [t for t in rows if t.payload.get("kind") == PAYLOAD_KIND and t.payload.get("round") == round_index]
+
+
+def _cancel(s: Session, tasks: list[Task], now: datetime) -> None:
+    ids = [t.id for t in tasks]
+    if not ids:
+        return
+    s.execute(update(Lease).where(Lease.task_id.in_(ids), Lease.status == "active")
+              .values(status="released", ended_at=now).execution_options(synchronize_session=False))
+    s.execute(update(Task).where(Task.id.in_(ids), Task.status.in_(_LIVE))
+              .values(status="cancelled", lease_id=None, leased_by=None, lease_expires_at=None)
+              .execution_options(synchronize_session=False))
+
+
+def _step_open(s: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, now: datetime) -> str:
+    spec = job_spec(tj)
+    updates = s.scalars(select(TrainingUpdate).where(
+        TrainingUpdate.job_id == job.id, TrainingUpdate.round == rnd.round, TrainingUpdate.replay_of.is_(None),
+    )).all()
+    subs = [Submission(u.slot, u.task_id, u.received_at.timestamp(), valid=u.check != "fail") for u in updates]
+    decision = decide_round(
+        subs, workers=spec.workers_per_round, quorum=spec.effective_quorum, min_updates=spec.min_updates,
+        deadline=rnd.deadline_at.timestamp(), now=now.timestamp(),
+    )
+    if decision.state == RoundState.OPEN:
+        s.rollback()
+        return "open"
+    if decision.state == RoundState.STALLED:
+        # Nobody (valid) answered in time: extend the deadline and make sure every missing slot can be claimed.
+        live = {t.payload["slot"] for t in _round_tasks(s, job.id, rnd.round, ("queued", "leased"))}
+        rnd.deadline_at = now + timedelta(seconds=spec.round_timeout_s)
+        rnd.reopened += 1
+        _enqueue_slots(s, job, tj, rnd, [i for i in decision.missing_slots if i not in live], now)
+        s.commit()
+        log.info("job %s round %d stalled; deadline extended", job.id, rnd.round)
+        return "stalled"
+    if not _transition(s, rnd, "open", "verifying"):
+        return "raced"
+    rnd.close_state = decision.state.value
+    rnd.closed_at = now
+    rnd.accepted = [sub.submission_id for sub in decision.accepted]
+    _cancel(s, _round_tasks(s, job.id, rnd.round, _LIVE), now)  # stragglers' work is no longer wanted
+    by_id = {u.task_id: u for u in updates}
+    for task_id in rnd.accepted:
+        u = by_id[task_id]
+        if verify.sampled(tj.sample_secret, task_id, tj.verify_rate):
+            payload = task_payload(job, tj, spec, rnd, u.slot, replay_of=task_id)
+            (replay,) = job_service.enqueue_tasks(s, job=job, tasks=[_task_spec(job, payload, u.operator_id)], now=now)
+            u.check, u.check_task_id = "pending", replay.id
+    rnd.verify_deadline_at = now + timedelta(seconds=spec.round_timeout_s)
+    s.commit()
+    log.info("job %s round %d %s with %d updates", job.id, rnd.round, rnd.close_state, len(rnd.accepted))
+    return "closed"
+
+
+def _step_verifying(s: Session, storage: TrainingStorage, job: Job, tj: TrainingJob, rnd: TrainingRound,
+                    now: datetime) -> str:
+    accepted = [s.get(TrainingUpdate, t) for t in rnd.accepted]
+    shapes = parameter_shapes(storage.checkpoints.manifest(job.id, rnd.round).config)
+    waiting = False
+    for u in accepted:
+        assert u is not None
+        if u.check != "pending":
+            continue
+        replay = s.get(TrainingUpdate, u.check_task_id)
+        if replay is not None:
+            verdict = verify.judge_replay(storage, shapes, u, replay)
+            u.check = "pass" if verdict.ok else "fail"
+            u.check_reason = verdict.reason[:160]
+            u.check_metrics = dict(verdict.metrics.__dict__) if verdict.metrics else {}
+            if not verdict.ok:
+                log.warning("job %s round %d: update of %s failed its replay (%s)", job.id, rnd.round, u.worker,
+                            verdict.reason)
+        elif rnd.verify_deadline_at is not None and now >= rnd.verify_deadline_at:
+            u.check, u.check_reason = "void", "no replica replayed it in time"
+            _cancel(s, [t for t in [s.get(Task, u.check_task_id)] if t is not None], now)
+        else:
+            waiting = True
+    if waiting:
+        s.commit()
+        return "verifying"
+    keep = [u.task_id for u in accepted if u is not None and u.check != "fail"]
+    if not keep:
+        # Every accepted update was caught cheating: run the round again with fresh tasks.
+        rnd.status, rnd.accepted, rnd.close_state, rnd.closed_at = "open", [], None, None
+        rnd.deadline_at = now + timedelta(seconds=job_spec(tj).round_timeout_s)
+        rnd.reopened += 1
+        _enqueue_slots(s, job, tj, rnd, list(range(job_spec(tj).workers_per_round)), now)
+        s.commit()
+        return "reopened"
+    if not _transition(s, rnd, "verifying", "aggregating"):
+        return "raced"
+    rnd.aggregated = keep  # the round's inputs are fixed from here on
+    s.commit()
+    return "verified"
+
+
+@dataclass(frozen=True)
+class _Applied:
+    round_index: int
+    manifest_sha256: str
+    eval_loss: float | None
+    worker_loss: float
+    bytes_up: int
+    applied: bool
+
+
+def _aggregate(storage: TrainingStorage, job_id: str, tj_spec: TrainingJobSpec, dataset_sha256: str,
+               round_index: int, inputs: list[tuple[str, float, int]]) -> _Applied:
+    """Decode the fixed inputs (payload sha, loss, size), apply the round exactly once, evaluate v+1."""
+    config = storage.checkpoints.manifest(job_id, round_index).config
+    shapes = parameter_shapes(config)
+    updates = [decode_update(storage.updates.get(sha), shapes, tj_spec.codec) for sha, _, _ in inputs]
+    worker_loss = sum(loss for _, loss, _ in inputs) / len(inputs)
+    result = apply_round(storage.checkpoints, job_id, round_index, updates, spec=tj_spec,
+                         metrics={"worker_loss_end": worker_loss})
+    data = storage.prepared(tj_spec, dataset_sha256)
+    params = storage.checkpoints.load(job_id, round_index + 1).params
+    eval_loss = evaluate_loss(config, params, data.eval) if len(data.eval) else None
+    return _Applied(round_index, result.manifest.sha256, eval_loss, worker_loss, sum(n for _, _, n in inputs),
+                    result.applied)
+
+
+def _record_applied(s: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, done: _Applied, now: datetime,
+                    slash_amount: int) -> str:
+    if not _transition(s, rnd, "aggregating", "applied"):
+        return "raced"
+    rnd.manifest_sha256, rnd.eval_loss, rnd.worker_loss = done.manifest_sha256, done.eval_loss, done.worker_loss
+    rnd.bytes_up, rnd.applied_at = done.bytes_up, now
+    for task_id in rnd.aggregated or []:
+        u = s.get(TrainingUpdate, task_id)
+        if u is not None:
+            u.aggregated = True
+    tj.version, tj.round, tj.updated_at = rnd.round + 1, rnd.round + 1, now
+    spec = job_spec(tj)
+    if tj.round >= spec.rounds:
+        tj.status = "completed"
+        job.status, job.updated_at = "completed", now
+        verify.hand_over_for_settlement(s, job=job, tj=tj, now=now, slash_amount=slash_amount)
+        s.commit()
+        log.info("training job %s completed after %d rounds", job.id, spec.rounds)
+        return "completed"
+    nxt = TrainingRound(job_id=job.id, round=tj.round, status="pending", base_manifest=done.manifest_sha256,
+                        opened_at=now, deadline_at=now, reopened=0, accepted=[], bytes_up=0)
+    s.add(nxt)
+    s.flush()
+    _open_round(s, job, tj, nxt, now)
+    s.commit()
+    return "applied"
+
+
+def advance(
+    sessions: Sessions,
+    storage: TrainingStorage,
+    job_id: str,
+    *,
+    now: Callable[[], datetime],
+    slash_amount: int = 0,
+    max_steps: int = 64,
+) -> str:
+    """Move a training job forward as far as it can go now; returns where it stopped (idempotent, crash-safe)."""
+    state = "idle"
+    for _ in range(max_steps):
+        with sessions() as s:
+            job, tj, rnd = _load(s, job_id)
+            if tj.status != "running":
+                return tj.status
+            if job.status in ("cancelled", "refunded"):
+                tj.status, tj.updated_at = "cancelled", now()
+                s.commit()
+                return "cancelled"
+            if rnd is None:
+                return "missing round"
+            if rnd.status == "open":
+                state = _step_open(s, job, tj, rnd, now())
+                if state in ("open", "stalled"):
+                    return state
+                continue
+            if rnd.status == "verifying":
+                state = _step_verifying(s, storage, job, tj, rnd, now())
+                if state == "verifying":
+                    return state
+                continue
+            if rnd.status != "aggregating":
+                return rnd.status
+            spec, dataset, r = job_spec(tj), tj.dataset_sha256, rnd.round
+            rows = [s.get(TrainingUpdate, t) for t in rnd.aggregated or []]
+            inputs = [(u.payload_sha256, u.loss_end, u.size) for u in rows if u is not None]
+            s.rollback()
+        # No transaction is open while aggregating (seconds for big models).
+        done = _aggregate(storage, job_id, spec, dataset, r, inputs)
+        with sessions() as s:
+            job, tj, rnd = _load(s, job_id)
+            if rnd is None or rnd.round != r or rnd.status != "aggregating":
+                continue  # another aggregator recorded it
+            state = _record_applied(s, job, tj, rnd, done, now(), slash_amount)
+            if state == "completed":
+                return state
+    return state
+
+
+def running_jobs(session: Session) -> list[str]:
+    return list(session.scalars(select(TrainingJob.job_id).where(TrainingJob.status == "running")).all())
+
+
+# -- requester views -----------------------------------------------------------------------------------------------
+
+
+def progress(session: Session, job_id: str) -> tuple[Job, TrainingJob, list[TrainingRound]]:
+    job, tj, _ = _load(session, job_id)
+    rounds = session.scalars(
+        select(TrainingRound).where(TrainingRound.job_id == job_id).order_by(TrainingRound.round)
+    ).all()
+    return job, tj, list(rounds)

@@ -1,0 +1,122 @@
+"""A DiLoCo job through the whole market: REST posting and funding, leased tasks over HTTP, a real Celery
+aggregator over Redis, the downloaded model loaded with transformers."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from transformers import LlamaForCausalLM
+
+from market.db import SlashRecord, VerificationRun, WorkPart
+from market.db.engine import make_engine
+from market.protocol.auth_client import check
+from market.training.reference import reference_diloco
+from tests.training_e2e.conftest import Market, run_workers, tiny_spec
+
+
+def _download(requester: Any, job_id: str, dest: Path) -> LlamaForCausalLM:
+    tar = check(requester.http.get(f"/v1/training/jobs/{job_id}/model")).content
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(dest, filter="data")
+    return LlamaForCausalLM.from_pretrained(dest)
+
+
+def test_two_workers_train_and_match_reference(market: Market, corpus: bytes, tmp_path: Path) -> None:
+    spec = tiny_spec(rounds=3, workers_per_round=2, compression="none")
+    requester = market.requester()
+    job = requester.post_job(spec, corpus)
+    stop = threading.Event()
+    clients = [market.worker("op-a", cache=tmp_path), market.worker("op-b", cache=tmp_path)]
+    threads = run_workers(clients, stop)
+    try:
+        done = requester.wait(job["id"], lambda p: p["status"] == "completed")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    losses = done["eval_loss"]
+    assert len(losses) == spec.rounds + 1
+    assert losses[-1] < losses[0] - 0.3, losses
+    assert all(r["updates"] == 2 and r["close_state"] == "closed_quorum" for r in done["per_round"])
+    assert done["job_status"] == "completed"
+
+    model = _download(requester, job["id"], tmp_path / "model")
+    ref = reference_diloco(spec, corpus, evaluate=False)
+    got = {n: p.detach() for n, p in model.named_parameters()}
+    assert set(got) == set(ref.params)
+    worst = max(float((got[n] - ref.params[n]).abs().max()) for n in got)
+    assert worst < 1e-4, worst
+    # Tensors are content-addressed: a worker that ran round r and r+1 fetched only the new checkpoint's tensors.
+    assert sum(c.tensors_cached for c in clients) > 0 or sum(c.tensors_fetched for c in clients) > 0
+
+
+def test_killed_worker_round_closes_at_deadline(market: Market, corpus: bytes, tmp_path: Path) -> None:
+    spec = tiny_spec(rounds=2, workers_per_round=2, min_updates=1, round_timeout_s=3.0, compression="int8")
+    requester = market.requester()
+    job = requester.post_job(spec, corpus)
+    dead = market.worker("op-dead", cache=tmp_path)
+    lease = dead.claim()  # ... and the worker dies holding it: no heartbeat, no result
+    assert lease is not None and lease["task"]["payload"]["round"] == 0
+    stop = threading.Event()
+    threads = run_workers([market.worker("op-a", cache=tmp_path)], stop)
+    try:
+        done = requester.wait(job["id"], lambda p: p["status"] == "completed")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    first = done["per_round"][0]
+    assert first["close_state"] == "closed_deadline" and first["updates"] == 1
+    assert done["eval_loss"][-1] < done["eval_loss"][0]
+    # The dead worker's lease is gone with the round: its late result is refused.
+    r = dead.http.post(f"/v1/tasks/{lease['task']['id']}/heartbeat", json={"lease_id": lease["lease_id"]})
+    assert r.status_code == 409
+
+
+def test_poisoned_update_is_caught_excluded_and_flagged(market: Market, corpus: bytes, tmp_path: Path) -> None:
+    spec = tiny_spec(rounds=1, workers_per_round=3, compression="int8")
+    requester = market.requester()
+    job = requester.post_job(spec, corpus, verify_rate=1.0)
+
+    def poison(payload: Any, update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {n: t * -20.0 for n, t in update.items()}
+
+    stop = threading.Event()
+    cheater = market.worker("op-evil", cache=tmp_path, tamper=poison)
+    honest = [market.worker("op-a", cache=tmp_path), market.worker("op-b", cache=tmp_path)]
+    # The cheater does one task and leaves; the honest workers do the rest, replays included.
+    threads = run_workers([cheater, *honest], stop, max_tasks=[1, None, None])
+    try:
+        done = requester.wait(job["id"], lambda p: p["status"] == "completed")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    r0 = done["per_round"][0]
+    assert r0["excluded"] == 1 and r0["updates"] == 2
+    assert done["eval_loss"][-1] < done["eval_loss"][0]
+    verdicts = check(requester.http.get(f"/v1/training/jobs/{job['id']}/verdicts")).json()
+    by_worker = {v["worker"]: v for v in verdicts}
+    bad = by_worker[cheater.account.address]
+    assert bad["verdict"] == "fail" and not bad["aggregated"] and bad["replica"] in {h.account.address for h in honest}
+    assert all(by_worker[h.account.address]["verdict"] == "pass" for h in honest)
+    # Handed to settlement: the cheater's work unpaid, one pending slash with its signed digest as evidence.
+    engine = make_engine(market.settings.database_url)
+    try:
+        with Session(engine) as s:
+            run = s.get(VerificationRun, job["id"])
+            assert run is not None and run.status == "settling"
+            slash = s.scalars(select(SlashRecord).where(SlashRecord.job_id == job["id"])).one()
+            assert slash.worker == cheater.account.address and slash.evidence == bad["evidence_hash"]
+            parts = s.scalars(select(WorkPart).where(WorkPart.job_id == job["id"])).all()
+            assert {p.status for p in parts if p.worker == cheater.account.address} == {"unpaid_slashed"}
+            assert {p.status for p in parts if p.worker != cheater.account.address} == {"paid"}
+    finally:
+        engine.dispose()
