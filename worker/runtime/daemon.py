@@ -77,6 +77,7 @@ class WorkerDaemon:
         self.config = config
         self.state = WorkerState()
         self.server: StageServer | None = None
+        self.ws: ClientConnection | None = None  # the live connection (tests abort its transport)
         self.http = httpx.Client(base_url=config.market_url, timeout=config.http_timeout_s)
 
     # --- one-time preparation ------------------------------------------------------------------------------
@@ -185,6 +186,7 @@ class WorkerDaemon:
                 raise MarketError(400, str(welcome.header.get("message", "market refused hello")))
             self.state.connects += 1
             self.state.connected = True
+            self.ws = ws
             log.info("connected to %s as %s", self.ws_url(), welcome.header.get("worker_id"))
             stopper = asyncio.create_task(stop.wait())
             try:
