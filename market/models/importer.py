@@ -138,6 +138,9 @@ def import_checkpoint(src: Path, out: Path, *, name: str | None = None, overwrit
     except (OSError, ValueError) as exc:
         raise ManifestError(f"cannot read {src / 'config.json'}: {exc}") from None
     layout = layout_for_model_type(str(config.get("model_type")))
+    missing = [k for k in ("num_hidden_layers", "hidden_size", "vocab_size") if not isinstance(config.get(k), int)]
+    if missing:
+        raise ManifestError(f"{src / 'config.json'} lacks integer {', '.join(missing)}")
     num_layers = int(config["num_hidden_layers"])
     plan = _plan(_weight_files(src), layout)
     expected = {EMBED, HEAD, *(layer_shard_name(i) for i in range(num_layers))}

@@ -99,11 +99,12 @@ def test_manifest_paths_cannot_escape(tiny_llama: Path, tmp_path: Path, bad_path
 def test_import_refuses_pickle_checkpoints(tmp_path: Path) -> None:
     src = tmp_path / "ckpt"
     src.mkdir()
-    (src / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 1}))
+    config = {"model_type": "llama", "num_hidden_layers": 1, "hidden_size": 8, "vocab_size": 8}
+    (src / "config.json").write_text(json.dumps(config))
     (src / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(UnsupportedModelError, match="pickle"):
         import_checkpoint(src, tmp_path / "out")
-    (src / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "num_hidden_layers": 1}))
+    (src / "config.json").write_text(json.dumps({**config, "model_type": "gpt_neox"}))
     with pytest.raises(UnsupportedModelError, match="gpt_neox"):
         import_checkpoint(src, tmp_path / "out")
 
