@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
 from market.commands.models import app as models_app
@@ -18,6 +17,7 @@ from market.models.importer import import_checkpoint
 from market.models.manifest import MANIFEST_FILE, load_manifest, verify_model_dir
 from market.models.reference import generate_reference, run_pipeline_local
 from market.models.tiny import build_tiny_llama
+from market.models.tokenizer import load_tokenizer
 from worker.stage import Stage
 
 
@@ -43,7 +43,7 @@ def test_tiny_build_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_tokenizer_is_real_and_round_trips(tiny_llama: Path) -> None:
-    tok = Tokenizer.from_file(str(tiny_llama / "tokenizer" / "tokenizer.json"))
+    tok = load_tokenizer(tiny_llama)
     text = "The coordinator replays the recorded inputs. Ünïcödé too!"
     enc = tok.encode(text)
     assert enc.ids[0] == tok.token_to_id("<s>") and len(enc.ids) < len(text.encode())  # merges were learned
@@ -143,3 +143,12 @@ def test_tied_embeddings_give_a_self_contained_head(tiny_llama: Path, tmp_path: 
     stages = [Stage(tmp_path / "out", 0, 2), Stage(tmp_path / "out", 2, 4)]
     expected = generate_reference(tmp_path / "out", prompt, 6)
     assert run_pipeline_local(stages, prompt, 6).tolist() == expected.tolist()
+
+
+def test_tampered_tokenizer_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(tiny_llama, model)
+    path = model / "tokenizer" / "tokenizer.json"
+    path.write_text(path.read_text().replace('"<pad>"', '"<PAD>"', 1))
+    with pytest.raises(ShardIntegrityError):
+        load_tokenizer(model)
