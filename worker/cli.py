@@ -126,3 +126,9 @@ def stake(
     account = _account(key, key_file)
     staked, total = stake_glb(account, amount_glb=amount or None, rpc=rpc, faucet=from_devnet_faucet)
     typer.echo(f"staked {staked / 10**18:,.4f} GLB; {account.address} now has {total / 10**18:,.4f} GLB staked")
+
+
+# DiLoCo training tasks (claimed over the lease API): `globai worker train`, see worker/training_cli.py.
+from worker.training_cli import train as _train  # noqa: E402
+
+app.command("train")(_train)

@@ -184,3 +184,9 @@ def cancel(job_id: str = typer.Argument(...), market: str = MarketOpt, key_file:
     """Cancel a job; a funded job is refunded by the settlement process."""
     _, client = _client(market, key_file)
     _echo(client.request("POST", f"/v1/jobs/{job_id}/cancel"))
+
+
+# `globai job train post|watch|download`: DiLoCo training jobs (market/commands/job_train.py).
+from market.commands.job_train import app as _train_app  # noqa: E402
+
+app.add_typer(_train_app, name="train")

@@ -211,6 +211,7 @@ def submit_update(
     existing = session.get(TrainingUpdate, task_id)
     if existing is not None:
         if existing.worker == worker.address and existing.payload_sha256 == sha:
+            session.expunge(existing)  # keeps its loaded attributes through the rollback
             session.rollback()
             return Received(existing, False)
         session.rollback()

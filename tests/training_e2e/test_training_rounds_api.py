@@ -1,0 +1,138 @@
+"""Round bookkeeping through the API in one process (TestClient): an aggregator killed between committing
+checkpoint v+1 and recording it resumes without losing or re-applying the round; bad uploads are refused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from market.api import create_app
+from market.db import Task
+from market.db.engine import make_engine, make_session_factory
+from market.db.migrate import upgrade
+from market.db.training import TrainingJob, TrainingRound
+from market.protocol.compression import encode_update, parse_codec, payload_digest
+from market.protocol.training import UpdateScope, sign_update
+from market.training import jobs as training
+from market.training.storage import storage_at
+from tests.market.conftest import FakeChain, make_settings
+from tests.training_e2e.conftest import tiny_spec
+from worker.training_client import TrainingClient
+
+
+@pytest.fixture
+def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    monkeypatch.setattr("market.api.routes.training.kick_aggregator", lambda *_: None)  # advance is driven here
+    db_url = f"sqlite:///{tmp_path / 'm.db'}"
+    engine = make_engine(db_url)
+    upgrade(engine)
+    settings = make_settings(db_url, training_dir=str(tmp_path / "training"), min_stake_wei=1)
+    chain = FakeChain(minimum=1)
+    with TestClient(create_app(settings, engine=engine, chain=chain)) as client:
+        yield {"client": client, "chain": chain, "engine": engine, "settings": settings, "tmp": tmp_path}
+    engine.dispose()
+
+
+def _post(api: dict[str, Any], corpus: bytes, **spec: Any) -> str:
+    client, chain = api["client"], api["chain"]
+    requester = Account.create()
+    from market.protocol.auth_client import sign_in
+
+    headers = {"Authorization": "Bearer " + sign_in(client, requester, ["requester"])}
+    ds = client.post("/v1/training/datasets", content=corpus, headers=headers).json()
+    body = {"spec": tiny_spec(**spec).model_dump(mode="json"), "dataset_sha256": ds["sha256"], "budget": "100000",
+            "price_per_unit": "1", "verify_rate": 0.0,
+            "deadline": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
+    created = client.post("/v1/training/jobs", json=body, headers=headers)
+    assert created.status_code == 201, created.text
+    chain.fund(created.json()["escrow"], requester.address)
+    job_id = created.json()["job"]["id"]
+    assert client.post(f"/v1/jobs/{job_id}/confirm-funding", headers=headers).status_code == 200
+    return str(job_id)
+
+
+def _worker(api: dict[str, Any], operator: str) -> TrainingClient:
+    account = Account.create()
+    api["chain"].stake(account.address, 10)
+    # Each worker gets its own TestClient (its own Authorization header) over the same app.
+    http = TestClient(api["client"].app)
+    w = TrainingClient(http, account, cache_dir=api["tmp"] / operator, operator_id=operator)
+    w.sign_in()
+    w.register()
+    return w
+
+
+def test_killed_aggregator_resumes_exactly_once(api: dict[str, Any], corpus: bytes,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = _post(api, corpus, rounds=2, workers_per_round=2, inner_steps=3)
+    for w in (_worker(api, "op-a"), _worker(api, "op-b")):
+        assert w.run_once() is not None
+    sessions = make_session_factory(api["engine"])
+    storage = storage_at(api["settings"].training_dir)
+    real = training._record_applied
+
+    def killed(*args: Any, **kwargs: Any) -> str:
+        raise RuntimeError("aggregator killed after the checkpoint commit")
+
+    monkeypatch.setattr(training, "_record_applied", killed)
+    with pytest.raises(RuntimeError):
+        training.advance(sessions, storage, job_id, now=lambda: datetime.now(UTC))
+    assert storage.checkpoints.versions(job_id) == [0, 1]
+    committed = storage.checkpoints.manifest(job_id, 1)
+    with Session(api["engine"]) as s:
+        assert s.get(TrainingJob, job_id).version == 0  # type: ignore[union-attr]
+        r0 = s.scalar(select(TrainingRound).where(TrainingRound.job_id == job_id, TrainingRound.round == 0))
+        assert r0 is not None and r0.status == "aggregating" and len(r0.aggregated or []) == 2
+
+    monkeypatch.setattr(training, "_record_applied", real)
+    assert training.advance(sessions, storage, job_id, now=lambda: datetime.now(UTC)) == "open"
+    assert training.advance(sessions, storage, job_id, now=lambda: datetime.now(UTC)) == "open"  # idempotent
+    again = storage.checkpoints.manifest(job_id, 1)
+    assert (again.sha256, again.created_at) == (committed.sha256, committed.created_at)  # not re-applied
+    with Session(api["engine"]) as s:
+        tj = s.get(TrainingJob, job_id)
+        assert tj is not None and tj.version == 1 and tj.round == 1
+        tasks = s.scalars(select(Task).where(Task.job_id == job_id)).all()
+        assert sorted(t.payload["round"] for t in tasks) == [0, 0, 1, 1]  # round 1 opened once
+
+
+def test_bad_updates_are_refused(api: dict[str, Any], corpus: bytes) -> None:
+    job_id = _post(api, corpus, rounds=1, workers_per_round=2, inner_steps=2, compression="int8")
+    w = _worker(api, "op-a")
+    lease = w.claim()
+    assert lease is not None
+    task, p = lease["task"], lease["task"]["payload"]
+    config, tensors = w.fetch_checkpoint(job_id, 0, p["base_manifest"])
+    update = {n: t * 0 + 1e-3 for n, t in tensors.items()}
+    scope = UpdateScope(chain_id=p["chain_id"], chain_job_id=p["chain_job_id"], task_id=task["id"], round=0,
+                        slot=p["slot"], job_nonce=p["job_nonce"], base_checkpoint=p["base_manifest"])
+
+    def send(payload: bytes, signature: str) -> Any:
+        params = {"lease_id": lease["lease_id"], "signature": signature, "loss_start": 5.0, "loss_end": 4.0}
+        return w.http.post(f"/v1/training/tasks/{task['id']}/update", params=params, content=payload)
+
+    good = encode_update(update, parse_codec("int8"))
+    sha = payload_digest(good)
+    # Another key's signature, a signature over another task's scope, and the wrong codec are all refused.
+    assert send(good, sign_update(scope, sha, Account.create())).status_code == 403
+    other = UpdateScope(**{**scope.__dict__, "slot": 1 - p["slot"]})
+    assert send(good, sign_update(other, sha, w.account)).status_code == 403
+    wrong_codec = encode_update(update, parse_codec("none"))
+    assert send(wrong_codec, sign_update(scope, payload_digest(wrong_codec), w.account)).status_code == 400
+    assert send(b"garbage" * 10, sign_update(scope, payload_digest(b"garbage" * 10), w.account)).status_code == 400
+    ok = send(good, sign_update(scope, sha, w.account))
+    assert ok.status_code == 200 and ok.json()["accepted"] is True
+    again = send(good, sign_update(scope, sha, w.account))
+    assert again.status_code == 200 and again.json()["accepted"] is False
+    # A worker without a lease on the job can't read its checkpoints or shards.
+    stranger = _worker(api, "op-z")
+    assert stranger.http.get(f"/v1/training/jobs/{job_id}/checkpoints/0").status_code == 403
+    assert stranger.http.get(f"/v1/training/jobs/{job_id}/shards/0/0").status_code == 403

@@ -1,0 +1,85 @@
+"""`globai worker train`: claim DiLoCo training tasks from the market and run them until stopped.
+
+A separate module so the inference daemon's CLI (`worker.cli`) stays its own; `worker.cli` registers `train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
+
+import httpx
+import typer
+from eth_account import Account
+
+from market.errors import ConfigError
+
+if TYPE_CHECKING:
+    from worker.training_client import TaskOutcome
+
+log = logging.getLogger(__name__)
+app = typer.Typer(help="Run DiLoCo training tasks for the market.")
+
+
+def _parse_bytes(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, KeyError):
+        raise ConfigError(f"--max-memory: cannot read {text!r} (e.g. 4G, 512M)") from None
+
+
+@app.command("train")
+def train(
+    market: Annotated[str, typer.Option("--market", help="Market base URL.", envvar="GLOBAI_MARKET_URL")] = (
+        "http://127.0.0.1:8000"),
+    key: Annotated[str | None, typer.Option("--key", help="Worker private key (0x-hex).",
+                                            envvar="GLOBAI_WORKER_KEY")] = None,
+    key_file: Annotated[Path | None, typer.Option("--key-file", help="File holding the private key.")] = None,
+    operator: Annotated[str | None, typer.Option(help="Operator id (default: the address); machines of one "
+                                                      "operator never replay each other's tasks.")] = None,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.", min=1, max=256)] = 1,
+    max_memory: Annotated[str, typer.Option("--max-memory", help="Memory for a task, e.g. 4G.")] = "4G",
+    cache_dir: Annotated[Path, typer.Option(help="Content-addressed tensor cache.")] = Path("var/worker-train-cache"),
+    max_tasks: Annotated[int | None, typer.Option(help="Exit after this many tasks.")] = None,
+    register: Annotated[bool, typer.Option(help="Register (profile) with the market first.")] = True,
+) -> None:
+    """Claim training tasks, run H AdamW steps each, submit signed compressed pseudo-gradients. Ctrl-C stops."""
+    from worker.training_client import TrainingClient  # torch: only when training
+
+    if key_file is not None:
+        key = key_file.read_text().strip()
+    if not key:
+        raise ConfigError("give the worker's key with --key, --key-file or GLOBAI_WORKER_KEY")
+    try:
+        account = Account.from_key(key)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"not a private key: {type(exc).__name__}") from None
+    stop = threading.Event()
+
+    def _stop(_sig: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+
+    def report(o: TaskOutcome) -> None:
+        kind = "replay" if o.replay else "task"
+        typer.echo(f"{kind} job {o.job_id[:8]} round {o.round} slot {o.slot}: loss {o.metrics.loss_start:.3f} -> "
+                   f"{o.metrics.loss_end:.3f} in {o.metrics.seconds:.1f}s, up {o.bytes_up} B, down {o.bytes_down} B"
+                   f"{'' if o.accepted else ' (already had it)'}")
+
+    with httpx.Client(base_url=market, timeout=120) as http:
+        client = TrainingClient(http, account, cache_dir=cache_dir, operator_id=operator or account.address,
+                                memory_bytes=_parse_bytes(max_memory), num_threads=threads)
+        client.sign_in()
+        if register:
+            client.register()
+        typer.echo(f"worker {account.address} training for {market} (Ctrl-C to stop)", err=True)
+        done = client.run(stop, idle_s=2.0, max_tasks=max_tasks, on_task=report)
+    typer.echo(f"{done} task(s) done", err=True)
