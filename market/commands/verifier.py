@@ -25,6 +25,7 @@ def calibrate(
     seed: Annotated[int, typer.Option(help="Seed of the tiny Llama's weights.")] = 1234,
     dtype: Annotated[list[str] | None, typer.Option(help="float32 and/or bfloat16 (default: both).")] = None,
     quick: Annotated[bool, typer.Option(help="Two short sequences instead of eight (a smoke run).")] = False,
+    replay_device: Annotated[str, typer.Option(help="Device of the verifier's replica: cpu or cuda.")] = "cpu",
 ) -> None:
     """Measure honest drift and cheats on a tiny Llama; set tolerances = max honest drift + margin."""
     from market.verifier.calibrate import THRESHOLDED, CalibrationSettings
@@ -32,7 +33,10 @@ def calibrate(
     from market.verifier.tiny import TinyLlamaSpec
 
     settings = CalibrationSettings(
-        spec=TinyLlamaSpec(seed=seed), margin=margin, dtypes=tuple(dtype or ("float32", "bfloat16"))
+        spec=TinyLlamaSpec(seed=seed),
+        margin=margin,
+        dtypes=tuple(dtype or ("float32", "bfloat16")),
+        replay_device=replay_device,
     )
     if quick:
         settings = dataclasses.replace(settings, seq_lens=(64, 50), prefix_len=40)

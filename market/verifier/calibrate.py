@@ -24,6 +24,7 @@ All compute is here; reading/writing files is the CLI's job (`market/commands/ve
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -73,6 +74,9 @@ class CalibrationSettings:
     overlap_margin: float = 0.05
     sketch_k: int = DEFAULT_K
     informational: tuple[str, ...] = ("sdpa_attention",)
+    # Where the verifier's replica runs ("cpu", "cuda"): with "cuda" the reference is a GPU replay of the same
+    # weights (TF32 off, torch's default), so thresholds cover CPU-worker vs GPU-replica drift as well.
+    replay_device: str = "cpu"
 
 
 Scenario = Callable[[LlamaForCausalLM, list[torch.Tensor], int], torch.Tensor]
@@ -198,12 +202,20 @@ def _model(s: CalibrationSettings, dtype: str) -> LlamaForCausalLM:
     return build_tiny_llama(s.spec, getattr(torch, dtype))
 
 
+def _replays(model: LlamaForCausalLM, inputs: list[torch.Tensor], s: CalibrationSettings) -> list[torch.Tensor]:
+    if s.replay_device == "cpu":
+        return [run_stage(model, x.unsqueeze(0), s.stage)[0] for x in inputs]
+    replica = torch.nn.Module.to(copy.deepcopy(model), s.replay_device)
+    device = torch.device(s.replay_device)
+    return [run_stage(replica, x.unsqueeze(0).to(device), s.stage)[0].cpu() for x in inputs]
+
+
 def calibrate_dtype(s: CalibrationSettings, dtype: str) -> dict:
     """Measure honest drift and cheats for one dtype; returns the JSON-able section of the report."""
     model = _model(s, dtype)
     with torch_threads(s.threads[0]):
         inputs = stage_inputs(model, s)
-        refs = [run_stage(model, x.unsqueeze(0), s.stage)[0] for x in inputs]
+        refs = _replays(model, inputs, s)
         honest: dict[str, list[Metrics]] = {}
         for name, run in scenarios(s).items():
             honest[name] = [

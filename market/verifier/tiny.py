@@ -74,7 +74,7 @@ def run_stage(
     batch, tokens, _ = hidden.shape
     if position_ids is None:
         past = cache.get_seq_length(lo) if cache is not None else 0
-        position_ids = torch.arange(past, past + tokens).unsqueeze(0).expand(batch, -1)
+        position_ids = torch.arange(past, past + tokens, device=hidden.device).unsqueeze(0).expand(batch, -1)
     cos_sin = model.model.rotary_emb(hidden, position_ids=position_ids)
     mask = create_causal_mask(
         config=model.config,
