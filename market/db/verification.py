@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from market.db.base import Base, UtcDateTime, Wei, new_id, utcnow
@@ -46,6 +46,7 @@ class WorkPart(Base):
     units: Mapped[int] = mapped_column(BigInteger, default=0)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     root: Mapped[str] = mapped_column(String(66), default="")
+    rate: Mapped[float] = mapped_column(Float, default=0.0)  # the sampling rate the policy chose for this part
     # pending | paid (accepted) | unpaid_slashed | unpaid_faulty
     status: Mapped[str] = mapped_column(String(16), default="pending")
 

@@ -189,6 +189,9 @@ def start_verification(
         )
         for part in parts
     ]
+    rows = {r.work_key: r for r in session.scalars(select(WorkPart).where(WorkPart.job_id == job_id))}
+    for part, task in zip(parts, tasks, strict=True):
+        rows[part.work_key].rate = task.rate
     segments = sampling.sample_segments(seed, tasks)
     pools: dict[str, list[Replica]] = {}
     for seg in segments:

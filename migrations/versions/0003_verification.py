@@ -1,7 +1,7 @@
 """verification and settlement: runs, work parts, checks, slash records, published reports (new tables only)
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-22 11:08:03.242859
 """
 
@@ -12,9 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-# Chains after the inference runtime's 0002 when present; see docs/settlement.md.
 revision: str = '0003'
-down_revision: str | None = '0001'
+down_revision: str | None = '0002'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -99,6 +98,7 @@ def upgrade() -> None:
     sa.Column('units', sa.BigInteger(), nullable=False),
     sa.Column('chunk_count', sa.Integer(), nullable=False),
     sa.Column('root', sa.String(length=66), nullable=False),
+    sa.Column('rate', sa.Float(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_work_parts_job_id_jobs'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_work_parts')),

@@ -58,8 +58,13 @@ class Funder:
         self.client.transact(self.c.token.functions.approve(self.deployment.vault, amount), worker)
         self.client.transact(self.c.vault.functions.stake(amount), worker)
 
+    def prefund(self, total: int) -> None:
+        """Give the requester `total` and approve the escrow once (then `job(prefunded=True)` is one transaction)."""
+        self.give(self.requester.address, total)
+        self.client.transact(self.c.token.functions.approve(self.deployment.escrow, total), self.requester)
+
     def job(self, session: Session, *, budget: int = 100 * GLB, price: int = GLB, units: int = 60,
-            fund: bool = True, status: str = "completed") -> Job:
+            fund: bool = True, status: str = "completed", prefunded: bool = False) -> Job:
         job_uuid = str(uuid.uuid4())
         block = self.client.block_number()
         now_chain = int(self.client.w3.eth.get_block("latest")["timestamp"])
@@ -71,8 +76,9 @@ class Funder:
             created_at=datetime.now(UTC),
         )
         if fund:
-            self.give(self.requester.address, budget)
-            self.client.transact(self.c.token.functions.approve(self.deployment.escrow, budget), self.requester)
+            if not prefunded:
+                self.give(self.requester.address, budget)
+                self.client.transact(self.c.token.functions.approve(self.deployment.escrow, budget), self.requester)
             receipt = self.client.transact(
                 self.c.escrow.functions.fundJob(job_id_bytes(job_uuid), budget, b"\xab" * 32, deadline),
                 self.requester,

@@ -1,0 +1,248 @@
+"""An in-process network of simulated workers on a tiny Llama, implementing `WorkSource` for the verifier.
+
+Each worker computes its part of a job (one stage, a few sequences) its own way - honestly with a drift source
+(other thread count, batched with padding, KV-cache decode, ...) or with a cheat - then commits per 32-token chunk
+and signs the chunks and its task root exactly as the worker runtime does. The verifier's Celery tasks reach
+the network only through the `WorkSource` methods (parts, commitments, replicas, replay), like the coordinator's.
+A replica replays a recorded stage input as an ordinary prefill, honestly unless it colludes with a cheater.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+
+from market.protocol import merkle
+from market.protocol.commitments import (
+    ChunkCommitment,
+    SignedCommitment,
+    chunk_bounds,
+    chunk_id,
+    commit_chunk,
+    sign_commitment,
+    sign_task_root,
+)
+from market.protocol.signing import ChunkScope
+from market.services.verification import ClaimedPart, Replica
+from market.verifier import cheats
+from market.verifier.calibrate import CalibrationSettings, scenarios, torch_threads
+from market.verifier.tiny import TinyLlamaSpec, build_tiny_llama, embed, run_stage
+
+STAGE = (1, 3)
+CHAIN_ID = 31337
+
+# name -> (model transform applied once, output transform per call)
+# Every honest drift source calibration measured (sdpa is informational: the manifest pins the attention kernel).
+HONEST_DRIFTS = tuple(n for n in scenarios(CalibrationSettings()) if n not in CalibrationSettings().informational)
+
+
+def _stage_params(model: torch.nn.Module, layers: tuple[int, int]) -> list[torch.nn.Parameter]:
+    return [p for i in range(*layers) for p in model.model.layers[i].parameters()]  # type: ignore[attr-defined]
+
+
+def perturbed_model(model, rel: float = 1e-3, seed: int = 99):  # type: ignore[no-untyped-def]
+    cheat = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in _stage_params(cheat, STAGE):
+            p.copy_((p.float() * (1 + rel * torch.randn(p.shape, generator=g))).to(p.dtype))
+    return cheat
+
+
+def int8_model(model):  # type: ignore[no-untyped-def]
+    cheat = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in _stage_params(cheat, STAGE):
+            if p.dim() == 2:
+                w = p.float()
+                scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+                p.copy_(((w / scale).round().clamp(-127, 127) * scale).to(p.dtype))
+    return cheat
+
+
+@dataclass
+class SimWorker:
+    account: LocalAccount
+    operator: str
+    behaviour: str = "honest"  # honest | a cheat name | colluder
+    drift: str = "repeat"  # honest drift source used for its own work
+    cheat_fraction: float = 1.0  # fraction of chunks a cheater cheats on (chosen by a hash: unpredictable to us)
+    colludes_with: str | None = None  # address whose claims this replica confirms
+    models: dict[str, torch.nn.Module] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return str(self.account.address)
+
+
+@dataclass
+class SimPart:
+    claimed: ClaimedPart
+    inputs: list[torch.Tensor]  # per sequence, the stage input [tokens, hidden] (what the coordinator recorded)
+    outputs: list[torch.Tensor]  # what the worker sent
+    signed: dict[int, SignedCommitment]
+    tree: merkle.MerkleTree
+
+
+class SimNetwork:
+    """Workers, jobs and the recorded evidence; thread-safe enough for one Celery worker thread + the test."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32, spec: TinyLlamaSpec | None = None) -> None:
+        self.dtype = dtype
+        self.spec = spec or TinyLlamaSpec()
+        self.model = build_tiny_llama(self.spec, dtype)
+        self.workers: dict[str, SimWorker] = {}
+        self.jobs: dict[str, list[SimPart]] = {}
+        self.replays = 0
+        self._lock = threading.Lock()
+        self._scenarios = scenarios(CalibrationSettings(spec=self.spec, stage=STAGE, prefix_len=20))
+        self._cheat_models: dict[str, torch.nn.Module] = {}
+
+    # --- workers -----------------------------------------------------------------------------------------------
+    def add_worker(self, operator: str, behaviour: str = "honest", **kw: object) -> SimWorker:
+        w = SimWorker(Account.create(), operator, behaviour, **kw)  # type: ignore[arg-type]
+        self.workers[w.address] = w
+        return w
+
+    def _cheat_model(self, name: str) -> torch.nn.Module:
+        if name not in self._cheat_models:
+            build: dict[str, Callable[[], torch.nn.Module]] = {
+                "perturbed_weights": lambda: perturbed_model(self.model),
+                "int8_weights": lambda: int8_model(self.model),
+                "bf16_instead_of_fp32": lambda: copy.deepcopy(self.model).to(torch.bfloat16),
+            }
+            self._cheat_models[name] = build[name]()
+        return self._cheat_models[name]
+
+    def honest_stage(self, x: torch.Tensor) -> torch.Tensor:
+        """The replica's replay: a prefill of the recorded input alone in its batch ([tokens, hidden])."""
+        return run_stage(self.model, x.unsqueeze(0), STAGE)[0]
+
+    def _cheat_output(self, behaviour: str, x: torch.Tensor) -> torch.Tensor:
+        h = x.unsqueeze(0)
+        if behaviour in ("perturbed_weights", "int8_weights"):
+            return run_stage(self._cheat_model(behaviour), h, STAGE)[0]
+        if behaviour == "bf16_instead_of_fp32":
+            return run_stage(self._cheat_model(behaviour), h.to(torch.bfloat16), STAGE)[0].to(self.dtype)
+        if behaviour == "skipped_layer":
+            return cheats.skipped_layer(self.model, h, STAGE)[0]
+        if behaviour == "identity_stage":
+            return x.clone()
+        if behaviour in ("noise_x1.10", "fraction_noise"):
+            return self.honest_stage(x) * 1.10
+        raise ValueError(behaviour)
+
+    # --- a job's work ------------------------------------------------------------------------------------------
+    def stage_inputs(self, seed: int, lengths: tuple[int, ...]) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for n in lengths:
+            ids = torch.randint(0, self.spec.vocab_size, (1, n), generator=g)
+            out.append(run_stage(self.model, embed(self.model, ids), (0, STAGE[0]))[0])
+        return out
+
+    def do_work(
+        self,
+        job_id: str,
+        worker: SimWorker,
+        inputs: list[torch.Tensor],
+        *,
+        work_key: str,
+        forged_scope: ChunkScope | None = None,
+    ) -> SimPart:
+        """The worker's outputs for `inputs`, its signed chunk commitments and signed root."""
+        scope = self.scope(job_id, work_key)
+        drift = self._scenarios[worker.drift]
+        outputs = []
+        cheat = worker.behaviour not in ("honest", "colluder", "replayed_commitment", "malformed_sketch")
+        for i, x in enumerate(inputs):
+            honest = drift(self.model, inputs, i)
+            if not cheat:
+                outputs.append(honest)
+                continue
+            bad = self._cheat_output(worker.behaviour, x)
+            out = honest.clone()
+            for pc, start, stop in chunk_bounds(x.shape[0]):
+                if self._cheats_on(worker, job_id, chunk_id(i, pc)):
+                    out[start:stop] = bad[start:stop]
+            outputs.append(out)
+        commitments: list[ChunkCommitment] = []
+        for i, out in enumerate(outputs):
+            for pc, start, stop in chunk_bounds(out.shape[0]):
+                c = commit_chunk(forged_scope or scope, chunk_id(i, pc), out[start:stop])
+                if worker.behaviour == "malformed_sketch":
+                    c = ChunkCommitment(c.scope, c.chunk_index, c.output_sha256, c.sketch[:-3] + b"\xff\xff\xff")
+                commitments.append(c)
+        signed = {c.chunk_index: sign_commitment(c, worker.account) for c in commitments}
+        root = sign_task_root(commitments, worker.account)
+        if forged_scope is not None:  # the root is made for this job, the chunks were copied from another
+            from market.protocol.commitments import SignedRoot
+            from market.protocol.signing import root_digest, sign_digest
+
+            digest = root_digest(scope, root.chunk_count, root.root)
+            root = SignedRoot(scope, root.chunk_count, root.root, sign_digest(worker.account, digest))
+        tree = merkle.MerkleTree([c.leaf for c in commitments])
+        claimed = ClaimedPart(
+            work_key=work_key,
+            worker=worker.address,
+            operator_id=worker.operator,
+            stage=STAGE[0],
+            layer_start=STAGE[0],
+            layer_end=STAGE[1],
+            units=sum(int(x.shape[0]) for x in inputs),
+            dtype=str(self.dtype).removeprefix("torch."),
+            scope=scope,
+            signed_root=root,
+            chunk_indices=tuple(sorted(signed)),
+        )
+        return SimPart(claimed, inputs, outputs, signed, tree)
+
+    @staticmethod
+    def _cheats_on(worker: SimWorker, job_id: str, chunk: int) -> bool:
+        draw = int.from_bytes(keccak(text=f"{worker.address}/{job_id}/{chunk}"), "big") / 2**256
+        return draw < worker.cheat_fraction
+
+    @staticmethod
+    def scope(job_id: str, work_key: str) -> ChunkScope:
+        return ChunkScope(
+            CHAIN_ID, keccak(text=job_id), keccak(text=work_key), STAGE[0], keccak(text=f"nonce/{job_id}")
+        )
+
+    def add_job(self, job_id: str, parts: list[SimPart]) -> None:
+        with self._lock:
+            self.jobs[job_id] = parts
+
+    # --- WorkSource --------------------------------------------------------------------------------------------
+    def parts(self, job_id: str) -> list[ClaimedPart]:
+        return [p.claimed for p in self.jobs[job_id]]
+
+    def _part(self, job_id: str, work_key: str) -> SimPart:
+        return next(p for p in self.jobs[job_id] if p.claimed.work_key == work_key)
+
+    def commitment(self, job_id: str, work_key: str, chunk_index: int) -> tuple[SignedCommitment, list[bytes]]:
+        part = self._part(job_id, work_key)
+        signed = part.signed[chunk_index]
+        return signed, part.tree.proof(signed.commitment.leaf)
+
+    def replicas(self, job_id: str, part: ClaimedPart) -> list[Replica]:
+        return [Replica(w.address, w.operator) for w in self.workers.values() if w.address != part.worker]
+
+    def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
+        sim = self._part(job_id, part.work_key)
+        seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
+        start, stop = pc * 32, min((pc + 1) * 32, sim.inputs[seq].shape[0])
+        who = self.workers[replica]
+        with self._lock:
+            self.replays += 1
+        if who.behaviour == "colluder" and who.colludes_with == part.worker:
+            return sim.outputs[seq][start:stop].clone()  # confirms whatever the cheater claimed
+        with torch_threads(CalibrationSettings().threads[0]):  # the calibration's reference replay
+            # The recorded input up to the chunk's end: attention needs the chunk's whole prefix.
+            return self.honest_stage(sim.inputs[seq][:stop])[start:stop]

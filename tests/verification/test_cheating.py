@@ -1,0 +1,179 @@
+"""The cheating suite: every cheat is caught and slashed at the rate the sampling policy predicts; honest workers
+with every drift source are never slashed. Real Redis, a real Celery worker, real Anvil."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from market.chain.deploy import GLB
+from market.services.verification import VerifierConfig
+from market.verifier import sampling
+from tests.verification.conftest import Harness, JobResult
+from tests.verification.network import HONEST_DRIFTS, SimNetwork, SimWorker
+
+LENGTHS = (64, 64, 40)  # 2 + 2 + 2 = 6 chunks per part
+CHEATS = (
+    "perturbed_weights",
+    "int8_weights",
+    "bf16_instead_of_fp32",
+    "skipped_layer",
+    "identity_stage",
+    "noise_x1.10",
+    "replayed_commitment",
+    "malformed_sketch",
+)
+
+torch.set_num_threads(2)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def fund_gas(harness: Harness, *workers: SimWorker) -> None:
+    for w in workers:
+        harness.funder.client.rpc("anvil_setBalance", w.address, hex(10**20))
+
+
+def stake(harness: Harness, worker: SimWorker, amount: int = 500 * GLB) -> None:
+    fund_gas(harness, worker)
+    harness.funder.stake(worker.account, amount)
+
+
+def two_part_job(net: SimNetwork, cheater: SimWorker, honest: SimWorker, seed: int, forged_from: str | None = None):  # type: ignore[no-untyped-def]
+    def build(job_id: str):  # type: ignore[no-untyped-def]
+        inputs = net.stage_inputs(seed, LENGTHS)
+        forged = net.scope(forged_from, f"{forged_from}/c") if forged_from else None
+        return [
+            net.do_work(job_id, cheater, inputs, work_key=f"{job_id}/c", forged_scope=forged),
+            net.do_work(job_id, honest, net.stage_inputs(seed + 1, LENGTHS), work_key=f"{job_id}/h"),
+        ]
+
+    return build
+
+
+def caught(result: JobResult, worker: str) -> bool:
+    return result.slashed.get(worker) == "confirmed"
+
+
+def predicted_catch(rate: float, cheated_chunks: int, collusion: float = 0.0) -> float:
+    return sampling.detection_probability(rate, 1.0, cheated_chunks, 1, collusion)
+
+
+@pytest.mark.parametrize("cheat", CHEATS)
+def test_each_cheat_is_caught_and_slashed(cheat: str, harness: Harness) -> None:
+    net = SimNetwork()
+    cheater = net.add_worker("op-cheat", cheat)
+    honest = [net.add_worker(f"op-{i}", drift=HONEST_DRIFTS[i]) for i in range(3)]
+    stake(harness, cheater)
+    results = []
+    for n in range(3):
+        forged_from = None
+        if cheat == "replayed_commitment":
+            forged_from = results[-1].job_id if results else "an-earlier-job"
+        job = harness.job(net, two_part_job(net, cheater, honest[n % 3], seed=10 * n, forged_from=forged_from))
+        results.extend(harness.wait([job]))
+    for r in results:
+        # Predicted: each of the 6 cheated chunks is replayed with the part's rate (>= 0.75 for this new worker).
+        assert predicted_catch(r.rates[cheater.address], 6) > 0.99
+        assert caught(r, cheater.address), (cheat, r.checks)
+        assert r.parts[cheater.address] == "unpaid_slashed"
+        assert all(r.parts[h.address] == "paid" for h in honest if h.address in r.parts)
+        assert set(r.slashed) == {cheater.address}  # the honest partner is never slashed
+        assert r.report is not None and cheater.address not in {p["payee"] for p in r.report["payees"]}
+        guilty = [c for c in r.checks if c.status == "fail" and c.round == 0]
+        assert guilty and all(c.evidence.startswith("0x") for c in guilty)
+    if cheat not in ("replayed_commitment", "malformed_sketch"):
+        # A tolerance mismatch is decided 2-of-3: the two extra replicas were asked and agreed.
+        first = results[0]
+        disputes = [c for c in first.checks if c.round > 0]
+        assert disputes and all(c.status == "fail" for c in disputes)
+
+
+def fixed_rate(p: float) -> VerifierConfig:
+    """A policy whose rate is exactly p for everyone (no trust dynamics), to test the rate maths itself."""
+    policy = sampling.SamplingPolicy(p_min=p, target_detection=1e-9, prior_bad=0.0, failure_weight=0.0)
+    econ = sampling.Economics(cost=0.0, reward=1.0, slash=1.0)
+    return VerifierConfig(policy=policy, economics=econ, sketch_k=8, slash_amount=GLB)
+
+
+def _binomial_ok(observed: int, probs: list[float]) -> tuple[bool, str]:
+    mean = sum(probs)
+    sd = math.sqrt(sum(p * (1 - p) for p in probs)) or 1e-9
+    return abs(observed - mean) <= 4 * sd + 0.5, f"observed {observed}, predicted {mean:.2f} +- {sd:.2f}"
+
+
+def test_fractional_cheater_caught_at_the_predicted_rate(harness: Harness) -> None:
+    harness.configure(fixed_rate(0.3))
+    net = SimNetwork()
+    cheater = net.add_worker("op-cheat", "fraction_noise", cheat_fraction=0.25)
+    honest = [net.add_worker(f"op-{i}") for i in range(3)]
+    stake(harness, cheater, 400 * GLB)
+    jobs = [harness.job(net, two_part_job(net, cheater, honest[n % 3], seed=100 + n)) for n in range(24)]
+    results = harness.wait(jobs)
+    probs = []
+    for r in results:
+        cheated = sum(SimNetwork._cheats_on(cheater, r.job_id, c) for c in net.jobs[r.job_id][0].signed)
+        assert r.rates[cheater.address] == pytest.approx(0.3)
+        probs.append(predicted_catch(0.3, cheated))
+        if cheated == 0:
+            assert not caught(r, cheater.address)  # never slashed for a job it did honestly
+    observed = sum(caught(r, cheater.address) for r in results)
+    ok, detail = _binomial_ok(observed, probs)
+    assert ok, detail
+    assert all(set(r.slashed) <= {cheater.address} for r in results)
+
+
+def test_colluding_replica_only_shields_the_segments_it_checks(harness: Harness) -> None:
+    harness.configure(fixed_rate(0.5))
+    net = SimNetwork()
+    cheater = net.add_worker("op-cheat", "noise_x1.10")
+    colluder = net.add_worker("op-friend", "colluder", colludes_with=cheater.address)
+    honest = [net.add_worker(f"op-{i}") for i in range(3)]
+    stake(harness, cheater)
+    jobs = [harness.job(net, two_part_job(net, cheater, honest[n % 3], seed=200 + n)) for n in range(10)]
+    results = harness.wait(jobs)
+    firsts = [c for r in results for c in r.checks if c.worker == cheater.address and c.round == 0]
+    for c in firsts:  # each first replay fails the cheat exactly when the replica is not the colluder
+        assert (c.status == "pass") == (c.replica == colluder.address), c
+    # r = 1/4 of the eligible replicas collude: per job P(caught) = 1 - (1 - p (1 - r))^6.
+    probs = [predicted_catch(0.5, 6, collusion=0.25) for _ in results]
+    ok, detail = _binomial_ok(sum(caught(r, cheater.address) for r in results), probs)
+    assert ok, detail
+    shares = sum(c.replica == colluder.address for c in firsts) / max(len(firsts), 1)
+    assert 0.05 < shares < 0.5  # chosen at random among the 4 eligible replicas
+
+
+def test_honest_workers_are_never_slashed(harness: Harness) -> None:
+    """>= 200 honest jobs, fp32 and bf16, every drift source: the false-positive count is reported (and 0)."""
+    nets = {torch.float32: SimNetwork(), torch.bfloat16: SimNetwork(torch.bfloat16)}
+    workers = {
+        dt: [net.add_worker(f"op-{i}", drift=HONEST_DRIFTS[i]) for i in range(len(HONEST_DRIFTS))]
+        for dt, net in nets.items()
+    }
+    jobs = []
+    lengths = [(64, 40), (33, 64), (48,), (64, 64), (20, 96)]
+    for n in range(200):
+        dt = torch.bfloat16 if n % 4 == 3 else torch.float32
+        net, ws = nets[dt], workers[dt]
+        a, b = ws[n % len(ws)], ws[(n + 1 + n // len(ws)) % len(ws)]
+
+        def build(job_id: str, net=net, a=a, b=b, n=n):  # type: ignore[no-untyped-def]
+            shape = lengths[n % len(lengths)]
+            return [
+                net.do_work(job_id, a, net.stage_inputs(1000 + n, shape), work_key=f"{job_id}/a"),
+                net.do_work(job_id, b, net.stage_inputs(5000 + n, shape), work_key=f"{job_id}/b"),
+            ]
+
+        jobs.append(harness.job(net, build))
+    results = harness.wait(jobs, timeout=900)
+    checks = [c for r in results for c in r.checks]
+    false_fails = [c for c in checks if c.status == "fail"]
+    slashes = [r for r in results if r.slashed]
+    print(
+        f"\nhonest jobs: {len(results)}, replayed chunks: {len(checks)}, "
+        f"false failures: {len(false_fails)}, false slashes: {len(slashes)}"
+    )
+    assert not slashes and not false_fails, [(c.reason, c.metrics) for c in false_fails[:3]]
+    assert all(set(r.parts.values()) == {"paid"} for r in results)
+    assert len(checks) > 400
