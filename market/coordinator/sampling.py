@@ -20,9 +20,7 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(
-                f"temperature must be >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}"
-            )
+            raise ValueError(f"temperature must be >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}")
 
     @property
     def greedy(self) -> bool:
@@ -52,9 +50,7 @@ def make_generator(seed: int) -> torch.Generator:
     return generator
 
 
-def sample_next(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
-) -> torch.Tensor:
+def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
     """[batch, vocab] logits -> [batch] int64 next tokens."""
     if params.greedy:
         return greedy(logits)

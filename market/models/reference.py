@@ -21,7 +21,8 @@ from market.models.pooling import pool_embeddings
 class PipelineStage(Protocol):
     """What the driver needs of a stage: `worker.stage.Stage` in-process, a network stub in a coordinator."""
 
-    is_last: bool
+    @property
+    def is_last(self) -> bool: ...
 
     def open_session(self, session_id: str) -> None: ...
 

@@ -171,11 +171,7 @@ def read_frame(view: memoryview, offset: int, *, max_bytes: int) -> tuple[torch.
     if hashlib.sha256(payload).digest() != digest:
         raise FrameError("hash_mismatch", "payload sha256 does not match the header")
     # bytearray copy: the tensor owns writable memory and does not pin the receive buffer.
-    raw = (
-        torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-        if payload_len
-        else torch.empty(0, dtype=torch.uint8)
-    )
+    raw = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload_len else torch.empty(0, dtype=torch.uint8)
     return raw.view(dtype).reshape(shape), end
 
 
@@ -196,9 +192,7 @@ def validate_tensor(
             raise FrameError("shape_mismatch", f"shape {list(shape)} rejected")
         return
     template = tuple(expected_shape)
-    if len(template) != len(shape) or any(
-        t is not None and t != s for t, s in zip(template, shape, strict=True)
-    ):
+    if len(template) != len(shape) or any(t is not None and t != s for t, s in zip(template, shape, strict=True)):
         raise FrameError("shape_mismatch", f"shape {list(shape)}, expected {list(template)}")
 
 

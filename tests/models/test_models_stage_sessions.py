@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -95,7 +96,7 @@ def test_session_lifecycle_errors(tiny_llama: Path) -> None:
     ],
 )
 def test_bad_inputs_get_stage_input_error(
-    tiny_llama: Path, first: bool, inputs: torch.Tensor, kwargs: dict[str, torch.Tensor]
+    tiny_llama: Path, first: bool, inputs: torch.Tensor, kwargs: dict[str, Any]
 ) -> None:
     stage = Stage(tiny_llama, 0, 1) if first else Stage(tiny_llama, 1, 2)
     stage.open_session("s")
