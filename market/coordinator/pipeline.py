@@ -128,6 +128,7 @@ class PipelineRun:
         self.done = False
         self._changed = asyncio.Event()
         self.timings: dict[str, float] = {}
+        self._hop_overhead: list[float] = []
 
     # --- events for the requester ----------------------------------------------------------------------------
     def emit(self, event: dict[str, Any]) -> None:
@@ -184,6 +185,10 @@ class PipelineRun:
                 logits = await self._through(step + 1, next_tokens[:, None], last, None, first_position=seen)
                 seen += 1
             self.timings["decode_s"] = time.perf_counter() - t0
+            if self._hop_overhead:
+                ordered = sorted(self._hop_overhead)
+                self.timings["hop_overhead_ms_mean"] = sum(ordered) / len(ordered)
+                self.timings["hop_overhead_ms_p50"] = ordered[len(ordered) // 2]
             await self._close_all()
             self.timings["total_s"] = time.perf_counter() - started
             done: dict[str, Any] = {"event": "done", "tokens": self.tokens, "failovers": self.failovers,
@@ -213,7 +218,12 @@ class PipelineRun:
         """One forward on one hop; validates the answer against the manifest and records the call."""
         last_stage = hop.end == self.manifest.num_layers
         header = {"op": "forward", "step": step, "first_position": first_position, "last_token_only": last_stage}
+        sent = time.perf_counter()
         reply = await self._request(hop.link, header, tensors)
+        if step > 0:  # decode steps: wall time of the call minus the worker's own compute = the hop's overhead
+            compute_ms = reply.header.get("elapsed_ms")
+            if isinstance(compute_ms, (int, float)):
+                self._hop_overhead.append((time.perf_counter() - sent) * 1000 - float(compute_ms))
         if len(reply.tensors) != 1:
             raise StageFailed(hop.link.address, "bad_reply", f"{len(reply.tensors)} tensors in a result")
         output = reply.tensors[0]

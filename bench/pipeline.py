@@ -1,0 +1,290 @@
+"""Pipeline inference through the market vs `generate` in one process; writes the "## Pipeline" section of BENCHMARKS.md.
+
+    python bench/pipeline.py                 # hidden 1024, 16 layers; ~5 min on 2 cores
+    python bench/pipeline.py --no-write      # print only
+    python bench/pipeline.py --hidden 256 --layers 8 --new-tokens 16 --no-write   # quick smoke run
+
+One run measures, on the same model, prompt and greedy decoding:
+- monolithic: the unsharded model's `generate` in this process (prefill = time of a 1-token generate,
+  decode tokens/s = (N - 1) / (time of an N-token generate - prefill));
+- pipeline with 1, 2 and 4 `globai worker run` processes behind a real `globai market serve` (uvicorn, SQLite,
+  Anvil for stake), driven through `POST /v1/inference`; prefill and decode times come from the coordinator's
+  `done` event, per-hop overhead = wall time of a decode call minus the worker's own compute time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+from eth_account import Account
+
+from market.chain.deploy import deploy_all
+from market.chain.client import ChainClient
+from market.devservices import anvil_service, dev_accounts, free_port
+from market.models.hf import load_full_model
+from market.models.tiny import build_tiny_llama
+from market.protocol.auth_client import check, sign_in
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
+GLOBAI = str(Path(sys.executable).parent / "globai")
+
+
+def monolithic(model_dir: Path, prompt: torch.Tensor, new_tokens: int, threads: int) -> dict[str, float]:
+    from transformers import GenerationConfig
+
+    torch.set_num_threads(threads)
+    manifest, model = load_full_model(model_dir)
+
+    def gen(n: int) -> float:
+        config = GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=None,
+                                  pad_token_id=manifest.config.get("pad_token_id"))
+        started = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
+        return time.perf_counter() - started
+
+    gen(2)  # warm-up
+    prefill = min(gen(1) for _ in range(2))
+    total = min(gen(new_tokens) for _ in range(2))
+    del model
+    gc.collect()
+    return {"prefill_s": prefill, "decode_tok_s": (new_tokens - 1) / max(total - prefill, 1e-9)}
+
+
+class Market:
+    def __init__(self, workdir: Path, models_dir: Path, anvil_url: str, deployment: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ, "GLOBAI_PROFILE": "test", "GLOBAI_AUTH_SECRET": "bench-" + "0123456789abcdef" * 3,
+            "GLOBAI_DATABASE_URL": f"sqlite:///{workdir / 'market.db'}", "GLOBAI_MODELS_DIR": str(models_dir),
+            "GLOBAI_BLOB_DIR": str(workdir / "blobs"), "GLOBAI_RPC_URL": anvil_url,
+            "GLOBAI_STAKING_VAULT_ADDRESS": deployment.vault, "GLOBAI_JOB_ESCROW_ADDRESS": deployment.escrow,
+            "GLOBAI_TOKEN_ADDRESS": deployment.token, "GLOBAI_AUTH_DOMAIN": "localhost",
+            "GLOBAI_AUTH_URI": "http://localhost", "GLOBAI_RATE_LIMIT_PER_S": "1000",
+            "GLOBAI_RATE_LIMIT_BURST": "1000", "GLOBAI_STAGE_TIMEOUT_S": "600",
+        }
+        subprocess.run([GLOBAI, "market", "migrate"], env=self.env, check=True, capture_output=True)
+        self.proc = subprocess.Popen([GLOBAI, "market", "serve", "--port", str(self.port)], env=self.env,
+                                     stdout=open(workdir / "market.log", "wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(self.url + "/healthz", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"market did not start; see {workdir / 'market.log'}") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def stake(client: ChainClient, deployment: Any, account: Any) -> None:
+    contracts = deployment.bind(client)
+    admin = dev_accounts(1)[0]
+    client.rpc("anvil_setBalance", account.address, hex(10**20))
+    minimum = int(client.call(contracts.vault.functions.minStake()))
+    client.transact(contracts.token.functions.transfer(account.address, minimum), admin)
+    client.transact(contracts.token.functions.approve(contracts.vault.address, minimum), account)
+    client.transact(contracts.vault.functions.stake(minimum), account)
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    # Idle stages must not spin on the cores the active stage needs; the monolithic run gets the same settings.
+    return {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def splits(layers: int, n: int) -> list[str]:
+    bounds = [round(i * layers / n) for i in range(n + 1)]
+    return [f"{a}:{b}" for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def pipeline(market: Market, model: str, accounts: list[Any], n: int, layers: int, prompt: torch.Tensor,
+             new_tokens: int, threads: int, workdir: Path) -> dict[str, float]:
+    env = {**os.environ, **worker_env(threads)}
+    procs = []
+    for i, span in enumerate(splits(layers, n)):
+        cmd = [GLOBAI, "worker", "run", "--market", market.url, "--key", "0x" + accounts[i].key.hex().removeprefix("0x"),
+               "--model", model, "--layers", span, "--threads", str(threads), "--no-progress",
+               "--cache-dir", str(workdir / f"cache{i}")]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=open(workdir / f"worker{n}-{i}.log", "wb"),
+                                      stderr=subprocess.STDOUT))
+    requester = Account.from_key(b"\x99" * 32)
+    try:
+        with httpx.Client(base_url=market.url, timeout=600) as http:
+            http.headers["Authorization"] = f"Bearer {sign_in(http, requester, ['requester'])}"
+            deadline = time.monotonic() + 600
+            while len(check(http.get(f"/v1/models/{model}/coverage")).json()["workers"]) < n:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    raise RuntimeError(f"workers did not connect; see {workdir}/worker{n}-*.log")
+                time.sleep(0.5)
+            run = lambda k: generate(http, model, prompt, k)  # noqa: E731
+            run(2)  # warm-up: first-call allocations on every stage
+            done = min((run(new_tokens) for _ in range(2)), key=lambda d: d["timings"]["decode_s"])
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    t = done["timings"]
+    return {"prefill_s": t["prefill_s"], "decode_tok_s": (new_tokens - 1) / t["decode_s"],
+            "hop_ms": t.get("hop_overhead_ms_p50", float("nan")), "tokens": done["tokens"]}
+
+
+def generate(http: httpx.Client, model: str, prompt: torch.Tensor, new_tokens: int) -> dict[str, Any]:
+    body = {"model": model, "prompt_ids": prompt.tolist(), "max_new_tokens": new_tokens, "stream": True}
+    last = None
+    with http.stream("POST", "/v1/inference", params={"format": "ndjson"}, json=body) as response:
+        if response.status_code >= 400:
+            response.read()
+            check(response)
+        for line in response.iter_lines():
+            if line:
+                last = json.loads(line)
+    if last is None or last["event"] != "done":
+        raise RuntimeError(f"generation failed: {last}")
+    return last
+
+
+def section(args: argparse.Namespace, mono: dict[str, float], rows: dict[int, dict[str, float]], prompt_len: int,
+            exact: bool, command: str, params_m: float) -> str:
+    machine = f"`nproc` = {os.cpu_count()}, `uname -m` = {platform.machine()}, torch {torch.__version__}"
+    lines = [
+        "## Pipeline",
+        "",
+        f"Command: `{command}` — machine: {machine}; load average at start {os.getloadavg()[0]:.1f} "
+        "(other engineers' jobs share these cores).",
+        "",
+        f"Model: tiny Llama built with `globai models build-tiny --hidden {args.hidden} --layers {args.layers}` "
+        f"({params_m:.0f}M parameters, float32), batch 1, prompt {prompt_len} tokens, greedy, "
+        f"{args.new_tokens} new tokens, {args.threads} torch threads in every process "
+        "(`OMP_WAIT_POLICY=PASSIVE` everywhere, monolithic in its own process too). Decode tokens/s excludes prefill. Pipeline figures are through "
+        "`POST /v1/inference` on a real `globai market serve` with `globai worker run` processes on loopback.",
+        "",
+        "| setup | decode tokens/s | vs monolithic | prefill tokens/s | per-hop overhead (p50, ms) |",
+        "|---|---:|---:|---:|---:|",
+        f"| monolithic `generate` (1 process) | {mono['decode_tok_s']:.1f} | 1.00x | "
+        f"{prompt_len / mono['prefill_s']:.0f} | - |",
+    ]
+    for n, r in rows.items():
+        lines.append(f"| pipeline, {n} worker process{'es' if n > 1 else ''} | {r['decode_tok_s']:.1f} | "
+                     f"{r['decode_tok_s'] / mono['decode_tok_s']:.2f}x | {prompt_len / r['prefill_s']:.0f} | "
+                     f"{r['hop_ms']:.2f} |")
+    four = rows.get(4)
+    lines += ["", f"Greedy tokens identical to monolithic `generate` in every pipeline run: {'yes' if exact else 'NO'}."]
+    if four is not None:
+        ratio = four["decode_tok_s"] / mono["decode_tok_s"]
+        lines += [
+            "",
+            f"Goals: >= 0.90x monolithic at 4 stages: {'met' if ratio >= 0.9 else 'not met'} ({ratio:.2f}x); "
+            f"per-hop overhead < 2 ms: {'met' if four['hop_ms'] < 2 else 'not met'} ({four['hop_ms']:.2f} ms).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, body: str) -> str:
+    pattern = re.compile(r"^## Pipeline\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        return pattern.sub(lambda _: body.rstrip("\n") + "\n\n", text, count=1).rstrip("\n") + "\n"
+    return (text.rstrip("\n") + "\n\n" if text.strip() else "# Benchmarks\n\n") + body.rstrip("\n") + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--prompt", type=int, default=64, help="prompt tokens")
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stages", default="1,2,4")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--monolithic-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    command = "python bench/pipeline.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+
+    cache = REPO_ROOT / "var" / "bench" / "models"
+    model_dir = cache / f"tiny-{args.hidden}-{args.layers}"
+    if not (model_dir / "manifest.json").exists():
+        print(f"building the model in {model_dir} ...", flush=True)
+        build_tiny_llama(model_dir, hidden=args.hidden, layers=args.layers, seed=0, overwrite=True)
+    from market.models.manifest import load_manifest
+
+    manifest = load_manifest(model_dir)
+    params_m = sum(s.size for s in manifest.shards) / 4 / 1e6
+    prompt = torch.randint(3, manifest.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(0))
+
+    if args.monolithic_only:  # the child process below: same thread settings as the workers
+        print(json.dumps(monolithic(model_dir, prompt, args.new_tokens, args.threads)))
+        return 0
+    print("monolithic generate ...", flush=True)
+    child = subprocess.run(
+        [sys.executable, __file__, "--monolithic-only", "--hidden", str(args.hidden), "--layers", str(args.layers),
+         "--prompt", str(args.prompt), "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)],
+        env={**os.environ, **worker_env(args.threads)}, check=True, capture_output=True, text=True)
+    mono = json.loads(child.stdout.strip().splitlines()[-1])
+    from market.models.reference import generate_reference
+
+    expected = generate_reference(model_dir, prompt, args.new_tokens).tolist()
+    print(f"  decode {mono['decode_tok_s']:.1f} tok/s, prefill {args.prompt / mono['prefill_s']:.0f} tok/s", flush=True)
+
+    rows: dict[int, dict[str, float]] = {}
+    exact = True
+    anvil = anvil_service()
+    workdir = Path(tempfile.mkdtemp(prefix="globai-bench-"))
+    market = None
+    try:
+        client = ChainClient(anvil.url)
+        deployment = deploy_all(client, admin=dev_accounts(1)[0], treasury=dev_accounts(1)[0])
+        accounts = [Account.from_key(bytes([0x60 + i]) * 32) for i in range(4)]
+        for account in accounts:
+            stake(client, deployment, account)
+        market = Market(workdir, cache, anvil.url, deployment)
+        for n in (int(x) for x in args.stages.split(",")):
+            print(f"pipeline with {n} worker processes ...", flush=True)
+            row = pipeline(market, manifest.name, accounts, n, args.layers, prompt, args.new_tokens, args.threads,
+                           workdir)
+            exact &= row.pop("tokens") == expected  # type: ignore[comparison-overlap]
+            rows[n] = row
+            print(f"  decode {row['decode_tok_s']:.1f} tok/s ({row['decode_tok_s'] / mono['decode_tok_s']:.2f}x), "
+                  f"prefill {args.prompt / row['prefill_s']:.0f} tok/s, hop {row['hop_ms']:.2f} ms", flush=True)
+    finally:
+        if market is not None:
+            market.stop()
+        anvil.stop()
+    body = section(args, mono, rows, args.prompt, exact, command, params_m)
+    print()
+    print(body)
+    if not args.no_write:
+        BENCHMARKS.write_text(replace_section(BENCHMARKS.read_text() if BENCHMARKS.exists() else "", body))
+        print(f"wrote the Pipeline section of {BENCHMARKS}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
