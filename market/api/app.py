@@ -46,7 +46,11 @@ def create_app(
 ) -> FastAPI:
     """Build the app. `engine`, `chain` and `clock` are injectable for tests; by default they come from settings."""
     own_engine = engine is None
-    db = make_engine(settings.database_url) if engine is None else engine
+    db = (
+        make_engine(settings.database_url, pool_size=settings.db_pool_size, async_commit=settings.db_async_commit)
+        if engine is None
+        else engine
+    )
     view = chain_view_from_settings(settings) if chain is _UNSET else chain
     ctx = AppContext(
         settings=settings,

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, false, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, case, false, insert, literal, or_, select, update
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
-from market.db import Lease, Task, Worker, new_id
+from market.db import Lease, Task, UtcDateTime, Worker, new_id
 from market.domain_errors import Conflict, LeaseLost, NotFound
 
 _RETRIES = 5
@@ -59,6 +60,8 @@ def claim_task(
     """Lease the best-paying queued task this worker can run, or None when there is none."""
     postgres = session.get_bind().dialect.name == "postgresql"
     expires = now + timedelta(seconds=lease_ttl_s)
+    if postgres:
+        return _claim_postgres(session, worker=worker, wanted=wanted, expires=expires, now=now)
     for _ in range(_RETRIES):
         query = _candidates(worker, wanted, now).limit(1)
         if postgres:
@@ -88,10 +91,48 @@ def claim_task(
                   expires_at=expires, heartbeat_at=now)
         )
         session.commit()
-        session.refresh(task)
+        # We know what the UPDATE wrote; record it on the loaded object without another SELECT (hot path).
+        for key, value in (("status", "leased"), ("lease_id", lease_id), ("leased_by", worker.id),
+                           ("lease_expires_at", expires), ("attempts", task.attempts + 1)):
+            set_committed_value(task, key, value)
         return Claimed(task=task, lease_id=lease_id, expires_at=expires)
     session.rollback()
     return None
+
+
+def _claim_postgres(
+    session: Session, *, worker: Worker, wanted: ClaimFilter, expires: datetime, now: datetime
+) -> Claimed | None:
+    """Pick, lease and record the lease in one statement (one round trip on the hot path):
+
+    WITH picked AS (SELECT id ... ORDER BY priority DESC ... LIMIT 1 FOR UPDATE SKIP LOCKED),
+         upd AS (UPDATE tasks ... WHERE id = picked.id AND status = 'queued' RETURNING tasks.*),
+         ins AS (INSERT INTO leases SELECT ... FROM upd)
+    SELECT * FROM upd
+    """
+    lease_id = new_id()
+    candidates = _candidates(worker, wanted, now).with_only_columns(Task.id)
+    picked = candidates.limit(1).with_for_update(skip_locked=True).cte("picked")
+    upd = (
+        update(Task)
+        .where(Task.id == picked.c.id, Task.status == "queued")
+        .values(status="leased", lease_id=lease_id, leased_by=worker.id, lease_expires_at=expires,
+                attempts=Task.attempts + 1)
+        .returning(*Task.__table__.columns)
+        .cte("upd")
+    )
+    ins = insert(Lease).from_select(
+        ["id", "task_id", "worker_id", "status", "created_at", "expires_at", "heartbeat_at"],
+        select(literal(lease_id), upd.c.id, literal(worker.id), literal("active"), literal(now, UtcDateTime()),
+               literal(expires, UtcDateTime()), literal(now, UtcDateTime())),
+    ).cte("ins")
+    leased = aliased(Task, upd)
+    task = session.scalars(select(leased).add_cte(ins)).first()
+    if task is None:
+        session.rollback()
+        return None
+    session.commit()
+    return Claimed(task=task, lease_id=lease_id, expires_at=expires)
 
 
 def get_task(session: Session, *, task_id: str) -> Task:
