@@ -144,6 +144,12 @@ def test_settle_rejects_bad_input(env: Env) -> None:
     # 10 GLB paid plus its 2 % fee exceeds the 10 GLB held.
     overpaid = settle(job_id, [worker], [10 * GLB], root)
     assert_reverts(env.client, overpaid, env.admin, "JobEscrowOverpaid", job_id, 10 * GLB, 10 * GLB + GLB // 5)
+    # One value above the whole amount is refused as it is read (the sums after it are unchecked).
+    huge = settle(job_id, [worker, worker], [2**256 - 1, 2], root)
+    assert_reverts(env.client, huge, env.admin, "JobEscrowOverpaid", job_id, 10 * GLB, 2**256 - 1)
+    # Values that fit one by one but not together.
+    split = settle(job_id, [worker, worker], [6 * GLB, 6 * GLB], root)
+    assert_reverts(env.client, split, env.admin, "JobEscrowOverpaid", job_id, 10 * GLB, 12 * GLB + 12 * GLB // 50)
     for low in (b"\0" * 32, (2**65 - 1).to_bytes(32, "big")):
         assert_reverts(env.client, settle(job_id, [worker], [1], low), env.admin, "JobEscrowInvalidReportRoot", low)
     assert env.c.escrow.functions.getJob(job_id).call()[3] == FUNDED
@@ -301,3 +307,21 @@ def _bytecode(name: str) -> str:
     from market.chain.artifacts import bytecode
 
     return bytecode(name)
+
+
+def test_settle_refuses_a_dirty_address_word(env: Env) -> None:
+    """Payees are read from calldata without the ABI decoder: an address word with high bits set is refused."""
+    escrow = env.c.escrow
+    job_id = env.fund("dirty")
+    data = bytearray(
+        bytes.fromhex(escrow.encode_abi("settle", args=[job_id, [env.worker.address], [GLB], report_root(job_id)])[2:])
+    )
+    word = data.find(bytes.fromhex(env.worker.address[2:]))
+    data[word - 1] = 0x01  # the byte just above the 20 address bytes
+    try:
+        env.client.w3.eth.call({"from": env.admin.address, "to": escrow.address, "data": "0x" + data.hex()})
+    except Exception as exc:
+        reverted = bytes.fromhex(str(exc.data)[2:])  # type: ignore[attr-defined]
+    else:
+        raise AssertionError("a dirty payee word was accepted")
+    assert reverted[:4] == keccak(text="JobEscrowZeroPayee(bytes32)")[:4]
