@@ -20,6 +20,7 @@ non-finite *replay* raises `ValueError` because it says nothing about the worker
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -109,13 +110,14 @@ class Metrics:
     exact_match: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and v != v else v) for k, v in asdict(self).items()}
+        """JSON-safe (Postgres JSON rejects NaN/Infinity): non-finite floats become null (not measurable)."""
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
 class Verdict:
     """`ok` is the decision; `reason` is "exact", "within_tolerance", "malformed", "shape_mismatch",
-    "non_finite", "hash_mismatch", or the comma-joined names of the tolerance fields exceeded."""
+    "non_finite", "hash_mismatch", or the comma-joined names of the metrics outside tolerance."""
 
     ok: bool
     reason: str

@@ -108,6 +108,7 @@ def test_fabricated_sketch_fails() -> None:
     other = torch.randn(32, 64, generator=torch.Generator().manual_seed(1))
     v = compare_sketch(sketch_chunk(other), ref, DEFAULT_TOLERANCES["float32"])
     assert not v.ok and "topk_overlap" in v.reason
+    json.dumps(v.metrics.to_json(), allow_nan=False)  # storable as-is
 
 
 def test_fail_closed_cases() -> None:
