@@ -37,6 +37,7 @@ contract Reenterer is ITokenReceiver {
         _armed = true;
     }
 
+    /// @notice The token hook: performs the armed reentrant call once and records its outcome.
     function onTokenReceived(address, uint256) external {
         if (!_armed) return;
         _armed = false;

@@ -17,6 +17,7 @@ interface ITokenReceiver {
 contract ReentrantToken is ERC20, ERC20Burnable {
     address private _hooked;
 
+    /// @notice Mints `supply` to `holder`.
     constructor(address holder, uint256 supply) ERC20("Reentrant", "REE") {
         _mint(holder, supply);
     }
