@@ -44,6 +44,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("verifier", "market.commands.verifier"),
     ("demo", "market.commands.demo"),
     ("worker", "worker.cli"),
+    ("inference", "market.commands.inference"),
 ]
 
 

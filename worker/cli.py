@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -51,11 +52,15 @@ def run(
     key_file: KeyFileOpt = None,
     model: Annotated[str | None, typer.Option(help="Model name (default: the market's first).")] = None,
     layers: Annotated[str | None, typer.Option(help="Layers a:b to serve (default: by memory and coverage).")] = None,
-    max_memory: Annotated[str | None, typer.Option("--max-memory", help="Memory for weights + KV cache, e.g. 4G.")] = None,
+    max_memory: Annotated[
+        str | None, typer.Option("--max-memory", help="Memory for weights + KV cache, e.g. 4G.")
+    ] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads.", min=1, max=256)] = 1,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
     cache_dir: Annotated[Path, typer.Option(help="Where shards are downloaded.")] = Path("var/worker-cache"),
-    operator: Annotated[str | None, typer.Option(help="Operator id (machines of one operator are never replicas of each other).")] = None,
+    operator: Annotated[
+        str | None, typer.Option(help="Operator id (one operator's machines are never each other's replicas).")
+    ] = None,
     session_ttl: Annotated[float, typer.Option(help="Idle seconds before a session's KV cache is dropped.")] = 600.0,
     progress: Annotated[bool, typer.Option(help="Show a download progress bar.")] = True,
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
@@ -74,6 +79,11 @@ def run(
     )
     daemon = WorkerDaemon(config)
     daemon.prepare()
+    cheat = os.environ.get("GLOBAI_WORKER_CHEAT")  # verification tests only: see worker/runtime/cheats.py
+    if cheat and daemon.server is not None:
+        from worker.runtime.cheats import apply_cheat
+
+        apply_cheat(daemon.server.stage, cheat)
     start, end = daemon.state.layer_range or (0, 0)
     typer.echo(f"worker {account.address}: layers [{start}, {end}) ready, connecting to {market}", err=True)
 
@@ -117,7 +127,9 @@ def stake(
     key: KeyOpt = None,
     key_file: KeyFileOpt = None,
     amount: Annotated[float, typer.Option(help="GLB to stake (default: the vault minimum).")] = 0.0,
-    rpc: Annotated[str | None, typer.Option(help="RPC URL (default: the running devnet).")] = None,
+    rpc: Annotated[
+        str | None, typer.Option(envvar="GLOBAI_RPC_URL", help="RPC URL (default: the running devnet).")
+    ] = None,
     from_devnet_faucet: Annotated[bool, typer.Option(help="On the devnet, top up GLB from the treasury first.")] = True,
 ) -> None:
     """Stake GLB in the StakingVault (devnet convenience: tops the balance up from the devnet treasury)."""

@@ -175,8 +175,9 @@ class PipelineRun:
                     self.tokens[seq].append(int(tok))
                 event: dict[str, Any] = {"event": "token", "step": step, "tokens": next_tokens.tolist()}
                 if self.decode is not None:
-                    full = [self.decode(t) for t in self.tokens]
-                    event["text"] = [f[len(p):] for f, p in zip(full, texts, strict=True)]
+                    # Hold back a trailing partial UTF-8 character (byte-level BPE splits them over tokens).
+                    full = [self.decode(t).rstrip("\ufffd") for t in self.tokens]
+                    event["text"] = [f[len(p):] if f.startswith(p) else f for f, p in zip(full, texts, strict=True)]
                     texts = full
                 self.emit(event)
                 if step == self.max_new_tokens - 1:
@@ -303,9 +304,9 @@ class PipelineRun:
             # Replay: every recorded input of the old hop goes through the new chain, in order.
             for rec in old.records:
                 hidden = rec.tensors[0]
-                rest = rec.tensors[1:]
+                extra = rec.tensors[1:]
                 for hop in new_hops:
-                    hidden = await self._call(hop, rec.step, [hidden, *rest], rec.first_position)
+                    hidden = await self._call(hop, rec.step, [hidden, *extra], rec.first_position)
         except (WorkerGone, StageFailed) as exc:
             # The replacement failed too: drop it and fail over again from the old hop's records.
             failed = next((h for h in new_hops if h.link.address == getattr(exc, "address", None)), new_hops[0])

@@ -32,6 +32,7 @@ from market.protocol.pipeline import StageLimits
 from market.protocol.signing import ChunkScope
 
 log = logging.getLogger(__name__)
+KEEP_FINISHED_RUNS = 256
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,9 @@ class Coordinator:
             raise RouteUnavailable(f"{served.manifest.name}: {detail}")
         return [(self._link(h.primary), [self._link(s) for s in h.standbys]) for h in hops]
 
-    def replan(self, model: str, start: int, end: int, exclude: set[str]) -> list[tuple[WorkerLink, list[WorkerLink]]] | None:
+    def replan(
+        self, model: str, start: int, end: int, exclude: set[str]
+    ) -> list[tuple[WorkerLink, list[WorkerLink]]] | None:
         path = plan_span(start, end, self.candidates(model), exclude=exclude)
         return None if path is None else [(self._link(c.link_id), []) for c in path]
 
@@ -88,7 +91,9 @@ class Coordinator:
         return link
 
     # --- generations -----------------------------------------------------------------------------------------
-    def encode_prompts(self, model: str, prompts: list[str] | None, prompt_ids: list[list[int]] | None) -> list[list[int]]:
+    def encode_prompts(
+        self, model: str, prompts: list[str] | None, prompt_ids: list[list[int]] | None
+    ) -> list[list[int]]:
         if prompt_ids is not None:
             return prompt_ids
         tokenizer = self.catalog.tokenizer(model)
@@ -166,6 +171,10 @@ class Coordinator:
             await asyncio.to_thread(self._persist, run, status, tokens, error)
         except Exception:
             log.exception("run %s: saving its evidence failed", run.run_id)
+        # Finished runs stay streamable for late readers, within a bound; their results are in the database.
+        finished = [rid for rid, r in self.runs.items() if r.done]
+        for rid in finished[: max(0, len(finished) - KEEP_FINISHED_RUNS)]:
+            del self.runs[rid]
 
     def _persist(self, run: PipelineRun, status: str, tokens: list[list[int]] | None, error: str | None) -> None:
         now = self._clock()

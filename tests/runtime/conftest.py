@@ -98,7 +98,9 @@ class MarketServer:
 
 
 @pytest.fixture(scope="module")
-def market(tiny_model: Path, deployment: Any, anvil: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MarketServer]:
+def market(
+    tiny_model: Path, deployment: Any, anvil: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MarketServer]:
     var = tmp_path_factory.mktemp("market")
     settings = Settings(
         profile="test", database_url=f"sqlite:///{var / 'market.db'}", auth_secret=SECRET,  # type: ignore[arg-type]
@@ -176,7 +178,9 @@ class InProcessWorker:
         self.daemon.close()
 
 
-def worker_process(market: MarketServer, account: LocalAccount, layers: str, cache: Path, log: Path) -> subprocess.Popen[bytes]:
+def worker_process(
+    market: MarketServer, account: LocalAccount, layers: str, cache: Path, log: Path
+) -> subprocess.Popen[bytes]:
     """`globai worker run` as a real process (its own torch, its own socket)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [str(Path(sys.executable).parent / "globai"), "worker", "run", "--market", market.url, "--key",

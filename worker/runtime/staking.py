@@ -13,7 +13,13 @@ GLB = 10**18
 
 
 def _connect(rpc: str | None) -> tuple[ChainClient, Deployment]:
-    return devnet.connect(rpc or devnet.rpc_url(devnet.DEFAULT_PORT), devnet.DevnetPaths())
+    paths = devnet.DevnetPaths()
+    if rpc is None:  # the running devnet, on whatever port `globai devnet up` gave it
+        port = devnet.DEFAULT_PORT
+        if devnet.running_pid(paths) is not None:
+            port = int(paths.pid_file.read_text().split()[1])
+        rpc = devnet.rpc_url(port)
+    return devnet.connect(rpc, paths)
 
 
 def stake_of(address: str, rpc: str | None = None) -> int:
