@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import tarfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -84,7 +83,9 @@ def post(
     ds = _raw(client, "POST", "/v1/training/datasets", content=data.read_bytes(),
               headers={"Content-Type": "application/octet-stream"}).json()
     units = spec["rounds"] * spec["workers_per_round"] * spec["inner_steps"]
-    budget = math.ceil(int(price) * units * (1 + verify_rate))
+    from market.training.jobs import replay_budget
+
+    budget = replay_budget(int(price), units, verify_rate)
     body = {"spec": spec, "dataset_sha256": ds["sha256"], "budget": str(budget), "price_per_unit": price,
             "verify_rate": verify_rate, "deadline": (datetime.now(UTC) + timedelta(hours=hours)).isoformat()}
     created = client.request("POST", "/v1/training/jobs", json=body)

@@ -22,6 +22,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 from eth_utils import keccak
@@ -54,6 +55,11 @@ _LIVE = ("pending", "queued", "leased")
 
 def job_spec(tj: TrainingJob) -> TrainingJobSpec:
     return TrainingJobSpec.model_validate(tj.spec)
+
+
+def replay_budget(price_per_unit: int, units: int, verify_rate: float) -> int:
+    """Least budget for a job: price x units, plus the expected replays (exact integer arithmetic on wei)."""
+    return math.ceil(Fraction(price_per_unit * units) * (1 + Fraction(str(verify_rate))))
 
 
 # -- creation and round opening ------------------------------------------------------------------------------------
@@ -98,7 +104,7 @@ def create_training_job(
     except ValidationError as exc:
         raise InvalidRequest(f"spec out of the market's limits: {exc.errors()[0]['msg']}") from exc
     # Replays are paid from the same budget: make room for the expected share of re-run tasks.
-    needed = math.ceil(price_per_unit * generic.units() * (1 + verify_rate))
+    needed = replay_budget(price_per_unit, generic.units(), verify_rate)
     if budget < needed:
         raise InvalidRequest(f"budget {budget} is below price_per_unit x units x (1 + verify_rate) = {needed}")
     initial_loss = evaluate_loss(config, params0, data.eval) if len(data.eval) else None
