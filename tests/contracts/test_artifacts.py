@@ -97,3 +97,13 @@ def test_deploy_all_wires_roles_and_defaults(anvil: Any, deployment: Deployment)
     assert c.vault.functions.unbondingPeriod().call() == config.unbonding_period
     assert c.escrow.functions.feeBps().call() == config.fee_bps
     assert deployment.first_block <= client.block_number()
+
+
+def test_cli_check_reports_fresh_artifacts() -> None:
+    from typer.testing import CliRunner
+
+    from market.commands.contracts import app
+
+    result = CliRunner().invoke(app, ["check"])
+    assert result.exit_code == 0, result.output
+    assert "up to date" in result.output
