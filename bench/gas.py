@@ -142,6 +142,16 @@ class Bench:
 
         add("withdraw (escrow credits)", self.tx(self.c.escrow.functions.withdraw(), worker), 45_000)
 
+        expiring, _ = self.fund()
+        self.client.rpc("evm_increaseTime", DAY + 1)
+        self.client.rpc("evm_mine")
+        add(
+            "refund after the deadline",
+            self.tx(self.c.escrow.functions.refund(expiring), self.finder),
+            None,
+            "sent by a third party; the whole amount goes back to the requester",
+        )
+
         vault = self.c.vault
         self.tx(self.c.token.functions.approve(vault.address, 500 * GLB), worker)
         add("stake (first)", self.tx(vault.functions.stake(500 * GLB), worker))
