@@ -50,8 +50,13 @@ class Run:
     tokens: int
 
 
+def _progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def single_worker(spec: TrainingJobSpec, corpus: bytes, name: str, *, batch: int, steps: int, every: int) -> Run:
     """Plain AdamW on all training windows, one persistent optimizer; held-out loss every ``every`` steps."""
+    _progress(f"baseline: {name}")
     config, params = initial_checkpoint(spec)
     data = prepare(spec, corpus)
     model = build_model(config, params).train()
@@ -77,7 +82,7 @@ def single_worker(spec: TrainingJobSpec, corpus: bytes, name: str, *, batch: int
 def _machine() -> str:
     return (
         f"`uname -m` {platform.machine()}, `nproc` {os.cpu_count()}, torch {torch.__version__} CPU, "
-        f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}"
+        f"torch threads: {torch.get_num_threads()}, Python {platform.python_version()}"
     )
 
 
@@ -96,8 +101,8 @@ def render(spec: TrainingJobSpec, runs: list[Run], n_params: int, diloco_up: int
         "",
         f"Tiny Llama ({n_params:,} parameters: hidden {spec.model.config['hidden_size']}, "  # type: ignore[union-attr]
         f"{spec.model.config['num_hidden_layers']} layers, byte vocab), seq {spec.seq_len}, per-worker batch "  # type: ignore[union-attr]
-        f"{spec.batch_size}, inner AdamW lr {spec.inner_lr:g}, outer Nesterov lr {spec.outer_lr} momentum "
-        f"{spec.outer_momentum}, {spec.aggregation}, compression {spec.compression}; W={W}, H={H}, R={R}. "
+        f"{spec.batch_size}, inner AdamW lr {spec.inner_lr:g}, outer Nesterov lr {spec.outer_lr} momentum μ "
+        f"(per column), {spec.aggregation}, compression {spec.compression}; W={W}, H={H}, R={R}. "
         "Held-out loss in nats/token on the test corpus (`tests/data/corpus.txt`, 10% held out); uniform = "
         f"ln(260) ≈ 5.56.",
         "",
@@ -123,7 +128,10 @@ def render(spec: TrainingJobSpec, runs: list[Run], n_params: int, diloco_up: int
         f"| both directions (DiLoCo: + fp32 checkpoint per task) | {_mb(dp_both)} | {_mb(diloco_up + diloco_down)} | "
         f"{dp_both / (diloco_up + diloco_down):,.0f}× less |",
         "",
-        "Notes: DiLoCo's W workers ran one after another in one process, so its wall time is the summed compute "
+        "Notes: with only R rounds, DiLoCo's usual outer momentum 0.9 builds up slowly and trails the single "
+        "worker at equal sequential steps; μ = 0.5 beats it, and per-step data parallelism (same tokens, "
+        f"{H}× the communication rounds) stays ahead. "
+        "DiLoCo's W workers ran one after another in one process, so its wall time is the summed compute "
         "(in a real job they run in parallel: ~1/W of it plus one round trip per round). Workers download the full "
         "fp32 checkpoint each round; sending the int8 outer update instead would cut the download ~4× but needs the "
         "workers to track the checkpoint exactly (not done yet).",
@@ -143,11 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--inner-steps", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--compression", default="int8")
+    parser.add_argument(
+        "--outer-momenta",
+        type=lambda text: [float(x) for x in text.split(",")],
+        default=[0.9, 0.5],
+        help="one DiLoCo run per outer Nesterov momentum (comma-separated)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -168,13 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     W, H, R = spec.workers_per_round, spec.inner_steps, spec.rounds
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        result = run_local_job(spec, corpus, CheckpointStore(tmp), "bench", run_inner_steps)
-        seconds = time.perf_counter() - started
-        n_params = sum(t.numel() for t in CheckpointStore(tmp).load("bench").params.values())
-    tokens = R * W * H * spec.batch_size * spec.seq_len
-    runs.append(Run(f"DiLoCo W={W} H={H}", result.eval_loss, seconds, R * W * H, tokens))
+    first = None
+    for momentum in args.outer_momenta:
+        variant = spec.model_copy(update={"outer_momentum": momentum})
+        with tempfile.TemporaryDirectory() as tmp:
+            _progress(f"DiLoCo W={W} H={H} R={R} outer momentum {momentum}")
+            started = time.perf_counter()
+            result = run_local_job(variant, corpus, CheckpointStore(tmp), "bench", run_inner_steps)
+            seconds = time.perf_counter() - started
+            n_params = sum(t.numel() for t in CheckpointStore(tmp).load("bench").params.values())
+        first = first or result
+        tokens = R * W * H * spec.batch_size * spec.seq_len
+        runs.append(Run(f"DiLoCo W={W} H={H}, μ={momentum}", result.eval_loss, seconds, R * W * H, tokens))
+    assert first is not None
     b = spec.batch_size
     runs.append(single_worker(spec, corpus, f"1 worker, {R * H} steps, batch {b}", batch=b, steps=R * H, every=H))
     runs.append(
@@ -186,13 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         single_worker(spec, corpus, f"1 worker, {R * W * H} steps, batch {b}", batch=b, steps=R * W * H, every=W * H)
     )
     shown = " ".join(argv if argv is not None else sys.argv[1:])
-    section = render(spec, runs, n_params, result.bytes_up, result.bytes_down, shown.replace("--no-write", "").strip())
+    section = render(spec, runs, n_params, first.bytes_up, first.bytes_down, shown.replace("--no-write", "").strip())
     print(section)
     if not args.no_write:
         existing = BENCHMARKS.read_text() if BENCHMARKS.is_file() else ""
         BENCHMARKS.write_text(replace_section(existing, section))
     dp_up = R * H * W * 4 * n_params
-    return 0 if dp_up / result.bytes_up >= 100 else 1
+    return 0 if dp_up / first.bytes_up >= 100 else 1
 
 
 if __name__ == "__main__":

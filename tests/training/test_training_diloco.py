@@ -14,10 +14,10 @@ from market.training.checkpoints import CheckpointStore
 from market.training.data import prepare
 from market.training.export import export_hf
 from market.training.local import run_local_job
-from market.training.model import build_model
+from market.training.model import build_model, initial_checkpoint
 from market.training.reference import reference_diloco
 from market.training.rounds import RoundState
-from market.training.spec import TrainingJobSpec
+from market.training.spec import HFDirModelRef, TrainingJobSpec
 from worker.training import run_inner_steps
 
 
@@ -130,3 +130,8 @@ def test_final_checkpoint_loads_with_transformers(
     with torch.no_grad():
         assert torch.equal(model(input_ids=window).logits, ours(input_ids=window).logits)
     assert tok.decode(ids[0]) == "The old miller"
+    # A later job can continue from the exported directory.
+    cont = make_spec(model=HFDirModelRef(path=str(out)))
+    config, params = initial_checkpoint(cont)
+    assert config["hidden_size"] == 64
+    assert all(torch.equal(params[n], t) for n, t in store.load("job").params.items())
