@@ -14,20 +14,36 @@ import tarfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
 
-from market.commands.job import KeyOpt, MarketClient, MarketOpt, MarketRequestFailed, _client, _echo
+if TYPE_CHECKING:
+    from market.commands.job import MarketClient
 
 app = typer.Typer(help="Train a model on your text with DiLoCo on the market's workers.", no_args_is_help=True)
 
 SPARK = " ▁▂▃▄▅▆▇█"
+# Same options as `globai job` (market.commands.job imports this module, so they are not imported from there).
+MarketOpt = typer.Option(None, "--market", help="Market URL (default: GLOBAI_MARKET_URL).")
+KeyOpt = typer.Option(None, "--key-file", help="File holding the requester's hex private key.")
+
+
+def _client(market: str | None, key_file: Path | None) -> tuple[Any, MarketClient]:
+    from market.commands.job import _client as job_client
+
+    return job_client(market, key_file)
+
+
+def _echo(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _raw(client: MarketClient, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """Like `MarketClient.request`, for binary bodies and responses."""
+    from market.commands.job import MarketRequestFailed
+
     headers = {"Authorization": f"Bearer {client.sign_in()}", **kwargs.pop("headers", {})}
     try:
         response = client.http.request(method, path, headers=headers, **kwargs)
@@ -59,9 +75,10 @@ def build_spec(data: Path, spec_file: Path | None, overrides: dict[str, Any]) ->
 
 @app.command()
 def post(
-    data: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training text (.txt) or JSONL ({'text': ...})."),
-    price: str = typer.Option(..., "--price", help="GLB wei per inner step of one task."),
-    spec_file: Path = typer.Option(None, "--spec", exists=True, dir_okay=False, help="JSON TrainingJobSpec fields."),
+    data: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Training text (.txt) or JSONL.")],
+    price: Annotated[str, typer.Option("--price", help="GLB wei per inner step of one task.")],
+    spec_file: Annotated[Path | None, typer.Option("--spec", exists=True, dir_okay=False,
+                                                   help="JSON TrainingJobSpec fields.")] = None,
     rounds: int = typer.Option(None, "--rounds", help="R (default 10)."),
     workers: int = typer.Option(None, "--workers", help="W tasks per round (default 4)."),
     inner_steps: int = typer.Option(None, "--inner-steps", help="H AdamW steps per task (default 50)."),
@@ -149,8 +166,8 @@ def watch(
 
 @app.command()
 def download(
-    job_id: str = typer.Argument(...),
-    out: Path = typer.Option(..., "--out", help="Directory to write the Hugging Face model into."),
+    job_id: Annotated[str, typer.Argument()],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the Hugging Face model into.")],
     version: int = typer.Option(None, "--version", help="Checkpoint version (default: the latest)."),
     market: str = MarketOpt,
     key_file: Path = KeyOpt,

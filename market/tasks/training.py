@@ -45,8 +45,10 @@ def advance_training_job(self: Task, job_id: str) -> str:
 @shared_task(bind=True, name="market.tasks.training.tick_training_jobs", acks_late=True)
 def tick_training_jobs(self: Task) -> int:
     """Beat: re-drive every running training job (round deadlines, replays that never came, restarts)."""
-    with runtime(self.app).session() as session:
+    rt = runtime(self.app)
+    with rt.session() as session:
         ids = running_jobs(session)
     for job_id in ids:
-        advance_training_job.apply_async((job_id,))
+        # A stale duplicate is useless (the next tick re-drives the job): don't let them pile up behind a long one.
+        advance_training_job.apply_async((job_id,), expires=max(2.0 * rt.settings.training_tick_s, 5.0))
     return len(ids)

@@ -46,9 +46,10 @@ def judge_replay(
     shapes: Mapping[str, tuple[int, ...]],
     claimed: TrainingUpdate,
     replay: TrainingUpdate,
-    tolerance: UpdateTolerance = UpdateTolerance(),
+    tolerance: UpdateTolerance | None = None,
 ) -> UpdateVerdict:
     """Compare a claimed update with a replica's replay; both were decoded and validated when received."""
+    tolerance = tolerance or UpdateTolerance()
     a = decode_update(storage.updates.get(claimed.payload_sha256), shapes)
     b = decode_update(storage.updates.get(replay.payload_sha256), shapes)
     return compare_updates(a, b, tolerance)

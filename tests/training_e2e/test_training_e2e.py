@@ -120,3 +120,45 @@ def test_poisoned_update_is_caught_excluded_and_flagged(market: Market, corpus: 
             assert {p.status for p in parts if p.worker != cheater.account.address} == {"paid"}
     finally:
         engine.dispose()
+
+
+def test_unsampled_poisoned_update_is_bounded_by_the_robust_mean(market: Market, corpus: bytes,
+                                                                  tmp_path: Path) -> None:
+    """Not replayed (verify_rate 0): the trimmed mean still keeps every coordinate of the applied pseudo-gradient
+    inside the honest updates' range."""
+    from market.db.training import TrainingUpdate
+    from market.protocol.compression import decode_update
+    from market.training.storage import parameter_shapes, storage_at
+
+    spec = tiny_spec(rounds=1, workers_per_round=3, compression="none", outer_momentum=0.9, outer_lr=0.7)
+    requester = market.requester()
+    job = requester.post_job(spec, corpus, verify_rate=0.0)
+    cheater = market.worker("op-evil", cache=tmp_path, tamper=lambda p, u: {n: t * -20.0 for n, t in u.items()})
+    stop = threading.Event()
+    threads = run_workers([cheater, market.worker("op-a", cache=tmp_path), market.worker("op-b", cache=tmp_path)],
+                          stop, max_tasks=[1, None, None])
+    try:
+        done = requester.wait(job["id"], lambda p: p["status"] == "completed")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert done["per_round"][0]["updates"] == 3  # it was aggregated ...
+    storage = storage_at(market.settings.training_dir)
+    v0, v1 = storage.checkpoints.load(job["id"], 0), storage.checkpoints.load(job["id"], 1)
+    shapes = parameter_shapes(v0.manifest.config)
+    engine = make_engine(market.settings.database_url)
+    try:
+        with Session(engine) as s:
+            rows = s.scalars(select(TrainingUpdate).where(TrainingUpdate.job_id == job["id"])).all()
+            updates = {u.worker: decode_update(storage.updates.get(u.payload_sha256), shapes) for u in rows}
+    finally:
+        engine.dispose()
+    honest = [u for w, u in updates.items() if w != cheater.account.address]
+    assert len(honest) == 2
+    for name in shapes:  # ... but bounded: first outer step is θ1 = θ0 − lr (1 + μ) g
+        g = (v0.params[name] - v1.params[name]) / (spec.outer_lr * (1 + spec.outer_momentum))
+        lo = torch.minimum(honest[0][name], honest[1][name]) - 1e-6
+        hi = torch.maximum(honest[0][name], honest[1][name]) + 1e-6
+        assert bool(((g >= lo) & (g <= hi)).all()), name
+    assert done["eval_loss"][-1] < done["eval_loss"][0]

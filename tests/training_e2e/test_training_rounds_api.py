@@ -136,3 +136,24 @@ def test_bad_updates_are_refused(api: dict[str, Any], corpus: bytes) -> None:
     stranger = _worker(api, "op-z")
     assert stranger.http.get(f"/v1/training/jobs/{job_id}/checkpoints/0").status_code == 403
     assert stranger.http.get(f"/v1/training/jobs/{job_id}/shards/0/0").status_code == 403
+
+
+def test_dataset_upload_size_limit(tmp_path: Path) -> None:
+    from market.protocol.auth_client import sign_in
+
+    db_url = f"sqlite:///{tmp_path / 'm.db'}"
+    engine = make_engine(db_url)
+    upgrade(engine)
+    settings = make_settings(db_url, training_dir=str(tmp_path / "t"), training_max_dataset_bytes=4096,
+                             max_body_bytes=1024)
+    try:
+        with TestClient(create_app(settings, engine=engine, chain=FakeChain())) as client:
+            headers = {"Authorization": "Bearer " + sign_in(client, Account.create(), ["requester"])}
+            ok = client.post("/v1/training/datasets", content=b"x" * 3000, headers=headers)  # > the general limit
+            assert ok.status_code == 201 and ok.json()["bytes"] == 3000
+            assert client.post("/v1/training/datasets", content=b"x" * 5000, headers=headers).status_code == 413
+            assert client.post("/v1/training/datasets", content=b"", headers=headers).status_code == 400
+            # Elsewhere the general limit still holds.
+            assert client.post("/v1/auth/nonce", content=b"{" + b" " * 2000 + b"}").status_code == 413
+    finally:
+        engine.dispose()
