@@ -185,7 +185,7 @@ class ChainClient:
         Reverts raise `ContractReverted` with the decoded custom error, before sending when gas estimation
         already shows the revert (nothing is spent), or after mining otherwise.
         """
-        tx: dict[str, Any] = {"from": sender.address, "value": value, "chainId": self.chain_id}
+        tx: Any = {"from": sender.address, "value": value, "chainId": self.chain_id}  # web3 TxParams
         try:
             if gas is None:
                 tx["gas"] = int(self._retry("eth_estimateGas", lambda: fn.estimate_gas(tx)) * 1.2) + 10_000
@@ -195,7 +195,7 @@ class ChainClient:
             raise self.decode_revert(exc) from exc
         for attempt in range(3):
             tx["nonce"] = self._next_nonce(sender.address)
-            built = fn.build_transaction(tx)
+            built: Any = fn.build_transaction(tx)
             raw = sender.sign_transaction(built).raw_transaction
             try:
                 tx_hash = self._retry(
@@ -212,7 +212,7 @@ class ChainClient:
             raise self._replay_revert(built, receipt)
         return receipt
 
-    def wait(self, tx_hash: bytes | str) -> dict[str, Any]:
+    def wait(self, tx_hash: Any) -> dict[str, Any]:
         try:
             receipt = self.w3.eth.wait_for_transaction_receipt(
                 tx_hash,  # type: ignore[arg-type]
@@ -232,7 +232,7 @@ class ChainClient:
             return self.decode_revert(exc, tx_hash)
         return ContractReverted("out of gas or unknown revert", (), tx_hash)
 
-    def call(self, fn: ContractFunction, block: int | str = "latest") -> Any:
+    def call(self, fn: ContractFunction, block: Any = "latest") -> Any:
         """A read-only call with retries and decoded reverts."""
         try:
             return self._retry("eth_call", lambda: fn.call(block_identifier=block))
@@ -306,7 +306,8 @@ class ChainClient:
 
 
 def _event_for_topic(contract: Contract, topic0: bytes) -> Any:
-    for item in contract.abi:
+    abi: list[dict[str, Any]] = list(contract.abi)  # type: ignore[arg-type]
+    for item in abi:
         if item.get("type") != "event" or item.get("anonymous"):
             continue
         types = ",".join(_canonical_type(inp) for inp in item.get("inputs", []))
