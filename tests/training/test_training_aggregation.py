@@ -57,13 +57,14 @@ def test_nesterov_matches_torch_sgd_bit_for_bit() -> None:
     params = {"w": torch.randn(8, 4, generator=g), "b": torch.randn(4, generator=g)}
     torch_params = {k: torch.nn.Parameter(v.clone()) for k, v in params.items()}
     opt = torch.optim.SGD(list(torch_params.values()), lr=0.7, momentum=0.9, nesterov=True)
-    momentum = None
+    momentum: dict[str, torch.Tensor] | None = None
     for _ in range(4):
         grads = {k: torch.randn(v.shape, generator=g) for k, v in params.items()}
         params, momentum = nesterov_step(params, momentum, grads, 0.7, 0.9)
         for k, p in torch_params.items():
             p.grad = grads[k].clone()
         opt.step()
+    assert momentum is not None
     for k, p in torch_params.items():
         assert torch.equal(params[k], p.detach())
         assert torch.equal(momentum[k], opt.state[p]["momentum_buffer"])
