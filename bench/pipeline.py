@@ -1,4 +1,4 @@
-"""Pipeline inference through the market vs `generate` in one process; writes the "## Pipeline" section of BENCHMARKS.md.
+"""Pipeline inference through the market vs `generate` in one process; writes "## Pipeline" in BENCHMARKS.md.
 
     python bench/pipeline.py                 # hidden 1024, 16 layers; ~5 min on 2 cores
     python bench/pipeline.py --no-write      # print only
@@ -33,8 +33,8 @@ import httpx
 import torch
 from eth_account import Account
 
-from market.chain.deploy import deploy_all
 from market.chain.client import ChainClient
+from market.chain.deploy import deploy_all
 from market.devservices import anvil_service, dev_accounts, free_port
 from market.models.hf import load_full_model
 from market.models.tiny import build_tiny_llama
@@ -61,10 +61,27 @@ def monolithic(model_dir: Path, prompt: torch.Tensor, new_tokens: int, threads: 
 
     gen(2)  # warm-up
     prefill = min(gen(1) for _ in range(2))
-    total = min(gen(new_tokens) for _ in range(2))
-    del model
+    total = min(gen(new_tokens) for _ in range(3))
+    model = None
     gc.collect()
-    return {"prefill_s": prefill, "decode_tok_s": (new_tokens - 1) / max(total - prefill, 1e-9)}
+    # The same layers as one in-process Stage driven like the coordinator drives workers (no sockets): separates
+    # the cost of the network and processes from the difference between `generate` and the Stage code.
+    from market.models.reference import run_pipeline_local
+    from worker.stage import Stage
+
+    stage = Stage(model_dir, 0, manifest.num_layers)
+
+    def local(n: int) -> float:
+        started = time.perf_counter()
+        run_pipeline_local([stage], prompt, n)
+        return time.perf_counter() - started
+
+    local(2)
+    stage_prefill = min(local(1) for _ in range(2))
+    stage_total = min(local(new_tokens) for _ in range(3))
+    return {"prefill_s": prefill, "decode_tok_s": (new_tokens - 1) / max(total - prefill, 1e-9),
+            "stage_prefill_s": stage_prefill,
+            "stage_decode_tok_s": (new_tokens - 1) / max(stage_total - stage_prefill, 1e-9)}
 
 
 class Market:
@@ -126,7 +143,8 @@ def pipeline(market: Market, model: str, accounts: list[Any], n: int, layers: in
     env = {**os.environ, **worker_env(threads)}
     procs = []
     for i, span in enumerate(splits(layers, n)):
-        cmd = [GLOBAI, "worker", "run", "--market", market.url, "--key", "0x" + accounts[i].key.hex().removeprefix("0x"),
+        key = "0x" + accounts[i].key.hex().removeprefix("0x")
+        cmd = [GLOBAI, "worker", "run", "--market", market.url, "--key", key,
                "--model", model, "--layers", span, "--threads", str(threads), "--no-progress",
                "--cache-dir", str(workdir / f"cache{i}")]
         procs.append(subprocess.Popen(cmd, env=env, stdout=open(workdir / f"worker{n}-{i}.log", "wb"),
@@ -142,7 +160,7 @@ def pipeline(market: Market, model: str, accounts: list[Any], n: int, layers: in
                 time.sleep(0.5)
             run = lambda k: generate(http, model, prompt, k)  # noqa: E731
             run(2)  # warm-up: first-call allocations on every stage
-            done = min((run(new_tokens) for _ in range(2)), key=lambda d: d["timings"]["decode_s"])
+            done = min((run(new_tokens) for _ in range(3)), key=lambda d: d["timings"]["decode_s"])
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -183,20 +201,24 @@ def section(args: argparse.Namespace, mono: dict[str, float], rows: dict[int, di
         f"Model: tiny Llama built with `globai models build-tiny --hidden {args.hidden} --layers {args.layers}` "
         f"({params_m:.0f}M parameters, float32), batch 1, prompt {prompt_len} tokens, greedy, "
         f"{args.new_tokens} new tokens, {args.threads} torch threads in every process "
-        "(`OMP_WAIT_POLICY=PASSIVE` everywhere, monolithic in its own process too). Decode tokens/s excludes prefill. Pipeline figures are through "
+        "(`OMP_WAIT_POLICY=PASSIVE` everywhere, monolithic in its own process too). Decode tokens/s excludes "
+        "prefill. Pipeline figures are through "
         "`POST /v1/inference` on a real `globai market serve` with `globai worker run` processes on loopback.",
         "",
         "| setup | decode tokens/s | vs monolithic | prefill tokens/s | per-hop overhead (p50, ms) |",
         "|---|---:|---:|---:|---:|",
         f"| monolithic `generate` (1 process) | {mono['decode_tok_s']:.1f} | 1.00x | "
         f"{prompt_len / mono['prefill_s']:.0f} | - |",
+        f"| one in-process `Stage` [0, {args.layers}) (no sockets) | {mono['stage_decode_tok_s']:.1f} | "
+        f"{mono['stage_decode_tok_s'] / mono['decode_tok_s']:.2f}x | {prompt_len / mono['stage_prefill_s']:.0f} | - |",
     ]
     for n, r in rows.items():
         lines.append(f"| pipeline, {n} worker process{'es' if n > 1 else ''} | {r['decode_tok_s']:.1f} | "
                      f"{r['decode_tok_s'] / mono['decode_tok_s']:.2f}x | {prompt_len / r['prefill_s']:.0f} | "
                      f"{r['hop_ms']:.2f} |")
     four = rows.get(4)
-    lines += ["", f"Greedy tokens identical to monolithic `generate` in every pipeline run: {'yes' if exact else 'NO'}."]
+    same = "yes" if exact else "NO"
+    lines += ["", f"Greedy tokens identical to monolithic `generate` in every pipeline run: {same}."]
     if four is not None:
         ratio = four["decode_tok_s"] / mono["decode_tok_s"]
         lines += [

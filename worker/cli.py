@@ -63,6 +63,7 @@ def run(
     ] = None,
     session_ttl: Annotated[float, typer.Option(help="Idle seconds before a session's KV cache is dropped.")] = 600.0,
     progress: Annotated[bool, typer.Option(help="Show a download progress bar.")] = True,
+    rpc: Annotated[str | None, typer.Option(help="Also read this worker's stake from this chain RPC.")] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
     """Probe, sign in, pick and download layers, register, then serve until SIGTERM/SIGINT."""
@@ -75,7 +76,7 @@ def run(
     config = WorkerConfig(
         market_url=market, account=account, model=model, layers=layers, max_memory=memory, threads=threads,
         device=device, cache_dir=cache_dir, operator_id=operator, session_ttl_s=session_ttl,
-        max_cache_bytes=(memory // 4) if memory else 1 << 30, show_progress=progress,
+        max_cache_bytes=(memory // 4) if memory else 1 << 30, show_progress=progress, rpc_url=rpc,
     )
     daemon = WorkerDaemon(config)
     daemon.prepare()

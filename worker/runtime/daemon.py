@@ -59,6 +59,7 @@ class WorkerConfig:
     reconnect_min_s: float = 0.2
     reconnect_max_s: float = 5.0
     http_timeout_s: float = 30.0
+    rpc_url: str | None = None  # when set, the worker also reads its own stake from the chain
 
 
 @dataclass
@@ -95,6 +96,17 @@ class WorkerDaemon:
         else:
             coverage = check(self.http.get(f"/v1/models/{model}/coverage", headers=self._auth())).json()
             start, end = choose_layer_range(manifest, budget, coverage["layers"])
+        profile = {
+            "device": hw.device, "memory_bytes": budget, "throughput_tokens_s": hw.throughput_tokens_s,
+            "bandwidth_bytes_s": 0.0, "latency_ms": self._ping_ms(), "reference_layer": hw.reference_layer,
+            "operator_id": cfg.operator_id or cfg.account.address.lower(), "models": [manifest.name],
+        }
+        if cfg.rpc_url:
+            from worker.runtime.staking import stake_of
+
+            log.info("on-chain stake of %s: %s wei", cfg.account.address, stake_of(cfg.account.address, cfg.rpc_url))
+        # Stake check before any download: the market reads the vault and says whether we may work.
+        self._register(profile)
         started = time.perf_counter()
         model_dir, fetched = download_stage(self.http, manifest, start, end, cfg.cache_dir,
                                             show_progress=cfg.show_progress)
@@ -103,17 +115,15 @@ class WorkerDaemon:
                       max_cache_bytes=cfg.max_cache_bytes, manifest=manifest)
         self.server = StageServer(stage, cfg.account)
         self.state.model_dir, self.state.layer_range = model_dir, (start, end)
-        latency_ms = self._ping_ms()
-        profile = {
-            "device": hw.device, "memory_bytes": budget, "throughput_tokens_s": hw.throughput_tokens_s,
-            "bandwidth_bytes_s": fetched / elapsed if fetched and elapsed > 0 else 0.0,
-            "latency_ms": latency_ms, "reference_layer": hw.reference_layer,
-            "operator_id": cfg.operator_id or cfg.account.address.lower(), "models": [manifest.name],
-        }
-        self.state.registration = reg = check(self.http.post("/v1/workers", json=profile, headers=self._auth())).json()
-        if not reg.get("eligible"):
-            raise NotEligibleError(cfg.account.address, str(reg.get("stake")))
+        if fetched and elapsed > 0:  # re-register with the bandwidth the download measured
+            self._register({**profile, "bandwidth_bytes_s": fetched / elapsed})
         log.info("serving %s layers [%d, %d) from %s", manifest.name, start, end, model_dir)
+
+    def _register(self, profile: dict[str, Any]) -> None:
+        reg = check(self.http.post("/v1/workers", json=profile, headers=self._auth())).json()
+        self.state.registration = reg
+        if not reg.get("eligible"):
+            raise NotEligibleError(self.config.account.address, str(reg.get("stake")))
 
     def sign_in(self) -> None:
         self.state.token = sign_in(self.http, self.config.account, ["worker"])
