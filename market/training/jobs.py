@@ -468,6 +468,12 @@ def advance(
                 return "cancelled"
             if rnd is None:
                 return "missing round"
+            if now() >= job.deadline and rnd.status == "open":
+                # No task can be claimed past the job's deadline: stop; the escrow refunds after it.
+                tj.status, tj.detail, tj.updated_at = "failed", "job deadline passed before the last round", now()
+                _cancel(s, _round_tasks(s, job.id, rnd.round, _LIVE), now())
+                s.commit()
+                return "failed"
             if rnd.status == "open":
                 state = _step_open(s, job, tj, rnd, now())
                 if state in ("open", "stalled"):

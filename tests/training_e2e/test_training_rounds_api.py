@@ -157,3 +157,26 @@ def test_dataset_upload_size_limit(tmp_path: Path) -> None:
             assert client.post("/v1/auth/nonce", content=b"{" + b" " * 2000 + b"}").status_code == 413
     finally:
         engine.dispose()
+
+
+def test_stalled_round_is_extended_then_closes_at_its_deadline(api: dict[str, Any], corpus: bytes) -> None:
+    """Nobody answers before the deadline: the round is extended (not applied empty, no duplicate tasks); the
+    update that comes in then closes it at the new deadline; past the job's deadline the job stops."""
+    job_id = _post(api, corpus, rounds=2, workers_per_round=2, inner_steps=2, min_updates=1, round_timeout_s=30.0)
+    sessions = make_session_factory(api["engine"])
+    storage = storage_at(api["settings"].training_dir)
+    t0 = datetime.now(UTC)
+    assert training.advance(sessions, storage, job_id, now=lambda: t0) == "open"
+    assert training.advance(sessions, storage, job_id, now=lambda: t0 + timedelta(seconds=31)) == "stalled"
+    with Session(api["engine"]) as s:
+        r0 = s.scalar(select(TrainingRound).where(TrainingRound.job_id == job_id, TrainingRound.round == 0))
+        assert r0 is not None and r0.reopened == 1 and r0.status == "open"
+        assert len(s.scalars(select(Task).where(Task.job_id == job_id)).all()) == 2  # both slots still queued
+    assert _worker(api, "op-a").run_once() is not None
+    later = datetime.now(UTC) + timedelta(seconds=62)
+    assert training.advance(sessions, storage, job_id, now=lambda: later) == "open"  # round 1 opened
+    with Session(api["engine"]) as s:
+        r0 = s.scalar(select(TrainingRound).where(TrainingRound.job_id == job_id, TrainingRound.round == 0))
+        assert r0 is not None and r0.close_state == "closed_deadline" and len(r0.aggregated or []) == 1
+    past = datetime.now(UTC) + timedelta(hours=2)
+    assert training.advance(sessions, storage, job_id, now=lambda: past) == "failed"
