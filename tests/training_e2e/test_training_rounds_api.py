@@ -180,3 +180,30 @@ def test_stalled_round_is_extended_then_closes_at_its_deadline(api: dict[str, An
         assert r0 is not None and r0.close_state == "closed_deadline" and len(r0.aggregated or []) == 1
     past = datetime.now(UTC) + timedelta(hours=2)
     assert training.advance(sessions, storage, job_id, now=lambda: past) == "failed"
+
+
+def test_concurrent_aggregators_apply_a_round_once(api: dict[str, Any], corpus: bytes) -> None:
+    """Several Celery processes may drive one job at once (kicks + beat): the round is applied and the next one
+    opened exactly once."""
+    import threading
+
+    job_id = _post(api, corpus, rounds=2, workers_per_round=2, inner_steps=2)
+    for w in (_worker(api, "op-a"), _worker(api, "op-b")):
+        assert w.run_once() is not None
+    sessions = make_session_factory(api["engine"])
+    storage = storage_at(api["settings"].training_dir)
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        training.advance(sessions, storage, job_id, now=lambda: datetime.now(UTC)))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == ["open"] * 3
+    with Session(api["engine"]) as s:
+        tj = s.get(TrainingJob, job_id)
+        assert tj is not None and tj.version == 1
+        tasks = s.scalars(select(Task).where(Task.job_id == job_id)).all()
+        assert sorted(t.payload["round"] for t in tasks) == [0, 0, 1, 1]
+        rounds = s.scalars(select(TrainingRound).where(TrainingRound.job_id == job_id)).all()
+        assert sorted((r.round, r.status) for r in rounds) == [(0, "applied"), (1, "open")]
