@@ -4,7 +4,7 @@ from market.db.base import Base, UtcDateTime, Wei, new_id, utcnow
 from market.db.jobs import JOB_STATUSES, TASK_STATUSES, Job, Lease, Task
 from market.db.ledger import AuthNonce, ChainCursor, ChainEvent, Settlement, SettlementItem, Verification
 from market.db.training import TrainingJob, TrainingRound, TrainingUpdate
-from market.db.verification import SettlementReport, SlashRecord, VerificationCheck, VerificationRun, WorkPart
+from market.db.verification import JobRun, SettlementReport, SlashRecord, VerificationCheck, VerificationRun, WorkPart
 from market.db.workers import InferenceSession, ReputationEvent, Worker, WorkerProfile
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ChainEvent",
     "InferenceSession",
     "Job",
+    "JobRun",
     "Lease",
     "ReputationEvent",
     "Settlement",

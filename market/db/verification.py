@@ -104,3 +104,13 @@ class SettlementReport(Base):
     report_root: Mapped[str] = mapped_column(String(66))
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class JobRun(Base):
+    """Inference runs (coordinator generations) done for an escrowed job: verification and pay span all of them."""
+
+    __tablename__ = "job_runs"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Protocol
 
 import torch
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -120,6 +120,11 @@ def open_run(session: Session, *, job_id: str, now: datetime, secret: bytes | No
     return run
 
 
+def work_id(work_key: str) -> bytes:
+    """bytes32 of a work part (the task id of its settlement record): keccak256 of its key."""
+    return keccak(text=work_key)
+
+
 def _history(session: Session, worker: str, now: datetime) -> sampling.WorkerHistory:
     row = session.scalar(select(Worker).where(Worker.address == worker))
     if row is None:
@@ -149,7 +154,11 @@ def start_verification(
     session: Session, source: WorkSource, cfg: VerifierConfig, *, job_id: str, now: datetime,
     rng: random.Random | None = None,
 ) -> list[str]:
-    """Sample the job's segments and create round-0 checks; returns the ids of checks to replay."""
+    """Sample the job's segments and create round-0 checks; returns the ids of checks to replay.
+
+    No DB transaction is held while the source is asked (its replicas and replays may need the market's own DB,
+    and on SQLite every transaction holds the write lock).
+    """
     rng = rng or random.SystemRandom()
     job = session.get(Job, job_id)
     if job is None:
@@ -160,12 +169,38 @@ def start_verification(
         run = open_run(session, job_id=job_id, now=now)
     if run.status != "open":
         return _pending_ids(session, job_id)  # a redelivered task: the replays still pending
+    chain_job_id, secret, beacon = job.chain_job_id, bytes.fromhex(run.secret[2:]), bytes.fromhex(run.beacon[2:])
+    session.commit()
 
     parts = source.parts(job_id)
     if not parts:
         raise Conflict(f"job {job_id} has no work to verify")
+    # Keyed by the work key's hash, not the scope's task id: after a failover two workers share one stage scope.
+    roots = {work_id(part.work_key): part.signed_root.root for part in parts}
+    seed = sampling.sampling_seed(bytes.fromhex(chain_job_id[2:]), roots, secret, beacon)
+    by_task = {work_id(part.work_key): part for part in parts}
+    tasks = [
+        sampling.TaskChunks(
+            task_id=work_id(part.work_key), stage=part.stage, chunk_indices=part.chunk_indices,
+            rate=sampling.sampling_rate(cfg.economics, _history(session, part.worker, now),
+                                        max(len(part.chunk_indices), 1), cfg.policy),
+        )
+        for part in parts
+    ]
+    session.commit()
+    segments = sampling.sample_segments(seed, tasks)
+    pools: dict[str, list[Replica]] = {}
+    for seg in segments:
+        part = by_task[seg.task_id]
+        if part.work_key not in pools:
+            pools[part.work_key] = source.replicas(job_id, part)
+
+    run = session.get(VerificationRun, job_id)
+    if run is None or run.status != "open":  # another delivery of this task got here first
+        session.commit()
+        return _pending_ids(session, job_id)
     existing = {p.work_key: p for p in session.scalars(select(WorkPart).where(WorkPart.job_id == job_id))}
-    for part in parts:
+    for part, task in zip(parts, tasks, strict=True):
         row = existing.get(part.work_key)
         if row is None:
             row = WorkPart(job_id=job_id, work_key=part.work_key)
@@ -173,31 +208,9 @@ def start_verification(
         row.worker, row.operator_id, row.stage = to_checksum_address(part.worker), part.operator_id, part.stage
         row.layer_start, row.layer_end, row.units = part.layer_start, part.layer_end, part.units
         row.chunk_count, row.root, row.status = len(part.chunk_indices), "0x" + part.signed_root.root.hex(), "pending"
-    session.flush()
-
-    secret = bytes.fromhex(run.secret[2:])
-    roots = {part.scope.task_id: part.signed_root.root for part in parts}
-    seed = sampling.sampling_seed(
-        bytes.fromhex(job.chain_job_id[2:]), roots, secret, bytes.fromhex(run.beacon[2:])
-    )
-    by_task = {part.scope.task_id: part for part in parts}
-    tasks = [
-        sampling.TaskChunks(
-            task_id=part.scope.task_id, stage=part.stage, chunk_indices=part.chunk_indices,
-            rate=sampling.sampling_rate(cfg.economics, _history(session, part.worker, now),
-                                        max(len(part.chunk_indices), 1), cfg.policy),
-        )
-        for part in parts
-    ]
-    rows = {r.work_key: r for r in session.scalars(select(WorkPart).where(WorkPart.job_id == job_id))}
-    for part, task in zip(parts, tasks, strict=True):
-        rows[part.work_key].rate = task.rate
-    segments = sampling.sample_segments(seed, tasks)
-    pools: dict[str, list[Replica]] = {}
+        row.rate = task.rate
     for seg in segments:
         part = by_task[seg.task_id]
-        if part.work_key not in pools:
-            pools[part.work_key] = source.replicas(job_id, part)
         replica = _pick(rng, pools[part.work_key], {part.operator_id}, {part.worker})
         session.add(
             VerificationCheck(
@@ -210,7 +223,9 @@ def start_verification(
     run.status, run.seed, run.sampled, run.updated_at = "replaying", "0x" + seed.hex(), len(segments), now
     session.commit()
     log.info("job %s: %d of %d chunks sampled", job_id, len(segments), sum(len(p.chunk_indices) for p in parts))
-    return _pending_ids(session, job_id)
+    ids = _pending_ids(session, job_id)
+    session.commit()
+    return ids
 
 
 # --- replay and compare ----------------------------------------------------------------------------------------
@@ -220,54 +235,64 @@ def run_check(
     session: Session, source: WorkSource, cfg: VerifierConfig, *, check_id: str, now: datetime,
     rng: random.Random | None = None,
 ) -> tuple[str, list[str]]:
-    """Replay one check's segment and decide it; returns (job id, ids of dispute checks it opened)."""
+    """Replay one check's segment and decide it; returns (job id, ids of dispute checks it opened).
+
+    The replay runs outside any DB transaction (see `start_verification`).
+    """
     rng = rng or random.SystemRandom()
     check = session.get(VerificationCheck, check_id)
     if check is None:
         raise NotFound("verification check", check_id)
-    if check.status != "pending":
-        return check.job_id, []
-    part = next((p for p in source.parts(check.job_id) if p.work_key == check.work_key), None)
+    job_id, work_key, chunk, replica, rnd = check.job_id, check.work_key, check.chunk_index, check.replica, check.round
+    pending = check.status == "pending"
+    session.commit()
+    if not pending:
+        return job_id, []
+    part = next((p for p in source.parts(job_id) if p.work_key == work_key), None)
     if part is None:
-        raise NotFound("work part", check.work_key)
-    signed, proof = source.commitment(check.job_id, check.work_key, check.chunk_index)
-    common = {"expected_scope": part.scope, "chunk_index": check.chunk_index, "worker": part.worker,
+        raise NotFound("work part", work_key)
+    signed, proof = source.commitment(job_id, work_key, chunk)
+    common = {"expected_scope": part.scope, "chunk_index": chunk, "worker": part.worker,
               "signed_root": part.signed_root}
     verdict = check_structure(signed, proof, **common)
     if verdict is None:
-        assert check.replica is not None  # pending checks always have one
-        replayed = source.replay(check.job_id, part, check.chunk_index, check.replica)
-        tol = cfg.tolerances[part.dtype]
-        verdict = check_claim(signed, proof, replayed, tol, k=cfg.sketch_k, **common)
+        assert replica is not None  # pending checks always have one
+        replayed = source.replay(job_id, part, chunk, replica)
+        verdict = check_claim(signed, proof, replayed, cfg.tolerances[part.dtype], k=cfg.sketch_k, **common)
+    pool = source.replicas(job_id, part) if rnd == 0 and verdict.needs_replay_vote else []
+
+    check = session.get(VerificationCheck, check_id)
+    if check is None or check.status != "pending":  # decided meanwhile by a duplicate delivery
+        session.commit()
+        return job_id, []
     check.status = "pass" if verdict.ok else "fail"
     check.reason = verdict.reason[:128]
     check.metrics = {k: v for k, v in verdict.metrics.items() if v == v}  # drop NaN (not JSON)
     check.evidence = "0x" + signed.commitment.digest.hex()
     check.decided_at = now
     opened: list[str] = []
-    if check.round == 0 and verdict.needs_replay_vote:
-        pool = source.replicas(check.job_id, part)
+    if rnd == 0 and verdict.needs_replay_vote:
         used_ops = {part.operator_id}
-        used = {part.worker, check.replica or ""}
-        first = next((r for r in pool if r.address == check.replica), None)
+        used = {part.worker, replica or ""}
+        first = next((r for r in pool if r.address == replica), None)
         if first is not None:
             used_ops.add(first.operator_id)
-        for rnd in DISPUTE_ROUNDS:
-            replica = _pick(rng, pool, used_ops, used)
+        for dispute_round in DISPUTE_ROUNDS:
+            pick = _pick(rng, pool, used_ops, used)
             row = VerificationCheck(
-                job_id=check.job_id, work_key=check.work_key, worker=check.worker, stage=check.stage,
-                chunk_index=check.chunk_index, round=rnd, replica=None if replica is None else replica.address,
-                status="pending" if replica else "void", reason="" if replica else "no_replica", created_at=now,
-                decided_at=None if replica else now,
+                job_id=job_id, work_key=work_key, worker=check.worker, stage=check.stage, chunk_index=chunk,
+                round=dispute_round, replica=None if pick is None else pick.address,
+                status="pending" if pick else "void", reason="" if pick else "no_replica", created_at=now,
+                decided_at=None if pick else now,
             )
             session.add(row)
             session.flush()
-            if replica is not None:
-                used.add(replica.address)
-                used_ops.add(replica.operator_id)
+            if pick is not None:
+                used.add(pick.address)
+                used_ops.add(pick.operator_id)
                 opened.append(row.id)
     session.commit()
-    return check.job_id, opened
+    return job_id, opened
 
 
 # --- decision --------------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def chain_operator(app: Celery) -> ChainOperator:
 
 def _default_source(app: Celery) -> Any:
     try:
-        from market.coordinator.verification_source import source_from_settings  # the inference runtime's
+        from market.services.inference_source import source_from_settings
     except ModuleNotFoundError:
         raise ConfigError("no WorkSource: the coordinator's verification source is not installed") from None
     return source_from_settings(runtime(app).settings)

@@ -19,6 +19,16 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.create_table('job_runs',
+    sa.Column('run_id', sa.String(length=36), nullable=False),
+    sa.Column('job_id', sa.String(length=36), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_job_runs_job_id_jobs'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('run_id', name=op.f('pk_job_runs'))
+    )
+    with op.batch_alter_table('job_runs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_job_runs_job_id'), ['job_id'], unique=False)
+
     op.create_table('settlement_reports',
     sa.Column('job_id', sa.String(length=36), nullable=False),
     sa.Column('report_root', sa.String(length=66), nullable=False),
@@ -130,3 +140,6 @@ def downgrade() -> None:
 
     op.drop_table('slash_records')
     op.drop_table('settlement_reports')
+    with op.batch_alter_table('job_runs', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_job_runs_job_id'))
+    op.drop_table('job_runs')

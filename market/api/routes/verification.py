@@ -1,0 +1,56 @@
+"""Verifier-facing endpoints of the coordinator (admin role: the market's own Celery verifiers).
+
+- `GET /v1/verification/replicas?model=&layer_start=&layer_end=`: live workers serving exactly those layers;
+- `POST /v1/verification/replay`: re-run one worker's recorded stage part on a replica; the answer is a binary
+  tensor message (`market.protocol.tensors`) holding the replica's output [B, T, width] at every position, with the
+  positions the worker committed to in its header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from market.api.deps import AdminDep, CtxDep
+from market.coordinator.verify_replay import load_part, replay_on, replicas
+from market.protocol.tensors import encode_message
+
+router = APIRouter(prefix="/v1/verification", tags=["verification"])
+
+Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
+
+
+class ReplayIn(BaseModel):
+    run_id: str = Field(min_length=1, max_length=36)
+    layer_start: int = Field(ge=0)
+    worker: Address
+    replica: Address
+
+
+@router.get("/replicas")
+def list_replicas(
+    request: Request, _admin: AdminDep, model: Annotated[str, Query(max_length=128)],
+    layer_start: Annotated[int, Query(ge=0)], layer_end: Annotated[int, Query(ge=1)],
+) -> list[dict[str, str]]:
+    links = request.app.state.coordinator.links
+    return [{"address": a, "operator_id": o}
+            for a, o in replicas(links, model=model, layer_start=layer_start, layer_end=layer_end)]
+
+
+@router.post("/replay")
+async def replay(body: ReplayIn, request: Request, _admin: AdminDep, ctx: CtxDep) -> Response:
+    coordinator: Any = request.app.state.coordinator
+
+    def load() -> Any:
+        with ctx.session_factory() as session:
+            return load_part(session, coordinator.blobs, run_id=body.run_id, layer_start=body.layer_start,
+                             worker=body.worker)
+
+    part = await asyncio.to_thread(load)
+    output = await replay_on(coordinator.links, part, replica=body.replica, chain_id=coordinator.config.chain_id,
+                             run_id=body.run_id, timeout=coordinator.config.call_timeout_s)
+    raw = encode_message({"op": "replay", "positions": part.committed, "layer_end": part.layer_end}, [output])
+    return Response(content=raw, media_type="application/octet-stream")

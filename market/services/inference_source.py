@@ -1,0 +1,209 @@
+"""`WorkSource` over the inference runtime: what the coordinator recorded, and replays through the market.
+
+- parts: per escrowed job, its inference runs (`job_runs`); per run, one part per (worker, stage) that signed a
+  task root (`stage_commitments` with no chunk index). The expected scope is the one the coordinator issued:
+  (chain, keccak256(run id), keccak256("<run id>/stage/<first layer>"), first layer, the run's job nonce).
+  Units = output rows the worker committed to (one token position through one stage).
+- commitments: the stored signed chunk commitments; Merkle proofs from the tree over all of the part's chunks.
+- replicas and replays: the market's `/v1/verification/*` endpoints (the coordinator holds the workers'
+  sockets); one replay per (part, replica) returns every position, cached, and each chunk takes its rows.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_checksum_address
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from market.db import JobRun, Worker
+from market.db.inference import InferenceRun, StageCommitment, StageRecord
+from market.domain_errors import NotFound
+from market.models.manifest import Manifest, load_manifest
+from market.protocol import merkle
+from market.protocol.auth_client import MarketError, check, sign_in
+from market.protocol.commitments import SignedCommitment, SignedRoot
+from market.protocol.signing import ChunkScope
+from market.protocol.tensors import decode_message
+from market.services.verification import ClaimedPart, Replica, ReplicaUnavailable
+
+MAX_REPLAY_BYTES = 1 << 30
+
+
+class MarketVerifierClient:
+    """The verifier's HTTP client to the market (signed in as admin with the operator key)."""
+
+    def __init__(self, market_url: str, account: LocalAccount, *, timeout: float = 120.0) -> None:
+        self.http = httpx.Client(base_url=market_url, timeout=timeout)
+        self.account = account
+        self._token: str | None = None
+        self._lock = threading.Lock()
+
+    def _headers(self, fresh: bool = False) -> dict[str, str]:
+        with self._lock:
+            if self._token is None or fresh:
+                try:
+                    self._token = sign_in(self.http, self.account, ["admin"])
+                except httpx.HTTPError as exc:
+                    raise ReplicaUnavailable(f"market unreachable: {type(exc).__name__}") from None
+            return {"Authorization": f"Bearer {self._token}"}
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, headers=self._headers(), **kw)
+            if response.status_code == 401:
+                response = self.http.request(method, path, headers=self._headers(fresh=True), **kw)
+        except httpx.HTTPError as exc:
+            raise ReplicaUnavailable(f"market unreachable: {type(exc).__name__}") from None
+        if response.status_code in (409, 502, 503, 504):
+            raise ReplicaUnavailable(f"{path}: HTTP {response.status_code} {response.text[:200]}")
+        return check(response)
+
+    def replicas(self, model: str, layer_start: int, layer_end: int) -> list[Replica]:
+        params = {"model": model, "layer_start": layer_start, "layer_end": layer_end}
+        rows = self._request("GET", "/v1/verification/replicas", params=params).json()
+        return [Replica(to_checksum_address(r["address"]), r["operator_id"]) for r in rows]
+
+    def replay(self, run_id: str, layer_start: int, worker: str, replica: str) -> tuple[torch.Tensor, list[int]]:
+        body = {"run_id": run_id, "layer_start": layer_start, "worker": worker, "replica": replica}
+        try:
+            raw = self._request("POST", "/v1/verification/replay", json=body).content
+        except MarketError as exc:
+            raise ReplicaUnavailable(str(exc)) from None
+        message = decode_message(raw, max_bytes=MAX_REPLAY_BYTES)
+        return message.tensors[0], [int(p) for p in message.header["positions"]]
+
+
+class InferenceWorkSource:
+    def __init__(self, sessions: sessionmaker[Session], client: MarketVerifierClient, *, chain_id: int,
+                 models_dir: Path, cache_size: int = 64) -> None:
+        self.sessions = sessions
+        self.client = client
+        self.chain_id = chain_id
+        self.models_dir = Path(models_dir)
+        self._manifests: dict[str, Manifest] = {}
+        self._replays: OrderedDict[tuple[str, int, str, str], tuple[torch.Tensor, list[int]]] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    # --- helpers -------------------------------------------------------------------------------------------
+    def _manifest(self, model: str) -> Manifest:
+        if model not in self._manifests:
+            self._manifests[model] = load_manifest(self.models_dir / model)
+        return self._manifests[model]
+
+    @staticmethod
+    def _key(run_id: str, stage: int, worker: str) -> str:
+        return f"{run_id}/{stage}/{worker}"
+
+    @staticmethod
+    def _split(work_key: str) -> tuple[str, int, str]:
+        run_id, stage, worker = work_key.split("/")
+        return run_id, int(stage), worker
+
+    def _scope(self, run: InferenceRun, stage: int) -> ChunkScope:
+        # The scope the coordinator issued (market.coordinator.service.Coordinator.start, scope_for).
+        return ChunkScope(self.chain_id, keccak(text=run.id), keccak(text=f"{run.id}/stage/{stage}"), stage,
+                          bytes.fromhex(run.job_nonce.removeprefix("0x")))
+
+    def _width(self, manifest: Manifest, layer_end: int) -> int:
+        return manifest.vocab_size if layer_end == manifest.num_layers else manifest.hidden_size
+
+    def _chunks(self, session: Session, run_id: str, stage: int, worker: str, width: int) -> list[SignedCommitment]:
+        rows = session.scalars(
+            select(StageCommitment).where(
+                StageCommitment.run_id == run_id, StageCommitment.stage == stage,
+                StageCommitment.worker_address == worker, StageCommitment.chunk_index.is_not(None))
+        ).all()
+        return [SignedCommitment.from_json(r.body, hidden=width) for r in rows]
+
+    # --- WorkSource ----------------------------------------------------------------------------------------
+    def parts(self, job_id: str) -> list[ClaimedPart]:
+        out: list[ClaimedPart] = []
+        with self.sessions() as session:
+            run_ids = session.scalars(select(JobRun.run_id).where(JobRun.job_id == job_id)).all()
+            operators = {w.address: w.operator_id for w in session.scalars(select(Worker))}
+            for run_id in sorted(run_ids):
+                run = session.get(InferenceRun, run_id)
+                if run is None:
+                    raise NotFound("inference run", run_id)
+                manifest = self._manifest(run.model)
+                ends = {(r.layer_start, r.worker_address): r.layer_end for r in session.scalars(
+                    select(StageRecord).where(StageRecord.run_id == run_id))}
+                roots = session.scalars(select(StageCommitment).where(
+                    StageCommitment.run_id == run_id, StageCommitment.chunk_index.is_(None))).all()
+                for root in sorted(roots, key=lambda r: (r.stage, r.worker_address)):
+                    worker, stage = to_checksum_address(root.worker_address), root.stage
+                    layer_end = ends.get((stage, root.worker_address), stage + 1)
+                    scope = self._scope(run, stage)
+                    chunks = self._chunks(session, run_id, stage, root.worker_address, self._width(manifest, layer_end))
+                    signed_root = SignedRoot(scope, int(root.body["chunk_count"]),
+                                             bytes.fromhex(str(root.body["root"])[2:]),
+                                             bytes.fromhex(str(root.body["signature"])[2:]))
+                    out.append(ClaimedPart(
+                        work_key=self._key(run_id, stage, root.worker_address), worker=worker,
+                        operator_id=operators.get(worker, worker.lower()), stage=stage, layer_start=stage,
+                        layer_end=layer_end, units=sum(c.commitment.sketch[4] for c in chunks),
+                        dtype=manifest.dtype, scope=scope, signed_root=signed_root,
+                        chunk_indices=tuple(sorted(c.commitment.chunk_index for c in chunks)),
+                    ))
+        return out
+
+    def commitment(self, job_id: str, work_key: str, chunk_index: int) -> tuple[SignedCommitment, list[bytes]]:
+        run_id, stage, worker = self._split(work_key)
+        with self.sessions() as session:
+            run = session.get(InferenceRun, run_id)
+            if run is None:
+                raise NotFound("inference run", run_id)
+            manifest = self._manifest(run.model)
+            end = session.scalar(select(StageRecord.layer_end).where(
+                StageRecord.run_id == run_id, StageRecord.layer_start == stage,
+                StageRecord.worker_address == worker).limit(1))
+            chunks = self._chunks(session, run_id, stage, worker, self._width(manifest, end or stage + 1))
+        tree = merkle.MerkleTree([c.commitment.leaf for c in chunks])
+        signed = next(c for c in chunks if c.commitment.chunk_index == chunk_index)
+        return signed, tree.proof(signed.commitment.leaf)
+
+    def replicas(self, job_id: str, part: ClaimedPart) -> list[Replica]:
+        run_id, _, _ = self._split(part.work_key)
+        with self.sessions() as session:
+            run = session.get(InferenceRun, run_id)
+            model = run.model if run is not None else ""
+        return self.client.replicas(model, part.layer_start, part.layer_end)
+
+    def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
+        run_id, stage, worker = self._split(part.work_key)
+        key = (run_id, stage, worker, replica)
+        with self._lock:
+            cached = self._replays.get(key)
+        if cached is None:
+            cached = self.client.replay(run_id, stage, worker, replica)
+            with self._lock:
+                self._replays[key] = cached
+                while len(self._replays) > self._cache_size:
+                    self._replays.popitem(last=False)
+        output, positions = cached
+        seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
+        rows = [p for p in positions if pc * 32 <= p < (pc + 1) * 32]
+        return output[seq, rows]
+
+
+def source_from_settings(settings: Any) -> InferenceWorkSource:
+    from eth_account import Account
+
+    from market.db.engine import make_engine, make_session_factory
+    from market.errors import ConfigError
+
+    if settings.operator_private_key is None:
+        raise ConfigError("GLOBAI_OPERATOR_PRIVATE_KEY is needed to sign in to the market for replays")
+    account = Account.from_key(settings.operator_private_key.get_secret_value())
+    sessions = make_session_factory(make_engine(settings.database_url, pool_size=2))
+    return InferenceWorkSource(sessions, MarketVerifierClient(settings.market_url, account),
+                               chain_id=settings.chain_id, models_dir=Path(settings.models_dir))
