@@ -50,14 +50,25 @@ class GenerationFailed(GlobaiError):
 
 @dataclass
 class RecordedCall:
-    """One forward call a hop answered: replayed on failover, stored as a blob for verification."""
+    """One forward call a hop answered: replayed on failover, stored as a blob for verification.
+
+    The blob and the output hash are computed when the run's evidence is saved, off the decode path.
+    """
 
     step: int
     tensors: list[torch.Tensor]  # inputs, positions[, mask]
     first_position: int
     last_token_only: bool
-    blob: bytes  # canonical request bytes (no rid): what a verifier replays
-    output_sha256: str
+    output: torch.Tensor
+
+    def blob(self, run_id: str, layers: tuple[int, int]) -> bytes:
+        """Canonical request bytes (no request id): what a verifier replays on another worker."""
+        return encode_message({"op": "forward", "run": run_id, "layers": list(layers), "step": self.step,
+                               "first_position": self.first_position, "last_token_only": self.last_token_only},
+                              self.tensors)
+
+    def output_sha256(self) -> str:
+        return hashlib.sha256(self.output.contiguous().view(torch.uint8).reshape(-1).numpy().tobytes()).hexdigest()
 
 
 @dataclass
@@ -234,10 +245,7 @@ class PipelineRun:
         except FrameError as exc:
             raise StageFailed(hop.link.address, "bad_reply", str(exc)) from None
         self._take_commitments(hop, reply.header.get("commitments"), output.shape[-1])
-        blob = encode_message({"op": "forward", "run": self.run_id, "layers": [hop.start, hop.end], "step": step,
-                               "first_position": first_position, "last_token_only": last_stage}, tensors)
-        digest = hashlib.sha256(output.contiguous().view(torch.uint8).reshape(-1).numpy().tobytes()).hexdigest()
-        record = RecordedCall(step, tensors, first_position, last_stage, blob, digest)
+        record = RecordedCall(step, tensors, first_position, last_stage, output)
         hop.records.append(record)
         self.evidence.records.append((hop, hop.link, record))
         return output

@@ -18,10 +18,10 @@ def save_evidence(
     """Blobs first (content-addressed, idempotent), then the rows that reference them, in one transaction."""
     retain_until = now + timedelta(seconds=retention_s)
     for hop, link, rec in evidence.records:
-        digest = blobs.put(rec.blob)
+        digest = blobs.put(rec.blob(run_id, (hop.start, hop.end)))
         session.add(StageRecord(
             run_id=run_id, layer_start=hop.start, layer_end=hop.end, step=rec.step, worker_address=link.address,
-            input_blob=digest, output_sha256=rec.output_sha256, created_at=now, retain_until=retain_until,
+            input_blob=digest, output_sha256=rec.output_sha256(), created_at=now, retain_until=retain_until,
         ))
     for address, signed in evidence.commitments:
         body = signed.to_json()

@@ -73,8 +73,9 @@ class StageLimits:
     def max_payload_bytes(self) -> int:
         """Largest legitimate sum of tensor payloads in one message (hidden states or logits + ids)."""
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        per_token = max(self.hidden_size, self.vocab_size) * max(itemsize, 4) + 3 * 8
-        return self.max_batch * self.max_tokens * per_token
+        # hidden states (or int64 ids) + positions + mask for every token, or last-token logits per sequence
+        per_token = self.hidden_size * max(itemsize, 8) + 2 * 8
+        return self.max_batch * (self.max_tokens * per_token + self.vocab_size * itemsize)
 
     @property
     def max_message_bytes(self) -> int:

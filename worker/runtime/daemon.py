@@ -32,6 +32,7 @@ from worker.runtime.shards import download_stage, fetch_manifest
 from worker.stage import DEFAULT_MAX_CACHE_BYTES, DEFAULT_SESSION_TTL_S, Stage
 
 log = logging.getLogger(__name__)
+INLINE_BYTES = 64 * 1024  # requests up to this size run on the event loop thread
 
 
 class NotEligibleError(GlobaiError):
@@ -216,7 +217,11 @@ class WorkerDaemon:
             raw = receive.result()
             if isinstance(raw, str):
                 raw = raw.encode()
-            reply = await asyncio.to_thread(self.server.handle, raw)
+            if len(raw) <= INLINE_BYTES:
+                # Decode steps are small and short: a thread hand-off would cost more than it saves.
+                reply = self.server.handle(raw)
+            else:  # prefill / replay blocks: keep the loop free for pings while they run
+                reply = await asyncio.to_thread(self.server.handle, raw)
             if reply is not None:
                 await ws.send(reply)
 
