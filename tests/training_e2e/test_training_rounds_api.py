@@ -162,7 +162,8 @@ def test_dataset_upload_size_limit(tmp_path: Path) -> None:
 def test_stalled_round_is_extended_then_closes_at_its_deadline(api: dict[str, Any], corpus: bytes) -> None:
     """Nobody answers before the deadline: the round is extended (not applied empty, no duplicate tasks); the
     update that comes in then closes it at the new deadline; past the job's deadline the job stops."""
-    job_id = _post(api, corpus, rounds=2, workers_per_round=2, inner_steps=2, min_updates=1, round_timeout_s=30.0)
+    job_id = _post(api, corpus, rounds=2, workers_per_round=2, inner_steps=2, min_updates=1, round_timeout_s=30.0,
+                   compression="topk:0.1")
     sessions = make_session_factory(api["engine"])
     storage = storage_at(api["settings"].training_dir)
     t0 = datetime.now(UTC)
