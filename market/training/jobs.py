@@ -379,7 +379,9 @@ def _step_verifying(s: Session, storage: TrainingStorage, job: Job, tj: Training
     keep = [u.task_id for u in accepted if u is not None and u.check != "fail"]
     if not keep:
         # Every accepted update was caught cheating: run the round again with fresh tasks.
-        rnd.status, rnd.accepted, rnd.close_state, rnd.closed_at = "open", [], None, None
+        if not _transition(s, rnd, "verifying", "open"):
+            return "raced"
+        rnd.accepted, rnd.close_state, rnd.closed_at = [], None, None
         rnd.deadline_at = now + timedelta(seconds=job_spec(tj).round_timeout_s)
         rnd.reopened += 1
         _enqueue_slots(s, job, tj, rnd, list(range(job_spec(tj).workers_per_round)), now)

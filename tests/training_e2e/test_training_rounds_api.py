@@ -208,3 +208,39 @@ def test_concurrent_aggregators_apply_a_round_once(api: dict[str, Any], corpus: 
         assert sorted(t.payload["round"] for t in tasks) == [0, 0, 1, 1]
         rounds = s.scalars(select(TrainingRound).where(TrainingRound.job_id == job_id)).all()
         assert sorted((r.round, r.status) for r in rounds) == [(0, "applied"), (1, "open")]
+
+
+def test_round_of_only_cheats_is_run_again(api: dict[str, Any], corpus: bytes) -> None:
+    """W = 1 and its only update is caught by the replay: the round is not applied; it reopens with a fresh task,
+    and the honest redo (replayed by a third operator) is what gets applied."""
+    job_id = _post(api, corpus, rounds=1, workers_per_round=1, inner_steps=2)
+    with Session(api["engine"]) as s:
+        tj = s.get(TrainingJob, job_id)
+        assert tj is not None
+        tj.verify_rate = 1.0
+        s.commit()
+    sessions = make_session_factory(api["engine"])
+    storage = storage_at(api["settings"].training_dir)
+
+    def step() -> str:
+        return training.advance(sessions, storage, job_id, now=lambda: datetime.now(UTC))
+
+    cheater = _worker(api, "op-evil")
+    cheater.tamper = lambda p, u: {n: t * 3.0 for n, t in u.items()}
+    honest_a, honest_b = _worker(api, "op-a"), _worker(api, "op-b")
+    assert cheater.run_once() is not None and step() == "verifying"
+    assert cheater.claim() is None  # its own replay goes to another operator
+    replay = honest_a.run_once()
+    assert replay is not None and replay.replay
+    assert step() == "open"  # caught: reopened, nothing applied
+    assert storage.checkpoints.versions(job_id) == [0]
+    redo = honest_a.run_once()
+    assert redo is not None and not redo.replay and step() == "verifying"
+    assert honest_b.run_once() is not None
+    assert step() == "completed"
+    with Session(api["engine"]) as s:
+        r0 = s.scalar(select(TrainingRound).where(TrainingRound.job_id == job_id))
+        assert r0 is not None and r0.reopened == 1 and r0.aggregated == [redo.task_id]
+    with sessions() as s:
+        verdicts = {v.worker: v.verdict for v in training.verify.training_verdicts(s, job_id)}
+    assert verdicts == {cheater.account.address: "fail", honest_a.account.address: "pass"}
