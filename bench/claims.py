@@ -250,7 +250,8 @@ def main() -> None:
         f"uvicorn with {args.server_procs} processes (uvloop, httptools)",
         f"- **{rate:,.0f} claims/s** ({len(claims)} claims in {elapsed:.2f} s; every claim is followed by a "
         f"submit, so the server handled {2 * rate:,.0f} requests/s)",
-        f"- claim latency: **p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms** (max {max(latencies) * 1000:.1f} ms)",
+        f"- claim latency: **p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms** "
+        f"(max {max(latencies) * 1000:.1f} ms)",
         f"- double claims: **{double}** (client side); tasks with 2+ leases in the DB: "
         f"{checks['tasks_with_2plus_leases']}; submitted {checks['submitted']}/{checks['tasks']}; "
         f"request errors: {errors}",

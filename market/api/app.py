@@ -12,9 +12,9 @@ from sqlalchemy import Engine
 from market.api.context import AppContext, auth_policy, system_clock
 from market.api.errors import install_error_handlers
 from market.api.middleware import BodySizeLimit, RateLimit
-from market.api.schemas.common import ErrorOut
 from market.api.routes import audit, auth, health, inference, jobs, tasks, verification, workers
 from market.api.routes import training as training_routes
+from market.api.schemas.common import ErrorOut
 from market.config import Settings
 from market.db.engine import make_engine, make_session_factory
 from market.services.chain_view import ChainView, chain_view_from_settings
@@ -78,7 +78,7 @@ def create_app(
     for module in (health, auth, workers, jobs, tasks):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(audit.router, responses=ERROR_RESPONSES)
-    inference.install(app)  # coordinator + /v1/inference, /v1/models, /v1/workers/ws
+    inference.install(app, ERROR_RESPONSES)  # coordinator + /v1/inference, /v1/models, /v1/workers/ws
     app.include_router(verification.router, responses=ERROR_RESPONSES)  # replays for the Celery verifiers
     app.include_router(training_routes.router, responses=ERROR_RESPONSES)
     # Outermost first: oversized bodies are refused before they count against anyone's rate limit.

@@ -17,7 +17,6 @@ from market.domain_errors import AuthError, ChainNotConfigured, Forbidden
 from market.services.auth import Principal, decode_token
 from market.services.chain_view import ChainView
 
-
 # Dependencies that do no blocking I/O are `async def`: FastAPI runs every sync dependency in the threadpool,
 # and a thread hop per dependency per request is what dominated the claim path's CPU time.
 

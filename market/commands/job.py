@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -99,7 +99,7 @@ def _echo(data: Any) -> None:
 
 @app.command()
 def post(
-    spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON job spec (inference or training)."),
+    spec_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON job spec (inference/training).")],
     price: str = typer.Option(..., "--price", help="Price per unit in GLB wei."),
     budget: str = typer.Option(None, "--budget", help="GLB wei to escrow (default: price x units)."),
     hours: float = typer.Option(24.0, "--hours", help="Deadline, hours from now."),

@@ -155,7 +155,9 @@ class FakeChain:
         }
         event = self._log("JobFunded", self.escrow_address, args)
         self.escrow.append(event)
-        self.jobs[escrow["job_id"]] = OnchainJob(requester, args["amount"], args["specHash"], args["deadline"], "funded")
+        self.jobs[escrow["job_id"]] = OnchainJob(
+            requester, args["amount"], args["specHash"], args["deadline"], "funded"
+        )
         return event
 
 

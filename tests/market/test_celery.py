@@ -13,6 +13,8 @@ from market.tasks.celery_app import create_celery, runtime
 from market.tasks.leases import requeue_expired_leases, sync_chain
 from tests.market.conftest import empty_tables, make_settings
 
+pytestmark = pytest.mark.timeout(120)
+
 
 @pytest.fixture
 def stale_lease(db_engine):  # type: ignore[no-untyped-def]

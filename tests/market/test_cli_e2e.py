@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 from market.cli import app as cli
 from tests.market.conftest import TEST_SECRET, login, profile
 
+pytestmark = pytest.mark.timeout(240)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -44,10 +46,12 @@ def served(chain: Any, deployment: Any, tmp_path: Path) -> Iterator[tuple[str, d
     }
     globai = [sys.executable, "-c", "from market.cli import main; main()"]
     subprocess.run([*globai, "market", "migrate"], env=env, check=True, capture_output=True)
+    log = tmp_path / "server.log"  # a file, not a pipe: an unread pipe can fill up and block the server
     server = subprocess.Popen([*globai, "market", "serve"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
+                              stderr=log.open("wb"))
     try:
-        deadline = time.monotonic() + 20
+        # The app imports torch (inference routes): allow for a slow start on a loaded machine.
+        deadline = time.monotonic() + 120
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
@@ -55,12 +59,16 @@ def served(chain: Any, deployment: Any, tmp_path: Path) -> Iterator[tuple[str, d
             except httpx.HTTPError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"market did not start: {server.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                raise RuntimeError(f"market did not start: {log.read_text()[-2000:]}")
             time.sleep(0.1)
         yield f"http://127.0.0.1:{port}", env
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def test_newcomer_flow(served: tuple[str, dict[str, str]], chain: Any, deployment: Any, tmp_path: Path,

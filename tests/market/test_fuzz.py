@@ -8,14 +8,16 @@ from typing import Any
 
 import pytest
 import schemathesis
-from schemathesis import checks
 from eth_account import Account
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
+from schemathesis import checks
 from sqlalchemy import Engine
 
 from market.api import create_app
 from tests.market.conftest import ADMIN, Clock, FakeChain, Market, empty_tables, make_settings, profile
+
+pytestmark = pytest.mark.timeout(300)
 
 AUTH: dict[str, str] = {}
 # Auth-related checks (negative data, ignored auth) don't apply: every case is sent with a valid token.
@@ -62,7 +64,7 @@ def test_no_server_errors(api_schema: Any) -> None:
             if case.headers:
                 case.headers = {k: v for k, v in case.headers.items() if k.lower() != "authorization"}
             response = case.call(headers=dict(AUTH))
-            assert response.status_code < 500, (operation.label, response.status_code, response.text[:500])
+            assert response.status_code < 500, (case.operation.label, response.status_code, response.text[:500])
             case.validate_response(response, checks=CHECKS)
 
         try:

@@ -19,6 +19,8 @@ from market.services import leasing
 from market.services.jobs import TaskSpec, enqueue_tasks
 from tests.market.conftest import CLAIM_ALL, Market
 
+pytestmark = pytest.mark.timeout(180)
+
 RESULT = {"result_hash": "0x" + "cd" * 32, "result": {"loss": 1.5}}
 
 
