@@ -131,7 +131,9 @@ def speed(model, batch: int, tokens: int) -> tuple[float, float]:  # type: ignor
     return prefill, decode
 
 
-def detection_table(chunks_per_job: int, trials: int, rng: random.Random) -> list[tuple[float, float, float, float, float]]:
+def detection_table(
+    chunks_per_job: int, trials: int, rng: random.Random
+) -> list[tuple[float, float, float, float, float]]:
     """(f, analytic 1 job, analytic 10 jobs, Monte Carlo 10 jobs, analytic 10 jobs with r = 0.1)."""
     p = sampling.sampling_rate(sampling.DEFAULT_ECONOMICS, ESTABLISHED, chunks_per_job)
     out = []

@@ -44,9 +44,11 @@ def index_chain(
 ) -> IndexReport:
     """Index new vault and escrow events (both from their own cursor, `start_block` the first time)."""
     at = now or datetime.now(UTC)
-    common = {"now": at, "start_block": start_block, "page": page, "confirmations": confirmations,
-              "max_pages": max_pages}
-    return IndexReport(stakes=sync_stakes(session, chain, **common), escrow=sync_escrow(session, chain, **common))
+    stakes = sync_stakes(session, chain, now=at, start_block=start_block, page=page, confirmations=confirmations,
+                         max_pages=max_pages)
+    escrow = sync_escrow(session, chain, now=at, start_block=start_block, page=page, confirmations=confirmations,
+                         max_pages=max_pages)
+    return IndexReport(stakes=stakes, escrow=escrow)
 
 
 class _SlowView:
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     chain = chain_view_from_settings(settings)
     if chain is None:
         raise SystemExit("no chain configured (GLOBAI_STAKING_VAULT_ADDRESS / GLOBAI_JOB_ESCROW_ADDRESS)")
-    view: ChainView = _SlowView(chain, args.page_delay) if args.page_delay else chain  # type: ignore[assignment]
+    view: ChainView = _SlowView(chain, args.page_delay) if args.page_delay else chain  # type: ignore[arg-type,assignment]
     engine = make_engine(settings.database_url, pool_size=1)
     with make_session_factory(engine)() as session:
         report = index_chain(session, view, start_block=args.start_block, page=args.page or settings.log_page_blocks,

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from market.chain.client import ContractReverted
-from market.db import Job, Settlement, SettlementReport, Task, VerificationRun, WorkPart, Worker
+from market.db import Job, Settlement, SettlementReport, Task, VerificationRun, Worker, WorkPart
 from market.domain_errors import Conflict, NotFound
 from market.services.operator import ChainOperator
 from market.settlement.payout import PAID, WorkItem, plan_settlement

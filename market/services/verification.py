@@ -142,7 +142,9 @@ def _pick(rng: random.Random, pool: Sequence[Replica], exclude_ops: set[str], ex
 def _pending_ids(session: Session, job_id: str) -> list[str]:
     return list(
         session.scalars(
-            select(VerificationCheck.id).where(VerificationCheck.job_id == job_id, VerificationCheck.status == "pending")
+            select(VerificationCheck.id).where(
+                VerificationCheck.job_id == job_id, VerificationCheck.status == "pending"
+            )
         ).all()
     )
 
@@ -252,13 +254,14 @@ def run_check(
     if part is None:
         raise NotFound("work part", work_key)
     signed, proof = source.commitment(job_id, work_key, chunk)
-    common = {"expected_scope": part.scope, "chunk_index": chunk, "worker": part.worker,
-              "signed_root": part.signed_root}
-    verdict = check_structure(signed, proof, **common)
+    verdict = check_structure(signed, proof, expected_scope=part.scope, chunk_index=chunk, worker=part.worker,
+                              signed_root=part.signed_root)
     if verdict is None:
         assert replica is not None  # pending checks always have one
         replayed = source.replay(job_id, part, chunk, replica)
-        verdict = check_claim(signed, proof, replayed, cfg.tolerances[part.dtype], k=cfg.sketch_k, **common)
+        verdict = check_claim(signed, proof, replayed, cfg.tolerances[part.dtype], k=cfg.sketch_k,
+                              expected_scope=part.scope, chunk_index=chunk, worker=part.worker,
+                              signed_root=part.signed_root)
     pool = source.replicas(job_id, part) if rnd == 0 and verdict.needs_replay_vote else []
 
     check = session.get(VerificationCheck, check_id)
@@ -293,6 +296,17 @@ def run_check(
                 opened.append(row.id)
     session.commit()
     return job_id, opened
+
+
+def void_check(session: Session, *, check_id: str, reason: str, now: datetime) -> str | None:
+    """Give up on a check whose replica stayed unavailable: it no longer blocks the job (its vote is void)."""
+    check = session.get(VerificationCheck, check_id)
+    if check is None or check.status != "pending":
+        session.commit()
+        return None if check is None else check.job_id
+    check.status, check.reason, check.decided_at = "void", reason[:128], now
+    session.commit()
+    return check.job_id
 
 
 # --- decision --------------------------------------------------------------------------------------------------
@@ -378,7 +392,8 @@ def decide_job(
 
 def _slashed_event(op: ChainOperator, worker: str, chain_job_id: bytes, from_block: int):  # type: ignore[no-untyped-def]
     for ev in op.client.get_logs([op.vault], from_block):
-        if ev.name == "Slashed" and ev.args["jobId"] == chain_job_id and to_checksum_address(ev.args["worker"]) == worker:
+        if (ev.name == "Slashed" and ev.args["jobId"] == chain_job_id
+                and to_checksum_address(ev.args["worker"]) == worker):
             return ev
     return None
 

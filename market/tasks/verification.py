@@ -47,8 +47,17 @@ def replay_check(self: Task, check_id: str) -> str:
     """Replay one sampled segment on its replica and compare; a mismatch opens two dispute replays."""
     rt = runtime(self.app)
     with rt.session() as session:
-        job_id, opened = svc.run_check(session, work_source(self.app), verifier_config(self.app),
-                                       check_id=check_id, now=_now())
+        try:
+            job_id, opened = svc.run_check(session, work_source(self.app), verifier_config(self.app),
+                                           check_id=check_id, now=_now())
+        except svc.ReplicaUnavailable as exc:
+            if self.request.retries < RETRY["max_retries"]:
+                raise
+            # The replica stayed away: its vote is void (an unverified segment), the job goes on.
+            void_job = svc.void_check(session, check_id=check_id, reason=f"replica unavailable: {exc}", now=_now())
+            if void_job is not None:
+                finish_job.apply_async((void_job,))
+            return void_job or ""
     for dispute_id in opened:
         replay_check.apply_async((dispute_id,))
     finish_job.apply_async((job_id,))

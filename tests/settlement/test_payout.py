@@ -41,7 +41,8 @@ def test_price_times_units_and_slashed_unpaid() -> None:
     assert p.paid == 18 * 10**18 and p.fee == fee_of(p.paid, 200) == 18 * 10**18 * 2 // 100
     assert p.paid + p.fee + p.refunded == p.funded
     by_task = {r.task_key: r for r in p.records}
-    assert by_task["t4"].record.amount == 0 and by_task["t4"].record.units == 0 and by_task["t4"].status == UNPAID_SLASHED
+    t4 = by_task["t4"]
+    assert t4.record.amount == 0 and t4.record.units == 0 and t4.status == UNPAID_SLASHED
     assert by_task["t1"].record.units == 10 and by_task["t1"].status == PAID
 
 

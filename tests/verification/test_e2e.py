@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,8 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
             original_plan(served)
             want = next(order)
             live = coordinator.links.live(served.manifest.name)
-            return [(next(lnk for lnk in live if lnk.address == want), [lnk for lnk in live if lnk.address != want][:1])]
+            primary = next(lnk for lnk in live if lnk.address == want)
+            return [(primary, [lnk for lnk in live if lnk.address != want][:1])]
 
         coordinator.plan = plan
 
