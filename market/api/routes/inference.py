@@ -132,11 +132,14 @@ def get_run(run_id: RunId, request: Request, principal: RequesterDep, session: S
     )
 
 
-def install(app: Any) -> None:
-    """Build the app's coordinator and mount the inference, model and worker-socket routes (called by create_app)."""
+def install(app: Any, responses: dict[int | str, dict[str, Any]] | None = None) -> None:
+    """Build the app's coordinator and mount the inference, model and worker-socket routes (called by create_app).
+
+    `responses` documents the shared error responses on every operation.
+    """
     from pathlib import Path as FsPath
 
-    from market.api.routes import models, worker_ws, worker_summary
+    from market.api.routes import models, worker_summary, worker_ws
     from market.coordinator.service import CoordinatorConfig
 
     ctx = app.state.ctx
@@ -147,5 +150,5 @@ def install(app: Any) -> None:
     )
     app.state.coordinator = Coordinator(config, ctx.session_factory, ctx.clock)
     for module in (models, worker_ws, worker_summary):
-        app.include_router(module.router)
-    app.include_router(router)
+        app.include_router(module.router, responses=responses)
+    app.include_router(router, responses=responses)
