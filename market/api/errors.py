@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 from market.domain_errors import (
     AuthError,
@@ -60,5 +61,13 @@ async def _handle(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(status, type(exc).__name__, str(exc), headers)
 
 
+async def _data_error(_request: Request, exc: Exception) -> JSONResponse:
+    # The database refused a value that passed validation (e.g. a NUL character, which Postgres text cannot
+    # hold, or a number out of a column's range): the client's input is at fault, not the server.
+    log.info("database refused a request value: %s", exc.__class__.__name__)
+    return error_response(400, "InvalidValue", "a value in the request cannot be stored (e.g. NUL character)")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GlobaiError, _handle)
+    app.add_exception_handler(DataError, _data_error)

@@ -55,7 +55,7 @@ def test_no_server_errors(api_schema: Any) -> None:
     assert len(operations) >= 18
     for operation in operations:
 
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
                   database=None)
         @given(case=operation.as_strategy())
         def run(case: Any) -> None:
