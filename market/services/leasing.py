@@ -51,7 +51,7 @@ def _candidates(worker: Worker, wanted: ClaimFilter, now: datetime) -> Any:
     )
     if worker.reserved_job_id is not None:  # capacity reservation: the reserved long job's tasks come first
         query = query.order_by(case((Task.job_id == worker.reserved_job_id, 0), else_=1))
-    return query.order_by(Task.priority.desc(), Task.created_at, Task.id)
+    return query.order_by(Task.priority.desc(), Task.deadline, Task.created_at, Task.id)  # = ix_tasks_claim_order
 
 
 def claim_task(

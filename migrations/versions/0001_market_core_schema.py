@@ -206,7 +206,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_tasks_job_id"), ["job_id"], unique=False)
-        batch_op.create_index("ix_tasks_status_priority", ["status", "priority", "created_at"], unique=False)
+        batch_op.create_index(
+            "ix_tasks_claim_order",
+            ["status", sa.text("priority DESC"), "deadline", "created_at", "id"],
+            unique=False,
+        )
 
     op.create_table(
         "worker_profiles",
@@ -340,7 +344,7 @@ def downgrade() -> None:
 
     op.drop_table("worker_profiles")
     with op.batch_alter_table("tasks", schema=None) as batch_op:
-        batch_op.drop_index("ix_tasks_status_priority")
+        batch_op.drop_index("ix_tasks_claim_order")
         batch_op.drop_index(batch_op.f("ix_tasks_job_id"))
 
     op.drop_table("tasks")
