@@ -94,6 +94,8 @@ def seed(url: str, workers: int, tasks: int) -> list[str]:
 def start_server(url: str, port: int, procs: int, async_commit: bool) -> subprocess.Popen[bytes]:
     env = {**os.environ, "GLOBAI_PROFILE": "test", "GLOBAI_AUTH_SECRET": SECRET, "GLOBAI_DATABASE_URL": url,
            "GLOBAI_DB_ASYNC_COMMIT": "true" if async_commit else "false",
+           # Postgres' max_connections is shared (100 by default): 2 processes x (8 + 8 overflow) stays well inside.
+           "GLOBAI_DB_POOL_SIZE": "8",
            "GLOBAI_RATE_LIMIT_PER_S": "100000", "GLOBAI_RATE_LIMIT_BURST": "100000", "GLOBAI_LEASE_TTL_S": "300"}
     cmd = [sys.executable, "-m", "uvicorn", "market.api.asgi:app_factory", "--factory", "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(procs), "--log-level", "warning", "--no-access-log",
@@ -118,11 +120,15 @@ async def run_workers(base: str, tokens: list[str]) -> tuple[list[float], list[t
     claims: list[tuple[str, int]] = []
     errors = 0
     error_kinds: Counter[str] = Counter()
-    limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=len(tokens))
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as http:
+    # One client (one keep-alive connection) per simulated worker, as real workers would have: a single shared
+    # pool of 100 connections costs the client O(pool) work per request and made the client the bottleneck.
+    clients = [httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=1))
+               for _ in tokens]
+    try:
 
         async def worker(i: int, token: str) -> None:
             nonlocal errors
+            http = clients[i]
             headers = {"Authorization": f"Bearer {token}"}
             while True:
                 t0 = time.perf_counter()
@@ -157,6 +163,8 @@ async def run_workers(base: str, tokens: list[str]) -> tuple[list[float], list[t
         start = time.perf_counter()
         await asyncio.gather(*(worker(i, t) for i, t in enumerate(tokens)))
         elapsed = time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
     if error_kinds:
         print(f"errors: {dict(error_kinds)}", file=sys.stderr)
     return latencies, claims, elapsed, errors
@@ -182,6 +190,16 @@ def _tree_cpu_seconds(root: int) -> float:
                 pids.add(pid)
                 frontier.append(pid)
     return sum(stats[p][1] for p in pids if p in stats)
+
+
+def _event_loop_runner():  # type: ignore[no-untyped-def]
+    """uvloop for the client too when installed (the client shares the cores with the server)."""
+    try:
+        import uvloop
+
+        return uvloop.run
+    except ImportError:
+        return asyncio.run
 
 
 def verify(url: str, tasks: int) -> dict[str, int]:
@@ -222,7 +240,8 @@ def main() -> None:
         port = _free_port()
         server = start_server(url, port, args.server_procs, args.async_commit)
         server_cpu0, client_cpu0 = _tree_cpu_seconds(server.pid), time.process_time()
-        latencies, claims, elapsed, errors = asyncio.run(run_workers(f"http://127.0.0.1:{port}", tokens))
+        runner = _event_loop_runner()
+        latencies, claims, elapsed, errors = runner(run_workers(f"http://127.0.0.1:{port}", tokens))
         server_cpu = _tree_cpu_seconds(server.pid) - server_cpu0
         client_cpu = time.process_time() - client_cpu0
         checks = verify(url, args.tasks)

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # Leasing.
     lease_ttl_s: int = Field(default=60, ge=1)
     max_task_attempts: int = Field(default=5, ge=1)
+    # Eligible workers are cached per API process for this long (claim/submit hot path): a stake loss, slash or
+    # ban takes effect within it. 0 disables the cache.
+    worker_cache_ttl_s: float = Field(default=2.0, ge=0)
     worker_heartbeat_ttl_s: int = Field(default=120, ge=1)
     requeue_interval_s: float = Field(default=10.0, gt=0)
     stake_sync_interval_s: float = Field(default=15.0, gt=0)

@@ -18,6 +18,7 @@ from market.api.schemas.common import ErrorOut
 from market.config import Settings
 from market.db.engine import make_engine, make_session_factory
 from market.services.chain_view import ChainView, chain_view_from_settings
+from market.services.workers import EligibleWorkerCache
 
 _UNSET = object()
 
@@ -59,6 +60,7 @@ def create_app(
         chain=view,  # type: ignore[arg-type]
         policy=auth_policy(settings),
         clock=clock,
+        workers=EligibleWorkerCache(settings.worker_cache_ttl_s),
     )
 
     @asynccontextmanager

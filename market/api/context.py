@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from market.config import Settings
 from market.services.auth import AuthPolicy
 from market.services.chain_view import ChainView
+from market.services.workers import EligibleWorkerCache
 
 
 def system_clock() -> datetime:
@@ -26,6 +27,7 @@ class AppContext:
     chain: ChainView | None
     policy: AuthPolicy
     clock: Callable[[], datetime] = system_clock
+    workers: EligibleWorkerCache = field(default_factory=EligibleWorkerCache)
 
 
 def auth_policy(settings: Settings) -> AuthPolicy:

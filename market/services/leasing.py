@@ -180,18 +180,20 @@ def submit_result(
     now: datetime,
 ) -> tuple[Task, bool]:
     """Record the lease holder's result; returns (task, created). Resubmitting the same result is a no-op."""
-    done = session.execute(
+    done = session.scalars(
         update(Task)
         .where(_holds(task_id, worker_id, lease_id, now))
         .values(status="submitted", result_hash=result_hash, result=result, submitted_by=worker_id,
                 submitted_at=now, lease_expires_at=None)
-    )
-    if done.rowcount == 1:  # type: ignore[attr-defined]
+        .returning(Task)  # the updated row comes back with the UPDATE: no second SELECT on the hot path
+        .execution_options(synchronize_session=False)
+    ).first()
+    if done is not None:
         session.execute(
             update(Lease).where(Lease.id == lease_id).values(status="completed", ended_at=now)
         )
         session.commit()
-        return get_task(session, task_id=task_id), True
+        return done, True
     session.rollback()
     task = get_task(session, task_id=task_id)
     if task.submitted_by == worker_id and task.lease_id == lease_id and task.status in ("submitted", "verified"):

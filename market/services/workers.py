@@ -153,3 +153,27 @@ def worker_reputation(
 
 def select_worker_id(address: str) -> Any:
     return select(Worker.id).where(Worker.address == address)
+
+
+class EligibleWorkerCache:
+    """Per-process cache of eligible workers for the claim/submit hot path (one SELECT saved per request).
+
+    Entries live `ttl_s` seconds, so a lost stake, a slash or a ban takes effect in this process within that
+    time; the lease and submit statements themselves still check the task state in the database.
+    """
+
+    def __init__(self, ttl_s: float = 2.0, max_entries: int = 50_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Worker]] = {}
+
+    def get(self, session: Session, *, address: str, min_stake: int, clock_s: float) -> Worker:
+        hit = self._entries.get(address)
+        if hit is not None and hit[0] > clock_s:
+            return hit[1]
+        worker = require_eligible(session, address=address, min_stake=min_stake)
+        session.expunge(worker)  # detached, read-only snapshot shared by this process's requests
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[address] = (clock_s + self.ttl_s, worker)
+        return worker

@@ -171,6 +171,7 @@ def make_settings(db_url: str, **overrides: Any) -> Settings:
         "rate_limit_burst": 10_000,
         "min_stake_wei": MIN_STAKE,
         "lease_ttl_s": 30,
+        "worker_cache_ttl_s": 0.0,  # tests change stake and expect the next request to see it
     }
     values.update(overrides)
     return Settings(**values)

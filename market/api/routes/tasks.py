@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
@@ -33,7 +34,8 @@ def task_out(task: Task) -> TaskOut:
 )
 def claim(body: ClaimIn, principal: WorkerDep, session: SessionDep, ctx: CtxDep, now: NowDep) -> LeaseOut | Response:
     """Lease the best-paying queued task this worker can run. Keep the lease alive with heartbeats."""
-    worker = workers.require_eligible(session, address=principal.address, min_stake=ctx.settings.min_stake_wei)
+    worker = ctx.workers.get(session, address=principal.address, min_stake=ctx.settings.min_stake_wei,
+                             clock_s=time.monotonic())
     wanted = leasing.ClaimFilter(
         kinds=body.kinds, models=body.models, memory_bytes=body.memory_bytes,
         layer_ranges=[(r.start, r.end) for r in body.layer_ranges],
@@ -59,9 +61,12 @@ def heartbeat(
 
 
 @router.post("/{task_id}/result", response_model=ResultOut)
-def submit(task_id: TaskId, body: ResultIn, principal: WorkerDep, session: SessionDep, now: NowDep) -> ResultOut:
+def submit(
+    task_id: TaskId, body: ResultIn, principal: WorkerDep, session: SessionDep, ctx: CtxDep, now: NowDep
+) -> ResultOut:
     """Submit the lease holder's result; the same result again is accepted=false, a different one 409."""
-    worker = workers.get_worker(session, address=principal.address)
+    worker = ctx.workers.get(session, address=principal.address, min_stake=ctx.settings.min_stake_wei,
+                             clock_s=time.monotonic())
     task, created = leasing.submit_result(
         session, task_id=task_id, worker_id=worker.id, lease_id=body.lease_id,
         result_hash=body.result_hash.lower(), result=body.result, now=now,
