@@ -177,3 +177,33 @@ def test_honest_workers_are_never_slashed(harness: Harness) -> None:
     assert not slashes and not false_fails, [(c.reason, c.metrics) for c in false_fails[:3]]
     assert all(set(r.parts.values()) == {"paid"} for r in results)
     assert len(checks) > 300
+
+
+def test_redelivered_tasks_change_nothing(harness: Harness) -> None:
+    """At-least-once delivery: every task run again after the job is done finds its work done."""
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from market.db import SlashRecord, VerificationCheck
+    from market.tasks.settlement import settle_job
+    from market.tasks.verification import finish_job, replay_check, slash_worker, verify_job
+    from tests.settlement.support import iter_events
+
+    net = SimNetwork()
+    cheater = net.add_worker("op-cheat", "noise_x1.10")
+    honest = [net.add_worker(f"op-{i}") for i in range(3)]
+    stake(harness, cheater)
+    (result,) = harness.wait([harness.job(net, two_part_job(net, cheater, honest[0], seed=300))])
+    assert caught(result, cheater.address)
+    with Session(harness.engine) as s:
+        checks_before = s.scalar(select(func.count()).select_from(VerificationCheck))
+        slash_id = s.scalar(select(SlashRecord.id).where(SlashRecord.job_id == result.job_id))
+    for sig in (verify_job.s(result.job_id), replay_check.s(result.checks[0].id), finish_job.s(result.job_id),
+                slash_worker.s(slash_id), settle_job.s(result.job_id)):
+        sig.apply_async().get(timeout=120)
+    with Session(harness.engine) as s:
+        assert s.scalar(select(func.count()).select_from(VerificationCheck)) == checks_before
+    client, deployment = harness.funder.client, harness.funder.deployment
+    slashed = [e for e in iter_events(client, deployment, "Slashed") if e.args["worker"] == cheater.address]
+    settled = [e for e in iter_events(client, deployment, "JobSettled")]
+    assert len(slashed) == 1 and len(settled) == 1
