@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,8 @@ BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
 GLOBAI = str(Path(sys.executable).parent / "globai")
 
 
-def monolithic(model_dir: Path, prompt: torch.Tensor, new_tokens: int, threads: int) -> dict[str, float]:
+def monolithic(model_dir: Path, prompt: torch.Tensor, new_tokens: int, threads: int,
+               with_stage: bool = True) -> dict[str, float]:
     from transformers import GenerationConfig
 
     torch.set_num_threads(threads)
@@ -56,14 +58,18 @@ def monolithic(model_dir: Path, prompt: torch.Tensor, new_tokens: int, threads: 
                                   pad_token_id=manifest.config.get("pad_token_id"))
         started = time.perf_counter()
         with torch.inference_mode():
-            model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
+            model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),  # type: ignore[operator]
+                           generation_config=config)
         return time.perf_counter() - started
 
     gen(2)  # warm-up
     prefill = min(gen(1) for _ in range(2))
     total = min(gen(new_tokens) for _ in range(3))
-    model = None
+    model = None  # type: ignore[assignment]  # free the weights before the Stage baseline loads its own
     gc.collect()
+    result = {"prefill_s": prefill, "decode_tok_s": (new_tokens - 1) / max(total - prefill, 1e-9)}
+    if not with_stage:
+        return result
     # The same layers as one in-process Stage driven like the coordinator drives workers (no sockets): separates
     # the cost of the network and processes from the difference between `generate` and the Stage code.
     from market.models.reference import run_pipeline_local
@@ -79,8 +85,7 @@ def monolithic(model_dir: Path, prompt: torch.Tensor, new_tokens: int, threads: 
     local(2)
     stage_prefill = min(local(1) for _ in range(2))
     stage_total = min(local(new_tokens) for _ in range(3))
-    return {"prefill_s": prefill, "decode_tok_s": (new_tokens - 1) / max(total - prefill, 1e-9),
-            "stage_prefill_s": stage_prefill,
+    return {**result, "stage_prefill_s": stage_prefill,
             "stage_decode_tok_s": (new_tokens - 1) / max(stage_total - stage_prefill, 1e-9)}
 
 
@@ -139,7 +144,8 @@ def splits(layers: int, n: int) -> list[str]:
 
 
 def pipeline(market: Market, model: str, accounts: list[Any], n: int, layers: int, prompt: torch.Tensor,
-             new_tokens: int, threads: int, workdir: Path) -> dict[str, float]:
+             new_tokens: int, threads: int, workdir: Path,
+             baseline: Callable[[], dict[str, float]]) -> dict[str, Any]:
     env = {**os.environ, **worker_env(threads)}
     procs = []
     for i, span in enumerate(splits(layers, n)):
@@ -160,7 +166,14 @@ def pipeline(market: Market, model: str, accounts: list[Any], n: int, layers: in
                 time.sleep(0.5)
             run = lambda k: generate(http, model, prompt, k)  # noqa: E731
             run(2)  # warm-up: first-call allocations on every stage
-            done = min((run(new_tokens) for _ in range(3)), key=lambda d: d["timings"]["decode_s"])
+            # Side by side: pipeline runs alternate with monolithic runs (the workers sit idle meanwhile), so
+            # both see the same background load; the best of each counts.
+            runs, bases = [], []
+            for _ in range(3):
+                bases.append(baseline())
+                runs.append(run(new_tokens))
+            done = min(runs, key=lambda d: d["timings"]["decode_s"])
+            base = max(bases, key=lambda b: b["decode_tok_s"])
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -171,7 +184,8 @@ def pipeline(market: Market, model: str, accounts: list[Any], n: int, layers: in
                 p.kill()
     t = done["timings"]
     return {"prefill_s": t["prefill_s"], "decode_tok_s": (new_tokens - 1) / t["decode_s"],
-            "hop_ms": t.get("hop_overhead_ms_p50", float("nan")), "tokens": done["tokens"]}
+            "hop_ms": t.get("hop_overhead_ms_p50", float("nan")), "tokens": done["tokens"],
+            "mono_decode_tok_s": base["decode_tok_s"], "mono_prefill_s": base["prefill_s"]}
 
 
 def generate(http: httpx.Client, model: str, prompt: torch.Tensor, new_tokens: int) -> dict[str, Any]:
@@ -202,31 +216,47 @@ def section(args: argparse.Namespace, mono: dict[str, float], rows: dict[int, di
         f"({params_m:.0f}M parameters, float32), batch 1, prompt {prompt_len} tokens, greedy, "
         f"{args.new_tokens} new tokens, {args.threads} torch threads in every process "
         "(`OMP_WAIT_POLICY=PASSIVE` everywhere, monolithic in its own process too). Decode tokens/s excludes "
-        "prefill. Pipeline figures are through "
+        "prefill; each pipeline figure is the best of 3 runs that alternate with 3 monolithic runs (in their own "
+        "process, best of 3 each) while the workers sit idle, so both sides see the same background load; the "
+        "ratio compares them. Pipeline figures are through "
         "`POST /v1/inference` on a real `globai market serve` with `globai worker run` processes on loopback.",
         "",
-        "| setup | decode tokens/s | vs monolithic | prefill tokens/s | per-hop overhead (p50, ms) |",
-        "|---|---:|---:|---:|---:|",
-        f"| monolithic `generate` (1 process) | {mono['decode_tok_s']:.1f} | 1.00x | "
+        "| setup | decode tokens/s | monolithic, same window | ratio | prefill tokens/s | per-hop overhead (p50) |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| monolithic `generate` (1 process, best window) | {mono['decode_tok_s']:.1f} | - | 1.00x | "
         f"{prompt_len / mono['prefill_s']:.0f} | - |",
-        f"| one in-process `Stage` [0, {args.layers}) (no sockets) | {mono['stage_decode_tok_s']:.1f} | "
+        f"| one in-process `Stage` [0, {args.layers}) (no sockets) | {mono['stage_decode_tok_s']:.1f} | - | "
         f"{mono['stage_decode_tok_s'] / mono['decode_tok_s']:.2f}x | {prompt_len / mono['stage_prefill_s']:.0f} | - |",
     ]
     for n, r in rows.items():
         lines.append(f"| pipeline, {n} worker process{'es' if n > 1 else ''} | {r['decode_tok_s']:.1f} | "
-                     f"{r['decode_tok_s'] / mono['decode_tok_s']:.2f}x | {prompt_len / r['prefill_s']:.0f} | "
-                     f"{r['hop_ms']:.2f} |")
+                     f"{r['mono_decode_tok_s']:.1f} | {r['decode_tok_s'] / r['mono_decode_tok_s']:.2f}x | "
+                     f"{prompt_len / r['prefill_s']:.0f} | {r['hop_ms']:.2f} ms |")
     four = rows.get(4)
     same = "yes" if exact else "NO"
     lines += ["", f"Greedy tokens identical to monolithic `generate` in every pipeline run: {same}."]
     if four is not None:
-        ratio = four["decode_tok_s"] / mono["decode_tok_s"]
+        ratio = four["decode_tok_s"] / four["mono_decode_tok_s"]
         lines += [
             "",
             f"Goals: >= 0.90x monolithic at 4 stages: {'met' if ratio >= 0.9 else 'not met'} ({ratio:.2f}x); "
             f"per-hop overhead < 2 ms: {'met' if four['hop_ms'] < 2 else 'not met'} ({four['hop_ms']:.2f} ms).",
         ]
+    lines += ["", NOTES]
     return "\n".join(lines) + "\n"
+
+
+NOTES = """Notes (what is and is not measurable here). These cores are shared with other engineers' test runs (load
+average 4-15 while measuring), so absolute tokens/s move by +-30 % from minute to minute; the pipeline/monolithic
+ratio is only meaningful against a monolithic run in the same window, which is why the runs alternate. Across
+five full runs on 2026-11-22 the 4-stage ratio read 1.09x, 0.87x, 1.30x, 0.60x and 0.97x (the run above); the
+first four compared against monolithic runs made minutes apart (before, or best of before/after the pipeline).
+The per-hop overhead is the stable figure: 1.3-1.8 ms p50 in every run (coordinator encode + loopback WebSocket
+both ways + worker decode/validate/encode + commitment bookkeeping; the worker's own compute is excluded), i.e.
+about 4 x 1.5 ms = 6 ms per token at 4 stages against ~60-70 ms of compute per token for this model, which bounds
+the 4-stage ratio at ~0.9x on an idle machine. With 2 cores, 4 worker processes never compute at the same time
+for one sequence (a pipeline of one sequence is sequential), so the idle stages must not spin:
+`OMP_WAIT_POLICY=PASSIVE` is set for every process, including the monolithic baseline."""
 
 
 def replace_section(text: str, body: str) -> str:
@@ -246,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default="1,2,4")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--monolithic-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-stage", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     command = "python bench/pipeline.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
 
@@ -261,14 +292,18 @@ def main(argv: list[str] | None = None) -> int:
     prompt = torch.randint(3, manifest.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(0))
 
     if args.monolithic_only:  # the child process below: same thread settings as the workers
-        print(json.dumps(monolithic(model_dir, prompt, args.new_tokens, args.threads)))
+        print(json.dumps(monolithic(model_dir, prompt, args.new_tokens, args.threads, not args.no_stage)))
         return 0
+    def measure_monolithic(with_stage: bool = True) -> dict[str, float]:
+        child = subprocess.run(
+            [sys.executable, __file__, "--monolithic-only", "--hidden", str(args.hidden), "--layers",
+             str(args.layers), "--prompt", str(args.prompt), "--new-tokens", str(args.new_tokens), "--threads",
+             str(args.threads), *([] if with_stage else ["--no-stage"])],
+            env={**os.environ, **worker_env(args.threads)}, check=True, capture_output=True, text=True)
+        return dict(json.loads(child.stdout.strip().splitlines()[-1]))
+
     print("monolithic generate ...", flush=True)
-    child = subprocess.run(
-        [sys.executable, __file__, "--monolithic-only", "--hidden", str(args.hidden), "--layers", str(args.layers),
-         "--prompt", str(args.prompt), "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)],
-        env={**os.environ, **worker_env(args.threads)}, check=True, capture_output=True, text=True)
-    mono = json.loads(child.stdout.strip().splitlines()[-1])
+    mono = measure_monolithic()
     from market.models.reference import generate_reference
 
     expected = generate_reference(model_dir, prompt, args.new_tokens).tolist()
@@ -289,15 +324,20 @@ def main(argv: list[str] | None = None) -> int:
         for n in (int(x) for x in args.stages.split(",")):
             print(f"pipeline with {n} worker processes ...", flush=True)
             row = pipeline(market, manifest.name, accounts, n, args.layers, prompt, args.new_tokens, args.threads,
-                           workdir)
-            exact &= row.pop("tokens") == expected  # type: ignore[comparison-overlap]
+                           workdir, lambda: measure_monolithic(with_stage=False))
+            exact &= row.pop("tokens") == expected
             rows[n] = row
-            print(f"  decode {row['decode_tok_s']:.1f} tok/s ({row['decode_tok_s'] / mono['decode_tok_s']:.2f}x), "
-                  f"prefill {args.prompt / row['prefill_s']:.0f} tok/s, hop {row['hop_ms']:.2f} ms", flush=True)
+            print(f"  decode {row['decode_tok_s']:.1f} tok/s vs monolithic {row['mono_decode_tok_s']:.1f} "
+                  f"({row['decode_tok_s'] / row['mono_decode_tok_s']:.2f}x), prefill "
+                  f"{args.prompt / row['prefill_s']:.0f} tok/s, hop {row['hop_ms']:.2f} ms", flush=True)
     finally:
         if market is not None:
             market.stop()
         anvil.stop()
+    # The headline monolithic figure is the best seen in any window.
+    for row in rows.values():
+        mono["decode_tok_s"] = max(mono["decode_tok_s"], row["mono_decode_tok_s"])
+        mono["prefill_s"] = min(mono["prefill_s"], row["mono_prefill_s"])
     body = section(args, mono, rows, args.prompt, exact, command, params_m)
     print()
     print(body)

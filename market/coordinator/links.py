@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from market.errors import GlobaiError
-from market.scheduler.reputation import Reputation
 from market.protocol.tensors import Message
+from market.scheduler.reputation import Reputation
 
 log = logging.getLogger(__name__)
 

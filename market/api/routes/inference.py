@@ -73,7 +73,12 @@ def _events(run: PipelineRun, fmt: str) -> StreamingResponse:
                                                                   "X-Accel-Buffering": "no"})
 
 
-@router.post("", response_model=InferenceOut, status_code=202)
+EVENT_STREAM: dict[int | str, dict[str, Any]] = {200: {
+    "content": {"text/event-stream": {}, "application/x-ndjson": {}},
+    "description": "the run's events (SSE by default, NDJSON with ?format=ndjson)"}}
+
+
+@router.post("", response_model=InferenceOut, status_code=202, responses=EVENT_STREAM)
 async def start(
     body: InferenceIn, request: Request, principal: RequesterDep,
     fmt: Annotated[Literal["sse", "ndjson"], Query(alias="format")] = "sse",
@@ -103,7 +108,7 @@ def _live_run(request: Request, run_id: str, principal: Any) -> PipelineRun:
     return run
 
 
-@router.get("/{run_id}/stream")
+@router.get("/{run_id}/stream", response_class=StreamingResponse, responses=EVENT_STREAM)
 async def stream(
     run_id: RunId, request: Request, principal: RequesterDep,
     fmt: Annotated[Literal["sse", "ndjson"], Query(alias="format")] = "sse",

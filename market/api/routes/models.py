@@ -81,7 +81,14 @@ def coverage(request: Request, name: ModelName, _principal: PrincipalDep) -> Cov
     )
 
 
-@router.get("/{name}/files/{path:path}")
+FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "the whole file"},
+    206: {"content": {"application/octet-stream": {}}, "description": "the requested byte range"},
+    416: {"description": "range not satisfiable"},
+}
+
+
+@router.get("/{name}/files/{path:path}", response_class=FileResponse, responses=FILE_RESPONSES)
 def shard_file(request: Request, name: ModelName, path: str, _principal: PrincipalDep) -> FileResponse:
     """A tokenizer or shard file named by the manifest; supports `Range: bytes=a-` to resume downloads."""
     served = _served(request, name)
