@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, case, false, insert, literal, or_, select, update
+from sqlalchemy import and_, bindparam, case, false, insert, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -100,34 +101,74 @@ def claim_task(
     return None
 
 
-def _claim_postgres(
-    session: Session, *, worker: Worker, wanted: ClaimFilter, expires: datetime, now: datetime
-) -> Claimed | None:
-    """Pick, lease and record the lease in one statement (one round trip on the hot path):
+@lru_cache(maxsize=64)
+def _claim_statement(n_ranges: int, reserved: bool) -> Any:
+    """The Postgres claim statement for one query shape, built once: constructing this CTE (every Task column
+    proxied twice) cost more CPU than running it. Values are bind parameters (see `_claim_postgres`).
 
     WITH picked AS (SELECT id ... ORDER BY priority DESC ... LIMIT 1 FOR UPDATE SKIP LOCKED),
          upd AS (UPDATE tasks ... WHERE id = picked.id AND status = 'queued' RETURNING tasks.*),
          ins AS (INSERT INTO leases SELECT ... FROM upd)
     SELECT * FROM upd
     """
-    lease_id = new_id()
-    candidates = _candidates(worker, wanted, now).with_only_columns(Task.id)
-    picked = candidates.limit(1).with_for_update(skip_locked=True).cte("picked")
+    now = bindparam("p_now", type_=UtcDateTime())
+    expires = bindparam("p_expires", type_=UtcDateTime())
+    ranges = [
+        and_(Task.layer_start >= bindparam(f"p_lo{i}"), Task.layer_end <= bindparam(f"p_hi{i}"))
+        for i in range(n_ranges)
+    ]
+    picked = select(Task.id).where(
+        Task.status == "queued",
+        Task.kind.in_(bindparam("p_kinds", expanding=True)),
+        Task.model.in_(bindparam("p_models", expanding=True)),
+        Task.memory_bytes <= bindparam("p_memory"),
+        Task.deadline > now,
+        or_(*ranges) if ranges else false(),
+        or_(Task.exclude_operator.is_(None), Task.exclude_operator != bindparam("p_operator")),
+    )
+    if reserved:
+        picked = picked.order_by(case((Task.job_id == bindparam("p_reserved"), 0), else_=1))
+    picked_cte = (
+        picked.order_by(Task.priority.desc(), Task.deadline, Task.created_at, Task.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+    )
     upd = (
         update(Task)
-        .where(Task.id == picked.c.id, Task.status == "queued")
-        .values(status="leased", lease_id=lease_id, leased_by=worker.id, lease_expires_at=expires,
-                attempts=Task.attempts + 1)
+        .where(Task.id == picked_cte.c.id, Task.status == "queued")
+        .values(status="leased", lease_id=bindparam("p_lease_id"), leased_by=bindparam("p_worker_id"),
+                lease_expires_at=expires, attempts=Task.attempts + 1)
         .returning(*Task.__table__.columns)
         .cte("upd")
     )
     ins = insert(Lease).from_select(
         ["id", "task_id", "worker_id", "status", "created_at", "expires_at", "heartbeat_at"],
-        select(literal(lease_id), upd.c.id, literal(worker.id), literal("active"), literal(now, UtcDateTime()),
-               literal(expires, UtcDateTime()), literal(now, UtcDateTime())),
+        select(bindparam("p_lease_id"), upd.c.id, bindparam("p_worker_id"), literal("active"), now, expires, now),
     ).cte("ins")
-    leased = aliased(Task, upd)
-    task = session.scalars(select(leased).add_cte(ins)).first()
+    return select(aliased(Task, upd)).add_cte(ins)
+
+
+def _claim_postgres(
+    session: Session, *, worker: Worker, wanted: ClaimFilter, expires: datetime, now: datetime
+) -> Claimed | None:
+    """Pick, lease and record the lease in one statement (one round trip on the hot path)."""
+    lease_id = new_id()
+    params: dict[str, Any] = {
+        "p_now": now,
+        "p_expires": expires,
+        "p_kinds": list(wanted.kinds),
+        "p_models": list(wanted.models),
+        "p_memory": min(wanted.memory_bytes, worker.memory_bytes),
+        "p_operator": worker.operator_id,
+        "p_lease_id": lease_id,
+        "p_worker_id": worker.id,
+        "p_reserved": worker.reserved_job_id,
+    }
+    for i, (lo, hi) in enumerate(wanted.layer_ranges):
+        params[f"p_lo{i}"], params[f"p_hi{i}"] = lo, hi
+    statement = _claim_statement(len(wanted.layer_ranges), worker.reserved_job_id is not None)
+    task = session.scalars(statement, params).first()
     if task is None:
         session.rollback()
         return None
