@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -41,7 +40,9 @@ async def get_session(ctx: CtxDep) -> AsyncIterator[Session]:
     try:
         yield session
     finally:
-        await run_in_threadpool(session.close)  # may roll back an open read transaction: blocking I/O
+        # Closing inline, not via another thread hop: writes have committed or rolled back already, so this only
+        # returns the connection to the pool (after a read, a local ROLLBACK round trip of well under 1 ms).
+        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
