@@ -37,3 +37,51 @@ def test_greedy_through_market_equals_generate(
     finally:
         for w in workers:
             w.stop()
+
+
+def test_seeded_sampling_and_signed_evidence(
+    market: MarketServer, requester: Requester, staked: list[LocalAccount], tiny_model: Path, tmp_path: Path
+) -> None:
+    from sqlalchemy import select
+
+    from market.coordinator.sampling import Sampler, SamplingParams
+    from market.db.engine import make_engine, make_session_factory
+    from market.db.inference import StageCommitment, StageRecord
+    from market.models.reference import run_pipeline_local
+    from market.protocol.commitments import SignedCommitment, verify_commitment
+    from tests.runtime.test_runtime_failover import wait_finished
+    from worker.stage import Stage
+
+    workers = [InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}")
+               for i, layers in enumerate(["0:2", "2:4"])]
+    try:
+        market.wait_workers(2)
+        prompt = _prompts(batch=2, length=40, seed=11)  # > 32 positions: full chunks get committed mid-run
+        params = {"temperature": 0.9, "top_p": 0.8, "seed": 1234}
+        first = requester.generate(prompt.tolist(), 8, **params)
+        second = requester.generate(prompt.tolist(), 8, **params)
+        assert first["tokens"] == second["tokens"]
+        local = run_pipeline_local([Stage(tiny_model, 0, 2), Stage(tiny_model, 2, 4)], prompt, 8,
+                                   sample=Sampler(SamplingParams(**params)))
+        assert first["tokens"] == local.tolist()
+
+        info = wait_finished(requester, first["id"])
+        assert info["status"] == "completed"
+        engine = make_engine(market.settings.database_url)
+        with make_session_factory(engine)() as session:
+            records = session.scalars(select(StageRecord).where(StageRecord.run_id == first["id"])).all()
+            rows = session.scalars(select(StageCommitment).where(StageCommitment.run_id == first["id"])).all()
+        engine.dispose()
+        assert sorted({(r.layer_start, r.step) for r in records}) == [(s, t) for s in (0, 2) for t in range(8)]
+        assert all(market.coordinator.blobs.has(r.input_blob) for r in records)
+        chunks = [r for r in rows if r.chunk_index is not None]
+        roots = [r for r in rows if r.chunk_index is None]
+        assert {r.worker_address for r in roots} == {staked[0].address, staked[1].address}
+        for row in chunks:
+            signed = SignedCommitment.from_json(row.body)
+            assert verify_commitment(signed, row.worker_address)
+        # stage 0 committed 2 sequences x 2 chunks (positions 0..46); the last stage one chunk per sequence
+        assert len([r for r in chunks if r.stage == 0]) == 4 and len([r for r in chunks if r.stage == 2]) == 2
+    finally:
+        for w in workers:
+            w.stop()
