@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         + " New or recently failed workers are checked at p >= 0.75 on purpose, which costs more until they have a "
         "verified history. Worker-side commitments (a top-k sketch and an ECDSA signature per 32-token chunk, plus "
         f"the signed root) cost {min(commit_shares):.0f}-{max(commit_shares):.0f} % of this tiny model's job: a "
-        "fixed cost per chunk (Python sketching + signing), independent of model size, so its share shrinks on real models.",
+        "fixed cost per chunk (Python sketching + signing), independent of model size, so its share shrinks on "
+        "real models.",
         "",
         f"**Replay vs generation** (one stage, 256 positions): prefill {pre:,.0f} tokens/s vs decode {dec:,.0f} "
         f"tokens/s at batch 4 ({pre / dec:.0f}x); batch 1: {pre1:,.0f} vs {dec1:,.0f} tokens/s ({pre1 / dec1:.0f}x). "
