@@ -118,7 +118,7 @@ def chain_events(
     session: SessionDep,
     event: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z]+$")] = None,
     contract: Annotated[str | None, Query(pattern=r"^0x[0-9a-fA-F]{40}$")] = None,
-    from_block: Annotated[int, Query(ge=0)] = 0,
+    from_block: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # a block number fits a signed 64-bit column
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Page[EventOut]:
