@@ -40,8 +40,12 @@ from market.services.chain_view import chain_job_id  # noqa: E402
 from market.services.jobs import TaskSpec, enqueue_tasks  # noqa: E402
 
 SECRET = "bench-secret-" + "0123456789abcdef" * 3
-CLAIM = {"kinds": ["train"], "models": ["bench-model"], "layer_ranges": [{"start": 0, "end": 8}],
-         "memory_bytes": 1 << 34}
+CLAIM = {
+    "kinds": ["train"],
+    "models": ["bench-model"],
+    "layer_ranges": [{"start": 0, "end": 8}],
+    "memory_bytes": 1 << 34,
+}
 
 
 def _free_port() -> int:
@@ -72,16 +76,42 @@ def seed(url: str, workers: int, tasks: int) -> list[str]:
     with make_session_factory(engine)() as session:
         for i in range(workers):
             address = "0x" + f"{i + 1:040x}"
-            session.add(Worker(address=address, operator_id=f"op-{i}", device="cpu", memory_bytes=1 << 34,
-                               throughput_tokens_s=1000, bandwidth_bytes_s=1e8, latency_ms=5,
-                               reference_layer="ref", models=["bench-model"], stake=10**20, eligible=True,
-                               stake_block=1))
-            tokens.append(encode_token(Principal(address, frozenset({"worker"}), int(now.timestamp()) + 3600),
-                                       secret=SECRET.encode()))
+            session.add(
+                Worker(
+                    address=address,
+                    operator_id=f"op-{i}",
+                    device="cpu",
+                    memory_bytes=1 << 34,
+                    throughput_tokens_s=1000,
+                    bandwidth_bytes_s=1e8,
+                    latency_ms=5,
+                    reference_layer="ref",
+                    models=["bench-model"],
+                    stake=10**20,
+                    eligible=True,
+                    stake_block=1,
+                )
+            )
+            tokens.append(
+                encode_token(
+                    Principal(address, frozenset({"worker"}), int(now.timestamp()) + 3600), secret=SECRET.encode()
+                )
+            )
         job_uuid = str(uuid.uuid4())
-        job = Job(id=job_uuid, chain_job_id=chain_job_id(job_uuid), requester="0x" + "ff" * 20, kind="training",
-                  model="bench-model", spec={}, spec_hash="0x" + "00" * 32, budget=tasks, price_per_unit=1,
-                  max_units=tasks, deadline=now + timedelta(hours=2), status="funded")
+        job = Job(
+            id=job_uuid,
+            chain_job_id=chain_job_id(job_uuid),
+            requester="0x" + "ff" * 20,
+            kind="training",
+            model="bench-model",
+            spec={},
+            spec_hash="0x" + "00" * 32,
+            budget=tasks,
+            price_per_unit=1,
+            max_units=tasks,
+            deadline=now + timedelta(hours=2),
+            status="funded",
+        )
         session.add(job)
         session.flush()
         spec = TaskSpec(kind="train", model="bench-model", layer_start=0, layer_end=4, memory_bytes=0, units=1)
@@ -92,14 +122,42 @@ def seed(url: str, workers: int, tasks: int) -> list[str]:
 
 
 def start_server(url: str, port: int, procs: int, async_commit: bool) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "GLOBAI_PROFILE": "test", "GLOBAI_AUTH_SECRET": SECRET, "GLOBAI_DATABASE_URL": url,
-           "GLOBAI_DB_ASYNC_COMMIT": "true" if async_commit else "false",
-           # Postgres' max_connections is shared (100 by default): 2 processes x (8 + 8 overflow) stays well inside.
-           "GLOBAI_DB_POOL_SIZE": "8",
-           "GLOBAI_RATE_LIMIT_PER_S": "100000", "GLOBAI_RATE_LIMIT_BURST": "100000", "GLOBAI_LEASE_TTL_S": "300"}
-    cmd = [sys.executable, "-m", "uvicorn", "market.api.asgi:app_factory", "--factory", "--host", "127.0.0.1",
-           "--port", str(port), "--workers", str(procs), "--log-level", "warning", "--no-access-log",
-           "--loop", "uvloop", "--http", "httptools", "--timeout-keep-alive", "60", "--backlog", "4096"]
+    env = {
+        **os.environ,
+        "GLOBAI_PROFILE": "test",
+        "GLOBAI_AUTH_SECRET": SECRET,
+        "GLOBAI_DATABASE_URL": url,
+        "GLOBAI_DB_ASYNC_COMMIT": "true" if async_commit else "false",
+        # Postgres' max_connections is shared (100 by default): 2 processes x (8 + 8 overflow) stays well inside.
+        "GLOBAI_DB_POOL_SIZE": "8",
+        "GLOBAI_RATE_LIMIT_PER_S": "100000",
+        "GLOBAI_RATE_LIMIT_BURST": "100000",
+        "GLOBAI_LEASE_TTL_S": "300",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "market.api.asgi:app_factory",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(procs),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--timeout-keep-alive",
+        "60",
+        "--backlog",
+        "4096",
+    ]
     log = open(os.environ.get("GLOBAI_BENCH_SERVER_LOG", os.devnull), "ab")  # noqa: SIM115 (lives with the server)
     server = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=log)
     deadline = time.monotonic() + 300  # the app imports torch (inference routes): slow on a loaded machine
@@ -122,8 +180,7 @@ async def run_workers(base: str, tokens: list[str]) -> tuple[list[float], list[t
     error_kinds: Counter[str] = Counter()
     # One client (one keep-alive connection) per simulated worker, as real workers would have: a single shared
     # pool of 100 connections costs the client O(pool) work per request and made the client the bottleneck.
-    clients = [httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=1))
-               for _ in tokens]
+    clients = [httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=1)) for _ in tokens]
     try:
 
         async def worker(i: int, token: str) -> None:
@@ -149,8 +206,11 @@ async def run_workers(base: str, tokens: list[str]) -> tuple[list[float], list[t
                 claims.append((lease["task"]["id"], i))
                 for _attempt in range(3):  # submit is idempotent, so retrying after a transport error is safe
                     try:
-                        s = await http.post(f"/v1/tasks/{lease['task']['id']}/result", headers=headers,
-                                            json={"lease_id": lease["lease_id"], "result_hash": "0x" + "ab" * 32})
+                        s = await http.post(
+                            f"/v1/tasks/{lease['task']['id']}/result",
+                            headers=headers,
+                            json={"lease_id": lease["lease_id"], "result_hash": "0x" + "ab" * 32},
+                        )
                     except httpx.TransportError as exc:
                         errors += 1
                         error_kinds[type(exc).__name__] += 1
@@ -209,8 +269,12 @@ def verify(url: str, tasks: int) -> dict[str, int]:
         per_task = session.execute(select(Lease.task_id, func.count()).group_by(Lease.task_id)).all()
         submitted = session.scalar(select(func.count()).where(Task.status == "submitted")) or 0
     engine.dispose()
-    return {"leases": int(leases), "tasks_with_2plus_leases": sum(1 for _, n in per_task if n > 1),
-            "submitted": int(submitted), "tasks": tasks}
+    return {
+        "leases": int(leases),
+        "tasks_with_2plus_leases": sum(1 for _, n in per_task if n > 1),
+        "submitted": int(submitted),
+        "tasks": tasks,
+    }
 
 
 def write_section(text: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
@@ -227,8 +291,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=100)
     parser.add_argument("--tasks", type=int, default=6000)
     parser.add_argument("--server-procs", type=int, default=2)
-    parser.add_argument("--pg-url", default=os.environ.get("GLOBAI_TEST_PG_URL",
-                                                          "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    parser.add_argument(
+        "--pg-url", default=os.environ.get("GLOBAI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    )
     parser.add_argument("--async-commit", action="store_true", help="GLOBAI_DB_ASYNC_COMMIT=true on the server")
     parser.add_argument("--no-write", action="store_true", help="don't update BENCHMARKS.md")
     args = parser.parse_args()

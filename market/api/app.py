@@ -84,8 +84,10 @@ def create_app(
     app.include_router(verification.router, responses=ERROR_RESPONSES)  # replays for the Celery verifiers
     app.include_router(training_routes.router, responses=ERROR_RESPONSES)
     # Outermost first: oversized bodies are refused before they count against anyone's rate limit.
-    app.add_middleware(RateLimit, rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst,
-                       secret=ctx.policy.secret)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
-                       path_limits=training_routes.upload_limits(settings))
+    app.add_middleware(
+        RateLimit, rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst, secret=ctx.policy.secret
+    )
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, path_limits=training_routes.upload_limits(settings)
+    )
     return app

@@ -63,7 +63,8 @@ async def _handle(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _data_error(_request: Request, exc: Exception) -> JSONResponse:
     # The database refused a value that passed validation (e.g. a NUL character, which Postgres text cannot
-    # hold, or a number out of a column's range): the client's input is at fault, not the server.
+    # hold, or a number out of a column's range): the client's input is at fault, not the server. Routes should
+    # bound their inputs so this is never reached; this keeps a missed bound from being a 500.
     log.info("database refused a request value: %s", exc.__class__.__name__)
     return error_response(400, "InvalidValue", "a value in the request cannot be stored (e.g. NUL character)")
 
@@ -71,3 +72,5 @@ async def _data_error(_request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GlobaiError, _handle)
     app.add_exception_handler(DataError, _data_error)
+    # The SQLite driver raises a bare OverflowError for integers beyond 64 bits (Postgres: DataError above).
+    app.add_exception_handler(OverflowError, _data_error)

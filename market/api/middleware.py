@@ -28,8 +28,7 @@ async def _send_json(send: Send, status: int, body: dict[str, str], headers: lis
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
-                        *headers],
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()), *headers],
         }
     )
     await send({"type": "http.response.body", "body": raw})
@@ -77,8 +76,9 @@ class BodySizeLimit:
             chunks.append(body)
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}],
-                                      receive), send)
+        await self.app(
+            scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive), send
+        )
 
     async def _too_large(self, send: Send, limit: int) -> None:
         await _send_json(send, 413, {"error": "PayloadTooLarge", "detail": f"body over {limit} bytes"}, [])
@@ -152,7 +152,11 @@ class RateLimit:
         wait = self._take(self._key(scope), time.monotonic())
         if wait > 0:
             retry = str(max(1, round(wait)))
-            await _send_json(send, 429, {"error": "RateLimited", "detail": f"retry after {retry}s"},
-                             [(b"retry-after", retry.encode())])
+            await _send_json(
+                send,
+                429,
+                {"error": "RateLimited", "detail": f"retry after {retry}s"},
+                [(b"retry-after", retry.encode())],
+            )
             return
         await self.app(scope, receive, send)

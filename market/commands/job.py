@@ -63,12 +63,23 @@ class MarketClient:
             raise MarketRequestFailed(nonce.status_code, nonce.text[:300])
         n = nonce.json()
         now = datetime.now(UTC)
-        message = build_message(domain=n["domain"], address=self.account.address, uri=n["uri"],
-                                chain_id=n["chain_id"], nonce=n["nonce"], issued_at=now,
-                                expiration_time=now + timedelta(minutes=5))
-        verified = self.http.post("/v1/auth/verify", json={
-            "message": message.to_text(), "signature": sign_message(message, self.account.key),
-            "roles": ["requester"]})
+        message = build_message(
+            domain=n["domain"],
+            address=self.account.address,
+            uri=n["uri"],
+            chain_id=n["chain_id"],
+            nonce=n["nonce"],
+            issued_at=now,
+            expiration_time=now + timedelta(minutes=5),
+        )
+        verified = self.http.post(
+            "/v1/auth/verify",
+            json={
+                "message": message.to_text(),
+                "signature": sign_message(message, self.account.key),
+                "roles": ["requester"],
+            },
+        )
         if verified.status_code != 200:
             raise MarketRequestFailed(verified.status_code, verified.text[:300])
         self.token = str(verified.json()["access_token"])
@@ -115,8 +126,13 @@ def post(
     units = model.model_validate(spec).units()
     _, client = _client(market, key_file)
     deadline = datetime.now(UTC) + timedelta(hours=hours)
-    body = {"spec": spec, "price_per_unit": price, "budget": budget or str(int(price) * units),
-            "deadline": deadline.isoformat(), "replicas": replicas}
+    body = {
+        "spec": spec,
+        "price_per_unit": price,
+        "budget": budget or str(int(price) * units),
+        "deadline": deadline.isoformat(),
+        "replicas": replicas,
+    }
     _echo(client.request("POST", "/v1/jobs", json=body))
 
 
@@ -140,12 +156,19 @@ def fund(
     contract = chain.contract("JobEscrow", escrow["escrow_address"])
     token = str(chain.call(contract.functions.token()))
     amount = int(escrow["amount"])
-    permit = sign_glb_permit(chain, client.account, token=token, spender=contract.address, value=amount,
-                             deadline=int(escrow["deadline"]))
+    permit = sign_glb_permit(
+        chain, client.account, token=token, spender=contract.address, value=amount, deadline=int(escrow["deadline"])
+    )
     receipt = chain.transact(
         contract.functions.fundJobWithPermit(
-            bytes.fromhex(escrow["job_id"][2:]), amount, bytes.fromhex(escrow["spec_hash"][2:]),
-            int(escrow["deadline"]), permit.deadline, permit.v, permit.r, permit.s,
+            bytes.fromhex(escrow["job_id"][2:]),
+            amount,
+            bytes.fromhex(escrow["spec_hash"][2:]),
+            int(escrow["deadline"]),
+            permit.deadline,
+            permit.v,
+            permit.r,
+            permit.s,
         ),
         client.account,
     )

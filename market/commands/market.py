@@ -32,8 +32,11 @@ def _settings_with_devnet_addresses(settings: Settings) -> Settings:
     if client.chain_id != settings.chain_id:
         raise ConfigError(f"RPC chain id {client.chain_id} != GLOBAI_CHAIN_ID {settings.chain_id}")
     return settings.model_copy(
-        update={"staking_vault_address": record.vault, "job_escrow_address": record.escrow,
-                "token_address": record.token}
+        update={
+            "staking_vault_address": record.vault,
+            "job_escrow_address": record.escrow,
+            "token_address": record.token,
+        }
     )
 
 
@@ -100,10 +103,12 @@ def sync() -> None:
     try:
         with make_session_factory(engine)() as session:
             now = datetime.now(UTC)
-            stakes = sync_stakes(session, chain, now=now, page=settings.log_page_blocks,
-                                 confirmations=settings.confirmations)
-            escrow = sync_escrow(session, chain, now=now, page=settings.log_page_blocks,
-                                 confirmations=settings.confirmations)
+            stakes = sync_stakes(
+                session, chain, now=now, page=settings.log_page_blocks, confirmations=settings.confirmations
+            )
+            escrow = sync_escrow(
+                session, chain, now=now, page=settings.log_page_blocks, confirmations=settings.confirmations
+            )
     finally:
         engine.dispose()
     typer.echo(f"stake events {stakes.events}, escrow events {escrow.events}, up to block {stakes.to_block}")

@@ -18,8 +18,9 @@ def make_engine(url: str, *, pool_size: int = 10, async_commit: bool = False, ec
         return _sqlite_engine(url, echo=echo)
     connect_args = {"options": "-c synchronous_commit=off"} if async_commit else {}
     # No pool_pre_ping: it costs a round trip per request; stale connections are recycled instead.
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
-                         connect_args=connect_args, echo=echo)
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800, connect_args=connect_args, echo=echo
+    )
 
 
 def _sqlite_engine(url: str, *, echo: bool) -> Engine:

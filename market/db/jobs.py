@@ -54,9 +54,7 @@ class Job(Base):
 
 class Task(Base):
     __tablename__ = "tasks"
-    __table_args__ = (
-        UniqueConstraint("job_id", "index", name="uq_tasks_job_index"),
-    )
+    __table_args__ = (UniqueConstraint("job_id", "index", name="uq_tasks_job_index"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)

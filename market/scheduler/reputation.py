@@ -53,9 +53,7 @@ def _decay(age_s: float, half_life_s: float) -> float:
     return 0.5 ** (max(age_s, 0.0) / half_life_s)
 
 
-def reputation(
-    outcomes: Iterable[Outcome], *, now: datetime, params: ReputationParams = DEFAULT_PARAMS
-) -> Reputation:
+def reputation(outcomes: Iterable[Outcome], *, now: datetime, params: ReputationParams = DEFAULT_PARAMS) -> Reputation:
     ordered = sorted(outcomes, key=lambda o: o.at)
     last_slash = max((i for i, o in enumerate(ordered) if o.kind == SLASH), default=None)
     alpha, beta, evidence = params.prior_alpha, params.prior_beta, 0.0

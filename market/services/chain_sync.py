@@ -54,8 +54,8 @@ def _store_event(session: Session, chain_id: int, event: ChainLog) -> bool:
     }
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(ChainEvent).values(**values).on_conflict_do_nothing(
-        index_elements=["chain_id", "tx_hash", "log_index"]
+    stmt = (
+        insert(ChainEvent).values(**values).on_conflict_do_nothing(index_elements=["chain_id", "tx_hash", "log_index"])
     )
     return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
 
@@ -119,7 +119,11 @@ def sync_stakes(
             if event.name == "Slashed":
                 worker.last_slash_at = now
                 record_outcome(
-                    session, worker_id=worker.id, kind="slash", now=now, job_id=None,
+                    session,
+                    worker_id=worker.id,
+                    kind="slash",
+                    now=now,
+                    job_id=None,
                     detail=f"slashed {event.args.get('amount')} in {event.tx_hash}",
                 )
         for worker_id in touched:
@@ -129,13 +133,18 @@ def sync_stakes(
             # Read the authoritative stake at the page's last block rather than replaying deltas: a worker that
             # registered mid-page already holds a newer reading, and `apply_stake` keeps the newest.
             stake, unbonding = chain.stake_of(worker.address, block=end_block)
-            apply_stake(session, worker=worker, stake=stake, unbonding=unbonding, block=end_block,
-                        min_stake=min_stake)
+            apply_stake(session, worker=worker, stake=stake, unbonding=unbonding, block=end_block, min_stake=min_stake)
 
     return _sync(
-        session, chain=chain, cursor_name=f"stakes:{chain.chain_id}:{chain.staking_address.lower()}",
-        fetch=chain.staking_logs, handle=handle, start_block=start_block, page=page,
-        confirmations=confirmations, max_pages=max_pages,
+        session,
+        chain=chain,
+        cursor_name=f"stakes:{chain.chain_id}:{chain.staking_address.lower()}",
+        fetch=chain.staking_logs,
+        handle=handle,
+        start_block=start_block,
+        page=page,
+        confirmations=confirmations,
+        max_pages=max_pages,
     )
 
 
@@ -167,7 +176,13 @@ def sync_escrow(
                 job.updated_at = now
 
     return _sync(
-        session, chain=chain, cursor_name=f"escrow:{chain.chain_id}:{chain.escrow_address.lower()}",
-        fetch=chain.escrow_logs, handle=handle, start_block=start_block, page=page,
-        confirmations=confirmations, max_pages=max_pages,
+        session,
+        chain=chain,
+        cursor_name=f"escrow:{chain.chain_id}:{chain.escrow_address.lower()}",
+        fetch=chain.escrow_logs,
+        handle=handle,
+        start_block=start_block,
+        page=page,
+        confirmations=confirmations,
+        max_pages=max_pages,
     )

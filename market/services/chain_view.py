@@ -75,8 +75,8 @@ class Web3ChainView:
     def __init__(self, client: Any, *, staking_address: str, escrow_address: str, page: int = 2000) -> None:
         self.client = client
         self.chain_id = int(client.chain_id)
-        self.staking_address = to_checksum_address(staking_address)
-        self.escrow_address = to_checksum_address(escrow_address)
+        self.staking_address: str = to_checksum_address(staking_address)
+        self.escrow_address: str = to_checksum_address(escrow_address)
         self.vault = client.contract("StakingVault", self.staking_address)
         self.escrow = client.contract("JobEscrow", self.escrow_address)
         self.page = page

@@ -88,13 +88,25 @@ def claim_task(
             session.rollback()  # someone else got it between our read and write: try the next one
             continue
         session.add(
-            Lease(id=lease_id, task_id=task.id, worker_id=worker.id, status="active", created_at=now,
-                  expires_at=expires, heartbeat_at=now)
+            Lease(
+                id=lease_id,
+                task_id=task.id,
+                worker_id=worker.id,
+                status="active",
+                created_at=now,
+                expires_at=expires,
+                heartbeat_at=now,
+            )
         )
         session.commit()
         # We know what the UPDATE wrote; record it on the loaded object without another SELECT (hot path).
-        for key, value in (("status", "leased"), ("lease_id", lease_id), ("leased_by", worker.id),
-                           ("lease_expires_at", expires), ("attempts", task.attempts + 1)):
+        for key, value in (
+            ("status", "leased"),
+            ("lease_id", lease_id),
+            ("leased_by", worker.id),
+            ("lease_expires_at", expires),
+            ("attempts", task.attempts + 1),
+        ):
             set_committed_value(task, key, value)
         return Claimed(task=task, lease_id=lease_id, expires_at=expires)
     session.rollback()
@@ -137,15 +149,24 @@ def _claim_statement(n_ranges: int, reserved: bool) -> Any:
     upd = (
         update(Task)
         .where(Task.id == picked_cte.c.id, Task.status == "queued")
-        .values(status="leased", lease_id=bindparam("p_lease_id"), leased_by=bindparam("p_worker_id"),
-                lease_expires_at=expires, attempts=Task.attempts + 1)
+        .values(
+            status="leased",
+            lease_id=bindparam("p_lease_id"),
+            leased_by=bindparam("p_worker_id"),
+            lease_expires_at=expires,
+            attempts=Task.attempts + 1,
+        )
         .returning(*Task.__table__.columns)
         .cte("upd")
     )
-    ins = insert(Lease).from_select(
-        ["id", "task_id", "worker_id", "status", "created_at", "expires_at", "heartbeat_at"],
-        select(bindparam("p_lease_id"), upd.c.id, bindparam("p_worker_id"), literal("active"), now, expires, now),
-    ).cte("ins")
+    ins = (
+        insert(Lease)
+        .from_select(
+            ["id", "task_id", "worker_id", "status", "created_at", "expires_at", "heartbeat_at"],
+            select(bindparam("p_lease_id"), upd.c.id, bindparam("p_worker_id"), literal("active"), now, expires, now),
+        )
+        .cte("ins")
+    )
     return select(aliased(Task, upd)).add_cte(ins)
 
 
@@ -224,15 +245,19 @@ def submit_result(
     done = session.scalars(
         update(Task)
         .where(_holds(task_id, worker_id, lease_id, now))
-        .values(status="submitted", result_hash=result_hash, result=result, submitted_by=worker_id,
-                submitted_at=now, lease_expires_at=None)
+        .values(
+            status="submitted",
+            result_hash=result_hash,
+            result=result,
+            submitted_by=worker_id,
+            submitted_at=now,
+            lease_expires_at=None,
+        )
         .returning(Task)  # the updated row comes back with the UPDATE: no second SELECT on the hot path
         .execution_options(synchronize_session=False)
     ).first()
     if done is not None:
-        session.execute(
-            update(Lease).where(Lease.id == lease_id).values(status="completed", ended_at=now)
-        )
+        session.execute(update(Lease).where(Lease.id == lease_id).values(status="completed", ended_at=now))
         session.commit()
         return done, True
     session.rollback()

@@ -90,9 +90,7 @@ def register_worker(
     return worker
 
 
-def apply_stake(
-    session: Session, *, worker: Worker, stake: int, unbonding: int, block: int, min_stake: int
-) -> None:
+def apply_stake(session: Session, *, worker: Worker, stake: int, unbonding: int, block: int, min_stake: int) -> None:
     """Record stake as of `block`; an older reading never overwrites a newer one."""
     if block < worker.stake_block:
         return

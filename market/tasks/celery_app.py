@@ -61,8 +61,7 @@ class Runtime:
 
 
 def create_celery(settings: Settings, *, include: Iterable[str] = ()) -> Celery:
-    app = Celery("globai", broker=settings.redis_url, backend=settings.redis_url,
-                 include=[*TASK_MODULES, *include])
+    app = Celery("globai", broker=settings.redis_url, backend=settings.redis_url, include=[*TASK_MODULES, *include])
     app.conf.update(
         # JSON only: nothing received from the broker is ever unpickled.
         task_serializer="json",

@@ -147,9 +147,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["jobs.id"], name=op.f("fk_sessions_job_id_jobs"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_sessions_job_id_jobs"), ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["worker_id"], ["workers.id"], name=op.f("fk_sessions_worker_id_workers")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sessions")),
     )
@@ -196,9 +194,7 @@ def upgrade() -> None:
         sa.Column("submitted_by", sa.String(length=36), nullable=True),
         sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["jobs.id"], name=op.f("fk_tasks_job_id_jobs"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_tasks_job_id_jobs"), ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["leased_by"], ["workers.id"], name=op.f("fk_tasks_leased_by_workers")),
         sa.ForeignKeyConstraint(["submitted_by"], ["workers.id"], name=op.f("fk_tasks_submitted_by_workers")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tasks")),
@@ -245,9 +241,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["task_id"], ["tasks.id"], name=op.f("fk_leases_task_id_tasks"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], name=op.f("fk_leases_task_id_tasks"), ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["worker_id"], ["workers.id"], name=op.f("fk_leases_worker_id_workers")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_leases")),
     )
@@ -282,9 +276,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("task_id", name=op.f("uq_settlement_items_task_id")),
     )
     with op.batch_alter_table("settlement_items", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_settlement_items_settlement_id"), ["settlement_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_settlement_items_settlement_id"), ["settlement_id"], unique=False)
 
     op.create_table(
         "verifications",
@@ -298,18 +290,14 @@ def upgrade() -> None:
         sa.Column("metrics", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["jobs.id"], name=op.f("fk_verifications_job_id_jobs"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_verifications_job_id_jobs"), ondelete="CASCADE"),
         sa.ForeignKeyConstraint(
             ["replica_worker_id"], ["workers.id"], name=op.f("fk_verifications_replica_worker_id_workers")
         ),
         sa.ForeignKeyConstraint(
             ["task_id"], ["tasks.id"], name=op.f("fk_verifications_task_id_tasks"), ondelete="CASCADE"
         ),
-        sa.ForeignKeyConstraint(
-            ["worker_id"], ["workers.id"], name=op.f("fk_verifications_worker_id_workers")
-        ),
+        sa.ForeignKeyConstraint(["worker_id"], ["workers.id"], name=op.f("fk_verifications_worker_id_workers")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_verifications")),
     )
     with op.batch_alter_table("verifications", schema=None) as batch_op:

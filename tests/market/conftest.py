@@ -39,7 +39,6 @@ def _psycopg_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 
 
-
 def create_pg_database(base_url: str) -> str:
     """A new empty database next to `base_url`'s; returns its SQLAlchemy URL."""
     name = f"globai_t_{uuid.uuid4().hex[:12]}"
@@ -144,8 +143,9 @@ class FakeChain:
         self.stakes[address] = (max(0, stake - amount), unbonding)
         self.staking.append(self._log("Slashed", self.staking_address, {"worker": address, "amount": amount}))
 
-    def fund(self, escrow: dict[str, Any], requester: str, *, amount: int | None = None,
-             spec_hash: str | None = None) -> ChainLog:
+    def fund(
+        self, escrow: dict[str, Any], requester: str, *, amount: int | None = None, spec_hash: str | None = None
+    ) -> ChainLog:
         args = {
             "jobId": escrow["job_id"],
             "requester": requester,
@@ -183,8 +183,13 @@ def login(client: TestClient, clock: Clock, account: LocalAccount, roles: list[s
     assert nonce.status_code == 200, nonce.text
     n = nonce.json()
     message = build_message(
-        domain=n["domain"], address=account.address, uri=n["uri"], chain_id=n["chain_id"], nonce=n["nonce"],
-        issued_at=clock.now, expiration_time=clock.now + timedelta(minutes=5),
+        domain=n["domain"],
+        address=account.address,
+        uri=n["uri"],
+        chain_id=n["chain_id"],
+        nonce=n["nonce"],
+        issued_at=clock.now,
+        expiration_time=clock.now + timedelta(minutes=5),
     )
     body: dict[str, Any] = {"message": message.to_text(), "signature": sign_message(message, account.key)}
     if roles is not None:
@@ -205,26 +210,54 @@ class Market:
     def login(self, account: LocalAccount, roles: list[str] | None = None) -> dict[str, str]:
         return login(self.client, self.clock, account, roles)
 
-    def worker(self, account: LocalAccount | None = None, *, operator: str = "op-1", stake: int = MIN_STAKE,
-               memory: int = 16 << 30, models: list[str] | None = None) -> dict[str, str]:
+    def worker(
+        self,
+        account: LocalAccount | None = None,
+        *,
+        operator: str = "op-1",
+        stake: int = MIN_STAKE,
+        memory: int = 16 << 30,
+        models: list[str] | None = None,
+    ) -> dict[str, str]:
         """A signed-in, registered, staked worker; returns its auth headers."""
         account = account or Account.create()
         if stake:
             self.chain.stake(account.address, stake)
         headers = self.login(account)
-        r = self.client.post("/v1/workers", headers=headers, json=profile(operator=operator, memory=memory,
-                                                                          models=models))
+        r = self.client.post(
+            "/v1/workers", headers=headers, json=profile(operator=operator, memory=memory, models=models)
+        )
         assert r.status_code == 200, r.text
         return headers
 
-    def training_job(self, headers: dict[str, str], *, tasks: int = 4, price: int = 10, model: str = "tiny-llama",
-                     fund: bool = True, rounds: int = 1) -> dict[str, Any]:
-        spec = {"kind": "training", "model": model, "dataset": "tiny-shakespeare", "rounds": rounds,
-                "tasks_per_round": tasks, "local_steps": 2, "layer_start": 0, "layer_end": 4,
-                "memory_bytes": 1 << 30}
+    def training_job(
+        self,
+        headers: dict[str, str],
+        *,
+        tasks: int = 4,
+        price: int = 10,
+        model: str = "tiny-llama",
+        fund: bool = True,
+        rounds: int = 1,
+    ) -> dict[str, Any]:
+        spec = {
+            "kind": "training",
+            "model": model,
+            "dataset": "tiny-shakespeare",
+            "rounds": rounds,
+            "tasks_per_round": tasks,
+            "local_steps": 2,
+            "layer_start": 0,
+            "layer_end": 4,
+            "memory_bytes": 1 << 30,
+        }
         units = rounds * tasks * 2
-        body = {"spec": spec, "budget": str(price * units), "price_per_unit": str(price),
-                "deadline": (self.clock.now + timedelta(hours=2)).isoformat()}
+        body = {
+            "spec": spec,
+            "budget": str(price * units),
+            "price_per_unit": str(price),
+            "deadline": (self.clock.now + timedelta(hours=2)).isoformat(),
+        }
         r = self.client.post("/v1/jobs", headers=headers, json=body)
         assert r.status_code == 201, r.text
         created = r.json()
@@ -238,14 +271,23 @@ class Market:
 
 def profile(*, operator: str = "op-1", memory: int = 16 << 30, models: list[str] | None = None) -> dict[str, Any]:
     return {
-        "device": "cpu", "memory_bytes": memory, "throughput_tokens_s": 850.0, "bandwidth_bytes_s": 1e8,
-        "latency_ms": 12.5, "reference_layer": "llama-256x4", "operator_id": operator,
+        "device": "cpu",
+        "memory_bytes": memory,
+        "throughput_tokens_s": 850.0,
+        "bandwidth_bytes_s": 1e8,
+        "latency_ms": 12.5,
+        "reference_layer": "llama-256x4",
+        "operator_id": operator,
         "models": models or ["tiny-llama"],
     }
 
 
-CLAIM_ALL = {"kinds": ["train"], "models": ["tiny-llama"], "layer_ranges": [{"start": 0, "end": 8}],
-             "memory_bytes": 16 << 30}
+CLAIM_ALL = {
+    "kinds": ["train"],
+    "models": ["tiny-llama"],
+    "layer_ranges": [{"start": 0, "end": 8}],
+    "memory_bytes": 16 << 30,
+}
 
 
 @pytest.fixture

@@ -14,8 +14,13 @@ from tests.market.conftest import ADMIN, Market
 def _message(market: Market, account, **changes):  # type: ignore[no-untyped-def]
     n = market.client.post("/v1/auth/nonce", json={"address": account.address}).json()
     fields = {
-        "domain": n["domain"], "address": account.address, "uri": n["uri"], "chain_id": n["chain_id"],
-        "nonce": n["nonce"], "issued_at": market.clock.now, "expiration_time": market.clock.now + timedelta(minutes=5),
+        "domain": n["domain"],
+        "address": account.address,
+        "uri": n["uri"],
+        "chain_id": n["chain_id"],
+        "nonce": n["nonce"],
+        "issued_at": market.clock.now,
+        "expiration_time": market.clock.now + timedelta(minutes=5),
     }
     fields.update(changes)
     return build_message(**fields)
@@ -53,10 +58,12 @@ def test_rejects_wrong_domain_chain_signer_and_times(market: Market) -> None:
     cases = {
         "domain": _message(market, account, domain="evil.example"),
         "chain": _message(market, account, chain_id=1),
-        "expired": _message(market, account, issued_at=now - timedelta(minutes=10),
-                            expiration_time=now - timedelta(seconds=1)),
-        "future": _message(market, account, issued_at=now + timedelta(minutes=5),
-                           expiration_time=now + timedelta(minutes=8)),
+        "expired": _message(
+            market, account, issued_at=now - timedelta(minutes=10), expiration_time=now - timedelta(seconds=1)
+        ),
+        "future": _message(
+            market, account, issued_at=now + timedelta(minutes=5), expiration_time=now + timedelta(minutes=8)
+        ),
         "too long": _message(market, account, expiration_time=now + timedelta(days=1)),
     }
     for name, message in cases.items():
@@ -96,6 +103,16 @@ def test_roles(market: Market) -> None:
     assert r.status_code == 200 and set(r.json()["roles"]) == {"admin", "auditor"}
     auditor = market.login(account, roles=["auditor"])
     # an auditor-only token cannot act as a worker
-    assert market.client.post("/v1/tasks/claim", headers=auditor, json={
-        "kinds": ["train"], "models": ["m"], "layer_ranges": [{"start": 0, "end": 1}], "memory_bytes": 1,
-    }).status_code == 403
+    assert (
+        market.client.post(
+            "/v1/tasks/claim",
+            headers=auditor,
+            json={
+                "kinds": ["train"],
+                "models": ["m"],
+                "layer_ranges": [{"start": 0, "end": 1}],
+                "memory_bytes": 1,
+            },
+        ).status_code
+        == 403
+    )

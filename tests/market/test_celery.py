@@ -20,16 +20,49 @@ pytestmark = pytest.mark.timeout(120)
 def stale_lease(db_engine):  # type: ignore[no-untyped-def]
     now = datetime.now(UTC)
     with Session(db_engine) as session:
-        worker = Worker(address="0x" + "11" * 20, operator_id="op", device="cpu", memory_bytes=1,
-                        throughput_tokens_s=1, bandwidth_bytes_s=1, latency_ms=1, reference_layer="r", models=[])
-        job = Job(chain_job_id="0x" + "22" * 32, requester="0x" + "33" * 20, kind="training", model="m", spec={},
-                  spec_hash="0x" + "44" * 32, budget=10, price_per_unit=1, max_units=10,
-                  deadline=now + timedelta(hours=1), status="funded")
+        worker = Worker(
+            address="0x" + "11" * 20,
+            operator_id="op",
+            device="cpu",
+            memory_bytes=1,
+            throughput_tokens_s=1,
+            bandwidth_bytes_s=1,
+            latency_ms=1,
+            reference_layer="r",
+            models=[],
+        )
+        job = Job(
+            chain_job_id="0x" + "22" * 32,
+            requester="0x" + "33" * 20,
+            kind="training",
+            model="m",
+            spec={},
+            spec_hash="0x" + "44" * 32,
+            budget=10,
+            price_per_unit=1,
+            max_units=10,
+            deadline=now + timedelta(hours=1),
+            status="funded",
+        )
         session.add_all([worker, job])
         session.flush()
-        task = Task(job_id=job.id, index=0, kind="train", model="m", layer_start=0, layer_end=1, memory_bytes=0,
-                    units=1, priority=1, deadline=job.deadline, status="leased", attempts=1, lease_id="L1",
-                    leased_by=worker.id, lease_expires_at=now - timedelta(seconds=1))
+        task = Task(
+            job_id=job.id,
+            index=0,
+            kind="train",
+            model="m",
+            layer_start=0,
+            layer_end=1,
+            memory_bytes=0,
+            units=1,
+            priority=1,
+            deadline=job.deadline,
+            status="leased",
+            attempts=1,
+            lease_id="L1",
+            leased_by=worker.id,
+            lease_expires_at=now - timedelta(seconds=1),
+        )
         session.add(task)
         session.flush()
         session.add(Lease(id="L1", task_id=task.id, worker_id=worker.id, expires_at=now - timedelta(seconds=1)))

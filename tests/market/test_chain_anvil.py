@@ -56,8 +56,10 @@ def _give_glb(live: Live, to: LocalAccount, amount: int) -> None:
 def test_job_id_matches_chain_ids() -> None:
     from market.chain.ids import job_id_bytes
 
-    assert chain_job_id("0f8fad5b-d9cb-469f-a165-70867728950e") == "0x" + job_id_bytes(
-        "0f8fad5b-d9cb-469f-a165-70867728950e").hex()
+    assert (
+        chain_job_id("0f8fad5b-d9cb-469f-a165-70867728950e")
+        == "0x" + job_id_bytes("0f8fad5b-d9cb-469f-a165-70867728950e").hex()
+    )
 
 
 def test_stake_makes_worker_eligible_and_unstake_event_removes_it(live: Live) -> None:
@@ -86,10 +88,22 @@ def test_stake_makes_worker_eligible_and_unstake_event_removes_it(live: Live) ->
 
 
 def _post_job(live: Live, headers: dict[str, str], price: int) -> dict[str, Any]:
-    spec = {"kind": "training", "model": "tiny-llama", "dataset": "d", "rounds": 1, "tasks_per_round": 2,
-            "local_steps": 1, "layer_start": 0, "layer_end": 4}
-    body = {"spec": spec, "budget": str(price * 2), "price_per_unit": str(price),
-            "deadline": (live.clock.now + timedelta(hours=1)).isoformat()}
+    spec = {
+        "kind": "training",
+        "model": "tiny-llama",
+        "dataset": "d",
+        "rounds": 1,
+        "tasks_per_round": 2,
+        "local_steps": 1,
+        "layer_start": 0,
+        "layer_end": 4,
+    }
+    body = {
+        "spec": spec,
+        "budget": str(price * 2),
+        "price_per_unit": str(price),
+        "deadline": (live.clock.now + timedelta(hours=1)).isoformat(),
+    }
     r = live.client.post("/v1/jobs", headers=headers, json=body)
     assert r.status_code == 201, r.text
     return r.json()
@@ -110,12 +124,27 @@ def test_job_funded_with_permit_and_confirmed_from_event(live: Live) -> None:
     assert live.client.post(confirm, headers=headers).status_code == 409
 
     def fund(job: dict[str, Any], amount: int) -> None:
-        permit = sign_glb_permit(live.chain.client, requester, token=contracts.token.address,
-                                 spender=contracts.escrow.address, value=amount,
-                                 deadline=job["escrow"]["deadline"])
-        live.transact(contracts.escrow.functions.fundJobWithPermit(
-            bytes.fromhex(job["escrow"]["job_id"][2:]), amount, bytes.fromhex(job["escrow"]["spec_hash"][2:]),
-            job["escrow"]["deadline"], permit.deadline, permit.v, permit.r, permit.s), requester)
+        permit = sign_glb_permit(
+            live.chain.client,
+            requester,
+            token=contracts.token.address,
+            spender=contracts.escrow.address,
+            value=amount,
+            deadline=job["escrow"]["deadline"],
+        )
+        live.transact(
+            contracts.escrow.functions.fundJobWithPermit(
+                bytes.fromhex(job["escrow"]["job_id"][2:]),
+                amount,
+                bytes.fromhex(job["escrow"]["spec_hash"][2:]),
+                job["escrow"]["deadline"],
+                permit.deadline,
+                permit.v,
+                permit.r,
+                permit.s,
+            ),
+            requester,
+        )
 
     fund(created, int(escrow["amount"]))
     r = live.client.post(confirm, headers=headers)

@@ -47,8 +47,7 @@ def served(chain: Any, deployment: Any, tmp_path: Path) -> Iterator[tuple[str, d
     globai = [sys.executable, "-c", "from market.cli import main; main()"]
     subprocess.run([*globai, "market", "migrate"], env=env, check=True, capture_output=True)
     log = tmp_path / "server.log"  # a file, not a pipe: an unread pipe can fill up and block the server
-    server = subprocess.Popen([*globai, "market", "serve"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=log.open("wb"))
+    server = subprocess.Popen([*globai, "market", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     try:
         # The app imports torch (inference routes): allow for a slow start on a loaded machine.
         deadline = time.monotonic() + 120
@@ -71,8 +70,9 @@ def served(chain: Any, deployment: Any, tmp_path: Path) -> Iterator[tuple[str, d
             server.wait()
 
 
-def test_newcomer_flow(served: tuple[str, dict[str, str]], chain: Any, deployment: Any, tmp_path: Path,
-                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_newcomer_flow(
+    served: tuple[str, dict[str, str]], chain: Any, deployment: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, env = served
     contracts = deployment.bind(chain.client)
     admin, worker, requester = chain.accounts[0], chain.accounts[5], chain.accounts[6]
@@ -96,8 +96,20 @@ def test_newcomer_flow(served: tuple[str, dict[str, str]], chain: Any, deploymen
             monkeypatch.setenv(key, value)
     monkeypatch.setenv("GLOBAI_PRIVATE_KEY", "0x" + bytes(requester.key).hex())
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"kind": "training", "model": "tiny-llama", "dataset": "d", "rounds": 1,
-                                "tasks_per_round": 2, "local_steps": 3, "layer_start": 0, "layer_end": 4}))
+    spec.write_text(
+        json.dumps(
+            {
+                "kind": "training",
+                "model": "tiny-llama",
+                "dataset": "d",
+                "rounds": 1,
+                "tasks_per_round": 2,
+                "local_steps": 3,
+                "layer_start": 0,
+                "layer_end": 4,
+            }
+        )
+    )
     runner = CliRunner()
     posted = runner.invoke(cli, ["job", "post", str(spec), "--price", "1000"])
     assert posted.exit_code == 0, posted.output

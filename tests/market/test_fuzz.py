@@ -55,8 +55,9 @@ def test_no_server_errors(api_schema: Any) -> None:
     assert len(operations) >= 18
     for operation in operations:
 
-        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                  database=None)
+        @settings(
+            max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+        )
         @given(case=operation.as_strategy())
         def run(case: Any) -> None:
             # Always with a valid token, so every case reaches the handler (the generated bearer values would all

@@ -69,14 +69,19 @@ def test_budget_and_deadline_validation(market: Market) -> None:
     headers = market.login(Account.create())
     spec = {"kind": "inference", "model": "tiny-llama", "prompts": ["hi"], "max_new_tokens": 10}
     soon = (market.clock.now + timedelta(hours=1)).isoformat()
-    low = market.client.post("/v1/jobs", headers=headers,
-                             json={"spec": spec, "budget": "9", "price_per_unit": "1", "deadline": soon})
+    low = market.client.post(
+        "/v1/jobs", headers=headers, json={"spec": spec, "budget": "9", "price_per_unit": "1", "deadline": soon}
+    )
     assert low.status_code == 400 and "budget" in low.json()["detail"]
-    past = market.client.post("/v1/jobs", headers=headers, json={
-        "spec": spec, "budget": "10", "price_per_unit": "1", "deadline": market.clock.now.isoformat()})
+    past = market.client.post(
+        "/v1/jobs",
+        headers=headers,
+        json={"spec": spec, "budget": "10", "price_per_unit": "1", "deadline": market.clock.now.isoformat()},
+    )
     assert past.status_code == 400
-    bad = market.client.post("/v1/jobs", headers=headers,
-                             json={"spec": spec, "budget": "-1", "price_per_unit": "1", "deadline": soon})
+    bad = market.client.post(
+        "/v1/jobs", headers=headers, json={"spec": spec, "budget": "-1", "price_per_unit": "1", "deadline": soon}
+    )
     assert bad.status_code == 422
 
 
@@ -134,8 +139,11 @@ def test_list_get_and_cancel(market: Market) -> None:
     assert market.client.post(f"/v1/jobs/{funded['job']['id']}/cancel", headers=b).status_code == 403
     r = market.client.post(f"/v1/jobs/{funded['job']['id']}/cancel", headers=a)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
-    submit = market.client.post(f"/v1/tasks/{lease['task']['id']}/result", headers=worker,
-                                json={"lease_id": lease["lease_id"], "result_hash": "0x" + "ab" * 32})
+    submit = market.client.post(
+        f"/v1/tasks/{lease['task']['id']}/result",
+        headers=worker,
+        json={"lease_id": lease["lease_id"], "result_hash": "0x" + "ab" * 32},
+    )
     assert submit.status_code == 409
     assert market.client.post("/v1/tasks/claim", headers=worker, json=CLAIM_ALL).status_code == 204
     assert market.client.post(f"/v1/jobs/{unfunded['job']['id']}/cancel", headers=admin).status_code == 200

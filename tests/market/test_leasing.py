@@ -43,17 +43,24 @@ def test_claim_heartbeat_submit_idempotent(market: Market) -> None:
     hb = market.client.post(f"/v1/tasks/{task_id}/heartbeat", headers=worker, json={"lease_id": lease_id})
     assert hb.status_code == 200 and hb.json()["lease_expires_at"] > lease["lease_expires_at"]
     # only the holder: someone else's heartbeat and submit are refused
-    assert market.client.post(f"/v1/tasks/{task_id}/heartbeat", headers=other,
-                              json={"lease_id": lease_id}).status_code == 409
-    assert market.client.post(f"/v1/tasks/{task_id}/result", headers=other,
-                              json={"lease_id": lease_id, **RESULT}).status_code == 409
+    assert (
+        market.client.post(f"/v1/tasks/{task_id}/heartbeat", headers=other, json={"lease_id": lease_id}).status_code
+        == 409
+    )
+    assert (
+        market.client.post(
+            f"/v1/tasks/{task_id}/result", headers=other, json={"lease_id": lease_id, **RESULT}
+        ).status_code
+        == 409
+    )
 
     first = market.client.post(f"/v1/tasks/{task_id}/result", headers=worker, json={"lease_id": lease_id, **RESULT})
     assert first.status_code == 200 and first.json()["accepted"] is True
     again = market.client.post(f"/v1/tasks/{task_id}/result", headers=worker, json={"lease_id": lease_id, **RESULT})
     assert again.status_code == 200 and again.json()["accepted"] is False
-    different = market.client.post(f"/v1/tasks/{task_id}/result", headers=worker,
-                                   json={"lease_id": lease_id, "result_hash": "0x" + "ee" * 32})
+    different = market.client.post(
+        f"/v1/tasks/{task_id}/result", headers=worker, json={"lease_id": lease_id, "result_hash": "0x" + "ee" * 32}
+    )
     assert different.status_code == 409
     seen = market.client.get(f"/v1/tasks/{task_id}", headers=requester).json()
     assert seen["status"] == "submitted" and seen["result_hash"] == RESULT["result_hash"]
@@ -67,14 +74,19 @@ def test_expired_lease_is_requeued_and_old_holder_locked_out(market: Market) -> 
     assert lease is not None
     market.clock.advance(market.settings.lease_ttl_s + 1)
     # expired but not yet requeued: still cannot be revived or submitted
-    assert market.client.post(f"/v1/tasks/{lease['task']['id']}/heartbeat", headers=slow,
-                              json={"lease_id": lease["lease_id"]}).status_code == 409
+    assert (
+        market.client.post(
+            f"/v1/tasks/{lease['task']['id']}/heartbeat", headers=slow, json={"lease_id": lease["lease_id"]}
+        ).status_code
+        == 409
+    )
     with Session(market.engine) as session:
         assert leasing.requeue_expired(session, now=market.clock.now, max_attempts=5) == 1
     again = _claim(market, fast)
     assert again is not None and again["task"]["id"] == lease["task"]["id"] and again["task"]["attempts"] == 2
-    late = market.client.post(f"/v1/tasks/{lease['task']['id']}/result", headers=slow,
-                              json={"lease_id": lease["lease_id"], **RESULT})
+    late = market.client.post(
+        f"/v1/tasks/{lease['task']['id']}/result", headers=slow, json={"lease_id": lease["lease_id"], **RESULT}
+    )
     assert late.status_code == 409
     with Session(market.engine) as session:
         statuses = Counter(session.scalars(select(Lease.status)).all())
@@ -121,9 +133,22 @@ def test_priority_by_price_and_replica_operator_exclusion(market: Market) -> Non
     with Session(market.engine) as session:
         job = session.get(Job, dear["job"]["id"])
         assert job is not None
-        enqueue_tasks(session, job=job, now=market.clock.now, tasks=[TaskSpec(
-            kind="forward", model="tiny-llama", layer_start=0, layer_end=4, memory_bytes=0, units=1,
-            exclude_operator="op-A")])
+        enqueue_tasks(
+            session,
+            job=job,
+            now=market.clock.now,
+            tasks=[
+                TaskSpec(
+                    kind="forward",
+                    model="tiny-llama",
+                    layer_start=0,
+                    layer_end=4,
+                    memory_bytes=0,
+                    units=1,
+                    exclude_operator="op-A",
+                )
+            ],
+        )
         session.commit()
     forward = {**CLAIM_ALL, "kinds": ["forward"]}
     assert _claim(market, worker, forward) is None
@@ -155,8 +180,14 @@ def test_one_active_lease_and_one_payment_per_task_enforced_by_db(market: Market
     assert lease is not None
     with Session(market.engine) as session:
         worker_id = session.scalar(select(Worker.id).where(Worker.address == account.address))
-        session.add(Lease(task_id=lease["task"]["id"], worker_id=worker_id, status="active",
-                          expires_at=market.clock.now + timedelta(seconds=5)))
+        session.add(
+            Lease(
+                task_id=lease["task"]["id"],
+                worker_id=worker_id,
+                status="active",
+                expires_at=market.clock.now + timedelta(seconds=5),
+            )
+        )
         with pytest.raises(IntegrityError):
             session.commit()
         session.rollback()
@@ -185,8 +216,7 @@ def test_50_concurrent_claimers_never_share_a_task(market: Market) -> None:
     factory = make_session_factory(market.engine)
     with factory() as session:
         workers = list(session.scalars(select(Worker)).all())
-    wanted = leasing.ClaimFilter(kinds=["train"], models=["tiny-llama"], layer_ranges=[(0, 8)],
-                                 memory_bytes=16 << 30)
+    wanted = leasing.ClaimFilter(kinds=["train"], models=["tiny-llama"], layer_ranges=[(0, 8)], memory_bytes=16 << 30)
     barrier = threading.Barrier(claimers)
     claimed: list[tuple[str, str]] = []
     errors: list[BaseException] = []
@@ -197,8 +227,9 @@ def test_50_concurrent_claimers_never_share_a_task(market: Market) -> None:
             barrier.wait()
             with factory() as session:
                 while True:
-                    got = leasing.claim_task(session, worker=worker, wanted=wanted, lease_ttl_s=60,
-                                             now=market.clock.now)
+                    got = leasing.claim_task(
+                        session, worker=worker, wanted=wanted, lease_ttl_s=60, now=market.clock.now
+                    )
                     if got is None:
                         return
                     with lock:

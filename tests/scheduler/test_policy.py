@@ -48,7 +48,8 @@ def test_reputation_posterior_decay_and_slash() -> None:
     assert slashed.mean < 0.1  # history before the slash is gone
     recovered = reputation(
         [*good, Outcome("slash", NOW - 5 * DAY)] + [Outcome("pass", NOW - DAY) for _ in range(30)],
-        now=NOW, params=params,
+        now=NOW,
+        params=params,
     )
     assert slashed.mean < recovered.mean < rep.mean
 
@@ -81,8 +82,10 @@ def test_new_workers_are_not_starved() -> None:
     assert all(picks[c.worker_id] > n * p / 3 * 0.6 for c in newcomers)
     # without exploration they would indeed starve: that is what the exploration slot is for
     greedy = ChoiceParams(explore=0.0, top_k=5)
-    assert all(choose(established + newcomers, rng, greedy).worker_id not in {c.worker_id for c in newcomers}  # type: ignore[union-attr]
-               for _ in range(500))
+    assert all(
+        choose(established + newcomers, rng, greedy).worker_id not in {c.worker_id for c in newcomers}  # type: ignore[union-attr]
+        for _ in range(500)
+    )
 
 
 def test_weighted_choice_among_the_best() -> None:

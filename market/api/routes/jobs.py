@@ -65,9 +65,15 @@ def post_job(body: JobIn, principal: RequesterDep, session: SessionDep, ctx: Ctx
     """Create a job. Fund it on chain with the returned escrow parameters, then confirm funding."""
     created_block = ctx.chain.latest_block() if ctx.chain is not None else 0
     job = jobs.create_job(
-        session, requester=principal.address, spec=body.spec, budget=int(body.budget),
-        price_per_unit=int(body.price_per_unit), deadline=body.deadline, replicas=body.replicas,
-        created_block=created_block, now=now,
+        session,
+        requester=principal.address,
+        spec=body.spec,
+        budget=int(body.budget),
+        price_per_unit=int(body.price_per_unit),
+        deadline=body.deadline,
+        replicas=body.replicas,
+        created_block=created_block,
+        now=now,
     )
     return JobCreatedOut(job=job_out(job), escrow=escrow_params(job, ctx))
 

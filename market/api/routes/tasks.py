@@ -20,10 +20,21 @@ TaskId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]+$
 
 def task_out(task: Task) -> TaskOut:
     return TaskOut(
-        id=task.id, job_id=task.job_id, index=task.index, kind=task.kind, model=task.model,
-        layer_start=task.layer_start, layer_end=task.layer_end, memory_bytes=task.memory_bytes,
-        units=task.units, status=task.status, attempts=task.attempts, payload=task.payload,
-        deadline=task.deadline, result_hash=task.result_hash, submitted_at=task.submitted_at,
+        id=task.id,
+        job_id=task.job_id,
+        index=task.index,
+        kind=task.kind,
+        model=task.model,
+        layer_start=task.layer_start,
+        layer_end=task.layer_end,
+        memory_bytes=task.memory_bytes,
+        units=task.units,
+        status=task.status,
+        attempts=task.attempts,
+        payload=task.payload,
+        deadline=task.deadline,
+        result_hash=task.result_hash,
+        submitted_at=task.submitted_at,
     )
 
 
@@ -34,15 +45,16 @@ def task_out(task: Task) -> TaskOut:
 )
 def claim(body: ClaimIn, principal: WorkerDep, session: SessionDep, ctx: CtxDep, now: NowDep) -> LeaseOut | Response:
     """Lease the best-paying queued task this worker can run. Keep the lease alive with heartbeats."""
-    worker = ctx.workers.get(session, address=principal.address, min_stake=ctx.settings.min_stake_wei,
-                             clock_s=time.monotonic())
+    worker = ctx.workers.get(
+        session, address=principal.address, min_stake=ctx.settings.min_stake_wei, clock_s=time.monotonic()
+    )
     wanted = leasing.ClaimFilter(
-        kinds=body.kinds, models=body.models, memory_bytes=body.memory_bytes,
+        kinds=body.kinds,
+        models=body.models,
+        memory_bytes=body.memory_bytes,
         layer_ranges=[(r.start, r.end) for r in body.layer_ranges],
     )
-    claimed = leasing.claim_task(
-        session, worker=worker, wanted=wanted, lease_ttl_s=ctx.settings.lease_ttl_s, now=now
-    )
+    claimed = leasing.claim_task(session, worker=worker, wanted=wanted, lease_ttl_s=ctx.settings.lease_ttl_s, now=now)
     if claimed is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return LeaseOut(task=task_out(claimed.task), lease_id=claimed.lease_id, lease_expires_at=claimed.expires_at)
@@ -54,8 +66,12 @@ def heartbeat(
 ) -> HeartbeatOut:
     worker = workers.get_worker(session, address=principal.address)
     expires = leasing.heartbeat_lease(
-        session, task_id=task_id, worker_id=worker.id, lease_id=body.lease_id,
-        lease_ttl_s=ctx.settings.lease_ttl_s, now=now,
+        session,
+        task_id=task_id,
+        worker_id=worker.id,
+        lease_id=body.lease_id,
+        lease_ttl_s=ctx.settings.lease_ttl_s,
+        now=now,
     )
     return HeartbeatOut(task_id=task_id, lease_id=body.lease_id, lease_expires_at=expires)
 
@@ -65,11 +81,17 @@ def submit(
     task_id: TaskId, body: ResultIn, principal: WorkerDep, session: SessionDep, ctx: CtxDep, now: NowDep
 ) -> ResultOut:
     """Submit the lease holder's result; the same result again is accepted=false, a different one 409."""
-    worker = ctx.workers.get(session, address=principal.address, min_stake=ctx.settings.min_stake_wei,
-                             clock_s=time.monotonic())
+    worker = ctx.workers.get(
+        session, address=principal.address, min_stake=ctx.settings.min_stake_wei, clock_s=time.monotonic()
+    )
     task, created = leasing.submit_result(
-        session, task_id=task_id, worker_id=worker.id, lease_id=body.lease_id,
-        result_hash=body.result_hash.lower(), result=body.result, now=now,
+        session,
+        task_id=task_id,
+        worker_id=worker.id,
+        lease_id=body.lease_id,
+        result_hash=body.result_hash.lower(),
+        result=body.result,
+        now=now,
     )
     return ResultOut(task=task_out(task), accepted=created)
 

@@ -47,8 +47,12 @@ def register(body: ProfileIn, principal: WorkerDep, session: SessionDep, ctx: Ct
     """
     profile = workers.MeasuredProfile(**body.model_dump())
     worker = workers.register_worker(
-        session, address=principal.address, profile=profile, chain=ctx.chain,
-        fallback_min_stake=ctx.settings.min_stake_wei, now=now,
+        session,
+        address=principal.address,
+        profile=profile,
+        chain=ctx.chain,
+        fallback_min_stake=ctx.settings.min_stake_wei,
+        now=now,
     )
     return worker_out(worker)
 
@@ -57,7 +61,9 @@ def register(body: ProfileIn, principal: WorkerDep, session: SessionDep, ctx: Ct
 def heartbeat(principal: WorkerDep, session: SessionDep, now: NowDep) -> HeartbeatOut:
     worker = workers.heartbeat(session, address=principal.address, now=now)
     return HeartbeatOut(
-        address=worker.address, status=worker.status, eligible=worker.eligible,
+        address=worker.address,
+        status=worker.status,
+        eligible=worker.eligible,
         last_heartbeat_at=worker.last_heartbeat_at,
     )
 
@@ -78,9 +84,7 @@ def list_workers(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> Page[WorkerOut]:
-    rows, total = workers.list_workers(
-        session, eligible=eligible, operator_id=operator_id, limit=limit, offset=offset
-    )
+    rows, total = workers.list_workers(session, eligible=eligible, operator_id=operator_id, limit=limit, offset=offset)
     return Page[WorkerOut](items=[worker_out(w) for w in rows], total=total, limit=limit, offset=offset)
 
 
