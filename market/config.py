@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     log_page_blocks: int = Field(default=2000, ge=1)
     # Blocks to wait before trusting an event; 0 on a devnet, more on a real chain (reorgs).
     confirmations: int = Field(default=0, ge=0)
+    # Where event sync starts on an empty cursor: the contracts' deployment block (no need to scan from genesis).
+    chain_start_block: int = Field(default=0, ge=0)
     # Fallback when the vault is not reachable; the vault's own `minStake()` wins when it is.
     min_stake_wei: int = Field(default=0, ge=0)
 

@@ -36,6 +36,7 @@ def _settings_with_devnet_addresses(settings: Settings) -> Settings:
             "staking_vault_address": record.vault,
             "job_escrow_address": record.escrow,
             "token_address": record.token,
+            "chain_start_block": settings.chain_start_block or record.first_block,
         }
     )
 
@@ -104,10 +105,20 @@ def sync() -> None:
         with make_session_factory(engine)() as session:
             now = datetime.now(UTC)
             stakes = sync_stakes(
-                session, chain, now=now, page=settings.log_page_blocks, confirmations=settings.confirmations
+                session,
+                chain,
+                now=now,
+                page=settings.log_page_blocks,
+                confirmations=settings.confirmations,
+                start_block=settings.chain_start_block,
             )
             escrow = sync_escrow(
-                session, chain, now=now, page=settings.log_page_blocks, confirmations=settings.confirmations
+                session,
+                chain,
+                now=now,
+                page=settings.log_page_blocks,
+                confirmations=settings.confirmations,
+                start_block=settings.chain_start_block,
             )
     finally:
         engine.dispose()

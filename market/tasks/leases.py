@@ -47,6 +47,20 @@ def sync_chain(self: Task) -> dict[str, Any]:
     s = rt.settings
     with rt.session() as session:
         now = datetime.now(UTC)
-        stakes = sync_stakes(session, chain, now=now, page=s.log_page_blocks, confirmations=s.confirmations)
-        escrow = sync_escrow(session, chain, now=now, page=s.log_page_blocks, confirmations=s.confirmations)
+        stakes = sync_stakes(
+            session,
+            chain,
+            now=now,
+            page=s.log_page_blocks,
+            confirmations=s.confirmations,
+            start_block=s.chain_start_block,
+        )
+        escrow = sync_escrow(
+            session,
+            chain,
+            now=now,
+            page=s.log_page_blocks,
+            confirmations=s.confirmations,
+            start_block=s.chain_start_block,
+        )
     return {"stake_events": stakes.events, "escrow_events": escrow.events, "to_block": stakes.to_block}
