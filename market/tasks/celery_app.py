@@ -78,6 +78,11 @@ def create_celery(settings: Settings, *, include: Iterable[str] = ()) -> Celery:
                 # A missed run is harmless (the next one catches up), so don't let stale runs pile up.
                 "options": {"expires": settings.requeue_interval_s},
             },
+            "capacity-reservations": {
+                "task": "market.tasks.leases.apply_capacity_reservations",
+                "schedule": 60.0,
+                "options": {"expires": 60.0},
+            },
             "sync-stakes": {
                 "task": "market.tasks.leases.sync_chain",
                 "schedule": settings.stake_sync_interval_s,

@@ -15,6 +15,7 @@ from celery import Task, shared_task
 from market.errors import RpcUnavailable
 from market.services.chain_sync import sync_escrow, sync_stakes
 from market.services.leasing import requeue_expired
+from market.services.reservations import apply_reservations
 from market.tasks.celery_app import runtime
 
 log = logging.getLogger(__name__)
@@ -64,3 +65,11 @@ def sync_chain(self: Task) -> dict[str, Any]:
             start_block=s.chain_start_block,
         )
     return {"stake_events": stakes.events, "escrow_events": escrow.events, "to_block": stakes.to_block}
+
+
+@shared_task(bind=True, name="market.tasks.leases.apply_capacity_reservations", acks_late=True)
+def apply_capacity_reservations(self: Task) -> int:
+    """Reserve capable workers for long jobs (at most half the fleet); idempotent recomputation."""
+    rt = runtime(self.app)
+    with rt.session() as session:
+        return len(apply_reservations(session, now=datetime.now(UTC)))

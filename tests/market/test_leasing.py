@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from eth_account import Account
@@ -17,6 +18,7 @@ from market.db import Job, Lease, Settlement, SettlementItem, Task, Worker
 from market.db.engine import make_session_factory
 from market.services import leasing
 from market.services.jobs import TaskSpec, enqueue_tasks
+from market.services.reservations import apply_reservations
 from tests.market.conftest import CLAIM_ALL, Market
 
 pytestmark = pytest.mark.timeout(180)
@@ -170,6 +172,26 @@ def test_reserved_worker_gets_long_job_first(market: Market) -> None:
         session.commit()
     lease = _claim(market, headers)
     assert lease is not None and lease["task"]["job_id"] == long_job["job"]["id"]
+
+
+def test_capacity_reservations_applied_to_workers(market: Market) -> None:
+    requester = market.login(Account.create())
+    market.training_job(requester, tasks=1, price=100)
+    long_job = market.training_job(requester, tasks=2, price=1, rounds=10)
+    accounts = [Account.create() for _ in range(4)]
+    headers = [market.worker(a, operator=f"op-{i}") for i, a in enumerate(accounts)]
+    with Session(market.engine) as session:
+        reserved = apply_reservations(session, now=market.clock.now)
+    assert sorted(reserved.values()) == [long_job["job"]["id"]] * 2  # 2 wanted, and at most half of 4 workers
+    reserved_headers = [h for a, h in zip(accounts, headers, strict=True) if _worker_id(market, a) in reserved]
+    for h in reserved_headers:
+        lease = _claim(market, h)
+        assert lease is not None and lease["task"]["job_id"] == long_job["job"]["id"]
+
+
+def _worker_id(market: Market, account: Any) -> str:
+    with Session(market.engine) as session:
+        return str(session.scalar(select(Worker.id).where(Worker.address == account.address)))
 
 
 def test_one_active_lease_and_one_payment_per_task_enforced_by_db(market: Market) -> None:
