@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from market.api.context import AppContext, auth_policy, system_clock
 from market.api.errors import install_error_handlers
 from market.api.middleware import BodySizeLimit, RateLimit
-from market.api.routes import audit, auth, health, inference, jobs, tasks, verification, workers
+from market.api.routes import audit, auth, health, inference, job_results, jobs, tasks, verification, workers
 from market.api.routes import training as training_routes
 from market.api.schemas.common import ErrorOut
 from market.config import Settings
@@ -65,7 +65,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        from market.services.inference_jobs import InferenceJobRunner
+
+        # Paid inference jobs run in this process: the coordinator holds the worker sockets.
+        runner = InferenceJobRunner(_app.state.coordinator, ctx.session_factory, ctx.clock)
+        _app.state.job_runner = runner
+        runner.start()
         yield
+        await runner.stop()
         if own_engine:
             db.dispose()
 
@@ -78,6 +85,8 @@ def create_app(
     app.state.ctx = ctx
     install_error_handlers(app)
     for module in (health, auth, workers, jobs, tasks):
+        if module is jobs:
+            app.include_router(job_results.router, responses=ERROR_RESPONSES)
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(audit.router, responses=ERROR_RESPONSES)
     inference.install(app, ERROR_RESPONSES)  # coordinator + /v1/inference, /v1/models, /v1/workers/ws

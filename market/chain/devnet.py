@@ -128,9 +128,13 @@ def ensure_deployed(client: ChainClient, paths: DevnetPaths) -> tuple[Deployment
     path = paths.deployment_file(chain_id)
     if path.is_file():
         deployment = read_deployment(paths, chain_id)
-        if deployment_is_live(client, deployment):
+        from market.chain.artifacts import artifacts_hash
+
+        stale = bool(deployment.artifacts_hash) and deployment.artifacts_hash != artifacts_hash()
+        if deployment_is_live(client, deployment) and not stale:
             return deployment, False
-        log.warning("recorded deployment has no code on chain %s; deploying again", chain_id)
+        log.warning("recorded deployment on chain %s is %s; deploying again", chain_id,
+                    "of other contract sources" if stale else "without code")
     admin = dev_accounts(1)[0]
     deployment = deploy_all(client, admin=admin, treasury=admin)
     deployment.save(path)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
+
 import typer
 
 from market.chain import devnet
@@ -24,6 +28,52 @@ def chain(port: int = typer.Option(devnet.DEFAULT_PORT, "--port", help="Devnet p
 
 
 @app.command()
-def run(port: int = typer.Option(devnet.DEFAULT_PORT, "--port", help="Devnet port if it is not running.")) -> None:
-    """The main demo."""
-    chain(port)
+def run(
+    port: int = typer.Option(devnet.DEFAULT_PORT, "--port", help="Devnet port if it is not running."),
+    var: Path = typer.Option(Path("var/demo"), "--var", help="Where the demo's DB, blobs, model and logs go."),
+    tokens: int = typer.Option(24, "--tokens", "-n", help="Tokens to generate per prompt."),
+) -> None:
+    """The main demo: a paid inference job on a local market with one cheating worker, verified, settled on
+    chain and audited. Exits 0 only if the job and chain audits pass."""
+    from market.demo.cluster import Cluster, ClusterConfig
+    from market.demo.paid_inference import run_paid_inference
+    from market.devservices import dev_accounts
+
+    import signal
+
+    def _terminate(*_args: object) -> None:
+        raise KeyboardInterrupt  # unwinds through `with Cluster`, which ends every child
+
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    url, deployment, started_chain, deployed = devnet.up(port)
+    typer.echo(f"devnet {url} (chain {deployment.chain_id}, {'started' if started_chain else 'reused'}"
+               f"{', contracts deployed' if deployed else ''})")
+    cfg = ClusterConfig(var=var.resolve(), rpc_url=url, deployment=deployment, operator=dev_accounts(1)[0])
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    with Cluster(cfg, say=typer.echo) as cluster:
+        out = run_paid_inference(cluster, max_new_tokens=tokens, say=typer.echo, write=write)
+    glb = 10**18
+    r = out.result
+    typer.echo("")
+    typer.echo(f"settlement tx {out.settlement_tx}  report root {r['settlement']['report_root']}")
+    s = r["settlement"]
+    typer.echo(f"  paid {int(s['paid']) / glb:g} GLB, fee {int(s['fee']) / glb:g} GLB, "
+               f"refunded to the requester {int(s['refunded']) / glb:g} GLB")
+    for p in s["payees"] or []:
+        typer.echo(f"  payee {p['payee']} credited {int(p['amount']) / glb:g} GLB")
+    for sl in r["slashes"]:
+        typer.echo(f"  SLASHED {sl['worker']} {int(sl['amount']) / glb:g} GLB ({sl['status']}, tx {sl['tx']})")
+    typer.echo("balances (this run):")
+    for name, credited in out.credited.items():
+        typer.echo(f"  {name:14s} credited {credited / glb:8.4f} GLB   stake {out.stake_before[name] / glb:g} → "
+                   f"{out.stake_after[name] / glb:g} GLB")
+    typer.echo(f"audit job:   {'PASSED' if out.audit_job[0] else 'FAILED'}  {out.audit_job[1].splitlines()[-1:]}")
+    typer.echo(f"audit chain: {'PASSED' if out.audit_chain[0] else 'FAILED'}  {out.audit_chain[1].splitlines()[-1:]}")
+    typer.echo(f"demo finished in {time.monotonic() - started:.0f} s; logs in {cfg.var / 'logs'}")
+    if not out.passed:
+        raise GlobaiError("the demo's audits did not pass")
