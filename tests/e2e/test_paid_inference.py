@@ -1,0 +1,50 @@
+"""Acceptance for paid inference, through the real flow: real Anvil, Redis, a Celery worker + beat, the market
+(uvicorn, `globai market serve`) and four `globai worker run` processes, one cheating (GLOBAI_WORKER_CHEAT=noise).
+A requester posts and funds (permit) an inference job over REST; the market runs it; the honest worker is paid on
+chain, the cheater is slashed, `globai audit job` and `globai audit chain` pass. The processes and the story are
+`market/demo/` (the same code `globai demo run` runs)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from market.chain.deploy import GLB
+from market.demo.cluster import Cluster, ClusterConfig
+from market.demo.paid_inference import STAKE, run_paid_inference
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_paid_inference_job_verified_settled_audited(chain: Any, deployment: Any, redis_url: str,
+                                                     tmp_path: Path) -> None:
+    started = time.monotonic()
+    cfg = ClusterConfig(var=tmp_path, rpc_url=chain.url, deployment=deployment, operator=chain.accounts[0],
+                        redis_url=redis_url, redis_db=13)
+    prompts = ["Once upon a time", "The market pays", "A verifier replays", "Settlement means",
+               "Workers stake GLB", "Requesters fund jobs", "Chunks are committed", "Roots are signed",
+               "Ninth prompt: a second batch"]
+    with Cluster(cfg) as cluster:
+        out = run_paid_inference(cluster, prompts=prompts, max_new_tokens=12)
+
+    # The requester got text for every prompt (two batches: 8 + 1).
+    assert [o["prompt"] for o in out.outputs] == prompts
+    assert all(o["tokens"] is not None and len(o["tokens"]) == 12 for o in out.outputs)
+    assert len({o["run_id"] for o in out.outputs}) == 2
+    # The cheater is slashed, the honest worker paid, the verifiers did not work for the job.
+    assert [(s["status"]) for s in out.result["slashes"]] == ["confirmed"]
+    assert out.stake_after["worker-cheat"] == out.stake_before["worker-cheat"] - 50 * GLB
+    assert out.credited["worker-cheat"] == 0
+    assert out.credited["worker-honest"] > 0
+    assert out.stake_after["worker-honest"] == out.stake_before["worker-honest"] >= STAKE
+    assert out.escrow_status == 2 and out.settlement_tx
+    s = out.result["settlement"]
+    assert [p["amount"] for p in s["payees"]] == [str(out.credited["worker-honest"])]
+    assert out.audit_job[0], out.audit_job[1]
+    assert out.audit_chain[0], out.audit_chain[1]
+    elapsed = time.monotonic() - started
+    print(f"\npaid inference e2e: {elapsed:.1f} s ({out.timings})")
+    assert elapsed < 90
