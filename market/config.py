@@ -70,7 +70,6 @@ class Settings(BaseSettings):
     worker_cache_ttl_s: float = Field(default=2.0, ge=0)
     worker_heartbeat_ttl_s: int = Field(default=120, ge=1)
     requeue_interval_s: float = Field(default=10.0, gt=0)
-    stake_sync_interval_s: float = Field(default=15.0, gt=0)
 
     # Verification and settlement (Celery verifiers, settlement and indexer; docs/settlement.md).
     # Key holding SETTLER_ROLE on JobEscrow and SLASHER_ROLE on StakingVault (the devnet deployer by default).

@@ -1,4 +1,5 @@
-"""Celery app factory for the market's background work (lease requeue, chain sync, and other components' tasks).
+"""Celery app factory for the market's background work (lease requeue, chain indexing, verification, settlement,
+training rounds).
 
 Built by the entry point (`globai market celery-worker` / `celery-beat`) from Settings; tasks reach the DB and
 chain through `runtime(app)`, created lazily once per worker process (never at import time, never pickled).
@@ -82,11 +83,6 @@ def create_celery(settings: Settings, *, include: Iterable[str] = ()) -> Celery:
                 "task": "market.tasks.leases.apply_capacity_reservations",
                 "schedule": 60.0,
                 "options": {"expires": 60.0},
-            },
-            "sync-stakes": {
-                "task": "market.tasks.leases.sync_chain",
-                "schedule": settings.stake_sync_interval_s,
-                "options": {"expires": settings.stake_sync_interval_s},
             },
             "index-chain": {
                 "task": "market.indexer.index_chain",

@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from market.db import Job, Lease, Task, Worker
 from market.tasks.celery_app import create_celery, runtime
-from market.tasks.leases import requeue_expired_leases, sync_chain
+from market.tasks.indexer import index_chain_task
+from market.tasks.leases import requeue_expired_leases
 from tests.market.conftest import empty_tables, make_settings
 
 pytestmark = pytest.mark.timeout(120)
@@ -79,7 +80,7 @@ def test_requeue_task_on_real_worker(redis_url: str, db_url: str, db_engine, sta
     assert app.conf.beat_schedule["requeue-expired-leases"]["task"] == requeue_expired_leases.name
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
         assert requeue_expired_leases.apply_async().get(timeout=20) == 1
-        assert sync_chain.apply_async().get(timeout=20) == {"skipped": "no chain configured"}
+        assert index_chain_task.apply_async().get(timeout=20) == {"skipped": "no chain configured"}
     runtime(app).dispose()
     with Session(db_engine) as session:
         task = session.get(Task, stale_lease)
