@@ -16,7 +16,8 @@ PortOpt = typer.Option(devnet.DEFAULT_PORT, "--port", help="Port for a devnet th
 def up(port: int = PortOpt) -> None:
     """Start the devnet (or reuse the running one) and deploy the contracts if they are not deployed."""
     url, record, started, deployed = devnet.up(port)
-    typer.echo(f"devnet {'started' if started else 'already running'} at {url} (chain {record.chain_id})")
+    note = "" if started or url.endswith(f":{port}") else f" (--port {port} ignored; set GLOBAI_RPC_URL={url})"
+    typer.echo(f"devnet {'started' if started else 'already running'} at {url} (chain {record.chain_id}){note}")
     typer.echo("contracts deployed now" if deployed else "contracts already deployed")
     for name, info in record.contracts.items():
         typer.echo(f"  {name:13s} {info.address}")
