@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,6 +13,7 @@ from market.chain import devnet
 from market.chain.client import ChainClient
 from market.errors import GlobaiError
 
+DEMO_VAR = Path("var/demo")
 app = typer.Typer(help="End-to-end demos on embedded defaults (devnet Anvil, SQLite, local Redis).")
 
 
@@ -30,16 +32,16 @@ def chain(port: int = typer.Option(devnet.DEFAULT_PORT, "--port", help="Devnet p
 @app.command()
 def run(
     port: int = typer.Option(devnet.DEFAULT_PORT, "--port", help="Devnet port if it is not running."),
-    var: Path = typer.Option(Path("var/demo"), "--var", help="Where the demo's DB, blobs, model and logs go."),
+    var: Annotated[Path, typer.Option("--var", help="Where the demo's DB, blobs, model and logs go.")] = DEMO_VAR,
     tokens: int = typer.Option(24, "--tokens", "-n", help="Tokens to generate per prompt."),
 ) -> None:
     """The main demo: a paid inference job on a local market with one cheating worker, verified, settled on
     chain and audited. Exits 0 only if the job and chain audits pass."""
+    import signal
+
     from market.demo.cluster import Cluster, ClusterConfig
     from market.demo.paid_inference import run_paid_inference
     from market.devservices import dev_accounts
-
-    import signal
 
     def _terminate(*_args: object) -> None:
         raise KeyboardInterrupt  # unwinds through `with Cluster`, which ends every child

@@ -183,6 +183,32 @@ def get(job_id: str = typer.Argument(...), market: str = MarketOpt, key_file: Pa
     _echo(client.request("GET", f"/v1/jobs/{job_id}"))
 
 
+@app.command()
+def result(
+    job_id: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    market: str = MarketOpt,
+    key_file: Path = KeyOpt,
+) -> None:
+    """An inference job's generated text per prompt, with its verification and settlement."""
+    _, client = _client(market, key_file)
+    data = client.request("GET", f"/v1/jobs/{job_id}/result")
+    if as_json:
+        _echo(data)
+        return
+    typer.echo(f"job {data['id']}: {data['status']}")
+    for o in data["outputs"]:
+        typer.echo(f"[{o['index']}] {o['prompt']}{o['text'] if o['text'] is not None else ' (not generated yet)'}")
+    if data.get("verification"):
+        typer.echo(f"verification: {data['verification']['status']} {data['verification']['detail']}".rstrip())
+    for s in data.get("slashes") or []:
+        typer.echo(f"slashed: {s['worker']} {s['amount']} wei ({s['status']})")
+    if data.get("settlement"):
+        st = data["settlement"]
+        typer.echo(f"settled: paid {st['paid']} fee {st['fee']} refunded {st['refunded']} (wei), "
+                   f"root {st['report_root']}")
+
+
 @app.command("list")
 def list_jobs(
     status: str = typer.Option(None, "--status"),

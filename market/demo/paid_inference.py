@@ -119,11 +119,12 @@ def run_paid_inference(
     spec = {"kind": "inference", "model": cluster.cfg.model, "prompts": prompts, "max_new_tokens": max_new_tokens,
             "sampling": {"temperature": 0.8, "top_p": 0.95, "seed": 7}}
     out.job_id, out.funding_tx = cluster.post_and_fund(requester, spec, price_per_unit=PRICE_PER_UNIT, budget=budget)
+    say("• the model is a tiny Llama with random weights (built locally): expect gibberish, not prose")
     say(f"• requester {requester.address} posted job {out.job_id} and funded {budget / GLB:g} GLB with a permit "
         f"(tx {out.funding_tx})")
 
     client = cluster.requester(requester)
-    _stream(cluster, client, out.job_id, len(prompts), write)
+    _stream(cluster, client, out.job_id, prompts, write)
     result = cluster.wait("the job to complete", lambda: _done(client, out.job_id), timeout=120)
     out.outputs = result["outputs"]
     out.timings["generated"] = time.monotonic() - t0
@@ -172,10 +173,10 @@ def _done(client: Any, job_id: str) -> dict[str, Any] | None:
     return r if r["status"] == "completed" else None
 
 
-def _stream(cluster: Cluster, client: Any, job_id: str, n: int, write: Callable[[str], None]) -> None:
+def _stream(cluster: Cluster, client: Any, job_id: str, prompts: list[str], write: Callable[[str], None]) -> None:
     """Print the text as it is generated: the first sequence of each batch live, the others when it ends."""
     token = client.sign_in()
-    texts = [""] * n
+    n = len(prompts)
     with httpx.stream("GET", f"{cluster.market_url}/v1/jobs/{job_id}/stream", params={"format": "ndjson"},
                       headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(10, read=120)) as r:
         r.raise_for_status()
@@ -185,21 +186,18 @@ def _stream(cluster: Cluster, client: Any, job_id: str, n: int, write: Callable[
             ev = json.loads(line)
             first = int(ev.get("first_prompt", 0))
             if ev["event"] == "route":
-                write(f"\n  route: {_route(ev)}\n")
-                write(f"  [{first}] ")
+                write(f"  batch {ev.get('batch', 0)}, route: {_route(ev)}\n")
+                write(f"  [{first}] {prompts[first]!r} →")
             elif ev["event"] == "token":
-                for b, delta in enumerate(ev.get("text") or []):
-                    if first + b < n:
-                        texts[first + b] += delta
-                        if b == 0:
-                            write(delta)
+                delta = (ev.get("text") or [""])[0]
+                write(delta.replace("\n", " "))
             elif ev["event"] == "done":
                 write("\n")
                 for b, text in enumerate(ev.get("text") or []):
-                    if first + b < n:
-                        texts[first + b] = text
-                        if b > 0:
-                            write(f"  [{first + b}] {text}\n")
+                    if b > 0 and first + b < n:
+                        write(f"  [{first + b}] {prompts[first + b]!r} →{text.replace(chr(10), ' ')}\n")
+            elif ev["event"] == "failover":
+                write(f"\n  (failover: {ev.get('detail', ev)})\n")
             elif ev["event"] == "job_done":
                 return
 

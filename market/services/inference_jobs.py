@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5
 ROUTE_WAIT_S = 120.0  # how long a job waits for a route (workers connecting) before it is refunded
 BATCH_ATTEMPTS = 3
+KEEP_FINISHED_JOBS = 256
 
 
 def batches(prompts: list[str], size: int) -> list[list[str]]:
@@ -95,12 +96,17 @@ class InferenceJobRunner:
                     if job_id not in self._tasks:
                         task = asyncio.create_task(self._run_job(job_id))
                         self._tasks[job_id] = task
-                        task.add_done_callback(lambda _t, j=job_id: self._tasks.pop(j, None))
+                        task.add_done_callback(self._forget)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("inference job poll failed")
             await asyncio.sleep(self.poll_s)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        for job_id, t in list(self._tasks.items()):
+            if t is task:
+                del self._tasks[job_id]
 
     def _claim(self, live_models: set[str], *, resume: bool) -> list[str]:
         """Funded inference jobs, moved to running (compare-and-set); at start-up also the ones left running."""
@@ -130,9 +136,8 @@ class InferenceJobRunner:
             assert job is not None
             spec = InferenceSpec.model_validate(job.spec)
             open_run(s, job_id=job_id, now=self._clock())
-            wanted = {
-                i: self.coordinator.encode_prompts(spec.model, b, None) for i, b in enumerate(batches(spec.prompts, size))
-            }
+            encode = self.coordinator.encode_prompts
+            wanted = {i: encode(spec.model, b, None) for i, b in enumerate(batches(spec.prompts, size))}
             done: dict[int, str] = {}
             stale: list[str] = []
             rows = s.execute(
@@ -141,7 +146,8 @@ class InferenceJobRunner:
                 .order_by(JobRun.created_at)
             ).all()
             for run_id, status, params in rows:
-                index = next((i for i, ids in wanted.items() if ids == params.get("prompt_ids") and i not in done), None)
+                ids = params.get("prompt_ids")
+                index = next((i for i, want in wanted.items() if want == ids and i not in done), None)
                 if status == "completed" and index is not None:
                     done[index] = run_id
                 else:
@@ -181,6 +187,9 @@ class InferenceJobRunner:
         finally:
             progress.finished = True
             progress.touch()
+            finished = [j for j, p in self.progress.items() if p.finished]
+            for old in finished[: max(0, len(finished) - KEEP_FINISHED_JOBS)]:  # late readers get the DB result
+                del self.progress[old]
 
     async def _run_batch(
         self, job: Job, spec: InferenceSpec, prompts: list[str], progress: JobProgress, index: int
