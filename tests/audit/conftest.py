@@ -1,31 +1,3 @@
-from __future__ import annotations
+"""The audit tests use the settlement tests' fixtures (a migrated SQLite market DB, a funder, the operator)."""
 
-from collections.abc import Iterator
-
-import pytest
-from sqlalchemy import Engine
-
-from tests.settlement.support import Funder, empty, migrated_engine, operator_for
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    e = migrated_engine(f"sqlite:///{tmp_path_factory.mktemp('db') / 'market.db'}")
-    yield e
-    e.dispose()
-
-
-@pytest.fixture
-def db(engine: Engine) -> Iterator[Engine]:
-    yield engine
-    empty(engine)
-
-
-@pytest.fixture
-def funder(chain, deployment) -> Funder:  # type: ignore[no-untyped-def]
-    return Funder(chain.client, deployment, chain.accounts[0], chain.accounts[1])
-
-
-@pytest.fixture
-def operator(chain, deployment):  # type: ignore[no-untyped-def]
-    return operator_for(chain.client, deployment, chain.accounts[0])
+from tests.settlement.conftest import db, engine, funder, operator  # noqa: F401
