@@ -47,6 +47,7 @@ def run(
         raise KeyboardInterrupt  # unwinds through `with Cluster`, which ends every child
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIG_IGN)
     started = time.monotonic()
     url, deployment, started_chain, deployed = devnet.up(port)
     typer.echo(f"devnet {url} (chain {deployment.chain_id}, {'started' if started_chain else 'reused'}"
@@ -57,8 +58,12 @@ def run(
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    with Cluster(cfg, say=typer.echo) as cluster:
-        out = run_paid_inference(cluster, max_new_tokens=tokens, say=typer.echo, write=write)
+    try:
+        with Cluster(cfg, say=typer.echo) as cluster:
+            out = run_paid_inference(cluster, max_new_tokens=tokens, say=typer.echo, write=write)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: every process the demo started has been stopped", err=True)
+        raise typer.Exit(130) from None
     glb = 10**18
     r = out.result
     typer.echo("")
