@@ -14,7 +14,7 @@ import pytest
 
 from market.chain.deploy import GLB
 from market.demo.cluster import Cluster, ClusterConfig
-from market.demo.paid_inference import STAKE, run_paid_inference
+from market.demo.paid_inference import STAKE, demo_account, run_paid_inference
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -29,6 +29,13 @@ def test_paid_inference_job_verified_settled_audited(chain: Any, deployment: Any
                "Ninth prompt: a second batch"]
     with Cluster(cfg) as cluster:
         out = run_paid_inference(cluster, prompts=prompts, max_new_tokens=12)
+        # Confirming funding again changes nothing: the job ran once (two runs: 8 + 1 prompts) and stays settled.
+        client = cluster.requester(demo_account("requester"))
+        client.request("POST", f"/v1/jobs/{out.job_id}/confirm-funding")
+        time.sleep(1.0)  # > the runner's poll interval
+        again = client.request("GET", f"/v1/jobs/{out.job_id}/result")
+        assert [o["run_id"] for o in again["outputs"]] == [o["run_id"] for o in out.outputs]
+        assert again["status"] == out.result["status"] != "running"
 
     # The requester got text for every prompt (two batches: 8 + 1).
     assert [o["prompt"] for o in out.outputs] == prompts
