@@ -81,6 +81,7 @@ def run(
                    f"{out.stake_after[name] / glb:g} GLB")
     typer.echo(f"audit job:   {'PASSED' if out.audit_job[0] else 'FAILED'}  {out.audit_job[1].splitlines()[-1:]}")
     typer.echo(f"audit chain: {'PASSED' if out.audit_chain[0] else 'FAILED'}  {out.audit_chain[1].splitlines()[-1:]}")
-    typer.echo(f"demo finished in {time.monotonic() - started:.0f} s; logs in {cfg.var / 'logs'}")
+    typer.echo(f"demo finished in {time.monotonic() - started:.0f} s; logs in {cfg.var / 'logs'}; "
+               f"the devnet stays up at {url} for the next run (`globai devnet down` stops it)")
     if not out.passed:
         raise GlobaiError("the demo's audits did not pass")
