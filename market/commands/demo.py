@@ -50,8 +50,10 @@ def run(
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIG_IGN)
     started = time.monotonic()
     url, deployment, started_chain, deployed = devnet.up(port)
-    typer.echo(f"devnet {url} (chain {deployment.chain_id}, {'started' if started_chain else 'reused'}"
-               f"{', contracts deployed' if deployed else ''})")
+    typer.echo(
+        f"devnet {url} (chain {deployment.chain_id}, {'started' if started_chain else 'reused'}"
+        f"{', contracts deployed' if deployed else ''})"
+    )
     cfg = ClusterConfig(var=var.resolve(), rpc_url=url, deployment=deployment, operator=dev_accounts(1)[0])
 
     def write(text: str) -> None:
@@ -69,19 +71,25 @@ def run(
     typer.echo("")
     typer.echo(f"settlement tx {out.settlement_tx}  report root {r['settlement']['report_root']}")
     s = r["settlement"]
-    typer.echo(f"  paid {int(s['paid']) / glb:g} GLB, fee {int(s['fee']) / glb:g} GLB, "
-               f"refunded to the requester {int(s['refunded']) / glb:g} GLB")
+    typer.echo(
+        f"  paid {int(s['paid']) / glb:g} GLB, fee {int(s['fee']) / glb:g} GLB, "
+        f"refunded to the requester {int(s['refunded']) / glb:g} GLB"
+    )
     for p in s["payees"] or []:
         typer.echo(f"  payee {p['payee']} credited {int(p['amount']) / glb:g} GLB")
     for sl in r["slashes"]:
         typer.echo(f"  SLASHED {sl['worker']} {int(sl['amount']) / glb:g} GLB ({sl['status']}, tx {sl['tx']})")
     typer.echo("balances (this run):")
     for name, credited in out.credited.items():
-        typer.echo(f"  {name:14s} credited {credited / glb:8.4f} GLB   stake {out.stake_before[name] / glb:g} → "
-                   f"{out.stake_after[name] / glb:g} GLB")
+        typer.echo(
+            f"  {name:14s} credited {credited / glb:8.4f} GLB   stake {out.stake_before[name] / glb:g} → "
+            f"{out.stake_after[name] / glb:g} GLB"
+        )
     typer.echo(f"audit job:   {'PASSED' if out.audit_job[0] else 'FAILED'}  {out.audit_job[1].splitlines()[-1:]}")
     typer.echo(f"audit chain: {'PASSED' if out.audit_chain[0] else 'FAILED'}  {out.audit_chain[1].splitlines()[-1:]}")
-    typer.echo(f"demo finished in {time.monotonic() - started:.0f} s; logs in {cfg.var / 'logs'}; "
-               f"the devnet stays up at {url} for the next run (`globai devnet down` stops it)")
+    typer.echo(
+        f"demo finished in {time.monotonic() - started:.0f} s; logs in {cfg.var / 'logs'}; "
+        f"the devnet stays up at {url} for the next run (`globai devnet down` stops it)"
+    )
     if not out.passed:
         raise GlobaiError("the demo's audits did not pass")

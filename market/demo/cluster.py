@@ -100,12 +100,26 @@ class Cluster:
             self.redis.stop()
             self.redis = None
 
+    def kill(self, name: str) -> None:
+        """SIGKILL a child's process group (a crash, for tests) and forget it."""
+        for child in [c for c in self.children if c.name == name]:
+            try:
+                os.killpg(child.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            child.proc.wait()
+            self.children.remove(child)
+
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from market.cli import main; main()", *args], cwd=ROOT, env=env or self.env,
-            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
+            [sys.executable, "-c", "from market.cli import main; main()", *args],
+            cwd=ROOT,
+            env=env or self.env,
+            stdout=open(log, "wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # noqa: SIM115
         )
         child = Child(name, proc, log)
         self.children.append(child)
@@ -147,20 +161,38 @@ class Cluster:
         d = self.cfg.deployment
         first_block = int(getattr(d, "first_block", 0) or 0)
         self.env = {
-            **os.environ, "GLOBAI_PROFILE": "test", "GLOBAI_AUTH_SECRET": AUTH_SECRET, "GLOBAI_DATABASE_URL": db_url,
-            "GLOBAI_REDIS_URL": redis_url, "GLOBAI_RPC_URL": self.cfg.rpc_url, "GLOBAI_CHAIN_ID": str(d.chain_id),
-            "GLOBAI_STAKING_VAULT_ADDRESS": d.vault, "GLOBAI_JOB_ESCROW_ADDRESS": d.escrow,
-            "GLOBAI_TOKEN_ADDRESS": d.token, "GLOBAI_OPERATOR_PRIVATE_KEY": "0x" + bytes(self.cfg.operator.key).hex(),
+            **os.environ,
+            "GLOBAI_PROFILE": "test",
+            "GLOBAI_AUTH_SECRET": AUTH_SECRET,
+            "GLOBAI_DATABASE_URL": db_url,
+            "GLOBAI_REDIS_URL": redis_url,
+            "GLOBAI_RPC_URL": self.cfg.rpc_url,
+            "GLOBAI_CHAIN_ID": str(d.chain_id),
+            "GLOBAI_STAKING_VAULT_ADDRESS": d.vault,
+            "GLOBAI_JOB_ESCROW_ADDRESS": d.escrow,
+            "GLOBAI_TOKEN_ADDRESS": d.token,
+            "GLOBAI_OPERATOR_PRIVATE_KEY": "0x" + bytes(self.cfg.operator.key).hex(),
             "GLOBAI_ADMIN_ADDRESSES": json.dumps([self.cfg.operator.address]),
-            "GLOBAI_MODELS_DIR": str(models), "GLOBAI_BLOB_DIR": str(self.var / "blobs"),
-            "GLOBAI_SLASH_AMOUNT_WEI": str(self.cfg.slash_amount), "GLOBAI_MARKET_URL": self.market_url,
-            "GLOBAI_HOST": "127.0.0.1", "GLOBAI_PORT": str(port), "GLOBAI_WORKERS": "1",
-            "GLOBAI_AUTH_DOMAIN": "127.0.0.1", "GLOBAI_AUTH_URI": self.market_url,
-            "GLOBAI_RATE_LIMIT_PER_S": "1000", "GLOBAI_RATE_LIMIT_BURST": "1000",
-            "GLOBAI_VERIFY_INTERVAL_S": "1", "GLOBAI_SETTLE_INTERVAL_S": "1", "GLOBAI_INDEX_INTERVAL_S": "2",
+            "GLOBAI_MODELS_DIR": str(models),
+            "GLOBAI_BLOB_DIR": str(self.var / "blobs"),
+            "GLOBAI_SLASH_AMOUNT_WEI": str(self.cfg.slash_amount),
+            "GLOBAI_MARKET_URL": self.market_url,
+            "GLOBAI_HOST": "127.0.0.1",
+            "GLOBAI_PORT": str(port),
+            "GLOBAI_WORKERS": "1",
+            "GLOBAI_AUTH_DOMAIN": "127.0.0.1",
+            "GLOBAI_AUTH_URI": self.market_url,
+            "GLOBAI_RATE_LIMIT_PER_S": "1000",
+            "GLOBAI_RATE_LIMIT_BURST": "1000",
+            "GLOBAI_VERIFY_INTERVAL_S": "1",
+            "GLOBAI_SETTLE_INTERVAL_S": "1",
+            "GLOBAI_INDEX_INTERVAL_S": "2",
             "GLOBAI_CHAIN_START_BLOCK": str(first_block),
-            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONUNBUFFERED": "1", **self.cfg.extra_env,
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+            **self.cfg.extra_env,
         }
 
     def start_market(self) -> None:
@@ -180,19 +212,41 @@ class Cluster:
             p.unlink()
         self._spawn("celery-beat", ["market", "celery-beat", "--schedule", str(sched), "--loglevel", "INFO"])
 
-    def start_worker(self, name: str, account: LocalAccount, *, layers: str, operator: str,
-                     cheat: str | None = None) -> Child:
+    def start_worker(
+        self, name: str, account: LocalAccount, *, layers: str, operator: str, cheat: str | None = None
+    ) -> Child:
         env = {**self.env, **({"GLOBAI_WORKER_CHEAT": cheat} if cheat else {})}
         env.pop("GLOBAI_OPERATOR_PRIVATE_KEY", None)  # a worker has only its own key
-        return self._spawn(name, [
-            "worker", "run", "--market", self.market_url, "--key", "0x" + bytes(account.key).hex(),
-            "--model", self.cfg.model, "--layers", layers, "--threads", "1", "--operator", operator,
-            "--cache-dir", str(self.var / "cache" / name), "--no-progress",
-        ], env)
+        return self._spawn(
+            name,
+            [
+                "worker",
+                "run",
+                "--market",
+                self.market_url,
+                "--key",
+                "0x" + bytes(account.key).hex(),
+                "--model",
+                self.cfg.model,
+                "--layers",
+                layers,
+                "--threads",
+                "1",
+                "--operator",
+                operator,
+                "--cache-dir",
+                str(self.var / "cache" / name),
+                "--no-progress",
+            ],
+            env,
+        )
 
     def connected(self) -> list[dict[str, Any]]:
-        r = httpx.get(f"{self.market_url}/v1/models/{self.cfg.model}/coverage", timeout=10,
-                      headers={"Authorization": f"Bearer {self._anon_token()}"})
+        r = httpx.get(
+            f"{self.market_url}/v1/models/{self.cfg.model}/coverage",
+            timeout=10,
+            headers={"Authorization": f"Bearer {self._anon_token()}"},
+        )
         r.raise_for_status()
         return list(r.json()["workers"])
 
@@ -235,27 +289,47 @@ class Cluster:
 
         return MarketClient(self.market_url, account)
 
-    def post_and_fund(self, account: LocalAccount, spec: dict[str, Any], *, price_per_unit: int, budget: int,
-                      hours: float = 1.0) -> tuple[str, str]:
+    def post_and_fund(
+        self, account: LocalAccount, spec: dict[str, Any], *, price_per_unit: int, budget: int, hours: float = 1.0
+    ) -> tuple[str, str]:
         """POST /v1/jobs, fund with permit + fundJobWithPermit (one transaction), confirm funding.
         Returns (job id, funding tx hash)."""
         from market.chain.permit import sign_glb_permit
 
         client = self.requester(account)
         deadline = datetime.now(UTC) + timedelta(hours=hours)
-        created = client.request("POST", "/v1/jobs", json={
-            "spec": spec, "price_per_unit": str(price_per_unit), "budget": str(budget),
-            "deadline": deadline.isoformat(), "replicas": 1,
-        })
+        created = client.request(
+            "POST",
+            "/v1/jobs",
+            json={
+                "spec": spec,
+                "price_per_unit": str(price_per_unit),
+                "budget": str(budget),
+                "deadline": deadline.isoformat(),
+                "replicas": 1,
+            },
+        )
         job_id, escrow = created["job"]["id"], created["escrow"]
         c = self.contracts
         amount = int(escrow["amount"])
-        permit = sign_glb_permit(self.chain, account, token=c.token.address, spender=c.escrow.address, value=amount,
-                                 deadline=int(escrow["deadline"]))
+        permit = sign_glb_permit(
+            self.chain,
+            account,
+            token=c.token.address,
+            spender=c.escrow.address,
+            value=amount,
+            deadline=int(escrow["deadline"]),
+        )
         receipt = self.chain.transact(
             c.escrow.functions.fundJobWithPermit(
-                bytes.fromhex(escrow["job_id"][2:]), amount, bytes.fromhex(escrow["spec_hash"][2:]),
-                int(escrow["deadline"]), permit.deadline, permit.v, permit.r, permit.s,
+                bytes.fromhex(escrow["job_id"][2:]),
+                amount,
+                bytes.fromhex(escrow["spec_hash"][2:]),
+                int(escrow["deadline"]),
+                permit.deadline,
+                permit.v,
+                permit.r,
+                permit.s,
             ),
             account,
         )
@@ -274,5 +348,11 @@ class Cluster:
             time.sleep(every)
 
     def globai(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-c", "from market.cli import main; main()", *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout, env=self.env)
+        return subprocess.run(
+            [sys.executable, "-c", "from market.cli import main; main()", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+        )

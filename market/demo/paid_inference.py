@@ -85,8 +85,12 @@ def actors() -> tuple[list[Actor], list[Actor]]:
 
 
 def run_paid_inference(
-    cluster: Cluster, *, prompts: list[str] | None = None, max_new_tokens: int = 24,
-    say: Callable[[str], None] = lambda _m: None, write: Callable[[str], None] = lambda _m: None,
+    cluster: Cluster,
+    *,
+    prompts: list[str] | None = None,
+    max_new_tokens: int = 24,
+    say: Callable[[str], None] = lambda _m: None,
+    write: Callable[[str], None] = lambda _m: None,
 ) -> Outcome:
     out = Outcome()
     t0 = time.monotonic()
@@ -111,8 +115,10 @@ def run_paid_inference(
     say(f"• {STAKE // GLB} GLB staked by each of " + ", ".join(a.name for a in everyone))
     for a in work:
         cluster.start_worker(a.name, a.account, layers=a.layers, operator=a.operator, cheat=a.cheat)
-        say(f"• {a.name} {a.account.address} serves layers [{a.layers.replace(':', ', ')})"
-            + ("  ← CHEATS: its outputs are scaled by 1.10 (GLOBAI_WORKER_CHEAT=noise)" if a.cheat else ""))
+        say(
+            f"• {a.name} {a.account.address} serves layers [{a.layers.replace(':', ', ')})"
+            + ("  ← CHEATS: its outputs are scaled by 1.10 (GLOBAI_WORKER_CHEAT=noise)" if a.cheat else "")
+        )
     cluster.wait_workers([a.account.address for a in work])
     out.timings["workers_up"] = time.monotonic() - t0
 
@@ -120,12 +126,19 @@ def run_paid_inference(
     units = len(prompts) * max_new_tokens
     budget = PRICE_PER_UNIT * units * 3  # two stage parts per token, plus the fee; the rest is refunded
     cluster.give(requester, budget)
-    spec = {"kind": "inference", "model": cluster.cfg.model, "prompts": prompts, "max_new_tokens": max_new_tokens,
-            "sampling": {"temperature": 0.8, "top_p": 0.95, "seed": 7}}
+    spec = {
+        "kind": "inference",
+        "model": cluster.cfg.model,
+        "prompts": prompts,
+        "max_new_tokens": max_new_tokens,
+        "sampling": {"temperature": 0.8, "top_p": 0.95, "seed": 7},
+    }
     out.job_id, out.funding_tx = cluster.post_and_fund(requester, spec, price_per_unit=PRICE_PER_UNIT, budget=budget)
     say("• the model is a tiny Llama with random weights (built locally): expect gibberish, not prose")
-    say(f"• requester {requester.address} posted job {out.job_id} and funded {budget / GLB:g} GLB with a permit "
-        f"(tx {out.funding_tx})")
+    say(
+        f"• requester {requester.address} posted job {out.job_id} and funded {budget / GLB:g} GLB with a permit "
+        f"(tx {out.funding_tx})"
+    )
 
     client = cluster.requester(requester)
     _stream(cluster, client, out.job_id, prompts, write)
@@ -154,15 +167,17 @@ def run_paid_inference(
     out.timings["settled"] = time.monotonic() - t0
     out.escrow_status = int(chain.call(c.escrow.functions.getJob(job_id_bytes(out.job_id)))[3])
     out.settlement_tx = _settlement_tx(cluster, out.job_id)
-    out.credited = {a.name: int(chain.call(c.escrow.functions.balanceOf(a.account.address))) - credited0[a.name]
-                    for a in everyone}
+    out.credited = {
+        a.name: int(chain.call(c.escrow.functions.balanceOf(a.account.address))) - credited0[a.name] for a in everyone
+    }
     out.stake_after = {a.name: int(chain.call(c.vault.functions.stakeOf(a.account.address))) for a in everyone}
 
     record = cluster.var / "deployment.json"
     record.write_text(json.dumps(cluster.cfg.deployment.to_json()))
     report = f"{cluster.market_url}/v1/audit/jobs/{out.job_id}/report"
-    job_audit = cluster.globai("audit", "job", out.job_id, "--rpc", cluster.cfg.rpc_url, "--deployment",
-                               str(record), "--report", report)
+    job_audit = cluster.globai(
+        "audit", "job", out.job_id, "--rpc", cluster.cfg.rpc_url, "--deployment", str(record), "--report", report
+    )
     out.audit_job = (job_audit.returncode == 0, (job_audit.stdout + job_audit.stderr).strip())
     chain_audit = cluster.globai("audit", "chain", "--rpc", cluster.cfg.rpc_url, "--deployment", str(record))
     out.audit_chain = (chain_audit.returncode == 0, (chain_audit.stdout + chain_audit.stderr).strip())
@@ -181,8 +196,13 @@ def _stream(cluster: Cluster, client: Any, job_id: str, prompts: list[str], writ
     """Print the text as it is generated: the first sequence of each batch live, the others when it ends."""
     token = client.sign_in()
     n = len(prompts)
-    with httpx.stream("GET", f"{cluster.market_url}/v1/jobs/{job_id}/stream", params={"format": "ndjson"},
-                      headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(10, read=120)) as r:
+    with httpx.stream(
+        "GET",
+        f"{cluster.market_url}/v1/jobs/{job_id}/stream",
+        params={"format": "ndjson"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(10, read=120),
+    ) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line:

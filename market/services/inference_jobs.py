@@ -63,8 +63,13 @@ class JobProgress:
 
 class InferenceJobRunner:
     def __init__(
-        self, coordinator: Coordinator, session_factory: sessionmaker[Session], clock: Callable[[], datetime],
-        *, poll_s: float = POLL_S, route_wait_s: float = ROUTE_WAIT_S,
+        self,
+        coordinator: Coordinator,
+        session_factory: sessionmaker[Session],
+        clock: Callable[[], datetime],
+        *,
+        poll_s: float = POLL_S,
+        route_wait_s: float = ROUTE_WAIT_S,
     ) -> None:
         self.coordinator = coordinator
         self._sf = session_factory
@@ -119,7 +124,8 @@ class InferenceJobRunner:
                 if model not in live_models:
                     continue  # stays funded (queued) until a worker serving its model is connected
                 moved = s.execute(
-                    update(Job).where(Job.id == job_id, Job.status == "funded")
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == "funded")
                     .values(status="running", updated_at=self._clock())
                 ).rowcount  # type: ignore[attr-defined]
                 if moved:
@@ -142,7 +148,8 @@ class InferenceJobRunner:
             stale: list[str] = []
             rows = s.execute(
                 select(JobRun.run_id, InferenceRun.status, InferenceRun.params)
-                .join(InferenceRun, InferenceRun.id == JobRun.run_id).where(JobRun.job_id == job_id)
+                .join(InferenceRun, InferenceRun.id == JobRun.run_id)
+                .where(JobRun.job_id == job_id)
                 .order_by(JobRun.created_at)
             ).all()
             for run_id, status, params in rows:
@@ -199,10 +206,16 @@ class InferenceJobRunner:
         while True:
             try:
                 run = await self.coordinator.start(
-                    requester=job.requester, model=spec.model, prompts=prompts, prompt_ids=None,
+                    requester=job.requester,
+                    model=spec.model,
+                    prompts=prompts,
+                    prompt_ids=None,
                     max_new_tokens=spec.max_new_tokens,
-                    sampling=SamplingParams(temperature=spec.sampling.temperature, top_p=spec.sampling.top_p,
-                                            seed=spec.sampling.seed + index),
+                    sampling=SamplingParams(
+                        temperature=spec.sampling.temperature,
+                        top_p=spec.sampling.top_p,
+                        seed=spec.sampling.seed + index,
+                    ),
                 )
             except RouteUnavailable as exc:
                 if asyncio.get_running_loop().time() - waited_since > self.route_wait_s:
@@ -245,8 +258,11 @@ class InferenceJobRunner:
 
     def _complete(self, job_id: str) -> None:
         with self._sf() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
-                      .values(status="completed", updated_at=self._clock()))
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running")
+                .values(status="completed", updated_at=self._clock())
+            )
             s.commit()
 
     def _fail(self, job_id: str) -> None:
@@ -261,22 +277,38 @@ class InferenceJobRunner:
 
 
 def job_outputs(
-    session: Session, *, job: Job, encode: Callable[[list[str]], list[list[int]]],
-    decode: Callable[[list[int]], str] | None, batch_size: int,
+    session: Session,
+    *,
+    job: Job,
+    encode: Callable[[list[str]], list[list[int]]],
+    decode: Callable[[list[int]], str] | None,
+    batch_size: int,
 ) -> list[dict[str, Any]]:
     """Per prompt (in the spec's order): the prompt, generated tokens and text, from the job's completed runs
     (each matched to its batch by its prompt ids)."""
     spec = InferenceSpec.model_validate(job.spec)
-    runs = session.execute(
-        select(InferenceRun).join(JobRun, JobRun.run_id == InferenceRun.id)
-        .where(JobRun.job_id == job.id, InferenceRun.status == "completed")
-    ).scalars().all()
+    runs = (
+        session.execute(
+            select(InferenceRun)
+            .join(JobRun, JobRun.run_id == InferenceRun.id)
+            .where(JobRun.job_id == job.id, InferenceRun.status == "completed")
+        )
+        .scalars()
+        .all()
+    )
     out = []
     for b, prompts in enumerate(batches(spec.prompts, batch_size)):
         ids = encode(prompts)
         run = next((r for r in runs if r.params.get("prompt_ids") == ids), None)
         for i, prompt in enumerate(prompts):
             toks = run.tokens[i] if run is not None and run.tokens is not None else None
-            out.append({"index": b * batch_size + i, "prompt": prompt, "tokens": toks, "run_id": run and run.id,
-                        "text": None if toks is None or decode is None else decode(toks)})
+            out.append(
+                {
+                    "index": b * batch_size + i,
+                    "prompt": prompt,
+                    "tokens": toks,
+                    "run_id": run and run.id,
+                    "text": None if toks is None or decode is None else decode(toks),
+                }
+            )
     return out

@@ -26,19 +26,29 @@ def _encode(_model: str, prompts: list[str] | None, _ids: Any) -> list[list[int]
 def _runner(tmp_path: Path) -> tuple[InferenceJobRunner, Any]:
     engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     upgrade(engine)
-    coordinator = SimpleNamespace(config=SimpleNamespace(max_batch=2), encode_prompts=_encode,
-                                  links=SimpleNamespace(live=lambda model=None: []))
+    coordinator = SimpleNamespace(
+        config=SimpleNamespace(max_batch=2), encode_prompts=_encode, links=SimpleNamespace(live=lambda model=None: [])
+    )
     sf = make_session_factory(engine)
     return InferenceJobRunner(coordinator, sf, lambda: NOW), sf  # type: ignore[arg-type]
 
 
 def _job(sf: Any, status: str, model: str = "m") -> str:
     with sf() as s:
-        job = Job(chain_job_id="0x" + status.encode().hex().ljust(64, "0"), requester="0x" + "11" * 20,
-                  kind="inference", model=model,
-                  spec={"kind": "inference", "model": model, "prompts": PROMPTS, "max_new_tokens": 3},
-                  spec_hash="0x" + "00" * 32, budget=10, price_per_unit=1, max_units=15,
-                  deadline=NOW + timedelta(hours=1), status=status, created_at=NOW)
+        job = Job(
+            chain_job_id="0x" + status.encode().hex().ljust(64, "0"),
+            requester="0x" + "11" * 20,
+            kind="inference",
+            model=model,
+            spec={"kind": "inference", "model": model, "prompts": PROMPTS, "max_new_tokens": 3},
+            spec_hash="0x" + "00" * 32,
+            budget=10,
+            price_per_unit=1,
+            max_units=15,
+            deadline=NOW + timedelta(hours=1),
+            status=status,
+            created_at=NOW,
+        )
         s.add(job)
         s.commit()
         return job.id
@@ -46,10 +56,16 @@ def _job(sf: Any, status: str, model: str = "m") -> str:
 
 def _run(sf: Any, job_id: str, prompts: list[str], status: str, at: int) -> str:
     with sf() as s:
-        run = InferenceRun(requester="0x" + "11" * 20, model="m", model_digest="d", job_nonce="0x" + "00" * 32,
-                           params={"prompt_ids": _encode("m", prompts, None)}, status=status,
-                           tokens=[[7, at]] * len(prompts) if status == "completed" else None,
-                           created_at=NOW + timedelta(seconds=at))
+        run = InferenceRun(
+            requester="0x" + "11" * 20,
+            model="m",
+            model_digest="d",
+            job_nonce="0x" + "00" * 32,
+            params={"prompt_ids": _encode("m", prompts, None)},
+            status=status,
+            tokens=[[7, at]] * len(prompts) if status == "completed" else None,
+            created_at=NOW + timedelta(seconds=at),
+        )
         s.add(run)
         s.flush()
         s.add(JobRun(run_id=run.id, job_id=job_id, created_at=NOW + timedelta(seconds=at)))

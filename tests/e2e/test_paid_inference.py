@@ -19,14 +19,29 @@ from market.demo.paid_inference import STAKE, demo_account, run_paid_inference
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def test_paid_inference_job_verified_settled_audited(chain: Any, deployment: Any, redis_url: str,
-                                                     tmp_path: Path) -> None:
+def test_paid_inference_job_verified_settled_audited(
+    chain: Any, deployment: Any, redis_url: str, tmp_path: Path
+) -> None:
     started = time.monotonic()
-    cfg = ClusterConfig(var=tmp_path, rpc_url=chain.url, deployment=deployment, operator=chain.accounts[0],
-                        redis_url=redis_url, redis_db=13)
-    prompts = ["Once upon a time", "The market pays", "A verifier replays", "Settlement means",
-               "Workers stake GLB", "Requesters fund jobs", "Chunks are committed", "Roots are signed",
-               "Ninth prompt: a second batch"]
+    cfg = ClusterConfig(
+        var=tmp_path,
+        rpc_url=chain.url,
+        deployment=deployment,
+        operator=chain.accounts[0],
+        redis_url=redis_url,
+        redis_db=13,
+    )
+    prompts = [
+        "Once upon a time",
+        "The market pays",
+        "A verifier replays",
+        "Settlement means",
+        "Workers stake GLB",
+        "Requesters fund jobs",
+        "Chunks are committed",
+        "Roots are signed",
+        "Ninth prompt: a second batch",
+    ]
     with Cluster(cfg) as cluster:
         out = run_paid_inference(cluster, prompts=prompts, max_new_tokens=12)
         # Confirming funding again changes nothing: the job ran once (two runs: 8 + 1 prompts) and stays settled.

@@ -36,28 +36,45 @@ def result(job_id: JobId, request: Request, principal: PrincipalDep, session: Se
     job = _job(session, job_id, principal)
     coordinator = request.app.state.coordinator
     outputs = job_outputs(
-        session, job=job, encode=lambda p: coordinator.encode_prompts(job.model, p, None),
-        decode=coordinator.decoder(job.model), batch_size=coordinator.config.max_batch,
+        session,
+        job=job,
+        encode=lambda p: coordinator.encode_prompts(job.model, p, None),
+        decode=coordinator.decoder(job.model),
+        batch_size=coordinator.config.max_batch,
     )
     run = session.get(VerificationRun, job_id)
     report = session.get(SettlementReport, job_id)
     slashes = session.scalars(select(SlashRecord).where(SlashRecord.job_id == job_id)).all()
     return {
-        "id": job.id, "status": job.status, "model": job.model, "outputs": outputs,
-        "verification": None if run is None else {"status": run.status, "sampled": run.sampled,
-                                                   "detail": run.detail, "beacon": run.beacon},
-        "slashes": [{"worker": r.worker, "status": r.status, "amount": str(r.slashed or r.amount),
-                     "tx": r.tx_hash} for r in slashes],
-        "settlement": None if report is None else {
-            "report_root": report.report_root, "paid": report.report.get("paid"), "fee": report.report.get("fee"),
-            "refunded": report.report.get("refunded"), "payees": report.report.get("payees"),
+        "id": job.id,
+        "status": job.status,
+        "model": job.model,
+        "outputs": outputs,
+        "verification": None
+        if run is None
+        else {"status": run.status, "sampled": run.sampled, "detail": run.detail, "beacon": run.beacon},
+        "slashes": [
+            {"worker": r.worker, "status": r.status, "amount": str(r.slashed or r.amount), "tx": r.tx_hash}
+            for r in slashes
+        ],
+        "settlement": None
+        if report is None
+        else {
+            "report_root": report.report_root,
+            "paid": report.report.get("paid"),
+            "fee": report.report.get("fee"),
+            "refunded": report.report.get("refunded"),
+            "payees": report.report.get("payees"),
         },
     }
 
 
 @router.get("/{job_id}/stream", response_class=StreamingResponse)
 async def stream(
-    job_id: JobId, request: Request, principal: PrincipalDep, session: SessionDep,
+    job_id: JobId,
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
     fmt: Annotated[Literal["sse", "ndjson"], Query(alias="format")] = "ndjson",
 ) -> StreamingResponse:
     """The job's generation as it happens: per batch the run's events (`token`, `done`, ...) with `batch` and
@@ -82,15 +99,18 @@ async def stream(
                 live = coordinator.runs.get(run_id)
                 if live is not None:
                     async for event in live.stream():
-                        yield {**event, "batch": index, "first_prompt": index * progress.batch_size,
-                               "run_id": run_id}
+                        yield {**event, "batch": index, "first_prompt": index * progress.batch_size, "run_id": run_id}
                     if progress.run_ids[index] != run_id:  # the batch was retried: stream the new run
                         continue
                 index += 1
                 continue
             if progress.finished and (index >= len(progress.run_ids) or progress.error):
-                yield {"event": "job_done", "status": "failed" if progress.error else "completed",
-                       "error": progress.error, "live": True}
+                yield {
+                    "event": "job_done",
+                    "status": "failed" if progress.error else "completed",
+                    "error": progress.error,
+                    "live": True,
+                }
                 return
             waiter = progress.changed
             try:
