@@ -69,4 +69,4 @@ def test_paid_inference_job_verified_settled_audited(
     assert out.audit_chain[0], out.audit_chain[1]
     elapsed = time.monotonic() - started
     print(f"\npaid inference e2e: {elapsed:.1f} s ({out.timings})")
-    assert elapsed < 90
+    assert elapsed < 120  # ~35-60 s on the shared 2 cores; the bound catches a hang, not noise
