@@ -95,3 +95,19 @@ def test_missing_deployment_file_is_clear(paths) -> None:
     paths.deployment_file(31337).write_text("{not json")
     with pytest.raises(ConfigError, match="not JSON"):
         devnet.read_deployment(paths, 31337)
+
+
+def test_up_redeploys_a_recorded_deployment_of_other_contract_sources(paths) -> None:
+    """A devnet deployed before the contracts changed would answer with another ABI: `up` deploys again."""
+    import json
+
+    port = free_port()
+    _, first, _, _ = devnet.up(port, paths)
+    record = paths.deployment_file(31337)
+    data = json.loads(record.read_text())
+    data["artifactsHash"] = "00" * 32
+    record.write_text(json.dumps(data))
+    _, second, started, deployed = devnet.up(port, paths)
+    assert deployed and not started
+    assert second.escrow != first.escrow
+    assert json.loads(record.read_text())["artifactsHash"] == second.artifacts_hash != "00" * 32
