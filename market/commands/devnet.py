@@ -35,15 +35,41 @@ def status(
     rpc: str = typer.Option(None, "--rpc", help="RPC URL (default: the running devnet)."),
 ) -> None:
     """Show chain, block, contract addresses and token balances."""
-    paths = devnet.DevnetPaths()
-    if rpc is None:
-        pid = devnet.running_pid(paths)
-        if pid is None:
-            raise ConfigError("devnet is not running: start it with `globai devnet up`")
-        rpc = devnet.rpc_url(int(paths.pid_file.read_text().split()[1]))
-    client, record = devnet.connect(rpc, paths)
+    rpc = rpc or _running_rpc()
+    client, record = devnet.connect(rpc, devnet.DevnetPaths())
     token = client.contract("GLBToken", record.token)
     typer.echo(f"rpc {rpc}  chain {client.chain_id}  block {client.block_number()}")
     for name, info in record.contracts.items():
         balance = client.call(token.functions.balanceOf(info.address))
         typer.echo(f"  {name:13s} {info.address}  GLB {balance / 10**18:,.4f}")
+
+
+@app.command()
+def faucet(
+    address: str = typer.Argument(..., help="Account to fund."),
+    amount: float = typer.Option(1000.0, "--amount", help="GLB to send from the devnet treasury."),
+    rpc: str = typer.Option(None, "--rpc", help="RPC URL (default: the running devnet)."),
+) -> None:
+    """Send GLB from the devnet treasury (Anvil account 0) to ADDRESS."""
+    from eth_utils import is_address, to_checksum_address
+    from web3 import Web3
+
+    from market.devservices import dev_accounts
+
+    if not is_address(address):
+        raise ConfigError(f"not an Ethereum address: {address!r}")
+    client, record = devnet.connect(rpc or _running_rpc(), devnet.DevnetPaths())
+    token = client.contract("GLBToken", record.token)
+    receipt = client.transact(
+        token.functions.transfer(to_checksum_address(address), int(amount * 10**18)), dev_accounts(1)[0]
+    )
+    balance = client.call(token.functions.balanceOf(to_checksum_address(address)))
+    typer.echo(f"sent {amount:,.4f} GLB to {address} (tx {Web3.to_hex(receipt['transactionHash'])}); "
+               f"balance {balance / 10**18:,.4f} GLB")
+
+
+def _running_rpc() -> str:
+    paths = devnet.DevnetPaths()
+    if devnet.running_pid(paths) is None:
+        raise ConfigError("devnet is not running: start it with `globai devnet up`")
+    return devnet.rpc_url(int(paths.pid_file.read_text().split()[1]))
