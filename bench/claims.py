@@ -281,9 +281,10 @@ NOTES = """\
 Notes: the claim is one SQL statement on Postgres (CTE: `FOR UPDATE SKIP LOCKED` pick on the claim-order index,
 conditional UPDATE, lease INSERT), built once per query shape; py-spy on the server shows it at roughly a tenth of
 the server's CPU, the rest being FastAPI/Starlette request handling, dependency resolution and the threadpool hop
-of each sync endpoint. The machine these figures come from was shared with other engineers' test runs (load
-average 6-20 on 2 cores during the runs), so throughput and latency here are mostly a measure of the CPU share we
-got; the CPU-per-cycle figures are the load-independent part. Ways to the goal not taken yet: async endpoints
+of each sync endpoint. The benchmark client, the uvicorn server and Postgres share the same 2 cores, so the load
+average above includes the benchmark itself; the CPU-per-cycle figures are the part that does not depend on what
+else runs. At ~6 ms of server CPU per claim+submit, 2 cores cannot reach the goal with this request path: it needs
+well under 2 ms per request. Ways to the goal not taken yet: async endpoints
 with an async driver (no thread hop), fewer middleware layers on the worker routes, batching several claims per
 request, and more server processes on a larger machine."""
 
@@ -340,7 +341,7 @@ def main() -> None:
         "",
         f"- machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), Python "
         f"{platform.python_version()}, Postgres on localhost; load average at the end {load[0]:.1f} "
-        "(the machine is shared, and the benchmark client runs on the same cores as the server)",
+        "(the benchmark client, the server and Postgres all run on these cores)",
         f"- {args.workers} concurrent workers (asyncio + httpx, keep-alive), each looping claim -> submit; "
         f"uvicorn with {args.server_procs} processes (uvloop, httptools)",
         f"- **{rate:,.0f} claims/s** ({len(claims)} claims in {elapsed:.2f} s; every claim is followed by a "
@@ -353,7 +354,8 @@ def main() -> None:
         f"- CPU per claim+submit cycle: server (all uvicorn processes) {server_cpu / len(claims) * 1000:.2f} ms, "
         f"benchmark client {client_cpu / len(claims) * 1000:.2f} ms (Postgres runs outside this process namespace "
         f"and is not counted); during the run server + client got {(server_cpu + client_cpu) / elapsed:.2f} of the "
-        f"{os.cpu_count()} cores, the rest went to other work on the machine. At this CPU cost {os.cpu_count()} "
+        f"{os.cpu_count()} cores, the rest went to Postgres and anything else running. "
+        f"At this CPU cost {os.cpu_count()} "
         f"otherwise idle cores would sustain at most about "
         f"{(os.cpu_count() or 2) * len(claims) / (server_cpu + client_cpu):,.0f} claims/s "
         f"(an upper-bound estimate, not a measurement)",
