@@ -246,17 +246,13 @@ def section(args: argparse.Namespace, mono: dict[str, float], rows: dict[int, di
     return "\n".join(lines) + "\n"
 
 
-NOTES = """Notes (what is and is not measurable here). These cores are shared with other engineers' test runs (load
-average 4-15 while measuring), so absolute tokens/s move by +-30 % from minute to minute; the pipeline/monolithic
-ratio is only meaningful against a monolithic run in the same window, which is why the runs alternate. Across
-five full runs on 2026-11-22 the 4-stage ratio read 1.09x, 0.87x, 1.30x, 0.60x and 0.97x (the run above); the
-first four compared against monolithic runs made minutes apart (before, or best of before/after the pipeline).
-The per-hop overhead is the stable figure: 1.3-1.8 ms p50 in every run (coordinator encode + loopback WebSocket
-both ways + worker decode/validate/encode + commitment bookkeeping; the worker's own compute is excluded), i.e.
-about 4 x 1.5 ms = 6 ms per token at 4 stages against ~60-70 ms of compute per token for this model, which bounds
-the 4-stage ratio at ~0.9x on an idle machine. With 2 cores, 4 worker processes never compute at the same time
-for one sequence (a pipeline of one sequence is sequential), so the idle stages must not spin:
-`OMP_WAIT_POLICY=PASSIVE` is set for every process, including the monolithic baseline."""
+NOTES = """Notes. Absolute tokens/s on a shared 2-core machine move from minute to minute with whatever else runs,
+so the pipeline/monolithic ratio is only meaningful against a monolithic run in the same window, which is why the
+runs alternate. The per-hop overhead (coordinator encode + loopback WebSocket both ways + worker
+decode/validate/encode + commitment bookkeeping; the worker's own compute excluded) is the stable figure. With 2
+cores, 4 worker processes never compute at the same time for one sequence (a pipeline of one sequence is
+sequential), so idle stages must not spin: `OMP_WAIT_POLICY=PASSIVE` is set for every process, including the
+monolithic baseline."""
 
 
 def replace_section(text: str, body: str) -> str:
