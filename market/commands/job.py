@@ -42,7 +42,13 @@ class MarketClient:
         self.token: str | None = None
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.sign_in()}"}
+        """A signed-in JSON request; 204 gives None."""
+        response = self.raw(method, path, **kwargs)
+        return None if response.status_code == 204 else response.json()
+
+    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A signed-in request whose response body is left to the caller (binary downloads, uploads)."""
+        headers = {"Authorization": f"Bearer {self.sign_in()}", **kwargs.pop("headers", {})}
         try:
             response = self.http.request(method, path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
@@ -53,7 +59,7 @@ class MarketClient:
             except ValueError:
                 detail = response.text
             raise MarketRequestFailed(response.status_code, str(detail)[:300])
-        return None if response.status_code == 204 else response.json()
+        return response
 
     def sign_in(self) -> str:
         if self.token is not None:

@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 
 if TYPE_CHECKING:
@@ -38,24 +37,6 @@ def _client(market: str | None, key_file: Path | None) -> tuple[Any, MarketClien
 
 def _echo(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _raw(client: MarketClient, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    """Like `MarketClient.request`, for binary bodies and responses."""
-    from market.commands.job import MarketRequestFailed
-
-    headers = {"Authorization": f"Bearer {client.sign_in()}", **kwargs.pop("headers", {})}
-    try:
-        response = client.http.request(method, path, headers=headers, **kwargs)
-    except httpx.HTTPError as exc:
-        raise MarketRequestFailed(0, f"{client.http.base_url} unreachable ({exc.__class__.__name__})") from exc
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        raise MarketRequestFailed(response.status_code, str(detail)[:300])
-    return response
 
 
 def build_spec(data: Path, spec_file: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +78,7 @@ def post(
                  "min_updates": min_updates, "round_timeout_s": round_timeout, "compression": compression, "seed": seed}
     spec = build_spec(data, spec_file, overrides)
     _, client = _client(market, key_file)
-    ds = _raw(client, "POST", "/v1/training/datasets", content=data.read_bytes(),
+    ds = client.raw("POST", "/v1/training/datasets", content=data.read_bytes(),
               headers={"Content-Type": "application/octet-stream"}).json()
     units = spec["rounds"] * spec["workers_per_round"] * spec["inner_steps"]
     from market.training.jobs import replay_budget
@@ -175,7 +156,7 @@ def download(
     """Download a checkpoint as a Hugging Face directory (config.json, model.safetensors, tokenizer)."""
     _, client = _client(market, key_file)
     params = {} if version is None else {"version": version}
-    tar = _raw(client, "GET", f"/v1/training/jobs/{job_id}/model", params=params, timeout=600).content
+    tar = client.raw("GET", f"/v1/training/jobs/{job_id}/model", params=params, timeout=600).content
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:
         t.extractall(out, filter="data")  # the data filter refuses absolute paths, links out and devices
