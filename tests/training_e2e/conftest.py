@@ -152,6 +152,19 @@ def run_workers(clients: list[TrainingClient], stop: threading.Event, *,
     return threads
 
 
+def train_until_done(requester: Any, job_id: str, clients: list[TrainingClient], *,
+                     max_tasks: list[int | None] | None = None) -> dict[str, Any]:
+    """Run `clients` in threads until the job completes; stop and join them whatever happens."""
+    stop = threading.Event()
+    threads = run_workers(clients, stop, max_tasks=max_tasks)
+    try:
+        return requester.wait(job_id, lambda p: p["status"] == "completed")  # type: ignore[no-any-return]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def market(private_redis: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
     """Market API on a real port + a real Celery worker (solo pool) with a beat-like ticker thread."""

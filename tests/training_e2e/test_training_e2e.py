@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from market.db import SlashRecord, VerificationRun, WorkPart
 from market.db.engine import make_engine
 from market.protocol.auth_client import check
 from market.training.reference import reference_diloco
-from tests.training_e2e.conftest import Market, run_workers, tiny_spec
+from tests.training_e2e.conftest import Market, tiny_spec, train_until_done
 
 
 def _download(requester: Any, job_id: str, dest: Path) -> LlamaForCausalLM:
@@ -32,15 +31,8 @@ def test_two_workers_train_and_match_reference(market: Market, corpus: bytes, tm
     spec = tiny_spec(rounds=3, workers_per_round=2, compression="none")
     requester = market.requester()
     job = requester.post_job(spec, corpus)
-    stop = threading.Event()
     clients = [market.worker("op-a", cache=tmp_path), market.worker("op-b", cache=tmp_path)]
-    threads = run_workers(clients, stop)
-    try:
-        done = requester.wait(job["id"], lambda p: p["status"] == "completed")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
+    done = train_until_done(requester, job["id"], clients)
     losses = done["eval_loss"]
     assert len(losses) == spec.rounds + 1
     assert losses[-1] < losses[0] - 0.3, losses
@@ -64,14 +56,7 @@ def test_killed_worker_round_closes_at_deadline(market: Market, corpus: bytes, t
     dead = market.worker("op-dead", cache=tmp_path)
     lease = dead.claim()  # ... and the worker dies holding it: no heartbeat, no result
     assert lease is not None and lease["task"]["payload"]["round"] == 0
-    stop = threading.Event()
-    threads = run_workers([market.worker("op-a", cache=tmp_path)], stop)
-    try:
-        done = requester.wait(job["id"], lambda p: p["status"] == "completed")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
+    done = train_until_done(requester, job["id"], [market.worker("op-a", cache=tmp_path)])
     first = done["per_round"][0]
     assert first["close_state"] == "closed_deadline" and first["updates"] == 1
     assert done["eval_loss"][-1] < done["eval_loss"][0]
@@ -88,17 +73,10 @@ def test_poisoned_update_is_caught_excluded_and_flagged(market: Market, corpus: 
     def poison(payload: Any, update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {n: t * -20.0 for n, t in update.items()}
 
-    stop = threading.Event()
     cheater = market.worker("op-evil", cache=tmp_path, tamper=poison)
     honest = [market.worker("op-a", cache=tmp_path), market.worker("op-b", cache=tmp_path)]
     # The cheater does one task and leaves; the honest workers do the rest, replays included.
-    threads = run_workers([cheater, *honest], stop, max_tasks=[1, None, None])
-    try:
-        done = requester.wait(job["id"], lambda p: p["status"] == "completed")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
+    done = train_until_done(requester, job["id"], [cheater, *honest], max_tasks=[1, None, None])
     r0 = done["per_round"][0]
     assert r0["excluded"] == 1 and r0["updates"] == 2
     assert done["eval_loss"][-1] < done["eval_loss"][0]
@@ -134,15 +112,8 @@ def test_unsampled_poisoned_update_is_bounded_by_the_robust_mean(market: Market,
     requester = market.requester()
     job = requester.post_job(spec, corpus, verify_rate=0.0)
     cheater = market.worker("op-evil", cache=tmp_path, tamper=lambda p, u: {n: t * -20.0 for n, t in u.items()})
-    stop = threading.Event()
-    threads = run_workers([cheater, market.worker("op-a", cache=tmp_path), market.worker("op-b", cache=tmp_path)],
-                          stop, max_tasks=[1, None, None])
-    try:
-        done = requester.wait(job["id"], lambda p: p["status"] == "completed")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
+    workers = [cheater, market.worker("op-a", cache=tmp_path), market.worker("op-b", cache=tmp_path)]
+    done = train_until_done(requester, job["id"], workers, max_tasks=[1, None, None])
     assert done["per_round"][0]["updates"] == 3  # it was aggregated ...
     storage = storage_at(market.settings.training_dir)
     v0, v1 = storage.checkpoints.load(job["id"], 0), storage.checkpoints.load(job["id"], 1)
