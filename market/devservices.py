@@ -62,14 +62,19 @@ class Service:
 
 
 def redis_service(url: str | None = None) -> Service:
-    """Use the Redis at `url` (default 127.0.0.1:6379) if it answers, else start a private one on a free port."""
-    if url is None and port_open(6379):
-        return Service("redis://127.0.0.1:6379/0")
+    """Use the Redis at `url` when one is given, else start a private redis-server on a free port.
+
+    Never picks up a Redis it was not told about: another program's data may live there (a shared :6379 is used
+    only when its URL is passed explicitly, e.g. through GLOBAI_REDIS_URL).
+    """
     if url is not None:
         return Service(url)
     binary = shutil.which("redis-server")
     if binary is None:
-        raise ConfigError("no Redis at 127.0.0.1:6379 and no redis-server to start one (apt-get install redis-server)")
+        raise ConfigError(
+            "redis-server not found: install it (apt-get install redis-server) or pass a Redis of your own "
+            "with GLOBAI_REDIS_URL"
+        )
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],

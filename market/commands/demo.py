@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,14 @@ def run(
         f"devnet {url} (chain {deployment.chain_id}, {'started' if started_chain else 'reused'}"
         f"{', contracts deployed' if deployed else ''})"
     )
-    cfg = ClusterConfig(var=var.resolve(), rpc_url=url, deployment=deployment, operator=dev_accounts(1)[0])
+    # A Redis of the user's own only when named (GLOBAI_REDIS_URL); otherwise a private redis-server of ours.
+    cfg = ClusterConfig(
+        var=var.resolve(),
+        rpc_url=url,
+        deployment=deployment,
+        operator=dev_accounts(1)[0],
+        redis_url=os.environ.get("GLOBAI_REDIS_URL") or None,
+    )
 
     def write(text: str) -> None:
         sys.stdout.write(text)

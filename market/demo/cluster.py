@@ -46,7 +46,7 @@ class ClusterConfig:
     model: str = MODEL
     hidden: int = 128
     layers: int = 4
-    redis_url: str | None = None  # None: the local Redis at :6379 if it answers, else a private redis-server
+    redis_url: str | None = None  # None: a private redis-server of our own (never a shared one)
     redis_db: int | None = None  # a private DB number on a shared Redis (tests: no other suite takes the tasks)
     slash_amount: int = 50 * 10**18
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -143,9 +143,6 @@ class Cluster:
         redis_url = self.redis.url
         if self.cfg.redis_db is not None:
             redis_url = redis_url.rsplit("/", 1)[0] + f"/{self.cfg.redis_db}"
-        import redis as redis_lib
-
-        redis_lib.Redis.from_url(redis_url).flushdb()  # tasks left by an interrupted earlier run must not leak in
         models = self.var / "models"
         if not (models / self.cfg.model / "manifest.json").exists():
             build_tiny_llama(models / self.cfg.model, hidden=self.cfg.hidden, layers=self.cfg.layers, seed=0)

@@ -75,9 +75,6 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
         blob_dir=str(tmp_path / "blobs"), stage_timeout_s=60.0, rate_limit_per_s=1000.0, rate_limit_burst=1000,
         admin_addresses=[admin.address], redis_url=redis,
     )
-    import redis as redis_lib
-
-    redis_lib.Redis.from_url(redis).flushdb()  # tasks left by an interrupted earlier run must not leak in
     engine = make_engine(db_url)
     upgrade(engine)
     market = MarketServer(settings, free_port())
