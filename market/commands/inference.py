@@ -38,8 +38,14 @@ def run(
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
     seed: Annotated[int, typer.Option(min=0)] = 0,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="Send each prompt as a user message through the model's chat template.")
+    ] = False,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop string (repeatable, at most 4).")] = None,
 ) -> None:
-    """Generate and print text as it arrives (greedy by default; temperature/top-p sampling is seeded)."""
+    """Generate and print text as it arrives (greedy by default; temperature/top-p sampling is seeded).
+
+    Generation ends at the model's end-of-sequence token, a --stop string, or after -n tokens."""
     import httpx
 
     from market.protocol.auth_client import check, sign_in
@@ -52,8 +58,12 @@ def run(
             if not models:
                 raise ConfigError("the market serves no models")
             model = str(models[0]["name"])
-        body = {"model": model, "prompts": prompts, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                "top_p": top_p, "seed": seed, "stream": True}
+        body: dict[str, object] = {"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                                   "top_p": top_p, "seed": seed, "stream": True, "stop": stop or []}
+        if chat:
+            body["messages"] = [[{"role": "user", "content": p}] for p in prompts]
+        else:
+            body["prompts"] = prompts
         with http.stream("POST", "/v1/inference", params={"format": "ndjson"}, json=body) as response:
             if response.status_code >= 400:
                 response.read()
@@ -76,6 +86,6 @@ def run(
                         typer.echo("")
                     else:
                         for i, text in enumerate(event.get("text", [])):
-                            typer.echo(f"[{i}] {prompts[i]}{text}")
+                            typer.echo(f"[{i}] {prompts[i]}{' → ' if chat else ''}{text}")
                 elif kind == "error":
                     raise ConfigError(f"generation failed: {event['detail']}")

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from market.errors import GlobaiError
+
+if TYPE_CHECKING:
+    from market.models.manifest import Manifest
 
 app = typer.Typer(help="Model manifests and per-layer shards.", no_args_is_help=True)
 
@@ -32,18 +39,82 @@ def build_tiny(
     typer.echo(f"{manifest.name}: {manifest.num_layers} layers, digest {manifest.digest()} -> {out}")
 
 
+@contextmanager
+def _shard_progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar over the shards being written (stderr, so stdout stays the result line)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(label, total=None)
+
+        def step(name: str, index: int, total: int) -> None:
+            bar.update(task, total=total, completed=index, description=f"{label} {name}")
+
+        yield step
+
+
+DtypeOpt = Annotated[
+    str | None, typer.Option("--dtype", help="Cast weights to float32, bfloat16 or float16 (default: as stored).")
+]
+
+
 @app.command("import")
 def import_(
-    path: Annotated[Path, typer.Argument(help="Local Hugging Face checkpoint directory (safetensors).")],
+    path: Annotated[
+        Path, typer.Argument(help="Local Hugging Face checkpoint directory (safetensors) or a GGUF file.")
+    ],
     out: OutOpt,
-    name: Annotated[str | None, typer.Option(help="Model name (default: the directory name).")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: the directory or file name).")] = None,
+    dtype: DtypeOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Split a local checkpoint into per-layer shards with a manifest (pickle weights are refused)."""
+    """Split a local checkpoint into per-layer shards with a manifest, sha256 per shard (pickle is refused).
+
+    A GGUF file is dequantised through transformers (needs the gguf and accelerate packages) and stored as a
+    plain float32 checkpoint unless --dtype says otherwise.
+    """
+    from market.models.gguf import import_gguf, is_gguf
     from market.models.importer import import_checkpoint
 
-    manifest = import_checkpoint(path, out, name=name, overwrite=force)
-    typer.echo(f"{manifest.name}: {manifest.num_layers} layers, digest {manifest.digest()} -> {out}")
+    with _shard_progress("writing shards") as progress:
+        if path.is_file() and is_gguf(path):
+            manifest = import_gguf(path, out, name=name, overwrite=force, dtype=dtype or "float32", progress=progress)
+        elif path.is_file():
+            raise GlobaiError(f"{path} is a file but not a GGUF file; give a checkpoint directory or a .gguf file")
+        else:
+            manifest = import_checkpoint(path, out, name=name, overwrite=force, dtype=dtype, progress=progress)
+    _summary(manifest, out)
+
+
+@app.command("add")
+def add(
+    model: Annotated[str, typer.Argument(help="Built-in model: smollm2 (SmolLM2-135M-Instruct).")],
+    models_dir: Annotated[
+        Path, typer.Option("--models-dir", envvar="GLOBAI_MODELS_DIR", help="Where the market serves models from.")
+    ] = Path("models"),
+    dtype: Annotated[str, typer.Option("--dtype", help="float32 or bfloat16 (a cast of the float32 import).")] = (
+        "float32"
+    ),
+) -> None:
+    """Import a built-in real model from its installed PyPI package, once; later calls reuse it."""
+    from market.models.builtin import add_builtin
+
+    with _shard_progress("writing shards") as progress:
+        directory, manifest, imported = add_builtin(model, models_dir, dtype=dtype, progress=progress)
+    if not imported:
+        typer.echo(f"{manifest.name}: already in {directory} (reused)")
+    _summary(manifest, directory)
+
+
+def _summary(manifest: Manifest, out: Path) -> None:
+    gen = manifest.generation
+    extra = ""
+    if gen is not None:
+        extra = f", eos {gen.eos_token_ids}, chat template {'yes' if gen.chat_template else 'no'}"
+    typer.echo(f"{manifest.name}: {manifest.num_layers} layers, {manifest.dtype}{extra}, digest {manifest.digest()}"
+               f" -> {out}")
 
 
 @app.command()
@@ -55,6 +126,10 @@ def show(model_dir: Annotated[Path, typer.Argument(help="Directory holding manif
     typer.echo(f"name      {m.name}\nfamily    {m.family} ({m.architecture}, {m.task})\ndtype     {m.dtype}")
     typer.echo(f"layers    {m.num_layers}   hidden {m.hidden_size}   vocab {m.vocab_size}")
     typer.echo(f"digest    {m.digest()}")
+    if m.generation is not None:
+        g = m.generation
+        typer.echo(f"eos       {g.eos_token_ids}   bos {g.bos_token_id}   pad {g.pad_token_id}   "
+                   f"chat template {'yes' if g.chat_template else 'no'}")
     for shard in m.shards:
         typer.echo(f"  {shard.name:<12} {shard.size:>12,d} B  {shard.sha256[:16]}  {shard.path}")
 

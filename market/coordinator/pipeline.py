@@ -25,6 +25,7 @@ import torch
 
 from market.coordinator.links import StageFailed, WorkerGone, WorkerLink
 from market.coordinator.sampling import Sampler, SamplingParams
+from market.coordinator.stopping import SequenceStop
 from market.errors import GlobaiError
 from market.models.manifest import Manifest
 from market.models.reference import prefill_positions
@@ -115,6 +116,9 @@ class PipelineRun:
         call_timeout_s: float,
         max_failovers: int = 4,
         decode: Callable[[list[int]], str] | None = None,
+        eos_ids: frozenset[int] = frozenset(),
+        stop: tuple[str, ...] = (),
+        pad_id: int = 0,
     ) -> None:
         self.run_id = run_id
         self.manifest = manifest
@@ -133,7 +137,10 @@ class PipelineRun:
         self.session_id = run_id
         self.failovers = 0
         self.excluded: set[str] = set()
-        self.tokens: list[list[int]] = [[] for _ in range(prompt_ids.shape[0])]
+        self.pad_id = pad_id
+        # One stopping state per sequence; its `tokens` list is also the run's token list.
+        self.stops = [SequenceStop(eos_ids, stop, decode) for _ in range(prompt_ids.shape[0])]
+        self.tokens: list[list[int]] = [st.tokens for st in self.stops]
         self.evidence = Evidence()
         self.events: list[dict[str, Any]] = []
         self.done = False
@@ -163,6 +170,20 @@ class PipelineRun:
     def route(self) -> list[dict[str, Any]]:
         return [h.describe() for h in self.hops]
 
+    @property
+    def finish_reasons(self) -> list[str | None]:
+        """Per sequence: "stop" (EOS or a stop string), "length" (max_new_tokens), None while generating."""
+        return [st.finish_reason for st in self.stops]
+
+    @property
+    def texts(self) -> list[str]:
+        """Per sequence, the visible text (without a stop string; final once the sequence has finished)."""
+        return [st.text for st in self.stops]
+
+    @property
+    def prompt_tokens(self) -> list[int]:
+        return [int(n) for n in self.attention_mask.sum(dim=1).tolist()]
+
     # --- the run ---------------------------------------------------------------------------------------------
     async def run(self) -> list[list[int]]:
         started = time.perf_counter()
@@ -178,20 +199,34 @@ class PipelineRun:
             self.timings["prefill_s"] = time.perf_counter() - t0
             seen = self.prompt_ids.shape[1]
             last = positions[:, -1:]
-            texts = [""] * len(self.tokens)
             t0 = time.perf_counter()
             for step in range(self.max_new_tokens):
-                next_tokens = self.sampler(logits[:, -1, :].float())
+                sampled = self.sampler(logits[:, -1, :].float())
+                live = [not st.finished for st in self.stops]
+                # A finished sequence gets the pad token from here on: it stays in the batch (the shapes and
+                # the recorded calls stay regular) but nothing more is generated for it.
+                next_tokens = torch.where(torch.tensor(live), sampled, torch.full_like(sampled, self.pad_id))
+                step_tokens: list[int | None] = []
+                deltas: list[str] = []
                 for seq, tok in enumerate(next_tokens.tolist()):
-                    self.tokens[seq].append(int(tok))
-                event: dict[str, Any] = {"event": "token", "step": step, "tokens": next_tokens.tolist()}
-                if self.decode is not None:
-                    # Hold back a trailing partial UTF-8 character (byte-level BPE splits them over tokens).
-                    full = [self.decode(t).rstrip("\ufffd") for t in self.tokens]
-                    event["text"] = [f[len(p):] if f.startswith(p) else f for f, p in zip(full, texts, strict=True)]
-                    texts = full
-                self.emit(event)
+                    if not live[seq]:
+                        step_tokens.append(None)
+                        deltas.append("")
+                        continue
+                    step_tokens.append(int(tok))
+                    deltas.append(self.stops[seq].feed(int(tok)))
                 if step == self.max_new_tokens - 1:
+                    for seq, st in enumerate(self.stops):
+                        if not st.finished:
+                            deltas[seq] += st.finish_length()
+                event: dict[str, Any] = {"event": "token", "step": step, "tokens": step_tokens}
+                if self.decode is not None:
+                    event["text"] = deltas
+                finished = [st.finish_reason for st in self.stops]
+                if any(f is not None for f in finished):
+                    event["finish_reason"] = finished
+                self.emit(event)
+                if all(st.finished for st in self.stops):
                     break
                 last = last + 1
                 logits = await self._through(step + 1, next_tokens[:, None], last, None, first_position=seen)
@@ -204,9 +239,10 @@ class PipelineRun:
             await self._close_all()
             self.timings["total_s"] = time.perf_counter() - started
             done: dict[str, Any] = {"event": "done", "tokens": self.tokens, "failovers": self.failovers,
-                                    "route": self.route(), "timings": self.timings}
+                                    "route": self.route(), "timings": self.timings,
+                                    "finish_reason": self.finish_reasons, "prompt_tokens": self.prompt_tokens}
             if self.decode is not None:
-                done["text"] = [self.decode(t) for t in self.tokens]
+                done["text"] = self.texts
             self.emit(done)
             return self.tokens
         except Exception as exc:

@@ -39,11 +39,13 @@ def save_evidence(
 
 def finish_run(
     session: Session, *, run_id: str, status: str, tokens: list[list[int]] | None, route: list[dict[str, object]],
-    failovers: int, error: str | None, now: datetime,
+    failovers: int, error: str | None, now: datetime, finish_reasons: list[str | None] | None = None,
 ) -> None:
     run = session.get(InferenceRun, run_id)
     if run is None:
         return
+    if finish_reasons is not None:  # the result's per-sequence reason, kept next to the request's parameters
+        run.params = {**run.params, "finish_reasons": finish_reasons}
     run.status, run.tokens, run.route, run.failovers, run.error, run.finished_at = (
         status, tokens, route, failovers, error, now)
 

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import random
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,11 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from market.blobstore import BlobStore
 from market.coordinator.catalog import ModelCatalog, ServedModel
+from market.coordinator.chat import render_chat
 from market.coordinator.links import LinkRegistry, WorkerLink
-from market.coordinator.pipeline import PipelineRun, RouteUnavailable
+from market.coordinator.pipeline import GenerationFailed, PipelineRun, RouteUnavailable
 from market.coordinator.records import finish_run, save_evidence
 from market.coordinator.routing import RouteCandidate, plan_route, plan_span
 from market.coordinator.sampling import SamplingParams
+from market.coordinator.stopping import validate_stops
 from market.db.inference import InferenceRun
 from market.domain_errors import InvalidRequest, NotFound
 from market.protocol.pipeline import StageLimits
@@ -45,6 +47,22 @@ class CoordinatorConfig:
     standbys: int = 1
     max_batch: int = 8
     max_new_tokens: int = 512
+
+
+Messages = Sequence[Mapping[str, str]]  # one conversation: [{"role": "user", "content": "..."}, ...]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished generation, per sequence: new tokens (up to and including the one that stopped it), the text
+    (without a stop string), why it ended ("stop": EOS or a stop string; "length": max_new_tokens) and the
+    prompt's length in tokens."""
+
+    run_id: str
+    tokens: list[list[int]]
+    text: list[str]
+    finish_reason: list[str]
+    prompt_tokens: list[int]
 
 
 class Coordinator:
@@ -92,13 +110,23 @@ class Coordinator:
 
     # --- generations -----------------------------------------------------------------------------------------
     def encode_prompts(
-        self, model: str, prompts: list[str] | None, prompt_ids: list[list[int]] | None
+        self,
+        model: str,
+        prompts: list[str] | None,
+        prompt_ids: list[list[int]] | None,
+        messages: Sequence[Messages] | None = None,
     ) -> list[list[int]]:
+        """Token ids per sequence from exactly one of: ids, plain prompts, or conversations (chat template)."""
         if prompt_ids is not None:
             return prompt_ids
         tokenizer = self.catalog.tokenizer(model)
         if tokenizer is None:
             raise InvalidRequest(f"model {model} has no tokenizer: send prompt_ids")
+        if messages is not None:
+            served = self.catalog.get(model)
+            if served is None:
+                raise NotFound("model", model)
+            return [render_chat(tokenizer, served.manifest, conversation) for conversation in messages]
         return [tokenizer.encode(p).ids for p in prompts or []]
 
     def decoder(self, model: str) -> Callable[[list[int]], str] | None:
@@ -109,15 +137,28 @@ class Coordinator:
 
     async def start(
         self, *, requester: str, model: str, prompts: list[str] | None, prompt_ids: list[list[int]] | None,
-        max_new_tokens: int, sampling: SamplingParams,
+        max_new_tokens: int, sampling: SamplingParams, messages: Sequence[Messages] | None = None,
+        stop: Sequence[str] = (), ignore_eos: bool = False,
     ) -> PipelineRun:
+        """Plan a route and start generating in the background; the run's events stream as it goes.
+
+        Give exactly one of `prompts` (text), `prompt_ids` or `messages` (one conversation per sequence, rendered
+        with the model's chat template). Each sequence stops at the model's EOS ids (unless `ignore_eos`), at
+        the first of the `stop` strings, or after `max_new_tokens`.
+        """
+        if sum(x is not None for x in (prompts, prompt_ids, messages)) != 1:
+            raise InvalidRequest("give exactly one of prompts, prompt_ids and messages")
+        try:
+            stops = validate_stops(stop)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
         served = self.catalog.get(model)
         if served is None:
             raise NotFound("model", model)
         manifest = served.manifest
         if manifest.task != "causal-lm":
             raise InvalidRequest(f"{model} is an embedding model; generation needs a causal LM")
-        ids = self.encode_prompts(model, prompts, prompt_ids)
+        ids = self.encode_prompts(model, prompts, prompt_ids, messages)
         if not ids or len(ids) > self.config.max_batch or any(not row for row in ids):
             raise InvalidRequest(f"give 1 to {self.config.max_batch} non-empty prompts")
         if any(t < 0 or t >= manifest.vocab_size for row in ids for t in row):
@@ -125,14 +166,19 @@ class Coordinator:
         limits = StageLimits.for_manifest(manifest, max_batch=self.config.max_batch)
         if max(len(r) for r in ids) + max_new_tokens > limits.max_tokens:
             raise InvalidRequest(f"prompt + max_new_tokens exceeds the model's {limits.max_tokens} positions")
-        prompt, mask = left_pad(ids, int(manifest.config.get("pad_token_id") or 0))
+        gen = manifest.generation
+        pad_id = gen.pad_token_id if gen is not None and gen.pad_token_id is not None else None
+        pad_id = int(pad_id if pad_id is not None else manifest.config.get("pad_token_id") or 0)
+        eos_ids = frozenset() if ignore_eos or gen is None else frozenset(gen.eos_token_ids)
+        prompt, mask = left_pad(ids, pad_id)
         hops = self.plan(served)
         now = self._clock()
         job_nonce = secrets.token_bytes(32)
         row = InferenceRun(
             requester=requester, model=model, model_digest=served.digest, job_nonce="0x" + job_nonce.hex(),
             params={"prompt_ids": ids, "max_new_tokens": max_new_tokens, "temperature": sampling.temperature,
-                    "top_p": sampling.top_p, "seed": sampling.seed},
+                    "top_p": sampling.top_p, "seed": sampling.seed, "stop": list(stops),
+                    "eos_token_ids": sorted(eos_ids)},
             status="running", route=[], failovers=0, created_at=now,
         )
         run_id = await asyncio.to_thread(self._insert, row)
@@ -145,7 +191,7 @@ class Coordinator:
             run_id=run_id, manifest=manifest, limits=limits, hops=hops, prompt_ids=prompt, attention_mask=mask,
             max_new_tokens=max_new_tokens, sampling=sampling, scope_for=scope_for,
             replan=lambda a, b, ex: self.replan(model, a, b, ex), call_timeout_s=self.config.call_timeout_s,
-            decode=self.decoder(model),
+            decode=self.decoder(model), eos_ids=eos_ids, stop=stops, pad_id=pad_id,
         )
         run.requester = requester  # type: ignore[attr-defined]
         self.runs[run_id] = run
@@ -153,6 +199,25 @@ class Coordinator:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return run
+
+    async def complete(
+        self, *, requester: str, model: str, max_new_tokens: int, sampling: SamplingParams | None = None,
+        prompts: list[str] | None = None, prompt_ids: list[list[int]] | None = None,
+        messages: Sequence[Messages] | None = None, stop: Sequence[str] = (), ignore_eos: bool = False,
+    ) -> Completion:
+        """Generate and wait for the end: `start` (same arguments) then the finished run's result.
+
+        Raises `RouteUnavailable` when no chain of workers serves the model and `GenerationFailed` when the
+        run fails (e.g. failovers exhausted); bad requests raise `InvalidRequest`/`NotFound`.
+        """
+        run = await self.start(requester=requester, model=model, prompts=prompts, prompt_ids=prompt_ids,
+                               messages=messages, max_new_tokens=max_new_tokens,
+                               sampling=sampling or SamplingParams(), stop=stop, ignore_eos=ignore_eos)
+        async for event in run.stream():
+            if event["event"] == "error":
+                raise GenerationFailed(str(event.get("detail")))
+        return Completion(run_id=run.run_id, tokens=[list(t) for t in run.tokens], text=run.texts,
+                          finish_reason=[str(r) for r in run.finish_reasons], prompt_tokens=run.prompt_tokens)
 
     def _insert(self, row: InferenceRun) -> str:
         with self._session_factory() as session:
@@ -182,7 +247,7 @@ class Coordinator:
             save_evidence(session, run_id=run.run_id, evidence=run.evidence, blobs=self.blobs, now=now,
                           retention_s=self.config.retention_s)
             finish_run(session, run_id=run.run_id, status=status, tokens=tokens, route=run.route(),
-                       failovers=run.failovers, error=error, now=now)
+                       failovers=run.failovers, error=error, now=now, finish_reasons=run.finish_reasons)
             session.commit()
 
     async def shutdown(self) -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from market.models.manifest import (
     EMBED,
     HEAD,
     MANIFEST_FILE,
+    Generation,
     Manifest,
     Pooling,
     ShardEntry,
@@ -42,6 +44,7 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "tokenizer.model",
+    "chat_template.jinja",
 )
 SHARD_DIR = "shards"
 TOKENIZER_DIR = "tokenizer"
@@ -100,13 +103,15 @@ def _plan(files: list[Path], layout: FamilyLayout) -> dict[str, list[tuple[Path,
 
 
 def _write_shard(
-    out: Path, name: str, items: list[tuple[Path, str, str]], extra: dict[str, torch.Tensor]
+    out: Path, name: str, items: list[tuple[Path, str, str]], extra: dict[str, torch.Tensor], dtype: str
 ) -> ShardEntry:
     tensors: dict[str, torch.Tensor] = {}
     for path, key, canonical in items:
         with safe_open(str(path), framework="pt") as fh:
-            tensors[canonical] = fh.get_tensor(key).contiguous()
+            tensors[canonical] = fh.get_tensor(key)
     tensors.update(extra)
+    target = getattr(torch, dtype)
+    tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
     relative = shard_file_name(name)
     # One metadata key only: safetensors writes its metadata map in random order (breaks reproducible hashes).
     save_file(tensors, str(out / relative), metadata={"format": "pt"})
@@ -126,8 +131,58 @@ def _model_dtype(items: list[tuple[Path, str, str]]) -> str:
     return next(iter(floating))
 
 
-def import_checkpoint(src: Path, out: Path, *, name: str | None = None, overwrite: bool = False) -> Manifest:
-    """Split the HF checkpoint directory `src` into `out` (shards/, tokenizer/, manifest.json)."""
+def _generation(src: Path, config: dict[str, Any]) -> Generation | None:
+    """EOS/BOS/pad ids and the chat template of a real checkpoint: from `generation_config.json` (else config.json)
+    and the tokenizer's `chat_template.jinja` (else `tokenizer_config.json`'s `chat_template`).
+
+    None when the checkpoint has neither a generation config nor a chat template (the built-in tiny models):
+    such a model never stops early, which keeps its generations exactly `max_new_tokens` long.
+    """
+    gen_file, template_file, tok_cfg_file = (
+        src / "generation_config.json",
+        src / "chat_template.jinja",
+        src / "tokenizer_config.json",
+    )
+    gen: dict[str, Any] = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
+    template: str | None = template_file.read_text(encoding="utf-8") if template_file.is_file() else None
+    if template is None and tok_cfg_file.is_file():
+        value = json.loads(tok_cfg_file.read_text()).get("chat_template")
+        if isinstance(value, list):  # named templates: [{"name": "default", "template": ...}, ...]
+            value = next((t.get("template") for t in value if t.get("name") == "default"), None)
+        template = value if isinstance(value, str) else None
+    if not gen and template is None:
+        return None
+
+    def ids(value: Any) -> list[int]:
+        items = value if isinstance(value, list) else [value]
+        return [int(v) for v in items if isinstance(v, int) and not isinstance(v, bool)]
+
+    def one(key: str) -> int | None:
+        found = ids(gen.get(key, config.get(key)))
+        return found[0] if found else None
+
+    eos = ids(gen.get("eos_token_id", config.get("eos_token_id")))
+    return Generation(eos_token_ids=sorted(set(eos)), bos_token_id=one("bos_token_id"),
+                      pad_token_id=one("pad_token_id"), chat_template=template)
+
+
+# Called once per shard written: (shard name, index from 1, total).
+Progress = Callable[[str, int, int], None]
+
+
+def import_checkpoint(
+    src: Path,
+    out: Path,
+    *,
+    name: str | None = None,
+    overwrite: bool = False,
+    dtype: str | None = None,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Split the HF checkpoint directory `src` into `out` (shards/, tokenizer/, manifest.json).
+
+    `dtype` casts the floating-point weights (default: keep the checkpoint's own dtype).
+    """
     src, out = Path(src).resolve(), Path(out).resolve()
     if src == out:
         raise ManifestError("the output directory must differ from the checkpoint directory")
@@ -146,7 +201,10 @@ def import_checkpoint(src: Path, out: Path, *, name: str | None = None, overwrit
     expected = {EMBED, HEAD, *(layer_shard_name(i) for i in range(num_layers))}
     if set(plan) - {HEAD} != expected - {HEAD} or set(plan) - expected:
         raise ManifestError(f"checkpoint shards {sorted(plan)} do not cover {num_layers} layers plus embeddings")
-    dtype = _model_dtype([item for items in plan.values() for item in items])
+    if dtype is None:
+        dtype = _model_dtype([item for items in plan.values() for item in items])
+    elif dtype not in ALLOWED_DTYPES:
+        raise ManifestError(f"dtype must be one of {ALLOWED_DTYPES}, not {dtype!r}")
 
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     (out / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
@@ -156,7 +214,12 @@ def import_checkpoint(src: Path, out: Path, *, name: str | None = None, overwrit
         embed_path, embed_key, _ = next(i for i in plan[EMBED] if i[2] == "model.embed_tokens.weight")
         with safe_open(str(embed_path), framework="pt") as fh:
             head_extra["lm_head.weight"] = fh.get_tensor(embed_key).contiguous()
-    shards = [_write_shard(out, n, plan.get(n, []), head_extra if n == HEAD else {}) for n in sorted(expected)]
+    shards = []
+    for index, shard_name in enumerate(sorted(expected), start=1):
+        shards.append(_write_shard(out, shard_name, plan.get(shard_name, []),
+                                   head_extra if shard_name == HEAD else {}, dtype))
+        if progress is not None:
+            progress(shard_name, index, len(expected))
 
     tokenizer = []
     for file_name in TOKENIZER_FILES:
@@ -178,6 +241,7 @@ def import_checkpoint(src: Path, out: Path, *, name: str | None = None, overwrit
         vocab_size=int(config["vocab_size"]),
         tokenizer=tokenizer,
         pooling=_pooling(src) if layout.task == "embedding" else None,
+        generation=_generation(src, config) if layout.task == "causal-lm" else None,
         shards=sorted(shards, key=lambda s: (s.name != EMBED, s.name == HEAD, _layer_index(s.name))),
     )
     save_manifest(manifest, out)
@@ -187,3 +251,41 @@ def import_checkpoint(src: Path, out: Path, *, name: str | None = None, overwrit
 
 def _layer_index(name: str) -> int:
     return int(name.split(".", 1)[1]) if name.startswith("layer.") else -1
+
+
+def recast(src_dir: Path, out: Path, *, dtype: str, name: str, overwrite: bool = False) -> Manifest:
+    """A copy of the sharded model in `src_dir` with its weights cast to `dtype` (e.g. a bfloat16 variant).
+
+    Shards are read sha256-checked, one at a time; the tokenizer and the generation section are kept.
+    """
+    from safetensors.torch import load as load_safetensors
+
+    from market.models.manifest import load_manifest, read_verified
+
+    src_dir, out = Path(src_dir).resolve(), Path(out).resolve()
+    if dtype not in ALLOWED_DTYPES:
+        raise ManifestError(f"dtype must be one of {ALLOWED_DTYPES}, not {dtype!r}")
+    if src_dir == out:
+        raise ManifestError("the output directory must differ from the source model")
+    if (out / MANIFEST_FILE).exists() and not overwrite:
+        raise ManifestError(f"{out} already holds a model (pass overwrite to replace it)")
+    source = load_manifest(src_dir)
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    (out / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
+    target = getattr(torch, dtype)
+    shards = []
+    for entry in source.shards:
+        tensors = load_safetensors(read_verified(src_dir, entry))
+        cast = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+        save_file(cast, str(out / entry.path), metadata={"format": "pt"})
+        shards.append(ShardEntry(name=entry.name, tensors=entry.tensors, **file_entry(out, entry.path).model_dump()))
+    tokenizer = []
+    for entry in source.tokenizer:
+        (out / entry.path).write_bytes(read_verified(src_dir, entry))
+        tokenizer.append(file_entry(out, entry.path))
+    config = {**source.config, "dtype": dtype} if "dtype" in source.config else source.config
+    manifest = source.model_copy(update={"name": name, "dtype": dtype, "config": config, "shards": shards,
+                                         "tokenizer": tokenizer})
+    manifest = Manifest.model_validate(manifest.model_dump())
+    save_manifest(manifest, out)
+    return manifest

@@ -70,6 +70,21 @@ class Pooling(BaseModel):
     normalize: bool = False
 
 
+class Generation(BaseModel):
+    """How generation ends and how chat prompts are built (from the checkpoint's generation config and tokenizer).
+
+    The market renders a request's `messages` with `chat_template` (a sandboxed Jinja template, never remote
+    code) and stops a sequence at any of `eos_token_ids` unless the request says otherwise.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    eos_token_ids: list[int] = Field(default_factory=list)
+    bos_token_id: int | None = None
+    pad_token_id: int | None = None
+    chat_template: str | None = Field(default=None, max_length=100_000)
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -85,6 +100,7 @@ class Manifest(BaseModel):
     vocab_size: int = Field(ge=1)
     tokenizer: list[FileEntry]
     pooling: Pooling | None = None
+    generation: Generation | None = None  # causal LMs imported from a real checkpoint; None: no EOS, no chat
     shards: list[ShardEntry]
 
     @model_validator(mode="after")
@@ -124,7 +140,15 @@ def check_layer_range(manifest: Manifest, start: int, end: int) -> None:
 
 
 def canonical_json(manifest: Manifest) -> str:
-    return json.dumps(manifest.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # Optional sections left unset are omitted, so a manifest without them keeps the digest it always had.
+    return json.dumps(_dump(manifest), sort_keys=True, separators=(",", ":"))
+
+
+def _dump(manifest: Manifest) -> dict[str, Any]:
+    data = manifest.model_dump(mode="json")
+    if data.get("generation") is None:
+        data.pop("generation", None)
+    return data
 
 
 def load_manifest(model_dir: Path) -> Manifest:
@@ -144,7 +168,7 @@ def load_manifest(model_dir: Path) -> Manifest:
 
 def save_manifest(manifest: Manifest, model_dir: Path) -> Path:
     path = Path(model_dir) / MANIFEST_FILE
-    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=1, sort_keys=True) + "\n")
+    path.write_text(json.dumps(_dump(manifest), indent=1, sort_keys=True) + "\n")
     return path
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from market.coordinator.pipeline import RouteUnavailable
 from market.coordinator.sampling import SamplingParams
 from market.coordinator.service import Coordinator
+from market.coordinator.stopping import cut_at_stop
 from market.db import Job, JobRun
 from market.db.inference import InferenceRun
 from market.services.job_specs import InferenceSpec
@@ -143,7 +144,8 @@ class InferenceJobRunner:
             spec = InferenceSpec.model_validate(job.spec)
             open_run(s, job_id=job_id, now=self._clock())
             encode = self.coordinator.encode_prompts
-            wanted = {i: encode(spec.model, b, None) for i, b in enumerate(batches(spec.prompts, size))}
+            wanted = {i: encode(spec.model, None, None, spec.messages(b)) if spec.chat else encode(spec.model, b, None)
+                      for i, b in enumerate(batches(spec.prompts, size))}
             done: dict[int, str] = {}
             stale: list[str] = []
             rows = s.execute(
@@ -208,8 +210,10 @@ class InferenceJobRunner:
                 run = await self.coordinator.start(
                     requester=job.requester,
                     model=spec.model,
-                    prompts=prompts,
+                    prompts=None if spec.chat else prompts,
                     prompt_ids=None,
+                    messages=spec.messages(prompts),
+                    stop=spec.stop,
                     max_new_tokens=spec.max_new_tokens,
                     sampling=SamplingParams(
                         temperature=spec.sampling.temperature,
@@ -302,13 +306,15 @@ def job_outputs(
         run = next((r for r in runs if r.params.get("prompt_ids") == ids), None)
         for i, prompt in enumerate(prompts):
             toks = run.tokens[i] if run is not None and run.tokens is not None else None
+            reasons = (run.params.get("finish_reasons") or []) if run is not None else []
             out.append(
                 {
                     "index": b * batch_size + i,
                     "prompt": prompt,
                     "tokens": toks,
                     "run_id": run and run.id,
-                    "text": None if toks is None or decode is None else decode(toks),
+                    "text": None if toks is None or decode is None else cut_at_stop(decode(toks), spec.stop),
+                    "finish_reason": reasons[i] if i < len(reasons) else None,
                 }
             )
     return out

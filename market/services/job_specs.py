@@ -30,9 +30,17 @@ class InferenceSpec(BaseModel):
     prompts: list[Annotated[str, Field(min_length=1, max_length=8192)]] = Field(min_length=1, max_length=64)
     max_new_tokens: int = Field(ge=1, le=4096)
     sampling: Sampling = Field(default_factory=Sampling)
+    # Each prompt is one user message rendered with the model's chat template (models that have one).
+    chat: bool = False
+    # Stop strings; every sequence also stops at the model's end-of-sequence token.
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list, max_length=4)
+
+    def messages(self, prompts: list[str]) -> list[list[dict[str, str]]] | None:
+        """The conversations for `prompts` when the job is a chat job, else None."""
+        return [[{"role": "user", "content": p}] for p in prompts] if self.chat else None
 
     def units(self) -> int:
-        """One unit = one generated token of one sequence."""
+        """At most this many units: one generated token of one sequence (a sequence may stop earlier)."""
         return len(self.prompts) * self.max_new_tokens
 
 
@@ -86,6 +94,8 @@ def spec_hash(spec: dict[str, Any]) -> str:
 
 
 def spec_dict(spec: InferenceSpec | TrainingSpec) -> dict[str, Any]:
-    # A job without a DiLoCo spec hashes exactly as before the field existed.
-    plain = isinstance(spec, TrainingSpec) and spec.diloco is None
-    return spec.model_dump(mode="json", exclude={"diloco"} if plain else None)
+    # A job that leaves a later-added field at its default hashes exactly as before the field existed.
+    if isinstance(spec, TrainingSpec):
+        return spec.model_dump(mode="json", exclude={"diloco"} if spec.diloco is None else None)
+    unset = {name for name in ("chat", "stop") if not getattr(spec, name)}
+    return spec.model_dump(mode="json", exclude=unset or None)

@@ -89,11 +89,11 @@ class MarketServer:
     def coordinator(self) -> Any:
         return self.app.state.coordinator
 
-    def wait_workers(self, n: int, timeout: float = 60.0) -> None:
+    def wait_workers(self, n: int, timeout: float = 60.0, *, model: str = MODEL) -> None:
         deadline = time.monotonic() + timeout
-        while len(self.coordinator.links.live(MODEL)) < n:
+        while len(self.coordinator.links.live(model)) < n:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(self.coordinator.links.live(MODEL))} of {n} workers connected")
+                raise TimeoutError(f"{len(self.coordinator.links.live(model))} of {n} workers connected")
             time.sleep(0.05)
 
 
@@ -101,12 +101,19 @@ class MarketServer:
 def market(
     tiny_model: Path, deployment: Any, anvil: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[MarketServer]:
+    yield from serve_market(tiny_model.parent, deployment, anvil, tmp_path_factory)
+
+
+def serve_market(
+    models_dir: Path, deployment: Any, anvil: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MarketServer]:
+    """A uvicorn market serving every model in `models_dir` (SQLite, the session Anvil for stake)."""
     var = tmp_path_factory.mktemp("market")
     settings = Settings(
         profile="test", database_url=f"sqlite:///{var / 'market.db'}", auth_secret=SECRET,  # type: ignore[arg-type]
         auth_domain="localhost", auth_uri="http://localhost", chain_id=31337, rpc_url=anvil.url,
         staking_vault_address=deployment.vault, job_escrow_address=deployment.escrow, token_address=deployment.token,
-        models_dir=str(tiny_model.parent), blob_dir=str(var / "blobs"), stage_timeout_s=30.0,
+        models_dir=str(models_dir), blob_dir=str(var / "blobs"), stage_timeout_s=30.0,
         rate_limit_per_s=1000.0, rate_limit_burst=1000,
     )
     engine = make_engine(settings.database_url)
@@ -147,8 +154,9 @@ class InProcessWorker:
     errors: list[BaseException] = field(default_factory=list)
 
     @classmethod
-    def start(cls, market: MarketServer, account: LocalAccount, layers: str, cache: Path, **kw: Any) -> InProcessWorker:
-        config = WorkerConfig(market_url=market.url, account=account, model=MODEL, layers=layers, threads=1,
+    def start(cls, market: MarketServer, account: LocalAccount, layers: str, cache: Path, *, model: str = MODEL,
+              **kw: Any) -> InProcessWorker:
+        config = WorkerConfig(market_url=market.url, account=account, model=model, layers=layers, threads=1,
                               cache_dir=cache, show_progress=False, reconnect_min_s=0.05, reconnect_max_s=0.5, **kw)
         worker = cls(WorkerDaemon(config))
         worker.daemon.prepare()
@@ -190,14 +198,17 @@ def worker_process(
 
 
 class Requester:
-    def __init__(self, market: MarketServer, account: LocalAccount) -> None:
+    def __init__(self, market: MarketServer, account: LocalAccount, *, model: str = MODEL) -> None:
+        self.model = model
         self.http = httpx.Client(base_url=market.url, timeout=120)
         self.token = sign_in(self.http, account, ["requester"])
         self.headers = {"Authorization": f"Bearer {self.token}"}
 
     def generate(self, prompt_ids: list[list[int]], max_new_tokens: int, **kw: Any) -> dict[str, Any]:
         """Start a run and read its NDJSON stream to the end; returns the `done` event (or raises on `error`)."""
-        body = {"model": MODEL, "prompt_ids": prompt_ids, "max_new_tokens": max_new_tokens, **kw}
+        body = {"model": self.model, "prompt_ids": prompt_ids, "max_new_tokens": max_new_tokens, **kw}
+        if "messages" in kw or "prompts" in kw:
+            del body["prompt_ids"]
         run = check(self.http.post("/v1/inference", json=body, headers=self.headers)).json()
         events = self.stream(run["id"])
         assert events[-1]["event"] == "done", events[-1]

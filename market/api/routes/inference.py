@@ -16,6 +16,7 @@ from market.api.schemas.common import Input
 from market.coordinator.pipeline import PipelineRun, RouteUnavailable
 from market.coordinator.sampling import SamplingParams
 from market.coordinator.service import Coordinator
+from market.coordinator.stopping import cut_at_stop
 from market.db.inference import InferenceRun, StageCommitment, StageRecord
 from market.domain_errors import Conflict, Forbidden, NotFound
 
@@ -23,10 +24,21 @@ router = APIRouter(prefix="/v1/inference", tags=["inference"])
 RunId = Annotated[str, Path(pattern=r"^[0-9a-f-]{36}$")]
 
 
+class ChatMessage(Input):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=20_000)
+
+
 class InferenceIn(Input):
     model: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@+-]+$")
     prompts: list[Annotated[str, Field(min_length=1, max_length=20_000)]] | None = Field(default=None, max_length=8)
     prompt_ids: list[list[Annotated[int, Field(ge=0)]]] | None = Field(default=None, max_length=8)
+    messages: list[Annotated[list[ChatMessage], Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, max_length=8,
+        description="one conversation per sequence, rendered with the model's chat template")
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=4, description="stop strings (not included in the text)")
+    ignore_eos: bool = Field(default=False, description="generate max_new_tokens even past end-of-sequence")
     max_new_tokens: int = Field(default=32, ge=1, le=512)
     temperature: float = Field(default=0.0, ge=0, le=10)
     top_p: float = Field(default=1.0, gt=0, le=1)
@@ -35,8 +47,8 @@ class InferenceIn(Input):
 
     @model_validator(mode="after")
     def _one_prompt_kind(self) -> InferenceIn:
-        if (self.prompts is None) == (self.prompt_ids is None):
-            raise ValueError("give exactly one of prompts (text) and prompt_ids (token ids)")
+        if sum(x is not None for x in (self.prompts, self.prompt_ids, self.messages)) != 1:
+            raise ValueError("give exactly one of prompts (text), prompt_ids (token ids) and messages (chat)")
         return self
 
 
@@ -47,6 +59,7 @@ class InferenceOut(BaseModel):
     route: list[dict[str, Any]]
     tokens: list[list[int]] | None = None
     text: list[str] | None = None
+    finish_reason: list[str | None] | None = None
     failovers: int = 0
     error: str | None = None
     records: int | None = None
@@ -88,7 +101,8 @@ async def start(
     try:
         run = await coordinator.start(
             requester=principal.address, model=body.model, prompts=body.prompts, prompt_ids=body.prompt_ids,
-            max_new_tokens=body.max_new_tokens,
+            messages=[[m.model_dump() for m in conv] for conv in body.messages] if body.messages else None,
+            stop=body.stop, ignore_eos=body.ignore_eos, max_new_tokens=body.max_new_tokens,
             sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=body.seed),
         )
     except RouteUnavailable as exc:
@@ -128,10 +142,16 @@ def get_run(run_id: RunId, request: Request, principal: RequesterDep, session: S
     live = coordinator.runs.get(run_id)
     tokens = row.tokens if row.tokens is not None else (live.tokens if live else None)
     decode = coordinator.decoder(row.model)
+    reasons = row.params.get("finish_reasons") or (live.finish_reasons if live else None)
+    text = None
+    if live is not None and live.decode is not None:
+        text = live.texts
+    elif tokens is not None and decode:
+        text = [cut_at_stop(decode(t), row.params.get("stop") or []) for t in tokens]
     count = lambda model: len(session.scalars(select(model.id).where(model.run_id == run_id)).all())  # noqa: E731
     return InferenceOut(
         id=row.id, model=row.model, status=row.status, route=row.route or (live.route() if live else []),
-        tokens=tokens, text=[decode(t) for t in tokens] if tokens is not None and decode else None,
+        tokens=tokens, text=text, finish_reason=reasons,
         failovers=row.failovers if row.status != "running" or live is None else live.failovers, error=row.error,
         records=count(StageRecord), commitments=count(StageCommitment), stream_url=f"/v1/inference/{run_id}/stream",
     )

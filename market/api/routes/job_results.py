@@ -16,6 +16,7 @@ from market.db import Job, SettlementReport, SlashRecord, VerificationRun
 from market.domain_errors import Forbidden, InvalidRequest
 from market.services import jobs
 from market.services.inference_jobs import InferenceJobRunner, job_outputs
+from market.services.job_specs import InferenceSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]+$")]
@@ -35,10 +36,11 @@ def result(job_id: JobId, request: Request, principal: PrincipalDep, session: Se
     """Status, generated text per prompt, and how verification and settlement went."""
     job = _job(session, job_id, principal)
     coordinator = request.app.state.coordinator
+    spec = InferenceSpec.model_validate(job.spec)
     outputs = job_outputs(
         session,
         job=job,
-        encode=lambda p: coordinator.encode_prompts(job.model, p, None),
+        encode=lambda p: coordinator.encode_prompts(job.model, None if spec.chat else p, None, spec.messages(p)),
         decode=coordinator.decoder(job.model),
         batch_size=coordinator.config.max_batch,
     )
