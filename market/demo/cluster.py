@@ -46,6 +46,11 @@ class ClusterConfig:
     model: str = MODEL
     hidden: int = 128
     layers: int = 4
+    # A built-in real model ("smollm2") instead of the tiny one: imported once into `var/models` and reused;
+    # or `model_dir`, an already imported model directory to serve (linked, not copied). `prepare` sets
+    # `model` and `layers` from its manifest.
+    builtin: str | None = None
+    model_dir: Path | None = None
     redis_url: str | None = None  # None: a private redis-server of our own (never a shared one)
     redis_db: int | None = None  # a private DB number on a shared Redis (tests: no other suite takes the tasks)
     slash_amount: int = 50 * 10**18
@@ -136,7 +141,6 @@ class Cluster:
         """Redis, a tiny model, a fresh SQLite DB (migrated), and the environment every child gets."""
         from market.db.engine import make_engine
         from market.db.migrate import upgrade
-        from market.models.tiny import build_tiny_llama
 
         self.var.mkdir(parents=True, exist_ok=True)
         self.redis = redis_service(self.cfg.redis_url)
@@ -144,8 +148,7 @@ class Cluster:
         if self.cfg.redis_db is not None:
             redis_url = redis_url.rsplit("/", 1)[0] + f"/{self.cfg.redis_db}"
         models = self.var / "models"
-        if not (models / self.cfg.model / "manifest.json").exists():
-            build_tiny_llama(models / self.cfg.model, hidden=self.cfg.hidden, layers=self.cfg.layers, seed=0)
+        self._models(models)
         db = self.var / "market.db"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)  # one run, one market: a fresh DB
@@ -191,6 +194,28 @@ class Cluster:
             "PYTHONUNBUFFERED": "1",
             **self.cfg.extra_env,
         }
+
+    def _models(self, models: Path) -> None:
+        """The model the cluster serves: a linked directory, a built-in real model (imported once), or tiny."""
+        from market.models.builtin import add_builtin
+        from market.models.manifest import load_manifest
+        from market.models.tiny import build_tiny_llama
+
+        models.mkdir(parents=True, exist_ok=True)
+        if self.cfg.model_dir is not None:
+            source = self.cfg.model_dir.resolve()
+            link = models / source.name
+            if not link.exists():
+                link.symlink_to(source, target_is_directory=True)
+            manifest = load_manifest(link)
+        elif self.cfg.builtin is not None:
+            directory, manifest, imported = add_builtin(self.cfg.builtin, models)
+            self.say(f"• model {manifest.name} {'imported into' if imported else 'reused from'} {directory}")
+        else:
+            if not (models / self.cfg.model / "manifest.json").exists():
+                build_tiny_llama(models / self.cfg.model, hidden=self.cfg.hidden, layers=self.cfg.layers, seed=0)
+            return
+        self.cfg.model, self.cfg.layers = manifest.name, manifest.num_layers
 
     def start_market(self) -> None:
         child = self._spawn("market", ["market", "serve"])

@@ -4,9 +4,14 @@ stream its text, wait for verification and settlement, check balances, audit the
 `globai demo run` prints it; the end-to-end test runs the same function and asserts on its result.
 
 Who does what is fixed so that the story is deterministic without touching the coordinator's planning: while the
-job runs, the only route is the cheater (layers [0, 2)) followed by an honest worker ([2, 4)); two verifier workers
-serving [0, 2) join once the work is done and the verification beat starts after them, so the sampled chunks of the
-cheater are replayed on them (round 0 + a dispute round: 2 of 2 votes against it).
+job runs, the only route is the cheater (the first half of the layers, e.g. [0, 15) of SmolLM2's 30) followed by an
+honest worker (the second half); two verifier workers serving the first half join once the work is done and the
+verification beat starts after them, so the sampled chunks of the cheater are replayed on them (round 0 + a dispute
+round: 2 of 2 votes against it).
+
+With a real chat model (the default: SmolLM2-135M-Instruct) the prompts are questions sent as chat messages,
+answered greedily until the model's end-of-sequence token; with the tiny random model (fast tests) they are
+plain text continuations and the output is gibberish.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ DEFAULT_PROMPTS = [
     "The market pays workers for",
     "A verifier replays",
     "Settlement on chain means",
+]
+CHAT_PROMPTS = [
+    "What is the capital of France?",
+    "What is 2 + 2?",
+    "Name the three primary colours.",
+    "Write a haiku about the sea.",
 ]
 
 
@@ -71,15 +82,17 @@ class Outcome:
         return self.audit_job[0] and self.audit_chain[0] and self.escrow_status == 2
 
 
-def actors() -> tuple[list[Actor], list[Actor]]:
-    """(workers that do the job, verifiers that join afterwards)."""
+def actors(layers: int = 4) -> tuple[list[Actor], list[Actor]]:
+    """(workers that do the job, verifiers that join afterwards) for a model of `layers` layers."""
+    half = layers // 2
+    first, second = f"0:{half}", f"{half}:{layers}"
     work = [
-        Actor("worker-cheat", demo_account("worker-cheat"), "0:2", "op-mallory", cheat="noise"),
-        Actor("worker-honest", demo_account("worker-honest"), "2:4", "op-alice"),
+        Actor("worker-cheat", demo_account("worker-cheat"), first, "op-mallory", cheat="noise"),
+        Actor("worker-honest", demo_account("worker-honest"), second, "op-alice"),
     ]
     verify = [
-        Actor("verifier-1", demo_account("verifier-1"), "0:2", "op-bob"),
-        Actor("verifier-2", demo_account("verifier-2"), "0:2", "op-carol"),
+        Actor("verifier-1", demo_account("verifier-1"), first, "op-bob"),
+        Actor("verifier-2", demo_account("verifier-2"), first, "op-carol"),
     ]
     return work, verify
 
@@ -94,14 +107,15 @@ def run_paid_inference(
 ) -> Outcome:
     out = Outcome()
     t0 = time.monotonic()
-    prompts = prompts or DEFAULT_PROMPTS
     c = cluster.contracts
     chain = cluster.chain
-    work, verify = actors()
-    everyone = work + verify
 
     say("• market, Celery worker")
     cluster.prepare()
+    chat = _has_chat_template(cluster)
+    prompts = prompts or (CHAT_PROMPTS if chat else DEFAULT_PROMPTS)
+    work, verify = actors(cluster.cfg.layers)
+    everyone = work + verify
     cluster.start_market()
     cluster.start_celery_worker()
     for a in everyone:  # top up to STAKE (a re-run on the same devnet finds the earlier stake, minus slashes)
@@ -119,7 +133,7 @@ def run_paid_inference(
             f"• {a.name} {a.account.address} serves layers [{a.layers.replace(':', ', ')})"
             + ("  ← CHEATS: its outputs are scaled by 1.10 (GLOBAI_WORKER_CHEAT=noise)" if a.cheat else "")
         )
-    cluster.wait_workers([a.account.address for a in work])
+    cluster.wait_workers([a.account.address for a in work], timeout=300)
     out.timings["workers_up"] = time.monotonic() - t0
 
     requester = demo_account("requester")
@@ -131,10 +145,18 @@ def run_paid_inference(
         "model": cluster.cfg.model,
         "prompts": prompts,
         "max_new_tokens": max_new_tokens,
-        "sampling": {"temperature": 0.8, "top_p": 0.95, "seed": 7},
+        # A real model answers greedily (the most likely answer); the tiny one samples (seeded, reproducible).
+        "sampling": {"temperature": 0.0, "top_p": 1.0, "seed": 7} if chat else {"temperature": 0.8, "top_p": 0.95,
+                                                                                 "seed": 7},
     }
+    if chat:
+        spec["chat"] = True  # each prompt is a user message, rendered with the model's chat template
     out.job_id, out.funding_tx = cluster.post_and_fund(requester, spec, price_per_unit=PRICE_PER_UNIT, budget=budget)
-    say("• the model is a tiny Llama with random weights (built locally): expect gibberish, not prose")
+    if chat:
+        say(f"• the model is {cluster.cfg.model} (real pretrained weights, {cluster.cfg.layers} layers), split across"
+            " two workers; each answer ends at the model's end-of-sequence token")
+    else:
+        say("• the model is a tiny Llama with random weights (built locally): expect gibberish, not prose")
     say(
         f"• requester {requester.address} posted job {out.job_id} and funded {budget / GLB:g} GLB with a permit "
         f"(tx {out.funding_tx})"
@@ -149,7 +171,7 @@ def run_paid_inference(
     say("• verifiers join (they replay sampled chunks of the work on the same layers)")
     for a in verify:
         cluster.start_worker(a.name, a.account, layers=a.layers, operator=a.operator, cheat=a.cheat)
-    cluster.wait_workers([a.account.address for a in verify])
+    cluster.wait_workers([a.account.address for a in verify], timeout=300)
     cluster.start_celery_beat()
     say("• Celery beat started: sample → replay → 2-of-3 → slash → settle")
     last = [""]
@@ -183,6 +205,13 @@ def run_paid_inference(
     out.audit_chain = (chain_audit.returncode == 0, (chain_audit.stdout + chain_audit.stderr).strip())
     out.timings["audited"] = time.monotonic() - t0
     return out
+
+
+def _has_chat_template(cluster: Cluster) -> bool:
+    from market.models.manifest import load_manifest
+
+    manifest = load_manifest(cluster.var / "models" / cluster.cfg.model)
+    return manifest.generation is not None and bool(manifest.generation.chat_template)
 
 
 def _done(client: Any, job_id: str) -> dict[str, Any] | None:

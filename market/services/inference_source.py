@@ -151,7 +151,7 @@ class InferenceWorkSource:
                         work_key=self._key(run_id, stage, root.worker_address), worker=worker,
                         operator_id=operators.get(worker, worker.lower()), stage=stage, layer_start=stage,
                         layer_end=layer_end, units=sum(c.commitment.sketch[4] for c in chunks),
-                        dtype=manifest.dtype, scope=scope, signed_root=signed_root,
+                        dtype=manifest.dtype, scope=scope, signed_root=signed_root, model=manifest.name,
                         chunk_indices=tuple(sorted(c.commitment.chunk_index for c in chunks)),
                     ))
         return out

@@ -42,7 +42,7 @@ from market.services.operator import ChainOperator
 from market.services.workers import record_outcome, worker_reputation
 from market.settlement.payout import PAID, UNPAID_FAULTY, UNPAID_SLASHED
 from market.verifier import sampling
-from market.verifier.compare import DEFAULT_TOLERANCES, Tolerance
+from market.verifier.compare import DEFAULT_TOLERANCES, Tolerance, shipped_model_tolerances
 from market.verifier.disputes import FAULTY, GUILTY, Vote, check_claim, check_structure, decide_segment
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class ClaimedPart:
     scope: ChunkScope  # what this part's commitments must be scoped to
     signed_root: SignedRoot
     chunk_indices: tuple[int, ...]
+    model: str = ""  # the model's name: a real model may ship its own calibrated tolerances
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,14 @@ class VerifierConfig:
     policy: sampling.SamplingPolicy = sampling.DEFAULT_POLICY
     economics: sampling.Economics = sampling.DEFAULT_ECONOMICS
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+    # Per model name, per dtype: calibrated on that model (shipped in market/verifier/tolerances/); they win over
+    # `tolerances`, which were calibrated on a tiny model.
+    model_tolerances: dict[str, dict[str, Tolerance]] = field(default_factory=shipped_model_tolerances)
     sketch_k: int | None = None  # None: accept the k the sketch declares (the job spec pins it in production)
     slash_amount: int = 0  # 0: the vault's minStake
+
+    def tolerance(self, model: str, dtype: str) -> Tolerance:
+        return self.model_tolerances.get(model, {}).get(dtype) or self.tolerances[dtype]
 
 
 # --- before the work -------------------------------------------------------------------------------------------
@@ -259,7 +266,7 @@ def run_check(
     if verdict is None:
         assert replica is not None  # pending checks always have one
         replayed = source.replay(job_id, part, chunk, replica)
-        verdict = check_claim(signed, proof, replayed, cfg.tolerances[part.dtype], k=cfg.sketch_k,
+        verdict = check_claim(signed, proof, replayed, cfg.tolerance(part.model, part.dtype), k=cfg.sketch_k,
                               expected_scope=part.scope, chunk_index=chunk, worker=part.worker,
                               signed_root=part.signed_root)
     pool = source.replicas(job_id, part) if rnd == 0 and verdict.needs_replay_vote else []

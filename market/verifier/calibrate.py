@@ -28,7 +28,9 @@ import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import cast
 
 import torch
 from transformers import LlamaForCausalLM
@@ -73,10 +75,13 @@ class CalibrationSettings:
     margin: float = 3.0
     overlap_margin: float = 0.05
     sketch_k: int = DEFAULT_K
-    informational: tuple[str, ...] = ("sdpa_attention",)
+    informational: tuple[str, ...] = ("sdpa_attention", "eager_attention")
     # Where the verifier's replica runs ("cpu", "cuda"): with "cuda" the reference is a GPU replay of the same
     # weights (TF32 off, torch's default), so thresholds cover CPU-worker vs GPU-replica drift as well.
     replay_device: str = "cpu"
+    # A real model (a manifest directory) instead of the seeded tiny Llama: its own weights, its attention
+    # kernel (the manifest's, as workers run it), stage inputs from real text through its tokenizer.
+    model_dir: str | None = None
 
 
 Scenario = Callable[[LlamaForCausalLM, list[torch.Tensor], int], torch.Tensor]
@@ -139,8 +144,11 @@ def scenarios(s: CalibrationSettings) -> dict[str, Scenario]:
 
         return run
 
-    def sdpa(model: LlamaForCausalLM, inputs: list[torch.Tensor], i: int) -> torch.Tensor:
-        with attention(model, "sdpa"):
+    # The other attention kernel than the one the reference uses (tiny: eager, so sdpa; real models: sdpa).
+    other = "eager" if s.model_dir is not None else "sdpa"
+
+    def other_kernel(model: LlamaForCausalLM, inputs: list[torch.Tensor], i: int) -> torch.Tensor:
+        with attention(model, other):
             return alone(model, inputs, i)
 
     return {
@@ -150,18 +158,34 @@ def scenarios(s: CalibrationSettings) -> dict[str, Scenario]:
         "batched_reordered": batched(True),
         "kv_decode": kv(1),
         "kv_chunked": kv(32),
-        "sdpa_attention": sdpa,
+        f"{other}_attention": other_kernel,
     }
 
 
 def stage_inputs(model: LlamaForCausalLM, s: CalibrationSettings) -> list[torch.Tensor]:
-    """Realistic stage inputs: the honest output of the layers before the stage, per sequence."""
+    """Realistic stage inputs: the honest output of the layers before the stage, per sequence (random token ids
+    for the tiny model; for a real model, windows of real text at seeded offsets)."""
     g = torch.Generator().manual_seed(s.input_seed)
+    text_ids = _text_ids(s.model_dir, max(s.seq_lens)) if s.model_dir is not None else None
     out = []
     for n in s.seq_lens:
-        ids = torch.randint(0, s.spec.vocab_size, (1, n), generator=g)
+        if text_ids is None:
+            ids = torch.randint(0, s.spec.vocab_size, (1, n), generator=g)
+        else:
+            start = int(torch.randint(0, len(text_ids) - n + 1, (1,), generator=g))
+            ids = torch.tensor([text_ids[start : start + n]])
         out.append(run_stage(model, embed(model, ids), (0, s.stage[0]))[0])
     return out
+
+
+def _text_ids(model_dir: str, at_least: int) -> list[int]:
+    from market.models.tiny import CORPUS
+    from market.models.tokenizer import load_tokenizer
+
+    ids = load_tokenizer(Path(model_dir)).encode(CORPUS, add_special_tokens=False).ids
+    while len(ids) < 2 * at_least:
+        ids = ids + ids
+    return ids
 
 
 def _chunks(claimed: torch.Tensor, reference: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -199,7 +223,16 @@ def thresholds(observed: Sequence[Metrics], floor: Tolerance, margin: float, ove
 
 
 def _model(s: CalibrationSettings, dtype: str) -> LlamaForCausalLM:
-    return build_tiny_llama(s.spec, getattr(torch, dtype))
+    if s.model_dir is None:
+        return build_tiny_llama(s.spec, getattr(torch, dtype))
+    from market.models.hf import load_full_model
+
+    _, model = load_full_model(Path(s.model_dir))
+    # Cast the weights only: RoPE's inv_freq stays float32, as a bfloat16 manifest's stages compute it.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.to(getattr(torch, dtype))
+    return cast(LlamaForCausalLM, model.eval())
 
 
 def _replays(model: LlamaForCausalLM, inputs: list[torch.Tensor], s: CalibrationSettings) -> list[torch.Tensor]:
@@ -295,13 +328,29 @@ def calibrate(s: CalibrationSettings | None = None) -> dict:
     """Full calibration report (what `globai verifier calibrate` writes); `tolerances` feeds `load_tolerances`."""
     s = s or CalibrationSettings()
     per_dtype = {dtype: calibrate_dtype(s, dtype) for dtype in s.dtypes}
+    model = "tiny-llama-calibration"
+    if s.model_dir is not None:
+        from market.models.manifest import load_manifest
+
+        model = load_manifest(Path(s.model_dir)).name
     return {
         "version": 1,
+        "model": model,
         "settings": {f.name: _jsonable(getattr(s, f.name)) for f in fields(s)},
         "torch": torch.__version__,
         "tolerances": {dtype: section["tolerance"] for dtype, section in per_dtype.items()},
         "dtypes": per_dtype,
     }
+
+
+def model_settings(model_dir: str | Path, **overrides: object) -> CalibrationSettings:
+    """Settings for a real model: its first half of layers as the stage (what the demo's first worker serves),
+    real text of the default lengths."""
+    from market.models.manifest import load_manifest
+
+    manifest = load_manifest(Path(model_dir))
+    base = CalibrationSettings(model_dir=str(model_dir), stage=(0, max(1, manifest.num_layers // 2)))
+    return replace(base, **overrides)  # type: ignore[arg-type]
 
 
 def _jsonable(v: object) -> object:

@@ -90,6 +90,23 @@ def load_tolerances(path: str | Path | None = None) -> dict[str, Tolerance]:
     return tolerances
 
 
+MODEL_TOLERANCES_DIR = Path(__file__).parent / "tolerances"
+# Variants of a model (e.g. `smollm2-135m-instruct-bf16`) share its calibration file; the dtype picks the entry.
+_VARIANT_SUFFIXES = ("", "-fp32", "-bf16", "-fp16")
+
+
+def shipped_model_tolerances(directory: Path = MODEL_TOLERANCES_DIR) -> dict[str, dict[str, Tolerance]]:
+    """Tolerances calibrated on a real model (`globai verifier calibrate --model DIR`), shipped as that model's
+    default: `tolerances/<model>.json` holds the calibration report, whose `"model"` names the model."""
+    found: dict[str, dict[str, Tolerance]] = {}
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        data = json.loads(path.read_text())
+        per_dtype = {dtype: Tolerance.from_json(tol) for dtype, tol in data["tolerances"].items()}
+        for suffix in _VARIANT_SUFFIXES:
+            found[str(data["model"]) + suffix] = per_dtype
+    return found
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
