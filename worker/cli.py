@@ -84,7 +84,7 @@ def run(
     if cheat and daemon.server is not None:
         from worker.runtime.cheats import apply_cheat
 
-        apply_cheat(daemon.server.stage, cheat)
+        apply_cheat(daemon.server, cheat)
     start, end = daemon.state.layer_range or (0, 0)
     typer.echo(f"worker {account.address}: layers [{start}, {end}) ready, connecting to {market}", err=True)
 

@@ -14,7 +14,6 @@ the output is identical to an undisturbed run.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,9 +28,16 @@ from market.coordinator.stopping import SequenceStop
 from market.errors import GlobaiError
 from market.models.manifest import Manifest
 from market.models.reference import prefill_positions
-from market.protocol.commitments import MalformedCommitment, SignedCommitment, SignedRoot, verify_commitment
+from market.protocol.commitments import (
+    CHUNK_TOKENS,
+    MalformedCommitment,
+    SignedCommitment,
+    SignedRoot,
+    tensor_sha256,
+    verify_commitment,
+)
 from market.protocol.pipeline import StageLimits, scope_to_json
-from market.protocol.signing import ChunkScope
+from market.protocol.signing import ChunkScope, sent_digest, verify_signer
 from market.protocol.tensors import FrameError, encode_message
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,8 @@ class RecordedCall:
     first_position: int
     last_token_only: bool
     output: torch.Tensor
+    sent_sha256: bytes = b""  # sha256 of the output bytes, as the worker signed it (checked on arrival)
+    sent_signature: bytes = b""
 
     def blob(self, run_id: str, layers: tuple[int, int]) -> bytes:
         """Canonical request bytes (no request id): what a verifier replays on another worker."""
@@ -69,7 +77,52 @@ class RecordedCall:
                               self.tensors)
 
     def output_sha256(self) -> str:
-        return hashlib.sha256(self.output.contiguous().view(torch.uint8).reshape(-1).numpy().tobytes()).hexdigest()
+        return self.sent_sha256.hex() if self.sent_sha256 else tensor_sha256(self.output).hex()
+
+    def positions(self) -> list[int]:
+        """Absolute positions of the output rows (the last one only for last-token logits)."""
+        n = int(self.tensors[0].shape[1])
+        if self.last_token_only:
+            return [self.first_position + n - 1]
+        return list(range(self.first_position, self.first_position + n))
+
+    def sent_json(self) -> dict[str, Any]:
+        return {"step": self.step, "first_position": self.first_position,
+                "output_sha256": "0x" + self.sent_sha256.hex(), "signature": "0x" + self.sent_signature.hex()}
+
+
+@dataclass
+class Violation:
+    """A signed chunk commitment that does not match the rows the same worker sent with signed hashes."""
+
+    address: str
+    layers: tuple[int, int]
+    signed: SignedCommitment
+    rows: torch.Tensor | None  # what the worker sent for that chunk (None: it sent no such rows)
+    calls: list[RecordedCall]
+    detail: str
+
+    def evidence(self) -> dict[str, Any]:
+        return {"commitment": self.signed.to_json(), "detail": self.detail,
+                "received_sha256": None if self.rows is None else "0x" + tensor_sha256(self.rows).hex(),
+                "received_rows": 0 if self.rows is None else int(self.rows.shape[0]),
+                "calls": [c.sent_json() for c in self.calls]}
+
+
+def chunk_rows(records: list[RecordedCall], chunk_index: int) -> tuple[torch.Tensor | None, list[RecordedCall]]:
+    """The rows a hop sent for one chunk (sequence in the high 32 bits, positions [32c, 32c+32)), in order."""
+    seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
+    lo, hi = pc * CHUNK_TOKENS, (pc + 1) * CHUNK_TOKENS
+    rows: list[torch.Tensor] = []
+    calls: list[RecordedCall] = []
+    for rec in records:
+        if seq >= rec.output.shape[0]:
+            continue
+        hit = [t for t, p in enumerate(rec.positions()) if lo <= p < hi]
+        if hit:
+            rows.extend(rec.output[seq, t] for t in hit)
+            calls.append(rec)
+    return (torch.stack(rows).contiguous() if rows else None), calls
 
 
 @dataclass
@@ -80,6 +133,7 @@ class Hop:
     standbys: list[WorkerLink]
     scope: ChunkScope
     records: list[RecordedCall] = field(default_factory=list)
+    committed: set[int] = field(default_factory=set)  # chunk indices this hop's worker has committed to
 
     def describe(self) -> dict[str, Any]:
         return {"layers": [self.start, self.end], "worker": self.link.address,
@@ -93,6 +147,7 @@ class Evidence:
     records: list[tuple[Hop, WorkerLink, RecordedCall]] = field(default_factory=list)
     commitments: list[tuple[str, SignedCommitment]] = field(default_factory=list)  # (worker address, signed)
     roots: list[tuple[str, ChunkScope, dict[str, Any]]] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
 
 
 # (start, end, exclude link ids) -> new hops for that span, or None
@@ -280,13 +335,34 @@ class PipelineRun:
             self.limits.check_output(output, batch=batch, tokens=tokens, last_stage=last_stage)
         except FrameError as exc:
             raise StageFailed(hop.link.address, "bad_reply", str(exc)) from None
-        self._take_commitments(hop, reply.header.get("commitments"), output.shape[-1])
-        record = RecordedCall(step, tensors, first_position, last_stage, output)
+        sha, signature = self._check_sent(hop, step, first_position, output, reply.header.get("sent"))
+        record = RecordedCall(step, tensors, first_position, last_stage, output, sha, signature)
         hop.records.append(record)
         self.evidence.records.append((hop, hop.link, record))
+        self._take_commitments(hop, reply.header.get("commitments"), output.shape[-1])
         return output
 
+    def _check_sent(
+        self, hop: Hop, step: int, first_position: int, output: torch.Tensor, sent: Any
+    ) -> tuple[bytes, bytes]:
+        """Before an answer is relayed: its bytes hash to what the worker signed for this call (else not relayed)."""
+        try:
+            sha = bytes.fromhex(str(sent["output_sha256"]).removeprefix("0x"))
+            signature = bytes.fromhex(str(sent["signature"]).removeprefix("0x"))
+        except (KeyError, TypeError, ValueError):
+            raise StageFailed(hop.link.address, "bad_reply", "answer without a signed output hash") from None
+        if len(sha) != 32 or sha != tensor_sha256(output):
+            raise StageFailed(hop.link.address, "bad_reply", "output bytes differ from their signed hash")
+        if not verify_signer(sent_digest(hop.scope, step, first_position, sha), signature, hop.link.address):
+            raise StageFailed(hop.link.address, "bad_reply", "output hash not signed by the worker")
+        return sha, signature
+
     def _take_commitments(self, hop: Hop, items: Any, width: int) -> None:
+        """Signed chunk commitments, each checked against the rows this hop actually sent for that chunk.
+
+        A commitment whose hash or row count differs from those rows is provable (both are signed): it is kept
+        as a violation for verification to slash, and the hop is failed over (its work is re-run elsewhere).
+        """
         if not items:
             return
         if not isinstance(items, list):
@@ -298,6 +374,22 @@ class PipelineRun:
                 raise StageFailed(hop.link.address, "bad_commitment", str(exc)) from None
             if signed.commitment.scope != hop.scope or not verify_commitment(signed, hop.link.address):
                 raise StageFailed(hop.link.address, "bad_commitment", "wrong scope or signer")
+            index = signed.commitment.chunk_index
+            if index in hop.committed:
+                raise StageFailed(hop.link.address, "bad_commitment", f"chunk {index} committed twice")
+            rows, calls = chunk_rows(hop.records, index)
+            detail = ""
+            if rows is None:
+                detail = "commitment to rows never sent"
+            elif tensor_sha256(rows) != signed.commitment.output_sha256:
+                detail = "output_sha256 differs from the rows sent"
+            elif signed.commitment.sketch[4] != rows.shape[0]:
+                detail = f"sketch covers {signed.commitment.sketch[4]} rows, {rows.shape[0]} were sent"
+            if detail:
+                self.evidence.violations.append(
+                    Violation(hop.link.address, (hop.start, hop.end), signed, rows, calls, detail))
+                raise StageFailed(hop.link.address, "unbound_commitment", f"chunk {index}: {detail}")
+            hop.committed.add(index)
             self.evidence.commitments.append((hop.link.address, signed))
 
     async def _through(
@@ -370,6 +462,11 @@ class PipelineRun:
             try:
                 reply = await self._request(hop.link, {"op": "close"}, [])
                 self._take_commitments(hop, reply.header.get("commitments"), self._width(hop))
+                sent = {(seq << 32) | (p // CHUNK_TOKENS) for rec in hop.records
+                        for seq in range(rec.output.shape[0]) for p in rec.positions()}
+                if sent - hop.committed:  # rows sent without a commitment: that work can't be checked or paid
+                    raise StageFailed(hop.link.address, "bad_commitment",
+                                      f"{len(sent - hop.committed)} chunks sent without a commitment")
                 root = reply.header.get("root")
                 if isinstance(root, dict):
                     self._check_root(hop, root)

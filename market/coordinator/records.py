@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 
 from market.blobstore import BlobStore
 from market.coordinator.pipeline import Evidence
-from market.db.inference import InferenceRun, StageCommitment, StageRecord
+from market.db.inference import InferenceRun, StageCommitment, StageRecord, StageViolation
+from market.protocol.tensors import encode_message
 
 
 def save_evidence(
@@ -19,9 +20,22 @@ def save_evidence(
     retain_until = now + timedelta(seconds=retention_s)
     for hop, link, rec in evidence.records:
         digest = blobs.put(rec.blob(run_id, (hop.start, hop.end)))
+        # Hidden states are kept whole (verification compares the whole claimed tensor); last-token logits
+        # (vocabulary-wide) are covered by their commitments.
+        output = None if rec.last_token_only else blobs.put(encode_message({"op": "output"}, [rec.output]))
         session.add(StageRecord(
             run_id=run_id, layer_start=hop.start, layer_end=hop.end, step=rec.step, worker_address=link.address,
             input_blob=digest, output_sha256=rec.output_sha256(), created_at=now, retain_until=retain_until,
+            sent_signature="0x" + rec.sent_signature.hex() if rec.sent_signature else None, output_blob=output,
+        ))
+    for v in evidence.violations:
+        body = v.evidence()
+        if v.rows is not None:
+            body["rows_blob"] = blobs.put(encode_message({"op": "rows"}, [v.rows]))
+        session.add(StageViolation(
+            run_id=run_id, worker_address=v.address, stage=v.signed.commitment.scope.stage, layer_end=v.layers[1],
+            chunk_index=str(v.signed.commitment.chunk_index), reason="unbound",
+            digest="0x" + v.signed.commitment.digest.hex(), evidence=body, created_at=now,
         ))
     for address, signed in evidence.commitments:
         body = signed.to_json()
@@ -54,5 +68,7 @@ def purge_expired(session: Session, *, blobs: BlobStore, now: datetime) -> int:
     """Drop records whose verification window has ended, then every blob no remaining record references."""
     session.execute(delete(StageRecord).where(StageRecord.retain_until < now))
     session.commit()
-    live = session.scalars(select(StageRecord.input_blob).distinct()).all()
-    return blobs.sweep(live)
+    live = set(session.scalars(select(StageRecord.input_blob).distinct()).all())
+    live |= set(session.scalars(select(StageRecord.output_blob).where(StageRecord.output_blob.is_not(None))).all())
+    live |= {str(e["rows_blob"]) for e in session.scalars(select(StageViolation.evidence)) if "rows_blob" in e}
+    return blobs.sweep(sorted(live))

@@ -49,11 +49,27 @@ def hop_cost(c: RouteCandidate) -> float:
     return (c.latency_ms + compute) / max(score(c.scored), 1e-6)
 
 
+# A hop whose exact layer range no other operator serves can't be replayed by an independent replica, so its
+# work could not be checked (and is not paid): such hops cost this much more, used only when nothing else chains.
+UNREPLICATED_PENALTY = 8.0
+
+
+def replicated(candidates: Sequence[RouteCandidate]) -> set[str]:
+    """Link ids whose exact layer range is also served by a worker of another operator."""
+    ops: dict[tuple[int, int], set[str]] = {}
+    for c in candidates:
+        ops.setdefault((c.start, c.end), set()).add(c.operator_id)
+    return {c.link_id for c in candidates if len(ops[(c.start, c.end)] - {c.operator_id}) > 0}
+
+
 def plan_span(
     start: int, end: int, candidates: Sequence[RouteCandidate], *, exclude: Collection[str] = ()
 ) -> list[RouteCandidate] | None:
-    """Cheapest chain of candidates covering [start, end) exactly, or None if the swarm has a gap."""
+    """Cheapest chain of candidates covering [start, end) exactly, or None if the swarm has a gap.
+
+    Hops that an independent replica could check are preferred (`UNREPLICATED_PENALTY`)."""
     usable = [c for c in candidates if c.link_id not in exclude and start <= c.start and c.end <= end]
+    checkable = replicated(candidates)
     best: dict[int, float] = {start: 0.0}
     back: dict[int, RouteCandidate] = {}
     heap: list[tuple[float, int]] = [(0.0, start)]
@@ -64,7 +80,7 @@ def plan_span(
         if cost > best.get(at, float("inf")):
             continue
         for c in sorted((c for c in usable if c.start == at), key=lambda c: c.link_id):
-            total = cost + hop_cost(c)
+            total = cost + hop_cost(c) * (1.0 if c.link_id in checkable else UNREPLICATED_PENALTY)
             if total < best.get(c.end, float("inf")):
                 best[c.end] = total
                 back[c.end] = c

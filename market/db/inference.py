@@ -45,6 +45,10 @@ class StageRecord(Base):
     worker_address: Mapped[str] = mapped_column(String(42), index=True)
     input_blob: Mapped[str] = mapped_column(String(64))  # sha256 of the request message in the blob store
     output_sha256: Mapped[str] = mapped_column(String(64))
+    # The worker's signature over `signing.sent_digest` of this answer (checked before it was relayed).
+    sent_signature: Mapped[str | None] = mapped_column(String(132), nullable=True)
+    # The answer's tensor as a blob (hidden-state stages): the whole claimed output verification compares.
+    output_blob: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     retain_until: Mapped[datetime] = mapped_column(UtcDateTime, index=True)  # verification window end
 
@@ -63,4 +67,25 @@ class StageCommitment(Base):
     digest: Mapped[str] = mapped_column(String(66))  # signed digest (commit or root), 0x-hex
     body: Mapped[dict[str, Any]] = mapped_column(JSON)  # SignedCommitment.to_json() or the root record
     signature: Mapped[str] = mapped_column(String(132))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class StageViolation(Base):
+    """A chunk commitment whose `output_sha256` differs from the rows the worker sent with signed hashes.
+
+    `evidence` holds the signed commitment and the signed sent-hashes of the answers that carried the chunk's
+    rows (with the rows' own hashes): anyone can check that the worker signed both and that they disagree.
+    """
+
+    __tablename__ = "stage_violations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    run_id: Mapped[str] = mapped_column(ForeignKey("inference_runs.id", ondelete="CASCADE"), index=True)
+    worker_address: Mapped[str] = mapped_column(String(42))
+    stage: Mapped[int] = mapped_column(Integer)
+    layer_end: Mapped[int] = mapped_column(Integer)
+    chunk_index: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(String(32))  # unbound
+    digest: Mapped[str] = mapped_column(String(66))  # the signed commitment's digest: the slashing evidence hash
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -47,7 +47,7 @@ class WorkPart(Base):
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     root: Mapped[str] = mapped_column(String(66), default="")
     rate: Mapped[float] = mapped_column(Float, default=0.0)  # the sampling rate the policy chose for this part
-    # pending | paid (accepted) | unpaid_slashed | unpaid_faulty
+    # pending | paid (accepted) | unpaid_slashed | unpaid_faulty | unpaid_unchecked
     status: Mapped[str] = mapped_column(String(16), default="pending")
 
 

@@ -5,9 +5,10 @@ stream its text, wait for verification and settlement, check balances, audit the
 
 Who does what is fixed so that the story is deterministic without touching the coordinator's planning: while the
 job runs, the only route is the cheater (the first half of the layers, e.g. [0, 15) of SmolLM2's 30) followed by an
-honest worker (the second half); two verifier workers serving the first half join once the work is done and the
-verification beat starts after them, so the sampled chunks of the cheater are replayed on them (round 0 + a dispute
-round: 2 of 2 votes against it).
+honest worker (the second half); two verifier workers serving the first half and one serving the second half join
+once the work is done and the verification beat starts after them, so the sampled chunks of the cheater are replayed
+on them (round 0 + a dispute round: 2 of 2 votes against it) and the honest worker's on the third (work that no
+replica could check would be refunded, not paid).
 
 With a real chat model (the default: SmolLM2-135M-Instruct) the prompts are questions sent as chat messages,
 answered greedily until the model's end-of-sequence token; with the tiny random model (fast tests) they are
@@ -93,6 +94,8 @@ def actors(layers: int = 4) -> tuple[list[Actor], list[Actor]]:
     verify = [
         Actor("verifier-1", demo_account("verifier-1"), first, "op-bob"),
         Actor("verifier-2", demo_account("verifier-2"), first, "op-carol"),
+        # Work no replica can check is never paid: the honest worker's layers need one too.
+        Actor("verifier-3", demo_account("verifier-3"), second, "op-dave"),
     ]
     return work, verify
 

@@ -11,6 +11,8 @@ another job, stage or chunk. The worker signs the 32-byte digest with EIP-191 `p
         uint32 stage, uint64 chunkIndex, bytes32 jobNonce, bytes32 outputSha256, bytes32 sketchSha256)))
     keccak256(bytes.concat("GLOBAI-ROOT-V1", abi.encode(uint256 chainId, bytes32 jobId, bytes32 taskId,
         bytes32 jobNonce, uint64 chunkCount, bytes32 commitmentsRoot)))
+    keccak256(bytes.concat("GLOBAI-SENT-V1", abi.encode(uint256 chainId, bytes32 jobId, bytes32 taskId,
+        uint32 stage, uint64 step, uint64 firstPosition, bytes32 jobNonce, bytes32 outputSha256)))
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from market.errors import GlobaiError
 
 COMMIT_TAG = b"GLOBAI-COMMIT-V1"
 ROOT_TAG = b"GLOBAI-ROOT-V1"
+SENT_TAG = b"GLOBAI-SENT-V1"
 _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
 
@@ -104,6 +107,23 @@ def root_digest(scope: ChunkScope, chunk_count: int, commitments_root: bytes) ->
         [scope.chain_id, scope.job_id, scope.task_id, scope.job_nonce, chunk_count, commitments_root],
     )
     return keccak(ROOT_TAG + body)
+
+
+def sent_digest(scope: ChunkScope, step: int, first_position: int, output_sha256: bytes) -> bytes:
+    """Digest a worker signs over every forward answer it sends: sha256 of the exact output bytes of that call.
+
+    It makes what was sent provable: the coordinator checks it before relaying the tensor, and a chunk commitment
+    whose `output_sha256` differs from the rows these signed answers carried is signed evidence against the worker.
+    """
+    if not (0 <= step <= _UINT64_MAX and 0 <= first_position <= _UINT64_MAX):
+        raise ValueError("step / first_position out of range")
+    _check_bytes32("output_sha256", output_sha256)
+    body = abi_encode(
+        ["uint256", "bytes32", "bytes32", "uint32", "uint64", "uint64", "bytes32", "bytes32"],
+        [scope.chain_id, scope.job_id, scope.task_id, scope.stage, step, first_position, scope.job_nonce,
+         output_sha256],
+    )
+    return keccak(SENT_TAG + body)
 
 
 def sign_digest(account: LocalAccount, digest: bytes) -> bytes:

@@ -23,16 +23,18 @@ from eth_utils import keccak, to_checksum_address
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from market.blobstore import BlobNotFound, BlobStore
 from market.db import JobRun, Worker
-from market.db.inference import InferenceRun, StageCommitment, StageRecord
+from market.db.inference import InferenceRun, StageCommitment, StageRecord, StageViolation
 from market.domain_errors import NotFound
+from market.errors import GlobaiError
 from market.models.manifest import Manifest, load_manifest
 from market.protocol import merkle
 from market.protocol.auth_client import MarketError, check, sign_in
-from market.protocol.commitments import SignedCommitment, SignedRoot
-from market.protocol.signing import ChunkScope
+from market.protocol.commitments import SignedCommitment, SignedRoot, tensor_sha256
+from market.protocol.signing import ChunkScope, sent_digest, verify_signer
 from market.protocol.tensors import decode_message
-from market.services.verification import ClaimedPart, Replica, ReplicaUnavailable
+from market.services.verification import BindingFault, ClaimedPart, Replica, ReplicaUnavailable
 
 MAX_REPLAY_BYTES = 1 << 30
 
@@ -83,7 +85,7 @@ class MarketVerifierClient:
 
 class InferenceWorkSource:
     def __init__(self, sessions: sessionmaker[Session], client: MarketVerifierClient, *, chain_id: int,
-                 models_dir: Path, cache_size: int = 64) -> None:
+                 models_dir: Path, blob_dir: Path | None = None, cache_size: int = 64) -> None:
         self.sessions = sessions
         self.client = client
         self.chain_id = chain_id
@@ -91,7 +93,9 @@ class InferenceWorkSource:
         self._manifests: dict[str, Manifest] = {}
         self._replays: OrderedDict[tuple[str, int, str, str], tuple[torch.Tensor, list[int]]] = OrderedDict()
         self._cache_size = cache_size
+        self._held: OrderedDict[tuple[str, int, str], dict[tuple[int, int], torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
+        self.blobs = BlobStore(Path(blob_dir)) if blob_dir is not None else None
 
     # --- helpers -------------------------------------------------------------------------------------------
     def _manifest(self, model: str) -> Manifest:
@@ -195,6 +199,69 @@ class InferenceWorkSource:
         return output[seq, rows]
 
 
+    def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | None:
+        if self.blobs is None:
+            return None
+        run_id, stage, worker = self._split(part.work_key)
+        key = (run_id, stage, worker)
+        with self._lock:
+            rows = self._held.get(key)
+        if rows is None:
+            try:
+                rows = self._load_held(part, run_id, stage, worker)
+            except BlobNotFound as exc:  # the verifier must share the market's blob store (GLOBAI_BLOB_DIR)
+                raise ReplicaUnavailable(f"recorded output missing: {exc}") from None
+            with self._lock:
+                self._held[key] = rows
+                while len(self._held) > self._cache_size:
+                    self._held.popitem(last=False)
+        seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
+        got = [rows[(seq, p)] for p in range(pc * 32, pc * 32 + 32) if (seq, p) in rows]
+        return torch.stack(got).contiguous() if got else None
+
+    def _load_held(
+        self, part: ClaimedPart, run_id: str, stage: int, worker: str
+    ) -> dict[tuple[int, int], torch.Tensor]:
+        """Every row the worker sent on this stage, by (sequence, position), each answer checked against the
+        hash the worker signed for it (`signing.sent_digest`). Empty for last-token-logit stages."""
+        with self.sessions() as session:
+            records = session.scalars(select(StageRecord).where(
+                StageRecord.run_id == run_id, StageRecord.layer_start == stage,
+                StageRecord.worker_address == worker, StageRecord.output_blob.is_not(None),
+            ).order_by(StageRecord.step)).all()
+        rows: dict[tuple[int, int], torch.Tensor] = {}
+        for rec in records:
+            assert self.blobs is not None
+            request = decode_message(self.blobs.get(rec.input_blob), max_bytes=MAX_REPLAY_BYTES)
+            output = decode_message(self.blobs.get(str(rec.output_blob)), max_bytes=MAX_REPLAY_BYTES).tensors[0]
+            first = int(request.header["first_position"])
+            sha = tensor_sha256(output)
+            signed = rec.sent_signature is not None and verify_signer(
+                sent_digest(part.scope, rec.step, first, sha), bytes.fromhex(rec.sent_signature[2:]), part.worker)
+            if sha.hex() != rec.output_sha256 or not signed:
+                raise GlobaiError(f"stage record {rec.id}: stored output does not match the worker's signed hash")
+            for seq in range(output.shape[0]):
+                for t in range(output.shape[1]):
+                    rows[(seq, first + t)] = output[seq, t]
+        return rows
+
+    def violations(self, job_id: str) -> list[BindingFault]:
+        with self.sessions() as session:
+            run_ids = session.scalars(select(JobRun.run_id).where(JobRun.job_id == job_id)).all()
+            operators = {w.address: w.operator_id for w in session.scalars(select(Worker))}
+            rows = session.scalars(select(StageViolation).where(StageViolation.run_id.in_(run_ids))).all()
+            return [
+                BindingFault(
+                    work_key=self._key(v.run_id, v.stage, v.worker_address),
+                    worker=to_checksum_address(v.worker_address),
+                    operator_id=operators.get(to_checksum_address(v.worker_address), v.worker_address.lower()),
+                    stage=v.stage, layer_start=v.stage, layer_end=v.layer_end, chunk_index=int(v.chunk_index),
+                    evidence=v.digest, detail=str(v.evidence.get("detail", "")),
+                )
+                for v in rows
+            ]
+
+
 def source_from_settings(settings: Any) -> InferenceWorkSource:
     from eth_account import Account
 
@@ -206,4 +273,5 @@ def source_from_settings(settings: Any) -> InferenceWorkSource:
     account = Account.from_key(settings.operator_private_key.get_secret_value())
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=2))
     return InferenceWorkSource(sessions, MarketVerifierClient(settings.market_url, account),
-                               chain_id=settings.chain_id, models_dir=Path(settings.models_dir))
+                               chain_id=settings.chain_id, models_dir=Path(settings.models_dir),
+                               blob_dir=Path(settings.blob_dir))

@@ -40,10 +40,18 @@ from market.protocol.signing import ChunkScope
 from market.scheduler.reputation import reputation
 from market.services.operator import ChainOperator
 from market.services.workers import record_outcome, worker_reputation
-from market.settlement.payout import PAID, UNPAID_FAULTY, UNPAID_SLASHED
+from market.settlement.payout import PAID, UNPAID_FAULTY, UNPAID_SLASHED, UNPAID_UNCHECKED
 from market.verifier import sampling
 from market.verifier.compare import DEFAULT_TOLERANCES, Tolerance, shipped_model_tolerances
-from market.verifier.disputes import FAULTY, GUILTY, Vote, check_claim, check_structure, decide_segment
+from market.verifier.disputes import (
+    FAULTY,
+    GUILTY,
+    UNVERIFIED,
+    Vote,
+    check_claim,
+    check_structure,
+    decide_segment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,21 @@ class Replica:
     operator_id: str
 
 
+@dataclass(frozen=True)
+class BindingFault:
+    """A signed chunk commitment the coordinator found not to match the rows the worker sent (signed too)."""
+
+    work_key: str
+    worker: str
+    operator_id: str
+    stage: int
+    layer_start: int
+    layer_end: int
+    chunk_index: int
+    evidence: str  # the signed commitment's digest
+    detail: str
+
+
 class WorkSource(Protocol):
     def parts(self, job_id: str) -> list[ClaimedPart]: ...
 
@@ -92,6 +115,15 @@ class WorkSource(Protocol):
     def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
         """Have `replica` run the part's recorded stage input (an ordinary forward task) and return its output
         for the chunk, [tokens, hidden]. Raises `ReplicaUnavailable` when it can't now."""
+        ...
+
+    def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | None:
+        """The rows the worker actually sent for the chunk, [tokens, hidden], where the market keeps them
+        (hidden-state stages); None where only the commitment travels (last-token logits)."""
+        ...
+
+    def violations(self, job_id: str) -> list[BindingFault]:
+        """Commitments the coordinator caught contradicting what the same worker sent (provable, no replay)."""
         ...
 
 
@@ -182,7 +214,8 @@ def start_verification(
     session.commit()
 
     parts = source.parts(job_id)
-    if not parts:
+    faults = source.violations(job_id)
+    if not parts and not faults:
         raise Conflict(f"job {job_id} has no work to verify")
     # Keyed by the work key's hash, not the scope's task id: after a failover two workers share one stage scope.
     roots = {work_id(part.work_key): part.signed_root.root for part in parts}
@@ -197,12 +230,16 @@ def start_verification(
         for part in parts
     ]
     session.commit()
-    segments = sampling.sample_segments(seed, tasks)
-    pools: dict[str, list[Replica]] = {}
-    for seg in segments:
-        part = by_task[seg.task_id]
-        if part.work_key not in pools:
-            pools[part.work_key] = source.replicas(job_id, part)
+    faulted = {(f.work_key, f.chunk_index) for f in faults}
+    segments = [seg for seg in sampling.sample_segments(seed, tasks)
+                if (by_task[seg.task_id].work_key, seg.chunk_index) not in faulted]
+    # Every part's replicas: a part no replica of another operator can replay is never paid as verified.
+    pools = {part.work_key: source.replicas(job_id, part) for part in parts}
+    sampled = {by_task[seg.task_id].work_key for seg in segments}
+    for part, task in zip(parts, tasks, strict=True):
+        alone = not any(r.operator_id != part.operator_id and r.address != part.worker for r in pools[part.work_key])
+        if alone and part.work_key not in sampled and part.chunk_indices:  # record why it is not paid
+            segments.append(sampling.Segment(task.task_id, part.stage, part.chunk_indices[0]))
 
     run = session.get(VerificationRun, job_id)
     if run is None or run.status != "open":  # another delivery of this task got here first
@@ -218,6 +255,17 @@ def start_verification(
         row.layer_start, row.layer_end, row.units = part.layer_start, part.layer_end, part.units
         row.chunk_count, row.root, row.status = len(part.chunk_indices), "0x" + part.signed_root.root.hex(), "pending"
         row.rate = task.rate
+    for fault in faults:  # decided by the signed data alone: no replica needed
+        if fault.work_key not in existing and fault.work_key not in {p.work_key for p in parts}:
+            existing[fault.work_key] = WorkPart(
+                job_id=job_id, work_key=fault.work_key, worker=to_checksum_address(fault.worker),
+                operator_id=fault.operator_id, stage=fault.stage, layer_start=fault.layer_start,
+                layer_end=fault.layer_end, units=0, chunk_count=0, root="", status="pending", rate=1.0)
+            session.add(existing[fault.work_key])
+        session.add(VerificationCheck(
+            job_id=job_id, work_key=fault.work_key, worker=to_checksum_address(fault.worker), stage=fault.stage,
+            chunk_index=fault.chunk_index, round=0, replica=None, status="fail", reason="unbound",
+            evidence=fault.evidence, metrics={"detail": fault.detail[:120]}, created_at=now, decided_at=now))
     for seg in segments:
         part = by_task[seg.task_id]
         replica = _pick(rng, pools[part.work_key], {part.operator_id}, {part.worker})
@@ -268,7 +316,7 @@ def run_check(
         replayed = source.replay(job_id, part, chunk, replica)
         verdict = check_claim(signed, proof, replayed, cfg.tolerance(part.model, part.dtype), k=cfg.sketch_k,
                               expected_scope=part.scope, chunk_index=chunk, worker=part.worker,
-                              signed_root=part.signed_root)
+                              signed_root=part.signed_root, held=source.held(job_id, part, chunk))
     pool = source.replicas(job_id, part) if rnd == 0 and verdict.needs_replay_vote else []
 
     check = session.get(VerificationCheck, check_id)
@@ -349,6 +397,7 @@ def decide_job(
         segments[(c.work_key, c.chunk_index)].append(c)
     guilty: dict[str, tuple[str, str]] = {}  # worker -> (evidence, finder)
     faulty_parts: set[str] = set()
+    unchecked_parts: set[str] = set()  # a sampled segment no replica could check
     workers = {w.address: w for w in session.scalars(select(Worker)).all()} if checks else {}
     for (work_key, _chunk), rows in sorted(segments.items()):
         rows.sort(key=lambda r: r.round)
@@ -359,6 +408,8 @@ def decide_job(
             guilty.setdefault(first.worker, (first.evidence, first.replica or ""))
         elif outcome == FAULTY:
             faulty_parts.add(work_key)
+        elif outcome == UNVERIFIED:
+            unchecked_parts.add(work_key)
         if accused is not None and outcome in ("cleared", GUILTY, FAULTY):
             record_outcome(session, worker_id=accused.id, kind="pass" if outcome == "cleared" else "fail",
                            now=now, job_id=job_id, detail=f"{work_key}#{first.chunk_index}: {first.reason}")
@@ -371,14 +422,18 @@ def decide_job(
             part.status = UNPAID_SLASHED  # the cheater's whole share of the job: its unverified work is refunded
         elif part.work_key in faulty_parts:
             part.status = UNPAID_FAULTY
+        elif part.work_key in unchecked_parts:
+            part.status = UNPAID_UNCHECKED  # held back: refunded to the requester, never paid unchecked
         else:
             part.status = PAID
     slash_ids = []
     for worker, (evidence, finder) in sorted(guilty.items()):
         existing = session.scalar(select(SlashRecord).where(SlashRecord.job_id == job_id, SlashRecord.worker == worker))
         if existing is None:
+            # No replica found it (a fault in the signed data alone): the harmed requester takes the finder's share.
             existing = SlashRecord(job_id=job_id, worker=worker, amount=cfg.slash_amount, evidence=evidence,
-                                   finder=finder or worker, requester=job.requester, status="pending", created_at=now)
+                                   finder=finder or job.requester, requester=job.requester, status="pending",
+                                   created_at=now)
             session.add(existing)
             session.flush()
         slash_ids.append(existing.id)

@@ -25,6 +25,9 @@ BPS = 10_000
 MIN_REPORT_ROOT = 1 << 65
 
 PAID, UNPAID_SLASHED, UNPAID_FAULTY = "paid", "unpaid_slashed", "unpaid_faulty"
+# No replica could check it (none of another operator served its layers, or every one failed): refunded, never
+# paid as verified.
+UNPAID_UNCHECKED = "unpaid_unchecked"
 
 
 class SettlementError(GlobaiError):
@@ -43,7 +46,7 @@ class WorkItem:
     task_key: str  # the market's task/session UUID
     payee: str
     units: int
-    status: str = PAID  # paid | unpaid_slashed | unpaid_faulty
+    status: str = PAID  # paid | unpaid_slashed | unpaid_faulty | unpaid_unchecked
 
 
 @dataclass(frozen=True)

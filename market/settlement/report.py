@@ -9,7 +9,7 @@ Format (version 1; amounts are decimal strings of GLB wei, hashes and ids 0x-hex
       "job": {"id": "<uuid>", "chain_job_id": "0x…", "funded": "…", "price_per_unit": "…", "fee_bps": 200},
       "records": [                            one per task / session part, sorted by task key
         {"task": "<uuid>", "task_id": "0x…", "payee": "0x…", "units": 12, "amount": "…",
-         "status": "paid" | "unpaid_slashed" | "unpaid_faulty", "leaf": "0x…", "proof": ["0x…", …]}
+         "status": "paid" | "unpaid_slashed" | "unpaid_faulty" | "unpaid_unchecked", "leaf": "0x…", "proof": ["0x…", …]}
       ],
       "payees": [{"payee": "0x…", "amount": "…"}],   Σ records per payee with amount > 0, sorted by address
       "paid": "…", "fee": "…", "refunded": "…",
@@ -30,10 +30,17 @@ from eth_utils import is_checksum_address, to_checksum_address
 
 from market.errors import GlobaiError
 from market.protocol.merkle import SettlementRecord, settlement_leaf, verify_proof
-from market.settlement.payout import PAID, UNPAID_FAULTY, UNPAID_SLASHED, SettlementPlan, task_id_bytes
+from market.settlement.payout import (
+    PAID,
+    UNPAID_FAULTY,
+    UNPAID_SLASHED,
+    UNPAID_UNCHECKED,
+    SettlementPlan,
+    task_id_bytes,
+)
 
 VERSION = 1
-STATUSES = (PAID, UNPAID_SLASHED, UNPAID_FAULTY)
+STATUSES = (PAID, UNPAID_SLASHED, UNPAID_FAULTY, UNPAID_UNCHECKED)
 
 
 class MalformedReport(GlobaiError):

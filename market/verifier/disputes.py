@@ -7,9 +7,13 @@ Structural faults are decided by the signed data alone (anyone can re-check them
 - `wrong_scope`: signed by the worker but for another job/task/stage/nonce (e.g. a commitment replayed from
   another job) - provable, slashable;
 - `not_in_root`: signed, but not under the worker's signed root - provable, slashable;
-- `malformed`: the signed sketch does not parse (fail closed) - provable, slashable.
+- `malformed`: the signed sketch does not parse (fail closed) - provable, slashable;
+- `unbound`: the commitment's `output_sha256` is not the hash of the rows the worker sent (each answer's bytes
+  carry the worker's signed hash, `signing.sent_digest`) - provable, slashable.
 
-Otherwise the committed sketch is compared with the replay (`compare.compare_sketch`): a mismatch is one vote
+Otherwise the claim is compared with the replay: the whole claimed tensor where the market holds it (the rows
+the worker sent, `compare.compare_hidden_states`), else the committed sketch (`compare.compare_sketch`); a
+mismatch is one vote
 against the worker, and two more replicas (other operators) replay the segment; the worker is guilty when at
 least two of the three replays disagree with its claim. When the two extra replicas both agree with the worker,
 the first replica lost the dispute (its own reputation takes the failure).
@@ -24,11 +28,11 @@ from typing import Any
 import torch
 
 from market.protocol import merkle
-from market.protocol.commitments import SignedCommitment, SignedRoot
+from market.protocol.commitments import SignedCommitment, SignedRoot, tensor_sha256
 from market.protocol.signing import ChunkScope, verify_signer
-from market.verifier.compare import Tolerance, compare_sketch
+from market.verifier.compare import Tolerance, compare_hidden_states, compare_sketch
 
-STRUCTURAL_SLASHABLE = frozenset({"wrong_scope", "not_in_root", "malformed"})
+STRUCTURAL_SLASHABLE = frozenset({"wrong_scope", "not_in_root", "malformed", "unbound"})
 UNPAID_ONLY = frozenset({"bad_signature"})
 GUILTY, CLEARED, UNVERIFIED, FAULTY = "guilty", "cleared", "unverified", "faulty"
 
@@ -74,15 +78,25 @@ def check_claim(
     worker: str,
     signed_root: SignedRoot,
     k: int | None = None,
+    held: torch.Tensor | None = None,
 ) -> ClaimVerdict:
-    """Full check of one claimed chunk against the replica's replayed chunk [tokens, hidden]."""
+    """Full check of one claimed chunk against the replica's replayed chunk [tokens, hidden].
+
+    `held`: the rows the worker actually sent for this chunk, where the market keeps them; then the commitment
+    must hash to them and the whole tensor is compared, not only the sketch.
+    """
     fault = check_structure(
         signed, proof, expected_scope=expected_scope, chunk_index=chunk_index, worker=worker, signed_root=signed_root
     )
     if fault is not None:
         return fault
+    if held is not None and tensor_sha256(held) != signed.commitment.output_sha256:
+        return ClaimVerdict(False, "unbound", False, {})
     if replayed is None:
         raise ValueError("a well-formed claim needs the replayed chunk")
+    if held is not None:
+        full = compare_hidden_states(held, replayed, tol)
+        return ClaimVerdict(full.ok, full.reason, not full.ok, full.metrics.to_json())
     verdict = compare_sketch(signed.commitment.sketch, replayed, tol, k=k)
     if verdict.reason == "malformed":
         return ClaimVerdict(False, "malformed", False, verdict.metrics.to_json())

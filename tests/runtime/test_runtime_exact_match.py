@@ -48,7 +48,8 @@ def test_seeded_sampling_and_signed_evidence(
     from market.db.engine import make_engine, make_session_factory
     from market.db.inference import StageCommitment, StageRecord
     from market.models.reference import run_pipeline_local
-    from market.protocol.commitments import SignedCommitment, verify_commitment
+    from market.protocol.commitments import SignedCommitment, tensor_sha256, verify_commitment
+    from market.protocol.tensors import decode_message
     from tests.runtime.test_runtime_failover import wait_finished
     from worker.stage import Stage
 
@@ -82,6 +83,23 @@ def test_seeded_sampling_and_signed_evidence(
             assert verify_commitment(signed, row.worker_address)
         # stage 0 committed 2 sequences x 2 chunks (positions 0..46); the last stage one chunk per sequence
         assert len([r for r in chunks if r.stage == 0]) == 4 and len([r for r in chunks if r.stage == 2]) == 2
+        # Binding: each answer's signed hash is stored with it; stage 0's committed rows are exactly what it sent,
+        # and what it sent is, byte for byte, stage 2's recorded input at the same step.
+        blobs = market.coordinator.blobs
+        by_step = {(r.layer_start, r.step): r for r in records}
+        sent_rows: dict[int, list[torch.Tensor]] = {}
+        for step in range(8):
+            rec, nxt = by_step[(0, step)], by_step[(2, step)]
+            assert rec.sent_signature and rec.output_blob
+            output = decode_message(blobs.get(rec.output_blob), max_bytes=1 << 26).tensors[0]
+            assert tensor_sha256(output).hex() == rec.output_sha256
+            assert torch.equal(decode_message(blobs.get(nxt.input_blob), max_bytes=1 << 26).tensors[0], output)
+            for seq in range(output.shape[0]):
+                sent_rows.setdefault(seq, []).extend(output[seq])
+        for row in (r for r in chunks if r.stage == 0):
+            c = SignedCommitment.from_json(row.body).commitment
+            seq, pc = c.chunk_index >> 32, c.chunk_index & 0xFFFFFFFF
+            assert tensor_sha256(torch.stack(sent_rows[seq][pc * 32:pc * 32 + 32])) == c.output_sha256
     finally:
         for w in workers:
             w.stop()

@@ -109,3 +109,18 @@ def test_unstaked_worker_is_refused_before_downloading(market: MarketServer, tmp
     finally:
         daemon.close()
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_routing_prefers_spans_an_independent_replica_can_check() -> None:
+    # A faster whole-model worker that nobody else can replay loses to a chain whose every span has a replica of
+    # another operator (its work could not be checked, so it could not be paid).
+    alone = _cand("whole", "o1", 0, 4, tps=2000.0)
+    chain = [_cand("x", "o2", 0, 2), _cand("x2", "o3", 0, 2), _cand("y", "o4", 2, 4), _cand("y2", "o5", 2, 4)]
+    path = plan_span(0, 4, [alone, *chain])
+    assert path is not None and [(c.start, c.end) for c in path] == [(0, 2), (2, 4)]
+    # Where nothing replicable chains, the unreplicated route is still used.
+    assert [c.link_id for c in plan_span(0, 4, [alone, chain[0]]) or []] == ["whole"]
+    # A replica of the same operator does not count as independent.
+    same_op = [alone, _cand("whole2", "o1", 0, 4), _cand("x", "o2", 0, 2), _cand("x2", "o3", 0, 2),
+               _cand("y", "o4", 2, 4), _cand("y2", "o5", 2, 4)]
+    assert [c.link_id for c in plan_span(0, 4, same_op) or []] in (["x", "y"], ["x", "y2"], ["x2", "y"], ["x2", "y2"])

@@ -44,6 +44,12 @@ class Router:
     def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str):  # type: ignore[no-untyped-def]
         return self.by_job[job_id].replay(job_id, part, chunk_index, replica)
 
+    def held(self, job_id: str, part: ClaimedPart, chunk_index: int):  # type: ignore[no-untyped-def]
+        return self.by_job[job_id].held(job_id, part, chunk_index)
+
+    def violations(self, job_id: str):  # type: ignore[no-untyped-def]
+        return self.by_job[job_id].violations(job_id)
+
 
 @dataclass
 class JobResult:

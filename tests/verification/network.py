@@ -30,7 +30,7 @@ from market.protocol.commitments import (
     sign_task_root,
 )
 from market.protocol.signing import ChunkScope
-from market.services.verification import ClaimedPart, Replica
+from market.services.verification import BindingFault, ClaimedPart, Replica
 from market.verifier import cheats
 from market.verifier.calibrate import CalibrationSettings, scenarios, torch_threads
 from market.verifier.tiny import TinyLlamaSpec, build_tiny_llama, embed, run_stage
@@ -94,8 +94,11 @@ class SimPart:
 class SimNetwork:
     """Workers, jobs and the recorded evidence; thread-safe enough for one Celery worker thread + the test."""
 
-    def __init__(self, dtype: torch.dtype = torch.float32, spec: TinyLlamaSpec | None = None) -> None:
+    def __init__(
+        self, dtype: torch.dtype = torch.float32, spec: TinyLlamaSpec | None = None, *, holds: bool = True
+    ) -> None:
         self.dtype = dtype
+        self.holds = holds  # the market keeps the sent tensors (hidden-state stages); False: commitments only
         self.spec = spec or TinyLlamaSpec()
         self.model = build_tiny_llama(self.spec, dtype)
         self.workers: dict[str, SimWorker] = {}
@@ -135,8 +138,14 @@ class SimNetwork:
             return cheats.skipped_layer(self.model, h, STAGE)[0]
         if behaviour == "identity_stage":
             return x.clone()
-        if behaviour in ("noise_x1.10", "fraction_noise"):
+        if behaviour in ("noise_x1.10", "fraction_noise", "unbound"):
             return self.honest_stage(x) * 1.10
+        if behaviour == "outside_topk":  # every coordinate but each row's top-8 shrunk: the sketch can't see it
+            out = self.honest_stage(x)
+            keep = torch.zeros_like(out, dtype=torch.bool).scatter_(1, out.abs().topk(8, dim=1).indices, True)
+            return torch.where(keep, out, out * 0.9)
+        if behaviour == "sub_fp16":  # a change below fp16 resolution (the sketch's values are fp16)
+            return self.honest_stage(x) * (1 + 3e-5)
         raise ValueError(behaviour)
 
     # --- a job's work ------------------------------------------------------------------------------------------
@@ -161,9 +170,11 @@ class SimNetwork:
         scope = self.scope(job_id, work_key)
         drift = self._scenarios[worker.drift]
         outputs = []
+        honest_outputs = []  # "unbound" commits to these and sends `outputs`
         cheat = worker.behaviour not in ("honest", "colluder", "replayed_commitment", "malformed_sketch")
         for i, x in enumerate(inputs):
             honest = drift(self.model, inputs, i)
+            honest_outputs.append(honest)
             if not cheat:
                 outputs.append(honest)
                 continue
@@ -174,7 +185,7 @@ class SimNetwork:
                     out[start:stop] = bad[start:stop]
             outputs.append(out)
         commitments: list[ChunkCommitment] = []
-        for i, out in enumerate(outputs):
+        for i, out in enumerate(honest_outputs if worker.behaviour == "unbound" else outputs):
             for pc, start, stop in chunk_bounds(out.shape[0]):
                 c = commit_chunk(forged_scope or scope, chunk_id(i, pc), out[start:stop])
                 if worker.behaviour == "malformed_sketch":
@@ -233,6 +244,16 @@ class SimNetwork:
 
     def replicas(self, job_id: str, part: ClaimedPart) -> list[Replica]:
         return [Replica(w.address, w.operator) for w in self.workers.values() if w.address != part.worker]
+
+    def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | None:
+        if not self.holds:
+            return None
+        sim = self._part(job_id, part.work_key)
+        seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
+        return sim.outputs[seq][pc * 32:(pc + 1) * 32].clone()  # what the worker sent
+
+    def violations(self, job_id: str) -> list[BindingFault]:
+        return []  # no coordinator in between here: binding is checked when a chunk is sampled (`held`)
 
     def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
         sim = self._part(job_id, part.work_key)

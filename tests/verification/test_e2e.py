@@ -1,6 +1,8 @@
-"""Acceptance: real Anvil, Redis, a Celery worker process, the market (uvicorn) and four `globai worker run`
-processes, one of them cheating (GLOBAI_WORKER_CHEAT=noise: outputs x1.10). The job completes, the honest workers
-are paid on chain, the cheater is slashed, and `globai audit job` / `globai audit chain` pass."""
+"""Acceptance: real Anvil, Redis, a Celery worker process, the market (uvicorn) and five `globai worker run`
+processes, two of them cheating: GLOBAI_WORKER_CHEAT=noise (outputs x1.10, caught by replays) and
+GLOBAI_WORKER_CHEAT=unbound (commits to its honest output, sends another: the coordinator finds the signed
+commitment contradicting the signed rows it sent, fails it over and keeps the evidence). The job completes, the
+honest workers are paid on chain, both cheaters are slashed, and `globai audit job` / `globai audit chain` pass."""
 
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ from sqlalchemy.orm import Session
 from market.chain.deploy import GLB
 from market.chain.ids import job_id_bytes
 from market.config import Settings
-from market.db import Job, JobRun, SlashRecord, VerificationRun
+from market.db import Job, JobRun, SlashRecord, VerificationCheck, VerificationRun
 from market.db.engine import make_engine
-from market.db.inference import InferenceRun
+from market.db.inference import InferenceRun, StageViolation
 from market.db.migrate import upgrade
 from market.devservices import free_port
 from market.models.tiny import build_tiny_llama
@@ -66,6 +68,7 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
         "GLOBAI_STAKING_VAULT_ADDRESS": deployment.vault, "GLOBAI_JOB_ESCROW_ADDRESS": deployment.escrow,
         "GLOBAI_TOKEN_ADDRESS": deployment.token, "GLOBAI_OPERATOR_PRIVATE_KEY": "0x" + bytes(admin.key).hex(),
         "GLOBAI_MODELS_DIR": str(tmp_path / "models"), "GLOBAI_SLASH_AMOUNT_WEI": str(50 * GLB),
+        "GLOBAI_BLOB_DIR": str(tmp_path / "blobs"),
         "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
     }
     settings = Settings(
@@ -81,15 +84,16 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
     market.start()
     env["GLOBAI_MARKET_URL"] = market.url
 
-    workers = [Account.from_key(bytes([0x90 + i]) * 32) for i in range(4)]
+    workers = [Account.from_key(bytes([0x90 + i]) * 32) for i in range(5)]
     for w in workers:
         _stake(chain, deployment, w, 200 * GLB)
-    cheater = workers[3]
+    cheater, unbound = workers[3], workers[4]
+    cheats = {cheater.address: "noise", unbound.address: "unbound"}
     procs: list[subprocess.Popen[bytes]] = []
     celery = None
     try:
         for i, w in enumerate(workers):
-            wenv = {**env, **({"GLOBAI_WORKER_CHEAT": "noise"} if w is cheater else {})}
+            wenv = {**env, **({"GLOBAI_WORKER_CHEAT": cheats[w.address]} if w.address in cheats else {})}
             cmd = [sys.executable, "-c", "from market.cli import main; main()", "worker", "run", "--market",
                    market.url, "--key", "0x" + bytes(w.key).hex(), "--model", MODEL, "--layers", "0:4",
                    "--threads", "1", "--operator", f"op-{i}", "--cache-dir", str(tmp_path / f"cache{i}"),
@@ -100,7 +104,7 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
             [sys.executable, "-c", "from market.cli import main; main()", "market", "celery-worker", "--pool",
              "solo", "--loglevel", "INFO"],
             cwd=ROOT, env=env, stdout=open(logs / "celery.log", "wb"), stderr=subprocess.STDOUT)
-        market.wait_workers(4, timeout=180)
+        market.wait_workers(5, timeout=180)
 
         # Each of the four serves the whole model; the test pins who runs each generation (round-robin) so every
         # worker, the cheater included, does one run of the job. Verification replays on the other three.
@@ -113,7 +117,8 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
             want = next(order)
             live = coordinator.links.live(served.manifest.name)
             primary = next(lnk for lnk in live if lnk.address == want)
-            return [(primary, [lnk for lnk in live if lnk.address != want][:1])]
+            honest = [lnk for lnk in live if lnk.address not in cheats]
+            return [(primary, [lnk for lnk in honest if lnk.address != want][:1])]
 
         coordinator.plan = plan
 
@@ -139,7 +144,7 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
 
         client = Requester(market, requester)
         runs = []
-        for n in range(4):
+        for n in range(5):
             prompts = [[(7 * n + 3 * i + j) % 500 + 1 for j in range(40 + 5 * i)] for i in range(2)]
             done = client.generate(prompts, max_new_tokens=60)
             assert len(done["tokens"]) == 2 and all(len(t) == 60 for t in done["tokens"])
@@ -173,11 +178,20 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
 
         with Session(engine) as s:
             slashes = s.scalars(select(SlashRecord).where(SlashRecord.job_id == job_uuid)).all()
-        assert [(r.worker, r.status) for r in slashes] == [(cheater.address, "confirmed")]
-        assert int(chain.client.call(c.vault.functions.stakeOf(cheater.address))) == 150 * GLB
+            violations = s.scalars(select(StageViolation)).all()
+            unbound_checks = s.scalars(select(VerificationCheck).where(VerificationCheck.reason == "unbound")).all()
+        assert sorted((r.worker, r.status) for r in slashes) == sorted(
+            [(cheater.address, "confirmed"), (unbound.address, "confirmed")])
+        # The coordinator caught the unbound commitment while the run went on (no replay needed): its evidence is
+        # the signed commitment plus the signed hashes of the answers that carried the chunk's rows.
+        assert violations and {v.worker_address for v in violations} == {unbound.address}
+        assert all(v.evidence["calls"] and v.evidence["received_sha256"] for v in violations)
+        assert {c.worker for c in unbound_checks} == {unbound.address}
+        for w in (cheater, unbound):
+            assert int(chain.client.call(c.vault.functions.stakeOf(w.address))) == 150 * GLB
         credited = {w.address: int(chain.client.call(c.escrow.functions.balanceOf(w.address))) for w in workers}
-        assert credited[cheater.address] == 0
-        assert all(credited[w.address] > 0 for w in workers if w is not cheater), credited
+        assert credited[cheater.address] == 0 and credited[unbound.address] == 0
+        assert all(credited[w.address] > 0 for w in workers if w.address not in cheats), credited
         assert int(chain.client.call(c.escrow.functions.getJob(job_id_bytes(job_uuid)))[3]) == 2  # settled
 
         record = tmp_path / "deployment.json"

@@ -1,7 +1,13 @@
 """Cheating worker variants for the verification tests ONLY (`GLOBAI_WORKER_CHEAT`, read by `globai worker run`).
 
-A cheat wraps the stage's forward so the worker returns (and honestly commits to) a wrong output; the market must
-catch it by replaying sampled chunks on other workers. Never enable this outside tests: it gets a worker slashed.
+Output cheats wrap the stage's forward so the worker returns (and honestly commits to) a wrong output; the market
+must catch them by replaying sampled chunks on other workers:
+- `noise`: a systematic x1.10 distortion;
+- `identity`: the stage input returned as its output;
+- `outside_topk`: every coordinate outside each row's top-8 shrunk by 10 % (invisible to an 8-value sketch).
+`unbound` commits to the honest output but sends another (x1.10 on every other row), with a valid signed hash of
+what it sends: the coordinator must find the commitment contradicting the sent rows and the worker be slashed.
+Never enable this outside tests: it gets a worker slashed.
 """
 
 from __future__ import annotations
@@ -14,16 +20,35 @@ import torch
 
 log = logging.getLogger(__name__)
 
+
+def _outside_topk(out: torch.Tensor) -> torch.Tensor:
+    if out.dim() != 3 or out.shape[-1] <= 8:
+        return out
+    keep = torch.zeros_like(out, dtype=torch.bool).scatter_(-1, out.abs().topk(8, dim=-1).indices, True)
+    return torch.where(keep, out, out * 0.9)
+
+
 CHEATS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "noise": lambda out: out * 1.10,  # the "noise x1.10" cheat: a systematic 10 % distortion
+    "noise": lambda out: out * 1.10,
     "identity": lambda out: out,  # placeholder: replaced below by the stage input
+    "outside_topk": _outside_topk,
 }
+SEND_CHEATS = ("unbound",)
 
 
-def apply_cheat(stage: Any, mode: str) -> None:
-    """Make `stage.forward` return a cheated output (`noise`: x1.10; `identity`: the input hidden states)."""
-    if mode not in CHEATS:
-        raise ValueError(f"unknown cheat {mode!r} (known: {', '.join(sorted(CHEATS))})")
+def apply_cheat(server: Any, mode: str) -> None:
+    """Install cheat `mode` on a `StageServer`."""
+    if mode in SEND_CHEATS:
+        _unbound(server)
+    elif mode in CHEATS:
+        _output_cheat(server.stage, mode)
+    else:
+        known = sorted([*CHEATS, *SEND_CHEATS])
+        raise ValueError(f"unknown cheat {mode!r} (known: {', '.join(known)})")
+    log.warning("CHEATING WORKER (%s): for verification tests only", mode)
+
+
+def _output_cheat(stage: Any, mode: str) -> None:
     honest = stage.forward
 
     def forward(session_id: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -33,4 +58,21 @@ def apply_cheat(stage: Any, mode: str) -> None:
         return CHEATS[mode](out).to(out.dtype)
 
     stage.forward = forward
-    log.warning("CHEATING WORKER (%s): for verification tests only", mode)
+
+
+def _unbound(server: Any) -> None:
+    from worker.runtime.commits import sign_sent
+
+    honest = server._forward
+
+    def forward(session: str, header: dict[str, Any], tensors: list[torch.Tensor]) -> tuple[dict[str, Any], Any]:
+        reply, output = honest(session, header, tensors)  # commitments made over the honest output
+        if output.dim() == 3 and output.shape[1] > 0:
+            output = output.clone()
+            output[:, ::2] = (output[:, ::2] * 1.10).to(output.dtype)
+            scope = server.commits[session].scope
+            reply["sent"] = sign_sent(scope, int(header["step"]), int(header["first_position"]), output,
+                                      server.account)
+        return reply, output
+
+    server._forward = forward

@@ -22,8 +22,18 @@ from market.protocol.commitments import (
     commit_chunk,
     sign_commitment,
     sign_task_root,
+    tensor_sha256,
 )
-from market.protocol.signing import ChunkScope
+from market.protocol.signing import ChunkScope, sent_digest, sign_digest
+
+
+def sign_sent(
+    scope: ChunkScope, step: int, first_position: int, output: torch.Tensor, account: LocalAccount
+) -> dict[str, str]:
+    """The signed hash of one forward answer's exact output bytes (`signing.sent_digest`), for its header."""
+    sha = tensor_sha256(output)
+    signature = sign_digest(account, sent_digest(scope, step, first_position, sha))
+    return {"output_sha256": "0x" + sha.hex(), "signature": "0x" + signature.hex()}
 
 
 @dataclass

@@ -24,7 +24,7 @@ from market.protocol.pipeline import (
 )
 from market.protocol.tensors import FrameError, decode_message, encode_message
 from worker.models.errors import StageError
-from worker.runtime.commits import SessionCommitments
+from worker.runtime.commits import SessionCommitments, sign_sent
 from worker.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -104,13 +104,17 @@ class StageServer:
         mask = tensors[2] if len(tensors) == 3 else None
         output = self.stage.forward(session, inputs, positions, mask, last_token_only=last_token_only)
         output = output.contiguous()
-        signed = []
         commits = self.commits.get(session)
-        if commits is not None:
-            # Last-token logits sit at the step's last position; hidden states at every position of the step.
-            at = first_position + inputs.shape[1] - output.shape[1]
-            signed = commits.add(output, at, self.account)
-        return {"session": session, "commitments": [s.to_json() for s in signed]}, output
+        if commits is None:
+            raise ProtocolError("forward before open")
+        # Last-token logits sit at the step's last position; hidden states at every position of the step.
+        at = first_position + inputs.shape[1] - output.shape[1]
+        signed = commits.add(output, at, self.account)
+        step = header.get("step")
+        if not isinstance(step, int) or step < 0:
+            raise ProtocolError("forward needs step (int >= 0)")
+        return {"session": session, "commitments": [s.to_json() for s in signed],
+                "sent": sign_sent(commits.scope, step, first_position, output, self.account)}, output
 
     def _close(self, session: str) -> dict[str, Any]:
         self.stage.close_session(session)
