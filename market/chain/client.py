@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from eth_utils import keccak, to_checksum_address
 from web3 import HTTPProvider, Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
-from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted
+from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, Web3RPCError
 
 from market.chain.artifacts import load_artifact
 from market.errors import ChainError, EventDecodeError, RpcUnavailable
@@ -70,8 +71,15 @@ def _error_selectors(abi: Sequence[dict[str, Any]]) -> dict[bytes, tuple[str, li
 class ChainClient:
     """A connection to one EVM RPC endpoint."""
 
-    def __init__(self, rpc_url: str, *, timeout: float = 30.0, retries: int = 4, poll_interval: float = 0.02):
+    def __init__(
+        self, rpc_url: str, *, timeout: float = 30.0, retries: int = 4, poll_interval: float = 0.02,
+        tx_lock: Callable[[str], AbstractContextManager[Any]] | None = None,
+    ):
+        """`tx_lock(address)`: a lock shared by every process sending from that address (`redis_tx_lock`); while
+        it is held the nonce is read from the node and the transaction sent, so several processes (Celery
+        workers settling and slashing, the market) can use one key without nonce races."""
         self.rpc_url = rpc_url
+        self.tx_lock = tx_lock
         self.w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
         self.timeout = timeout
         self.retries = retries
@@ -193,20 +201,27 @@ class ChainClient:
                 tx["gas"] = gas
         except (ContractCustomError, ContractLogicError) as exc:
             raise self.decode_revert(exc) from exc
-        for attempt in range(3):
-            tx["nonce"] = self._next_nonce(sender.address)
-            built: Any = fn.build_transaction(tx)
-            raw = sender.sign_transaction(built).raw_transaction
-            try:
-                tx_hash = self._retry(
-                    "eth_sendRawTransaction", lambda raw=raw: self.w3.eth.send_raw_transaction(raw)  # type: ignore[misc]
-                )
-                break
-            except ValueError as exc:  # the node refused: a stale nonce is recoverable, anything else is not
-                if "nonce" in str(exc).lower() and attempt < 2:
+        for attempt in range(4):
+            with self.tx_lock(sender.address) if self.tx_lock is not None else nullcontext():
+                if self.tx_lock is not None:  # another process may have sent since: the node knows the nonce
                     self.reset_nonce(sender.address)
-                    continue
-                raise ChainError(f"transaction refused by the node: {exc}") from exc
+                tx["nonce"] = self._next_nonce(sender.address)
+                built: Any = fn.build_transaction(tx)
+                raw = sender.sign_transaction(built).raw_transaction
+                try:
+                    tx_hash = self._retry(
+                        "eth_sendRawTransaction",
+                        lambda raw=raw: self.w3.eth.send_raw_transaction(raw),  # type: ignore[misc]
+                    )
+                    break
+                except (ValueError, Web3RPCError) as exc:  # the node refused the transaction
+                    # A stale nonce (another sender used it) is recoverable: ask the node again; else give up.
+                    if _stale_nonce(exc) and attempt < 3:
+                        log.info("nonce %s of %s was stale (%s); retrying", tx["nonce"], sender.address, exc)
+                        self.reset_nonce(sender.address)
+                        continue
+                    self.reset_nonce(sender.address)
+                    raise ChainError(f"transaction refused by the node: {exc}") from exc
         receipt = self.wait(tx_hash)
         if receipt["status"] != 1:
             raise self._replay_revert(built, receipt)
@@ -303,6 +318,23 @@ class ChainClient:
             out.extend(self.decode_logs(raw, contracts))
             start = end + 1
         return out
+
+
+def _stale_nonce(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "nonce" in text or "already known" in text or "replacement transaction underpriced" in text
+
+
+def redis_tx_lock(redis_url: str, *, timeout_s: float = 120.0) -> Callable[[str], AbstractContextManager[Any]]:
+    """A per-address lock in Redis around nonce + send (`ChainClient(tx_lock=...)`), shared by every process."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+
+    def lock(address: str) -> AbstractContextManager[Any]:
+        return r.lock(f"globai:tx-lock:{address.lower()}", timeout=timeout_s, blocking_timeout=timeout_s)
+
+    return lock
 
 
 def _event_for_topic(contract: Contract, topic0: bytes) -> Any:

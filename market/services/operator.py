@@ -8,7 +8,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from market.chain.client import ChainClient
+from market.chain.client import ChainClient, redis_tx_lock
 from market.errors import ConfigError
 
 
@@ -39,7 +39,8 @@ def operator_from_settings(settings: Any, client: ChainClient | None = None) -> 
     key = settings.operator_private_key
     if key is None or not (settings.staking_vault_address and settings.job_escrow_address):
         return None
-    client = client or ChainClient(settings.rpc_url)
+    # Settlement and slashing run in several processes (Celery workers) with this one key: one nonce manager.
+    client = client or ChainClient(settings.rpc_url, tx_lock=redis_tx_lock(settings.redis_url))
     try:
         account = Account.from_key(key.get_secret_value())
     except Exception as exc:  # a malformed key must not print itself
