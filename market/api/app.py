@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -71,7 +72,10 @@ def create_app(
         runner = InferenceJobRunner(_app.state.coordinator, ctx.session_factory, ctx.clock)
         _app.state.job_runner = runner
         runner.start()
+        # Slashes and bans reach live worker links at once (reputation, eligibility; banned links are closed).
+        standing = asyncio.create_task(_app.state.coordinator.watch_standing())
         yield
+        standing.cancel()
         await runner.stop()
         if own_engine:
             db.dispose()

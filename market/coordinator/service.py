@@ -9,6 +9,7 @@ import asyncio
 import logging
 import random
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 from eth_utils import keccak
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from market.blobstore import BlobStore
@@ -28,10 +30,13 @@ from market.coordinator.records import finish_run, save_evidence
 from market.coordinator.routing import RouteCandidate, plan_route, plan_span
 from market.coordinator.sampling import SamplingParams
 from market.coordinator.stopping import validate_stops
+from market.db import Worker
 from market.db.inference import InferenceRun
 from market.domain_errors import InvalidRequest, NotFound
 from market.protocol.pipeline import StageLimits
 from market.protocol.signing import ChunkScope
+from market.scheduler.reputation import Reputation
+from market.services.workers import worker_reputation
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED_RUNS = 256
@@ -78,9 +83,65 @@ class Coordinator:
         self._session_factory = session_factory
         self._clock = clock
         self._rng = random.Random(secrets.randbits(64))
+        self._standing_at = 0.0
+
+    # --- standing of live links (a slash or a ban takes effect at once, not at the next reconnect) ------------
+    def read_standing(self, addresses: set[str]) -> dict[str, tuple[str | None, Reputation | None]]:
+        """Per address: why its links must close (None: still fine) and its current reputation. DB only."""
+        now = self._clock()
+        out: dict[str, tuple[str | None, Reputation | None]] = {}
+        with self._session_factory() as session:
+            rows = {w.address: w for w in session.scalars(select(Worker).where(Worker.address.in_(addresses)))}
+            for address in addresses:
+                w = rows.get(address)
+                if w is None:
+                    out[address] = (None, None)
+                elif w.status == "banned":
+                    out[address] = ("banned", None)
+                elif not w.eligible:
+                    out[address] = ("no longer eligible (stake)", None)
+                else:
+                    out[address] = (None, worker_reputation(session, worker_id=w.id, now=now))
+        return out
+
+    def apply_standing(self, standing: dict[str, tuple[str | None, Reputation | None]]) -> None:
+        """In the event loop: close the links of banned / ineligible workers, update everyone's reputation."""
+        for link in self.links.live():
+            closing, rep = standing.get(link.address, (None, None))
+            if closing is not None:
+                log.warning("closing link of %s: %s", link.address, closing)
+                self.links.remove(link.link_id, closing)
+            elif rep is not None:
+                link.reputation = rep
+
+    def refresh_standing(self, *, max_age_s: float = 0.5) -> None:
+        """Synchronous refresh (at most every `max_age_s`): routing and replica choice always see it."""
+        at = time.monotonic()
+        if at - self._standing_at < max_age_s:
+            return
+        self._standing_at = at
+        addresses = {lnk.address for lnk in self.links.live()}
+        if addresses:
+            self.apply_standing(self.read_standing(addresses))
+
+    async def watch_standing(self, interval_s: float = 1.0) -> None:
+        """Background loop: slashes and bans reach live links within `interval_s` even with no new routes."""
+        while True:
+            await asyncio.sleep(interval_s)
+            addresses = {lnk.address for lnk in self.links.live()}
+            if not addresses:
+                continue
+            try:
+                standing = await asyncio.to_thread(self.read_standing, addresses)
+            except Exception:  # a DB hiccup must not end the loop
+                log.exception("reading worker standing failed")
+                continue
+            self.apply_standing(standing)
+            self._standing_at = time.monotonic()
 
     # --- routing ---------------------------------------------------------------------------------------------
     def candidates(self, model: str) -> list[RouteCandidate]:
+        self.refresh_standing()
         return [
             RouteCandidate(lnk.link_id, lnk.operator_id, lnk.layer_start, lnk.layer_end, lnk.throughput_tokens_s,
                            lnk.latency_ms, lnk.reputation)

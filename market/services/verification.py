@@ -28,11 +28,11 @@ from typing import Protocol
 
 import torch
 from eth_utils import keccak, to_checksum_address
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from market.chain.client import ContractReverted
-from market.db import Job, SlashRecord, VerificationCheck, VerificationRun, Worker, WorkPart
+from market.db import Job, ReputationEvent, SlashRecord, VerificationCheck, VerificationRun, Worker, WorkPart
 from market.domain_errors import Conflict, NotFound
 from market.errors import GlobaiError
 from market.protocol.commitments import SignedCommitment, SignedRoot
@@ -137,6 +137,7 @@ class VerifierConfig:
     model_tolerances: dict[str, dict[str, Tolerance]] = field(default_factory=shipped_model_tolerances)
     sketch_k: int | None = None  # None: accept the k the sketch declares (the job spec pins it in production)
     slash_amount: int = 0  # 0: the vault's minStake
+    ban_after_slashes: int = 2  # guilty in this many jobs: the address is banned and its links closed
 
     def tolerance(self, model: str, dtype: str) -> Tolerance:
         return self.model_tolerances.get(model, {}).get(dtype) or self.tolerances[dtype]
@@ -441,6 +442,13 @@ def decide_job(
             record_outcome(session, worker_id=workers[worker].id, kind="slash", now=now, job_id=job_id,
                            detail=f"guilty in job {job_id}")
             workers[worker].last_slash_at = now
+            guilty_jobs = session.scalar(
+                select(func.count(func.distinct(ReputationEvent.job_id))).where(
+                    ReputationEvent.worker_id == workers[worker].id, ReputationEvent.kind == "slash"))
+            if (guilty_jobs or 0) >= cfg.ban_after_slashes:
+                # Repeated guilt: banned for good; the market closes its live links within a second.
+                workers[worker].status, workers[worker].eligible = "banned", False
+                log.warning("worker %s banned after %d slashed jobs", worker, guilty_jobs)
     run = session.get(VerificationRun, job_id)
     assert run is not None
     run.status = "slashing" if slash_ids else "settling"

@@ -211,3 +211,31 @@ def test_redelivered_tasks_change_nothing(harness: Harness) -> None:
     slashed = [e for e in iter_events(client, deployment, "Slashed") if e.args["worker"] == cheater.address]
     settled = [e for e in iter_events(client, deployment, "JobSettled")]
     assert len(slashed) == 1 and len(settled) == 1
+
+
+def test_repeated_guilt_bans_the_worker(harness: Harness) -> None:
+    """Guilty in two jobs: slashed twice, banned (not eligible); an honest partner stays active."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from market.db import Worker
+    from tests.settlement.support import register_worker
+
+    net = SimNetwork()
+    cheater = net.add_worker("op-cheat", "noise_x1.10")
+    honest = [net.add_worker(f"op-{i}") for i in range(3)]
+    stake(harness, cheater)
+    with Session(harness.engine) as s:
+        for w in (cheater, *honest):
+            register_worker(s, w.address, w.operator)
+    statuses = []
+    for n in range(2):
+        (r,) = harness.wait([harness.job(net, two_part_job(net, cheater, honest[n], seed=400 + n))])
+        assert caught(r, cheater.address)
+        with Session(harness.engine) as s:
+            statuses.append(s.scalar(select(Worker.status).where(Worker.address == cheater.address)))
+    assert statuses == ["active", "banned"]
+    with Session(harness.engine) as s:
+        rows = {w.address: w for w in s.scalars(select(Worker))}
+        assert rows[cheater.address].eligible is False
+        assert all(rows[h.address].status == "active" for h in honest)

@@ -31,11 +31,13 @@ class ReplayIn(BaseModel):
 
 
 @router.get("/replicas")
-def list_replicas(
+async def list_replicas(
     request: Request, _admin: AdminDep, model: Annotated[str, Query(max_length=128)],
     layer_start: Annotated[int, Query(ge=0)], layer_end: Annotated[int, Query(ge=1)],
 ) -> list[dict[str, str]]:
-    links = request.app.state.coordinator.links
+    coordinator = request.app.state.coordinator
+    coordinator.refresh_standing()  # a worker slashed or banned a moment ago is no replica
+    links = coordinator.links
     return [{"address": a, "operator_id": o}
             for a, o in replicas(links, model=model, layer_start=layer_start, layer_end=layer_end)]
 
