@@ -36,9 +36,9 @@ from market.protocol.commitments import (
     tensor_sha256,
     verify_commitment,
 )
-from market.protocol.pipeline import StageLimits, scope_to_json
+from market.protocol.pipeline import StageLimits, scope_to_json, take_commitments
 from market.protocol.signing import ChunkScope, sent_digest, verify_signer
-from market.protocol.tensors import FrameError, encode_message
+from market.protocol.tensors import FrameError, Message, encode_message
 
 log = logging.getLogger(__name__)
 
@@ -327,9 +327,10 @@ class PipelineRun:
             compute_ms = reply.header.get("elapsed_ms")
             if isinstance(compute_ms, (int, float)):
                 self._hop_overhead.append((time.perf_counter() - sent) * 1000 - float(compute_ms))
-        if len(reply.tensors) != 1:
-            raise StageFailed(hop.link.address, "bad_reply", f"{len(reply.tensors)} tensors in a result")
-        output = reply.tensors[0]
+        outputs, signed = self._split(hop, reply)
+        if len(outputs) != 1:
+            raise StageFailed(hop.link.address, "bad_reply", f"{len(outputs)} tensors in a result")
+        output = outputs[0]
         batch, tokens = int(tensors[0].shape[0]), int(tensors[0].shape[1])
         try:
             self.limits.check_output(output, batch=batch, tokens=tokens, last_stage=last_stage)
@@ -339,7 +340,7 @@ class PipelineRun:
         record = RecordedCall(step, tensors, first_position, last_stage, output, sha, signature)
         hop.records.append(record)
         self.evidence.records.append((hop, hop.link, record))
-        self._take_commitments(hop, reply.header.get("commitments"), output.shape[-1])
+        self._take_commitments(hop, signed)
         return output
 
     def _check_sent(
@@ -357,22 +358,23 @@ class PipelineRun:
             raise StageFailed(hop.link.address, "bad_reply", "output hash not signed by the worker")
         return sha, signature
 
-    def _take_commitments(self, hop: Hop, items: Any, width: int) -> None:
+    def _split(self, hop: Hop, reply: Message) -> tuple[list[torch.Tensor], list[SignedCommitment]]:
+        """A result's output tensors and its commitments frame, parsed under the hop's scope."""
+        try:
+            return take_commitments(reply, scope=hop.scope, width=self._width(hop))
+        except (MalformedCommitment, FrameError) as exc:
+            raise StageFailed(hop.link.address, "bad_commitment", str(exc)) from None
+
+    def _take_commitments(self, hop: Hop, items: list[SignedCommitment]) -> None:
         """Signed chunk commitments, each checked against the rows this hop actually sent for that chunk.
 
         A commitment whose hash or row count differs from those rows is provable (both are signed): it is kept
         as a violation for verification to slash, and the hop is failed over (its work is re-run elsewhere).
         """
-        if not items:
-            return
-        if not isinstance(items, list):
-            raise StageFailed(hop.link.address, "bad_reply", "commitments must be a list")
-        for item in items:
-            try:
-                signed = SignedCommitment.from_json(item, hidden=width)
-            except MalformedCommitment as exc:
-                raise StageFailed(hop.link.address, "bad_commitment", str(exc)) from None
-            if signed.commitment.scope != hop.scope or not verify_commitment(signed, hop.link.address):
+        for signed in items:
+            # The scope is the hop's by construction (rebuilt by `take_commitments`): a worker that signed
+            # another scope fails here.
+            if not verify_commitment(signed, hop.link.address):
                 raise StageFailed(hop.link.address, "bad_commitment", "wrong scope or signer")
             index = signed.commitment.chunk_index
             if index in hop.committed:
@@ -461,7 +463,8 @@ class PipelineRun:
                 continue
             try:
                 reply = await self._request(hop.link, {"op": "close"}, [])
-                self._take_commitments(hop, reply.header.get("commitments"), self._width(hop))
+                outputs, signed = self._split(hop, reply)
+                self._take_commitments(hop, signed)
                 sent = {(seq << 32) | (p // CHUNK_TOKENS) for rec in hop.records
                         for seq in range(rec.output.shape[0]) for p in rec.positions()}
                 if sent - hop.committed:  # rows sent without a commitment: that work can't be checked or paid

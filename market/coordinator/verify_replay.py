@@ -1,10 +1,11 @@
 """Verification replays through the coordinator: a sampled stage part is re-run on a replica worker.
 
-The replica gets the part's recorded stage inputs (every forward call the coordinator relayed to the worker, from
-the blob store) concatenated into one ordinary forward call - a prefill of the whole recorded input, in a fresh
-session of its own - and returns its output at every position. The verifier compares the rows at the positions
-the worker committed to (every position on hidden-state stages; the step's last position on the last stage,
-which returns last-token logits).
+The replica gets the part's recorded stage calls (every forward call the coordinator relayed to the worker, from
+the blob store) one by one, in their order, in a fresh session of its own - the same calls, shapes and cache use
+as the audited worker had, so an honest replay is exact and no single message grows with the job's length (a
+long job's last stage would otherwise return [B, T, vocab] logits in one frame). The outputs, concatenated, are the
+rows at the positions the worker committed to (every position on hidden-state stages; the step's last position
+on the last stage, which returns last-token logits).
 """
 
 from __future__ import annotations
@@ -29,11 +30,19 @@ MAX_BLOB_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
+class RecordedCall:
+    step: int
+    first_position: int
+    last_token_only: bool
+    tensors: list[torch.Tensor]  # inputs, positions[, mask] exactly as relayed
+
+
+@dataclass(frozen=True)
 class RecordedPart:
     model: str
     layer_start: int
     layer_end: int
-    tensors: list[torch.Tensor]  # inputs [B, T], positions [B, T], mask [B, T]
+    calls: list[RecordedCall]  # in the order the worker got them (a restart at step 0 reopened the session)
     committed: list[int]  # positions whose output rows the worker returned (and committed to)
 
 
@@ -50,24 +59,17 @@ def load_part(session: Session, blobs: BlobStore, *, run_id: str, layer_start: i
     ).all()
     if not rows:
         raise NotFound("stage records", f"{run_id}/{layer_start}/{worker}")
-    inputs, positions, masks, committed = [], [], [], []
+    calls, committed = [], []
     for row in rows:
         message = decode_message(blobs.get(row.input_blob), max_bytes=MAX_BLOB_BYTES)
-        x, pos = message.tensors[0], message.tensors[1]
-        mask = message.tensors[2] if len(message.tensors) > 2 else torch.ones(x.shape[:2], dtype=torch.int64)
-        inputs.append(x)
-        positions.append(pos.expand(x.shape[0], -1) if pos.shape[0] == 1 else pos)
-        masks.append(mask)
-        first, tokens = int(message.header["first_position"]), int(x.shape[1])
-        if message.header.get("last_token_only"):
-            committed.append(first + tokens - 1)
-        else:
-            committed.extend(range(first, first + tokens))
-    return RecordedPart(
-        model=run.model, layer_start=layer_start, layer_end=rows[0].layer_end,
-        tensors=[torch.cat(inputs, dim=1), torch.cat(positions, dim=1), torch.cat(masks, dim=1)],
-        committed=committed,
-    )
+        first, tokens = int(message.header["first_position"]), int(message.tensors[0].shape[1])
+        last_only = bool(message.header.get("last_token_only"))
+        if calls and int(message.header["step"]) == calls[-1].step:
+            continue  # the same call sent again (a replay in place): the worker committed to it once
+        calls.append(RecordedCall(int(message.header["step"]), first, last_only, list(message.tensors)))
+        committed.extend([first + tokens - 1] if last_only else range(first, first + tokens))
+    return RecordedPart(model=run.model, layer_start=layer_start, layer_end=rows[0].layer_end, calls=calls,
+                        committed=committed)
 
 
 def replicas(links: LinkRegistry, *, model: str, layer_start: int, layer_end: int) -> list[tuple[str, str]]:
@@ -78,7 +80,7 @@ def replicas(links: LinkRegistry, *, model: str, layer_start: int, layer_end: in
 
 async def replay_on(links: LinkRegistry, part: RecordedPart, *, replica: str, chain_id: int, run_id: str,
                     timeout: float) -> torch.Tensor:
-    """Run the recorded part on `replica` as one forward; returns its output [B, T, width] at every position."""
+    """Run the recorded calls on `replica`; returns its output rows [B, len(committed), width]."""
     link = next((lnk for lnk in links.live(part.model) if lnk.address == replica
                  and (lnk.layer_start, lnk.layer_end) == (part.layer_start, part.layer_end)), None)
     if link is None:
@@ -93,8 +95,12 @@ async def replay_on(links: LinkRegistry, part: RecordedPart, *, replica: str, ch
         return await link.call(rid, encode_message({**header, "rid": rid, "session": session}, tensors), timeout)
 
     await call({"op": "open", "scope": scope_to_json(scope)}, [])
+    outputs = []
     try:
-        reply = await call({"op": "forward", "step": 0, "first_position": 0, "last_token_only": False}, part.tensors)
+        for rec in part.calls:
+            reply = await call({"op": "forward", "step": rec.step, "first_position": rec.first_position,
+                                "last_token_only": rec.last_token_only}, rec.tensors)
+            outputs.append(reply.tensors[0])
     finally:
         await call({"op": "close"}, [])
-    return reply.tensors[0]
+    return torch.cat(outputs, dim=1)

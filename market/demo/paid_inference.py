@@ -107,6 +107,8 @@ def run_paid_inference(
     max_new_tokens: int = 24,
     say: Callable[[str], None] = lambda _m: None,
     write: Callable[[str], None] = lambda _m: None,
+    generate_timeout: float = 120.0,
+    settle_timeout: float = 150.0,
 ) -> Outcome:
     out = Outcome()
     t0 = time.monotonic()
@@ -167,7 +169,7 @@ def run_paid_inference(
 
     client = cluster.requester(requester)
     _stream(cluster, client, out.job_id, prompts, write)
-    result = cluster.wait("the job to complete", lambda: _done(client, out.job_id), timeout=120)
+    result = cluster.wait("the job to complete", lambda: _done(client, out.job_id), timeout=generate_timeout)
     out.outputs = result["outputs"]
     out.timings["generated"] = time.monotonic() - t0
 
@@ -188,7 +190,7 @@ def run_paid_inference(
         status = int(chain.call(c.escrow.functions.getJob(job_id_bytes(out.job_id)))[3])
         return r if r.get("settlement") and status == 2 else None
 
-    out.result = cluster.wait("verification and settlement", settled, timeout=150, every=0.5)
+    out.result = cluster.wait("verification and settlement", settled, timeout=settle_timeout, every=0.5)
     out.timings["settled"] = time.monotonic() - t0
     out.escrow_status = int(chain.call(c.escrow.functions.getJob(job_id_bytes(out.job_id)))[3])
     out.settlement_tx = _settlement_tx(cluster, out.job_id)

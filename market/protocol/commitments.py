@@ -8,13 +8,16 @@ positions [32c, 32c+32) of the sequence) and commits, per chunk, to
 It signs `signing.commit_digest(...)` for each chunk, and once the task is done, the Merkle root
 (`merkle.commitment_leaf` over the commit digests) with `signing.root_digest(...)`.
 
-Wire form: `to_json()` / `from_json()` dicts with 0x-hex strings; parsing is strict and raises
-`MalformedCommitment` only.
+Wire forms: `to_json()` / `from_json()` dicts with 0x-hex strings (storage, API); on the worker socket a
+session's commitments travel as one binary frame (`encode_commitments` / `decode_commitments`), so their number
+is bounded only by the frame budget (`max_commitments_bytes`), never by the JSON header limit. Parsing is strict
+and raises `MalformedCommitment` only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +29,7 @@ from eth_utils import to_checksum_address
 from market.errors import GlobaiError
 from market.protocol import merkle, signing
 from market.protocol.signing import ChunkScope
-from market.protocol.sketch import DEFAULT_K, MalformedSketch, parse_sketch, sketch_chunk
+from market.protocol.sketch import DEFAULT_K, MAX_K, MalformedSketch, parse_sketch, sketch_chunk
 
 CHUNK_TOKENS = 32
 
@@ -241,3 +244,51 @@ def verify_in_root(commitment: ChunkCommitment, proof: Sequence[bytes], signed_r
     if not merkle.verify_proof(commitment.leaf, proof, signed_root.root):
         return False
     return signing.verify_signer(signed_root.digest, signed_root.signature, to_checksum_address(signer))
+
+
+# --- binary wire form of a session's commitments -----------------------------------------------------------------
+# Per commitment, little-endian: u64 chunk index, 32 bytes output sha256, 65 bytes signature, u16 sketch length,
+# the sketch. The scope is not sent: it is the session's, and the receiver rebuilds every commitment with the
+# scope it issued (a worker that signed another scope fails signature verification).
+_RECORD = struct.Struct("<Q32s65sH")
+MAX_SKETCH_BYTES = 8 + 4 * MAX_K * CHUNK_TOKENS
+MAX_COMMITMENT_BYTES = _RECORD.size + MAX_SKETCH_BYTES
+
+
+def max_commitments_bytes(batch: int, tokens: int) -> int:
+    """Largest legitimate frame for one answer: a prefill of `batch` x `tokens` completes at most
+    batch * ceil(tokens / 32) chunks, plus one partial chunk per sequence at close."""
+    return batch * (-(-tokens // CHUNK_TOKENS) + 1) * MAX_COMMITMENT_BYTES
+
+
+def encode_commitments(items: Sequence[SignedCommitment]) -> bytes:
+    out = []
+    for s in items:
+        c = s.commitment
+        out.append(_RECORD.pack(c.chunk_index, c.output_sha256, s.signature, len(c.sketch)))
+        out.append(c.sketch)
+    return b"".join(out)
+
+
+def decode_commitments(raw: bytes, *, scope: ChunkScope, hidden: int | None = None) -> list[SignedCommitment]:
+    """Strict parse of `encode_commitments` output under the receiver's `scope`; raises `MalformedCommitment`."""
+    view = memoryview(raw)
+    out: list[SignedCommitment] = []
+    offset = 0
+    while offset < len(view):
+        if len(view) - offset < _RECORD.size:
+            raise MalformedCommitment("truncated commitment record")
+        index, output_sha, signature, sketch_len = _RECORD.unpack_from(view, offset)
+        offset += _RECORD.size
+        if sketch_len > MAX_SKETCH_BYTES or len(view) - offset < sketch_len:
+            raise MalformedCommitment(f"sketch of {sketch_len} bytes does not fit")
+        sketch = bytes(view[offset : offset + sketch_len])
+        offset += sketch_len
+        try:
+            parse_sketch(sketch, hidden=hidden)
+            commitment = ChunkCommitment(scope, index, output_sha, sketch)
+            commitment.digest  # noqa: B018 - range-checks chunk_index
+        except (ValueError, MalformedSketch) as exc:
+            raise MalformedCommitment(str(exc)) from exc
+        out.append(SignedCommitment(commitment, signature))
+    return out

@@ -5,7 +5,8 @@ The header's `op` says what it is:
 
 worker -> market
     hello    {model, digest, layer_start, layer_end, max_batch, max_tokens}    first message after connecting
-    result   {rid, elapsed_ms, commitments: [...], root?}  + [output]          answer to open/forward/close
+    result   {rid, elapsed_ms, commitments: n, root?}  + [output][, commitments frame]
+                                                                                answer to open/forward/close
     error    {rid | null, code, message}                                        a refused or failed request
 market -> worker
     welcome  {worker_id, max_frame_bytes}                                       hello accepted
@@ -14,7 +15,9 @@ market -> worker
     close    {rid, session}
     error    {rid | null, code, message}                                        e.g. a malformed frame from the worker
 
-Tensor shapes and dtypes are checked against the manifest (`StageLimits`) before anything is used.
+Tensor shapes and dtypes are checked against the manifest (`StageLimits`) before anything is used. A result's
+n signed chunk commitments travel as the last frame (uint8, `commitments.encode_commitments`), not in the JSON
+header, so a long prefill's hundreds of commitments fit (the header stays under its 64 KiB limit).
 Pure: no I/O, no fastapi.
 """
 
@@ -26,6 +29,13 @@ from typing import Any
 import torch
 
 from market.models.manifest import Manifest
+from market.protocol.commitments import (
+    MalformedCommitment,
+    SignedCommitment,
+    decode_commitments,
+    encode_commitments,
+    max_commitments_bytes,
+)
 from market.protocol.signing import ChunkScope
 from market.protocol.tensors import FrameError, Message, dtype_from_name, validate_tensor
 
@@ -75,7 +85,8 @@ class StageLimits:
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         # hidden states (or int64 ids) + positions + mask for every token, or last-token logits per sequence
         per_token = self.hidden_size * max(itemsize, 8) + 2 * 8
-        return self.max_batch * (self.max_tokens * per_token + self.vocab_size * itemsize)
+        tensors = self.max_batch * (self.max_tokens * per_token + self.vocab_size * itemsize)
+        return tensors + max_commitments_bytes(self.max_batch, self.max_tokens)
 
     @property
     def max_message_bytes(self) -> int:
@@ -141,6 +152,34 @@ def field(message: Message, name: str, kind: type) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ProtocolError(f"{message.header.get('op')!r} needs {name!r} ({kind.__name__})")
     return value
+
+
+def attach_commitments(header: dict[str, Any], tensors: list[torch.Tensor], signed: list[SignedCommitment]) -> None:
+    """Put a result's signed commitments into its last frame (count in the header)."""
+    header["commitments"] = len(signed)
+    if signed:
+        tensors.append(torch.frombuffer(bytearray(encode_commitments(signed)), dtype=torch.uint8))
+
+
+def take_commitments(
+    message: Message, *, scope: ChunkScope, width: int
+) -> tuple[list[torch.Tensor], list[SignedCommitment]]:
+    """Split a result into its output tensors and its commitments, parsed strictly under `scope`.
+
+    Raises `ProtocolError` (bad count or frame) or `MalformedCommitment`."""
+    count = message.header.get("commitments", 0)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ProtocolError("commitments must be a count")
+    tensors = list(message.tensors)
+    if count == 0:
+        return tensors, []
+    if not tensors or tensors[-1].dtype != torch.uint8 or tensors[-1].dim() != 1:
+        raise ProtocolError(f"{count} commitments announced without their frame")
+    frame = tensors.pop()
+    signed = decode_commitments(frame.numpy().tobytes(), scope=scope, hidden=width)
+    if len(signed) != count:
+        raise MalformedCommitment(f"{len(signed)} commitments in the frame, {count} announced")
+    return tensors, signed
 
 
 def error_header(rid: int | None, code: str, message: str) -> dict[str, Any]:

@@ -57,6 +57,7 @@ DTYPE_CODES: dict[torch.dtype, int] = {
     torch.float16: 3,
     torch.int64: 4,
     torch.int32: 5,
+    torch.uint8: 6,  # opaque byte strings (a session's binary commitments)
 }
 CODE_DTYPES: dict[int, torch.dtype] = {code: dtype for dtype, code in DTYPE_CODES.items()}
 DTYPE_NAMES: dict[str, torch.dtype] = {str(d).removeprefix("torch."): d for d in DTYPE_CODES}

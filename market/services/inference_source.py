@@ -7,6 +7,9 @@
 - commitments: the stored signed chunk commitments; Merkle proofs from the tree over all of the part's chunks.
 - replicas and replays: the market's `/v1/verification/*` endpoints (the coordinator holds the workers'
   sockets); one replay per (part, replica) returns every position, cached, and each chunk takes its rows.
+
+A job's parts and each part's parsed commitments + Merkle tree are cached (bounded LRU): a completed job's
+evidence never changes, and a long job has hundreds of sampled chunks, each its own check.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ class InferenceWorkSource:
         self.models_dir = Path(models_dir)
         self._manifests: dict[str, Manifest] = {}
         self._replays: OrderedDict[tuple[str, int, str, str], tuple[torch.Tensor, list[int]]] = OrderedDict()
+        self._parts: OrderedDict[str, list[ClaimedPart]] = OrderedDict()
+        self._trees: OrderedDict[str, tuple[dict[int, SignedCommitment], merkle.MerkleTree]] = OrderedDict()
         self._cache_size = cache_size
         self._held: OrderedDict[tuple[str, int, str], dict[tuple[int, int], torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
@@ -128,8 +133,23 @@ class InferenceWorkSource:
         ).all()
         return [SignedCommitment.from_json(r.body, hidden=width) for r in rows]
 
+    def _cached(self, cache: OrderedDict[Any, Any], key: Any, make: Any) -> Any:
+        with self._lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+        value = make()
+        with self._lock:
+            cache[key] = value
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
+        return value
+
     # --- WorkSource ----------------------------------------------------------------------------------------
     def parts(self, job_id: str) -> list[ClaimedPart]:
+        return list(self._cached(self._parts, job_id, lambda: self._load_parts(job_id)))
+
+    def _load_parts(self, job_id: str) -> list[ClaimedPart]:
         out: list[ClaimedPart] = []
         with self.sessions() as session:
             run_ids = session.scalars(select(JobRun.run_id).where(JobRun.job_id == job_id)).all()
@@ -161,6 +181,11 @@ class InferenceWorkSource:
         return out
 
     def commitment(self, job_id: str, work_key: str, chunk_index: int) -> tuple[SignedCommitment, list[bytes]]:
+        by_index, tree = self._cached(self._trees, work_key, lambda: self._load_tree(work_key))
+        signed = by_index[chunk_index]
+        return signed, tree.proof(signed.commitment.leaf)
+
+    def _load_tree(self, work_key: str) -> tuple[dict[int, SignedCommitment], merkle.MerkleTree]:
         run_id, stage, worker = self._split(work_key)
         with self.sessions() as session:
             run = session.get(InferenceRun, run_id)
@@ -172,8 +197,7 @@ class InferenceWorkSource:
                 StageRecord.worker_address == worker).limit(1))
             chunks = self._chunks(session, run_id, stage, worker, self._width(manifest, end or stage + 1))
         tree = merkle.MerkleTree([c.commitment.leaf for c in chunks])
-        signed = next(c for c in chunks if c.commitment.chunk_index == chunk_index)
-        return signed, tree.proof(signed.commitment.leaf)
+        return {c.commitment.chunk_index: c for c in chunks}, tree
 
     def replicas(self, job_id: str, part: ClaimedPart) -> list[Replica]:
         run_id, _, _ = self._split(part.work_key)
@@ -195,7 +219,8 @@ class InferenceWorkSource:
                     self._replays.popitem(last=False)
         output, positions = cached
         seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
-        rows = [p for p in positions if pc * 32 <= p < (pc + 1) * 32]
+        # Row i of the replay is the output at positions[i] (only the positions the worker committed to).
+        rows = [i for i, p in enumerate(positions) if pc * 32 <= p < (pc + 1) * 32]
         return output[seq, rows]
 
 

@@ -142,3 +142,37 @@ def test_task_root_signed_and_proves_each_chunk() -> None:
     assert not verify_in_root(other_scope, tree.proof(cs[0].leaf), root, WORKER.address)
     with pytest.raises(ValueError):
         task_tree([cs[0], cs[0]])
+
+
+def test_binary_frame_round_trip_any_length_and_strictness() -> None:
+    """A session's commitments travel as one frame whatever their number (a 16x512-token prefill is 256 of them,
+    ~0.3 MB: far over the 64 KiB JSON header limit); the receiver rebuilds them under the scope it issued."""
+    from market.protocol.commitments import decode_commitments, encode_commitments, max_commitments_bytes
+    from market.protocol.pipeline import attach_commitments, take_commitments
+    from market.protocol.tensors import decode_message, encode_message
+
+    out = _output(tokens=512)
+    chunks = commit_output(SCOPE, out)
+    signed = [sign_commitment(dataclasses.replace(c, chunk_index=chunk_id(s, c.chunk_index)), WORKER)
+              for s in range(16) for c in chunks]
+    raw = encode_commitments(signed)
+    assert len(raw) > 64 * 1024 and len(raw) <= max_commitments_bytes(16, 512)
+    assert decode_commitments(raw, scope=SCOPE, hidden=64) == signed
+    # Another scope parses but no signature verifies under it.
+    other = decode_commitments(raw, scope=dataclasses.replace(SCOPE, stage=2), hidden=64)
+    assert not any(verify_commitment(s, WORKER.address) for s in other[:4])
+    for bad in (raw[:-1], raw + b"\x00", raw[:100]):
+        with pytest.raises(MalformedCommitment):
+            decode_commitments(bad, scope=SCOPE, hidden=64)
+    with pytest.raises(MalformedCommitment):
+        decode_commitments(raw, scope=SCOPE, hidden=128)
+    # Through a real message: the header stays tiny, the output tensor is separated from the frame.
+    header: dict = {"op": "result", "rid": 1}
+    tensors = [out[None]]
+    attach_commitments(header, tensors, signed)
+    message = decode_message(encode_message(header, tensors), max_bytes=10**8)
+    outputs, got = take_commitments(message, scope=SCOPE, width=64)
+    assert got == signed and len(outputs) == 1 and torch.equal(outputs[0], out[None])
+    header["commitments"] = len(signed) + 1
+    with pytest.raises(MalformedCommitment):
+        take_commitments(decode_message(encode_message(header, tensors), max_bytes=10**8), scope=SCOPE, width=64)

@@ -14,10 +14,12 @@ import torch
 from eth_account.signers.local import LocalAccount
 
 from market.errors import GlobaiError
+from market.protocol.commitments import SignedCommitment
 from market.protocol.pipeline import (
     DEFAULT_MAX_BATCH,
     ProtocolError,
     StageLimits,
+    attach_commitments,
     error_header,
     field,
     scope_from_json,
@@ -62,15 +64,17 @@ class StageServer:
             started = time.perf_counter()
             header: dict[str, Any]
             tensors: list[torch.Tensor] = []
+            signed: list[SignedCommitment] = []
             if op == "open":
                 header = self._open(session, message.header.get("scope"))
             elif op == "forward":
-                header, output = self._forward(session, message.header, message.tensors)
+                header, output, signed = self._forward(session, message.header, message.tensors)
                 tensors = [output]
             elif op == "close":
-                header = self._close(session)
+                header, signed = self._close(session)
             else:
                 raise ProtocolError(f"unknown op {op!r}")
+            attach_commitments(header, tensors, signed)
             self.requests_served += 1
             header.update(op="result", rid=rid, elapsed_ms=(time.perf_counter() - started) * 1000)
             return encode_message(header, tensors)
@@ -94,7 +98,7 @@ class StageServer:
 
     def _forward(
         self, session: str, header: dict[str, Any], tensors: list[torch.Tensor]
-    ) -> tuple[dict[str, Any], torch.Tensor]:
+    ) -> tuple[dict[str, Any], torch.Tensor, list[SignedCommitment]]:
         self.limits.check_inputs(tensors, first_stage=self.stage.is_first)
         first_position = header.get("first_position")
         if not isinstance(first_position, int) or first_position < 0:
@@ -113,13 +117,13 @@ class StageServer:
         step = header.get("step")
         if not isinstance(step, int) or step < 0:
             raise ProtocolError("forward needs step (int >= 0)")
-        return {"session": session, "commitments": [s.to_json() for s in signed],
-                "sent": sign_sent(commits.scope, step, first_position, output, self.account)}, output
+        return {"session": session,
+                "sent": sign_sent(commits.scope, step, first_position, output, self.account)}, output, signed
 
-    def _close(self, session: str) -> dict[str, Any]:
+    def _close(self, session: str) -> tuple[dict[str, Any], list[SignedCommitment]]:
         self.stage.close_session(session)
         commits = self.commits.pop(session, None)
         if commits is None:
-            return {"session": session, "commitments": [], "root": None}
+            return {"session": session, "root": None}, []
         signed, root = commits.finish(self.account)
-        return {"session": session, "commitments": [s.to_json() for s in signed], "root": root}
+        return {"session": session, "root": root}, signed

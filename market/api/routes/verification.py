@@ -1,9 +1,9 @@
 """Verifier-facing endpoints of the coordinator (admin role: the market's own Celery verifiers).
 
 - `GET /v1/verification/replicas?model=&layer_start=&layer_end=`: live workers serving exactly those layers;
-- `POST /v1/verification/replay`: re-run one worker's recorded stage part on a replica; the answer is a binary
-  tensor message (`market.protocol.tensors`) holding the replica's output [B, T, width] at every position, with the
-  positions the worker committed to in its header.
+- `POST /v1/verification/replay`: re-run one worker's recorded stage calls on a replica; the answer is a binary
+  tensor message (`market.protocol.tensors`) holding the replica's output rows [B, n, width], row i being the output
+  at `positions[i]` of its header (the n positions the worker committed to).
 """
 
 from __future__ import annotations
