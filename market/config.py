@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     index_interval_s: float = Field(default=5.0, gt=0)
     settle_interval_s: float = Field(default=10.0, gt=0)
     verify_interval_s: float = Field(default=5.0, gt=0)
+    # Crash recovery (market.services.recovery): a verification run with no progress for `recovery_stale_s` has
+    # its pending steps enqueued again; a replay pending for `check_max_age_s` is void. Celery redelivers an
+    # unacknowledged task after `task_visibility_timeout_s` (must exceed the longest task; hard time limit 0.8x).
+    recovery_stale_s: float = Field(default=120.0, gt=0)
+    check_max_age_s: float = Field(default=1800.0, gt=0)
+    task_visibility_timeout_s: float = Field(default=900.0, ge=60)
 
     # Pipeline inference (docs/inference.md): served models, recorded stage inputs, worker call timeout.
     models_dir: str = "models"

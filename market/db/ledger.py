@@ -34,7 +34,8 @@ class Settlement(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
     kind: Mapped[str] = mapped_column(String(16))  # settle | refund
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | submitted | confirmed | failed
+    # pending | sent (mined, not yet `confirmations` deep; re-sent if the chain loses it) | confirmed
+    status: Mapped[str] = mapped_column(String(16), default="pending")
     report_root: Mapped[str | None] = mapped_column(String(66), nullable=True)
     tx_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

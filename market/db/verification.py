@@ -18,7 +18,8 @@ class VerificationRun(Base):
     __tablename__ = "verification_runs"
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    # open -> replaying -> deciding -> settling -> done (or failed)
+    # open -> replaying -> (deciding, inside one transaction) -> slashing -> settling -> done; each state has an
+    # owner that resumes it after a crash (market.services.recovery, the settle beat)
     status: Mapped[str] = mapped_column(String(16), default="open", index=True)
     secret: Mapped[str] = mapped_column(String(66))
     beacon: Mapped[str] = mapped_column(String(66))
@@ -88,7 +89,8 @@ class SlashRecord(Base):
     evidence: Mapped[str] = mapped_column(String(66))
     finder: Mapped[str] = mapped_column(String(42))
     requester: Mapped[str] = mapped_column(String(42))
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | confirmed | nothing_staked
+    # pending | sent (mined, not yet `confirmations` deep) | confirmed | nothing_staked
+    status: Mapped[str] = mapped_column(String(16), default="pending")
     tx_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
     slashed: Mapped[int | None] = mapped_column(Wei, nullable=True)  # what the vault actually took
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from market.db import ChainCursor, ChainEvent, Job, Worker, new_id
+from market.db import ChainCursor, ChainEvent, Job, Settlement, SlashRecord, VerificationRun, Worker, new_id
 from market.services.chain_view import ChainLog, ChainView
 from market.services.jobs import apply_job_funded
 from market.services.workers import apply_stake, record_outcome
@@ -93,6 +93,19 @@ def _sync(
     return SyncReport(from_block=first, to_block=start - 1, events=count, pages=pages)
 
 
+def _confirm_slash(session: Session, event: ChainLog, now: datetime) -> None:
+    """A Slashed event `confirmations` deep confirms the market's slash record for (job, worker)."""
+    job = session.scalar(select(Job).where(Job.chain_job_id == str(event.args.get("jobId", "")).lower()))
+    if job is None:
+        return
+    worker = str(event.args.get("worker", "")).lower()
+    row = next((r for r in session.scalars(select(SlashRecord).where(SlashRecord.job_id == job.id))
+                if r.worker.lower() == worker), None)
+    if row is not None and row.status in ("pending", "sent"):
+        row.status, row.tx_hash, row.slashed, row.confirmed_at = "confirmed", event.tx_hash, int(
+            event.args["amount"]), now
+
+
 def sync_stakes(
     session: Session,
     chain: ChainView,
@@ -117,6 +130,7 @@ def sync_stakes(
                 continue  # not registered yet; registration reads the stake itself
             touched.add(worker.id)
             if event.name == "Slashed":
+                _confirm_slash(session, event, now)
                 worker.last_slash_at = now
                 record_outcome(
                     session,
@@ -168,12 +182,17 @@ def sync_escrow(
                 continue
             if event.name == "JobFunded":
                 apply_job_funded(session, job=job, event=event, now=now)
-            elif event.name == "JobSettled":
-                job.status = "settled"
+            elif event.name in ("JobSettled", "JobRefunded"):
+                # Read `confirmations` blocks behind the head: what the market sent is now confirmed.
+                cancelled = job.status in ("cancelled", "refunded") or event.name == "JobRefunded"
+                job.status = "refunded" if cancelled else "settled"
                 job.updated_at = now
-            elif event.name == "JobRefunded":
-                job.status = "refunded"
-                job.updated_at = now
+                settlement = session.scalar(select(Settlement).where(Settlement.job_id == job.id))
+                if settlement is not None and settlement.status != "confirmed":
+                    settlement.status, settlement.tx_hash, settlement.confirmed_at = "confirmed", event.tx_hash, now
+                run = session.get(VerificationRun, job.id)
+                if run is not None and run.status == "settling":
+                    run.status = "done"
 
     return _sync(
         session,

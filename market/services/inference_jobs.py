@@ -120,10 +120,19 @@ class InferenceJobRunner:
             claimed: list[str] = []
             if resume:
                 claimed += s.scalars(select(Job.id).where(Job.kind == "inference", Job.status == "running")).all()
-            funded = s.execute(select(Job.id, Job.model).where(Job.kind == "inference", Job.status == "funded")).all()
-            for job_id, model in funded:
+            funded = s.execute(select(Job.id, Job.model, Job.updated_at)
+                               .where(Job.kind == "inference", Job.status == "funded")).all()
+            now = self._clock()
+            for job_id, model, since in funded:
                 if model not in live_models:
-                    continue  # stays funded (queued) until a worker serving its model is connected
+                    # Queued until a worker serving its model connects; refunded when none came for route_wait_s.
+                    if (now - since).total_seconds() > self.route_wait_s:
+                        job = s.get(Job, job_id)
+                        assert job is not None
+                        log.warning("job %s: no worker serves %s after %.0f s; cancelling (refund)", job_id, model,
+                                    self.route_wait_s)
+                        cancel_job(s, job_id=job_id, caller=job.requester, is_admin=True, now=now)
+                    continue
                 moved = s.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.status == "funded")

@@ -18,6 +18,12 @@ class ChainOperator:
     escrow: Any  # web3 Contract (JobEscrow)
     vault: Any  # web3 Contract (StakingVault)
     account: LocalAccount
+    # A transaction's effect counts once its event is this many blocks deep (0: at its receipt); until then it is
+    # only "sent", and re-checked (re-sent if the chain lost it: a reorg, a node restarted without its state).
+    confirmations: int = 0
+
+    def confirmed(self, block_number: int) -> bool:
+        return block_number <= self.client.block_number() - self.confirmations
 
     @property
     def chain_id(self) -> int:
@@ -50,4 +56,5 @@ def operator_from_settings(settings: Any, client: ChainClient | None = None) -> 
         escrow=client.contract("JobEscrow", settings.job_escrow_address),
         vault=client.contract("StakingVault", settings.staking_vault_address),
         account=account,
+        confirmations=int(getattr(settings, "confirmations", 0)),
     )

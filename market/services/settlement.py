@@ -19,18 +19,18 @@ from market.chain.client import ContractReverted
 from market.db import Job, Settlement, SettlementReport, Task, VerificationRun, Worker, WorkPart
 from market.domain_errors import Conflict, NotFound
 from market.services.operator import ChainOperator
-from market.settlement.payout import PAID, WorkItem, plan_settlement
+from market.settlement.payout import PAID, REFUNDED_ITEM, WorkItem, plan_settlement
 from market.settlement.report import build_report
 
 log = logging.getLogger(__name__)
 
-FUNDED, SETTLED = 1, 2
+FUNDED, SETTLED, REFUNDED = 1, 2, 3
 
 
 @dataclass(frozen=True)
 class SettleOutcome:
     job_id: str
-    status: str  # settled | already_settled | not_ready | not_funded
+    status: str  # settled | sent | already_settled | refunded | not_ready | not_funded
     tx_hash: str | None = None
     report_root: str | None = None
 
@@ -47,9 +47,13 @@ def work_items(session: Session, job: Job) -> list[WorkItem]:
         .join(Worker, Worker.id == Task.submitted_by)
         .where(Task.job_id == job.id, Task.status.in_(("verified", "failed")))
     ).all()
-    return [
+    items = [
         WorkItem(t.id, address, t.units, PAID if t.status == "verified" else "unpaid_faulty") for t, address in rows
     ]
+    if not items and job.status == "cancelled":
+        # Nothing was done: one zero record for the requester, so the report (and its root) still exist.
+        items = [WorkItem(f"refund:{job.id}", job.requester, 0, REFUNDED_ITEM)]
+    return items
 
 
 def prepare_report(session: Session, op: ChainOperator, *, job_id: str, now: datetime) -> SettlementReport:
@@ -83,31 +87,44 @@ def prepare_report(session: Session, op: ChainOperator, *, job_id: str, now: dat
 
 
 def _record(session: Session, job_id: str, tx_hash: str | None, now: datetime) -> None:
+    """The chain's settlement of the job is confirmed: settlement, job and verification run are done."""
     job = session.get(Job, job_id)
     settlement = session.scalar(select(Settlement).where(Settlement.job_id == job_id))
     if settlement is not None:
         settlement.status = "confirmed"
-        settlement.tx_hash = tx_hash
+        settlement.tx_hash = tx_hash or settlement.tx_hash
         settlement.confirmed_at = now
     if job is not None:
-        job.status = "settled"
+        # A cancelled job is settled on chain as a refund (verified work so far paid, the rest back).
+        job.status = "refunded" if job.status in ("cancelled", "refunded") else "settled"
         job.updated_at = now
     run = session.get(VerificationRun, job_id)
     if run is not None:
         run.status = "done"
 
 
-def _settled_tx(op: ChainOperator, chain_job_id: bytes, from_block: int) -> str | None:
+def _mark_sent(session: Session, job_id: str, tx_hash: str, now: datetime) -> None:
+    settlement = session.scalar(select(Settlement).where(Settlement.job_id == job_id))
+    if settlement is not None and settlement.status != "confirmed":
+        settlement.status, settlement.tx_hash = "sent", tx_hash
+    job = session.get(Job, job_id)
+    if job is not None:
+        job.updated_at = now
+
+
+def _settled_event(op: ChainOperator, chain_job_id: bytes, from_block: int):  # type: ignore[no-untyped-def]
     for ev in op.client.get_logs([op.escrow], from_block):
         if ev.name == "JobSettled" and ev.args["jobId"] == chain_job_id:
-            return ev.tx_hash
+            return ev
     return None
 
 
 def settle_jobs(
     session: Session, op: ChainOperator, *, job_ids: Sequence[str], now: datetime, _retried: bool = False
 ) -> list[SettleOutcome]:
-    """Settle every job in `job_ids` that is verified and funded: one `settle`, or one `settleBatch` for many."""
+    """Settle every job in `job_ids` that is verified (or cancelled) and funded: one `settle`, or one
+    `settleBatch` for many. A job is only `sent` until its JobSettled event is `op.confirmations` blocks deep
+    (then `confirmed`); a sent job the chain shows funded again (its transaction was lost) is sent again."""
     outcomes: list[SettleOutcome] = []
     batch: list[tuple[Job, SettlementReport]] = []
     for job_id in job_ids:
@@ -117,17 +134,36 @@ def settle_jobs(
         report = prepare_report(session, op, job_id=job_id, now=now)
         chain_job_id = bytes.fromhex(job.chain_job_id.removeprefix("0x"))
         onchain = op.escrow_job(chain_job_id)
-        if int(onchain["status"]) == SETTLED:
-            # A crash after sending and before recording lands here: record what the chain says.
+        status = int(onchain["status"])
+        if status == SETTLED:
+            # Sent by us earlier (maybe by a process that crashed before recording it): confirm it once deep enough.
             if "0x" + bytes(onchain["reportRoot"]).hex() != report.report_root:
                 log.error("job %s settled on chain with another report root", job_id)
-            tx = _settled_tx(op, chain_job_id, job.funded_block or job.created_block)
-            _record(session, job_id, tx, now)
+            event = _settled_event(op, chain_job_id, job.funded_block or job.created_block)
+            if event is not None and op.confirmed(event.block_number):
+                _record(session, job_id, event.tx_hash, now)
+                session.commit()
+                outcomes.append(SettleOutcome(job_id, "already_settled", event.tx_hash, report.report_root))
+            else:
+                if event is not None:
+                    _mark_sent(session, job_id, event.tx_hash, now)
+                    session.commit()
+                outcomes.append(SettleOutcome(job_id, "sent", event and event.tx_hash, report.report_root))
+        elif status == REFUNDED:
+            # The requester took the money back after the deadline: nothing left to settle.
+            _record(session, job_id, None, now)
+            job.status = "refunded"
             session.commit()
-            outcomes.append(SettleOutcome(job_id, "already_settled", tx, report.report_root))
-        elif int(onchain["status"]) != FUNDED:
+            outcomes.append(SettleOutcome(job_id, "refunded", None, report.report_root))
+        elif status != FUNDED:
             outcomes.append(SettleOutcome(job_id, "not_funded", None, report.report_root))
         else:
+            settlement = session.scalar(select(Settlement).where(Settlement.job_id == job_id))
+            if settlement is not None and settlement.status == "sent":
+                # Mined once, gone now (a reorg, a node restarted without its state): the nonce state is stale too.
+                log.warning("job %s: settlement %s is no longer on chain; sending it again", job_id,
+                            settlement.tx_hash)
+                op.client.reset_nonce(op.account.address)
             batch.append((job, report))
     if not batch:
         return outcomes
@@ -154,18 +190,28 @@ def settle_jobs(
         for job, _ in batch:
             outcomes.extend(settle_jobs(session, op, job_ids=[job.id], now=now, _retried=True))
         return outcomes
-    tx = "0x" + bytes(receipt["transactionHash"]).hex()
+    tx = "0x" + bytes(receipt["transactionHash"]).hex().removeprefix("0x")
+    deep = op.confirmed(int(receipt["blockNumber"]))
     for job, report in batch:
-        _record(session, job.id, tx, now)
-        outcomes.append(SettleOutcome(job.id, "settled", tx, report.report_root))
+        if deep:
+            _record(session, job.id, tx, now)
+        else:
+            _mark_sent(session, job.id, tx, now)
+        outcomes.append(SettleOutcome(job.id, "settled" if deep else "sent", tx, report.report_root))
     session.commit()
     log.info("settled %d job(s) in %s (gas %s)", len(batch), tx, receipt.get("gasUsed"))
     return outcomes
 
 
 def ready_jobs(session: Session, *, limit: int = 50) -> list[str]:
-    """Jobs whose verification finished and that wait for settlement."""
-    rows = session.scalars(
+    """Jobs waiting for settlement (or for its confirmation): verification finished, or cancelled after funding
+    (a refund: verified work so far is paid, the rest goes back to the requester)."""
+    verified = session.scalars(
         select(VerificationRun.job_id).where(VerificationRun.status == "settling").limit(limit)
     ).all()
-    return list(rows)
+    refunds = session.scalars(
+        select(Settlement.job_id).join(Job, Job.id == Settlement.job_id)
+        .where(Settlement.kind == "refund", Settlement.status.in_(("pending", "sent")), Job.status == "cancelled")
+        .limit(limit)
+    ).all()
+    return list(dict.fromkeys([*verified, *refunds]))

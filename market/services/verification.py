@@ -378,17 +378,24 @@ class JobDecision:
 def decide_job(
     session: Session, cfg: VerifierConfig, *, job_id: str, now: datetime
 ) -> JobDecision | None:
-    """Decide every sampled segment once nothing is pending (None while replays are still running)."""
-    if _pending_ids(session, job_id):
+    """Decide every sampled segment once nothing is pending (None while replays are still running).
+
+    One transaction: the compare-and-set that claims the decision (of several concurrent deciders exactly one
+    moves the run on; the others wait on its row lock and then find it moved) commits together with everything
+    decided, so a crash leaves the run `replaying` (decided again by the next delivery or the sweeper) or fully
+    decided, never half-way. `deciding` is accepted as a start state for runs an older version left there.
+    """
+    pending = bool(_pending_ids(session, job_id))
+    session.commit()  # end the read transaction (SQLite cannot upgrade a stale read to a write)
+    if pending:
         return None
-    # Compare-and-set: of several concurrent deciders exactly one moves the run on.
     moved = session.execute(
         update(VerificationRun)
-        .where(VerificationRun.job_id == job_id, VerificationRun.status == "replaying")
+        .where(VerificationRun.job_id == job_id, VerificationRun.status.in_(("replaying", "deciding")))
         .values(status="deciding", updated_at=now)
     ).rowcount  # type: ignore[attr-defined]
-    session.commit()
     if not moved:
+        session.rollback()
         return None
     job = session.get(Job, job_id)
     assert job is not None
@@ -453,6 +460,7 @@ def decide_job(
     assert run is not None
     run.status = "slashing" if slash_ids else "settling"
     run.detail = f"{len(checks)} checks, {len(guilty)} guilty"
+    run.updated_at = now
     session.commit()
     return JobDecision(job_id, {w: e for w, (e, _) in guilty.items()}, slash_ids)
 
@@ -469,16 +477,25 @@ def _slashed_event(op: ChainOperator, worker: str, chain_job_id: bytes, from_blo
 
 
 def execute_slash(session: Session, op: ChainOperator, *, slash_id: str, now: datetime) -> SlashRecord:
-    """Slash once per (job, worker): a retry after a crash finds the chain's Slashed event instead of resending."""
+    """Slash once per (job, worker): a retry after a crash finds the chain's Slashed event instead of resending.
+
+    `pending` -> (sent) -> `sent` -> (event `op.confirmations` deep) -> `confirmed`; a `sent` slash whose event the
+    chain no longer has (a reorg, a node restarted without its state) is pending again and sent again. The run
+    moves on to settlement once no slash is pending (confirmation does not hold the requester's settlement up).
+    """
     row = session.get(SlashRecord, slash_id)
     if row is None:
         raise NotFound("slash", slash_id)
-    if row.status == "pending":
+    if row.status in ("pending", "sent"):
         job = session.get(Job, row.job_id)
         assert job is not None
         chain_job_id = bytes.fromhex(job.chain_job_id[2:])
         event = _slashed_event(op, to_checksum_address(row.worker), chain_job_id, job.created_block)
         if event is None:
+            if row.status == "sent":
+                log.warning("slash %s: its transaction %s is gone from the chain; sending it again", row.id,
+                            row.tx_hash)
+                op.client.reset_nonce(op.account.address)
             amount = row.amount or int(op.client.call(op.vault.functions.minStake()))
             fn = op.vault.functions.slash(
                 to_checksum_address(row.worker), amount, chain_job_id, bytes.fromhex(row.evidence[2:]),
@@ -490,11 +507,15 @@ def execute_slash(session: Session, op: ChainOperator, *, slash_id: str, now: da
                 if exc.error != "StakingVaultNothingToSlash":
                     raise
                 row.status = "nothing_staked"
+                row.confirmed_at = now
             else:
                 event = next(e for e in op.client.events(receipt, op.vault) if e.name == "Slashed")
         if event is not None:
-            row.status, row.tx_hash, row.slashed = "confirmed", event.tx_hash, int(event.args["amount"])
-        row.confirmed_at = now
+            row.tx_hash, row.slashed = event.tx_hash, int(event.args["amount"])
+            if op.confirmed(event.block_number):
+                row.status, row.confirmed_at = "confirmed", now
+            else:
+                row.status = "sent"
         session.commit()
     moved = session.execute(
         update(VerificationRun)
@@ -510,4 +531,3 @@ def execute_slash(session: Session, op: ChainOperator, *, slash_id: str, now: da
     if moved:
         log.info("job %s: slashes done, ready to settle", row.job_id)
     return row
-

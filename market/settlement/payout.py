@@ -28,6 +28,7 @@ PAID, UNPAID_SLASHED, UNPAID_FAULTY = "paid", "unpaid_slashed", "unpaid_faulty"
 # No replica could check it (none of another operator served its layers, or every one failed): refunded, never
 # paid as verified.
 UNPAID_UNCHECKED = "unpaid_unchecked"
+REFUNDED_ITEM = "refunded"  # the zero record of a cancelled job with no work: everything goes back
 
 
 class SettlementError(GlobaiError):

@@ -32,6 +32,7 @@ from market.errors import GlobaiError
 from market.protocol.merkle import SettlementRecord, settlement_leaf, verify_proof
 from market.settlement.payout import (
     PAID,
+    REFUNDED_ITEM,
     UNPAID_FAULTY,
     UNPAID_SLASHED,
     UNPAID_UNCHECKED,
@@ -40,7 +41,7 @@ from market.settlement.payout import (
 )
 
 VERSION = 1
-STATUSES = (PAID, UNPAID_SLASHED, UNPAID_FAULTY, UNPAID_UNCHECKED)
+STATUSES = (PAID, UNPAID_SLASHED, UNPAID_FAULTY, UNPAID_UNCHECKED, REFUNDED_ITEM)
 
 
 class MalformedReport(GlobaiError):

@@ -72,6 +72,16 @@ def create_celery(settings: Settings, *, include: Iterable[str] = ()) -> Celery:
         enable_utc=True,
         result_expires=3600,
         broker_connection_retry_on_startup=True,
+        # At-least-once delivery: a task is acknowledged after it ran (every task is idempotent), a task whose worker
+        # died (kill -9, lost connection) goes back to the queue, and Redis redelivers an unacknowledged message
+        # after `visibility_timeout` - longer than the longest task (a replay of a long job's part, a settlement
+        # waiting for its receipt), or a slow task would run twice at once. Messages lost with Redis itself are
+        # found again by the recovery beat (market.services.recovery).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.task_visibility_timeout_s},
+        task_time_limit=settings.task_visibility_timeout_s * 0.8,
         beat_schedule={
             "requeue-expired-leases": {
                 "task": "market.tasks.leases.requeue_expired_leases",
@@ -89,8 +99,8 @@ def create_celery(settings: Settings, *, include: Iterable[str] = ()) -> Celery:
                 "schedule": settings.index_interval_s,
                 "options": {"expires": settings.index_interval_s},
             },
-            "start-verifications": {
-                "task": "market.verification.start_ready",
+            "recover-verifications": {
+                "task": "market.verification.recover",
                 "schedule": settings.verify_interval_s,
                 "options": {"expires": settings.verify_interval_s},
             },

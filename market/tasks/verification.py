@@ -1,7 +1,8 @@
 """Celery verification tasks: sample -> replay on replicas -> compare -> (2-of-3 dispute) -> slash -> settle.
 
 Thin and idempotent (ids in, state in the DB, `acks_late`): a redelivered or duplicated task finds its work done
-and only re-enqueues what is still pending. Each step enqueues the next after its own commit.
+and only re-enqueues what is still pending. Each step enqueues the next after its own commit; a step whose
+message was lost (Redis restart, worker killed) is found again by the `recover` beat by its state and age.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import logging
 from datetime import UTC, datetime
 
 from celery import Task, shared_task
-from sqlalchemy import select
 
-from market.db import Job, VerificationRun
+from market.db import VerificationRun
 from market.errors import RpcUnavailable
 from market.services import verification as svc
+from market.services.recovery import RecoveryPolicy
+from market.services.recovery import recover as recover_states
 from market.tasks.celery_app import runtime
 from market.tasks.verifier_runtime import chain_operator, verifier_config, work_source
 
@@ -99,15 +101,24 @@ def _settle_next(job_id: str) -> None:
     settle_job.apply_async((job_id,))
 
 
-@shared_task(bind=True, name="market.verification.start_ready", acks_late=True)
-def start_ready(self: Task, limit: int = 50) -> int:
-    """Beat: start verification of completed jobs whose run is still open."""
+@shared_task(bind=True, name="market.verification.recover", acks_late=True)
+def recover(self: Task, limit: int = 200) -> dict[str, int]:
+    """Beat: start verification of completed jobs and re-drive every step whose message was lost
+    (`market.services.recovery`: replays, decisions, slashes; settlement has its own beat)."""
     rt = runtime(self.app)
+    s = rt.settings
+    policy = RecoveryPolicy(stale_s=s.recovery_stale_s, check_max_age_s=s.check_max_age_s)
     with rt.session() as session:
-        ids = session.scalars(
-            select(Job.id).join(VerificationRun, VerificationRun.job_id == Job.id)
-            .where(Job.status == "completed", VerificationRun.status == "open").limit(limit)
-        ).all()
-    for job_id in ids:
-        verify_job.apply_async((job_id,))
-    return len(ids)
+        plan = recover_states(session, now=_now(), policy=policy, limit=limit)
+    # Stale duplicates are harmless (every step is idempotent) but useless after the next sweep.
+    expires = max(4 * s.verify_interval_s, 30.0)
+    for job_id in plan.verify:
+        verify_job.apply_async((job_id,), expires=expires)
+    for check_id in plan.replay:
+        replay_check.apply_async((check_id,))
+    for job_id in plan.finish:
+        finish_job.apply_async((job_id,), expires=expires)
+    for slash_id in plan.slash:
+        slash_worker.apply_async((slash_id,), expires=expires)
+    return {"verify": len(plan.verify), "replay": len(plan.replay), "finish": len(plan.finish),
+            "slash": len(plan.slash), "voided": plan.voided}

@@ -141,6 +141,7 @@ def harness(vengine: Engine, redis_url: str, chain, deployment) -> Iterator[Harn
         staking_vault_address=deployment.vault,
         job_escrow_address=deployment.escrow,
         operator_private_key="0x" + bytes(admin.key).hex(),
+        recovery_stale_s=0.5,  # the recovery tests re-drive lost steps without waiting minutes
     )
     app = create_celery(settings)
     app.conf.task_default_queue = f"verify-{uuid.uuid4().hex[:8]}"
