@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     max_message_lifetime_s: int = Field(default=600, ge=10)
     clock_skew_s: int = Field(default=30, ge=0)
     admin_addresses: list[str] = Field(default_factory=list)
-    # Empty means any address may take the read-only auditor role.
+    # Who may take the read-only auditor role (it reads every job's prompts and results); admins may too.
     auditor_addresses: list[str] = Field(default_factory=list)
 
     # Limits.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from eth_utils import is_hex_address, to_checksum_address
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
 from market.db import AuthNonce
@@ -43,7 +43,7 @@ class AuthPolicy:
     max_message_lifetime_s: int
     clock_skew_s: int
     admin_addresses: frozenset[str]  # lower-case
-    auditor_addresses: frozenset[str]  # lower-case; empty = anyone may audit
+    auditor_addresses: frozenset[str]  # lower-case; only these (and admins) may audit
 
 
 def checksum(address: str) -> str:
@@ -53,6 +53,9 @@ def checksum(address: str) -> str:
 
 
 def issue_nonce(session: Session, *, address: str, policy: AuthPolicy, now: datetime) -> AuthNonce:
+    # Expired nonces are useless (sign-in refuses them): purge them here, so the table holds at most
+    # nonce_ttl_s worth of requests (an indexed range delete).
+    session.execute(delete(AuthNonce).where(AuthNonce.expires_at < now))
     nonce = AuthNonce(
         nonce=secrets.token_hex(16),
         address=checksum(address),
@@ -66,7 +69,8 @@ def issue_nonce(session: Session, *, address: str, policy: AuthPolicy, now: date
 
 def allowed_roles(address: str, policy: AuthPolicy) -> frozenset[str]:
     roles = {"requester", "worker"}
-    if not policy.auditor_addresses or address.lower() in policy.auditor_addresses:
+    # The auditor role reads every job's prompts and results: only by configuration (admins have it too).
+    if address.lower() in policy.auditor_addresses or address.lower() in policy.admin_addresses:
         roles.add("auditor")
     if address.lower() in policy.admin_addresses:
         roles.add("admin")

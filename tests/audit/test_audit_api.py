@@ -15,6 +15,8 @@ from market.services.chain_view import Web3ChainView
 from market.services.settlement import settle_jobs
 from tests.market.conftest import Clock, login, make_settings
 
+AUDITOR = Account.create()
+
 
 def test_auditor_reads_checks_and_indexed_events(db, funder, operator, chain, deployment) -> None:  # type: ignore[no-untyped-def]
     with Session(db, expire_on_commit=False) as s:
@@ -27,13 +29,14 @@ def test_auditor_reads_checks_and_indexed_events(db, funder, operator, chain, de
         view = Web3ChainView(chain.client, staking_address=deployment.vault, escrow_address=deployment.escrow)
         assert index_chain(s, view, start_block=deployment.first_block).events > 0
     clock = Clock()
-    app = create_app(make_settings(str(db.url)), engine=db, chain=None, clock=clock)
+    app = create_app(make_settings(str(db.url), auditor_addresses=[AUDITOR.address]), engine=db, chain=None,
+                     clock=clock)
     with TestClient(app) as client:
         assert client.get(f"/v1/audit/jobs/{job.id}/report").status_code == 200  # public
         assert client.get("/v1/audit/events").status_code == 401
         requester = login(client, clock, Account.create(), ["requester"])
         assert client.get("/v1/audit/events", headers=requester).status_code == 403
-        auditor = login(client, clock, Account.create(), ["auditor"])
+        auditor = login(client, clock, AUDITOR, ["auditor"])
         events = client.get("/v1/audit/events", params={"event": "JobSettled"}, headers=auditor).json()
         assert events["total"] == 1 and events["items"][0]["args"]["jobId"] == job.chain_job_id
         funded = client.get("/v1/audit/events", params={"event": "JobFunded", "limit": 1}, headers=auditor).json()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
 from eth_account import Account
 
 from market.protocol.siwe import build_message, sign_message
@@ -101,7 +102,9 @@ def test_roles(market: Market) -> None:
     assert _verify(market, _message(market, account), account, roles=["admin"]).status_code == 403
     r = _verify(market, _message(market, ADMIN), ADMIN, roles=["admin", "auditor"])
     assert r.status_code == 200 and set(r.json()["roles"]) == {"admin", "auditor"}
-    auditor = market.login(account, roles=["auditor"])
+    # the auditor role is configured: a random address can't take it (it reads every job's prompts)
+    assert _verify(market, _message(market, account), account, roles=["auditor"]).status_code == 403
+    auditor = market.login(ADMIN, roles=["auditor"])
     # an auditor-only token cannot act as a worker
     assert (
         market.client.post(
@@ -116,3 +119,28 @@ def test_roles(market: Market) -> None:
         ).status_code
         == 403
     )
+
+
+def test_expired_nonces_are_purged(market: Market) -> None:
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from market.db import AuthNonce
+
+    for _ in range(3):
+        market.client.post("/v1/auth/nonce", json={"address": Account.create().address})
+    market.clock.advance(market.settings.nonce_ttl_s + 1)
+    market.client.post("/v1/auth/nonce", json={"address": Account.create().address})
+    with Session(market.engine) as s:
+        assert s.scalar(select(func.count()).select_from(AuthNonce)) == 1
+
+
+def test_worker_socket_takes_its_token_only_from_the_header(market: Market) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    headers = market.login(Account.create(), roles=["worker"])
+    token = headers["Authorization"].removeprefix("Bearer ")
+    with pytest.raises(WebSocketDisconnect) as refused:
+        with market.client.websocket_connect(f"/v1/workers/ws?token={token}") as ws:
+            ws.receive_bytes()
+    assert refused.value.code == 4401

@@ -32,10 +32,11 @@ CLOSE_REFUSED = 4403
 
 
 def _token(ws: WebSocket) -> str | None:
+    """Only from the Authorization header: a token in the URL ends up in proxy and access logs."""
     header = ws.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
-    return ws.query_params.get("token")
+    return None
 
 
 @router.websocket(WS_PATH)
@@ -69,6 +70,14 @@ async def worker_socket(ws: WebSocket) -> None:
     except WebSocketDisconnect:
         return
     coordinator.links.add(link)
+
+    async def expire() -> None:
+        # The socket lives no longer than the token that opened it: the worker signs in again and reconnects.
+        await asyncio.sleep(max(0.0, principal.expires_at - ctx.clock().timestamp()))
+        coordinator.links.remove(link.link_id, "token expired")
+        await ws.close(code=CLOSE_UNAUTHORIZED, reason="token expired")
+
+    expiry = asyncio.create_task(expire())
     limits = StageLimits.for_manifest(coordinator.catalog.get(link.model).manifest,  # type: ignore[union-attr]
                                       max_batch=coordinator.config.max_batch)
     log.info("worker %s connected: %s [%d, %d)", link.address, link.model, link.layer_start, link.layer_end)
@@ -88,7 +97,10 @@ async def worker_socket(ws: WebSocket) -> None:
                 await send(encode_message(error_header(None, f"bad_frame:{exc.reason}", str(exc))))
     except WebSocketDisconnect:
         pass
+    except RuntimeError:  # receive after our own close (token expired)
+        pass
     finally:
+        expiry.cancel()
         coordinator.links.remove(link.link_id, "socket closed")
         log.info("worker %s disconnected", link.address)
 
