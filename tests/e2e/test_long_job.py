@@ -52,7 +52,9 @@ def test_long_paid_job_verifies_settles_audits(chain: Any, deployment: Any, redi
         out = run_paid_inference(cluster, prompts=prompts, max_new_tokens=NEW_TOKENS, generate_timeout=300,
                                  settle_timeout=400)
     assert len(out.outputs) == PROMPTS
-    assert all(o["tokens"] is not None and len(o["tokens"]) == NEW_TOKENS for o in out.outputs)
+    # A sequence may stop early at EOS (random weights); its batch still runs every step (padded).
+    lengths = [len(o["tokens"] or []) for o in out.outputs]
+    assert min(lengths) > 0 and max(lengths) == NEW_TOKENS, lengths
     v = out.result["verification"]
     assert v["status"] == "done", v
     assert [s["status"] for s in out.result["slashes"]] == ["confirmed"]
