@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     task_visibility_timeout_s: float = Field(default=900.0, ge=60)
 
     # Pipeline inference (docs/inference.md): served models, recorded stage inputs, worker call timeout.
-    models_dir: str = "models"
+    models_dir: str = "var/models"
     blob_dir: str = "var/blobs"
     blob_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     stage_timeout_s: float = Field(default=60.0, gt=0)

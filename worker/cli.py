@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from market.amounts import fmt_glb, parse_glb
 from market.errors import ConfigError
 
 app = typer.Typer(help="Serve layers of a model to the market and get paid for verified work.",
@@ -24,14 +24,9 @@ KeyFileOpt = Annotated[Path | None, typer.Option("--key-file", help="File holdin
 
 
 def _account(key: str | None, key_file: Path | None) -> LocalAccount:
-    if key_file is not None:
-        key = key_file.read_text().strip()
-    if not key:
-        raise ConfigError("give the worker's key with --key, --key-file or GLOBAI_WORKER_KEY")
-    try:
-        return Account.from_key(key)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"not a private key: {type(exc).__name__}") from None
+    from market.keys import load_account
+
+    return load_account(key, key_file, who="worker", env="GLOBAI_WORKER_KEY")
 
 
 def _parse_bytes(text: str | None) -> int | None:
@@ -105,6 +100,18 @@ def run(
 @app.command()
 def status(market: MarketOpt = "http://127.0.0.1:8000", key: KeyOpt = None, key_file: KeyFileOpt = None) -> None:
     """Stake, eligibility, reputation, tasks done and GLB earned, as the market sees this worker."""
+    me = _market_get(market, key, key_file, "/v1/workers/me/summary")
+    typer.echo(f"address      {me['address']}")
+    typer.echo(f"status       {me['status']}  eligible {me['eligible']}")
+    typer.echo(f"stake        {fmt_glb(me['stake'])}  (unbonding {fmt_glb(me['unbonding'])})")
+    rep = me.get("reputation_mean")
+    typer.echo(f"reputation   {rep:.3f}" if rep is not None else "reputation   -")
+    typer.echo(f"tasks done   {me['tasks_done']}  stage calls served {me['stage_calls']}")
+    typer.echo(f"GLB earned   {fmt_glb(me['earned'])}  (per job: `globai worker earnings`)")
+    typer.echo(f"connected    {', '.join(me['connected']) or 'no'}")
+
+
+def _market_get(market: str, key: str | None, key_file: Path | None, path: str) -> dict:  # type: ignore[type-arg]
     import httpx
 
     from market.protocol.auth_client import check, sign_in
@@ -112,33 +119,116 @@ def status(market: MarketOpt = "http://127.0.0.1:8000", key: KeyOpt = None, key_
     account = _account(key, key_file)
     with httpx.Client(base_url=market, timeout=30) as http:
         token = sign_in(http, account, ["worker"])
-        me = check(http.get("/v1/workers/me/summary", headers={"Authorization": f"Bearer {token}"})).json()
-    typer.echo(f"address      {me['address']}")
-    typer.echo(f"status       {me['status']}  eligible {me['eligible']}")
-    typer.echo(f"stake        {int(me['stake']) / 10**18:,.4f} GLB  (unbonding {int(me['unbonding']) / 10**18:,.4f})")
-    rep = me.get("reputation_mean")
-    typer.echo(f"reputation   {rep:.3f}" if rep is not None else "reputation   -")
-    typer.echo(f"tasks done   {me['tasks_done']}  stage calls served {me['stage_calls']}")
-    typer.echo(f"GLB earned   {int(me['earned']) / 10**18:,.4f}")
-    typer.echo(f"connected    {', '.join(me['connected']) or 'no'}")
+        return dict(check(http.get(path, headers={"Authorization": f"Bearer {token}"})).json())
+
+
+RpcOpt = Annotated[str | None, typer.Option(envvar="GLOBAI_RPC_URL", help="RPC URL (default: the dev stack's chain "
+                                                                            "or the running devnet).")]
+WeiOpt = Annotated[bool, typer.Option("--wei", help="The amount is in wei, not GLB.")]
 
 
 @app.command()
 def stake(
     key: KeyOpt = None,
     key_file: KeyFileOpt = None,
-    amount: Annotated[float, typer.Option(help="GLB to stake (default: the vault minimum).")] = 0.0,
-    rpc: Annotated[
-        str | None, typer.Option(envvar="GLOBAI_RPC_URL", help="RPC URL (default: the running devnet).")
-    ] = None,
+    amount: Annotated[str | None, typer.Option(help="GLB to stake (default: the vault minimum).")] = None,
+    wei: WeiOpt = False,
+    rpc: RpcOpt = None,
+    market: MarketOpt = "http://127.0.0.1:8000",
     from_devnet_faucet: Annotated[bool, typer.Option(help="On the devnet, top up GLB from the treasury first.")] = True,
 ) -> None:
     """Stake GLB in the StakingVault (devnet convenience: tops the balance up from the devnet treasury)."""
     from worker.runtime.staking import stake_glb
 
     account = _account(key, key_file)
-    staked, total = stake_glb(account, amount_glb=amount or None, rpc=rpc, faucet=from_devnet_faucet)
-    typer.echo(f"staked {staked / 10**18:,.4f} GLB; {account.address} now has {total / 10**18:,.4f} GLB staked")
+    value = None if amount is None else parse_glb(amount, what="--amount", wei=wei)
+    staked, total = stake_glb(account, amount=value, rpc=rpc, faucet=from_devnet_faucet, market=market)
+    typer.echo(f"staked {fmt_glb(staked)}; {account.address} now has {fmt_glb(total)} staked")
+
+
+@app.command()
+def unstake(
+    key: KeyOpt = None,
+    key_file: KeyFileOpt = None,
+    amount: Annotated[str | None, typer.Option(help="GLB to unstake (default: all of it).")] = None,
+    wei: WeiOpt = False,
+    withdraw: Annotated[bool, typer.Option("--withdraw", help="Withdraw stake whose unbonding period is over "
+                                                               "(instead of requesting a new unstake).")] = False,
+    rpc: RpcOpt = None,
+    market: MarketOpt = "http://127.0.0.1:8000",
+) -> None:
+    """Request unstaking (the stake unbonds for the vault's period, slashable meanwhile); `--withdraw` after."""
+    from datetime import UTC, datetime
+
+    from worker.runtime import staking
+
+    account = _account(key, key_file)
+    if withdraw:
+        got = staking.withdraw_stake(account, rpc=rpc)
+        typer.echo(f"withdrew {fmt_glb(got)} of unbonded stake to {account.address}")
+        return
+    value = None if amount is None else parse_glb(amount, what="--amount", wei=wei)
+    requested, release = staking.unstake(account, amount=value, rpc=rpc, market=market)
+    when = datetime.fromtimestamp(release, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    typer.echo(f"unstaking {fmt_glb(requested)}: it unbonds at {when}; then run "
+               f"`globai worker unstake --withdraw` to get it back")
+
+
+@app.command()
+def withdraw(
+    key: KeyOpt = None,
+    key_file: KeyFileOpt = None,
+    rpc: RpcOpt = None,
+    market: MarketOpt = "http://127.0.0.1:8000",
+) -> None:
+    """Withdraw every GLB the escrow credited to this worker (settled earnings) to its address."""
+    from worker.runtime.staking import withdraw_earnings
+
+    account = _account(key, key_file)
+    amount, tx = withdraw_earnings(account, rpc=rpc, market=market)
+    typer.echo(f"withdrew {fmt_glb(amount)} of earnings to {account.address} (tx {tx})")
+
+
+@app.command()
+def earnings(
+    key: KeyOpt = None,
+    key_file: KeyFileOpt = None,
+    rpc: RpcOpt = None,
+    market: MarketOpt = "http://127.0.0.1:8000",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """Per job: GLB the market says settlement credited, next to what the escrow's events say; then totals.
+    Exits 1 if the two disagree."""
+    import json
+
+    from worker.runtime.staking import escrow_history
+
+    account = _account(key, key_file)
+    rows = _market_get(market, key, key_file, "/v1/workers/me/earnings")["jobs"]
+    chain = escrow_history(account.address, rpc=rpc, market=market)
+    on_chain: dict[str, int] = chain["credited"]
+    out = []
+    for r in rows:
+        got = on_chain.get(r["chain_job_id"].lower(), 0)
+        out.append({**r, "on_chain": str(got), "agrees": got == int(r["amount"])})
+    unknown = {k: v for k, v in on_chain.items() if k not in {r["chain_job_id"].lower() for r in rows}}
+    total_chain = sum(on_chain.values())
+    agree = all(r["agrees"] for r in out) and not unknown
+    if as_json:
+        typer.echo(json.dumps({"address": account.address, "jobs": out, "credited_on_chain": str(total_chain),
+                               "withdrawn": str(chain["withdrawn"]), "withdrawable": str(chain["withdrawable"]),
+                               "agrees": agree}, indent=2))
+    else:
+        typer.echo(f"{'job':36s}  {'kind':9s}  {'market says':>16s}  {'chain says':>16s}")
+        for r in out:
+            typer.echo(f"{r['job_id']:36s}  {r['kind']:9s}  {fmt_glb(r['amount']):>16s}  "
+                       f"{fmt_glb(r['on_chain']):>16s}{'' if r['agrees'] else '  MISMATCH'}")
+        for k, v in unknown.items():
+            typer.echo(f"{k[:36]:36s}  {'?':9s}  {'-':>16s}  {fmt_glb(v):>16s}  (not in this market)")
+        typer.echo(f"credited {fmt_glb(total_chain)}, withdrawn {fmt_glb(chain['withdrawn'])}, "
+                   f"withdrawable now {fmt_glb(chain['withdrawable'])} (`globai worker withdraw`)")
+    if not agree:
+        raise ConfigError("the market's earnings and the escrow's events disagree (see the rows above)")
 
 
 # DiLoCo training tasks (claimed over the lease API): `globai worker train`, see worker/training_cli.py.

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import httpx
 import typer
-from eth_account import Account
 
 from market.errors import ConfigError
 
@@ -50,16 +49,10 @@ def train(
     register: Annotated[bool, typer.Option(help="Register (profile) with the market first.")] = True,
 ) -> None:
     """Claim training tasks, run H AdamW steps each, submit signed compressed pseudo-gradients. Ctrl-C stops."""
+    from market.keys import load_account
     from worker.training_client import TrainingClient  # torch: only when training
 
-    if key_file is not None:
-        key = key_file.read_text().strip()
-    if not key:
-        raise ConfigError("give the worker's key with --key, --key-file or GLOBAI_WORKER_KEY")
-    try:
-        account = Account.from_key(key)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"not a private key: {type(exc).__name__}") from None
+    account = load_account(key, key_file, who="worker", env="GLOBAI_WORKER_KEY")
     stop = threading.Event()
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:

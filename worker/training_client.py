@@ -95,7 +95,11 @@ class TrainingClient:
             "bandwidth_bytes_s": 1e8, "latency_ms": 1.0, "reference_layer": "matmul-256",
             "operator_id": self.operator_id, "models": [TRAINING_MODEL],
         }
-        self._call("POST", "/v1/workers", json=profile)
+        reg = self._call("POST", "/v1/workers", json=profile).json()
+        if not reg.get("eligible", True):
+            raise MarketError(403, f"worker {self.account.address} is not eligible for work (stake "
+                                   f"{int(reg.get('stake') or 0) / 10**18:g} GLB is below the vault minimum): "
+                                   "stake first with `globai worker stake`")
 
     # -- a task ----------------------------------------------------------------------------------------------------
     def claim(self) -> dict[str, Any] | None:
@@ -191,16 +195,25 @@ class TrainingClient:
         return None if lease is None else self.run_task(lease)
 
     def run(self, stop: threading.Event, *, idle_s: float = 1.0, max_tasks: int | None = None,
-            on_task: Callable[[TaskOutcome], None] | None = None) -> int:
+            on_task: Callable[[TaskOutcome], None] | None = None, max_refusals: int = 4) -> int:
         """Claim and run tasks until `stop` is set (or `max_tasks` done); returns how many were done."""
         done = 0
+        refusals = 0  # consecutive 401/403: a lost stake or a ban ends the loop (with the reason), not a retry
         while not stop.is_set() and (max_tasks is None or done < max_tasks):
             try:
                 outcome = self.run_once()
             except (MarketError, httpx.HTTPError) as exc:
+                if isinstance(exc, MarketError) and exc.status in (401, 403):
+                    refusals += 1
+                    if refusals > max_refusals:
+                        raise MarketError(exc.status, f"refused {refusals} times in a row, giving up: "
+                                                      f"{exc.detail}") from None
+                    stop.wait(min(idle_s * 2 ** (refusals - 1), 10.0))
+                    continue
                 log.warning("training task failed: %s", exc)
                 stop.wait(idle_s)
                 continue
+            refusals = 0
             if outcome is None:
                 stop.wait(idle_s)
                 continue

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from market.api.context import AppContext, auth_policy, system_clock
+from market.api.docs import install_docs
 from market.api.errors import install_error_handlers
 from market.api.middleware import BodySizeLimit, RateLimit
 from market.api.routes import audit, auth, health, inference, job_results, jobs, tasks, verification, workers
@@ -85,7 +86,10 @@ def create_app(
         version="1",
         description="Paid, verified LLM inference and training on idle machines: jobs, workers, task leases.",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets below (no CDN)
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.ctx = ctx
     install_error_handlers(app)
     for module in (health, auth, workers, jobs, tasks):

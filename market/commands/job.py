@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from market.amounts import fmt_glb, parse_glb
 from market.config import Settings
 from market.errors import ConfigError, GlobaiError
 from market.protocol.siwe import build_message, sign_message
@@ -31,6 +31,25 @@ class MarketRequestFailed(GlobaiError):
         super().__init__(f"market answered {status}: {detail}")
         self.status = status
         self.detail = detail
+
+
+def error_detail(response: httpx.Response) -> str:
+    """The market's error as one line: FastAPI's 422 list becomes `field: problem; field: problem`."""
+    try:
+        detail: Any = response.json().get("detail", response.text)
+    except (ValueError, AttributeError):
+        detail = response.text
+    if isinstance(detail, list):
+        parts = []
+        for err in detail[:6]:
+            if isinstance(err, dict):
+                loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+                parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+            else:
+                parts.append(str(err))
+        detail = "; ".join(parts) + (f"; and {len(detail) - 6} more" if len(detail) > 6 else "")
+    text = " ".join(str(detail).split())
+    return text if len(text) <= 400 else text[:399] + "…"
 
 
 class MarketClient:
@@ -54,19 +73,19 @@ class MarketClient:
         except httpx.HTTPError as exc:
             raise MarketRequestFailed(0, f"{self.http.base_url} unreachable ({exc.__class__.__name__})") from exc
         if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise MarketRequestFailed(response.status_code, str(detail)[:300])
+            raise MarketRequestFailed(response.status_code, error_detail(response))
         return response
 
     def sign_in(self) -> str:
         if self.token is not None:
             return self.token
-        nonce = self.http.post("/v1/auth/nonce", json={"address": self.account.address})
+        try:
+            nonce = self.http.post("/v1/auth/nonce", json={"address": self.account.address})
+        except httpx.HTTPError as exc:
+            raise MarketRequestFailed(0, f"{self.http.base_url} unreachable ({exc.__class__.__name__}): is the "
+                                         "market running? (`globai dev status`)") from exc
         if nonce.status_code != 200:
-            raise MarketRequestFailed(nonce.status_code, nonce.text[:300])
+            raise MarketRequestFailed(nonce.status_code, error_detail(nonce))
         n = nonce.json()
         now = datetime.now(UTC)
         message = build_message(
@@ -87,22 +106,16 @@ class MarketClient:
             },
         )
         if verified.status_code != 200:
-            raise MarketRequestFailed(verified.status_code, verified.text[:300])
+            raise MarketRequestFailed(verified.status_code, error_detail(verified))
         self.token = str(verified.json()["access_token"])
         return self.token
 
 
 def _account(settings: Settings, key_file: Path | None) -> LocalAccount:
-    if key_file is not None:
-        key = key_file.read_text().strip()
-    elif settings.private_key is not None:
-        key = settings.private_key.get_secret_value()
-    else:
-        raise ConfigError("no requester key: set GLOBAI_PRIVATE_KEY or pass --key-file")
-    try:
-        return Account.from_key(key)
-    except ValueError as exc:
-        raise ConfigError("the requester key is not a valid hex private key") from exc
+    from market.keys import load_account
+
+    key = settings.private_key.get_secret_value() if settings.private_key is not None else None
+    return load_account(key if key_file is None else None, key_file, who="requester", env="GLOBAI_PRIVATE_KEY")
 
 
 def _client(market: str | None, key_file: Path | None) -> tuple[Settings, MarketClient]:
@@ -114,32 +127,81 @@ def _echo(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
+def read_spec(spec_file: Path) -> dict[str, Any]:
+    """The job spec in `spec_file`, validated as the market will; one-line errors naming the file."""
+    from pydantic import ValidationError
+
+    from market.cli_errors import pydantic_errors
+    from market.services.job_specs import InferenceSpec, TrainingSpec
+
+    try:
+        spec = json.loads(spec_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{spec_file} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{spec_file} is not a text file") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{spec_file} must hold a JSON object (a job spec), not {type(spec).__name__}")
+    model = TrainingSpec if spec.get("kind") == "training" else InferenceSpec
+    try:
+        model.model_validate(spec)
+    except ValidationError as exc:
+        raise ConfigError(f"{spec_file}: {pydantic_errors(exc)}") from None
+    return spec
+
+
 @app.command()
 def post(
     spec_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON job spec (inference/training).")],
-    price: str = typer.Option(..., "--price", help="Price per unit in GLB wei."),
-    budget: str = typer.Option(None, "--budget", help="GLB wei to escrow (default: price x units)."),
+    price: str = typer.Option(..., "--price", help="Price per unit (one generated token) in GLB, e.g. 0.001."),
+    budget: str = typer.Option(None, "--budget", help="GLB to escrow (default: price x units)."),
+    wei: bool = typer.Option(False, "--wei", help="--price and --budget are in wei, not GLB."),
     hours: float = typer.Option(24.0, "--hours", help="Deadline, hours from now."),
-    replicas: int = typer.Option(1, "--replicas"),
+    replicas: int = typer.Option(1, "--replicas", min=1, max=16),
     market: str = MarketOpt,
     key_file: Path = KeyOpt,
 ) -> None:
-    """Create a job; prints the job and the escrow parameters to fund it with."""
+    """Create a job; prints the job and the escrow parameters to fund it with (nothing is paid yet)."""
     from market.services.job_specs import InferenceSpec, TrainingSpec
 
-    spec = json.loads(spec_file.read_text())
-    model = TrainingSpec if spec.get("kind") == "training" else InferenceSpec
-    units = model.model_validate(spec).units()
+    spec = read_spec(spec_file)
+    units = (TrainingSpec if spec.get("kind") == "training" else InferenceSpec).model_validate(spec).units()
+    price_wei = parse_glb(price, what="--price", wei=wei)
+    budget_wei = price_wei * units if budget is None else parse_glb(budget, what="--budget", wei=wei)
+    if not 0.0833 <= hours <= 365 * 24:
+        raise ConfigError(f"--hours: the deadline must be 5 minutes to 365 days away, got {hours:g} h")
     _, client = _client(market, key_file)
     deadline = datetime.now(UTC) + timedelta(hours=hours)
     body = {
         "spec": spec,
-        "price_per_unit": price,
-        "budget": budget or str(int(price) * units),
+        "price_per_unit": str(price_wei),
+        "budget": str(budget_wei),
         "deadline": deadline.isoformat(),
         "replicas": replicas,
     }
-    _echo(client.request("POST", "/v1/jobs", json=body))
+    created = client.request("POST", "/v1/jobs", json=body)
+    _echo(created)
+    typer.echo(f"job {created['job']['id']}: {units} units at {fmt_glb(price_wei)} each, escrow "
+               f"{fmt_glb(budget_wei)}; fund it with `globai job fund {created['job']['id']}`", err=True)
+
+
+def market_chain(client: MarketClient, rpc_url: str, chain_id: int) -> Any:
+    """A client for `rpc_url`, refused unless it is the market's chain (same id and genesis block)."""
+    from market.chain.client import ChainClient
+
+    chain = ChainClient(rpc_url, retries=1)
+    if chain.check() != chain_id:
+        raise ConfigError(f"RPC {rpc_url} is chain {chain.chain_id}, the market's escrow is on chain {chain_id}: "
+                          "set GLOBAI_RPC_URL to the market's chain (or use `globai dev up` and no overrides)")
+    try:
+        genesis = client.http.get("/v1/info").json().get("genesis_hash")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        genesis = None
+    ours = "0x" + bytes(chain.w3.eth.get_block(0)["hash"]).hex().removeprefix("0x")
+    if genesis and genesis != ours:
+        raise ConfigError(f"RPC {rpc_url} is another chain {chain_id} than the market's (genesis blocks differ): "
+                          "set GLOBAI_RPC_URL to the market's chain (or use `globai dev up` and no overrides)")
+    return chain
 
 
 @app.command()
@@ -149,16 +211,13 @@ def fund(
     key_file: Path = KeyOpt,
 ) -> None:
     """Fund a job on chain (permit + fundJobWithPermit in one transaction), then confirm it with the market."""
-    from market.chain.client import ChainClient
     from market.chain.permit import sign_glb_permit
 
     settings, client = _client(market, key_file)
     escrow = client.request("GET", f"/v1/jobs/{job_id}/escrow")
     if not escrow.get("escrow_address"):
         raise ConfigError("the market has no escrow configured")
-    chain = ChainClient(settings.rpc_url)
-    if chain.check() != escrow["chain_id"]:
-        raise ConfigError(f"GLOBAI_RPC_URL is chain {chain.chain_id}, the market's escrow is on {escrow['chain_id']}")
+    chain = market_chain(client, settings.rpc_url, escrow["chain_id"])
     contract = chain.contract("JobEscrow", escrow["escrow_address"])
     token = str(chain.call(contract.functions.token()))
     amount = int(escrow["amount"])
@@ -178,7 +237,8 @@ def fund(
         ),
         client.account,
     )
-    typer.echo(f"funded in tx {receipt['transactionHash'].hex()} (block {receipt['blockNumber']})", err=True)
+    typer.echo(f"funded {fmt_glb(amount)} in tx {receipt['transactionHash'].hex()} (block {receipt['blockNumber']})",
+               err=True)
     _echo(client.request("POST", f"/v1/jobs/{job_id}/confirm-funding"))
 
 
@@ -208,11 +268,11 @@ def result(
     if data.get("verification"):
         typer.echo(f"verification: {data['verification']['status']} {data['verification']['detail']}".rstrip())
     for s in data.get("slashes") or []:
-        typer.echo(f"slashed: {s['worker']} {s['amount']} wei ({s['status']})")
+        typer.echo(f"slashed: {s['worker']} {fmt_glb(s['amount'])} ({s['status']})")
     if data.get("settlement"):
         st = data["settlement"]
-        typer.echo(f"settled: paid {st['paid']} fee {st['fee']} refunded {st['refunded']} (wei), "
-                   f"root {st['report_root']}")
+        typer.echo(f"settled: paid {fmt_glb(st['paid'])}, fee {fmt_glb(st['fee'])}, refunded "
+                   f"{fmt_glb(st['refunded'])}; report root {st['report_root']}")
 
 
 @app.command("list")
@@ -235,10 +295,68 @@ def list_jobs(
 
 
 @app.command()
-def cancel(job_id: str = typer.Argument(...), market: str = MarketOpt, key_file: Path = KeyOpt) -> None:
-    """Cancel a job; a funded job is refunded by the settlement process."""
+def cancel(
+    job_id: str = typer.Argument(...),
+    wait: float = typer.Option(60.0, "--wait", help="Seconds to wait for a funded job's refund on chain (0: don't)."),
+    market: str = MarketOpt,
+    key_file: Path = KeyOpt,
+) -> None:
+    """Cancel a job. A funded job's escrow goes back to you within seconds (the settlement task pays verified
+    work done so far, if any, and refunds the rest on chain); this waits for that and prints it."""
+    import time
+
     _, client = _client(market, key_file)
-    _echo(client.request("POST", f"/v1/jobs/{job_id}/cancel"))
+    job = client.request("POST", f"/v1/jobs/{job_id}/cancel")
+    if job.get("funded_amount") is None:
+        typer.echo(f"job {job_id} cancelled (it was never funded: no money moved)")
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        job = client.request("GET", f"/v1/jobs/{job_id}")
+        if job["status"] in ("settled", "refunded"):
+            data = client.request("GET", f"/v1/jobs/{job_id}/result") if job["kind"] == "inference" else {}
+            st = data.get("settlement") or {}
+            refunded = f" {fmt_glb(st['refunded'])}" if st.get("refunded") is not None else ""
+            tx = f" (tx {st['tx']})" if st.get("tx") else ""
+            typer.echo(f"job {job_id} cancelled; refunded{refunded} to {job['requester']}{tx}")
+            return
+        time.sleep(1.0)
+    typer.echo(f"job {job_id} cancelled; the refund of its {fmt_glb(job['funded_amount'])} is sent by the market's "
+               "settlement task (Celery beat, every few seconds): check with `globai job get " + job_id + "`; "
+               f"after the deadline {job['deadline']} `globai job refund {job_id}` takes it back yourself")
+
+
+@app.command()
+def refund(
+    job_id: str = typer.Argument(...),
+    market: str = MarketOpt,
+    key_file: Path = KeyOpt,
+) -> None:
+    """Take an unsettled job's escrow back yourself, on chain, once its deadline has passed (`JobEscrow.refund`)."""
+    from market.chain.client import ContractReverted
+
+    settings, client = _client(market, key_file)
+    escrow = client.request("GET", f"/v1/jobs/{job_id}/escrow")
+    if not escrow.get("escrow_address"):
+        raise ConfigError("the market has no escrow configured")
+    chain = market_chain(client, settings.rpc_url, escrow["chain_id"])
+    contract = chain.contract("JobEscrow", escrow["escrow_address"])
+    job_key = bytes.fromhex(escrow["job_id"][2:])
+    now = int(chain.w3.eth.get_block("latest")["timestamp"])
+    if now <= int(escrow["deadline"]):
+        raise ConfigError(f"job {job_id}'s deadline is in {(int(escrow['deadline']) - now) / 3600:.1f} h; before it, "
+                          f"`globai job cancel {job_id}` refunds through the market")
+    try:
+        receipt = chain.transact(contract.functions.refund(job_key), client.account)
+    except ContractReverted as exc:
+        if exc.error == "JobEscrowNotFunded":
+            raise ConfigError(f"job {job_id} is not refundable: it was never funded, or it is already settled or "
+                              "refunded") from None
+        raise
+    events = chain.events(receipt, contract)
+    amount = sum(int(e.args["amount"]) for e in events if e.name == "JobRefunded")
+    typer.echo(f"refunded {fmt_glb(amount)} to {client.account.address} "
+               f"(tx 0x{bytes(receipt['transactionHash']).hex().removeprefix('0x')})")
 
 
 # `globai job train post|watch|download`: DiLoCo training jobs (market/commands/job_train.py).

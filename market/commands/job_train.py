@@ -57,7 +57,8 @@ def build_spec(data: Path, spec_file: Path | None, overrides: dict[str, Any]) ->
 @app.command()
 def post(
     data: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Training text (.txt) or JSONL.")],
-    price: Annotated[str, typer.Option("--price", help="GLB wei per inner step of one task.")],
+    price: Annotated[str, typer.Option("--price", help="GLB per inner step of one task, e.g. 0.0001.")],
+    wei: Annotated[bool, typer.Option("--wei", help="--price is in wei, not GLB.")] = False,
     spec_file: Annotated[Path | None, typer.Option("--spec", exists=True, dir_okay=False,
                                                    help="JSON TrainingJobSpec fields.")] = None,
     rounds: int = typer.Option(None, "--rounds", help="R (default 10)."),
@@ -76,6 +77,9 @@ def post(
     """Upload the dataset and post a training job; prints the job (and funds it with --fund)."""
     overrides = {"rounds": rounds, "workers_per_round": workers, "inner_steps": inner_steps,
                  "min_updates": min_updates, "round_timeout_s": round_timeout, "compression": compression, "seed": seed}
+    from market.amounts import fmt_glb, parse_glb
+
+    price_wei = parse_glb(price, what="--price", wei=wei)
     spec = build_spec(data, spec_file, overrides)
     _, client = _client(market, key_file)
     ds = client.raw("POST", "/v1/training/datasets", content=data.read_bytes(),
@@ -83,13 +87,13 @@ def post(
     units = spec["rounds"] * spec["workers_per_round"] * spec["inner_steps"]
     from market.training.jobs import replay_budget
 
-    budget = replay_budget(int(price), units, verify_rate)
-    body = {"spec": spec, "dataset_sha256": ds["sha256"], "budget": str(budget), "price_per_unit": price,
+    budget = replay_budget(price_wei, units, verify_rate)
+    body = {"spec": spec, "dataset_sha256": ds["sha256"], "budget": str(budget), "price_per_unit": str(price_wei),
             "verify_rate": verify_rate, "deadline": (datetime.now(UTC) + timedelta(hours=hours)).isoformat()}
     created = client.request("POST", "/v1/training/jobs", json=body)
     job_id = created["job"]["id"]
     typer.echo(f"job {job_id}: {spec['rounds']} rounds x {spec['workers_per_round']} tasks x "
-               f"{spec['inner_steps']} steps on {ds['bytes']} bytes, budget {budget} wei", err=True)
+               f"{spec['inner_steps']} steps on {ds['bytes']} bytes, budget {fmt_glb(budget)}", err=True)
     if fund_it:
         from market.commands.job import fund
 

@@ -22,6 +22,14 @@ def _settings_with_devnet_addresses(settings: Settings) -> Settings:
         return settings
     if settings.profile != "dev":
         return settings
+    if "GLOBAI_RPC_URL" not in os.environ:  # `globai devnet up --port P`: the running devnet, not :8545
+        from market.chain import devnet
+
+        paths = devnet.DevnetPaths()
+        if devnet.running_pid(paths) is not None:
+            settings = settings.model_copy(
+                update={"rpc_url": devnet.rpc_url(int(paths.pid_file.read_text().split()[1]))})
+            os.environ["GLOBAI_RPC_URL"] = settings.rpc_url  # server processes read it again
     try:
         from market.chain import devnet
 
@@ -58,11 +66,16 @@ def serve(
         value = getattr(settings, key)
         if value:
             os.environ[f"GLOBAI_{key.upper()}"] = value
+    bind_host, bind_port = host or settings.host, port or settings.port
+    scheme = "https" if settings.ssl_certfile else "http"
+    typer.echo(f"market starting at {scheme}://{bind_host}:{bind_port} (OpenAPI at /docs); database "
+               f"{settings.database_url}; chain {settings.rpc_url}", err=True)
     uvicorn.run(
         "market.api.asgi:app_factory",
         factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
+        host=bind_host,
+        port=bind_port,
+        timeout_graceful_shutdown=1,  # SIGTERM: open WebSockets and streams get 1 s, then the process exits
         workers=workers or settings.workers,
         ssl_certfile=settings.ssl_certfile,
         ssl_keyfile=settings.ssl_keyfile,
@@ -155,8 +168,12 @@ def celery_worker(ctx: typer.Context) -> None:
 
 @app.command("celery-beat", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def celery_beat(ctx: typer.Context) -> None:
-    """Run Celery beat: lease requeue and chain sync on their intervals."""
-    _celery().start(["beat", "--loglevel=INFO", *ctx.args])  # type: ignore[attr-defined]
+    """Run Celery beat: lease requeue and chain sync on their intervals (schedule file under var/)."""
+    args = list(ctx.args)
+    if not any(a in ("-s", "--schedule") or a.startswith("--schedule=") for a in args):
+        os.makedirs("var", exist_ok=True)
+        args += ["--schedule", "var/celerybeat-schedule"]
+    _celery().start(["beat", "--loglevel=INFO", *args])  # type: ignore[attr-defined]
 
 
 @app.command()

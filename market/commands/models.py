@@ -22,7 +22,8 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a model already
 
 @app.command("build-tiny")
 def build_tiny(
-    out: OutOpt = Path("models/tiny-llama"),
+    out: Annotated[Path | None, typer.Option("--out", help="Directory for the model (default: <models dir>/<its "
+                                                          "name>, the folder the market serves from).")] = None,
     hidden: Annotated[int, typer.Option(help="Hidden size (a multiple of 64, or below 64).")] = 256,
     layers: Annotated[int, typer.Option(help="Number of decoder layers.")] = 8,
     seed: Annotated[int, typer.Option(help="torch.manual_seed for the weights.")] = 0,
@@ -31,8 +32,13 @@ def build_tiny(
     force: ForceOpt = False,
 ) -> None:
     """Make a deterministic tiny Llama model (local BPE tokenizer, seeded weights) and shard it."""
+    import os
+
     from market.models.tiny import build_tiny_llama
 
+    if out is None:  # GLOBAI_MODELS_DIR: set by `globai dev up` (or by you); the market serves every model in it
+        out = Path(os.environ.get("GLOBAI_MODELS_DIR") or "var/models") / f"tiny-llama-h{hidden}-l{layers}-s{seed}"
+    typer.echo(f"building {out} ...", err=True)
     manifest = build_tiny_llama(
         out, hidden=hidden, layers=layers, seed=seed, vocab_size=vocab, dtype=dtype, overwrite=force
     )

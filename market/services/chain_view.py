@@ -84,6 +84,12 @@ class Web3ChainView:
     def latest_block(self) -> int:
         return int(self.client.block_number())
 
+    def genesis_hash(self) -> str:
+        """Hash of block 0: tells two chains with the same id (two devnets) apart."""
+        if getattr(self, "_genesis", None) is None:
+            self._genesis = "0x" + bytes(self.client.w3.eth.get_block(0)["hash"]).hex().removeprefix("0x")
+        return str(self._genesis)
+
     def min_stake(self) -> int:
         return int(self.client.call(self.vault.functions.minStake()))
 

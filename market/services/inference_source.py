@@ -105,7 +105,11 @@ class InferenceWorkSource:
     # --- helpers -------------------------------------------------------------------------------------------
     def _manifest(self, model: str) -> Manifest:
         if model not in self._manifests:
-            self._manifests[model] = load_manifest(self.models_dir / model)
+            # By manifest name, as the market's catalog serves it (the folder may be named differently).
+            from market.coordinator.catalog import ModelCatalog
+
+            served = ModelCatalog(self.models_dir).get(model)
+            self._manifests[model] = served.manifest if served is not None else load_manifest(self.models_dir / model)
         return self._manifests[model]
 
     @staticmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,7 +47,10 @@ def create_job(
     replicas: int,
     created_block: int,
     now: datetime,
+    served_models: Callable[[], list[str]] | None = None,
 ) -> Job:
+    """A new job. With `served_models`, an inference job for a model not in it is refused (before any funding:
+    no worker could ever run it)."""
     if deadline < now + MIN_DEADLINE or deadline > now + MAX_DEADLINE:
         raise InvalidRequest("deadline must be between 5 minutes and 365 days from now")
     units = spec.units()
@@ -56,6 +60,11 @@ def create_job(
         raise InvalidRequest(f"budget {budget} is below price_per_unit x units = {price_per_unit * units}")
     if budget >= 2**256:
         raise InvalidRequest("budget does not fit in uint256")
+    if served_models is not None and isinstance(spec, InferenceSpec):
+        served = served_models()
+        if spec.model not in served:
+            raise InvalidRequest(f"model {spec.model!r} is not served by this market "
+                                 f"(served: {', '.join(sorted(served)) or 'none'})")
     job_uuid = new_id()
     body = spec_dict(spec)
     job = Job(

@@ -111,7 +111,7 @@ def test_newcomer_flow(
         )
     )
     runner = CliRunner()
-    posted = runner.invoke(cli, ["job", "post", str(spec), "--price", "1000"])
+    posted = runner.invoke(cli, ["job", "post", str(spec), "--price", "1000", "--wei"])
     assert posted.exit_code == 0, posted.output
     job_id = json.loads(posted.stdout)["job"]["id"]
     funded = runner.invoke(cli, ["job", "fund", job_id])
@@ -121,8 +121,9 @@ def test_newcomer_flow(
     assert [j["id"] for j in listed["items"]] == [job_id]
     got = json.loads(runner.invoke(cli, ["job", "get", job_id]).stdout)
     assert got["funded_amount"] == "6000"
-    cancelled = json.loads(runner.invoke(cli, ["job", "cancel", job_id]).stdout)
-    assert cancelled["status"] == "cancelled"
+    cancelled = runner.invoke(cli, ["job", "cancel", job_id, "--wait", "0"])
+    assert cancelled.exit_code == 0 and "refund" in cancelled.stdout, cancelled.output
+    assert json.loads(runner.invoke(cli, ["job", "get", job_id]).stdout)["status"] == "cancelled"
     with httpx.Client(base_url=url) as http:
         workers = http.get("/v1/workers", headers=headers).json()
         assert [w["address"] for w in workers["items"]] == [worker.address]

@@ -83,6 +83,12 @@ def test_budget_and_deadline_validation(market: Market) -> None:
         "/v1/jobs", headers=headers, json={"spec": spec, "budget": "-1", "price_per_unit": "1", "deadline": soon}
     )
     assert bad.status_code == 422
+    # A model the market does not serve: refused at post time, before any money could move.
+    unknown = market.client.post(
+        "/v1/jobs", headers=headers, json={"spec": {**spec, "model": "gpt-4"}, "budget": "10", "price_per_unit": "1",
+                                           "deadline": soon}
+    )
+    assert unknown.status_code == 400 and "not served" in unknown.json()["detail"]
 
 
 def test_funding_requires_matching_event(market: Market) -> None:

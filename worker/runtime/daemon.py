@@ -21,7 +21,7 @@ from eth_account.signers.local import LocalAccount
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from market.errors import GlobaiError
+from market.errors import ConfigError, GlobaiError
 from market.protocol.auth_client import MarketError, check, sign_in
 from market.protocol.pipeline import WS_PATH
 from market.protocol.tensors import decode_message
@@ -43,6 +43,14 @@ class NotEligibleError(GlobaiError):
         )
 
 
+class NotAllowedError(GlobaiError):
+    def __init__(self, address: str, status: int, tries: int) -> None:
+        super().__init__(
+            f"the market refused worker {address} {tries} times in a row ({status}: stake below the minimum, "
+            "slashed or banned); check `globai worker status`, stake with `globai worker stake`, then start again"
+        )
+
+
 @dataclass
 class WorkerConfig:
     market_url: str
@@ -61,6 +69,7 @@ class WorkerConfig:
     reconnect_max_s: float = 5.0
     http_timeout_s: float = 30.0
     rpc_url: str | None = None  # when set, the worker also reads its own stake from the chain
+    max_auth_refusals: int = 5  # consecutive 401/403 (with backoff) before the daemon exits with the reason
 
 
 @dataclass
@@ -93,7 +102,10 @@ class WorkerDaemon:
         manifest = fetch_manifest(self.http, model)
         budget = cfg.max_memory or hw.memory_bytes
         if cfg.layers:
-            start, end = parse_layers(cfg.layers, manifest.num_layers)
+            try:
+                start, end = parse_layers(cfg.layers, manifest.num_layers)
+            except ValueError as exc:
+                raise ConfigError(f"{exc} ({manifest.name} has {manifest.num_layers} layers)") from None
         else:
             coverage = check(self.http.get(f"/v1/models/{model}/coverage", headers=self._auth())).json()
             start, end = choose_layer_range(manifest, budget, coverage["layers"])
@@ -156,12 +168,18 @@ class WorkerDaemon:
         """Stay connected until `stop` is set; reconnect with backoff on any drop."""
         assert self.server is not None, "prepare() first"
         delay = self.config.reconnect_min_s
+        refusals = 0  # consecutive 401/403 answers: a lost stake or a ban ends the daemon, not a retry loop
         while not stop.is_set():
             try:
                 await self._connection(stop)
                 delay = self.config.reconnect_min_s
+                refusals = 0
             except InvalidStatus as exc:
                 if exc.response.status_code in (401, 403):
+                    refusals += 1
+                    if refusals > self.config.max_auth_refusals:
+                        raise NotAllowedError(self.config.account.address, exc.response.status_code,
+                                              refusals) from None
                     log.info("token refused (%s): signing in again", exc.response.status_code)
                     await asyncio.to_thread(self._refresh_token)
                 else:

@@ -22,6 +22,7 @@ class Info(BaseModel):
     staking_address: str | None
     lease_ttl_s: int
     max_body_bytes: int
+    genesis_hash: str | None = None  # block 0 of the market's chain: clients refuse to mix chains
 
 
 @router.get("/healthz", response_model=Health)
@@ -32,6 +33,11 @@ def healthz() -> Health:
 @router.get("/v1/info", response_model=Info)
 def info(ctx: CtxDep) -> Info:
     s = ctx.settings
+    genesis = getattr(ctx.chain, "genesis_hash", None)
+    try:
+        genesis_hash = genesis() if callable(genesis) else None
+    except Exception:  # the chain is down: the rest of the answer still helps
+        genesis_hash = None
     return Info(
         chain_id=s.chain_id,
         auth_domain=s.auth_domain,
@@ -40,4 +46,5 @@ def info(ctx: CtxDep) -> Info:
         staking_address=ctx.chain.staking_address if ctx.chain else (s.staking_vault_address or None),
         lease_ttl_s=s.lease_ttl_s,
         max_body_bytes=s.max_body_bytes,
+        genesis_hash=genesis_hash,
     )
