@@ -50,7 +50,7 @@ class LazyGroup(typer.core.TyperGroup):
         if entry is None:
             return None
         if self._listing:
-            return click.Command(cmd_name, help=entry[2] if len(entry) > 2 else "")
+            return typer.core.TyperCommand(name=cmd_name, help=entry[2] if len(entry) > 2 else "")
         try:
             module = importlib.import_module(entry[1])
         except ModuleNotFoundError as exc:
@@ -117,8 +117,16 @@ def announce_endpoints(args: list[str]) -> None:
 
     state = apply_env()
     source = f"dev stack {state_path()}" if state is not None else "GLOBAI_* / defaults"
-    market = os.environ.get("GLOBAI_MARKET_URL", "http://127.0.0.1:8000")
-    rpc = os.environ.get("GLOBAI_RPC_URL", "http://127.0.0.1:8545")
+    def given(option: str, env: str, default: str) -> str:
+        for i, a in enumerate(args):
+            if a == option and i + 1 < len(args):
+                return args[i + 1]
+            if a.startswith(option + "="):
+                return a.split("=", 1)[1]
+        return os.environ.get(env, default)
+
+    market = given("--market", "GLOBAI_MARKET_URL", "http://127.0.0.1:8000")
+    rpc = given("--rpc", "GLOBAI_RPC_URL", "http://127.0.0.1:8545")
     typer.echo(f"using market {market}, chain {rpc} ({source})", err=True)
 
 
