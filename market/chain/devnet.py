@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from market.chain.client import ChainClient
@@ -24,9 +24,14 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 8545
 
 
+def _default_root() -> Path:
+    """GLOBAI_DEVNET_DIR: a devnet of its own (tests, a second checkout) instead of the repository's."""
+    return Path(os.environ.get("GLOBAI_DEVNET_DIR") or DEVNET_DIR)
+
+
 @dataclass(frozen=True)
 class DevnetPaths:
-    root: Path = DEVNET_DIR
+    root: Path = field(default_factory=_default_root)
 
     @property
     def state_dir(self) -> Path:
