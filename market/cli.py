@@ -104,18 +104,20 @@ def describe_error(exc: BaseException) -> str:
     return describe(exc)
 
 
-# Sub-commands that talk to no market or chain (nothing to announce).
+# Sub-commands that talk to no market or chain (nothing to announce; `models` still builds into the stack's folder).
 OFFLINE = {"dev", "version", "models", "contracts", "verifier"}
 
 
 def announce_endpoints(args: list[str]) -> None:
     """Fill endpoints from the dev stack's state file (where GLOBAI_* names none) and say which are used."""
     words = [a for a in args if not a.startswith("-")]
-    if not words or words[0] in OFFLINE or "--help" in args:
+    if not words or words[0] == "dev" or "--help" in args:
         return
     from market.devstack import apply_env, state_path
 
     state = apply_env()
+    if words[0] in OFFLINE:
+        return
     source = f"dev stack {state_path()}" if state is not None else "GLOBAI_* / defaults"
     def given(option: str, env: str, default: str) -> str:
         for i, a in enumerate(args):

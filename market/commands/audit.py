@@ -18,7 +18,7 @@ from market.errors import ConfigError
 app = typer.Typer(help="Audit settlements and balances from the chain and the published reports.",
                   no_args_is_help=True)
 
-RpcOpt = Annotated[str, typer.Option("--rpc", help="EVM RPC URL.")]
+RpcOpt = Annotated[str, typer.Option("--rpc", envvar="GLOBAI_RPC_URL", help="EVM RPC URL (default: the dev stack's).")]
 DeploymentOpt = Annotated[
     Path | None,
     typer.Option("--deployment", help="Deployment record (default: hardhat-free-devnet/deployments/<chainId>.json)."),
@@ -64,7 +64,8 @@ def _load_report(source: str) -> Any:
 def job(
     job_id: Annotated[str, typer.Argument(help="The market's job id (UUID).")],
     rpc: RpcOpt,
-    report: Annotated[str, typer.Option("--report", help="Report JSON: a file or an http(s) URL.")],
+    report: Annotated[str | None, typer.Option("--report", help="Report JSON: a file or an http(s) URL (default: "
+                                                                 "the market's /v1/audit/jobs/JOB/report).")] = None,
     deployment: DeploymentOpt = None,
     escrow: Annotated[str | None, typer.Option("--escrow", help="JobEscrow address (overrides the record).")] = None,
     from_block: Annotated[int | None, typer.Option(help="First block to read events from.")] = None,
@@ -80,6 +81,11 @@ def job(
         escrow, start = record.escrow, record.first_block
     else:
         start = 0
+    if report is None:
+        import os
+
+        market = os.environ.get("GLOBAI_MARKET_URL", "http://127.0.0.1:8000").rstrip("/")
+        report = f"{market}/v1/audit/jobs/{job_id}/report"
     data = _load_report(report)
     if not isinstance(data, dict) or not isinstance(data.get("job"), dict) or data["job"].get("id") != job_id:
         _fail(f"report is not about job {job_id}")
