@@ -201,13 +201,9 @@ def up(
     var.mkdir(parents=True, exist_ok=True)
     logs = var / "logs"
     say("[1/5] devnet (Anvil + contracts)...")
-    port = chain_port or devnet.DEFAULT_PORT
-    if devnet.running_pid(devnet.DevnetPaths()) is None and port_open(port):
-        if chain_port is not None:
-            raise ConfigError(f"port {port} is in use by another process; choose another with --chain-port")
-        port = free_port()
-        say(f"      port {devnet.DEFAULT_PORT} is taken by another process: the devnet uses {port}")
-    rpc, record, devnet_started, deployed = devnet.up(port)
+    if chain_port is not None and devnet.running_pid(devnet.DevnetPaths()) is None and port_open(chain_port):
+        raise ConfigError(f"port {chain_port} is in use by another process; choose another with --chain-port")
+    rpc, record, devnet_started, deployed = devnet.up(chain_port)  # None: 8545, or a free port when it is taken
     from market.chain.client import ChainClient
 
     client = ChainClient(rpc)

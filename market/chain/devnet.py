@@ -146,14 +146,20 @@ def ensure_deployed(client: ChainClient, paths: DevnetPaths) -> tuple[Deployment
     return deployment, True
 
 
-def up(port: int = DEFAULT_PORT, paths: DevnetPaths | None = None) -> tuple[str, Deployment, bool, bool]:
-    """Start (or reuse) the devnet and make sure it is deployed: (rpc url, record, started, deployed)."""
+def up(port: int | None = DEFAULT_PORT, paths: DevnetPaths | None = None) -> tuple[str, Deployment, bool, bool]:
+    """Start (or reuse) the devnet and make sure it is deployed: (rpc url, record, started, deployed).
+
+    `port=None`: the default port, or a free one when another process holds it."""
     paths = paths or DevnetPaths()
     started = False
     pid = running_pid(paths)
     if pid is not None:
         port = int(paths.pid_file.read_text().split()[1])
     else:
+        if port is None:
+            from market.devservices import free_port
+
+            port = free_port() if port_open(DEFAULT_PORT) else DEFAULT_PORT
         start_anvil(port, paths)
         started = True
     client = ChainClient(rpc_url(port))

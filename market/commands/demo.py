@@ -19,7 +19,8 @@ app = typer.Typer(help="End-to-end demos on embedded defaults (devnet Anvil, SQL
 
 
 @app.command()
-def chain(port: int = typer.Option(devnet.DEFAULT_PORT, "--port", help="Devnet port if it is not running.")) -> None:
+def chain(port: int = typer.Option(None, "--port", help="Devnet port if it is not running (default 8545, or a free "
+                                                          "one when 8545 is taken).")) -> None:
     """The money path: fund → settle → withdraw, refund, slash, and a reconciliation from events."""
     from market.demo.chain_walkthrough import Walkthrough
 
@@ -32,7 +33,8 @@ def chain(port: int = typer.Option(devnet.DEFAULT_PORT, "--port", help="Devnet p
 
 @app.command()
 def run(
-    port: int = typer.Option(devnet.DEFAULT_PORT, "--port", help="Devnet port if it is not running."),
+    port: int = typer.Option(None, "--port", help="Devnet port if it is not running (default 8545, or a free one "
+                                                  "when 8545 is taken)."),
     var: Annotated[Path, typer.Option("--var", help="Where the demo's DB, blobs, model and logs go.")] = DEMO_VAR,
     tokens: int = typer.Option(64, "--tokens", "-n", help="At most this many tokens per answer."),
     model: str = typer.Option(
@@ -54,6 +56,7 @@ def run(
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIG_IGN)
     started = time.monotonic()
+    typer.echo("[1/3] devnet (Anvil + contracts)...")
     url, deployment, started_chain, deployed = devnet.up(port)
     typer.echo(
         f"devnet {url} (chain {deployment.chain_id}, {'started' if started_chain else 'reused'}"

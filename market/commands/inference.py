@@ -18,13 +18,9 @@ KeyFileOpt = Annotated[Path | None, typer.Option("--key-file", help="File holdin
 
 
 def _account(key: str | None, key_file: Path | None):  # type: ignore[no-untyped-def]
-    from eth_account import Account
+    from market.keys import load_account
 
-    if key_file is not None:
-        key = key_file.read_text().strip()
-    if not key:
-        raise ConfigError("give the requester's key with --key, --key-file or GLOBAI_PRIVATE_KEY")
-    return Account.from_key(key)
+    return load_account(key, key_file, who="requester", env="GLOBAI_PRIVATE_KEY")
 
 
 @app.command()

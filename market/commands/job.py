@@ -305,7 +305,7 @@ def cancel(
     work done so far, if any, and refunds the rest on chain); this waits for that and prints it."""
     import time
 
-    _, client = _client(market, key_file)
+    settings, client = _client(market, key_file)
     job = client.request("POST", f"/v1/jobs/{job_id}/cancel")
     if job.get("funded_amount") is None:
         typer.echo(f"job {job_id} cancelled (it was never funded: no money moved)")
@@ -317,13 +317,37 @@ def cancel(
             data = client.request("GET", f"/v1/jobs/{job_id}/result") if job["kind"] == "inference" else {}
             st = data.get("settlement") or {}
             refunded = f" {fmt_glb(st['refunded'])}" if st.get("refunded") is not None else ""
-            tx = f" (tx {st['tx']})" if st.get("tx") else ""
-            typer.echo(f"job {job_id} cancelled; refunded{refunded} to {job['requester']}{tx}")
+            typer.echo(f"job {job_id} cancelled; the escrow refunded{refunded} to {job['requester']}")
+            _withdraw_credits(client, settings)
             return
         time.sleep(1.0)
     typer.echo(f"job {job_id} cancelled; the refund of its {fmt_glb(job['funded_amount'])} is sent by the market's "
                "settlement task (Celery beat, every few seconds): check with `globai job get " + job_id + "`; "
                f"after the deadline {job['deadline']} `globai job refund {job_id}` takes it back yourself")
+
+
+def _withdraw_credits(client: MarketClient, settings: Settings) -> int:
+    """Withdraw what the escrow credited to the requester (refunds are pull payments); returns wei received."""
+    info = client.http.get("/v1/info").json()
+    if not info.get("escrow_address"):
+        return 0
+    chain = market_chain(client, settings.rpc_url, int(info["chain_id"]))
+    escrow = chain.contract("JobEscrow", info["escrow_address"])
+    owed = int(chain.call(escrow.functions.balanceOf(client.account.address)))
+    if owed == 0:
+        typer.echo("nothing credited to withdraw")
+        return 0
+    receipt = chain.transact(escrow.functions.withdraw(), client.account)
+    typer.echo(f"withdrew {fmt_glb(owed)} from the escrow to {client.account.address} "
+               f"(tx 0x{bytes(receipt['transactionHash']).hex().removeprefix('0x')})")
+    return owed
+
+
+@app.command()
+def withdraw(market: str = MarketOpt, key_file: Path = KeyOpt) -> None:
+    """Withdraw what settlements credited back to you (the unspent part of settled or cancelled jobs)."""
+    settings, client = _client(market, key_file)
+    _withdraw_credits(client, settings)
 
 
 @app.command()
