@@ -56,7 +56,7 @@ def run(
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIG_IGN)
     started = time.monotonic()
-    typer.echo("[1/3] devnet (Anvil + contracts)...")
+    typer.echo("• devnet (Anvil + contracts)...")
     url, deployment, started_chain, deployed = devnet.up(port)
     typer.echo(
         f"devnet {url} (chain {deployment.chain_id}, {'started' if started_chain else 'reused'}"

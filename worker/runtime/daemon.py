@@ -207,7 +207,7 @@ class WorkerDaemon:
         server = self.server
         async with connect(
             self.ws_url(), additional_headers=self._auth(), max_size=server.limits.max_message_bytes,
-            open_timeout=10, ping_interval=10, ping_timeout=30, compression=None,
+            open_timeout=10, ping_interval=10, ping_timeout=30, compression=None, close_timeout=1,
         ) as ws:
             await ws.send(server.hello())
             welcome = decode_message(await ws.recv(decode=False), max_bytes=0)
