@@ -104,8 +104,9 @@ def describe_error(exc: BaseException) -> str:
     return describe(exc)
 
 
-# Sub-commands that talk to no market or chain (nothing to announce; `models` still builds into the stack's folder).
-OFFLINE = {"dev", "version", "models", "contracts", "verifier"}
+# Sub-commands that start daemons or move money: they say which market and chain they use before anything else.
+# (`devnet` and `audit` print the RPC they read in their own output; the rest talk to neither.)
+ANNOUNCE = {"market", "worker", "job", "inference", "demo"}
 
 
 def announce_endpoints(args: list[str]) -> None:
@@ -116,7 +117,7 @@ def announce_endpoints(args: list[str]) -> None:
     from market.devstack import apply_env, state_path
 
     state = apply_env()
-    if words[0] in OFFLINE:
+    if words[0] not in ANNOUNCE:
         return
     source = f"dev stack {state_path()}" if state is not None else "GLOBAI_* / defaults"
     def given(option: str, env: str, default: str) -> str:
@@ -139,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("GLOBAI_DEBUG") == "1"
     try:
         announce_endpoints(args)
-        app(args=args, prog_name="globai", standalone_mode=False)
+        code = app(args=args, prog_name="globai", standalone_mode=False)
+        if isinstance(code, int) and code:  # `raise typer.Exit(n)` comes back as a return value here
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -80,6 +80,7 @@ def test_readme_path_through_the_cli(tmp_path: Path) -> None:
         assert "[5/5]" in up.stderr  # set-up shows its progress
         state = json.loads((tmp_path / "var" / "state.json").read_text())
         chain = ChainClient(state["rpc_url"])
+        (tmp_path / "k0").write_text(key(0))
         d = Deployment(state["chain_id"], {n: DeployedContract(state[a], state["first_block"]) for n, a in
                                            (("GLBToken", "token"), ("StakingVault", "vault"), ("JobEscrow", "escrow"))})
         c = d.bind(chain)
@@ -90,7 +91,7 @@ def test_readme_path_through_the_cli(tmp_path: Path) -> None:
         def credited(address: str) -> int:
             return int(chain.call(c.escrow.functions.balanceOf(address)))
 
-        assert "dev stack" in g("devnet", "status").stderr  # every command says which endpoints it uses
+        assert "dev stack" in g("job", "list", "--key-file", str(tmp_path / "k0")).stderr  # which stack it uses
         g("models", "build-tiny", "--hidden", "64", "--layers", "4")
         assert (Path(state["models_dir"]) / MODEL / "manifest.json").is_file()
         for i in (1, 2):
