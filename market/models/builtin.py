@@ -78,4 +78,4 @@ def add_builtin(
         import_gguf(model.source(), base, name=model.name, dtype="float32", progress=progress, overwrite=True)
     if dtype == "float32":
         return base, load_manifest(base), True
-    return target, recast(base, target, dtype=dtype, name=model.variant(dtype), overwrite=True), True
+    return target, recast(base, target, dtype=dtype, name=model.variant(dtype), overwrite=True, progress=progress), True

@@ -253,7 +253,9 @@ def _layer_index(name: str) -> int:
     return int(name.split(".", 1)[1]) if name.startswith("layer.") else -1
 
 
-def recast(src_dir: Path, out: Path, *, dtype: str, name: str, overwrite: bool = False) -> Manifest:
+def recast(
+    src_dir: Path, out: Path, *, dtype: str, name: str, overwrite: bool = False, progress: Progress | None = None
+) -> Manifest:
     """A copy of the sharded model in `src_dir` with its weights cast to `dtype` (e.g. a bfloat16 variant).
 
     Shards are read sha256-checked, one at a time; the tokenizer and the generation section are kept.
@@ -274,11 +276,15 @@ def recast(src_dir: Path, out: Path, *, dtype: str, name: str, overwrite: bool =
     (out / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
     target = getattr(torch, dtype)
     shards = []
-    for entry in source.shards:
+    for index, entry in enumerate(source.shards, start=1):
+        if progress is not None:
+            progress(entry.name, index - 1, len(source.shards))
         tensors = load_safetensors(read_verified(src_dir, entry))
         cast = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
         save_file(cast, str(out / entry.path), metadata={"format": "pt"})
         shards.append(ShardEntry(name=entry.name, tensors=entry.tensors, **file_entry(out, entry.path).model_dump()))
+        if progress is not None:
+            progress(entry.name, index, len(source.shards))
     tokenizer = []
     for entry in source.tokenizer:
         (out / entry.path).write_bytes(read_verified(src_dir, entry))
