@@ -98,8 +98,10 @@ def import_(
 def add(
     model: Annotated[str, typer.Argument(help="Built-in model: smollm2 (SmolLM2-135M-Instruct).")],
     models_dir: Annotated[
-        Path, typer.Option("--models-dir", envvar="GLOBAI_MODELS_DIR", help="Where the market serves models from.")
-    ] = Path("models"),
+        Path,
+        typer.Option("--models-dir", envvar="GLOBAI_MODELS_DIR",
+                     help="The folder the market serves models from (GLOBAI_MODELS_DIR, set by `globai dev up`)."),
+    ] = Path("var/models"),
     dtype: Annotated[str, typer.Option("--dtype", help="float32 or bfloat16 (a cast of the float32 import).")] = (
         "float32"
     ),
