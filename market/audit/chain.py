@@ -20,4 +20,7 @@ def first_mismatch(result: Reconciliation) -> str | None:
         return f"StakingVault holds {result.vault_actual} but events imply {result.vault_expected}"
     for account, (expected, actual) in sorted(result.credit_mismatches.items()):
         return f"credited balance of {account} is {actual} but events imply {expected}"
+    if result.escrow_donations < 0 or result.vault_donations < 0:
+        return (f"the contracts' events claim more tokens in than the token's transfers show "
+                f"(escrow {result.escrow_donations}, vault {result.vault_donations})")
     return None
