@@ -104,13 +104,17 @@ class _Bucket:
 
 
 class RateLimit:
-    """Token bucket per signed-in address (or per client IP for anonymous requests).
+    """Token buckets per client IP and per signed-in address, for HTTP requests and WebSocket handshakes.
 
-    Per process: with several API processes the effective limit is multiplied by their number, which is
-    acceptable for abuse protection; an exact global limit would need Redis on every request.
+    A signed-in request takes one token from its address's bucket and one from its IP's (IP_FACTOR times larger,
+    so a few clients behind one NAT are not starved, while many addresses from one IP cannot multiply their
+    bursts); an anonymous request or a handshake takes from its IP's anonymous bucket. Per process: with several
+    API processes the effective limit is multiplied by their number (a shared limit would need Redis on every
+    request).
     """
 
     MAX_KEYS = 100_000
+    IP_FACTOR = 4
 
     def __init__(self, app: ASGIApp, *, rate_per_s: float, burst: int, secret: bytes) -> None:
         self.app = app
@@ -119,39 +123,45 @@ class RateLimit:
         self.secret = secret
         self.buckets: dict[str, _Bucket] = {}
 
-    def _key(self, scope: Scope) -> str:
+    def _keys(self, scope: Scope) -> list[tuple[str, float]]:
+        """(bucket key, size factor) to take a token from, all of them."""
+        client = scope.get("client") or ("unknown", 0)
         for name, value in scope.get("headers", []):
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
+            if scope["type"] == "http" and name == b"authorization" and value[:7].lower() == b"bearer ":
                 try:
                     token = value[7:].decode("latin-1").strip()
                     principal = decode_token(token, secret=self.secret, now=datetime.now(UTC))
-                    return "addr:" + principal.address
+                    return [("addr:" + principal.address, 1.0), (f"ip:{client[0]}", float(self.IP_FACTOR))]
                 except AuthError:
                     break  # a bad token is limited by IP (and refused by the route)
-        client = scope.get("client") or ("unknown", 0)
-        return f"ip:{client[0]}"
+        return [(f"anon:{client[0]}", 1.0)]
 
-    def _take(self, key: str, now: float) -> float:
+    def _take(self, key: str, now: float, factor: float = 1.0) -> float:
         """Take one token; return 0 when allowed, else seconds until one is available."""
         bucket = self.buckets.get(key)
+        burst, rate = self.burst * factor, self.rate * factor
         if bucket is None:
             if len(self.buckets) >= self.MAX_KEYS:
                 self.buckets.clear()  # crude but bounded: forgetting buckets only ever lets requests through
-            bucket = self.buckets[key] = _Bucket(tokens=self.burst, updated=now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            bucket = self.buckets[key] = _Bucket(tokens=burst, updated=now)
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return 0.0
-        return (1.0 - bucket.tokens) / self.rate
+        return (1.0 - bucket.tokens) / rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        wait = self._take(self._key(scope), time.monotonic())
+        now = time.monotonic()
+        wait = max(self._take(key, now, factor) for key, factor in self._keys(scope))
         if wait > 0:
             retry = str(max(1, round(wait)))
+            if scope["type"] == "websocket":  # refused before the upgrade (the client sees HTTP 403)
+                await send({"type": "websocket.close", "code": 1008, "reason": f"rate limited, retry after {retry}s"})
+                return
             await _send_json(
                 send,
                 429,
