@@ -124,6 +124,17 @@ class Coordinator:
         if addresses:
             self.apply_standing(self.read_standing(addresses))
 
+    async def refresh_standing_async(self, *, max_age_s: float = 0.5) -> None:
+        """`refresh_standing` with the DB read off the event loop: on SQLite a read waits for the write lock
+        (BEGIN IMMEDIATE, up to 30 s while the Celery verifier writes), which must not stall every socket."""
+        at = time.monotonic()
+        if at - self._standing_at < max_age_s:
+            return
+        self._standing_at = at
+        addresses = {lnk.address for lnk in self.links.live()}
+        if addresses:
+            self.apply_standing(await asyncio.to_thread(self.read_standing, addresses))
+
     async def watch_standing(self, interval_s: float = 1.0) -> None:
         """Background loop: slashes and bans reach live links within `interval_s` even with no new routes."""
         while True:

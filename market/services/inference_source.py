@@ -67,7 +67,7 @@ class MarketVerifierClient:
                 response = self.http.request(method, path, headers=self._headers(fresh=True), **kw)
         except httpx.HTTPError as exc:
             raise ReplicaUnavailable(f"market unreachable: {type(exc).__name__}") from None
-        if response.status_code in (409, 502, 503, 504):
+        if response.status_code in (409, 500, 502, 503, 504):  # the market busy or restarting: retried
             raise ReplicaUnavailable(f"{path}: HTTP {response.status_code} {response.text[:200]}")
         return check(response)
 

@@ -36,7 +36,7 @@ async def list_replicas(
     layer_start: Annotated[int, Query(ge=0)], layer_end: Annotated[int, Query(ge=1)],
 ) -> list[dict[str, str]]:
     coordinator = request.app.state.coordinator
-    coordinator.refresh_standing()  # a worker slashed or banned a moment ago is no replica
+    await coordinator.refresh_standing_async()  # a worker slashed or banned a moment ago is no replica
     links = coordinator.links
     return [{"address": a, "operator_id": o}
             for a, o in replicas(links, model=model, layer_start=layer_start, layer_end=layer_end)]
