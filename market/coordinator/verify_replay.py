@@ -11,6 +11,7 @@ on the last stage, which returns last-token logits).
 from __future__ import annotations
 
 import secrets
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -19,11 +20,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from market.blobstore import BlobStore
-from market.coordinator.links import LinkRegistry
+from market.coordinator.links import LinkRegistry, WorkerLink
 from market.db.inference import InferenceRun, StageRecord
 from market.domain_errors import Conflict, NotFound
+from market.protocol.commitments import tensor_sha256
 from market.protocol.pipeline import scope_to_json
-from market.protocol.signing import ChunkScope
+from market.protocol.signing import ChunkScope, sent_digest, verify_signer
 from market.protocol.tensors import decode_message, encode_message
 
 MAX_BLOB_BYTES = 1 << 30
@@ -72,22 +74,33 @@ def load_part(session: Session, blobs: BlobStore, *, run_id: str, layer_start: i
                         committed=committed)
 
 
-def replicas(links: LinkRegistry, *, model: str, layer_start: int, layer_end: int) -> list[tuple[str, str]]:
-    """(address, operator) of every live worker serving exactly these layers of the model."""
-    return sorted({(lnk.address, lnk.operator_id) for lnk in links.live(model)
-                   if (lnk.layer_start, lnk.layer_end) == (layer_start, layer_end)})
+def replicas(links: LinkRegistry, *, model: str, layer_start: int, layer_end: int) -> list[WorkerLink]:
+    """Every live worker serving exactly these layers of the model (one link per address), by address."""
+    found = {lnk.address: lnk for lnk in links.live(model)
+             if (lnk.layer_start, lnk.layer_end) == (layer_start, layer_end)}
+    return [found[a] for a in sorted(found)]
 
 
-async def replay_on(links: LinkRegistry, part: RecordedPart, *, replica: str, chain_id: int, run_id: str,
-                    timeout: float) -> torch.Tensor:
-    """Run the recorded calls on `replica`; returns its output rows [B, len(committed), width]."""
+@dataclass(frozen=True)
+class ReplayAnswer:
+    output: torch.Tensor  # rows [B, len(committed), width]
+    rows_per_call: list[int]  # how many of those rows each replayed call answered, in order
+    sent_digests: list[bytes]  # per call, the `signing.sent_digest` the replica signed: evidence if it loses a 2-of-3
+
+
+async def replay_on(links: LinkRegistry, part: RecordedPart, *, replica: str, chain_id: int,
+                    timeout: float) -> ReplayAnswer:
+    """Run the recorded calls on `replica`; every answer must carry the replica's signed output hash.
+
+    Nothing on the wire links the replay to the audited run: the session id is a fresh run-like UUID and the scope
+    is built exactly like a real run's (keccak of that id, "<id>/stage/<first layer>", a fresh nonce); the calls
+    have the audited calls' shapes."""
     link = next((lnk for lnk in links.live(part.model) if lnk.address == replica
                  and (lnk.layer_start, lnk.layer_end) == (part.layer_start, part.layer_end)), None)
     if link is None:
         raise Conflict(f"replica {replica} does not serve {part.model} [{part.layer_start}, {part.layer_end}) now")
-    session = f"verify-{secrets.token_hex(8)}"
-    # The replica signs its own commitments under a verification scope (never the audited worker's task id).
-    scope = ChunkScope(chain_id, keccak(text=run_id), keccak(text=f"{run_id}/verify/{part.layer_start}/{replica}"),
+    session = str(uuid.uuid4())
+    scope = ChunkScope(chain_id, keccak(text=session), keccak(text=f"{session}/stage/{part.layer_start}"),
                        part.layer_start, secrets.token_bytes(32))
 
     async def call(header: dict[str, object], tensors: list[torch.Tensor]):  # type: ignore[no-untyped-def]
@@ -95,12 +108,23 @@ async def replay_on(links: LinkRegistry, part: RecordedPart, *, replica: str, ch
         return await link.call(rid, encode_message({**header, "rid": rid, "session": session}, tensors), timeout)
 
     await call({"op": "open", "scope": scope_to_json(scope)}, [])
-    outputs = []
+    outputs, digests = [], []
     try:
         for rec in part.calls:
             reply = await call({"op": "forward", "step": rec.step, "first_position": rec.first_position,
                                 "last_token_only": rec.last_token_only}, rec.tensors)
-            outputs.append(reply.tensors[0])
+            output = reply.tensors[0]
+            sent = reply.header.get("sent")
+            try:
+                sha = bytes.fromhex(str(sent["output_sha256"]).removeprefix("0x"))  # type: ignore[index]
+                signature = bytes.fromhex(str(sent["signature"]).removeprefix("0x"))  # type: ignore[index]
+            except (KeyError, TypeError, ValueError):
+                raise Conflict(f"replica {replica} answered without a signed output hash") from None
+            digest = sent_digest(scope, rec.step, rec.first_position, sha)
+            if sha != tensor_sha256(output) or not verify_signer(digest, signature, replica):
+                raise Conflict(f"replica {replica}: answer not signed by it")
+            outputs.append(output)
+            digests.append(digest)
     finally:
         await call({"op": "close"}, [])
-    return torch.cat(outputs, dim=1)
+    return ReplayAnswer(torch.cat(outputs, dim=1), [int(o.shape[1]) for o in outputs], digests)

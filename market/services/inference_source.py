@@ -74,16 +74,22 @@ class MarketVerifierClient:
     def replicas(self, model: str, layer_start: int, layer_end: int) -> list[Replica]:
         params = {"model": model, "layer_start": layer_start, "layer_end": layer_end}
         rows = self._request("GET", "/v1/verification/replicas", params=params).json()
-        return [Replica(to_checksum_address(r["address"]), r["operator_id"]) for r in rows]
+        return [Replica(to_checksum_address(r["address"]), r["operator_id"], float(r.get("weight", 1.0))) for r in rows]
 
-    def replay(self, run_id: str, layer_start: int, worker: str, replica: str) -> tuple[torch.Tensor, list[int]]:
+    def replay(
+        self, run_id: str, layer_start: int, worker: str, replica: str
+    ) -> tuple[torch.Tensor, list[int], list[str]]:
+        """(replica output rows, their positions, per row the digest the replica signed over its answer)."""
         body = {"run_id": run_id, "layer_start": layer_start, "worker": worker, "replica": replica}
         try:
             raw = self._request("POST", "/v1/verification/replay", json=body).content
         except MarketError as exc:
             raise ReplicaUnavailable(str(exc)) from None
         message = decode_message(raw, max_bytes=MAX_REPLAY_BYTES)
-        return message.tensors[0], [int(p) for p in message.header["positions"]]
+        per_row = [str(d) for d, n in zip(message.header.get("sent_digests") or [],
+                                           message.header.get("rows_per_call") or [], strict=False)
+                   for _ in range(int(n))]
+        return message.tensors[0], [int(p) for p in message.header["positions"]], per_row
 
 
 class InferenceWorkSource:
@@ -94,7 +100,9 @@ class InferenceWorkSource:
         self.chain_id = chain_id
         self.models_dir = Path(models_dir)
         self._manifests: dict[str, Manifest] = {}
-        self._replays: OrderedDict[tuple[str, int, str, str], tuple[torch.Tensor, list[int]]] = OrderedDict()
+        # (output rows, their positions, per row the digest the replica signed over the call that answered it)
+        self._replays: OrderedDict[tuple[str, int, str, str], tuple[torch.Tensor, list[int], list[str]]] = (
+            OrderedDict())
         self._parts: OrderedDict[str, list[ClaimedPart]] = OrderedDict()
         self._trees: OrderedDict[str, tuple[dict[int, SignedCommitment], merkle.MerkleTree]] = OrderedDict()
         self._cache_size = cache_size
@@ -221,12 +229,23 @@ class InferenceWorkSource:
                 self._replays[key] = cached
                 while len(self._replays) > self._cache_size:
                     self._replays.popitem(last=False)
-        output, positions = cached
+        output, positions, _ = cached
         seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
         # Row i of the replay is the output at positions[i] (only the positions the worker committed to).
         rows = [i for i, p in enumerate(positions) if pc * 32 <= p < (pc + 1) * 32]
         return output[seq, rows]
 
+
+    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> str:
+        run_id, stage, worker = self._split(part.work_key)
+        with self._lock:
+            cached = self._replays.get((run_id, stage, worker, replica))
+        if cached is None:
+            return ""
+        _, positions, per_row = cached
+        pc = chunk_index & 0xFFFFFFFF
+        rows = [i for i, p in enumerate(positions) if pc * 32 <= p < (pc + 1) * 32]
+        return per_row[rows[0]] if rows and rows[0] < len(per_row) else ""
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | None:
         if self.blobs is None:

@@ -84,6 +84,13 @@ class ClaimedPart:
 class Replica:
     address: str
     operator_id: str
+    # Drawn with probability proportional to this (reputation mean x stake in GLB, `replica_weight`): a sybil
+    # "operator" costs stake, and a replica with a poor record is rarely asked.
+    weight: float = 1.0
+
+
+def replica_weight(reputation_mean: float, stake_wei: int) -> float:
+    return max(reputation_mean, 1e-3) * max(stake_wei / 10**18, 1e-9)
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,11 @@ class WorkSource(Protocol):
     def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
         """Have `replica` run the part's recorded stage input (an ordinary forward task) and return its output
         for the chunk, [tokens, hidden]. Raises `ReplicaUnavailable` when it can't now."""
+        ...
+
+    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> str:
+        """The digest the replica signed over its replay answer (`signing.sent_digest`, 0x-hex): the evidence
+        that slashes it when it loses a 2-of-3; "" when the replica's answer carried none."""
         ...
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | None:
@@ -176,7 +188,9 @@ def _history(session: Session, worker: str, now: datetime) -> sampling.WorkerHis
 
 def _pick(rng: random.Random, pool: Sequence[Replica], exclude_ops: set[str], exclude: set[str]) -> Replica | None:
     candidates = [r for r in pool if r.operator_id not in exclude_ops and r.address not in exclude]
-    return rng.choice(candidates) if candidates else None
+    if not candidates:
+        return None
+    return rng.choices(candidates, weights=[max(r.weight, 1e-12) for r in candidates])[0]
 
 
 def _pending_ids(session: Session, job_id: str) -> list[str]:
@@ -312,9 +326,11 @@ def run_check(
     signed, proof = source.commitment(job_id, work_key, chunk)
     verdict = check_structure(signed, proof, expected_scope=part.scope, chunk_index=chunk, worker=part.worker,
                               signed_root=part.signed_root)
+    replica_evidence = ""
     if verdict is None:
         assert replica is not None  # pending checks always have one
         replayed = source.replay(job_id, part, chunk, replica)
+        replica_evidence = source.replay_evidence(job_id, part, chunk, replica)
         verdict = check_claim(signed, proof, replayed, cfg.tolerance(part.model, part.dtype), k=cfg.sketch_k,
                               expected_scope=part.scope, chunk_index=chunk, worker=part.worker,
                               signed_root=part.signed_root, held=source.held(job_id, part, chunk))
@@ -327,6 +343,8 @@ def run_check(
     check.status = "pass" if verdict.ok else "fail"
     check.reason = verdict.reason[:128]
     check.metrics = {k: v for k, v in verdict.metrics.items() if v == v}  # drop NaN (not JSON)
+    if replica_evidence:
+        check.metrics["replica_evidence"] = replica_evidence
     check.evidence = "0x" + signed.commitment.digest.hex()
     check.decided_at = now
     opened: list[str] = []
@@ -425,6 +443,11 @@ def decide_job(
         if first_lost and liar is not None:
             record_outcome(session, worker_id=liar.id, kind="fail", now=now, job_id=job_id,
                            detail=f"lost dispute on {work_key}#{first.chunk_index}")
+        evidence = (first.metrics or {}).get("replica_evidence")
+        if first_lost and first.replica and isinstance(evidence, str) and evidence.startswith("0x"):
+            # Its signed answer was outvoted by two replicas of other operators: provable, slashable; the
+            # worker it accused is the finder.
+            guilty.setdefault(first.replica, (evidence, first.worker))
     for part in session.scalars(select(WorkPart).where(WorkPart.job_id == job_id)):
         if part.worker in guilty:
             part.status = UNPAID_SLASHED  # the cheater's whole share of the job: its unverified work is refunded

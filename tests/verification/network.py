@@ -28,8 +28,9 @@ from market.protocol.commitments import (
     commit_chunk,
     sign_commitment,
     sign_task_root,
+    tensor_sha256,
 )
-from market.protocol.signing import ChunkScope
+from market.protocol.signing import ChunkScope, sent_digest, sign_digest
 from market.services.verification import BindingFault, ClaimedPart, Replica
 from market.verifier import cheats
 from market.verifier.calibrate import CalibrationSettings, scenarios, torch_threads
@@ -107,6 +108,7 @@ class SimNetwork:
         self._lock = threading.Lock()
         self._scenarios = scenarios(CalibrationSettings(spec=self.spec, stage=STAGE, prefix_len=20))
         self._cheat_models: dict[str, torch.nn.Module] = {}
+        self.replay_digests: dict[tuple[str, str, int, str], str] = {}
 
     # --- workers -----------------------------------------------------------------------------------------------
     def add_worker(self, operator: str, behaviour: str = "honest", **kw: object) -> SimWorker:
@@ -171,7 +173,8 @@ class SimNetwork:
         drift = self._scenarios[worker.drift]
         outputs = []
         honest_outputs = []  # "unbound" commits to these and sends `outputs`
-        cheat = worker.behaviour not in ("honest", "colluder", "replayed_commitment", "malformed_sketch")
+        cheat = worker.behaviour not in ("honest", "colluder", "lazy_replica", "replayed_commitment",
+                                         "malformed_sketch")
         for i, x in enumerate(inputs):
             honest = drift(self.model, inputs, i)
             honest_outputs.append(honest)
@@ -256,6 +259,21 @@ class SimNetwork:
         return []  # no coordinator in between here: binding is checked when a chunk is sampled (`held`)
 
     def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
+        out = self._replay(job_id, part, chunk_index, replica)
+        # The replica signs its answer as a worker signs any forward answer (a fresh run-like scope).
+        scope = ChunkScope(CHAIN_ID, keccak(text=f"replay/{job_id}/{chunk_index}/{replica}"),
+                           keccak(text=f"replay/{job_id}/{part.work_key}"), part.stage, b"\x01" * 32)
+        digest = sent_digest(scope, 0, 0, tensor_sha256(out))
+        sign_digest(self.workers[replica].account, digest)
+        with self._lock:
+            self.replay_digests[(job_id, part.work_key, chunk_index, replica)] = "0x" + digest.hex()
+        return out
+
+    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> str:
+        with self._lock:
+            return self.replay_digests.get((job_id, part.work_key, chunk_index, replica), "")
+
+    def _replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
         sim = self._part(job_id, part.work_key)
         seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
         start, stop = pc * 32, min((pc + 1) * 32, sim.inputs[seq].shape[0])
@@ -266,4 +284,7 @@ class SimNetwork:
             return sim.outputs[seq][start:stop].clone()  # confirms whatever the cheater claimed
         with torch_threads(CalibrationSettings().threads[0]):  # the calibration's reference replay
             # The recorded input up to the chunk's end: attention needs the chunk's whole prefix.
-            return self.honest_stage(sim.inputs[seq][:stop])[start:stop]
+            honest = self.honest_stage(sim.inputs[seq][:stop])[start:stop]
+        if who.behaviour == "lazy_replica":  # answers without doing the work: fails whoever it checks
+            return honest * 1.10
+        return honest

@@ -239,3 +239,31 @@ def test_repeated_guilt_bans_the_worker(harness: Harness) -> None:
         rows = {w.address: w for w in s.scalars(select(Worker))}
         assert rows[cheater.address].eligible is False
         assert all(rows[h.address].status == "active" for h in honest)
+
+
+def test_lazy_replica_that_loses_a_2_of_3_is_slashed(harness: Harness) -> None:
+    """A replica that answers replays without doing the work fails honest workers' chunks; two replicas of other
+    operators outvote it, the worker is cleared and paid, and the replica's signed answer slashes it."""
+    harness.configure(fixed_rate(1.0))
+    net = SimNetwork()
+    lazy = net.add_worker("op-lazy", "lazy_replica")
+    honest = [net.add_worker(f"op-{i}") for i in range(4)]
+    stake(harness, lazy)
+
+    def build(job_id: str, n: int):  # type: ignore[no-untyped-def]
+        return [net.do_work(job_id, honest[n % 2], net.stage_inputs(600 + n, LENGTHS), work_key=f"{job_id}/a"),
+                net.do_work(job_id, honest[2 + n % 2], net.stage_inputs(700 + n, LENGTHS), work_key=f"{job_id}/b")]
+
+    jobs = [harness.job(net, lambda job_id, n=n: build(job_id, n)) for n in range(3)]
+    results = harness.wait(jobs)
+    asked = 0
+    for r in results:
+        firsts = [c for c in r.checks if c.round == 0]
+        lazy_first = [c for c in firsts if c.replica == lazy.address]
+        asked += len(lazy_first)
+        assert all(c.status == "fail" and c.metrics.get("replica_evidence", "").startswith("0x") for c in lazy_first)
+        assert set(r.slashed) == ({lazy.address} if lazy_first else set())
+        if lazy_first:
+            assert caught(r, lazy.address)
+        assert all(status == "paid" for status in r.parts.values())  # the accused honest workers are cleared
+    assert asked > 0  # 36 first replays drawn among 4 eligible replicas

@@ -1,9 +1,11 @@
 """Verifier-facing endpoints of the coordinator (admin role: the market's own Celery verifiers).
 
-- `GET /v1/verification/replicas?model=&layer_start=&layer_end=`: live workers serving exactly those layers;
+- `GET /v1/verification/replicas?model=&layer_start=&layer_end=`: live workers serving exactly those layers, with
+  the weight replicas are drawn by (reputation mean x stake);
 - `POST /v1/verification/replay`: re-run one worker's recorded stage calls on a replica; the answer is a binary
   tensor message (`market.protocol.tensors`) holding the replica's output rows [B, n, width], row i being the output
-  at `positions[i]` of its header (the n positions the worker committed to).
+  at `positions[i]` of its header (the n positions the worker committed to); `rows_per_call` and `sent_digests`
+  (per replayed call, the digest the replica signed over its answer) are the evidence against a lying replica.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
+from sqlalchemy import select
 
 from market.api.deps import AdminDep, CtxDep
 from market.coordinator.verify_replay import load_part, replay_on, replicas
+from market.db import Worker
 from market.protocol.tensors import encode_message
+from market.services.verification import replica_weight
 
 router = APIRouter(prefix="/v1/verification", tags=["verification"])
 
@@ -32,14 +37,21 @@ class ReplayIn(BaseModel):
 
 @router.get("/replicas")
 async def list_replicas(
-    request: Request, _admin: AdminDep, model: Annotated[str, Query(max_length=128)],
+    request: Request, _admin: AdminDep, ctx: CtxDep, model: Annotated[str, Query(max_length=128)],
     layer_start: Annotated[int, Query(ge=0)], layer_end: Annotated[int, Query(ge=1)],
-) -> list[dict[str, str]]:
+) -> list[dict[str, object]]:
     coordinator = request.app.state.coordinator
     await coordinator.refresh_standing_async()  # a worker slashed or banned a moment ago is no replica
-    links = coordinator.links
-    return [{"address": a, "operator_id": o}
-            for a, o in replicas(links, model=model, layer_start=layer_start, layer_end=layer_end)]
+    found = replicas(coordinator.links, model=model, layer_start=layer_start, layer_end=layer_end)
+
+    def read_stakes() -> dict[str, int]:  # off the event loop (SQLite reads may wait for the write lock)
+        with ctx.session_factory() as session:
+            return {w.address: int(w.stake) for w in session.scalars(
+                select(Worker).where(Worker.address.in_([r.address for r in found])))}
+
+    stakes = await asyncio.to_thread(read_stakes)
+    return [{"address": r.address, "operator_id": r.operator_id,
+             "weight": replica_weight(r.reputation.mean, stakes.get(r.address, 0))} for r in found]
 
 
 @router.post("/replay")
@@ -52,7 +64,9 @@ async def replay(body: ReplayIn, request: Request, _admin: AdminDep, ctx: CtxDep
                              worker=body.worker)
 
     part = await asyncio.to_thread(load)
-    output = await replay_on(coordinator.links, part, replica=body.replica, chain_id=coordinator.config.chain_id,
-                             run_id=body.run_id, timeout=coordinator.config.call_timeout_s)
-    raw = encode_message({"op": "replay", "positions": part.committed, "layer_end": part.layer_end}, [output])
+    answer = await replay_on(coordinator.links, part, replica=body.replica, chain_id=coordinator.config.chain_id,
+                             timeout=coordinator.config.call_timeout_s)
+    raw = encode_message({"op": "replay", "positions": part.committed, "layer_end": part.layer_end,
+                          "rows_per_call": answer.rows_per_call,
+                          "sent_digests": ["0x" + d.hex() for d in answer.sent_digests]}, [answer.output])
     return Response(content=raw, media_type="application/octet-stream")
