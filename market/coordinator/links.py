@@ -53,8 +53,36 @@ class WorkerLink:
     send: Callable[[bytes], Awaitable[None]]
     alive: bool = True
     calls: int = 0
+    # What the coordinator measured itself (EWMA over forward calls): declared figures are capped by these.
+    observed_tokens_s: float | None = None  # in the routing cost model's units (reference tokens/s)
+    observed_latency_ms: float | None = None
     pending: dict[int, asyncio.Future[Message]] = field(default_factory=dict)
     _rids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def observe(self, positions: int, wall_ms: float, compute_ms: float | None) -> None:
+        """One forward call as the coordinator timed it: `positions` rows through this link's layers."""
+        layers = max(self.layer_end - self.layer_start, 1)
+        # routing.hop_cost charges layers * 1000 / throughput ms per position: invert it on the wall time.
+        tokens_s = layers * 1000.0 * max(positions, 1) / max(wall_ms, 1e-3)
+        overhead = max(wall_ms - (compute_ms if compute_ms is not None and 0 <= compute_ms <= wall_ms else 0.0), 0.0)
+        a = 0.2
+        self.observed_tokens_s = tokens_s if self.observed_tokens_s is None else (
+            (1 - a) * self.observed_tokens_s + a * tokens_s)
+        self.observed_latency_ms = overhead if self.observed_latency_ms is None else (
+            (1 - a) * self.observed_latency_ms + a * overhead)
+
+    @property
+    def effective_tokens_s(self) -> float:
+        """The declared throughput, capped by what was observed (a worker can't buy routes by overclaiming)."""
+        if self.observed_tokens_s is None:
+            return self.throughput_tokens_s
+        return min(self.throughput_tokens_s, self.observed_tokens_s)
+
+    @property
+    def effective_latency_ms(self) -> float:
+        if self.observed_latency_ms is None:
+            return self.latency_ms
+        return max(self.latency_ms, self.observed_latency_ms)
 
     def next_rid(self) -> int:
         return next(self._rids)

@@ -323,10 +323,12 @@ class PipelineRun:
         header = {"op": "forward", "step": step, "first_position": first_position, "last_token_only": last_stage}
         sent = time.perf_counter()
         reply = await self._request(hop.link, header, tensors)
-        if step > 0:  # decode steps: wall time of the call minus the worker's own compute = the hop's overhead
-            compute_ms = reply.header.get("elapsed_ms")
-            if isinstance(compute_ms, (int, float)):
-                self._hop_overhead.append((time.perf_counter() - sent) * 1000 - float(compute_ms))
+        wall_ms = (time.perf_counter() - sent) * 1000
+        compute_ms = reply.header.get("elapsed_ms")
+        compute = float(compute_ms) if isinstance(compute_ms, (int, float)) else None
+        hop.link.observe(int(tensors[0].shape[1]), wall_ms, compute)  # measured capability, not declared
+        if step > 0 and compute is not None:  # decode steps: wall time minus the worker's compute = overhead
+            self._hop_overhead.append(wall_ms - compute)
         outputs, signed = self._split(hop, reply)
         if len(outputs) != 1:
             raise StageFailed(hop.link.address, "bad_reply", f"{len(outputs)} tensors in a result")

@@ -154,8 +154,8 @@ class Coordinator:
     def candidates(self, model: str) -> list[RouteCandidate]:
         self.refresh_standing()
         return [
-            RouteCandidate(lnk.link_id, lnk.operator_id, lnk.layer_start, lnk.layer_end, lnk.throughput_tokens_s,
-                           lnk.latency_ms, lnk.reputation)
+            RouteCandidate(lnk.link_id, lnk.operator_id, lnk.layer_start, lnk.layer_end, lnk.effective_tokens_s,
+                           lnk.effective_latency_ms, lnk.reputation)
             for lnk in self.links.live(model)
         ]
 

@@ -124,3 +124,26 @@ def test_routing_prefers_spans_an_independent_replica_can_check() -> None:
     same_op = [alone, _cand("whole2", "o1", 0, 4), _cand("x", "o2", 0, 2), _cand("x2", "o3", 0, 2),
                _cand("y", "o4", 2, 4), _cand("y2", "o5", 2, 4)]
     assert [c.link_id for c in plan_span(0, 4, same_op) or []] in (["x", "y"], ["x", "y2"], ["x2", "y"], ["x2", "y2"])
+
+
+def test_declared_speed_is_capped_by_what_the_coordinator_measures() -> None:
+    from market.coordinator.links import WorkerLink
+
+    async def send(_raw: bytes) -> None:
+        return None
+
+    def link(link_id: str, declared: float) -> WorkerLink:
+        return WorkerLink(link_id, f"0x{link_id}", link_id, f"op-{link_id}", "m", "d", 0, 4, 8, 2048, declared, 1.0,
+                          Reputation(alpha=11, beta=1, evidence=10), send)
+
+    liar, honest = link("liar", 1e9), link("honest", 2000.0)
+    for _ in range(5):  # what the calls actually took: the liar 40 ms per decode step, the honest one 4 ms
+        liar.observe(1, 40.0, 39.0)
+        honest.observe(1, 4.0, 3.0)
+    assert liar.effective_tokens_s < 200 and honest.effective_tokens_s == pytest.approx(1000.0)
+    assert liar.effective_latency_ms >= 1.0
+    cands = [RouteCandidate(lnk.link_id, lnk.operator_id, 0, 4, lnk.effective_tokens_s, lnk.effective_latency_ms,
+                            lnk.reputation) for lnk in (liar, honest)]
+    assert [c.link_id for c in plan_span(0, 4, cands) or []] == ["honest"]
+    # Before any observation the declared figure stands (a new worker gets a chance to be measured).
+    assert link("new", 5000.0).effective_tokens_s == 5000.0
