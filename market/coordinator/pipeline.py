@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -148,6 +149,9 @@ class Evidence:
     commitments: list[tuple[str, SignedCommitment]] = field(default_factory=list)  # (worker address, signed)
     roots: list[tuple[str, ChunkScope, dict[str, Any]]] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
+    # Secret seed of the projections the market keeps of rows too wide to store (last-token logits); drawn by
+    # the market, never sent to a worker, so no cheat can be shaped to miss the projections.
+    projection_seed: int = field(default_factory=lambda: secrets.randbits(62))
 
 
 # (start, end, exclude link ids) -> new hops for that span, or None

@@ -11,6 +11,7 @@ from market.blobstore import BlobStore
 from market.coordinator.pipeline import Evidence
 from market.db.inference import InferenceRun, StageCommitment, StageRecord, StageViolation
 from market.protocol.tensors import encode_message
+from market.verifier.compare import project_rows
 
 
 def save_evidence(
@@ -21,8 +22,13 @@ def save_evidence(
     for hop, link, rec in evidence.records:
         digest = blobs.put(rec.blob(run_id, (hop.start, hop.end)))
         # Hidden states are kept whole (verification compares the whole claimed tensor); last-token logits
-        # (vocabulary-wide) are covered by their commitments.
-        output = None if rec.last_token_only else blobs.put(encode_message({"op": "output"}, [rec.output]))
+        # (vocabulary-wide) as projections of each whole row on secret seeded directions, next to the commitment.
+        if rec.last_token_only:
+            b, t, width = rec.output.shape
+            projected = project_rows(rec.output.reshape(b * t, width), evidence.projection_seed).reshape(b, t, -1)
+            output = blobs.put(encode_message({"op": "projection", "seed": evidence.projection_seed}, [projected]))
+        else:
+            output = blobs.put(encode_message({"op": "output"}, [rec.output]))
         session.add(StageRecord(
             run_id=run_id, layer_start=hop.start, layer_end=hop.end, step=rec.step, worker_address=link.address,
             input_blob=digest, output_sha256=rec.output_sha256(), created_at=now, retain_until=retain_until,

@@ -38,6 +38,7 @@ from market.protocol.commitments import SignedCommitment, SignedRoot, tensor_sha
 from market.protocol.signing import ChunkScope, sent_digest, verify_signer
 from market.protocol.tensors import decode_message
 from market.services.verification import BindingFault, ClaimedPart, Replica, ReplicaUnavailable
+from market.verifier.disputes import ProjectedRows
 
 MAX_REPLAY_BYTES = 1 << 30
 
@@ -106,7 +107,8 @@ class InferenceWorkSource:
         self._parts: OrderedDict[str, list[ClaimedPart]] = OrderedDict()
         self._trees: OrderedDict[str, tuple[dict[int, SignedCommitment], merkle.MerkleTree]] = OrderedDict()
         self._cache_size = cache_size
-        self._held: OrderedDict[tuple[str, int, str], dict[tuple[int, int], torch.Tensor]] = OrderedDict()
+        self._held: OrderedDict[
+            tuple[str, int, str], tuple[dict[tuple[int, int], torch.Tensor], int | None]] = OrderedDict()
         self._lock = threading.Lock()
         self.blobs = BlobStore(Path(blob_dir)) if blob_dir is not None else None
 
@@ -247,51 +249,63 @@ class InferenceWorkSource:
         rows = [i for i, p in enumerate(positions) if pc * 32 <= p < (pc + 1) * 32]
         return per_row[rows[0]] if rows and rows[0] < len(per_row) else ""
 
-    def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | None:
+    def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
         if self.blobs is None:
             return None
         run_id, stage, worker = self._split(part.work_key)
         key = (run_id, stage, worker)
         with self._lock:
-            rows = self._held.get(key)
-        if rows is None:
+            cached = self._held.get(key)
+        if cached is None:
             try:
-                rows = self._load_held(part, run_id, stage, worker)
+                cached = self._load_held(part, run_id, stage, worker)
             except BlobNotFound as exc:  # the verifier must share the market's blob store (GLOBAI_BLOB_DIR)
                 raise ReplicaUnavailable(f"recorded output missing: {exc}") from None
             with self._lock:
-                self._held[key] = rows
+                self._held[key] = cached
                 while len(self._held) > self._cache_size:
                     self._held.popitem(last=False)
+        rows, seed = cached
         seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
         got = [rows[(seq, p)] for p in range(pc * 32, pc * 32 + 32) if (seq, p) in rows]
-        return torch.stack(got).contiguous() if got else None
+        if not got:
+            return None
+        stacked = torch.stack(got).contiguous()
+        return stacked if seed is None else ProjectedRows(stacked, seed)
 
     def _load_held(
         self, part: ClaimedPart, run_id: str, stage: int, worker: str
-    ) -> dict[tuple[int, int], torch.Tensor]:
+    ) -> tuple[dict[tuple[int, int], torch.Tensor], int | None]:
         """Every row the worker sent on this stage, by (sequence, position), each answer checked against the
-        hash the worker signed for it (`signing.sent_digest`). Empty for last-token-logit stages."""
+        hash the worker signed for it (`signing.sent_digest`); for last-token logits the market's projections
+        of those rows and their seed."""
         with self.sessions() as session:
             records = session.scalars(select(StageRecord).where(
                 StageRecord.run_id == run_id, StageRecord.layer_start == stage,
                 StageRecord.worker_address == worker, StageRecord.output_blob.is_not(None),
             ).order_by(StageRecord.step)).all()
         rows: dict[tuple[int, int], torch.Tensor] = {}
+        seed: int | None = None
         for rec in records:
             assert self.blobs is not None
             request = decode_message(self.blobs.get(rec.input_blob), max_bytes=MAX_REPLAY_BYTES)
-            output = decode_message(self.blobs.get(str(rec.output_blob)), max_bytes=MAX_REPLAY_BYTES).tensors[0]
+            kept = decode_message(self.blobs.get(str(rec.output_blob)), max_bytes=MAX_REPLAY_BYTES)
+            output = kept.tensors[0]
             first = int(request.header["first_position"])
-            sha = tensor_sha256(output)
-            signed = rec.sent_signature is not None and verify_signer(
-                sent_digest(part.scope, rec.step, first, sha), bytes.fromhex(rec.sent_signature[2:]), part.worker)
-            if sha.hex() != rec.output_sha256 or not signed:
-                raise GlobaiError(f"stage record {rec.id}: stored output does not match the worker's signed hash")
+            if kept.header.get("op") == "projection":  # logits: the last position of the step
+                seed = int(kept.header["seed"])
+                first += int(request.tensors[0].shape[1]) - int(output.shape[1])
+            else:
+                sha = tensor_sha256(output)
+                signed = rec.sent_signature is not None and verify_signer(
+                    sent_digest(part.scope, rec.step, int(request.header["first_position"]), sha),
+                    bytes.fromhex(rec.sent_signature[2:]), part.worker)
+                if sha.hex() != rec.output_sha256 or not signed:
+                    raise GlobaiError(f"stage record {rec.id}: stored output does not match the worker's signed hash")
             for seq in range(output.shape[0]):
                 for t in range(output.shape[1]):
                     rows[(seq, first + t)] = output[seq, t]
-        return rows
+        return rows, seed
 
     def violations(self, job_id: str) -> list[BindingFault]:
         with self.sessions() as session:

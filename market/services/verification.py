@@ -47,6 +47,7 @@ from market.verifier.disputes import (
     FAULTY,
     GUILTY,
     UNVERIFIED,
+    ProjectedRows,
     Vote,
     check_claim,
     check_structure,
@@ -129,9 +130,10 @@ class WorkSource(Protocol):
         that slashes it when it loses a 2-of-3; "" when the replica's answer carried none."""
         ...
 
-    def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | None:
-        """The rows the worker actually sent for the chunk, [tokens, hidden], where the market keeps them
-        (hidden-state stages); None where only the commitment travels (last-token logits)."""
+    def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
+        """The rows the worker actually sent for the chunk, [tokens, hidden], where the market keeps them whole
+        (hidden-state stages); the market's seeded projections of them where the rows are too wide to keep
+        (last-token logits); None where nothing but the commitment is kept."""
         ...
 
     def violations(self, job_id: str) -> list[BindingFault]:

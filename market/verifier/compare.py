@@ -19,6 +19,7 @@ non-finite *replay* raises `ValueError` because it says nothing about the worker
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -124,6 +125,8 @@ class Metrics:
     topk_overlap: float = float("nan")
     value_max_err: float = float("nan")
     value_mean_err: float = float("nan")
+    # Seeded random projections of whole rows (`compare_projections`): max |claimed - replayed| / |row|.
+    projection_err: float = float("nan")
     exact_match: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -189,6 +192,8 @@ def judge(metrics: Metrics, tol: Tolerance) -> Verdict:
             ("topk_overlap", metrics.topk_overlap, tol.min_topk_overlap, False),
             ("value_max_err", metrics.value_max_err, tol.value_max_err, True),
             ("value_mean_err", metrics.value_mean_err, tol.value_mean_err, True),
+            # a projection error is bounded by the relative L2 error of the row: the max_rel_err limit applies
+            ("projection_err", metrics.projection_err, tol.max_rel_err, True),
         )
         if value == value and (value > limit if higher_is_bad else value < limit)  # NaN: not measured
     ]
@@ -219,6 +224,35 @@ def compare_sketch(
         n_tokens=x.shape[0], scale=_scale(x), topk_overlap=overlap, value_max_err=vmax, value_mean_err=vmean
     )
     return judge(metrics, tol)
+
+
+PROJECTIONS = 16
+
+
+@functools.lru_cache(maxsize=8)
+def projection_matrix(seed: int, width: int, m: int = PROJECTIONS) -> torch.Tensor:
+    """[width, m] standard normal directions from a seed (CPU generator: the same on every machine)."""
+    return torch.randn(width, m, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+
+
+def project_rows(rows: torch.Tensor, seed: int, m: int = PROJECTIONS) -> torch.Tensor:
+    """[n, width] -> [n, m] float32: each whole row projected on m seeded random directions."""
+    return rows.detach().float() @ projection_matrix(seed, int(rows.shape[-1]), m)
+
+
+def compare_projections(claimed: torch.Tensor, replayed: torch.Tensor, seed: int, tol: Tolerance) -> Verdict:
+    """Check rows the market projected (secret seed, drawn by the market, never sent to the worker) against the
+    replay projected the same way. A change anywhere in a row moves its projections by ~ its L2 size, so it is
+    caught wherever it sits (unlike a top-k sketch); error = max |claimed - replayed| / |replayed row|."""
+    x = _check_replay(replayed)
+    if claimed.dim() != 2 or claimed.shape[0] != x.shape[0]:
+        return Verdict(False, "shape_mismatch", Metrics(n_tokens=x.shape[0]))
+    c = claimed.detach().float()
+    if not bool(torch.isfinite(c).all()):
+        return Verdict(False, "non_finite", Metrics(n_tokens=x.shape[0]))
+    norms = x.float().norm(dim=1, keepdim=True).clamp_min(1e-30)
+    err = float(((c - project_rows(x, seed, int(c.shape[1]))).abs() / norms).max())
+    return judge(Metrics(n_tokens=x.shape[0], scale=_scale(x), projection_err=err), tol)
 
 
 def compare_hidden_states(

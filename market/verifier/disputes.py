@@ -12,8 +12,9 @@ Structural faults are decided by the signed data alone (anyone can re-check them
   carry the worker's signed hash, `signing.sent_digest`) - provable, slashable.
 
 Otherwise the claim is compared with the replay: the whole claimed tensor where the market holds it (the rows
-the worker sent, `compare.compare_hidden_states`), else the committed sketch (`compare.compare_sketch`); a
-mismatch is one vote
+the worker sent, `compare.compare_hidden_states`), else the committed sketch (`compare.compare_sketch`) plus, where
+the market projected the rows it received on seeded random directions (`ProjectedRows`), those projections
+(`compare.compare_projections`); a mismatch is one vote
 against the worker, and two more replicas (other operators) replay the segment; the worker is guilty when at
 least two of the three replays disagree with its claim. When the two extra replicas both agree with the worker,
 the first replica lost the dispute (its own reputation takes the failure).
@@ -30,11 +31,20 @@ import torch
 from market.protocol import merkle
 from market.protocol.commitments import SignedCommitment, SignedRoot, tensor_sha256
 from market.protocol.signing import ChunkScope, verify_signer
-from market.verifier.compare import Tolerance, compare_hidden_states, compare_sketch
+from market.verifier.compare import Tolerance, compare_hidden_states, compare_projections, compare_sketch
 
 STRUCTURAL_SLASHABLE = frozenset({"wrong_scope", "not_in_root", "malformed", "unbound"})
 UNPAID_ONLY = frozenset({"bad_signature"})
 GUILTY, CLEARED, UNVERIFIED, FAULTY = "guilty", "cleared", "unverified", "faulty"
+
+
+@dataclass(frozen=True)
+class ProjectedRows:
+    """What the market kept of rows too wide to store (last-token logits): each row projected on seeded random
+    directions (`compare.project_rows`) with a seed it drew itself and never sent to the worker."""
+
+    rows: torch.Tensor  # [n, m] float32
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ def check_claim(
     worker: str,
     signed_root: SignedRoot,
     k: int | None = None,
-    held: torch.Tensor | None = None,
+    held: torch.Tensor | ProjectedRows | None = None,
 ) -> ClaimVerdict:
     """Full check of one claimed chunk against the replica's replayed chunk [tokens, hidden].
 
@@ -90,16 +100,22 @@ def check_claim(
     )
     if fault is not None:
         return fault
-    if held is not None and tensor_sha256(held) != signed.commitment.output_sha256:
+    if isinstance(held, torch.Tensor) and tensor_sha256(held) != signed.commitment.output_sha256:
         return ClaimVerdict(False, "unbound", False, {})
     if replayed is None:
         raise ValueError("a well-formed claim needs the replayed chunk")
-    if held is not None:
+    if isinstance(held, torch.Tensor):
         full = compare_hidden_states(held, replayed, tol)
         return ClaimVerdict(full.ok, full.reason, not full.ok, full.metrics.to_json())
     verdict = compare_sketch(signed.commitment.sketch, replayed, tol, k=k)
     if verdict.reason == "malformed":
         return ClaimVerdict(False, "malformed", False, verdict.metrics.to_json())
+    if isinstance(held, ProjectedRows):  # the sketch's top-k plus whole-row projections the market kept
+        projected = compare_projections(held.rows, replayed, held.seed, tol)
+        metrics = {**verdict.metrics.to_json(), "projection_err": projected.metrics.to_json()["projection_err"]}
+        reasons = [v.reason for v in (verdict, projected) if not v.ok]
+        ok = not reasons
+        return ClaimVerdict(ok, ",".join(reasons) if reasons else verdict.reason, not ok, metrics)
     return ClaimVerdict(verdict.ok, verdict.reason, not verdict.ok, verdict.metrics.to_json())
 
 

@@ -34,6 +34,8 @@ from market.protocol.signing import ChunkScope, sent_digest, sign_digest
 from market.services.verification import BindingFault, ClaimedPart, Replica
 from market.verifier import cheats
 from market.verifier.calibrate import CalibrationSettings, scenarios, torch_threads
+from market.verifier.compare import project_rows
+from market.verifier.disputes import ProjectedRows
 from market.verifier.tiny import TinyLlamaSpec, build_tiny_llama, embed, run_stage
 
 STAGE = (1, 3)
@@ -96,10 +98,14 @@ class SimNetwork:
     """Workers, jobs and the recorded evidence; thread-safe enough for one Celery worker thread + the test."""
 
     def __init__(
-        self, dtype: torch.dtype = torch.float32, spec: TinyLlamaSpec | None = None, *, holds: bool = True
+        self, dtype: torch.dtype = torch.float32, spec: TinyLlamaSpec | None = None, *,
+        holds: bool | str = True,
     ) -> None:
         self.dtype = dtype
-        self.holds = holds  # the market keeps the sent tensors (hidden-state stages); False: commitments only
+        # True: the market keeps the sent tensors (hidden-state stages); "projection": only its seeded projections
+        # of the sent rows (as for last-token logits); False: commitments only.
+        self.holds = holds
+        self.projection_seed = 4242
         self.spec = spec or TinyLlamaSpec()
         self.model = build_tiny_llama(self.spec, dtype)
         self.workers: dict[str, SimWorker] = {}
@@ -248,12 +254,15 @@ class SimNetwork:
     def replicas(self, job_id: str, part: ClaimedPart) -> list[Replica]:
         return [Replica(w.address, w.operator) for w in self.workers.values() if w.address != part.worker]
 
-    def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | None:
+    def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
         if not self.holds:
             return None
         sim = self._part(job_id, part.work_key)
         seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
-        return sim.outputs[seq][pc * 32:(pc + 1) * 32].clone()  # what the worker sent
+        sent = sim.outputs[seq][pc * 32:(pc + 1) * 32].clone()  # what the worker sent
+        if self.holds == "projection":
+            return ProjectedRows(project_rows(sent, self.projection_seed), self.projection_seed)
+        return sent
 
     def violations(self, job_id: str) -> list[BindingFault]:
         return []  # no coordinator in between here: binding is checked when a chunk is sampled (`held`)

@@ -149,17 +149,21 @@ def test_colluding_replica_only_shields_the_segments_it_checks(harness: Harness)
 
 
 def test_honest_workers_are_never_slashed(harness: Harness) -> None:
-    """>= 200 honest jobs, fp32 and bf16, every drift source: the false-positive count is reported (and 0)."""
-    nets = {torch.float32: SimNetwork(), torch.bfloat16: SimNetwork(torch.bfloat16)}
+    """>= 200 honest jobs, fp32 and bf16, every drift source, whole tensors and projections: the false-positive
+    count is reported (and 0)."""
+    # Whole tensors kept (hidden states) or only the market's projections of them (last-token logits).
+    nets = {(dt, holds): SimNetwork(dt, holds=holds) for dt in (torch.float32, torch.bfloat16)
+            for holds in (True, "projection")}
     workers = {
-        dt: [net.add_worker(f"op-{i}", drift=HONEST_DRIFTS[i]) for i in range(len(HONEST_DRIFTS))]
-        for dt, net in nets.items()
+        key: [net.add_worker(f"op-{i}", drift=HONEST_DRIFTS[i]) for i in range(len(HONEST_DRIFTS))]
+        for key, net in nets.items()
     }
     jobs = []
     lengths = [(40,), (33, 20), (48,), (64,), (20, 36)]  # small: 200 jobs stay affordable
     for n in range(200):
         dt = torch.bfloat16 if n % 4 == 3 else torch.float32
-        net, ws = nets[dt], workers[dt]
+        key = (dt, "projection" if n % 8 in (2, 7) else True)
+        net, ws = nets[key], workers[key]
         a, b = ws[n % len(ws)], ws[(n + 1 + n // len(ws)) % len(ws)]
 
         def build(job_id: str, net=net, a=a, b=b, n=n):  # type: ignore[no-untyped-def]
@@ -267,3 +271,20 @@ def test_lazy_replica_that_loses_a_2_of_3_is_slashed(harness: Harness) -> None:
             assert caught(r, lazy.address)
         assert all(status == "paid" for status in r.parts.values())  # the accused honest workers are cleared
     assert asked > 0  # 36 first replays drawn among 4 eligible replicas
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_too_wide_to_keep_are_covered_by_projections(dtype: torch.dtype, harness: Harness) -> None:
+    """Where the market keeps only its secret-seed projections of the sent rows (last-token logits), a change
+    outside the sketch's top-k is still caught on every sampled chunk, and honest workers pass."""
+    harness.configure(fixed_rate(1.0))
+    net = SimNetwork(dtype, holds="projection")
+    cheater = net.add_worker("op-cheat", "outside_topk")
+    honest = [net.add_worker(f"op-{i}", drift=HONEST_DRIFTS[i]) for i in range(3)]
+    stake(harness, cheater)
+    results = harness.wait([harness.job(net, two_part_job(net, cheater, honest[n], seed=800 + n)) for n in range(2)])
+    for r in results:
+        assert caught(r, cheater.address) and set(r.slashed) == {cheater.address}
+        firsts = [c for c in r.checks if c.round == 0]
+        assert all(c.status == "fail" and "projection_err" in c.reason for c in firsts if c.worker == cheater.address)
+        assert all(c.status == "pass" for c in firsts if c.worker != cheater.address)

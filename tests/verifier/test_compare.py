@@ -153,3 +153,22 @@ def test_load_tolerances(tmp_path) -> None:
         path.write_text(json.dumps({"tolerances": {"float32": bad}}))
         with pytest.raises(ValueError):
             load_tolerances(path)
+
+
+def test_projections_see_a_change_anywhere_in_a_row_the_sketch_cannot() -> None:
+    from market.protocol.sketch import sketch_chunk
+    from market.verifier.compare import compare_projections, compare_sketch, project_rows
+
+    tol = DEFAULT_TOLERANCES["float32"]
+    x = torch.randn(32, 512, generator=torch.Generator().manual_seed(3))
+    seed = 77
+    honest = project_rows(x, seed)
+    assert compare_projections(honest, x, seed, tol).ok
+    cheat = x.clone()
+    outside = x[5].abs().argsort()[:400]  # coordinates far from the top-8 of row 5
+    cheat[5, outside] *= 0.9
+    assert compare_sketch(sketch_chunk(cheat), x, tol, k=8).ok  # the sketch can't see it
+    verdict = compare_projections(project_rows(cheat, seed), x, seed, tol)
+    assert not verdict.ok and verdict.reason == "projection_err"
+    # Projections made with another seed don't match (the seed is the market's secret, not the worker's).
+    assert not compare_projections(project_rows(x, seed + 1), x, seed, tol).ok
