@@ -1,0 +1,105 @@
+"""The verifier's view of a real run, through the market's endpoints (no Celery, no escrow): every sampled-style
+check of an honest 2-stage run passes with the whole hidden-state tensor (stage 0) and the market's projections of
+the logits (last stage); replicas come with their draw weight (reputation x stake) and each replay answer is signed
+by its replica."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from sqlalchemy.orm import Session
+
+from market.config import Settings
+from market.db import Job, JobRun
+from market.db.engine import make_engine, make_session_factory
+from market.db.migrate import upgrade
+from market.devservices import free_port
+from market.services.inference_source import InferenceWorkSource, MarketVerifierClient
+from market.verifier.compare import DEFAULT_TOLERANCES
+from market.verifier.disputes import ProjectedRows, check_claim
+from tests.runtime.conftest import SECRET, InProcessWorker, MarketServer, Requester
+from tests.runtime.test_runtime_failover import wait_finished
+
+
+@pytest.fixture
+def admin_market(tiny_model: Path, deployment: Any, anvil: Any, tmp_path: Path):  # type: ignore[no-untyped-def]
+    admin = Account.from_key(b"\x31" * 32)
+    settings = Settings(
+        profile="test", database_url=f"sqlite:///{tmp_path / 'market.db'}", auth_secret=SECRET,  # type: ignore[arg-type]
+        auth_domain="localhost", auth_uri="http://localhost", chain_id=31337, rpc_url=anvil.url,
+        staking_vault_address=deployment.vault, job_escrow_address=deployment.escrow, token_address=deployment.token,
+        models_dir=str(tiny_model.parent), blob_dir=str(tmp_path / "blobs"), stage_timeout_s=30.0,
+        rate_limit_per_s=1000.0, rate_limit_burst=1000, admin_addresses=[admin.address],
+    )
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    engine.dispose()
+    server = MarketServer(settings, free_port())
+    server.start()
+    try:
+        yield server, admin
+    finally:
+        server.stop()
+
+
+def test_honest_run_checks_whole_tensors_and_projections(
+    admin_market, staked: list[LocalAccount], tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    market, admin = admin_market
+    layout = {staked[0]: "0:2", staked[1]: "2:4", staked[2]: "0:2", staked[3]: "2:4"}
+    workers = [InProcessWorker.start(market, a, layers, tmp_path / f"c{i}") for i, (a, layers) in
+               enumerate(layout.items())]
+    engine = make_engine(market.settings.database_url)
+    sessions = make_session_factory(engine)
+    try:
+        market.wait_workers(4, timeout=120)
+        requester = Requester(market, Account.from_key(b"\x78" * 32))
+        done = requester.generate([[5, 9, 11, 3] * 9, [7, 1, 2] * 5], max_new_tokens=40)
+        assert wait_finished(requester, done["id"])["status"] == "completed"
+        job_id = str(uuid.uuid4())
+        with Session(engine) as s:
+            s.add(Job(id=job_id, chain_job_id="0x" + "11" * 32, requester=admin.address, kind="inference",
+                      model=requester.model, spec={}, spec_hash="0x" + "01" * 32, budget=1, price_per_unit=1,
+                      max_units=1, deadline=datetime.now(UTC) + timedelta(hours=1), status="completed",
+                      created_at=datetime.now(UTC)))
+            s.add(JobRun(run_id=done["id"], job_id=job_id))
+            s.commit()
+        source = InferenceWorkSource(sessions, MarketVerifierClient(market.url, admin), chain_id=31337,
+                                     models_dir=Path(market.settings.models_dir),
+                                     blob_dir=Path(market.settings.blob_dir))
+        parts = source.parts(job_id)
+        assert sorted(p.layer_start for p in parts) == [0, 2]
+        assert source.violations(job_id) == []
+        kinds = set()
+        for part in parts:
+            pool = [r for r in source.replicas(job_id, part) if r.address != part.worker]
+            assert len(pool) == 1 and pool[0].weight > 0
+            for chunk in part.chunk_indices:
+                signed, proof = source.commitment(job_id, part.work_key, chunk)
+                held = source.held(job_id, part, chunk)
+                kinds.add(type(held).__name__)
+                replayed = source.replay(job_id, part, chunk, pool[0].address)
+                assert source.replay_evidence(job_id, part, chunk, pool[0].address).startswith("0x")
+                verdict = check_claim(signed, proof, replayed, DEFAULT_TOLERANCES[part.dtype], k=8,
+                                      expected_scope=part.scope, chunk_index=chunk, worker=part.worker,
+                                      signed_root=part.signed_root, held=held)
+                assert verdict.ok, (part.layer_start, chunk, verdict)
+                if isinstance(held, ProjectedRows):
+                    assert verdict.metrics["projection_err"] is not None
+                    # The same check fails for logits changed outside their top-k (what projections are for).
+                    bad = held.rows + torch.randn_like(held.rows) * replayed.float().norm(dim=1, keepdim=True) * 0.01
+                    assert not check_claim(signed, proof, replayed, DEFAULT_TOLERANCES[part.dtype], k=8,
+                                           expected_scope=part.scope, chunk_index=chunk, worker=part.worker,
+                                           signed_root=part.signed_root, held=ProjectedRows(bad, held.seed)).ok
+        assert kinds == {"Tensor", "ProjectedRows"}
+    finally:
+        for w in workers:
+            w.stop()
+        engine.dispose()
