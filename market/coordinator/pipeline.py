@@ -346,7 +346,11 @@ class PipelineRun:
         record = RecordedCall(step, tensors, first_position, last_stage, output, sha, signature)
         hop.records.append(record)
         self.evidence.records.append((hop, hop.link, record))
-        self._take_commitments(hop, signed)
+        try:
+            self._take_commitments(hop, signed)
+        except StageFailed:
+            hop.records.pop()  # not relayed: the failover replays the hop's earlier calls, then this step again
+            raise
         return output
 
     def _check_sent(

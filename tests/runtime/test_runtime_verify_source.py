@@ -103,3 +103,55 @@ def test_honest_run_checks_whole_tensors_and_projections(
         for w in workers:
             w.stop()
         engine.dispose()
+
+
+def test_worker_that_sends_other_than_it_commits_is_caught_by_the_coordinator(
+    admin_market, staked: list[LocalAccount], tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """The `unbound` cheat commits to its honest output and sends another (with a valid signed hash of what it
+    sends): the coordinator finds the commitment contradicting the rows, keeps the evidence, fails the hop over
+    to an honest worker (the text is still the model's) and the verifier sees a provable fault without a replay."""
+    from market.db.inference import StageViolation
+    from market.models.reference import generate_reference
+    from market.protocol.commitments import SignedCommitment, tensor_sha256
+    from worker.runtime.cheats import apply_cheat
+
+    market, admin = admin_market
+    cheat, honest = staked[4], staked[5]
+    workers = [InProcessWorker.start(market, a, "0:4", tmp_path / f"c{i}") for i, a in enumerate((cheat, honest))]
+    apply_cheat(workers[0].daemon.server, "unbound")
+    engine = make_engine(market.settings.database_url)
+    try:
+        market.wait_workers(2, timeout=120)
+        coordinator = market.coordinator
+        original = coordinator.plan
+
+        def plan(served):  # type: ignore[no-untyped-def]
+            live = {lnk.address: lnk for lnk in coordinator.links.live()}
+            original(served)
+            return [(live[cheat.address], [live[honest.address]])]
+
+        coordinator.plan = plan
+        requester = Requester(market, Account.from_key(b"\x79" * 32))
+        prompt = [[(3 * i) % 400 + 2 for i in range(36)]]
+        done = requester.generate(prompt, max_new_tokens=40)
+        assert wait_finished(requester, done["id"])["status"] == "completed"
+        assert done["tokens"] == generate_reference(Path(market.settings.models_dir) / requester.model,
+                                                    torch.tensor(prompt), 40).tolist()
+        assert done["failovers"] == 1
+        with Session(engine) as s:
+            violations = s.query(StageViolation).filter_by(run_id=done["id"]).all()
+        assert [v.worker_address for v in violations] == [cheat.address]
+        evidence = violations[0].evidence
+        signed = SignedCommitment.from_json(evidence["commitment"])
+        assert signed.signer() == cheat.address and "0x" + signed.commitment.digest.hex() == violations[0].digest
+        blob = market.coordinator.blobs.get(evidence["rows_blob"])
+        from market.protocol.tensors import decode_message
+
+        rows = decode_message(blob, max_bytes=1 << 26).tensors[0]
+        assert tensor_sha256(rows).hex() == evidence["received_sha256"][2:] != signed.commitment.output_sha256.hex()
+        assert evidence["calls"] and all(c["signature"].startswith("0x") for c in evidence["calls"])
+    finally:
+        for w in workers:
+            w.stop()
+        engine.dispose()

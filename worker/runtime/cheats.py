@@ -65,14 +65,14 @@ def _unbound(server: Any) -> None:
 
     honest = server._forward
 
-    def forward(session: str, header: dict[str, Any], tensors: list[torch.Tensor]) -> tuple[dict[str, Any], Any]:
-        reply, output = honest(session, header, tensors)  # commitments made over the honest output
+    def forward(session: str, header: dict[str, Any], tensors: list[torch.Tensor]) -> tuple[Any, ...]:
+        reply, output, signed = honest(session, header, tensors)  # commitments made over the honest output
         if output.dim() == 3 and output.shape[1] > 0:
             output = output.clone()
             output[:, ::2] = (output[:, ::2] * 1.10).to(output.dtype)
             scope = server.commits[session].scope
             reply["sent"] = sign_sent(scope, int(header["step"]), int(header["first_position"]), output,
                                       server.account)
-        return reply, output
+        return reply, output, signed
 
     server._forward = forward
