@@ -114,19 +114,10 @@ class Coordinator:
             elif rep is not None:
                 link.reputation = rep
 
-    def refresh_standing(self, *, max_age_s: float = 0.5) -> None:
-        """Synchronous refresh (at most every `max_age_s`): routing and replica choice always see it."""
-        at = time.monotonic()
-        if at - self._standing_at < max_age_s:
-            return
-        self._standing_at = at
-        addresses = {lnk.address for lnk in self.links.live()}
-        if addresses:
-            self.apply_standing(self.read_standing(addresses))
-
     async def refresh_standing_async(self, *, max_age_s: float = 0.5) -> None:
-        """`refresh_standing` with the DB read off the event loop: on SQLite a read waits for the write lock
-        (BEGIN IMMEDIATE, up to 30 s while the Celery verifier writes), which must not stall every socket."""
+        """Refresh (at most every `max_age_s`) before a route is planned or replicas are listed, with the DB read
+        off the event loop: on SQLite a read waits for the write lock (BEGIN IMMEDIATE, up to 30 s while the
+        Celery verifier writes), which must not stall every socket."""
         at = time.monotonic()
         if at - self._standing_at < max_age_s:
             return
@@ -152,7 +143,6 @@ class Coordinator:
 
     # --- routing ---------------------------------------------------------------------------------------------
     def candidates(self, model: str) -> list[RouteCandidate]:
-        self.refresh_standing()
         return [
             RouteCandidate(lnk.link_id, lnk.operator_id, lnk.layer_start, lnk.layer_end, lnk.effective_tokens_s,
                            lnk.effective_latency_ms, lnk.reputation)
@@ -243,6 +233,7 @@ class Coordinator:
         pad_id = int(pad_id if pad_id is not None else manifest.config.get("pad_token_id") or 0)
         eos_ids = frozenset() if ignore_eos or gen is None else frozenset(gen.eos_token_ids)
         prompt, mask = left_pad(ids, pad_id)
+        await self.refresh_standing_async()  # a slash or ban decided a moment ago already counts for this route
         hops = self.plan(served)
         now = self._clock()
         job_nonce = secrets.token_bytes(32)
