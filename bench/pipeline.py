@@ -59,6 +59,7 @@ def monolithic(model_dir: Path, prompt: torch.Tensor, new_tokens: int, threads: 
     if threads > 0:
         torch.set_num_threads(threads)
     manifest, model = load_full_model(model_dir)
+    model.generation_config.eos_token_id = None  # decode exactly n tokens, as the pipeline does with ignore_eos
 
     def gen(n: int) -> float:
         config = GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=None,

@@ -73,6 +73,9 @@ def generate_reference(
     )
     if attention_mask is None:
         attention_mask = torch.ones_like(prompt_ids)
+    # `generate` fills unset (None) values from the model's own generation config, whose EOS comes from the model
+    # config: clear it there too, or a real model's generation stops (and pads) at its end-of-sequence token.
+    model.generation_config.eos_token_id = None
     with torch.inference_mode():
         out = model.generate(  # type: ignore[operator]  # nn.Module.__getattr__ hides it from mypy
             input_ids=prompt_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
