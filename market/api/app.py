@@ -33,7 +33,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
         (403, "role, ownership or stake requirement not met"),
         (404, "not found"),
         (409, "state conflict (lease lost, not funded, already done)"),
+        (405, "method not allowed on this path"),
         (413, "request body too large"),
+        (422, "request does not match its schema (malformed JSON, missing or invalid fields)"),
         (429, "rate limited (see Retry-After)"),
         (503, "chain not configured or unreachable"),
     )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from market.domain_errors import (
     AuthError,
@@ -69,7 +72,27 @@ async def _data_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, "InvalidValue", "a value in the request cannot be stored (e.g. NUL character)")
 
 
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (unknown route 404, wrong method 405, ...) in the documented {error, detail} shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    phrase = HTTPStatus(exc.status_code).phrase if exc.status_code in HTTPStatus._value2member_map_ else "Error"
+    return error_response(exc.status_code, phrase.replace(" ", "").replace("-", ""), str(exc.detail),
+                          dict(exc.headers or {}))
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """422 for a body, query or path that fails its schema (malformed JSON included), as {error, detail}."""
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors()[:10]:
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return error_response(422, "ValidationError", "; ".join(parts)[:2000] or "invalid request")
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(GlobaiError, _handle)
     app.add_exception_handler(DataError, _data_error)
     # The SQLite driver raises a bare OverflowError for integers beyond 64 bits (Postgres: DataError above).

@@ -6,6 +6,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from market.api.deps import CtxDep, NowDep, PrincipalDep, SessionDep, WorkerDep, can_see_everything
 from market.api.schemas.tasks import ClaimIn, HeartbeatOut, LeaseOut, LeaseRefIn, ResultIn, ResultOut, TaskOut
@@ -98,6 +99,12 @@ def submit(task_id: TaskId, body: ResultIn, principal: WorkerDep, ctx: CtxDep, n
             now=now,
         )
         return ResultOut(task=task_out(task), accepted=created)
+
+
+@router.api_route("/claim", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+def claim_wrong_method() -> None:
+    """`/claim` is POST only: answer 405 rather than reading "claim" as a task id (422)."""
+    raise StarletteHTTPException(405, "use POST /v1/tasks/claim", headers={"Allow": "POST"})
 
 
 @router.get("/{task_id}", response_model=TaskOut)
