@@ -94,17 +94,20 @@ def test_readme_path_through_the_cli(tmp_path: Path) -> None:
         assert "dev stack" in g("job", "list", "--key-file", str(tmp_path / "k0")).stderr  # which stack it uses
         g("models", "build-tiny", "--hidden", "64", "--layers", "4")
         assert (Path(state["models_dir"]) / MODEL / "manifest.json").is_file()
-        for i in (1, 2):
+        workers = (1, 2, 4, 5)
+        for i in workers:
             g("worker", "stake", "--key", key(i))
-        g.daemon("w1", "worker", "run", "--key", key(1), "--layers", "0:2", "--no-progress", "--operator", "a")
-        g.daemon("w2", "worker", "run", "--key", key(2), "--no-progress", "--operator", "b")
+        g.daemon("w1", "worker", "run", "--key", key(1), "--layers", "0:2", "--no-progress")
+        g.daemon("w2", "worker", "run", "--key", key(2), "--layers", "2:4", "--no-progress")
+        g.daemon("w4", "worker", "run", "--key", key(4), "--layers", "0:2", "--no-progress")  # replicas: other
+        g.daemon("w5", "worker", "run", "--key", key(5), "--layers", "2:4", "--no-progress")  # operators
 
         # Bad inputs that need a market: one line, exit 1/2, no funds moved.
-        before = [glb(K[i].address) for i in range(3, 6)]
-        one_line_error(g("worker", "run", "--key", key(3), "--layers", "4:99", "--no-progress", ok=False),
+        before = [glb(K[i].address) for i in (3, 6, 7)]
+        one_line_error(g("worker", "run", "--key", key(7), "--layers", "4:99", "--no-progress", ok=False),
                        "not inside 0:4")
         started = time.monotonic()
-        one_line_error(g("worker", "train", "--key", key(4), "--max-tasks", "1", ok=False), "not eligible")
+        one_line_error(g("worker", "train", "--key", key(6), "--max-tasks", "1", ok=False), "not eligible")
         assert time.monotonic() - started < 120  # it stopped instead of looping
         req = tmp_path / "requester"
         req.mkdir()
@@ -115,7 +118,7 @@ def test_readme_path_through_the_cli(tmp_path: Path) -> None:
         one_line_error(g("job", "post", str(req / "gpt4.json"), "--price", "0.001", "--key-file", str(req / "key"),
                          ok=False), "not served")
         one_line_error(g("job", "list", "--limit", "0", "--key-file", str(req / "key"), ok=False), "limit")
-        assert [glb(K[i].address) for i in range(3, 6)] == before
+        assert [glb(K[i].address) for i in (3, 6, 7)] == before
 
         # A paid job.
         g("devnet", "faucet", K[3].address, "--amount", "100")
@@ -139,13 +142,13 @@ def test_readme_path_through_the_cli(tmp_path: Path) -> None:
         # Earnings: the market's per-job rows agree with the escrow's events and with the credited balance.
         paid = {p["payee"].lower(): int(p["amount"]) for p in result["settlement"]["payees"]}
         assert paid, result["settlement"]
-        for i in (1, 2):
+        for i in workers:
             rows = json.loads(g("worker", "earnings", "--key", key(i), "--json").stdout)
             assert rows["agrees"] is True
             assert int(rows["credited_on_chain"]) == credited(K[i].address) == paid.get(K[i].address.lower(), 0)
             assert sum(int(r["amount"]) for r in rows["jobs"]) == credited(K[i].address)
             assert "GLB earned" in g("worker", "status", "--key", key(i)).stdout
-        worker = next(i for i in (1, 2) if credited(K[i].address) > 0)
+        worker = next(i for i in workers if credited(K[i].address) > 0)
         had, owed = glb(K[worker].address), credited(K[worker].address)
         g("worker", "withdraw", "--key", key(worker))
         assert glb(K[worker].address) == had + owed and credited(K[worker].address) == 0
