@@ -283,7 +283,10 @@ def down(*, say: Callable[[str], None] = lambda _m: None, keep_devnet: bool = Fa
         say(f"no dev stack recorded at {path}")
         return False
     for name, pid in reversed(list(state.pids.items())):
-        say(f"{name:14s} {'stopped' if stop_pid(pid) else 'was not running'} (pid {pid})")
+        started = time.monotonic()
+        stopped = stop_pid(pid)
+        took = f" in {time.monotonic() - started:.1f} s" if stopped else ""
+        say(f"{name:14s} {'stopped' + took if stopped else 'was not running'} (pid {pid})")
     state.pids = {}
     if state.devnet_started and not keep_devnet:
         from market.chain import devnet
