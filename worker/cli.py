@@ -7,13 +7,15 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from eth_account.signers.local import LocalAccount
 
 from market.amounts import fmt_glb, parse_glb
 from market.errors import ConfigError
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 app = typer.Typer(help="Serve layers of a model to the market and get paid for verified work.",
                   no_args_is_help=True)

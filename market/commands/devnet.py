@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from market.chain import devnet
 from market.errors import ConfigError
+
+DEFAULT_PORT = 8545  # market.chain.devnet.DEFAULT_PORT (not imported here: web3 loads only when a command runs)
 
 app = typer.Typer(help="A local Anvil chain with persisted state and the GlobAI contracts deployed once.")
 
-PortOpt = typer.Option(devnet.DEFAULT_PORT, "--port", help="Port for a devnet that is not running yet.")
+PortOpt = typer.Option(DEFAULT_PORT, "--port", help="Port for a devnet that is not running yet.")
 
 
 @app.command()
 def up(port: int = PortOpt) -> None:
     """Start the devnet (or reuse the running one) and deploy the contracts if they are not deployed."""
+    from market.chain import devnet
+
     url, record, started, deployed = devnet.up(port)
     note = "" if started or url.endswith(f":{port}") else f" (--port {port} ignored; set GLOBAI_RPC_URL={url})"
     typer.echo(f"devnet {'started' if started else 'already running'} at {url} (chain {record.chain_id}){note}")
@@ -26,6 +29,8 @@ def up(port: int = PortOpt) -> None:
 @app.command()
 def down() -> None:
     """Stop the devnet cleanly; its state is kept for the next `up`."""
+    from market.chain import devnet
+
     stopped = devnet.stop_anvil(devnet.DevnetPaths())
     typer.echo("devnet stopped" if stopped else "devnet was not running")
 
@@ -35,6 +40,8 @@ def status(
     rpc: str = typer.Option(None, "--rpc", help="RPC URL (default: the running devnet)."),
 ) -> None:
     """Show chain, block, contract addresses and token balances."""
+    from market.chain import devnet
+
     rpc = rpc or _running_rpc()
     client, record = devnet.connect(rpc, devnet.DevnetPaths())
     token = client.contract("GLBToken", record.token)
@@ -54,6 +61,7 @@ def faucet(
     from eth_utils import is_address, to_checksum_address
     from web3 import Web3
 
+    from market.chain import devnet
     from market.devservices import dev_accounts
 
     if not is_address(address):
@@ -69,6 +77,8 @@ def faucet(
 
 
 def _running_rpc() -> str:
+    from market.chain import devnet
+
     paths = devnet.DevnetPaths()
     if devnet.running_pid(paths) is None:
         raise ConfigError("devnet is not running: start it with `globai devnet up`")

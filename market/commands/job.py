@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
-from eth_account.signers.local import LocalAccount
 
 from market.amounts import fmt_glb, parse_glb
-from market.config import Settings
 from market.errors import ConfigError, GlobaiError
-from market.protocol.siwe import build_message, sign_message
+
+if TYPE_CHECKING:  # web3/eth-account and pydantic-settings load only when a command needs them (fast --help)
+    from eth_account.signers.local import LocalAccount
+
+    from market.config import Settings
 
 app = typer.Typer(help="Post, fund and manage jobs as a requester.")
 
@@ -86,6 +88,8 @@ class MarketClient:
                                          "market running? (`globai dev status`)") from exc
         if nonce.status_code != 200:
             raise MarketRequestFailed(nonce.status_code, error_detail(nonce))
+        from market.protocol.siwe import build_message, sign_message
+
         n = nonce.json()
         now = datetime.now(UTC)
         message = build_message(
@@ -119,6 +123,8 @@ def _account(settings: Settings, key_file: Path | None) -> LocalAccount:
 
 
 def _client(market: str | None, key_file: Path | None) -> tuple[Settings, MarketClient]:
+    from market.config import Settings
+
     settings = Settings()
     return settings, MarketClient(market or settings.market_url, _account(settings, key_file))
 
