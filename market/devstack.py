@@ -258,7 +258,7 @@ def up(
     state.pids["market"] = spawn("market", globai_args("market", "serve"), env=env, logs=logs)
     state.save(path)
     try:
-        wait_port(mport, timeout=90)
+        wait_port(mport, timeout=180)  # the market imports torch: slow on a loaded machine
     except ConfigError:
         raise ConfigError(f"the market did not start; see {logs / 'market.log'}") from None
 
