@@ -146,13 +146,12 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def spawn(name: str, args: list[str], *, env: dict[str, str], logs: Path) -> int:
+def spawn(name: str, args: list[str], *, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     """Start `args` detached (its own session: it outlives this command), output to logs/<name>.log."""
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "ab") as out:
-        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-    return proc.pid
 
 
 def globai_args(*args: str) -> list[str]:
@@ -216,9 +215,9 @@ def up(
     if binary is None:
         raise ConfigError("redis-server not found: install it (apt-get install redis-server)")
     redis_port = free_port()
-    redis_pid = spawn("redis", [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+    redis = spawn("redis", [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                 "--appendonly", "no"], env=dict(os.environ), logs=logs)
-    wait_port(redis_port, timeout=10)
+    wait_port(redis_port, timeout=10, proc=redis)
     say(f"      redis://127.0.0.1:{redis_port}/0 (ours alone; stopped by `globai dev down`)")
 
     say("[3/5] market database...")
@@ -248,29 +247,30 @@ def up(
         redis_url=f"redis://127.0.0.1:{redis_port}/0", market_url=f"http://127.0.0.1:{mport}",
         database_url=database_url, models_dir=str((var / "models").resolve()),
         auth_secret=old.auth_secret if old is not None else secrets.token_hex(32),
-        devnet_started=devnet_started or (old is not None and old.devnet_started), pids={"redis": redis_pid},
+        devnet_started=devnet_started or (old is not None and old.devnet_started), pids={"redis": redis.pid},
     )
     Path(state.models_dir).mkdir(parents=True, exist_ok=True)
     state.save(path)
     env = {**os.environ, **state.server_env()}
 
     say(f"[4/5] market at {state.market_url}...")
-    state.pids["market"] = spawn("market", globai_args("market", "serve"), env=env, logs=logs)
+    market = spawn("market", globai_args("market", "serve"), env=env, logs=logs)
+    state.pids["market"] = market.pid
     state.save(path)
     try:
-        wait_port(mport, timeout=180)  # the market imports torch: slow on a loaded machine
+        wait_port(mport, timeout=180, proc=market)  # the market imports torch: slow on a loaded machine
     except ConfigError:
         raise ConfigError(f"the market did not start; see {logs / 'market.log'}") from None
 
     say("[5/5] Celery worker (verification, settlement, indexer) and beat...")
     state.pids["celery-worker"] = spawn(
         "celery-worker", globai_args("market", "celery-worker", "--pool", "solo", "--loglevel", "INFO"),
-        env=env, logs=logs)
+        env=env, logs=logs).pid
     for p in var.glob("celerybeat-schedule*"):
         p.unlink()
     state.pids["celery-beat"] = spawn(
         "celery-beat", globai_args("market", "celery-beat", "--schedule", str(var / "celerybeat-schedule"),
-                                   "--loglevel", "INFO"), env=env, logs=logs)
+                                   "--loglevel", "INFO"), env=env, logs=logs).pid
     state.save(path)
     return state
 
