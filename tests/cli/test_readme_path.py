@@ -52,11 +52,13 @@ class Cli:
 
     def stop_daemons(self) -> None:
         for proc in self.daemons:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.daemons:
+            if proc.poll() is not None:
+                continue
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=15)
+                print(f"worker daemon {proc.pid} exited {time.monotonic() - started:.2f} s after SIGTERM")
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -168,7 +170,7 @@ def test_readme_path_through_the_cli(tmp_path: Path) -> None:
         assert glb(K[3].address) == before_fund + owed and credited(K[3].address) == 0
     finally:
         g.stop_daemons()
-        g("dev", "down", ok=False)
+        print(g("dev", "down", ok=False).stdout)  # how long each process took to stop after SIGTERM
     assert not any(_alive(pid) for pid in state["pids"].values())
 
 
