@@ -54,7 +54,8 @@ def run(
     ] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads.", min=1, max=256)] = 1,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
-    cache_dir: Annotated[Path, typer.Option(help="Where shards are downloaded.")] = Path("var/worker-cache"),
+    cache_dir: Annotated[Path | None, typer.Option(help="Where shards are downloaded (default: var/worker-cache/"
+                                                         "<address>, one per worker on a machine).")] = None,
     operator: Annotated[
         str | None, typer.Option(help="Operator id (one operator's machines are never each other's replicas).")
     ] = None,
@@ -70,6 +71,8 @@ def run(
     logging.getLogger("worker").setLevel(logging.INFO)
     account = _account(key, key_file)
     memory = _parse_bytes(max_memory)
+    if cache_dir is None:  # several workers on one machine must not download into one folder at once
+        cache_dir = Path("var/worker-cache") / account.address.lower()
     config = WorkerConfig(
         market_url=market, account=account, model=model, layers=layers, max_memory=memory, threads=threads,
         device=device, cache_dir=cache_dir, operator_id=operator, session_ttl_s=session_ttl,
