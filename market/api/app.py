@@ -107,6 +107,7 @@ def create_app(
         RateLimit, rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst, secret=ctx.policy.secret
     )
     app.add_middleware(
-        BodySizeLimit, max_bytes=settings.max_body_bytes, path_limits=training_routes.upload_limits(settings)
+        BodySizeLimit, max_bytes=settings.max_body_bytes, path_limits=training_routes.upload_limits(settings),
+        secret=ctx.policy.secret,
     )
     return app

@@ -37,9 +37,13 @@ async def _send_json(send: Send, status: int, body: dict[str, str], headers: lis
 class BodySizeLimit:
     """Refuse bodies over `max_bytes`: by Content-Length up front, and by counting when it is absent or lies."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, path_limits: dict[str, int] | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, path_limits: dict[str, int] | None = None,
+                 secret: bytes | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # Bulk uploads need a valid token before a byte of their body is read (an anonymous 200 MiB upload must
+        # not be buffered just to be answered 401); the route still checks roles and ownership.
+        self.secret = secret
         # Path prefix -> limit, for the few uploads that are bulk data (training datasets and updates).
         self.path_limits = sorted((path_limits or {}).items(), key=lambda item: -len(item[0]))
 
@@ -51,6 +55,10 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self._limit(scope.get("path", ""))
+        if limit != self.max_bytes and self.secret is not None and not self._signed_in(scope):
+            await _send_json(send, 401, {"error": "AuthError", "detail": "bulk uploads need a bearer token"},
+                             [(b"www-authenticate", b"Bearer")])
+            return
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -79,6 +87,17 @@ class BodySizeLimit:
         await self.app(
             scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive), send
         )
+
+    def _signed_in(self, scope: Scope) -> bool:
+        assert self.secret is not None
+        for name, value in scope.get("headers", []):
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                try:
+                    decode_token(value[7:].decode("latin-1").strip(), secret=self.secret, now=datetime.now(UTC))
+                    return True
+                except AuthError:
+                    return False
+        return False
 
     async def _too_large(self, send: Send, limit: int) -> None:
         await _send_json(send, 413, {"error": "PayloadTooLarge", "detail": f"body over {limit} bytes"}, [])

@@ -153,6 +153,10 @@ def test_dataset_upload_size_limit(tmp_path: Path) -> None:
             assert ok.status_code == 201 and ok.json()["bytes"] == 3000
             assert client.post("/v1/training/datasets", content=b"x" * 5000, headers=headers).status_code == 413
             assert client.post("/v1/training/datasets", content=b"", headers=headers).status_code == 400
+            # Anonymous (or a forged token): refused before its body is read, whatever it declares.
+            for bad in ({}, {"Authorization": "Bearer glb1.forged.token"}):
+                refused = client.post("/v1/training/datasets", content=b"x" * 3000, headers=bad)
+                assert refused.status_code == 401 and refused.json()["error"] == "AuthError"
             # Elsewhere the general limit still holds.
             assert client.post("/v1/auth/nonce", content=b"{" + b" " * 2000 + b"}").status_code == 413
     finally:
