@@ -62,6 +62,8 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 class Cluster:
@@ -115,6 +117,29 @@ class Cluster:
             child.proc.wait()
             self.children.remove(child)
 
+    def restart(self, name: str) -> None:
+        """kill -9 a child (a crash) and start it again with the same arguments (the market on the same port)."""
+        (child,) = [c for c in self.children if c.name == name]
+        self.kill(name)
+        again = self._spawn(name, child.args, child.env)
+        if name == "market":
+            wait_port(int(self.env["GLOBAI_PORT"]), timeout=60, proc=again.proc)
+
+    def restart_redis(self) -> None:
+        """kill -9 the cluster's own redis-server and start an empty one on the same port (every queued message
+        is lost, as after a crash without persistence). Only a Redis this cluster started."""
+        if self.redis is None or self.redis.proc is None:
+            raise ClusterError("restart_redis needs the cluster's own redis-server")
+        port = int(self.redis.url.rsplit(":", 1)[1].split("/")[0])
+        self.redis.proc.kill()
+        self.redis.proc.wait()
+        proc = subprocess.Popen(
+            [self.redis.proc.args[0], "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_port(port, proc=proc)
+        self.redis = Service(self.redis.url, proc)
+
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
@@ -122,11 +147,11 @@ class Cluster:
             [sys.executable, "-c", "from market.cli import main; main()", *args],
             cwd=ROOT,
             env=env or self.env,
-            stdout=open(log, "wb"),
+            stdout=open(log, "ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,  # noqa: SIM115
         )
-        child = Child(name, proc, log)
+        child = Child(name, proc, log, list(args), dict(env or self.env))
         self.children.append(child)
         return child
 
