@@ -31,6 +31,8 @@ SUBCOMMANDS: list[tuple[str, ...]] = [
     ("demo", "market.commands.demo", "End-to-end demos on embedded defaults."),
     ("worker", "worker.cli", "Stake, serve layers or training tasks, withdraw earnings."),
     ("inference", "market.commands.inference", "Stream a prompt through the market's workers."),
+    ("keys", "market.commands.keys", "API keys for the OpenAI-compatible API (/openai/v1)."),
+    ("credit", "market.commands.credit", "Prepaid GLB credit (escrowed on chain) that API keys draw from."),
 ]
 
 

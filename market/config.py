@@ -94,6 +94,16 @@ class Settings(BaseSettings):
     blob_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     stage_timeout_s: float = Field(default=60.0, gt=0)
 
+    # The paid OpenAI-compatible API (docs/openai.md). Per-token prices in GLB wei (multiples of 1 gwei, the
+    # settlement unit of a credit): the defaults, and per model {"name": {"prompt": wei, "completion": wei}}.
+    prompt_price_wei: int = Field(default=10**12, ge=0)
+    completion_price_wei: int = Field(default=2 * 10**12, ge=0)
+    model_prices: dict[str, dict[str, int]] = Field(default_factory=dict)
+    api_key_rate_limit_per_min: int = Field(default=600, ge=1, le=1_000_000)  # default for new keys
+    credit_deadline_days: float = Field(default=30.0, gt=0, le=365)
+    # A credit closes this long before its escrow deadline, so it settles before anyone may refund it.
+    credit_close_margin_s: float = Field(default=3600.0, ge=0)
+
     # Training jobs (docs/training.md): uploaded datasets, received pseudo-gradients and checkpoints live here.
     training_dir: str = "var/training"
     training_max_dataset_bytes: int = Field(default=64 << 20, ge=1024)
@@ -116,6 +126,17 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: list[str]) -> list[str]:
         return [a.lower() for a in value]
+
+    @model_validator(mode="after")
+    def _prices_in_gwei(self) -> Settings:
+        prices = [self.prompt_price_wei, self.completion_price_wei]
+        for name, p in self.model_prices.items():
+            if set(p) != {"prompt", "completion"}:
+                raise ValueError(f"model_prices[{name}] needs exactly 'prompt' and 'completion'")
+            prices += [int(p["prompt"]), int(p["completion"])]
+        if any(p < 0 or p % 10**9 for p in prices):
+            raise ValueError("token prices must be non-negative multiples of 1 gwei (10**9 wei)")
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Settings:

@@ -79,3 +79,11 @@ class ChainNotConfigured(MarketError):
 
     def __init__(self) -> None:
         super().__init__("no chain configured for this market (set GLOBAI_STAKING_VAULT_ADDRESS etc.)")
+
+
+class InsufficientQuota(MarketError):
+    """An API request's worst case is not covered (no open credit with enough left, or the key's spend cap)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -14,11 +14,24 @@ from market.api.context import AppContext, auth_policy, system_clock
 from market.api.docs import install_docs
 from market.api.errors import install_error_handlers
 from market.api.middleware import BodySizeLimit, RateLimit
-from market.api.routes import audit, auth, health, inference, job_results, jobs, tasks, verification, workers
+from market.api.routes import (
+    audit,
+    auth,
+    credits,
+    health,
+    inference,
+    job_results,
+    jobs,
+    openai_v1,
+    tasks,
+    verification,
+    workers,
+)
 from market.api.routes import training as training_routes
 from market.api.schemas.common import ErrorOut
 from market.config import Settings
 from market.db.engine import make_engine, make_session_factory
+from market.oai.errors import install as install_openai_errors
 from market.services.chain_view import ChainView, chain_view_from_settings
 from market.services.workers import EligibleWorkerCache
 
@@ -102,6 +115,10 @@ def create_app(
     inference.install(app, ERROR_RESPONSES)  # coordinator + /v1/inference, /v1/models, /v1/workers/ws
     app.include_router(verification.router, responses=ERROR_RESPONSES)  # replays for the Celery verifiers
     app.include_router(training_routes.router, responses=ERROR_RESPONSES)
+    app.include_router(credits.router, responses={**ERROR_RESPONSES, 402: {"model": ErrorOut,
+                                                                         "description": "insufficient quota"}})
+    app.include_router(openai_v1.router)  # OpenAI's own error shape (market/oai/errors.py)
+    install_openai_errors(app)
     # Outermost first: oversized bodies are refused before they count against anyone's rate limit.
     app.add_middleware(
         RateLimit, rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst, secret=ctx.policy.secret

@@ -16,6 +16,7 @@ from market.domain_errors import (
     ChainNotConfigured,
     Conflict,
     Forbidden,
+    InsufficientQuota,
     InvalidRequest,
     NotFound,
     RateLimited,
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 # First match wins, so subclasses come before their bases.
 STATUS_BY_ERROR: list[tuple[type[GlobaiError], int]] = [
     (RateLimited, 429),
+    (InsufficientQuota, 402),
     (AuthError, 401),
     (Forbidden, 403),
     (NotFound, 404),

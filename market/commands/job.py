@@ -217,9 +217,14 @@ def fund(
     key_file: Path = KeyOpt,
 ) -> None:
     """Fund a job on chain (permit + fundJobWithPermit in one transaction), then confirm it with the market."""
+    settings, client = _client(market, key_file)
+    _echo(fund_job(settings, client, job_id))
+
+
+def fund_job(settings: Settings, client: MarketClient, job_id: str) -> Any:
+    """Permit + fundJobWithPermit for a job (or an API credit) in one transaction; returns the confirmed job."""
     from market.chain.permit import sign_glb_permit
 
-    settings, client = _client(market, key_file)
     escrow = client.request("GET", f"/v1/jobs/{job_id}/escrow")
     if not escrow.get("escrow_address"):
         raise ConfigError("the market has no escrow configured")
@@ -245,7 +250,7 @@ def fund(
     )
     typer.echo(f"funded {fmt_glb(amount)} in tx {receipt['transactionHash'].hex()} (block {receipt['blockNumber']})",
                err=True)
-    _echo(client.request("POST", f"/v1/jobs/{job_id}/confirm-funding"))
+    return client.request("POST", f"/v1/jobs/{job_id}/confirm-funding")
 
 
 @app.command()

@@ -47,6 +47,19 @@ log = logging.getLogger(__name__)
 REPLAYABLE = ("session_evicted", "unknown_session")
 
 
+def token_logprobs(logits: torch.Tensor, chosen: torch.Tensor, top: int) -> list[dict[str, Any]]:
+    """Per sequence: the log-probability of the chosen token under the model's distribution (the final logits the
+    sampler read, before temperature / top-p) and the `top` most likely tokens with theirs."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(1, chosen.view(-1, 1).to(torch.int64)).squeeze(1).tolist()
+    out: list[dict[str, Any]] = [{"logprob": lp, "top": []} for lp in picked]
+    if top > 0:
+        values, ids = torch.topk(logp, min(top, logp.shape[-1]), dim=-1)
+        for row, (vs, ix) in enumerate(zip(values.tolist(), ids.tolist(), strict=True)):
+            out[row]["top"] = [[i, v] for i, v in zip(ix, vs, strict=True)]
+    return out
+
+
 class RouteUnavailable(GlobaiError):
     def __init__(self, detail: str) -> None:
         super().__init__(f"no route: {detail}")
@@ -178,6 +191,7 @@ class PipelineRun:
         eos_ids: frozenset[int] = frozenset(),
         stop: tuple[str, ...] = (),
         pad_id: int = 0,
+        top_logprobs: int | None = None,
     ) -> None:
         self.run_id = run_id
         self.manifest = manifest
@@ -193,6 +207,7 @@ class PipelineRun:
         self.call_timeout_s = call_timeout_s
         self.max_failovers = max_failovers
         self.decode = decode
+        self.top_logprobs = top_logprobs  # None: no logprobs in token events; k: the sampled token's and the top k
         self.session_id = run_id
         self.failovers = 0
         self.excluded: set[str] = set()
@@ -279,6 +294,9 @@ class PipelineRun:
                         if not st.finished:
                             deltas[seq] += st.finish_length()
                 event: dict[str, Any] = {"event": "token", "step": step, "tokens": step_tokens}
+                if self.top_logprobs is not None:
+                    lps = token_logprobs(logits[:, -1, :], sampled, self.top_logprobs)
+                    event["logprobs"] = [lp if t is not None else None for lp, t in zip(lps, step_tokens, strict=True)]
                 if self.decode is not None:
                     event["text"] = deltas
                 finished = [st.finish_reason for st in self.stops]

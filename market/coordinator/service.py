@@ -200,7 +200,7 @@ class Coordinator:
     async def start(
         self, *, requester: str, model: str, prompts: list[str] | None, prompt_ids: list[list[int]] | None,
         max_new_tokens: int, sampling: SamplingParams, messages: Sequence[Messages] | None = None,
-        stop: Sequence[str] = (), ignore_eos: bool = False,
+        stop: Sequence[str] = (), ignore_eos: bool = False, top_logprobs: int | None = None,
     ) -> PipelineRun:
         """Plan a route and start generating in the background; the run's events stream as it goes.
 
@@ -254,7 +254,7 @@ class Coordinator:
             run_id=run_id, manifest=manifest, limits=limits, hops=hops, prompt_ids=prompt, attention_mask=mask,
             max_new_tokens=max_new_tokens, sampling=sampling, scope_for=scope_for,
             replan=lambda a, b, ex: self.replan(model, a, b, ex), call_timeout_s=self.config.call_timeout_s,
-            decode=self.decoder(model), eos_ids=eos_ids, stop=stops, pad_id=pad_id,
+            decode=self.decoder(model), eos_ids=eos_ids, stop=stops, pad_id=pad_id, top_logprobs=top_logprobs,
         )
         run.requester = requester  # type: ignore[attr-defined]
         self.runs[run_id] = run

@@ -47,6 +47,8 @@ class ChainView(Protocol):
 
     def min_stake(self) -> int: ...
 
+    def fee_bps(self) -> int: ...
+
     def stake_of(self, address: str, *, block: int | None = None) -> tuple[int, int]:
         """(active stake, unbonding amount) of `address` at `block` (latest when None)."""
         ...
@@ -92,6 +94,9 @@ class Web3ChainView:
 
     def min_stake(self) -> int:
         return int(self.client.call(self.vault.functions.minStake()))
+
+    def fee_bps(self) -> int:
+        return int(self.client.call(self.escrow.functions.feeBps()))
 
     def stake_of(self, address: str, *, block: int | None = None) -> tuple[int, int]:
         at: int | str = "latest" if block is None else block

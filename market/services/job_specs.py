@@ -78,6 +78,22 @@ class TrainingSpec(BaseModel):
         return self.rounds * self.tasks_per_round * self.local_steps
 
 
+class CreditSpec(BaseModel):
+    """A prepaid credit for the OpenAI-compatible API (docs/openai.md): `gwei` of token charges, any model.
+
+    Not a `JobSpec` (it is posted through /v1/credits, never /v1/jobs); its job settles like any other."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["credit"] = "credit"
+    model: Literal["*"] = "*"
+    gwei: int = Field(ge=1, le=2**63 - 1)
+
+    def units(self) -> int:
+        """One unit = one gwei of token charges (the settlement unit of a credit)."""
+        return self.gwei
+
+
 JobSpec = Annotated[InferenceSpec | TrainingSpec, Field(discriminator="kind")]
 
 # Jobs of at least this many rounds reserve capacity (see market.scheduler.priority.reserve_capacity).
@@ -93,8 +109,10 @@ def spec_hash(spec: dict[str, Any]) -> str:
     return "0x" + keccak(canonical_json(spec)).hex()
 
 
-def spec_dict(spec: InferenceSpec | TrainingSpec) -> dict[str, Any]:
+def spec_dict(spec: InferenceSpec | TrainingSpec | CreditSpec) -> dict[str, Any]:
     # A job that leaves a later-added field at its default hashes exactly as before the field existed.
+    if isinstance(spec, CreditSpec):
+        return spec.model_dump(mode="json")
     if isinstance(spec, TrainingSpec):
         return spec.model_dump(mode="json", exclude={"diloco"} if spec.diloco is None else None)
     unset = {name for name in ("chat", "stop") if not getattr(spec, name)}

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from market.db import Job, Lease, Settlement, Task, new_id
 from market.domain_errors import Conflict, Forbidden, FundingNotFound, InvalidRequest, NotFound
 from market.services.chain_view import ChainLog, ChainView, chain_job_id
-from market.services.job_specs import LONG_JOB_ROUNDS, InferenceSpec, TrainingSpec, spec_dict, spec_hash
+from market.services.job_specs import LONG_JOB_ROUNDS, CreditSpec, InferenceSpec, TrainingSpec, spec_dict, spec_hash
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def create_job(
     session: Session,
     *,
     requester: str,
-    spec: InferenceSpec | TrainingSpec,
+    spec: InferenceSpec | TrainingSpec | CreditSpec,
     budget: int,
     price_per_unit: int,
     deadline: datetime,

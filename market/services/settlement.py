@@ -41,6 +41,10 @@ def work_items(session: Session, job: Job) -> list[WorkItem]:
     if parts:
         if any(p.status == "pending" for p in parts):
             raise Conflict(f"job {job.id} still has unverified work")
+        if job.kind == "credit":  # API usage: each request's charge goes to the workers of its run
+            from market.services.credits import credit_work_items
+
+            return credit_work_items(session, job, list(parts))
         return [WorkItem(p.work_key, p.worker, p.units, p.status) for p in parts]
     rows = session.execute(
         select(Task, Worker.address)

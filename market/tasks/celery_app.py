@@ -25,6 +25,7 @@ TASK_MODULES = (
     "market.tasks.settlement",
     "market.tasks.indexer",
     "market.tasks.training",
+    "market.tasks.credits",
 )
 
 
@@ -101,6 +102,11 @@ def create_celery(settings: Settings, *, include: Iterable[str] = ()) -> Celery:
             },
             "recover-verifications": {
                 "task": "market.verification.recover",
+                "schedule": settings.verify_interval_s,
+                "options": {"expires": settings.verify_interval_s},
+            },
+            "close-due-credits": {
+                "task": "market.credits.close_due",
                 "schedule": settings.verify_interval_s,
                 "options": {"expires": settings.verify_interval_s},
             },
