@@ -31,6 +31,7 @@ from market.api.routes import training as training_routes
 from market.api.schemas.common import ErrorOut
 from market.config import Settings
 from market.db.engine import make_engine, make_session_factory
+from market.oai.errors import RESPONSES as OPENAI_RESPONSES
 from market.oai.errors import install as install_openai_errors
 from market.services.chain_view import ChainView, chain_view_from_settings
 from market.services.workers import EligibleWorkerCache
@@ -117,7 +118,7 @@ def create_app(
     app.include_router(training_routes.router, responses=ERROR_RESPONSES)
     app.include_router(credits.router, responses={**ERROR_RESPONSES, 402: {"model": ErrorOut,
                                                                          "description": "insufficient quota"}})
-    app.include_router(openai_v1.router)  # OpenAI's own error shape (market/oai/errors.py)
+    app.include_router(openai_v1.router, responses=OPENAI_RESPONSES)  # OpenAI's error shape (market/oai/)
     install_openai_errors(app)
     # Outermost first: oversized bodies are refused before they count against anyone's rate limit.
     app.add_middleware(

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PREFIX = "/openai/"
@@ -21,6 +22,22 @@ KINDS: dict[int, tuple[str, str]] = {
     413: ("invalid_request_error", "request_too_large"),
     429: ("requests", "rate_limit_exceeded"),
     503: ("server_error", "service_unavailable"),
+}
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": f"{kind}: {code}"} for status, (kind, code) in KINDS.items()
 }
 
 

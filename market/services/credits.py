@@ -89,6 +89,8 @@ def create_credit(
 ) -> tuple[Job, Credit]:
     if amount < CREDIT_UNIT_WEI:
         raise InvalidRequest(f"a credit holds at least {CREDIT_UNIT_WEI} wei")
+    if amount >= 2**96 or amount // CREDIT_UNIT_WEI >= 2**63:  # the escrow's uint96 amount; units are int64
+        raise InvalidRequest("a credit holds less than 2^63 gwei")
     job = create_job(session, requester=requester, spec=CreditSpec(gwei=amount // CREDIT_UNIT_WEI), budget=amount,
                      price_per_unit=CREDIT_UNIT_WEI, deadline=deadline, replicas=1, created_block=created_block,
                      now=now)

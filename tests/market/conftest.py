@@ -115,6 +115,9 @@ class FakeChain:
     def min_stake(self) -> int:
         return self.minimum
 
+    def fee_bps(self) -> int:
+        return 200
+
     def stake_of(self, address: str, *, block: int | None = None) -> tuple[int, int]:
         return self.stakes.get(address, (0, 0))
 
