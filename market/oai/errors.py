@@ -25,19 +25,19 @@ KINDS: dict[int, tuple[str, str]] = {
 }
 
 
-class ErrorBody(BaseModel):
+class OpenAIErrorBody(BaseModel):
     message: str
     type: str
     param: str | None
     code: str | None
 
 
-class ErrorOut(BaseModel):
-    error: ErrorBody
+class OpenAIErrorOut(BaseModel):
+    error: OpenAIErrorBody
 
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut, "description": f"{kind}: {code}"} for status, (kind, code) in KINDS.items()
+    status: {"model": OpenAIErrorOut, "description": f"{kind}: {code}"} for status, (kind, code) in KINDS.items()
 }
 
 
@@ -73,8 +73,12 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
 
 
 def install(app: FastAPI) -> None:
-    """OpenAI-shaped answers for everything under /openai/ (the market's own shape elsewhere)."""
+    """OpenAI-shaped answers for everything under /openai/; elsewhere the handlers installed before (the market's
+    own shape, market/api/errors.py) still answer. Call after `install_error_handlers`."""
     from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+
+    before_validation = app.exception_handlers.get(RequestValidationError, request_validation_exception_handler)
+    before_http = app.exception_handlers.get(StarletteHTTPException, http_exception_handler)
 
     async def on_openai_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, OpenAIError)
@@ -85,14 +89,14 @@ def install(app: FastAPI) -> None:
         if request.url.path.startswith(PREFIX):
             message, param = validation_message(list(exc.errors()))
             return OpenAIError(400, message, param=param).response()
-        return await request_validation_exception_handler(request, exc)
+        return await before_validation(request, exc)
 
     async def on_http(request: Request, exc: Exception) -> Any:
         assert isinstance(exc, StarletteHTTPException)
         if request.url.path.startswith(PREFIX):
             status = exc.status_code if exc.status_code in KINDS else 400
             return OpenAIError(status, str(exc.detail)).response()
-        return await http_exception_handler(request, exc)
+        return await before_http(request, exc)
 
     app.add_exception_handler(OpenAIError, on_openai_error)
     app.add_exception_handler(RequestValidationError, on_validation)
