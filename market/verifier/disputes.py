@@ -31,6 +31,7 @@ import torch
 from market.protocol import merkle
 from market.protocol.commitments import SignedCommitment, SignedRoot, tensor_sha256
 from market.protocol.signing import ChunkScope, verify_signer
+from market.protocol.sketch import sketch_chunk
 from market.verifier.compare import Tolerance, compare_hidden_states, compare_projections, compare_sketch
 
 STRUCTURAL_SLASHABLE = frozenset({"wrong_scope", "not_in_root", "malformed", "unbound"})
@@ -105,6 +106,10 @@ def check_claim(
     if replayed is None:
         raise ValueError("a well-formed claim needs the replayed chunk")
     if isinstance(held, torch.Tensor):
+        # The signed sketch must be the canonical sketch of the rows it commits to (else a false, signed claim).
+        sketch = signed.commitment.sketch
+        if len(sketch) < 8 or sketch != sketch_chunk(held, sketch[5]) or (k is not None and sketch[5] != k):
+            return ClaimVerdict(False, "malformed", False, {})
         full = compare_hidden_states(held, replayed, tol)
         return ClaimVerdict(full.ok, full.reason, not full.ok, full.metrics.to_json())
     verdict = compare_sketch(signed.commitment.sketch, replayed, tol, k=k)
