@@ -102,3 +102,23 @@ def test_resume_keeps_completed_batches_and_drops_unfinished_runs(tmp_path: Path
         outputs = job_outputs(s, job=job, encode=lambda p: _encode("m", p, None), decode=None, batch_size=2)
     assert [o["prompt"] for o in outputs] == PROMPTS
     assert [o["tokens"] for o in outputs] == [[7, 2], [7, 2], None, None, [7, 1]]
+
+
+def test_funded_job_without_a_worker_for_its_model_is_refunded_after_the_route_wait(tmp_path: Path) -> None:
+    from market.db import Settlement
+
+    runner, sf = _runner(tmp_path)
+    job_id = _job(sf, "funded")
+    with sf() as s:
+        s.get(Job, job_id).updated_at = NOW - timedelta(seconds=runner.route_wait_s - 1)  # funded just now
+        s.commit()
+    assert runner._claim(set(), resume=False) == []
+    with sf() as s:
+        assert s.get(Job, job_id).status == "funded"  # still waiting for a worker
+        s.get(Job, job_id).updated_at = NOW - timedelta(seconds=runner.route_wait_s + 1)
+        s.commit()
+    assert runner._claim(set(), resume=False) == []
+    with sf() as s:
+        assert s.get(Job, job_id).status == "cancelled"
+        refund = s.scalar(select(Settlement).where(Settlement.job_id == job_id))
+        assert refund is not None and (refund.kind, refund.status) == ("refund", "pending")
