@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from eth_account import Account  # noqa: E402
 
-from market.protocol.commitments import chunk_bounds, tensor_sha256  # noqa: E402
-from market.protocol.signing import ChunkScope, recover_signer, sent_digest, sign_digest  # noqa: E402
-from market.protocol.sketch import sketch_chunk  # noqa: E402
+from globai.protocol.commitments import chunk_bounds, tensor_sha256  # noqa: E402
+from globai.protocol.signing import ChunkScope, recover_signer, sent_digest, sign_digest  # noqa: E402
+from globai.protocol.sketch import sketch_chunk  # noqa: E402
 from market.verifier.calibrate import CalibrationSettings, scenarios, stage_inputs, torch_threads  # noqa: E402
 from market.verifier.compare import (  # noqa: E402
     DEFAULT_TOLERANCES,

@@ -25,9 +25,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from market.chain.client import ChainClient  # noqa: E402
-from market.chain.deploy import deploy_all  # noqa: E402
-from market.demo.cluster import Cluster, ClusterConfig  # noqa: E402
+from globai.chain.client import ChainClient  # noqa: E402
+from globai.chain.deploy import deploy_all  # noqa: E402
+from globai.chain.local import dev_accounts  # noqa: E402
+from globai.dev.cluster import Cluster, ClusterConfig  # noqa: E402
+from globai.dev.services import Service, anvil_command, free_port, wait_port  # noqa: E402
 from market.demo.faults import (  # noqa: E402
     ANVIL_SCENARIOS,
     FAULT_ENV,
@@ -36,7 +38,6 @@ from market.demo.faults import (  # noqa: E402
     run_scenario,
     start_cluster,
 )
-from market.devservices import Service, anvil_command, dev_accounts, free_port, wait_port  # noqa: E402
 
 CONFIRMATIONS = 2  # settlements and slashes count once 2 blocks deep; Anvil mines a block every second
 

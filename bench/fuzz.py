@@ -30,10 +30,11 @@ from eth_account import Account  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis import checks  # noqa: E402
 
-from market.chain.client import ChainClient  # noqa: E402
-from market.chain.deploy import deploy_all  # noqa: E402
-from market.devservices import anvil_service, dev_accounts, free_port, wait_port  # noqa: E402
-from market.protocol.auth_client import sign_in  # noqa: E402
+from globai.chain.client import ChainClient  # noqa: E402
+from globai.chain.deploy import deploy_all  # noqa: E402
+from globai.chain.local import dev_accounts  # noqa: E402
+from globai.client import sign_in  # noqa: E402
+from globai.dev.services import anvil_service, free_port, wait_port  # noqa: E402
 
 CHECKS = [checks.status_code_conformance, checks.content_type_conformance, checks.response_schema_conformance]
 

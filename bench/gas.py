@@ -25,10 +25,11 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
-from market.chain.client import ChainClient
-from market.chain.deploy import GLB, BoundContracts, deploy_all
-from market.chain.permit import sign_glb_permit
-from market.devservices import anvil_service, dev_accounts
+from globai.chain.client import ChainClient
+from globai.chain.deploy import GLB, BoundContracts, deploy_all
+from globai.chain.local import dev_accounts
+from globai.chain.permit import sign_glb_permit
+from globai.dev.services import anvil_service
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
@@ -214,7 +215,7 @@ def _machine() -> str:
 
 
 def render(rows: list[Row]) -> str:
-    from market.chain.build import COMPILER_SETTINGS
+    from globai.chain.build import COMPILER_SETTINGS
 
     lines = [
         "## Gas",
@@ -268,7 +269,7 @@ GAS_NOTES = [
 
 
 def _solc_version() -> str:
-    from market.chain.artifacts import load_artifact
+    from globai.chain.artifacts import load_artifact
 
     return str(load_artifact("JobEscrow")["compiler"]["version"])
 

@@ -40,12 +40,13 @@ import httpx
 import torch
 from eth_account import Account
 
-from market.chain.client import ChainClient
-from market.chain.deploy import deploy_all
-from market.devservices import anvil_service, dev_accounts, free_port
-from market.models.hf import load_full_model
-from market.models.tiny import build_tiny_llama
-from market.protocol.auth_client import check, sign_in
+from globai.chain.client import ChainClient
+from globai.chain.deploy import deploy_all
+from globai.chain.local import dev_accounts
+from globai.client import check, sign_in
+from globai.dev.services import anvil_service, free_port
+from globai.models.hf import load_full_model
+from globai.models.tiny import build_tiny_llama
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
@@ -80,7 +81,7 @@ def monolithic(model_dir: Path, prompt: torch.Tensor, new_tokens: int, threads: 
         return result
     # The same layers as one in-process Stage driven like the coordinator drives workers (no sockets): separates
     # the cost of the network and processes from the difference between `generate` and the Stage code.
-    from market.models.reference import run_pipeline_local
+    from globai.models.reference import run_pipeline_local
     from worker.stage import Stage
 
     stage = Stage(model_dir, 0, manifest.num_layers)
@@ -329,11 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python bench/pipeline.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
 
-    from market.models.manifest import load_manifest
+    from globai.models.manifest import load_manifest
 
     real = args.model == "smollm2"
     if real:
-        from market.models.builtin import add_builtin
+        from globai.models.builtin import add_builtin
 
         cache = REPO_ROOT / "var" / "bench" / "real-models"  # only this model: the market serves the whole folder
         model_dir, manifest, _ = add_builtin("smollm2", cache)
@@ -347,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(model_dir)
     params_m = sum(s.size for s in manifest.shards if s.name != "head") / 4 / 1e6
     if real:
+        from globai.models.tokenizer import load_tokenizer
         from market.coordinator.chat import render_chat
-        from market.models.tokenizer import load_tokenizer
 
         question = "Tell me about the history of Paris in a few paragraphs."
         prompt = torch.tensor([render_chat(load_tokenizer(model_dir), manifest, [{"role": "user",
@@ -375,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("monolithic generate ...", flush=True)
     mono = measure_monolithic(with_stage=not real)
-    from market.models.reference import generate_reference
+    from globai.models.reference import generate_reference
 
     expected = generate_reference(model_dir, prompt, args.new_tokens).tolist()
     print(f"  decode {mono['decode_tok_s']:.1f} tok/s, prefill {args.prompt / mono['prefill_s']:.0f} tok/s", flush=True)

@@ -29,15 +29,15 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from globai.models.builtin import add_builtin  # noqa: E402
+from globai.models.manifest import load_manifest  # noqa: E402
+from globai.models.reference import Recorded, run_pipeline_local  # noqa: E402
+from globai.models.tokenizer import load_tokenizer  # noqa: E402
+from globai.protocol.commitments import chunk_bounds  # noqa: E402
+from globai.protocol.sampling import greedy  # noqa: E402
+from globai.protocol.sketch import sketch_chunk  # noqa: E402
 from market.coordinator.chat import render_chat  # noqa: E402
-from market.coordinator.sampling import greedy  # noqa: E402
 from market.coordinator.service import left_pad  # noqa: E402
-from market.models.builtin import add_builtin  # noqa: E402
-from market.models.manifest import load_manifest  # noqa: E402
-from market.models.reference import Recorded, run_pipeline_local  # noqa: E402
-from market.models.tokenizer import load_tokenizer  # noqa: E402
-from market.protocol.commitments import chunk_bounds  # noqa: E402
-from market.protocol.sketch import sketch_chunk  # noqa: E402
 from market.verifier.compare import compare_hidden_states, compare_sketch, shipped_model_tolerances  # noqa: E402
 from worker.stage import Stage  # noqa: E402
 

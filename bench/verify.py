@@ -34,9 +34,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from eth_account import Account  # noqa: E402
 
-from market.protocol import merkle  # noqa: E402
-from market.protocol.commitments import chunk_bounds, chunk_id, commit_chunk, sign_commitment, sign_task_root  # noqa: E402
-from market.protocol.signing import ChunkScope  # noqa: E402
+from globai.protocol import merkle  # noqa: E402
+from globai.protocol.commitments import chunk_bounds, chunk_id, commit_chunk, sign_commitment, sign_task_root  # noqa: E402
+from globai.protocol.signing import ChunkScope  # noqa: E402
 from market.verifier import sampling  # noqa: E402
 from market.verifier.calibrate import CalibrationSettings, scenarios  # noqa: E402
 from market.verifier.compare import DEFAULT_TOLERANCES, compare_sketch  # noqa: E402
@@ -171,7 +171,7 @@ def false_positives(model, n_jobs: int) -> tuple[int, int]:  # type: ignore[no-u
                 ref = run_stage(model, x.unsqueeze(0), s.stage)[0]
                 torch.set_num_threads(2)
             for _, a, b in chunk_bounds(x.shape[0]):
-                from market.protocol.sketch import sketch_chunk
+                from globai.protocol.sketch import sketch_chunk
 
                 v = compare_sketch(sketch_chunk(out[a:b]), ref[a:b], DEFAULT_TOLERANCES["float32"], k=8)
                 compared += 1

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from market.errors import GlobaiError
+from globai.errors import GlobaiError
 
 
 class BlobNotFound(GlobaiError):

@@ -116,7 +116,7 @@ def announce_endpoints(args: list[str]) -> None:
     words = [a for a in args if not a.startswith("-")]
     if not words or words[0] == "dev" or "--help" in args:
         return
-    from market.devstack import apply_env, state_path
+    from globai.dev.stack import apply_env, state_path
 
     state = apply_env()
     if words[0] not in ANNOUNCE:

@@ -37,7 +37,7 @@ def pydantic_errors(exc: BaseException) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    from market.errors import GlobaiError
+    from globai.errors import GlobaiError
 
     if isinstance(exc, GlobaiError):
         return _one_line(str(exc))

@@ -1,0 +1,1 @@
+"""The test suite as a package, so test folders named like product packages (tests/market) never shadow them."""

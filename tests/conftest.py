@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from market.chain.client import ChainClient
-from market.devservices import Service, anvil_service, dev_accounts, redis_service
+from globai.chain.client import ChainClient
+from globai.chain.local import dev_accounts
+from globai.dev.services import Service, anvil_service, redis_service
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -51,7 +52,7 @@ def anvil() -> Iterator[Anvil]:
 @pytest.fixture(scope="session")
 def deployment(anvil: Anvil) -> Any:
     """GLBToken, StakingVault and JobEscrow deployed once per test session (account 0 is admin and treasury)."""
-    from market.chain.deploy import deploy_all
+    from globai.chain.deploy import deploy_all
 
     admin = anvil.accounts[0]
     return deploy_all(anvil.client, admin=admin, treasury=admin)
@@ -100,7 +101,7 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Returns the model directory; its parent is a models directory holding only this model. The real model is
     used only where it matters (tests/real, the demo's end-to-end test).
     """
-    from market.models.builtin import SMOLLM2, add_builtin
+    from globai.models.builtin import SMOLLM2, add_builtin
 
     models = tmp_path_factory.mktemp("real-models")
     directory, manifest, _ = add_builtin(SMOLLM2.key, models, dtype="float32")

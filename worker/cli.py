@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from market.amounts import fmt_glb, parse_glb
-from market.errors import ConfigError
+from globai.amounts import fmt_glb, parse_glb
+from globai.errors import ConfigError
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -26,7 +26,7 @@ KeyFileOpt = Annotated[Path | None, typer.Option("--key-file", help="File holdin
 
 
 def _account(key: str | None, key_file: Path | None) -> LocalAccount:
-    from market.keys import load_account
+    from globai.keys import load_account
 
     return load_account(key, key_file, who="worker", env="GLOBAI_WORKER_KEY")
 
@@ -119,7 +119,7 @@ def status(market: MarketOpt = "http://127.0.0.1:8000", key: KeyOpt = None, key_
 def _market_get(market: str, key: str | None, key_file: Path | None, path: str) -> dict:  # type: ignore[type-arg]
     import httpx
 
-    from market.protocol.auth_client import check, sign_in
+    from globai.client import check, sign_in
 
     account = _account(key, key_file)
     with httpx.Client(base_url=market, timeout=30) as http:

@@ -3,7 +3,7 @@
 Stage 0 takes token ids and embeds them; middle stages map hidden states to hidden states; the last stage
 of a decoder returns logits (final norm + LM head), that of an encoder pooled sentence embeddings.
 Decoder stages keep a KV cache per session (`worker.models.sessions`); the coordinator drives prefill and
-decode and relays each stage's output to the next, as `market.models.reference.run_pipeline_local` does
+decode and relays each stage's output to the next, as `globai.models.reference.run_pipeline_local` does
 in-process.
 
 The layer calls follow TOOLCHAIN.md ("running a range of decoder layers"): always build the causal mask, with
@@ -23,9 +23,9 @@ import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
-from market.models.manifest import Manifest, check_layer_range, load_manifest
-from market.models.pooling import pool_embeddings
-from market.protocol.tensors import dtype_from_name
+from globai.models.manifest import Manifest, check_layer_range, load_manifest
+from globai.models.pooling import pool_embeddings
+from globai.protocol.tensors import dtype_from_name
 from worker.models.errors import StageError, StageInputError
 from worker.models.modules import LlamaHead, StageModules, build_stage_modules
 from worker.models.sessions import Session, SessionStore

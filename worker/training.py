@@ -6,8 +6,8 @@ on while it runs, so a replica re-running a sampled task gets the same update (u
 across thread counts, which the verifier's tolerance absorbs).
 
 The market sends the checkpoint and the shard; the worker returns ``θ_v − θ_after`` (compressed with
-`market.protocol.compression`) plus loss metrics. This module is self-contained on purpose: the worker does
-not import market internals, only the shared protocol.
+`globai.protocol.compression`) plus loss metrics. This module is self-contained on purpose: the worker does
+not import `market`, only the shared `globai` protocol.
 """
 
 from __future__ import annotations

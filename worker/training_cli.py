@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import httpx
 import typer
 
-from market.errors import ConfigError
+from globai.errors import ConfigError
 
 if TYPE_CHECKING:
     from worker.training_client import TaskOutcome
@@ -49,7 +49,7 @@ def train(
     register: Annotated[bool, typer.Option(help="Register (profile) with the market first.")] = True,
 ) -> None:
     """Claim training tasks, run H AdamW steps each, submit signed compressed pseudo-gradients. Ctrl-C stops."""
-    from market.keys import load_account
+    from globai.keys import load_account
     from worker.training_client import TrainingClient  # torch: only when training
 
     account = load_account(key, key_file, who="worker", env="GLOBAI_WORKER_KEY")

@@ -3,9 +3,9 @@
 One task: claim a ``train`` task through the lease API; fetch checkpoint v's manifest and only the tensors not
 already in the local content-addressed cache (each checked against its sha256); fetch the task's data shard; run
 `worker.training.run_inner_steps` (H AdamW steps, seeded) while heartbeating the lease; compress the
-pseudo-gradient with the job's codec; sign the scoped digest over its sha256 (`market.protocol.training`); submit.
+pseudo-gradient with the job's codec; sign the scoped digest over its sha256 (`globai.protocol.training`); submit.
 
-Imports only the shared protocol from the market package (never `market.api`).
+Imports only `globai` (the shared protocol and the market client), never `market`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch
 from eth_account.signers.local import LocalAccount
 from safetensors.torch import load as st_load
 
-from market.protocol.auth_client import MarketError, check, sign_in
-from market.protocol.compression import encode_update, parse_codec, payload_digest
-from market.protocol.training import PAYLOAD_KIND, TRAINING_MODEL, UpdateScope, sign_update
+from globai.client import MarketError, check, sign_in
+from globai.protocol.compression import encode_update, parse_codec, payload_digest
+from globai.protocol.training import PAYLOAD_KIND, TRAINING_MODEL, UpdateScope, sign_update
 from worker.training import InnerMetrics, run_inner_steps
 
 log = logging.getLogger(__name__)

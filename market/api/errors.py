@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from globai.errors import ChainError, ConfigError, GlobaiError, RpcUnavailable
 from market.domain_errors import (
     AuthError,
     ChainNotConfigured,
@@ -21,7 +22,6 @@ from market.domain_errors import (
     NotFound,
     RateLimited,
 )
-from market.errors import ChainError, ConfigError, GlobaiError, RpcUnavailable
 
 log = logging.getLogger(__name__)
 

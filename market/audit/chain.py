@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from market.chain.client import ChainClient
-from market.chain.deploy import Deployment
-from market.chain.reconcile import Reconciliation, reconcile
+from globai.chain.client import ChainClient
+from globai.chain.deploy import Deployment
+from market.audit.reconcile import Reconciliation, reconcile
 
 
 def audit_chain(client: ChainClient, deployment: Deployment) -> Reconciliation:

@@ -19,8 +19,8 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from market.chain.client import ChainClient, Event
-from market.protocol.merkle import MerkleError, MerkleTree, settlement_leaf
+from globai.chain.client import ChainClient, Event
+from globai.protocol.merkle import MerkleError, MerkleTree, settlement_leaf
 from market.settlement.payout import fee_of
 from market.settlement.report import MalformedReport, Report, parse_report, record_proves
 

@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from market.chain.client import ChainClient
-from market.chain.deploy import Deployment
-from market.errors import ConfigError
+from globai.chain.client import ChainClient
+from globai.chain.deploy import Deployment
+from globai.errors import ConfigError
 
 app = typer.Typer(help="Audit settlements and balances from the chain and the published reports.",
                   no_args_is_help=True)
@@ -33,9 +33,9 @@ def _fail(reason: str) -> None:
 def _deployment(client: ChainClient, path: Path | None) -> Deployment:
     if path is not None:
         return Deployment.load(path)
-    from market.chain import devnet
+    from globai.chain import local
 
-    return devnet.read_deployment(devnet.DevnetPaths(), client.check())
+    return local.read_deployment(local.DevnetPaths(), client.check())
 
 
 def _load_report(source: str) -> Any:
@@ -71,8 +71,8 @@ def job(
     from_block: Annotated[int | None, typer.Option(help="First block to read events from.")] = None,
 ) -> None:
     """Check one job: report root = on-chain reportRoot, every proof, payee sums = PaymentCredited, amounts add up."""
+    from globai.chain.ids import job_id_bytes
     from market.audit.job import audit_job
-    from market.chain.ids import job_id_bytes
 
     client = ChainClient(rpc, retries=1)
     client.check()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from market.chain import build as chain_build
+from globai.chain import build as chain_build
 
-app = typer.Typer(help="Compile the Solidity contracts (npm solc) into market/chain/artifacts.")
+app = typer.Typer(help="Compile the Solidity contracts (npm solc) into globai/chain/artifacts.")
 
 
 @app.command()

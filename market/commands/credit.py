@@ -6,8 +6,10 @@ from pathlib import Path
 
 import typer
 
-from market.amounts import fmt_glb, parse_glb
-from market.commands.job import KeyOpt, MarketOpt, _client, _echo, fund_job
+from globai.amounts import fmt_glb, parse_glb
+from market.commands.requester import KeyOpt, MarketOpt, fund_job
+from market.commands.requester import echo_json as _echo
+from market.commands.requester import requester_client as _client
 
 app = typer.Typer(help="Prepaid credit (escrowed GLB) that your API keys draw from.")
 

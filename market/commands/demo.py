@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from market.chain import devnet
-from market.chain.client import ChainClient
-from market.errors import GlobaiError
+from globai.chain.client import ChainClient
+from globai.dev import devnet
+from globai.errors import GlobaiError
 
 DEMO_VAR = Path("var/demo")
 app = typer.Typer(help="End-to-end demos on embedded defaults (devnet Anvil, SQLite, local Redis).")
@@ -46,9 +46,9 @@ def run(
     chain and audited. Exits 0 only if the job and chain audits pass."""
     import signal
 
-    from market.demo.cluster import Cluster, ClusterConfig
+    from globai.chain.local import dev_accounts
+    from globai.dev.cluster import Cluster, ClusterConfig
     from market.demo.paid_inference import run_paid_inference
-    from market.devservices import dev_accounts
 
     def _terminate(*_args: object) -> None:
         raise KeyboardInterrupt  # unwinds through `with Cluster`, which ends every child

@@ -1,4 +1,4 @@
-"""`globai dev up|status|down`: the whole local stack from one state file (market/devstack.py)."""
+"""`globai dev up|status|down`: the whole local stack from one state file (globai/dev/stack.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def up(
                                                                           "one when 8000 is taken).")] = None,
 ) -> None:
     """Start the devnet, a private Redis, the market and Celery (worker + beat); record them in the state file."""
-    from market import devstack
+    from globai.dev import stack as devstack
 
     state = devstack.up(var=var, chain_port=chain_port, market_port=market_port, say=_say)
     _show(state)
@@ -36,8 +36,8 @@ def up(
 @app.command()
 def status() -> None:
     """What runs, where, and whether it answers."""
-    from market import devstack
-    from market.devservices import port_open
+    from globai.dev import stack as devstack
+    from globai.dev.services import port_open
 
     state = devstack.read_state()
     if state is None:
@@ -60,14 +60,14 @@ def down(
     keep_devnet: Annotated[bool, typer.Option("--keep-devnet", help="Leave the devnet running.")] = False,
 ) -> None:
     """Stop every process `dev up` started (the devnet's chain state and the market DB are kept)."""
-    from market import devstack
+    from globai.dev import stack as devstack
 
     if not devstack.down(say=typer.echo, keep_devnet=keep_devnet):
         raise typer.Exit(0)
 
 
 def _show(state: object) -> None:
-    from market.devstack import StackState
+    from globai.dev.stack import StackState
 
     assert isinstance(state, StackState)
     typer.echo(f"market   {state.market_url}   (OpenAPI at {state.market_url}/docs)")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from market.errors import ConfigError
+from globai.errors import ConfigError
 
-DEFAULT_PORT = 8545  # market.chain.devnet.DEFAULT_PORT (not imported here: web3 loads only when a command runs)
+DEFAULT_PORT = 8545  # globai.chain.local.DEFAULT_PORT (not imported here: web3 loads only when a command runs)
 
 app = typer.Typer(help="A local Anvil chain with persisted state and the GlobAI contracts deployed once.")
 
@@ -16,7 +16,7 @@ PortOpt = typer.Option(DEFAULT_PORT, "--port", help="Port for a devnet that is n
 @app.command()
 def up(port: int = PortOpt) -> None:
     """Start the devnet (or reuse the running one) and deploy the contracts if they are not deployed."""
-    from market.chain import devnet
+    from globai.dev import devnet
 
     url, record, started, deployed = devnet.up(port)
     note = "" if started or url.endswith(f":{port}") else f" (--port {port} ignored; set GLOBAI_RPC_URL={url})"
@@ -29,9 +29,10 @@ def up(port: int = PortOpt) -> None:
 @app.command()
 def down() -> None:
     """Stop the devnet cleanly; its state is kept for the next `up`."""
-    from market.chain import devnet
+    from globai.chain import local
+    from globai.dev import devnet
 
-    stopped = devnet.stop_anvil(devnet.DevnetPaths())
+    stopped = devnet.stop_anvil(local.DevnetPaths())
     typer.echo("devnet stopped" if stopped else "devnet was not running")
 
 
@@ -40,10 +41,10 @@ def status(
     rpc: str = typer.Option(None, "--rpc", help="RPC URL (default: the running devnet)."),
 ) -> None:
     """Show chain, block, contract addresses and token balances."""
-    from market.chain import devnet
+    from globai.chain import local
 
     rpc = rpc or _running_rpc()
-    client, record = devnet.connect(rpc, devnet.DevnetPaths())
+    client, record = local.connect(rpc)
     token = client.contract("GLBToken", record.token)
     typer.echo(f"rpc {rpc}  chain {client.chain_id}  block {client.block_number()}")
     for name, info in record.contracts.items():
@@ -61,15 +62,14 @@ def faucet(
     from eth_utils import is_address, to_checksum_address
     from web3 import Web3
 
-    from market.chain import devnet
-    from market.devservices import dev_accounts
+    from globai.chain import local
 
     if not is_address(address):
         raise ConfigError(f"not an Ethereum address: {address!r}")
-    client, record = devnet.connect(rpc or _running_rpc(), devnet.DevnetPaths())
+    client, record = local.connect(rpc or _running_rpc())
     token = client.contract("GLBToken", record.token)
     receipt = client.transact(
-        token.functions.transfer(to_checksum_address(address), int(amount * 10**18)), dev_accounts(1)[0]
+        token.functions.transfer(to_checksum_address(address), int(amount * 10**18)), local.dev_accounts(1)[0]
     )
     balance = client.call(token.functions.balanceOf(to_checksum_address(address)))
     typer.echo(f"sent {amount:,.4f} GLB to {address} (tx {Web3.to_hex(receipt['transactionHash'])}); "
@@ -77,9 +77,9 @@ def faucet(
 
 
 def _running_rpc() -> str:
-    from market.chain import devnet
+    from globai.chain import local
 
-    paths = devnet.DevnetPaths()
-    if devnet.running_pid(paths) is None:
+    port = local.running_port(local.DevnetPaths())
+    if port is None:
         raise ConfigError("devnet is not running: start it with `globai devnet up`")
-    return devnet.rpc_url(int(paths.pid_file.read_text().split()[1]))
+    return local.rpc_url(port)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from market.errors import ConfigError
+from globai.errors import ConfigError
 
 app = typer.Typer(help="Pipeline inference: prompts in, streamed text out.", no_args_is_help=True)
 
@@ -18,7 +18,7 @@ KeyFileOpt = Annotated[Path | None, typer.Option("--key-file", help="File holdin
 
 
 def _account(key: str | None, key_file: Path | None):  # type: ignore[no-untyped-def]
-    from market.keys import load_account
+    from globai.keys import load_account
 
     return load_account(key, key_file, who="requester", env="GLOBAI_PRIVATE_KEY")
 
@@ -44,7 +44,7 @@ def run(
     Generation ends at the model's end-of-sequence token, a --stop string, or after -n tokens."""
     import httpx
 
-    from market.protocol.auth_client import check, sign_in
+    from globai.client import check, sign_in
 
     account = _account(key, key_file)
     with httpx.Client(base_url=market, timeout=httpx.Timeout(30, read=600)) as http:

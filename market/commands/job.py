@@ -11,127 +11,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 
-from market.amounts import fmt_glb, parse_glb
-from market.errors import ConfigError, GlobaiError
+from globai.amounts import fmt_glb, parse_glb
+from globai.errors import ConfigError
+from market.commands.requester import KeyOpt, MarketOpt, fund_job, market_chain
+from market.commands.requester import echo_json as _echo
+from market.commands.requester import requester_client as _client
 
 if TYPE_CHECKING:  # web3/eth-account and pydantic-settings load only when a command needs them (fast --help)
-    from eth_account.signers.local import LocalAccount
-
+    from globai.client import MarketClient
     from market.config import Settings
 
 app = typer.Typer(help="Post, fund and manage jobs as a requester.")
-
-MarketOpt = typer.Option(None, "--market", help="Market URL (default: GLOBAI_MARKET_URL).")
-KeyOpt = typer.Option(None, "--key-file", help="File holding the requester's hex private key.")
-
-
-class MarketRequestFailed(GlobaiError):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"market answered {status}: {detail}")
-        self.status = status
-        self.detail = detail
-
-
-def error_detail(response: httpx.Response) -> str:
-    """The market's error as one line: FastAPI's 422 list becomes `field: problem; field: problem`."""
-    try:
-        detail: Any = response.json().get("detail", response.text)
-    except (ValueError, AttributeError):
-        detail = response.text
-    if isinstance(detail, list):
-        parts = []
-        for err in detail[:6]:
-            if isinstance(err, dict):
-                loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
-                parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-            else:
-                parts.append(str(err))
-        detail = "; ".join(parts) + (f"; and {len(detail) - 6} more" if len(detail) > 6 else "")
-    text = " ".join(str(detail).split())
-    return text if len(text) <= 400 else text[:399] + "…"
-
-
-class MarketClient:
-    """A signed-in HTTP session with the market."""
-
-    def __init__(self, base_url: str, account: LocalAccount, *, timeout: float = 30.0) -> None:
-        self.account = account
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
-        self.token: str | None = None
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """A signed-in JSON request; 204 gives None."""
-        response = self.raw(method, path, **kwargs)
-        return None if response.status_code == 204 else response.json()
-
-    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """A signed-in request whose response body is left to the caller (binary downloads, uploads)."""
-        headers = {"Authorization": f"Bearer {self.sign_in()}", **kwargs.pop("headers", {})}
-        try:
-            response = self.http.request(method, path, headers=headers, **kwargs)
-        except httpx.HTTPError as exc:
-            raise MarketRequestFailed(0, f"{self.http.base_url} unreachable ({exc.__class__.__name__})") from exc
-        if response.status_code >= 400:
-            raise MarketRequestFailed(response.status_code, error_detail(response))
-        return response
-
-    def sign_in(self) -> str:
-        if self.token is not None:
-            return self.token
-        try:
-            nonce = self.http.post("/v1/auth/nonce", json={"address": self.account.address})
-        except httpx.HTTPError as exc:
-            raise MarketRequestFailed(0, f"{self.http.base_url} unreachable ({exc.__class__.__name__}): is the "
-                                         "market running? (`globai dev status`)") from exc
-        if nonce.status_code != 200:
-            raise MarketRequestFailed(nonce.status_code, error_detail(nonce))
-        from market.protocol.siwe import build_message, sign_message
-
-        n = nonce.json()
-        now = datetime.now(UTC)
-        message = build_message(
-            domain=n["domain"],
-            address=self.account.address,
-            uri=n["uri"],
-            chain_id=n["chain_id"],
-            nonce=n["nonce"],
-            issued_at=now,
-            expiration_time=now + timedelta(minutes=5),
-        )
-        verified = self.http.post(
-            "/v1/auth/verify",
-            json={
-                "message": message.to_text(),
-                "signature": sign_message(message, self.account.key),
-                "roles": ["requester"],
-            },
-        )
-        if verified.status_code != 200:
-            raise MarketRequestFailed(verified.status_code, error_detail(verified))
-        self.token = str(verified.json()["access_token"])
-        return self.token
-
-
-def _account(settings: Settings, key_file: Path | None) -> LocalAccount:
-    from market.keys import load_account
-
-    key = settings.private_key.get_secret_value() if settings.private_key is not None else None
-    return load_account(key if key_file is None else None, key_file, who="requester", env="GLOBAI_PRIVATE_KEY")
-
-
-def _client(market: str | None, key_file: Path | None) -> tuple[Settings, MarketClient]:
-    from market.config import Settings
-
-    settings = Settings()
-    return settings, MarketClient(market or settings.market_url, _account(settings, key_file))
-
-
-def _echo(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True))
-
 
 def read_spec(spec_file: Path) -> dict[str, Any]:
     """The job spec in `spec_file`, validated as the market will; one-line errors naming the file."""
@@ -191,25 +83,6 @@ def post(
                f"{fmt_glb(budget_wei)}; fund it with `globai job fund {created['job']['id']}`", err=True)
 
 
-def market_chain(client: MarketClient, rpc_url: str, chain_id: int) -> Any:
-    """A client for `rpc_url`, refused unless it is the market's chain (same id and genesis block)."""
-    from market.chain.client import ChainClient
-
-    chain = ChainClient(rpc_url, retries=1)
-    if chain.check() != chain_id:
-        raise ConfigError(f"RPC {rpc_url} is chain {chain.chain_id}, the market's escrow is on chain {chain_id}: "
-                          "set GLOBAI_RPC_URL to the market's chain (or use `globai dev up` and no overrides)")
-    try:
-        genesis = client.http.get("/v1/info").json().get("genesis_hash")
-    except (httpx.HTTPError, ValueError, AttributeError):
-        genesis = None
-    ours = "0x" + bytes(chain.w3.eth.get_block(0)["hash"]).hex().removeprefix("0x")
-    if genesis and genesis != ours:
-        raise ConfigError(f"RPC {rpc_url} is another chain {chain_id} than the market's (genesis blocks differ): "
-                          "set GLOBAI_RPC_URL to the market's chain (or use `globai dev up` and no overrides)")
-    return chain
-
-
 @app.command()
 def fund(
     job_id: str = typer.Argument(...),
@@ -219,38 +92,6 @@ def fund(
     """Fund a job on chain (permit + fundJobWithPermit in one transaction), then confirm it with the market."""
     settings, client = _client(market, key_file)
     _echo(fund_job(settings, client, job_id))
-
-
-def fund_job(settings: Settings, client: MarketClient, job_id: str) -> Any:
-    """Permit + fundJobWithPermit for a job (or an API credit) in one transaction; returns the confirmed job."""
-    from market.chain.permit import sign_glb_permit
-
-    escrow = client.request("GET", f"/v1/jobs/{job_id}/escrow")
-    if not escrow.get("escrow_address"):
-        raise ConfigError("the market has no escrow configured")
-    chain = market_chain(client, settings.rpc_url, escrow["chain_id"])
-    contract = chain.contract("JobEscrow", escrow["escrow_address"])
-    token = str(chain.call(contract.functions.token()))
-    amount = int(escrow["amount"])
-    permit = sign_glb_permit(
-        chain, client.account, token=token, spender=contract.address, value=amount, deadline=int(escrow["deadline"])
-    )
-    receipt = chain.transact(
-        contract.functions.fundJobWithPermit(
-            bytes.fromhex(escrow["job_id"][2:]),
-            amount,
-            bytes.fromhex(escrow["spec_hash"][2:]),
-            int(escrow["deadline"]),
-            permit.deadline,
-            permit.v,
-            permit.r,
-            permit.s,
-        ),
-        client.account,
-    )
-    typer.echo(f"funded {fmt_glb(amount)} in tx {receipt['transactionHash'].hex()} (block {receipt['blockNumber']})",
-               err=True)
-    return client.request("POST", f"/v1/jobs/{job_id}/confirm-funding")
 
 
 @app.command()
@@ -368,7 +209,7 @@ def refund(
     key_file: Path = KeyOpt,
 ) -> None:
     """Take an unsettled job's escrow back yourself, on chain, once its deadline has passed (`JobEscrow.refund`)."""
-    from market.chain.client import ContractReverted
+    from globai.chain.client import ContractReverted
 
     settings, client = _client(market, key_file)
     escrow = client.request("GET", f"/v1/jobs/{job_id}/escrow")

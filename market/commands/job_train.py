@@ -14,29 +14,17 @@ import tarfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-    from market.commands.job import MarketClient
+from market.commands.requester import KeyOpt, MarketOpt
+from market.commands.requester import echo_json as _echo
+from market.commands.requester import requester_client as _client
 
 app = typer.Typer(help="Train a model on your text with DiLoCo on the market's workers.", no_args_is_help=True)
 
 SPARK = " ▁▂▃▄▅▆▇█"
-# Same options as `globai job` (market.commands.job imports this module, so they are not imported from there).
-MarketOpt = typer.Option(None, "--market", help="Market URL (default: GLOBAI_MARKET_URL).")
-KeyOpt = typer.Option(None, "--key-file", help="File holding the requester's hex private key.")
-
-
-def _client(market: str | None, key_file: Path | None) -> tuple[Any, MarketClient]:
-    from market.commands.job import _client as job_client
-
-    return job_client(market, key_file)
-
-
-def _echo(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def build_spec(data: Path, spec_file: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +65,7 @@ def post(
     """Upload the dataset and post a training job; prints the job (and funds it with --fund)."""
     overrides = {"rounds": rounds, "workers_per_round": workers, "inner_steps": inner_steps,
                  "min_updates": min_updates, "round_timeout_s": round_timeout, "compression": compression, "seed": seed}
-    from market.amounts import fmt_glb, parse_glb
+    from globai.amounts import fmt_glb, parse_glb
 
     price_wei = parse_glb(price, what="--price", wei=wei)
     spec = build_spec(data, spec_file, overrides)

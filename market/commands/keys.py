@@ -6,8 +6,10 @@ from pathlib import Path
 
 import typer
 
-from market.amounts import parse_glb
-from market.commands.job import KeyOpt, MarketOpt, _client, _echo
+from globai.amounts import parse_glb
+from market.commands.requester import KeyOpt, MarketOpt
+from market.commands.requester import echo_json as _echo
+from market.commands.requester import requester_client as _client
 
 app = typer.Typer(help="API keys for /openai/v1 (shown once, stored by the market only as a hash).")
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import typer
 
+from globai.errors import ConfigError, RpcUnavailable
 from market.config import Settings
-from market.errors import ConfigError, RpcUnavailable
 
 app = typer.Typer(help="The market API server, its database and its background jobs.")
 log = logging.getLogger(__name__)
@@ -23,17 +23,16 @@ def _settings_with_devnet_addresses(settings: Settings) -> Settings:
     if settings.profile != "dev":
         return settings
     if "GLOBAI_RPC_URL" not in os.environ:  # `globai devnet up --port P`: the running devnet, not :8545
-        from market.chain import devnet
+        from globai.chain import local
 
-        paths = devnet.DevnetPaths()
-        if devnet.running_pid(paths) is not None:
-            settings = settings.model_copy(
-                update={"rpc_url": devnet.rpc_url(int(paths.pid_file.read_text().split()[1]))})
+        port = local.running_port(local.DevnetPaths())
+        if port is not None:
+            settings = settings.model_copy(update={"rpc_url": local.rpc_url(port)})
             os.environ["GLOBAI_RPC_URL"] = settings.rpc_url  # server processes read it again
     try:
-        from market.chain import devnet
+        from globai.chain import local
 
-        client, record = devnet.connect(settings.rpc_url)
+        client, record = local.connect(settings.rpc_url)
     except (ConfigError, RpcUnavailable) as exc:
         typer.echo(f"warning: no chain configured ({exc}); chain features answer 503", err=True)
         return settings

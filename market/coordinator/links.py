@@ -12,8 +12,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from market.errors import GlobaiError
-from market.protocol.tensors import Message
+from globai.errors import GlobaiError
+from globai.protocol.tensors import Message
 from market.scheduler.reputation import Reputation
 
 log = logging.getLogger(__name__)

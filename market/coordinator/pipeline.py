@@ -3,7 +3,7 @@
 The coordinator is the pipeline's client (as in Petals): it opens a session on every hop, sends the prompt
 through the chain (prefill), samples the next token from the last hop's logits with the seeded sampler, and
 sends that token through again (decode), for the whole batch of the request's sequences at once. Positions and
-padding follow `market.models.reference.run_pipeline_local` exactly, so greedy output equals `generate`.
+padding follow `globai.models.reference.run_pipeline_local` exactly, so greedy output equals `generate`.
 
 Every call a hop answered is recorded (tensors in memory for failover, canonical bytes for the blob store);
 when a worker drops, times out or answers garbage, its span of layers is re-planned (a standby first), the new
@@ -23,13 +23,10 @@ from typing import Any
 
 import torch
 
-from market.coordinator.links import StageFailed, WorkerGone, WorkerLink
-from market.coordinator.sampling import Sampler, SamplingParams
-from market.coordinator.stopping import SequenceStop
-from market.errors import GlobaiError
-from market.models.manifest import Manifest
-from market.models.reference import prefill_positions
-from market.protocol.commitments import (
+from globai.errors import GlobaiError
+from globai.models.manifest import Manifest
+from globai.models.reference import prefill_positions
+from globai.protocol.commitments import (
     CHUNK_TOKENS,
     MalformedCommitment,
     SignedCommitment,
@@ -37,9 +34,12 @@ from market.protocol.commitments import (
     tensor_sha256,
     verify_commitment,
 )
-from market.protocol.pipeline import StageLimits, scope_to_json, take_commitments
-from market.protocol.signing import ChunkScope, sent_digest, verify_signer
-from market.protocol.tensors import FrameError, Message, encode_message
+from globai.protocol.pipeline import StageLimits, scope_to_json, take_commitments
+from globai.protocol.sampling import Sampler, SamplingParams
+from globai.protocol.signing import ChunkScope, sent_digest, verify_signer
+from globai.protocol.tensors import FrameError, Message, encode_message
+from market.coordinator.links import StageFailed, WorkerGone, WorkerLink
+from market.coordinator.stopping import SequenceStop
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from globai.protocol.tensors import encode_message
 from market.blobstore import BlobStore
 from market.coordinator.pipeline import Evidence
 from market.db.inference import InferenceRun, StageCommitment, StageRecord, StageViolation
-from market.protocol.tensors import encode_message
 from market.verifier.compare import project_rows
 
 

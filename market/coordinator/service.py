@@ -21,6 +21,9 @@ from eth_utils import keccak
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from globai.protocol.pipeline import StageLimits
+from globai.protocol.sampling import SamplingParams
+from globai.protocol.signing import ChunkScope
 from market.blobstore import BlobStore
 from market.coordinator.catalog import ModelCatalog, ServedModel
 from market.coordinator.chat import render_chat
@@ -28,13 +31,10 @@ from market.coordinator.links import LinkRegistry, WorkerLink
 from market.coordinator.pipeline import GenerationFailed, PipelineRun, RouteUnavailable
 from market.coordinator.records import finish_run, save_evidence
 from market.coordinator.routing import RouteCandidate, plan_route, plan_span
-from market.coordinator.sampling import SamplingParams
 from market.coordinator.stopping import validate_stops
 from market.db import Worker
 from market.db.inference import InferenceRun
 from market.domain_errors import InvalidRequest, NotFound
-from market.protocol.pipeline import StageLimits
-from market.protocol.signing import ChunkScope
 from market.scheduler.reputation import Reputation
 from market.services.workers import worker_reputation
 

@@ -19,14 +19,14 @@ from eth_utils import keccak
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from globai.protocol.commitments import tensor_sha256
+from globai.protocol.pipeline import scope_to_json
+from globai.protocol.signing import ChunkScope, sent_digest, verify_signer
+from globai.protocol.tensors import decode_message, encode_message
 from market.blobstore import BlobStore
 from market.coordinator.links import LinkRegistry, WorkerLink
 from market.db.inference import InferenceRun, StageRecord
 from market.domain_errors import Conflict, NotFound
-from market.protocol.commitments import tensor_sha256
-from market.protocol.pipeline import scope_to_json
-from market.protocol.signing import ChunkScope, sent_digest, verify_signer
-from market.protocol.tensors import decode_message, encode_message
 
 MAX_BLOB_BYTES = 1 << 30
 

@@ -14,13 +14,13 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from web3 import Web3
 
-from market.chain.client import ChainClient
-from market.chain.deploy import BoundContracts, Deployment
-from market.chain.ids import job_id_bytes
-from market.chain.permit import sign_glb_permit
-from market.chain.reconcile import reconcile
-from market.devservices import dev_accounts
-from market.protocol.merkle import MerkleTree, SettlementRecord, settlement_leaf
+from globai.chain.client import ChainClient
+from globai.chain.deploy import BoundContracts, Deployment
+from globai.chain.ids import job_id_bytes
+from globai.chain.local import dev_accounts
+from globai.chain.permit import sign_glb_permit
+from globai.protocol.merkle import MerkleTree, SettlementRecord, settlement_leaf
+from market.audit.reconcile import reconcile
 
 GLB = 10**18
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from market.chain.deploy import GLB
-from market.demo.cluster import Cluster, ClusterError
+from globai.chain.deploy import GLB
+from globai.dev.cluster import Cluster, ClusterError
 from market.demo.paid_inference import PRICE_PER_UNIT, STAKE, Actor, demo_account
 
 TERMINAL = ("settled", "refunded")
@@ -145,7 +145,7 @@ def inject(cluster: Cluster, target: str, restarters: dict[str, Callable[[], Non
 def run_scenario(cluster: Cluster, scenario: Scenario, *, prompts: int = 8, new_tokens: int = 24,
                  timeout: float = 240.0, say: Callable[[str], None] = lambda _m: None,
                  restarters: dict[str, Callable[[], None]] | None = None) -> FaultRun:
-    from market.chain.ids import job_id_bytes
+    from globai.chain.ids import job_id_bytes
     from market.demo.reconcile_raw import double_payments, reconcile
 
     run = FaultRun(scenario.name)

@@ -28,9 +28,9 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
-from market.chain.deploy import GLB
-from market.chain.ids import job_id_bytes
-from market.demo.cluster import Cluster
+from globai.chain.deploy import GLB
+from globai.chain.ids import job_id_bytes
+from globai.dev.cluster import Cluster
 
 STAKE = 200 * GLB
 PRICE_PER_UNIT = GLB // 100  # 0.01 GLB per generated token per stage part
@@ -213,7 +213,7 @@ def run_paid_inference(
 
 
 def _has_chat_template(cluster: Cluster) -> bool:
-    from market.models.manifest import load_manifest
+    from globai.models.manifest import load_manifest
 
     manifest = load_manifest(cluster.var / "models" / cluster.cfg.model)
     return manifest.generation is not None and bool(manifest.generation.chat_template)

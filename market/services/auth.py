@@ -15,9 +15,9 @@ from eth_utils import is_hex_address, to_checksum_address
 from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
+from globai.protocol.siwe import SiweFormatError, parse_message, recover_signer
 from market.db import AuthNonce
 from market.domain_errors import AuthError, Forbidden, InvalidRequest
-from market.protocol.siwe import SiweFormatError, parse_message, recover_signer
 
 ROLES = ("requester", "worker", "auditor", "admin")
 DEFAULT_ROLES = ("requester", "worker")

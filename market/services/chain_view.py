@@ -1,7 +1,7 @@
 """What the market reads from the chain, behind one small interface.
 
 `ChainView` is the seam between market logic and web3: the services take any object with these methods, the
-process entry point builds `Web3ChainView` over `market.chain.client.ChainClient`, and tests use the real Anvil.
+process entry point builds `Web3ChainView` over `globai.chain.client.ChainClient`, and tests use the real Anvil.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def chain_view_from_settings(settings: Any) -> Web3ChainView | None:
     """Build the chain view for a process, or None when no contracts are configured (chain features answer 503)."""
     if not (settings.staking_vault_address and settings.job_escrow_address):
         return None
-    from market.chain.client import ChainClient
+    from globai.chain.client import ChainClient
 
     return Web3ChainView(
         ChainClient(settings.rpc_url),

@@ -24,8 +24,8 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from globai.protocol.sampling import SamplingParams
 from market.coordinator.pipeline import RouteUnavailable
-from market.coordinator.sampling import SamplingParams
 from market.coordinator.service import Coordinator
 from market.coordinator.stopping import cut_at_stop
 from market.db import Job, JobRun

@@ -26,17 +26,17 @@ from eth_utils import keccak, to_checksum_address
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from globai.client import MarketError, check, sign_in
+from globai.errors import GlobaiError
+from globai.models.manifest import Manifest, load_manifest
+from globai.protocol import merkle
+from globai.protocol.commitments import SignedCommitment, SignedRoot, tensor_sha256
+from globai.protocol.signing import ChunkScope, sent_digest, verify_signer
+from globai.protocol.tensors import decode_message
 from market.blobstore import BlobNotFound, BlobStore
 from market.db import JobRun, Worker
 from market.db.inference import InferenceRun, StageCommitment, StageRecord, StageViolation
 from market.domain_errors import NotFound
-from market.errors import GlobaiError
-from market.models.manifest import Manifest, load_manifest
-from market.protocol import merkle
-from market.protocol.auth_client import MarketError, check, sign_in
-from market.protocol.commitments import SignedCommitment, SignedRoot, tensor_sha256
-from market.protocol.signing import ChunkScope, sent_digest, verify_signer
-from market.protocol.tensors import decode_message
 from market.services.verification import BindingFault, ClaimedPart, Replica, ReplicaUnavailable
 from market.verifier.disputes import ProjectedRows
 
@@ -327,8 +327,8 @@ class InferenceWorkSource:
 def source_from_settings(settings: Any) -> InferenceWorkSource:
     from eth_account import Account
 
+    from globai.errors import ConfigError
     from market.db.engine import make_engine, make_session_factory
-    from market.errors import ConfigError
 
     if settings.operator_private_key is None:
         raise ConfigError("GLOBAI_OPERATOR_PRIVATE_KEY is needed to sign in to the market for replays")

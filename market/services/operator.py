@@ -8,8 +8,8 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from market.chain.client import ChainClient, redis_tx_lock
-from market.errors import ConfigError
+from globai.chain.client import ChainClient, redis_tx_lock
+from globai.errors import ConfigError
 
 
 @dataclass

@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from market.chain.client import ContractReverted
+from globai.chain.client import ContractReverted
 from market.db import Job, Settlement, SettlementReport, Task, VerificationRun, Worker, WorkPart
 from market.domain_errors import Conflict, NotFound
 from market.services.operator import ChainOperator

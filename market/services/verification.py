@@ -31,12 +31,12 @@ from eth_utils import keccak, to_checksum_address
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from market.chain.client import ContractReverted
+from globai.chain.client import ContractReverted
+from globai.errors import GlobaiError
+from globai.protocol.commitments import SignedCommitment, SignedRoot
+from globai.protocol.signing import ChunkScope
 from market.db import Job, ReputationEvent, SlashRecord, VerificationCheck, VerificationRun, Worker, WorkPart
 from market.domain_errors import Conflict, NotFound
-from market.errors import GlobaiError
-from market.protocol.commitments import SignedCommitment, SignedRoot
-from market.protocol.signing import ChunkScope
 from market.scheduler.reputation import reputation
 from market.services.operator import ChainOperator
 from market.services.workers import record_outcome, worker_reputation

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from eth_utils import keccak, to_checksum_address
 
-from market.errors import GlobaiError
-from market.protocol.merkle import MerkleTree, SettlementRecord, settlement_leaf
+from globai.errors import GlobaiError
+from globai.protocol.merkle import MerkleTree, SettlementRecord, settlement_leaf
 
 BPS = 10_000
 # JobEscrow refuses a report root below 2^65 (that range of its storage slot encodes the job status).

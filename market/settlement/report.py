@@ -28,8 +28,8 @@ from typing import Any
 
 from eth_utils import is_checksum_address, to_checksum_address
 
-from market.errors import GlobaiError
-from market.protocol.merkle import SettlementRecord, settlement_leaf, verify_proof
+from globai.errors import GlobaiError
+from globai.protocol.merkle import SettlementRecord, settlement_leaf, verify_proof
 from market.settlement.payout import (
     PAID,
     REFUNDED_ITEM,

@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from market.errors import RpcUnavailable
+from globai.errors import RpcUnavailable
 from market.indexer import index_chain
 from market.tasks.celery_app import runtime
 

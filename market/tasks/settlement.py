@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from celery import Task, shared_task
 
-from market.errors import RpcUnavailable
+from globai.errors import RpcUnavailable
 from market.services.settlement import ready_jobs, settle_jobs
 from market.tasks.celery_app import runtime
 from market.tasks.verifier_runtime import chain_operator

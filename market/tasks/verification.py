@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 from celery import Task, shared_task
 
+from globai.errors import RpcUnavailable
 from market.db import VerificationRun
-from market.errors import RpcUnavailable
 from market.services import verification as svc
 from market.services.recovery import RecoveryPolicy
 from market.services.recovery import recover as recover_states

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 
-from market.errors import ConfigError
+from globai.errors import ConfigError
 from market.services.operator import ChainOperator, operator_from_settings
 from market.services.verification import VerifierConfig, WorkSource
 from market.tasks.celery_app import runtime

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from market.errors import GlobaiError
+from globai.errors import GlobaiError
 from market.training.aggregation import aggregate
 from market.training.outer import nesterov_step
 from market.training.spec import TrainingJobSpec

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from market.errors import GlobaiError
+from globai.errors import GlobaiError
 from market.training.spec import BOS_ID, EOS_ID, DatasetRef, TrainingJobSpec, derive_seed
 
 

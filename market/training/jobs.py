@@ -30,12 +30,12 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from globai.protocol.compression import CompressionError, decode_update, payload_digest
+from globai.protocol.signing import BadSignature
+from globai.protocol.training import PAYLOAD_KIND, TRAINING_MODEL, UpdateScope, update_signer
 from market.db import Job, Lease, Task, Worker
 from market.db.training import TrainingJob, TrainingRound, TrainingUpdate
 from market.domain_errors import Conflict, Forbidden, InvalidRequest, LeaseLost, NotFound
-from market.protocol.compression import CompressionError, decode_update, payload_digest
-from market.protocol.signing import BadSignature
-from market.protocol.training import PAYLOAD_KIND, TRAINING_MODEL, UpdateScope, update_signer
 from market.services import jobs as job_service
 from market.services import leasing
 from market.services.job_specs import TrainingSpec

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from market.protocol.compression import decode_update, encode_update, shapes_of
+from globai.protocol.compression import decode_update, encode_update, shapes_of
 from market.training.checkpoints import CheckpointStore, apply_round
 from market.training.data import prepare, shard_for
 from market.training.model import evaluate_loss, initial_checkpoint

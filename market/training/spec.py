@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from market.protocol.compression import Codec, CompressionError, parse_codec
+from globai.protocol.compression import Codec, CompressionError, parse_codec
 
 #: Byte-level tokens: ids 0-255 are the bytes themselves, then these specials.
 BOS_ID, EOS_ID, PAD_ID = 256, 257, 258

@@ -20,10 +20,10 @@ from eth_utils import keccak
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from globai.protocol.compression import decode_update
+from globai.protocol.training import task_key_bytes
 from market.db import Job, SlashRecord, Task, VerificationRun, WorkPart
 from market.db.training import TrainingJob, TrainingUpdate
-from market.protocol.compression import decode_update
-from market.protocol.training import task_key_bytes
 from market.settlement.payout import PAID, UNPAID_SLASHED
 from market.training.storage import TrainingStorage
 from market.training.verification import UpdateTolerance, UpdateVerdict, compare_updates

@@ -35,8 +35,8 @@ from typing import cast
 import torch
 from transformers import LlamaForCausalLM
 
-from market.protocol.commitments import chunk_bounds
-from market.protocol.sketch import DEFAULT_K, sketch_chunk
+from globai.protocol.commitments import chunk_bounds
+from globai.protocol.sketch import DEFAULT_K, sketch_chunk
 from market.verifier import cheats
 from market.verifier.compare import Metrics, Tolerance, compare_hidden_states, compare_sketch, judge
 from market.verifier.tiny import TinyLlamaSpec, build_tiny_llama, embed, new_cache, run_stage
@@ -179,8 +179,8 @@ def stage_inputs(model: LlamaForCausalLM, s: CalibrationSettings) -> list[torch.
 
 
 def _text_ids(model_dir: str, at_least: int) -> list[int]:
-    from market.models.tiny import CORPUS
-    from market.models.tokenizer import load_tokenizer
+    from globai.models.tiny import CORPUS
+    from globai.models.tokenizer import load_tokenizer
 
     ids = load_tokenizer(Path(model_dir)).encode(CORPUS, add_special_tokens=False).ids
     while len(ids) < 2 * at_least:
@@ -225,7 +225,7 @@ def thresholds(observed: Sequence[Metrics], floor: Tolerance, margin: float, ove
 def _model(s: CalibrationSettings, dtype: str) -> LlamaForCausalLM:
     if s.model_dir is None:
         return build_tiny_llama(s.spec, getattr(torch, dtype))
-    from market.models.hf import load_full_model
+    from globai.models.hf import load_full_model
 
     _, model = load_full_model(Path(s.model_dir))
     # Cast the weights only: RoPE's inv_freq stays float32, as a bfloat16 manifest's stages compute it.
@@ -330,7 +330,7 @@ def calibrate(s: CalibrationSettings | None = None) -> dict:
     per_dtype = {dtype: calibrate_dtype(s, dtype) for dtype in s.dtypes}
     model = "tiny-llama-calibration"
     if s.model_dir is not None:
-        from market.models.manifest import load_manifest
+        from globai.models.manifest import load_manifest
 
         model = load_manifest(Path(s.model_dir)).name
     return {
@@ -346,7 +346,7 @@ def calibrate(s: CalibrationSettings | None = None) -> dict:
 def model_settings(model_dir: str | Path, **overrides: object) -> CalibrationSettings:
     """Settings for a real model: its first half of layers as the stage (what the demo's first worker serves),
     real text of the default lengths."""
-    from market.models.manifest import load_manifest
+    from globai.models.manifest import load_manifest
 
     manifest = load_manifest(Path(model_dir))
     base = CalibrationSettings(model_dir=str(model_dir), stage=(0, max(1, manifest.num_layers // 2)))

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from market.protocol.commitments import tensor_sha256
-from market.protocol.sketch import (
+from globai.protocol.commitments import tensor_sha256
+from globai.protocol.sketch import (
     DEFAULT_K,
     FP16_MAX,
     MalformedSketch,

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from market.protocol import merkle
-from market.protocol.commitments import SignedCommitment, SignedRoot, tensor_sha256
-from market.protocol.signing import ChunkScope, verify_signer
-from market.protocol.sketch import sketch_chunk
+from globai.protocol import merkle
+from globai.protocol.commitments import SignedCommitment, SignedRoot, tensor_sha256
+from globai.protocol.signing import ChunkScope, verify_signer
+from globai.protocol.sketch import sketch_chunk
 from market.verifier.compare import Tolerance, compare_hidden_states, compare_projections, compare_sketch
 
 STRUCTURAL_SLASHABLE = frozenset({"wrong_scope", "not_in_root", "malformed", "unbound"})

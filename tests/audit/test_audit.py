@@ -14,8 +14,8 @@ import pytest
 from eth_account import Account
 from sqlalchemy.orm import Session
 
+from globai.chain.deploy import GLB
 from market.audit.job import audit_job
-from market.chain.deploy import GLB
 from market.db import SettlementReport, VerificationRun, WorkPart
 from market.services.settlement import settle_jobs
 from market.settlement.payout import WorkItem, plan_settlement

@@ -11,7 +11,7 @@ import time
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from market.chain.deploy import GLB
+from globai.chain.deploy import GLB
 from market.db import ChainCursor, ChainEvent
 from market.indexer import index_chain
 from market.services.chain_view import Web3ChainView

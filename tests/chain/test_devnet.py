@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from market.chain import devnet
-from market.chain.client import ChainClient
-from market.devservices import anvil_service, dev_accounts, free_port
-from market.errors import ConfigError
+from globai.chain.client import ChainClient
+from globai.chain.local import dev_accounts
+from globai.dev import devnet
+from globai.dev.services import anvil_service, free_port
+from globai.errors import ConfigError
 
 GLB = 10**18
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from market.chain.client import ChainClient
-from market.devservices import free_port
-from market.errors import RpcUnavailable
+from globai.chain.client import ChainClient
+from globai.dev.services import free_port
+from globai.errors import RpcUnavailable
 
 
 def test_client_reads_chain_id_and_blocks(anvil) -> None:

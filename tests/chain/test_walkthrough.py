@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from market.chain.reconcile import reconcile
+from market.audit.reconcile import reconcile
 from market.demo.chain_walkthrough import GLB, Walkthrough
 
 

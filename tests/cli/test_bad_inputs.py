@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from market.devservices import free_port
+from globai.dev.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from globai.dev.stack import StackState, apply_env
 
-from market.amounts import fmt_glb, parse_glb
-from market.commands.job import error_detail
-from market.devstack import StackState, apply_env
-from market.errors import ConfigError
+from globai.amounts import fmt_glb, parse_glb
+from globai.client import error_detail
+from globai.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

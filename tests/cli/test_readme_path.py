@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from market.chain.client import ChainClient
-from market.chain.deploy import DeployedContract, Deployment
-from market.devservices import dev_accounts, free_port
+from globai.chain.client import ChainClient
+from globai.chain.deploy import DeployedContract, Deployment
+from globai.chain.local import dev_accounts
+from globai.dev.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

@@ -13,8 +13,8 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
-from market.chain.client import ChainClient, ContractReverted, Event
-from market.chain.deploy import GLB, BoundContracts, Deployment
+from globai.chain.client import ChainClient, ContractReverted, Event
+from globai.chain.deploy import GLB, BoundContracts, Deployment
 
 MAX_UINT = 2**256 - 1
 DAY = 24 * 3600

@@ -17,7 +17,7 @@ from hexbytes import HexBytes
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from market.chain.deploy import GLB, DeployConfig
+from globai.chain.deploy import GLB, DeployConfig
 
 from .conftest import Env
 from .rawrpc import RawRpc, RpcError

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from eth_utils import keccak
 
-from market.chain import build
-from market.chain.artifacts import ARTIFACTS_DIR, DEPLOYED_CONTRACTS, artifacts_hash, load_artifact
-from market.chain.deploy import DeployConfig, Deployment, role_id
-from market.chain.ids import job_id_bytes
-from market.errors import ConfigError
+from globai.chain import build
+from globai.chain.artifacts import ARTIFACTS_DIR, DEPLOYED_CONTRACTS, artifacts_hash, load_artifact
+from globai.chain.deploy import DeployConfig, Deployment, role_id
+from globai.chain.ids import job_id_bytes
+from globai.errors import ConfigError
 
 needs_node = pytest.mark.skipif(
     shutil.which("node") is None or not (build.NODE_MODULES / "solc").is_dir(), reason="node or npm solc missing"
@@ -23,7 +23,7 @@ needs_node = pytest.mark.skipif(
 
 def test_artifacts_are_not_stale() -> None:
     """Cheap: the source hash stored in every artifact equals the hash of today's sources (no compiler)."""
-    assert build.stale_reasons() == [], "run `globai contracts build` and commit market/chain/artifacts"
+    assert build.stale_reasons() == [], "run `globai contracts build` and commit globai/chain/artifacts"
 
 
 def test_staleness_is_detected(tmp_path: Path) -> None:

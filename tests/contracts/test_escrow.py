@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from eth_utils import keccak
 
-from market.chain.deploy import GLB, role_id
-from market.chain.permit import sign_glb_permit
+from globai.chain.deploy import GLB, role_id
+from globai.chain.permit import sign_glb_permit
 
 from .conftest import DAY, Env, assert_reverts, job, names, report_root
 
@@ -304,7 +304,7 @@ def test_revert_data_starts_with_the_custom_error_selector(env: Env) -> None:
 
 
 def _bytecode(name: str) -> str:
-    from market.chain.artifacts import bytecode
+    from globai.chain.artifacts import bytecode
 
     return bytecode(name)
 

@@ -12,7 +12,7 @@ import pytest
 from eth_utils import keccak
 from web3.contract import Contract
 
-from market.chain.deploy import GLB, role_id
+from globai.chain.deploy import GLB, role_id
 
 from .conftest import DAY, Env
 

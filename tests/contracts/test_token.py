@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from market.chain.artifacts import bytecode
-from market.chain.deploy import GLB, DeployConfig
-from market.chain.permit import sign_glb_permit, sign_permit
+from globai.chain.artifacts import bytecode
+from globai.chain.deploy import GLB, DeployConfig
+from globai.chain.permit import sign_glb_permit, sign_permit
 
 from .conftest import DAY, Env, assert_reverts
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from eth_utils import keccak
 
-from market.chain.artifacts import bytecode
-from market.chain.deploy import GLB, role_id
+from globai.chain.artifacts import bytecode
+from globai.chain.deploy import GLB, role_id
 
 from .conftest import DAY, Env, assert_reverts, names
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from market.demo.cluster import Cluster, ClusterConfig
+from globai.dev.cluster import Cluster, ClusterConfig
+from globai.models.tiny import CORPUS, train_tokenizer
 from market.demo.paid_inference import run_paid_inference
-from market.models.tiny import CORPUS, train_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -23,11 +23,11 @@ import openai
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from market.chain.deploy import GLB
-from market.demo.cluster import MODEL, ROOT, Cluster, ClusterConfig
+from globai.chain.deploy import GLB
+from globai.dev.cluster import MODEL, ROOT, Cluster, ClusterConfig
+from globai.models.importer import import_checkpoint
+from globai.models.tiny import build_tiny_llama
 from market.demo.paid_inference import demo_account
-from market.models.importer import import_checkpoint
-from market.models.tiny import build_tiny_llama
 from market.settlement.payout import fee_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

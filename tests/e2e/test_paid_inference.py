@@ -2,7 +2,7 @@
 (uvicorn, `globai market serve`) and four `globai worker run` processes, one cheating (GLOBAI_WORKER_CHEAT=noise).
 A requester posts and funds (permit) an inference job over REST; the market runs it; the honest worker is paid on
 chain, the cheater is slashed, `globai audit job` and `globai audit chain` pass. The processes and the story are
-`market/demo/` (the same code `globai demo run` runs)."""
+`globai/dev/cluster.py` and `market/demo/` (the same code `globai demo run` runs)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from market.chain.deploy import GLB
-from market.demo.cluster import Cluster, ClusterConfig
+from globai.chain.deploy import GLB
+from globai.dev.cluster import Cluster, ClusterConfig
 from market.demo.paid_inference import STAKE, demo_account, run_paid_inference
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from market.chain.deploy import GLB
-from market.demo.cluster import Cluster, ClusterConfig
+from globai.chain.deploy import GLB
+from globai.dev.cluster import Cluster, ClusterConfig
 from market.demo.paid_inference import demo_account
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

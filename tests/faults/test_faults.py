@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from market.demo.cluster import Cluster, ClusterConfig
+from globai.dev.cluster import Cluster, ClusterConfig
 from market.demo.faults import FAULT_ENV, SCENARIOS, run_scenario, start_cluster
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from eth_account import Account
 
-from market.protocol.siwe import build_message, sign_message
+from globai.protocol.siwe import build_message, sign_message
 from tests.market.conftest import ADMIN, Market
 
 

@@ -54,7 +54,7 @@ def _give_glb(live: Live, to: LocalAccount, amount: int) -> None:
 
 
 def test_job_id_matches_chain_ids() -> None:
-    from market.chain.ids import job_id_bytes
+    from globai.chain.ids import job_id_bytes
 
     assert (
         chain_job_id("0f8fad5b-d9cb-469f-a165-70867728950e")
@@ -110,7 +110,7 @@ def _post_job(live: Live, headers: dict[str, str], price: int) -> dict[str, Any]
 
 
 def test_job_funded_with_permit_and_confirmed_from_event(live: Live) -> None:
-    from market.chain.permit import sign_glb_permit
+    from globai.chain.permit import sign_glb_permit
 
     contracts = live.deployment.bind(live.chain.client)
     requester = live.chain.accounts[4]

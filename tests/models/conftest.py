@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from market.models.tiny import build_tiny_llama
+from globai.models.tiny import build_tiny_llama
 
 
 @pytest.fixture(scope="session", autouse=True)

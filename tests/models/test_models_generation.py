@@ -11,13 +11,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from globai.models.importer import import_checkpoint, recast
+from globai.models.manifest import load_manifest, verify_model_dir
+from globai.models.reference import reference_logits
+from globai.models.tokenizer import load_tokenizer
 from market.commands.models import app as models_app
 from market.coordinator.chat import render_chat
 from market.domain_errors import InvalidRequest
-from market.models.importer import import_checkpoint, recast
-from market.models.manifest import load_manifest, verify_model_dir
-from market.models.reference import reference_logits
-from market.models.tokenizer import load_tokenizer
 
 TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
             "{% if add_generation_prompt %}<s>assistant: {% endif %}")

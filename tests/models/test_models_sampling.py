@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from market.coordinator.sampling import Sampler, SamplingParams, greedy, sample_next, top_p_filter
+from globai.protocol.sampling import Sampler, SamplingParams, greedy, sample_next, top_p_filter
 
 
 def test_greedy_is_argmax_first_on_ties() -> None:

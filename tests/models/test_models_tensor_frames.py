@@ -10,8 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from market.errors import GlobaiError
-from market.protocol.tensors import (
+from globai.errors import GlobaiError
+from globai.protocol.tensors import (
     DTYPE_CODES,
     FrameError,
     decode_message,

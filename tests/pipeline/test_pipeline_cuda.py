@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from market.models.reference import generate_reference, reference_logits, run_pipeline_local
-from market.models.tiny import build_tiny_llama
+from globai.models.reference import generate_reference, reference_logits, run_pipeline_local
+from globai.models.tiny import build_tiny_llama
 from worker.stage import Stage
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from market.coordinator.sampling import Sampler, SamplingParams
-from market.models.reference import (
+from globai.models.reference import (
     Recorded,
     generate_reference,
     prefill_positions,
     reference_logits,
     run_pipeline_local,
 )
-from market.models.tiny import build_tiny_llama
-from market.protocol.tensors import decode_message, encode_message, validate_tensor
+from globai.models.tiny import build_tiny_llama
+from globai.protocol.sampling import Sampler, SamplingParams
+from globai.protocol.tensors import decode_message, encode_message, validate_tensor
 from worker.stage import Stage, StageInput
 
 SPLITS = {1: [0, 4], 2: [0, 2, 4], 4: [0, 1, 2, 3, 4]}

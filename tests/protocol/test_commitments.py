@@ -8,7 +8,7 @@ import pytest
 import torch
 from eth_account import Account
 
-from market.protocol.commitments import (
+from globai.protocol.commitments import (
     CHUNK_TOKENS,
     MalformedCommitment,
     SignedCommitment,
@@ -23,7 +23,7 @@ from market.protocol.commitments import (
     verify_commitment,
     verify_in_root,
 )
-from market.protocol.signing import BadSignature, ChunkScope, commit_digest, recover_signer
+from globai.protocol.signing import BadSignature, ChunkScope, commit_digest, recover_signer
 
 WORKER = Account.from_key("0x" + "11" * 32)
 OTHER = Account.from_key("0x" + "22" * 32)
@@ -147,9 +147,9 @@ def test_task_root_signed_and_proves_each_chunk() -> None:
 def test_binary_frame_round_trip_any_length_and_strictness() -> None:
     """A session's commitments travel as one frame whatever their number (a 16x512-token prefill is 256 of them,
     ~0.3 MB: far over the 64 KiB JSON header limit); the receiver rebuilds them under the scope it issued."""
-    from market.protocol.commitments import decode_commitments, encode_commitments, max_commitments_bytes
-    from market.protocol.pipeline import attach_commitments, take_commitments
-    from market.protocol.tensors import decode_message, encode_message
+    from globai.protocol.commitments import decode_commitments, encode_commitments, max_commitments_bytes
+    from globai.protocol.pipeline import attach_commitments, take_commitments
+    from globai.protocol.tensors import decode_message, encode_message
 
     out = _output(tokens=512)
     chunks = commit_output(SCOPE, out)

@@ -8,7 +8,7 @@ from eth_utils import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from market.protocol.merkle import (
+from globai.protocol.merkle import (
     MerkleError,
     MerkleTree,
     SettlementRecord,

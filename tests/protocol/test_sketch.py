@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from market.protocol.sketch import (
+from globai.protocol.sketch import (
     DEFAULT_K,
     MalformedSketch,
     compute_sketch,

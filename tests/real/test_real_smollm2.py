@@ -17,11 +17,11 @@ import torch
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from globai.models.manifest import load_manifest
+from globai.models.reference import generate_reference
+from globai.models.tokenizer import load_tokenizer
 from market.coordinator.chat import render_chat
 from market.coordinator.service import left_pad
-from market.models.manifest import load_manifest
-from market.models.reference import generate_reference
-from market.models.tokenizer import load_tokenizer
 from tests.runtime.conftest import InProcessWorker, MarketServer, Requester, serve_market
 
 SPLITS = {2: ["0:15", "15:30"], 4: ["0:8", "8:15", "15:23", "23:30"]}

@@ -29,13 +29,13 @@ import uvicorn
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from globai.client import check, sign_in
+from globai.dev.services import free_port
+from globai.models.tiny import build_tiny_llama
 from market.api import create_app
 from market.config import Settings
 from market.db.engine import make_engine
 from market.db.migrate import upgrade
-from market.devservices import free_port
-from market.models.tiny import build_tiny_llama
-from market.protocol.auth_client import check, sign_in
 from worker.runtime.daemon import WorkerConfig, WorkerDaemon
 
 SECRET = "runtime-test-secret-" + "0123456789abcdef" * 2

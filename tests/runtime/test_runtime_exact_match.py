@@ -8,7 +8,7 @@ import pytest
 import torch
 from eth_account.signers.local import LocalAccount
 
-from market.models.reference import generate_reference
+from globai.models.reference import generate_reference
 from tests.runtime.conftest import InProcessWorker, MarketServer, Requester
 
 SPLITS = {1: ["0:4"], 2: ["0:2", "2:4"], 4: ["0:1", "1:2", "2:3", "3:4"]}
@@ -44,12 +44,12 @@ def test_seeded_sampling_and_signed_evidence(
 ) -> None:
     from sqlalchemy import select
 
-    from market.coordinator.sampling import Sampler, SamplingParams
+    from globai.models.reference import run_pipeline_local
+    from globai.protocol.commitments import SignedCommitment, tensor_sha256, verify_commitment
+    from globai.protocol.sampling import Sampler, SamplingParams
+    from globai.protocol.tensors import decode_message
     from market.db.engine import make_engine, make_session_factory
     from market.db.inference import StageCommitment, StageRecord
-    from market.models.reference import run_pipeline_local
-    from market.protocol.commitments import SignedCommitment, tensor_sha256, verify_commitment
-    from market.protocol.tensors import decode_message
     from tests.runtime.test_runtime_failover import wait_finished
     from worker.stage import Stage
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from eth_account.signers.local import LocalAccount
 
-from market.models.reference import generate_reference
+from globai.models.reference import generate_reference
 from tests.runtime.conftest import InProcessWorker, MarketServer, Requester, worker_process
 
 NEW_TOKENS = 96

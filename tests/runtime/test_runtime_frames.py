@@ -9,12 +9,12 @@ import torch
 from eth_account.signers.local import LocalAccount
 from websockets.sync.client import connect
 
-from market.models.manifest import load_manifest
-from market.models.reference import generate_reference
-from market.protocol.auth_client import sign_in
-from market.protocol.pipeline import WS_PATH, scope_to_json
-from market.protocol.signing import ChunkScope
-from market.protocol.tensors import decode_message, encode_message, encode_tensor
+from globai.client import sign_in
+from globai.models.manifest import load_manifest
+from globai.models.reference import generate_reference
+from globai.protocol.pipeline import WS_PATH, scope_to_json
+from globai.protocol.signing import ChunkScope
+from globai.protocol.tensors import decode_message, encode_message, encode_tensor
 from tests.runtime.conftest import MODEL, InProcessWorker, MarketServer, Requester
 from worker.runtime.server import StageServer
 from worker.stage import Stage

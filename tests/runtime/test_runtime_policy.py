@@ -9,10 +9,10 @@ import httpx
 import pytest
 from eth_account import Account
 
+from globai.client import sign_in
+from globai.models.manifest import load_manifest
 from market.blobstore import BlobNotFound, BlobStore
 from market.coordinator.routing import RouteCandidate, plan_route, plan_span
-from market.models.manifest import load_manifest
-from market.protocol.auth_client import sign_in
 from market.scheduler.reputation import Reputation
 from tests.runtime.conftest import MarketServer
 from worker.runtime.placement import choose_layer_range, layers_that_fit, parse_layers
@@ -88,7 +88,7 @@ def test_shard_download_resumes_with_range_and_checks_sha256(
         # a corrupted partial file is detected and never installed
         (tmp_path / entry.path).unlink()
         part.write_bytes(b"\0" * (len(data) // 2))
-        from market.models.errors import ShardIntegrityError
+        from globai.models.errors import ShardIntegrityError
 
         with pytest.raises(ShardIntegrityError):
             download_file(http, m.name, entry, tmp_path, None)

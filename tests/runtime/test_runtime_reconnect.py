@@ -10,7 +10,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from pydantic import SecretStr
 
-from market.models.reference import generate_reference
+from globai.models.reference import generate_reference
 from tests.runtime.conftest import MODEL, InProcessWorker, MarketServer, Requester
 
 

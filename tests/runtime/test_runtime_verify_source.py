@@ -16,11 +16,11 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from sqlalchemy.orm import Session
 
+from globai.dev.services import free_port
 from market.config import Settings
 from market.db import Job, JobRun
 from market.db.engine import make_engine, make_session_factory
 from market.db.migrate import upgrade
-from market.devservices import free_port
 from market.services.inference_source import InferenceWorkSource, MarketVerifierClient
 from market.verifier.compare import DEFAULT_TOLERANCES
 from market.verifier.disputes import ProjectedRows, check_claim
@@ -111,9 +111,9 @@ def test_worker_that_sends_other_than_it_commits_is_caught_by_the_coordinator(
     """The `unbound` cheat commits to its honest output and sends another (with a valid signed hash of what it
     sends): the coordinator finds the commitment contradicting the rows, keeps the evidence, fails the hop over
     to an honest worker (the text is still the model's) and the verifier sees a provable fault without a replay."""
+    from globai.models.reference import generate_reference
+    from globai.protocol.commitments import SignedCommitment, tensor_sha256
     from market.db.inference import StageViolation
-    from market.models.reference import generate_reference
-    from market.protocol.commitments import SignedCommitment, tensor_sha256
     from worker.runtime.cheats import apply_cheat
 
     market, admin = admin_market
@@ -146,7 +146,7 @@ def test_worker_that_sends_other_than_it_commits_is_caught_by_the_coordinator(
         signed = SignedCommitment.from_json(evidence["commitment"])
         assert signed.signer() == cheat.address and "0x" + signed.commitment.digest.hex() == violations[0].digest
         blob = market.coordinator.blobs.get(evidence["rows_blob"])
-        from market.protocol.tensors import decode_message
+        from globai.protocol.tensors import decode_message
 
         rows = decode_message(blob, max_bytes=1 << 26).tensors[0]
         assert tensor_sha256(rows).hex() == evidence["received_sha256"][2:] != signed.commitment.output_sha256.hex()

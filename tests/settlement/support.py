@@ -12,9 +12,9 @@ from eth_account.signers.local import LocalAccount
 from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session
 
-from market.chain.client import ChainClient
-from market.chain.deploy import GLB, Deployment
-from market.chain.ids import job_id_bytes
+from globai.chain.client import ChainClient
+from globai.chain.deploy import GLB, Deployment
+from globai.chain.ids import job_id_bytes
 from market.db import Base, Job, Worker
 from market.db.engine import make_engine
 from market.db.migrate import upgrade

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
+from globai.chain.deploy import GLB
 from market.audit.job import audit_job
-from market.chain.deploy import GLB
 from market.db import Job, Settlement, SettlementReport
 from market.indexer import index_chain
 from market.services.chain_view import Web3ChainView

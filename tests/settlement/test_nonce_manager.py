@@ -13,8 +13,8 @@ from pathlib import Path
 from eth_account import Account
 from sqlalchemy.orm import Session
 
-from market.chain.client import ChainClient
-from market.chain.deploy import GLB
+from globai.chain.client import ChainClient
+from globai.chain.deploy import GLB
 from tests.settlement.support import Funder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SENDER = r"""
 import json, sys, time
 from eth_account import Account
-from market.chain.client import ChainClient, redis_tx_lock
-from market.chain.deploy import Deployment
+from globai.chain.client import ChainClient, redis_tx_lock
+from globai.chain.deploy import Deployment
 args = json.loads(sys.argv[1])
 client = ChainClient(args["rpc"], tx_lock=redis_tx_lock(args["redis"]))
 c = Deployment.from_json(args["deployment"]).bind(client)

@@ -10,8 +10,8 @@ from eth_account import Account
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from market.chain.ids import job_id_bytes
-from market.protocol.merkle import MerkleTree, settlement_leaf
+from globai.chain.ids import job_id_bytes
+from globai.protocol.merkle import MerkleTree, settlement_leaf
 from market.settlement.payout import (
     PAID,
     UNPAID_FAULTY,

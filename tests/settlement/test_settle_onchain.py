@@ -8,9 +8,9 @@ from eth_account import Account
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from globai.chain.deploy import GLB
 from market.api import create_app
 from market.audit.job import audit_job
-from market.chain.deploy import GLB
 from market.db import Job, Settlement, SettlementReport, VerificationRun, WorkPart
 from market.services.settlement import ready_jobs, settle_jobs
 from market.settlement.payout import UNPAID_SLASHED

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from market.protocol.compression import (
+from globai.protocol.compression import (
     Codec,
     CompressionError,
     compress,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from market.protocol.compression import decode_update, encode_update, parse_codec, shapes_of
+from globai.protocol.compression import decode_update, encode_update, parse_codec, shapes_of
 from market.training.data import prepare, shard_for
 from market.training.model import initial_checkpoint
 from market.training.spec import TrainingJobSpec, task_seed

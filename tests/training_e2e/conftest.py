@@ -24,12 +24,12 @@ import uvicorn
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from globai.client import check, sign_in
+from globai.dev.services import free_port, wait_port
 from market.api import create_app
 from market.config import Settings
 from market.db.engine import make_engine
 from market.db.migrate import upgrade
-from market.devservices import free_port, wait_port
-from market.protocol.auth_client import check, sign_in
 from market.training.model import tiny_llama_config
 from market.training.spec import ConfigModelRef, TrainingJobSpec
 from tests.market.conftest import FakeChain, make_settings

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from transformers import LlamaForCausalLM
 
+from globai.client import check
 from market.db import SlashRecord, VerificationRun, WorkPart
 from market.db.engine import make_engine
-from market.protocol.auth_client import check
 from market.training.reference import reference_diloco
 from tests.training_e2e.conftest import Market, tiny_spec, train_until_done
 
@@ -104,8 +104,8 @@ def test_unsampled_poisoned_update_is_bounded_by_the_robust_mean(market: Market,
                                                                   tmp_path: Path) -> None:
     """Not replayed (verify_rate 0): the trimmed mean still keeps every coordinate of the applied pseudo-gradient
     inside the honest updates' range."""
+    from globai.protocol.compression import decode_update
     from market.db.training import TrainingUpdate
-    from market.protocol.compression import decode_update
     from market.training.storage import parameter_shapes, storage_at
 
     spec = tiny_spec(rounds=1, workers_per_round=3, compression="none", outer_momentum=0.9, outer_lr=0.7)

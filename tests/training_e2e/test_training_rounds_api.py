@@ -14,13 +14,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from globai.protocol.compression import encode_update, parse_codec, payload_digest
+from globai.protocol.training import UpdateScope, sign_update
 from market.api import create_app
 from market.db import Task
 from market.db.engine import make_engine, make_session_factory
 from market.db.migrate import upgrade
 from market.db.training import TrainingJob, TrainingRound
-from market.protocol.compression import encode_update, parse_codec, payload_digest
-from market.protocol.training import UpdateScope, sign_update
 from market.training import jobs as training
 from market.training.storage import storage_at
 from tests.market.conftest import FakeChain, make_settings
@@ -44,7 +44,7 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, A
 def _post(api: dict[str, Any], corpus: bytes, **spec: Any) -> str:
     client, chain = api["client"], api["chain"]
     requester = Account.create()
-    from market.protocol.auth_client import sign_in
+    from globai.client import sign_in
 
     headers = {"Authorization": "Bearer " + sign_in(client, requester, ["requester"])}
     ds = client.post("/v1/training/datasets", content=corpus, headers=headers).json()
@@ -139,7 +139,7 @@ def test_bad_updates_are_refused(api: dict[str, Any], corpus: bytes) -> None:
 
 
 def test_dataset_upload_size_limit(tmp_path: Path) -> None:
-    from market.protocol.auth_client import sign_in
+    from globai.client import sign_in
 
     db_url = f"sqlite:///{tmp_path / 'm.db'}"
     engine = make_engine(db_url)

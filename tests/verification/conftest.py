@@ -14,8 +14,8 @@ from celery.contrib.testing.worker import start_worker
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from market.chain.client import ChainClient
-from market.chain.deploy import GLB
+from globai.chain.client import ChainClient
+from globai.chain.deploy import GLB
 from market.db import SettlementReport, SlashRecord, VerificationCheck, VerificationRun, WorkPart
 from market.services.verification import ClaimedPart, VerifierConfig, open_run
 from market.tasks.celery_app import create_celery, runtime

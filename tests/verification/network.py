@@ -19,8 +19,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
-from market.protocol import merkle
-from market.protocol.commitments import (
+from globai.protocol import merkle
+from globai.protocol.commitments import (
     ChunkCommitment,
     SignedCommitment,
     chunk_bounds,
@@ -30,7 +30,7 @@ from market.protocol.commitments import (
     sign_task_root,
     tensor_sha256,
 )
-from market.protocol.signing import ChunkScope, sent_digest, sign_digest
+from globai.protocol.signing import ChunkScope, sent_digest, sign_digest
 from market.services.verification import BindingFault, ClaimedPart, Replica
 from market.verifier import cheats
 from market.verifier.calibrate import CalibrationSettings, scenarios, torch_threads
@@ -203,8 +203,8 @@ class SimNetwork:
         signed = {c.chunk_index: sign_commitment(c, worker.account) for c in commitments}
         root = sign_task_root(commitments, worker.account)
         if forged_scope is not None:  # the root is made for this job, the chunks were copied from another
-            from market.protocol.commitments import SignedRoot
-            from market.protocol.signing import root_digest, sign_digest
+            from globai.protocol.commitments import SignedRoot
+            from globai.protocol.signing import root_digest, sign_digest
 
             digest = root_digest(scope, root.chunk_count, root.root)
             root = SignedRoot(scope, root.chunk_count, root.root, sign_digest(worker.account, digest))

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from market.chain.deploy import GLB
+from globai.chain.deploy import GLB
 from market.services.verification import VerifierConfig
 from market.verifier import sampling
 from tests.verification.conftest import Harness, JobResult

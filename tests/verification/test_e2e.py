@@ -21,15 +21,15 @@ from eth_account import Account
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from market.chain.deploy import GLB
-from market.chain.ids import job_id_bytes
+from globai.chain.deploy import GLB
+from globai.chain.ids import job_id_bytes
+from globai.dev.services import free_port
+from globai.models.tiny import build_tiny_llama
 from market.config import Settings
 from market.db import Job, JobRun, SlashRecord, VerificationCheck, VerificationRun
 from market.db.engine import make_engine
 from market.db.inference import InferenceRun, StageViolation
 from market.db.migrate import upgrade
-from market.devservices import free_port
-from market.models.tiny import build_tiny_llama
 from market.services.verification import open_run
 from market.tasks.celery_app import create_celery
 from tests.runtime.conftest import MODEL, MarketServer, Requester

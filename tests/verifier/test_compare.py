@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import market.verifier as verifier_pkg
-from market.protocol.commitments import tensor_sha256
-from market.protocol.sketch import sketch_chunk
+from globai.protocol.commitments import tensor_sha256
+from globai.protocol.sketch import sketch_chunk
 from market.verifier import cheats
 from market.verifier.calibrate import scenarios
 from market.verifier.compare import (
@@ -156,7 +156,7 @@ def test_load_tolerances(tmp_path) -> None:
 
 
 def test_projections_see_a_change_anywhere_in_a_row_the_sketch_cannot() -> None:
-    from market.protocol.sketch import sketch_chunk
+    from globai.protocol.sketch import sketch_chunk
     from market.verifier.compare import compare_projections, compare_sketch, project_rows
 
     tol = DEFAULT_TOLERANCES["float32"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from market.errors import GlobaiError
+from globai.errors import GlobaiError
 
 
 class StageError(GlobaiError):

@@ -17,10 +17,10 @@ from transformers import LlamaConfig, PretrainedConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer, BertPooler
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from market.models.errors import ManifestError
-from market.models.hf import hf_config
-from market.models.layout import FamilyLayout, layout_for_family
-from market.models.manifest import EMBED, HEAD, Manifest, ShardEntry, layer_shard_name, read_verified
+from globai.models.errors import ManifestError
+from globai.models.hf import hf_config
+from globai.models.layout import FamilyLayout, layout_for_family
+from globai.models.manifest import EMBED, HEAD, Manifest, ShardEntry, layer_shard_name, read_verified
 
 
 class LlamaHead(nn.Module):

@@ -1,4 +1,4 @@
-"""Per-session chunk commitments a worker signs over the outputs it returns (see market.protocol.commitments).
+"""Per-session chunk commitments a worker signs over the outputs it returns (see globai.protocol.commitments).
 
 Outputs arrive step by step (a prefill block, then one token per decode step). Rows are buffered per sequence
 and chunk; a chunk is committed and signed once its last position (32c + 31) has been produced, and whatever is
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from eth_account.signers.local import LocalAccount
 
-from market.protocol.commitments import (
+from globai.protocol.commitments import (
     CHUNK_TOKENS,
     ChunkCommitment,
     SignedCommitment,
@@ -24,7 +24,7 @@ from market.protocol.commitments import (
     sign_task_root,
     tensor_sha256,
 )
-from market.protocol.signing import ChunkScope, sent_digest, sign_digest
+from globai.protocol.signing import ChunkScope, sent_digest, sign_digest
 
 
 def sign_sent(

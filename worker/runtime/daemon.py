@@ -21,10 +21,10 @@ from eth_account.signers.local import LocalAccount
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from market.errors import ConfigError, GlobaiError
-from market.protocol.auth_client import MarketError, check, sign_in
-from market.protocol.pipeline import WS_PATH
-from market.protocol.tensors import decode_message
+from globai.client import MarketError, check, sign_in
+from globai.errors import ConfigError, GlobaiError
+from globai.protocol.pipeline import WS_PATH
+from globai.protocol.tensors import decode_message
 from worker.runtime.placement import choose_layer_range, parse_layers
 from worker.runtime.probe import Hardware, probe
 from worker.runtime.server import StageServer

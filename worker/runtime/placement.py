@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from market.models.manifest import Manifest, layer_shard_name
+from globai.models.manifest import Manifest, layer_shard_name
 
 # Room for activations and the KV cache next to the weights (fraction of the budget kept free).
 KV_HEADROOM = 0.25

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from eth_account.signers.local import LocalAccount
 
-from market.errors import GlobaiError
-from market.protocol.commitments import SignedCommitment
-from market.protocol.pipeline import (
+from globai.errors import GlobaiError
+from globai.protocol.commitments import SignedCommitment
+from globai.protocol.pipeline import (
     DEFAULT_MAX_BATCH,
     ProtocolError,
     StageLimits,
@@ -24,7 +24,7 @@ from market.protocol.pipeline import (
     field,
     scope_from_json,
 )
-from market.protocol.tensors import FrameError, decode_message, encode_message
+from globai.protocol.tensors import FrameError, decode_message, encode_message
 from worker.models.errors import StageError
 from worker.runtime.commits import SessionCommitments, sign_sent
 from worker.stage import Stage

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from market.models.errors import ShardIntegrityError
-from market.models.manifest import FileEntry, Manifest, save_manifest, sha256_file
-from market.protocol.auth_client import check
+from globai.client import check
+from globai.models.errors import ShardIntegrityError
+from globai.models.manifest import FileEntry, Manifest, save_manifest, sha256_file
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20

@@ -14,11 +14,10 @@ from typing import Any
 import httpx
 from eth_account.signers.local import LocalAccount
 
-from market.chain import devnet
-from market.chain.client import ChainClient
-from market.chain.deploy import BoundContracts, DeployedContract, Deployment
-from market.devservices import dev_accounts
-from market.errors import ConfigError
+from globai.chain import local
+from globai.chain.client import ChainClient
+from globai.chain.deploy import BoundContracts, DeployedContract, Deployment, deployment_is_live
+from globai.errors import ConfigError
 
 GLB = 10**18
 
@@ -36,10 +35,8 @@ def _rpc_url(rpc: str | None) -> str:
         return rpc
     if os.environ.get("GLOBAI_RPC_URL"):
         return os.environ["GLOBAI_RPC_URL"]
-    paths = devnet.DevnetPaths()  # the running devnet, on whatever port `globai devnet up` gave it
-    if devnet.running_pid(paths) is not None:
-        return devnet.rpc_url(int(paths.pid_file.read_text().split()[1]))
-    return devnet.rpc_url(devnet.DEFAULT_PORT)
+    # the running devnet, on whatever port `globai devnet up` gave it
+    return local.rpc_url(local.running_port(local.DevnetPaths()) or local.DEFAULT_PORT)
 
 
 def connect(rpc: str | None = None, *, market: str | None = None) -> Chain:
@@ -57,8 +54,8 @@ def connect(rpc: str | None = None, *, market: str | None = None) -> Chain:
             "JobEscrow": DeployedContract(env["JOB_ESCROW_ADDRESS"], block),
         })
     else:
-        client, deployment = devnet.connect(url, devnet.DevnetPaths())
-    if not devnet.deployment_is_live(client, deployment):
+        client, deployment = local.connect(url)
+    if not deployment_is_live(client, deployment):
         raise ConfigError(f"no GlobAI contracts at the recorded addresses on {url}: wrong chain? "
                           "(`globai dev status` shows the stack's chain)")
     chain = Chain(client, deployment, deployment.bind(client), url)
@@ -116,7 +113,7 @@ def stake_glb(account: LocalAccount, *, amount: int | None, rpc: str | None, fau
         if not faucet or not _is_devnet(chain):
             raise ConfigError(f"{account.address} holds {balance / GLB:,.4f} GLB, less than the {amount / GLB:,.4f} "
                               "GLB to stake")
-        treasury = dev_accounts(1)[0]  # the devnet deployment mints the supply to account 0
+        treasury = local.dev_accounts(1)[0]  # the devnet deployment mints the supply to account 0
         chain.client.transact(c.token.functions.transfer(account.address, amount - balance), treasury)
     chain.client.transact(c.token.functions.approve(c.vault.address, amount), account)
     chain.client.transact(c.vault.functions.stake(amount), account)

@@ -11,10 +11,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 
+from globai.protocol.sampling import SamplingParams
 from market.api.deps import RequesterDep, SessionDep, can_see_everything
 from market.api.schemas.common import Input
 from market.coordinator.pipeline import PipelineRun, RouteUnavailable
-from market.coordinator.sampling import SamplingParams
 from market.coordinator.service import Coordinator
 from market.coordinator.stopping import cut_at_stop
 from market.db.inference import InferenceRun, StageCommitment, StageRecord

@@ -20,19 +20,19 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from globai.errors import GlobaiError
+from globai.protocol.pipeline import StageLimits
+from globai.protocol.sampling import SamplingParams
 from market.api.context import AppContext
 from market.coordinator.catalog import ServedModel
 from market.coordinator.pipeline import PipelineRun, RouteUnavailable
-from market.coordinator.sampling import SamplingParams
 from market.coordinator.service import Coordinator
 from market.db import ApiKey
 from market.db.inference import InferenceRun
 from market.domain_errors import AuthError, InsufficientQuota, InvalidRequest, NotFound
-from market.errors import GlobaiError
 from market.oai.choices import Choices, Delta, chat_logprobs, completion_logprobs
 from market.oai.errors import OpenAIError
 from market.oai.schemas import ChatIn, CompletionIn, parse
-from market.protocol.pipeline import StageLimits
 from market.services import api_keys, credits
 
 log = logging.getLogger(__name__)

@@ -293,7 +293,7 @@ async def submit_update(
     loss_end: Annotated[float, Query(description="loss of the last inner step")],
 ) -> UpdateReceiptOut:
     """Submit the lease holder's compressed pseudo-gradient (raw body: the codec's safetensors blob) with its
-    signature over the scoped digest (market.protocol.training). The same update again is accepted=false."""
+    signature over the scoped digest (globai.protocol.training). The same update again is accepted=false."""
     if not (math.isfinite(loss_start) and math.isfinite(loss_end)):
         raise InvalidRequest("losses must be finite")
     payload = await request.body()

@@ -3,7 +3,7 @@
 - `GET /v1/verification/replicas?model=&layer_start=&layer_end=`: live workers serving exactly those layers, with
   the weight replicas are drawn by (reputation mean x stake);
 - `POST /v1/verification/replay`: re-run one worker's recorded stage calls on a replica; the answer is a binary
-  tensor message (`market.protocol.tensors`) holding the replica's output rows [B, n, width], row i being the output
+  tensor message (`globai.protocol.tensors`) holding the replica's output rows [B, n, width], row i being the output
   at `positions[i]` of its header (the n positions the worker committed to); `rows_per_call` and `sent_digests`
   (per replayed call, the digest the replica signed over its answer) are the evidence against a lying replica.
 """
@@ -17,10 +17,10 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from globai.protocol.tensors import encode_message
 from market.api.deps import AdminDep, CtxDep
 from market.coordinator.verify_replay import load_part, replay_on, replicas
 from market.db import Worker
-from market.protocol.tensors import encode_message
 from market.services.verification import replica_weight
 
 router = APIRouter(prefix="/v1/verification", tags=["verification"])

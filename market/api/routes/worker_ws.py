@@ -14,12 +14,12 @@ import uuid
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from globai.protocol.pipeline import WS_PATH, ProtocolError, StageLimits, error_header, field
+from globai.protocol.tensors import FrameError, Message, decode_message, encode_message
 from market.api.context import AppContext
 from market.coordinator.links import WorkerLink
 from market.coordinator.service import Coordinator
 from market.domain_errors import AuthError, NotEligible, NotFound
-from market.protocol.pipeline import WS_PATH, ProtocolError, StageLimits, error_header, field
-from market.protocol.tensors import FrameError, Message, decode_message, encode_message
 from market.services import workers
 from market.services.auth import decode_token
 
