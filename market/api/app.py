@@ -10,7 +10,7 @@ from datetime import datetime
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from market.api.context import AppContext, auth_policy, system_clock
+from market.api.context import build_context, system_clock
 from market.api.docs import install_docs
 from market.api.errors import install_error_handlers
 from market.api.middleware import BodySizeLimit, RateLimit
@@ -22,9 +22,12 @@ from market.api.routes import (
     inference,
     job_results,
     jobs,
+    models,
     openai_v1,
     tasks,
     verification,
+    worker_summary,
+    worker_ws,
     workers,
 )
 from market.api.routes import training as training_routes
@@ -34,7 +37,6 @@ from market.db.engine import make_engine, make_session_factory
 from market.oai.errors import RESPONSES as OPENAI_RESPONSES
 from market.oai.errors import install as install_openai_errors
 from market.services.chain_view import ChainView, chain_view_from_settings
-from market.services.workers import EligibleWorkerCache
 
 _UNSET = object()
 
@@ -71,29 +73,19 @@ def create_app(
         else engine
     )
     view = chain_view_from_settings(settings) if chain is _UNSET else chain
-    ctx = AppContext(
-        settings=settings,
-        engine=db,
-        session_factory=make_session_factory(db),
-        chain=view,  # type: ignore[arg-type]
-        policy=auth_policy(settings),
-        clock=clock,
-        workers=EligibleWorkerCache(settings.worker_cache_ttl_s),
+    ctx = build_context(
+        settings, engine=db, session_factory=make_session_factory(db), chain=view, clock=clock  # type: ignore[arg-type]
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        from market.services.inference_jobs import InferenceJobRunner
-
         # Paid inference jobs run in this process: the coordinator holds the worker sockets.
-        runner = InferenceJobRunner(_app.state.coordinator, ctx.session_factory, ctx.clock)
-        _app.state.job_runner = runner
-        runner.start()
+        ctx.job_runner.start()
         # Slashes and bans reach live worker links at once (reputation, eligibility; banned links are closed).
-        standing = asyncio.create_task(_app.state.coordinator.watch_standing())
+        standing = asyncio.create_task(ctx.coordinator.watch_standing())
         yield
         standing.cancel()
-        await runner.stop()
+        await ctx.job_runner.stop()
         if own_engine:
             db.dispose()
 
@@ -108,14 +100,11 @@ def create_app(
     install_docs(app)
     app.state.ctx = ctx
     install_error_handlers(app)
-    for module in (health, auth, workers, jobs, tasks):
-        if module is jobs:
-            app.include_router(job_results.router, responses=ERROR_RESPONSES)
+    # Registration order is matching order: fixed paths (/v1/jobs/{id}/result, /v1/workers/me/summary) before
+    # the routers whose path parameters would swallow them.
+    for module in (health, auth, workers, job_results, jobs, tasks, audit, models, worker_ws, worker_summary,
+                   inference, verification, training_routes):
         app.include_router(module.router, responses=ERROR_RESPONSES)
-    app.include_router(audit.router, responses=ERROR_RESPONSES)
-    inference.install(app, ERROR_RESPONSES)  # coordinator + /v1/inference, /v1/models, /v1/workers/ws
-    app.include_router(verification.router, responses=ERROR_RESPONSES)  # replays for the Celery verifiers
-    app.include_router(training_routes.router, responses=ERROR_RESPONSES)
     app.include_router(credits.router, responses={**ERROR_RESPONSES, 402: {"model": ErrorOut,
                                                                          "description": "insufficient quota"}})
     app.include_router(openai_v1.router, responses=OPENAI_RESPONSES)  # OpenAI's error shape (market/oai/)

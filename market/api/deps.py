@@ -6,26 +6,56 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.requests import HTTPConnection
 
 from market.api.context import AppContext
 from market.config import Settings
+from market.coordinator.service import Coordinator
 from market.domain_errors import AuthError, ChainNotConfigured, Forbidden
 from market.services.auth import Principal, decode_token
 from market.services.chain_view import ChainView
+from market.services.inference_jobs import InferenceJobRunner
+from market.training.storage import TrainingStorage
 
 # Dependencies that do no blocking I/O are `async def`: FastAPI runs every sync dependency in the threadpool,
 # and a thread hop per dependency per request is what dominated the claim path's CPU time.
 
 
-async def get_ctx(request: Request) -> AppContext:
-    ctx: AppContext = request.app.state.ctx
+def context_of(connection: HTTPConnection) -> AppContext:
+    """The app's context (HTTP requests and WebSockets alike); the only place that reads `app.state`."""
+    ctx: AppContext = connection.app.state.ctx
     return ctx
 
 
+async def get_ctx(connection: HTTPConnection) -> AppContext:
+    return context_of(connection)
+
+
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
+
+
+async def get_coordinator(ctx: CtxDep) -> Coordinator:
+    return ctx.coordinator
+
+
+CoordinatorDep = Annotated[Coordinator, Depends(get_coordinator)]
+
+
+async def get_job_runner(ctx: CtxDep) -> InferenceJobRunner:
+    return ctx.job_runner
+
+
+JobRunnerDep = Annotated[InferenceJobRunner, Depends(get_job_runner)]
+
+
+async def get_training_storage(ctx: CtxDep) -> TrainingStorage:
+    return ctx.training_storage
+
+
+TrainingStorageDep = Annotated[TrainingStorage, Depends(get_training_storage)]
 
 
 async def get_settings(ctx: CtxDep) -> Settings:

@@ -1,6 +1,7 @@
 """The coordinator inside the market process: connected workers, route planning and running generations.
 
-Built once per app (`create_app`), kept on `app.state`; routes call it, it never raises HTTP errors.
+Built once per app (`create_app`, on its `AppContext`); routes reach it through `CoordinatorDep`. It never raises
+HTTP errors.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from market.db import ReputationEvent, Worker, WorkerProfile
+from market.db import Job, ReputationEvent, Settlement, SettlementReport, Worker, WorkerProfile
 from market.domain_errors import NotEligible, NotFound
 from market.scheduler.reputation import DEFAULT_PARAMS, Outcome, Reputation, ReputationParams, reputation
 from market.services.chain_view import ChainView
@@ -175,3 +175,27 @@ class EligibleWorkerCache:
             self._entries.clear()
         self._entries[address] = (clock_s + self.ttl_s, worker)
         return worker
+
+
+def settlement_credits(session: Session, *, address: str) -> list[tuple[Job, Settlement, int]]:
+    """Per job, what confirmed settlements credited `address` (from the published reports' payee lists)."""
+    rows = session.execute(
+        select(Job, Settlement, SettlementReport)
+        .join(Settlement, Settlement.job_id == Job.id)
+        .join(SettlementReport, SettlementReport.job_id == Job.id)
+        .where(Settlement.status == "confirmed")
+        .order_by(Settlement.confirmed_at)
+    ).all()
+    out = []
+    for job, settlement, report in rows:
+        amount = sum(int(p["amount"]) for p in report.report.get("payees", [])
+                     if str(p["payee"]).lower() == address.lower())
+        if amount:
+            out.append((job, settlement, amount))
+    return out
+
+
+def stakes(session: Session, *, addresses: list[str]) -> dict[str, int]:
+    """The synced stake of each registered address (unregistered ones are absent)."""
+    rows = session.scalars(select(Worker).where(Worker.address.in_(addresses)))
+    return {w.address: int(w.stake) for w in rows}

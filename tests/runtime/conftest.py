@@ -87,7 +87,7 @@ class MarketServer:
 
     @property
     def coordinator(self) -> Any:
-        return self.app.state.coordinator
+        return self.app.state.ctx.coordinator
 
     def wait_workers(self, n: int, timeout: float = 60.0, *, model: str = MODEL) -> None:
         deadline = time.monotonic() + timeout

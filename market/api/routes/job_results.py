@@ -7,15 +7,15 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from market.api.deps import PrincipalDep, SessionDep, can_see_everything
+from market.api.deps import CoordinatorDep, JobRunnerDep, PrincipalDep, SessionDep, can_see_everything
 from market.db import Job, SettlementReport, SlashRecord, VerificationRun
 from market.domain_errors import Forbidden, InvalidRequest
 from market.services import jobs
-from market.services.inference_jobs import InferenceJobRunner, job_outputs
+from market.services.inference_jobs import job_outputs
 from market.services.job_specs import InferenceSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -32,10 +32,11 @@ def _job(session: Any, job_id: str, principal: Any) -> Job:
 
 
 @router.get("/{job_id}/result")
-def result(job_id: JobId, request: Request, principal: PrincipalDep, session: SessionDep) -> dict[str, Any]:
+def result(
+    job_id: JobId, coordinator: CoordinatorDep, principal: PrincipalDep, session: SessionDep
+) -> dict[str, Any]:
     """Status, generated text per prompt, and how verification and settlement went."""
     job = _job(session, job_id, principal)
-    coordinator = request.app.state.coordinator
     spec = InferenceSpec.model_validate(job.spec)
     outputs = job_outputs(
         session,
@@ -74,7 +75,8 @@ def result(job_id: JobId, request: Request, principal: PrincipalDep, session: Se
 @router.get("/{job_id}/stream", response_class=StreamingResponse)
 async def stream(
     job_id: JobId,
-    request: Request,
+    coordinator: CoordinatorDep,
+    runner: JobRunnerDep,
     principal: PrincipalDep,
     session: SessionDep,
     fmt: Annotated[Literal["sse", "ndjson"], Query(alias="format")] = "ndjson",
@@ -83,8 +85,6 @@ async def stream(
     `first_prompt` added, then `job_done`. A job that is not running here streams its stored result."""
     job = _job(session, job_id, principal)
     session.commit()
-    runner: InferenceJobRunner = request.app.state.job_runner
-    coordinator = request.app.state.coordinator
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         deadline = asyncio.get_running_loop().time() + 30

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Path, Query, status
 
 from market.api.deps import ChainDep, CtxDep, NowDep, PrincipalDep, RequesterDep, SessionDep, can_see_everything
 from market.api.schemas.common import Page
@@ -62,12 +62,11 @@ def _visible(job: Job, principal: Principal) -> Job:
 
 @router.post("", response_model=JobCreatedOut, status_code=status.HTTP_201_CREATED)
 def post_job(
-    body: JobIn, principal: RequesterDep, session: SessionDep, ctx: CtxDep, now: NowDep, request: Request
+    body: JobIn, principal: RequesterDep, session: SessionDep, ctx: CtxDep, now: NowDep
 ) -> JobCreatedOut:
     """Create a job. Fund it on chain with the returned escrow parameters, then confirm funding.
     An inference job for a model this market does not serve is refused here, before any money moves."""
-    coordinator = getattr(request.app.state, "coordinator", None)
-    catalog = coordinator.catalog if coordinator is not None else None
+    catalog = ctx.coordinator.catalog
     created_block = ctx.chain.latest_block() if ctx.chain is not None else 0
     job = jobs.create_job(
         session,
@@ -79,7 +78,7 @@ def post_job(
         replicas=body.replicas,
         created_block=created_block,
         now=now,
-        served_models=None if catalog is None else (lambda: [m.manifest.name for m in catalog.all()]),
+        served_models=lambda: [m.manifest.name for m in catalog.all()],
     )
     return JobCreatedOut(job=job_out(job), escrow=escrow_params(job, ctx))
 

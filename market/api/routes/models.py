@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
 
-from market.api.deps import PrincipalDep
+from market.api.deps import CoordinatorDep, PrincipalDep
+from market.api.schemas.models import Coverage, ModelList, ModelOut
 from market.coordinator.catalog import ServedModel
 from market.coordinator.service import Coordinator
 from market.domain_errors import NotFound
@@ -18,34 +18,8 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 ModelName = Annotated[str, Path(pattern=r"^[A-Za-z0-9._@+-]{1,128}$")]
 
 
-class ModelOut(BaseModel):
-    name: str
-    digest: str
-    family: str
-    task: str
-    dtype: str
-    num_layers: int
-    hidden_size: int
-    vocab_size: int
-
-
-class ModelList(BaseModel):
-    models: list[ModelOut]
-
-
-class Coverage(BaseModel):
-    model: str
-    layers: list[int]  # connected workers serving each layer
-    workers: list[dict[str, Any]]
-
-
-def _coordinator(request: Request) -> Coordinator:
-    coordinator: Coordinator = request.app.state.coordinator
-    return coordinator
-
-
-def _served(request: Request, name: str) -> ServedModel:
-    served = _coordinator(request).catalog.get(name)
+def _served(coordinator: Coordinator, name: str) -> ServedModel:
+    served = coordinator.catalog.get(name)
     if served is None:
         raise NotFound("model", name)
     return served
@@ -58,21 +32,20 @@ def _out(s: ServedModel) -> ModelOut:
 
 
 @router.get("", response_model=ModelList)
-def list_models(request: Request, _principal: PrincipalDep) -> ModelList:
-    return ModelList(models=[_out(s) for s in _coordinator(request).catalog.all()])
+def list_models(coordinator: CoordinatorDep, _principal: PrincipalDep) -> ModelList:
+    return ModelList(models=[_out(s) for s in coordinator.catalog.all()])
 
 
 @router.get("/{name}/manifest")
-def manifest(request: Request, name: ModelName, _principal: PrincipalDep) -> dict[str, Any]:
+def manifest(coordinator: CoordinatorDep, name: ModelName, _principal: PrincipalDep) -> dict[str, Any]:
     """The manifest (pins every shard's sha256): workers check each downloaded byte against it."""
-    return _served(request, name).manifest.model_dump(mode="json")
+    return _served(coordinator, name).manifest.model_dump(mode="json")
 
 
 @router.get("/{name}/coverage", response_model=Coverage)
-def coverage(request: Request, name: ModelName, _principal: PrincipalDep) -> Coverage:
+def coverage(coordinator: CoordinatorDep, name: ModelName, _principal: PrincipalDep) -> Coverage:
     """How many connected workers serve each layer: a new worker picks the thinnest part of the swarm."""
-    served = _served(request, name)
-    coordinator = _coordinator(request)
+    served = _served(coordinator, name)
     links = coordinator.links.live(name)
     return Coverage(
         model=name,
@@ -89,9 +62,9 @@ FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/{name}/files/{path:path}", response_class=FileResponse, responses=FILE_RESPONSES)
-def shard_file(request: Request, name: ModelName, path: str, _principal: PrincipalDep) -> FileResponse:
+def shard_file(coordinator: CoordinatorDep, name: ModelName, path: str, _principal: PrincipalDep) -> FileResponse:
     """A tokenizer or shard file named by the manifest; supports `Range: bytes=a-` to resume downloads."""
-    served = _served(request, name)
+    served = _served(coordinator, name)
     m = served.manifest
     entry = next((e for e in [*m.tokenizer, *m.shards] if e.path == path), None)
     if entry is None:  # only files the manifest pins: never an arbitrary path under the model directory

@@ -24,6 +24,7 @@ from globai.errors import GlobaiError
 from globai.protocol.pipeline import StageLimits
 from globai.protocol.sampling import SamplingParams
 from market.api.context import AppContext
+from market.api.deps import context_of
 from market.coordinator.catalog import ServedModel
 from market.coordinator.pipeline import PipelineRun, RouteUnavailable
 from market.coordinator.service import Coordinator
@@ -41,14 +42,8 @@ RUN_WAIT_S = 600.0
 
 
 def _state(request: Request) -> tuple[AppContext, Coordinator]:
-    return request.app.state.ctx, request.app.state.coordinator
-
-
-def _limiter(request: Request) -> api_keys.KeyRateLimiter:
-    limiter = getattr(request.app.state, "key_limiter", None)
-    if limiter is None:
-        limiter = request.app.state.key_limiter = api_keys.KeyRateLimiter()
-    return limiter
+    ctx = context_of(request)
+    return ctx, ctx.coordinator
 
 
 async def _key(request: Request) -> ApiKey:
@@ -69,7 +64,7 @@ async def _key(request: Request) -> ApiKey:
         key = await asyncio.to_thread(lookup)
     except AuthError as exc:
         raise OpenAIError(401, f"Incorrect API key provided ({exc}).") from None
-    wait = _limiter(request).take(key.id, key.rate_limit_per_min)
+    wait = ctx.key_limiter.take(key.id, key.rate_limit_per_min)
     if wait > 0:
         retry = max(1, round(wait + 0.49))
         raise OpenAIError(429, f"Rate limit reached for this key ({key.rate_limit_per_min} requests/min); "

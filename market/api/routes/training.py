@@ -13,11 +13,9 @@ import logging
 import math
 import tarfile
 import tempfile
-from functools import lru_cache
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
-from celery import Celery
 from fastapi import APIRouter, BackgroundTasks, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from safetensors.torch import save as st_save
@@ -41,11 +39,12 @@ from market.db import Job, Task
 from market.db.training import TrainingJob
 from market.domain_errors import Forbidden, InvalidRequest, NotFound
 from market.services import workers
+from market.tasks.producer import TaskProducer
 from market.training import jobs as training
 from market.training.checkpoints import CheckpointError
 from market.training.data import shard_for
 from market.training.export import export_hf
-from market.training.storage import TrainingStorage, parameter_shapes, storage_at
+from market.training.storage import parameter_shapes
 from market.training.verify import training_verdicts
 
 log = logging.getLogger(__name__)
@@ -69,22 +68,10 @@ def upload_limits(settings: Settings) -> dict[str, int]:
             "/v1/training/tasks/": settings.training_max_update_bytes}
 
 
-def _storage(settings: Settings) -> TrainingStorage:
-    return storage_at(settings.training_dir)
-
-
-@lru_cache(maxsize=4)
-def _producer(redis_url: str) -> Celery:
-    app = Celery("globai-api", broker=redis_url)
-    app.conf.update(task_serializer="json", accept_content=["json"], broker_connection_timeout=2,
-                    broker_connection_retry_on_startup=False)
-    return app
-
-
-def kick_aggregator(redis_url: str, job_id: str) -> None:
+def kick_aggregator(tasks: TaskProducer, job_id: str) -> None:
     """Ask Celery to advance the job now; if Redis is unreachable the beat tick does it later."""
     try:
-        _producer(redis_url).send_task(ADVANCE_TASK, args=[job_id], retry=False)
+        tasks.send(ADVANCE_TASK, job_id)
     except Exception as exc:  # the broker being down must never fail a worker's accepted submission
         log.warning("could not enqueue %s for %s: %s", ADVANCE_TASK, job_id, exc)
 
@@ -127,7 +114,7 @@ async def upload_dataset(request: Request, principal: RequesterDep, ctx: CtxDep)
         raise InvalidRequest("empty dataset")
     if len(data) > ctx.settings.training_max_dataset_bytes:
         raise InvalidRequest(f"dataset over {ctx.settings.training_max_dataset_bytes} bytes")
-    sha = await run_in_threadpool(_storage(ctx.settings).datasets.put, data)
+    sha = await run_in_threadpool(ctx.training_storage.datasets.put, data)
     return DatasetOut(sha256=sha, bytes=len(data))
 
 
@@ -151,7 +138,7 @@ def post_training_job(body: TrainingJobIn, principal: RequesterDep, session: Ses
     _check_model_size(body)
     created_block = ctx.chain.latest_block() if ctx.chain is not None else 0
     job = training.create_training_job(
-        session, storage=_storage(ctx.settings), requester=principal.address, spec=body.spec,
+        session, storage=ctx.training_storage, requester=principal.address, spec=body.spec,
         dataset_sha256=body.dataset_sha256, budget=int(body.budget), price_per_unit=int(body.price_per_unit),
         deadline=body.deadline, verify_rate=body.verify_rate, chain_id=ctx.settings.chain_id,
         created_block=created_block, now=now,
@@ -218,7 +205,7 @@ def download_model(job_id: JobId, principal: PrincipalDep, session: SessionDep, 
         raise NotFound("checkpoint version", str(v))
     session.rollback()  # no transaction (SQLite: write lock) while exporting
     with tempfile.TemporaryDirectory() as tmp:
-        out = export_hf(_storage(ctx.settings).checkpoints, job_id, FsPath(tmp) / "model", v)
+        out = export_hf(ctx.training_storage.checkpoints, job_id, FsPath(tmp) / "model", v)
         data = _tar_of(out)
     return Response(data, media_type="application/x-tar",
                     headers={"Content-Disposition": f'attachment; filename="globai-{job_id}-v{v}.tar"'})
@@ -237,7 +224,7 @@ def get_manifest(job_id: JobId, version: Version, principal: PrincipalDep, sessi
         raise NotFound("checkpoint version", str(version))
     session.rollback()
     try:
-        m = _storage(ctx.settings).manifest(job_id, version)
+        m = ctx.training_storage.manifest(job_id, version)
     except CheckpointError as exc:
         raise NotFound("checkpoint version", str(version)) from exc
     shapes = parameter_shapes(m.config)
@@ -254,7 +241,7 @@ def get_tensor(job_id: JobId, sha256: Sha, principal: PrincipalDep, session: Ses
     _require_reader(session, job, principal)
     versions = tj.version
     session.rollback()
-    storage = _storage(ctx.settings)
+    storage = ctx.training_storage
     # Only tensors of this job's checkpoints are served (newest first: workers ask for the current one).
     if not any(sha256 in storage.manifest(job_id, v).tensors.values() for v in range(versions, -1, -1)):
         raise NotFound("tensor", sha256)
@@ -274,7 +261,7 @@ def get_shard(job_id: JobId, round_index: Annotated[int, Path(ge=0, le=1_000_000
     session.rollback()
     if round_index >= spec.rounds or slot >= spec.workers_per_round:
         raise NotFound("shard", f"{round_index}/{slot}")
-    data = _storage(ctx.settings).prepared(spec, dataset)
+    data = ctx.training_storage.prepared(spec, dataset)
     windows = shard_for(data, spec, round_index, slot).contiguous()
     return Response(st_save({"windows": windows}), media_type="application/octet-stream")
 
@@ -303,14 +290,14 @@ async def submit_update(
     def run() -> training.Received:
         with ctx.session_factory() as session:
             return training.submit_update(
-                session, storage=_storage(ctx.settings), task_id=task_id, worker_address=principal.address,
+                session, storage=ctx.training_storage, task_id=task_id, worker_address=principal.address,
                 lease_id=lease_id, payload=payload, signature=signature.lower(), loss_start=loss_start,
                 loss_end=loss_end, now=now,
             )
 
     received = await run_in_threadpool(run)
     if received.created:
-        background.add_task(kick_aggregator, ctx.settings.redis_url, received.update.job_id)
+        background.add_task(kick_aggregator, ctx.tasks, received.update.job_id)
     return UpdateReceiptOut(task_id=task_id, accepted=received.created, update_sha256=received.update.payload_sha256,
                             digest=received.update.digest)
 

@@ -13,41 +13,29 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
-from sqlalchemy import select
+from fastapi import APIRouter, Query, Response
 
 from globai.protocol.tensors import encode_message
-from market.api.deps import AdminDep, CtxDep
+from market.api.deps import AdminDep, CoordinatorDep, CtxDep
+from market.api.schemas.verification import ReplayIn
 from market.coordinator.verify_replay import load_part, replay_on, replicas
-from market.db import Worker
+from market.services import workers
 from market.services.verification import replica_weight
 
 router = APIRouter(prefix="/v1/verification", tags=["verification"])
 
-Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
-
-
-class ReplayIn(BaseModel):
-    run_id: str = Field(min_length=1, max_length=36)
-    layer_start: int = Field(ge=0)
-    worker: Address
-    replica: Address
-
 
 @router.get("/replicas")
 async def list_replicas(
-    request: Request, _admin: AdminDep, ctx: CtxDep, model: Annotated[str, Query(max_length=128)],
+    coordinator: CoordinatorDep, _admin: AdminDep, ctx: CtxDep, model: Annotated[str, Query(max_length=128)],
     layer_start: Annotated[int, Query(ge=0)], layer_end: Annotated[int, Query(ge=1)],
 ) -> list[dict[str, object]]:
-    coordinator = request.app.state.coordinator
     await coordinator.refresh_standing_async()  # a worker slashed or banned a moment ago is no replica
     found = replicas(coordinator.links, model=model, layer_start=layer_start, layer_end=layer_end)
 
     def read_stakes() -> dict[str, int]:  # off the event loop (SQLite reads may wait for the write lock)
         with ctx.session_factory() as session:
-            return {w.address: int(w.stake) for w in session.scalars(
-                select(Worker).where(Worker.address.in_([r.address for r in found])))}
+            return workers.stakes(session, addresses=[r.address for r in found])
 
     stakes = await asyncio.to_thread(read_stakes)
     return [{"address": r.address, "operator_id": r.operator_id,
@@ -55,8 +43,8 @@ async def list_replicas(
 
 
 @router.post("/replay")
-async def replay(body: ReplayIn, request: Request, _admin: AdminDep, ctx: CtxDep) -> Response:
-    coordinator: Any = request.app.state.coordinator
+async def replay(body: ReplayIn, _admin: AdminDep, ctx: CtxDep) -> Response:
+    coordinator = ctx.coordinator
 
     def load() -> Any:
         with ctx.session_factory() as session:

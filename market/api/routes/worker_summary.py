@@ -2,68 +2,28 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from fastapi import APIRouter
 from sqlalchemy import func, select
 
-from market.api.deps import NowDep, SessionDep, WorkerDep
-from market.api.schemas.common import WeiStr
-from market.coordinator.service import Coordinator
-from market.db import Job, Settlement, SettlementReport, Task
+from market.api.deps import CoordinatorDep, NowDep, SessionDep, WorkerDep
+from market.api.schemas.workers import EarningRow, Earnings, WorkerSummary
+from market.db import Task
 from market.db.inference import StageRecord
 from market.services import workers
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
 
 
-class WorkerSummary(BaseModel):
-    address: str
-    status: str
-    eligible: bool
-    stake: WeiStr
-    unbonding: WeiStr
-    reputation_mean: float
-    tasks_done: int  # tasks submitted (training/forward) through leases
-    stage_calls: int  # pipeline forward calls recorded for verification
-    earned: WeiStr  # GLB wei credited to this worker by confirmed settlements (inference and training)
-    connected: list[str]  # "model [a, b)" per open WebSocket
-
-
-class EarningRow(BaseModel):
-    job_id: str
-    chain_job_id: str
-    kind: str
-    model: str
-    amount: WeiStr  # credited to this worker in the escrow by the job's settlement
-    settlement_tx: str | None
-    settled_at: str | None
-
-
-class Earnings(BaseModel):
-    address: str
-    total: WeiStr
-    jobs: list[EarningRow]
-
-
 def earnings_rows(session: SessionDep, address: str) -> list[EarningRow]:
     """Per job, what confirmed settlements credited `address` (from the published reports' payee lists)."""
-    rows = session.execute(
-        select(Job, Settlement, SettlementReport)
-        .join(Settlement, Settlement.job_id == Job.id)
-        .join(SettlementReport, SettlementReport.job_id == Job.id)
-        .where(Settlement.status == "confirmed")
-        .order_by(Settlement.confirmed_at)
-    ).all()
-    out = []
-    for job, settlement, report in rows:
-        amount = sum(int(p["amount"]) for p in report.report.get("payees", [])
-                     if str(p["payee"]).lower() == address.lower())
-        if amount:
-            out.append(EarningRow(
-                job_id=job.id, chain_job_id=job.chain_job_id, kind=job.kind, model=job.model, amount=str(amount),
-                settlement_tx=settlement.tx_hash,
-                settled_at=settlement.confirmed_at.isoformat() if settlement.confirmed_at else None))
-    return out
+    return [
+        EarningRow(
+            job_id=job.id, chain_job_id=job.chain_job_id, kind=job.kind, model=job.model, amount=str(amount),
+            settlement_tx=settlement.tx_hash,
+            settled_at=settlement.confirmed_at.isoformat() if settlement.confirmed_at else None,
+        )
+        for job, settlement, amount in workers.settlement_credits(session, address=address)
+    ]
 
 
 @router.get("/me/earnings", response_model=Earnings)
@@ -74,14 +34,15 @@ def earnings(principal: WorkerDep, session: SessionDep) -> Earnings:
 
 
 @router.get("/me/summary", response_model=WorkerSummary)
-def summary(request: Request, principal: WorkerDep, session: SessionDep, now: NowDep) -> WorkerSummary:
+def summary(
+    coordinator: CoordinatorDep, principal: WorkerDep, session: SessionDep, now: NowDep
+) -> WorkerSummary:
     worker = workers.get_worker(session, address=principal.address)
     rep = workers.worker_reputation(session, worker_id=worker.id, now=now)
     tasks_done = session.scalar(select(func.count()).select_from(Task).where(Task.submitted_by == worker.id)) or 0
     calls = session.scalar(
         select(func.count()).select_from(StageRecord).where(StageRecord.worker_address == worker.address)) or 0
     earned = sum(int(row.amount) for row in earnings_rows(session, worker.address))
-    coordinator: Coordinator = request.app.state.coordinator
     connected = [f"{lnk.model} [{lnk.layer_start}, {lnk.layer_end})" for lnk in coordinator.links.live()
                  if lnk.address == worker.address]
     return WorkerSummary(

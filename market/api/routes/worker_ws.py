@@ -17,6 +17,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from globai.protocol.pipeline import WS_PATH, ProtocolError, StageLimits, error_header, field
 from globai.protocol.tensors import FrameError, Message, decode_message, encode_message
 from market.api.context import AppContext
+from market.api.deps import CtxDep
 from market.coordinator.links import WorkerLink
 from market.coordinator.service import Coordinator
 from market.domain_errors import AuthError, NotEligible, NotFound
@@ -40,9 +41,8 @@ def _token(ws: WebSocket) -> str | None:
 
 
 @router.websocket(WS_PATH)
-async def worker_socket(ws: WebSocket) -> None:
-    ctx: AppContext = ws.app.state.ctx
-    coordinator: Coordinator = ws.app.state.coordinator
+async def worker_socket(ws: WebSocket, ctx: CtxDep) -> None:
+    coordinator = ctx.coordinator
     token = _token(ws)
     try:
         if token is None:

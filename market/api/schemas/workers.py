@@ -47,3 +47,32 @@ class HeartbeatOut(BaseModel):
     status: str
     eligible: bool
     last_heartbeat_at: datetime
+
+
+class WorkerSummary(BaseModel):
+    address: str
+    status: str
+    eligible: bool
+    stake: WeiStr
+    unbonding: WeiStr
+    reputation_mean: float
+    tasks_done: int  # tasks submitted (training/forward) through leases
+    stage_calls: int  # pipeline forward calls recorded for verification
+    earned: WeiStr  # GLB wei credited to this worker by confirmed settlements (inference and training)
+    connected: list[str]  # "model [a, b)" per open WebSocket
+
+
+class EarningRow(BaseModel):
+    job_id: str
+    chain_job_id: str
+    kind: str
+    model: str
+    amount: WeiStr  # credited to this worker in the escrow by the job's settlement
+    settlement_tx: str | None
+    settled_at: str | None
+
+
+class Earnings(BaseModel):
+    address: str
+    total: WeiStr
+    jobs: list[EarningRow]

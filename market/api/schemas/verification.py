@@ -1,0 +1,16 @@
+"""Verifier-facing requests (the market's own Celery verifiers, admin role)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, Field
+
+Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
+
+
+class ReplayIn(BaseModel):
+    run_id: str = Field(min_length=1, max_length=36)
+    layer_start: int = Field(ge=0)
+    worker: Address
+    replica: Address
