@@ -32,11 +32,11 @@ from sqlalchemy import func, select
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from globai.chain.ids import chain_job_id  # noqa: E402
 from market.db import Job, Lease, Task, Worker  # noqa: E402
 from market.db.engine import make_engine, make_session_factory  # noqa: E402
 from market.db.migrate import upgrade  # noqa: E402
 from market.services.auth import Principal, encode_token  # noqa: E402
-from market.services.chain_view import chain_job_id  # noqa: E402
 from market.services.jobs import TaskSpec, enqueue_tasks  # noqa: E402
 
 SECRET = "bench-secret-" + "0123456789abcdef" * 3

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
+from globai.chain.ports import ChainView
 from market.services.chain_sync import SyncReport, sync_escrow, sync_stakes
-from market.services.chain_view import ChainView
 
 log = logging.getLogger(__name__)
 

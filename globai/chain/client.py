@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from eth_abi import decode as abi_decode
@@ -26,6 +25,7 @@ from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, Web3RPCError
 
 from globai.chain.artifacts import load_artifact
+from globai.chain.ports import ChainLog
 from globai.errors import ChainError, EventDecodeError, RpcUnavailable
 
 log = logging.getLogger(__name__)
@@ -44,18 +44,6 @@ class ContractReverted(ChainError):
         self.error = error
         self.args_ = args
         self.tx_hash = tx_hash
-
-
-@dataclass(frozen=True)
-class Event:
-    """One decoded contract event."""
-
-    name: str
-    args: dict[str, Any]
-    address: str
-    block_number: int
-    tx_hash: str
-    log_index: int
 
 
 def _error_selectors(abi: Sequence[dict[str, Any]]) -> dict[bytes, tuple[str, list[str]]]:
@@ -256,13 +244,13 @@ class ChainClient:
 
     # --- events -----------------------------------------------------------------------------------------------
 
-    def decode_logs(self, logs: Iterable[Any], contracts: Sequence[Contract]) -> list[Event]:
+    def decode_logs(self, logs: Iterable[Any], contracts: Sequence[Contract]) -> list[ChainLog]:
         """Decode every log emitted by one of `contracts`; logs of other addresses are ignored.
 
         A log from a watched address whose topic matches none of its ABI's events raises `EventDecodeError`.
         """
         by_address = {c.address.lower(): c for c in contracts}
-        out: list[Event] = []
+        out: list[ChainLog] = []
         for entry in logs:
             contract = by_address.get(str(entry["address"]).lower())
             if contract is None:
@@ -279,7 +267,7 @@ class ChainClient:
             except Exception as exc:
                 raise EventDecodeError(f"cannot decode {event.event_name} log: {exc}") from exc
             out.append(
-                Event(
+                ChainLog(
                     name=decoded["event"],
                     args=dict(decoded["args"]),
                     address=contract.address,
@@ -290,7 +278,7 @@ class ChainClient:
             )
         return out
 
-    def events(self, receipt: dict[str, Any], *contracts: Contract) -> list[Event]:
+    def events(self, receipt: dict[str, Any], *contracts: Contract) -> list[ChainLog]:
         """The decoded events of a receipt, in log order."""
         return self.decode_logs(receipt["logs"], contracts)
 
@@ -301,11 +289,11 @@ class ChainClient:
         to_block: int | None = None,
         *,
         page: int = 2_000,
-    ) -> list[Event]:
+    ) -> list[ChainLog]:
         """All decoded events of `contracts` in [from_block, to_block], queried `page` blocks at a time."""
         last = self.block_number() if to_block is None else to_block
         addresses = [c.address for c in contracts]
-        out: list[Event] = []
+        out: list[ChainLog] = []
         start = from_block
         while start <= last:
             end = min(start + page - 1, last)

@@ -12,3 +12,8 @@ def job_id_bytes(job_uuid: str) -> bytes:
     job always maps to the same id and the chain never needs the UUID format.
     """
     return keccak(text=job_uuid)
+
+
+def chain_job_id(job_uuid: str) -> str:
+    """`job_id_bytes` as 0x-hex, the form the market stores and the chain views take."""
+    return "0x" + job_id_bytes(str(job_uuid)).hex()

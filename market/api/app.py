@@ -10,6 +10,7 @@ from datetime import datetime
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from globai.chain.ports import ChainView
 from market.api.context import build_context, system_clock
 from market.api.docs import install_docs
 from market.api.errors import install_error_handlers
@@ -36,7 +37,7 @@ from market.config import Settings
 from market.db.engine import make_engine, make_session_factory
 from market.oai.errors import RESPONSES as OPENAI_RESPONSES
 from market.oai.errors import install as install_openai_errors
-from market.services.chain_view import ChainView, chain_view_from_settings
+from market.services.chain_view import chain_view_from_settings
 
 _UNSET = object()
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from globai.chain.ports import ChainView
 from market.config import Settings
 from market.coordinator.service import Coordinator, CoordinatorConfig
 from market.services.api_keys import KeyRateLimiter
 from market.services.auth import AuthPolicy
-from market.services.chain_view import ChainView
 from market.services.inference_jobs import InferenceJobRunner
 from market.services.workers import EligibleWorkerCache
 from market.tasks.producer import TaskProducer

@@ -11,12 +11,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
+from globai.chain.ports import ChainView
 from market.api.context import AppContext
 from market.config import Settings
 from market.coordinator.service import Coordinator
 from market.domain_errors import AuthError, ChainNotConfigured, Forbidden
 from market.services.auth import Principal, decode_token
-from market.services.chain_view import ChainView
 from market.services.inference_jobs import InferenceJobRunner
 from market.training.storage import TrainingStorage
 

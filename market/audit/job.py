@@ -19,7 +19,8 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from globai.chain.client import ChainClient, Event
+from globai.chain.client import ChainClient
+from globai.chain.ports import ChainLog
 from globai.protocol.merkle import MerkleError, MerkleTree, settlement_leaf
 from market.settlement.payout import fee_of
 from market.settlement.report import MalformedReport, Report, parse_report, record_proves
@@ -42,7 +43,7 @@ def _glb(wei: int) -> str:
     return f"{wei / 1e18:,.6f} GLB"
 
 
-def _job_events(client: ChainClient, escrow: Any, chain_job_id: bytes, from_block: int) -> list[Event]:
+def _job_events(client: ChainClient, escrow: Any, chain_job_id: bytes, from_block: int) -> list[ChainLog]:
     return [e for e in client.get_logs([escrow], from_block) if e.args.get("jobId") == chain_job_id]
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from web3.contract import Contract
 
-from globai.chain.client import ChainClient, Event
+from globai.chain.client import ChainClient
+from globai.chain.ports import ChainLog
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Reconciliation:
 
 
 def expected_balances(
-    escrow_events: Iterable[Event], vault_events: Iterable[Event], fee_recipient: str
+    escrow_events: Iterable[ChainLog], vault_events: Iterable[ChainLog], fee_recipient: str
 ) -> tuple[int, int, dict[str, int]]:
     """(escrow balance, vault balance, escrow credit per account) implied by the events alone."""
     escrow = 0

@@ -30,6 +30,8 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     # bytes32 keccak256(job uuid) as 0x-hex: the key JobEscrow knows the job by.
     chain_job_id: Mapped[str] = mapped_column(String(66), unique=True)
+    # The chain whose escrow holds the job (None: created before the market recorded it, migration 0006).
+    chain_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     requester: Mapped[str] = mapped_column(String(42), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # inference | training
     model: Mapped[str] = mapped_column(String(128))

@@ -17,9 +17,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from globai.chain.ports import ChainLog, ChainView
 from market.db import ChainCursor, ChainEvent, Job, Settlement, SlashRecord, VerificationRun, Worker, new_id
-from market.services.chain_view import ChainLog, ChainView
-from market.services.jobs import apply_job_funded
+from market.services.funding import apply_job_funded
 from market.services.workers import apply_stake, record_outcome
 
 log = logging.getLogger(__name__)

@@ -85,15 +85,15 @@ def available(credit: Credit, funded: int) -> int:
 
 def create_credit(
     session: Session, *, requester: str, amount: int, deadline: datetime, fee_bps: int, created_block: int,
-    now: datetime,
+    now: datetime, chain_id: int | None = None,
 ) -> tuple[Job, Credit]:
     if amount < CREDIT_UNIT_WEI:
         raise InvalidRequest(f"a credit holds at least {CREDIT_UNIT_WEI} wei")
     if amount >= 2**96 or amount // CREDIT_UNIT_WEI >= 2**63:  # the escrow's uint96 amount; units are int64
         raise InvalidRequest("a credit holds less than 2^63 gwei")
     job = create_job(session, requester=requester, spec=CreditSpec(gwei=amount // CREDIT_UNIT_WEI), budget=amount,
-                     price_per_unit=CREDIT_UNIT_WEI, deadline=deadline, replicas=1, created_block=created_block,
-                     now=now)
+                     price_per_unit=CREDIT_UNIT_WEI, deadline=deadline, replicas=1, chain_id=chain_id,
+                     created_block=created_block, now=now)
     credit = Credit(job_id=job.id, requester=requester, spent=0, reserved=0, fee_bps=fee_bps, status="open",
                     created_at=now)
     session.add(credit)

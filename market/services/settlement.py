@@ -15,16 +15,14 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from globai.chain.client import ContractReverted
+from globai.chain.ports import Escrow, EscrowJobNotFunded, SettleEntry
 from market.db import Job, Settlement, SettlementReport, Task, VerificationRun, Worker, WorkPart
 from market.domain_errors import Conflict, NotFound
-from market.services.operator import ChainOperator
 from market.settlement.payout import PAID, REFUNDED_ITEM, WorkItem, plan_settlement
 from market.settlement.report import build_report
 
 log = logging.getLogger(__name__)
 
-FUNDED, SETTLED, REFUNDED = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ def work_items(session: Session, job: Job) -> list[WorkItem]:
     return items
 
 
-def prepare_report(session: Session, op: ChainOperator, *, job_id: str, now: datetime) -> SettlementReport:
+def prepare_report(session: Session, op: Escrow, *, job_id: str, now: datetime) -> SettlementReport:
     """Build and store the job's report once; later calls return the stored one (the root never changes)."""
     existing = session.get(SettlementReport, job_id)
     if existing is not None:
@@ -78,7 +76,7 @@ def prepare_report(session: Session, op: ChainOperator, *, job_id: str, now: dat
         fee_bps=op.fee_bps(),
         items=work_items(session, job),
     )
-    report = build_report(plan, chain_id=op.chain_id, escrow=op.escrow.address)
+    report = build_report(plan, chain_id=op.chain_id, escrow=op.escrow_address)
     row = SettlementReport(job_id=job.id, report_root=report["report_root"], report=report, created_at=now)
     session.add(row)
     settlement = session.scalar(select(Settlement).where(Settlement.job_id == job.id))
@@ -116,15 +114,8 @@ def _mark_sent(session: Session, job_id: str, tx_hash: str, now: datetime) -> No
         job.updated_at = now
 
 
-def _settled_event(op: ChainOperator, chain_job_id: bytes, from_block: int):  # type: ignore[no-untyped-def]
-    for ev in op.client.get_logs([op.escrow], from_block):
-        if ev.name == "JobSettled" and ev.args["jobId"] == chain_job_id:
-            return ev
-    return None
-
-
 def settle_jobs(
-    session: Session, op: ChainOperator, *, job_ids: Sequence[str], now: datetime, _retried: bool = False
+    session: Session, op: Escrow, *, job_ids: Sequence[str], now: datetime, _retried: bool = False
 ) -> list[SettleOutcome]:
     """Settle every job in `job_ids` that is verified (or cancelled) and funded: one `settle`, or one
     `settleBatch` for many. A job is only `sent` until its JobSettled event is `op.confirmations` blocks deep
@@ -137,13 +128,12 @@ def settle_jobs(
             raise NotFound("job", job_id)
         report = prepare_report(session, op, job_id=job_id, now=now)
         chain_job_id = bytes.fromhex(job.chain_job_id.removeprefix("0x"))
-        onchain = op.escrow_job(chain_job_id)
-        status = int(onchain["status"])
-        if status == SETTLED:
+        onchain = op.job(chain_job_id)
+        if onchain.status == "settled":
             # Sent by us earlier (maybe by a process that crashed before recording it): confirm it once deep enough.
-            if "0x" + bytes(onchain["reportRoot"]).hex() != report.report_root:
+            if onchain.report_root != report.report_root:
                 log.error("job %s settled on chain with another report root", job_id)
-            event = _settled_event(op, chain_job_id, job.funded_block or job.created_block)
+            event = op.settled(chain_job_id, job.funded_block or job.created_block)
             if event is not None and op.confirmed(event.block_number):
                 _record(session, job_id, event.tx_hash, now)
                 session.commit()
@@ -152,14 +142,14 @@ def settle_jobs(
                 if event is not None:
                     _mark_sent(session, job_id, event.tx_hash, now)
                     session.commit()
-                outcomes.append(SettleOutcome(job_id, "sent", event and event.tx_hash, report.report_root))
-        elif status == REFUNDED:
+                outcomes.append(SettleOutcome(job_id, "sent", event.tx_hash if event else None, report.report_root))
+        elif onchain.status == "refunded":
             # The requester took the money back after the deadline: nothing left to settle.
             _record(session, job_id, None, now)
             job.status = "refunded"
             session.commit()
             outcomes.append(SettleOutcome(job_id, "refunded", None, report.report_root))
-        elif status != FUNDED:
+        elif onchain.status != "funded":
             outcomes.append(SettleOutcome(job_id, "not_funded", None, report.report_root))
         else:
             settlement = session.scalar(select(Settlement).where(Settlement.job_id == job_id))
@@ -167,35 +157,32 @@ def settle_jobs(
                 # Mined once, gone now (a reorg, a node restarted without its state): the nonce state is stale too.
                 log.warning("job %s: settlement %s is no longer on chain; sending it again", job_id,
                             settlement.tx_hash)
-                op.client.reset_nonce(op.account.address)
+                op.resync()
             batch.append((job, report))
     if not batch:
         return outcomes
     # Ordered by requester: the contract credits each requester once per consecutive run (cheaper batches).
     batch.sort(key=lambda item: (item[0].requester.lower(), item[0].id))
-    entries = []
-    for job, report in batch:
-        body = report.report
-        entries.append(
-            (
-                bytes.fromhex(job.chain_job_id.removeprefix("0x")),
-                [p["payee"] for p in body["payees"]],
-                [int(p["amount"]) for p in body["payees"]],
-                bytes.fromhex(report.report_root.removeprefix("0x")),
-            )
+    entries = [
+        SettleEntry(
+            chain_job_id=bytes.fromhex(job.chain_job_id.removeprefix("0x")),
+            payees=[p["payee"] for p in report.report["payees"]],
+            amounts=[int(p["amount"]) for p in report.report["payees"]],
+            report_root=bytes.fromhex(report.report_root.removeprefix("0x")),
         )
-    fn = op.escrow.functions.settle(*entries[0]) if len(entries) == 1 else op.escrow.functions.settleBatch(entries)
+        for job, report in batch
+    ]
     try:
-        receipt = op.client.transact(fn, op.account)
-    except ContractReverted as exc:
-        if exc.error != "JobEscrowNotFunded" or _retried:
+        sent = op.settle(entries)
+    except EscrowJobNotFunded:
+        if _retried:
             raise
         # Someone settled one of them meanwhile: go one by one (each re-checks the chain first).
         for job, _ in batch:
             outcomes.extend(settle_jobs(session, op, job_ids=[job.id], now=now, _retried=True))
         return outcomes
-    tx = "0x" + bytes(receipt["transactionHash"]).hex().removeprefix("0x")
-    deep = op.confirmed(int(receipt["blockNumber"]))
+    tx = sent.tx_hash
+    deep = op.confirmed(sent.block_number)
     for job, report in batch:
         if deep:
             _record(session, job.id, tx, now)
@@ -203,7 +190,7 @@ def settle_jobs(
             _mark_sent(session, job.id, tx, now)
         outcomes.append(SettleOutcome(job.id, "settled" if deep else "sent", tx, report.report_root))
     session.commit()
-    log.info("settled %d job(s) in %s (gas %s)", len(batch), tx, receipt.get("gasUsed"))
+    log.info("settled %d job(s) in %s (gas %s)", len(batch), tx, sent.gas_used)
     return outcomes
 
 

@@ -31,14 +31,13 @@ from eth_utils import keccak, to_checksum_address
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from globai.chain.client import ContractReverted
+from globai.chain.ports import NothingToSlash, Slasher
 from globai.errors import GlobaiError
 from globai.protocol.commitments import SignedCommitment, SignedRoot
 from globai.protocol.signing import ChunkScope
 from market.db import Job, ReputationEvent, SlashRecord, VerificationCheck, VerificationRun, Worker, WorkPart
 from market.domain_errors import Conflict, NotFound
 from market.scheduler.reputation import reputation
-from market.services.operator import ChainOperator
 from market.services.workers import record_outcome, worker_reputation
 from market.settlement.payout import PAID, UNPAID_FAULTY, UNPAID_SLASHED, UNPAID_UNCHECKED
 from market.verifier import sampling
@@ -493,15 +492,7 @@ def decide_job(
 # --- slashing --------------------------------------------------------------------------------------------------
 
 
-def _slashed_event(op: ChainOperator, worker: str, chain_job_id: bytes, from_block: int):  # type: ignore[no-untyped-def]
-    for ev in op.client.get_logs([op.vault], from_block):
-        if (ev.name == "Slashed" and ev.args["jobId"] == chain_job_id
-                and to_checksum_address(ev.args["worker"]) == worker):
-            return ev
-    return None
-
-
-def execute_slash(session: Session, op: ChainOperator, *, slash_id: str, now: datetime) -> SlashRecord:
+def execute_slash(session: Session, op: Slasher, *, slash_id: str, now: datetime) -> SlashRecord:
     """Slash once per (job, worker): a retry after a crash finds the chain's Slashed event instead of resending.
 
     `pending` -> (sent) -> `sent` -> (event `op.confirmations` deep) -> `confirmed`; a `sent` slash whose event the
@@ -515,29 +506,23 @@ def execute_slash(session: Session, op: ChainOperator, *, slash_id: str, now: da
         job = session.get(Job, row.job_id)
         assert job is not None
         chain_job_id = bytes.fromhex(job.chain_job_id[2:])
-        event = _slashed_event(op, to_checksum_address(row.worker), chain_job_id, job.created_block)
-        if event is None:
+        done = op.find_slash(worker=row.worker, chain_job_id=chain_job_id, from_block=job.created_block)
+        if done is None:
             if row.status == "sent":
                 log.warning("slash %s: its transaction %s is gone from the chain; sending it again", row.id,
                             row.tx_hash)
-                op.client.reset_nonce(op.account.address)
-            amount = row.amount or int(op.client.call(op.vault.functions.minStake()))
-            fn = op.vault.functions.slash(
-                to_checksum_address(row.worker), amount, chain_job_id, bytes.fromhex(row.evidence[2:]),
-                to_checksum_address(row.requester), to_checksum_address(row.finder),
-            )
+                op.resync()
             try:
-                receipt = op.client.transact(fn, op.account)
-            except ContractReverted as exc:
-                if exc.error != "StakingVaultNothingToSlash":
-                    raise
+                done = op.slash(
+                    worker=row.worker, amount=row.amount or op.min_stake(), chain_job_id=chain_job_id,
+                    evidence=bytes.fromhex(row.evidence[2:]), requester=row.requester, finder=row.finder,
+                )
+            except NothingToSlash:
                 row.status = "nothing_staked"
                 row.confirmed_at = now
-            else:
-                event = next(e for e in op.client.events(receipt, op.vault) if e.name == "Slashed")
-        if event is not None:
-            row.tx_hash, row.slashed = event.tx_hash, int(event.args["amount"])
-            if op.confirmed(event.block_number):
+        if done is not None:
+            row.tx_hash, row.slashed = done.tx_hash, done.amount
+            if op.confirmed(done.block_number):
                 row.status, row.confirmed_at = "confirmed", now
             else:
                 row.status = "sent"

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from globai.chain.ports import ChainView
 from market.db import Job, ReputationEvent, Settlement, SettlementReport, Worker, WorkerProfile
 from market.domain_errors import NotEligible, NotFound
 from market.scheduler.reputation import DEFAULT_PARAMS, Outcome, Reputation, ReputationParams, reputation
-from market.services.chain_view import ChainView
 
 
 @dataclass(frozen=True)

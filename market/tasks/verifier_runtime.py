@@ -12,8 +12,9 @@ from typing import Any
 
 from celery import Celery
 
+from globai.chain.web3_market import Web3Operator
 from globai.errors import ConfigError
-from market.services.operator import ChainOperator, operator_from_settings
+from market.services.operator import operator_from_settings
 from market.services.verification import VerifierConfig, WorkSource
 from market.tasks.celery_app import runtime
 
@@ -22,13 +23,13 @@ from market.tasks.celery_app import runtime
 class VerifierRuntime:
     source: WorkSource | None = None
     config: VerifierConfig | None = None
-    operator: ChainOperator | None = None
+    operator: Web3Operator | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def configure_verifier(
     app: Celery, *, source: WorkSource | None = None, config: VerifierConfig | None = None,
-    operator: ChainOperator | None = None,
+    operator: Web3Operator | None = None,
 ) -> VerifierRuntime:
     vr = VerifierRuntime(source=source, config=config, operator=operator)
     app.globai_verifier = vr  # type: ignore[attr-defined]
@@ -62,7 +63,7 @@ def work_source(app: Celery) -> WorkSource:
         return vr.source
 
 
-def chain_operator(app: Celery) -> ChainOperator:
+def chain_operator(app: Celery) -> Web3Operator:
     vr = _vr(app)
     with vr._lock:
         if vr.operator is None:

@@ -110,7 +110,7 @@ def create_training_job(
     initial_loss = evaluate_loss(config, params0, data.eval) if len(data.eval) else None
     job = job_service.create_job(
         session, requester=requester, spec=generic, budget=budget, price_per_unit=price_per_unit,
-        deadline=deadline, replicas=1, created_block=created_block, now=now,
+        deadline=deadline, replicas=1, chain_id=chain_id, created_block=created_block, now=now,
     )
     manifest0 = storage.checkpoints.init_job(job.id, config, params0)
     secret = secrets.token_bytes(32)

@@ -8,10 +8,10 @@ from eth_account import Account
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from globai.chain.web3_market import Web3ChainView
 from market.api import create_app
 from market.db import VerificationRun, WorkPart
 from market.indexer import index_chain
-from market.services.chain_view import Web3ChainView
 from market.services.settlement import settle_jobs
 from tests.market.conftest import Clock, login, make_settings
 

@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from globai.chain.deploy import GLB
+from globai.chain.web3_market import Web3ChainView
 from market.db import ChainCursor, ChainEvent
 from market.indexer import index_chain
-from market.services.chain_view import Web3ChainView
 
 
 def _activity(funder, chain, n: int = 12) -> None:  # type: ignore[no-untyped-def]

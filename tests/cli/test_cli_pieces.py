@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from globai.dev.stack import StackState, apply_env
 
 from globai.amounts import fmt_glb, parse_glb
 from globai.client import error_detail
+from globai.dev.stack import StackState, apply_env
 from globai.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

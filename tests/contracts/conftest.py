@@ -13,8 +13,9 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
-from globai.chain.client import ChainClient, ContractReverted, Event
+from globai.chain.client import ChainClient, ContractReverted
 from globai.chain.deploy import GLB, BoundContracts, Deployment
+from globai.chain.ports import ChainLog
 
 MAX_UINT = 2**256 - 1
 DAY = 24 * 3600
@@ -43,7 +44,7 @@ class Env:
     def tx(self, fn: Any, sender: LocalAccount) -> dict[str, Any]:
         return self.client.transact(fn, sender)
 
-    def events(self, receipt: dict[str, Any]) -> list[Event]:
+    def events(self, receipt: dict[str, Any]) -> list[ChainLog]:
         return self.client.events(receipt, self.c.token, self.c.vault, self.c.escrow)
 
     def now(self) -> int:
@@ -99,7 +100,7 @@ def _normal(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-def names(events: list[Event]) -> list[str]:
+def names(events: list[ChainLog]) -> list[str]:
     return [e.name for e in events]
 
 

@@ -22,13 +22,13 @@ from eth_utils import to_checksum_address
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, delete
 
+from globai.chain.ports import ChainLog, OnchainJob
 from globai.protocol.siwe import build_message, sign_message
 from market.api import create_app
 from market.config import Settings
 from market.db import Base
 from market.db.engine import make_engine
 from market.db.migrate import upgrade
-from market.services.chain_view import ChainLog, OnchainJob
 
 TEST_SECRET = "test-secret-" + "0123456789abcdef" * 3
 ADMIN = Account.from_key("0x" + "a1" * 32)

@@ -14,9 +14,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from globai.chain.ids import chain_job_id
+from globai.chain.web3_market import Web3ChainView
 from market.api import create_app
 from market.services.chain_sync import sync_stakes
-from market.services.chain_view import Web3ChainView, chain_job_id
 from tests.market.conftest import CLAIM_ALL, Clock, empty_tables, login, make_settings, profile
 
 

@@ -9,7 +9,7 @@ from eth_utils import keccak
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from market.db import ReputationEvent, Settlement, Task, Worker
+from market.db import Job, ReputationEvent, Settlement, Task, Worker
 from market.services.chain_sync import sync_escrow, sync_stakes
 from market.services.job_specs import canonical_json
 from tests.market.conftest import ADMIN, CLAIM_ALL, MIN_STAKE, Market, profile
@@ -157,3 +157,19 @@ def test_list_get_and_cancel(market: Market) -> None:
         refunds = session.scalars(select(Settlement)).all()
         # only the funded job needs a refund on chain (the refund hook for settlement code)
         assert [(s.job_id, s.kind, s.status) for s in refunds] == [(funded["job"]["id"], "refund", "pending")]
+
+
+def test_jobs_record_their_chain_and_funding_is_read_from_that_chain(market: Market) -> None:
+    headers = market.login(Account.create())
+    created = market.training_job(headers, fund=False)
+    job, escrow = created["job"], created["escrow"]
+    assert job["chain_id"] == escrow["chain_id"] == market.settings.chain_id == market.chain.chain_id
+    with Session(market.engine) as session:
+        row = session.get(Job, job["id"])
+        assert row is not None and row.chain_id == market.settings.chain_id
+    market.chain.chain_id += 1  # the market now reads another chain than the one that escrows this job
+    try:
+        r = market.client.post(f"/v1/jobs/{job['id']}/confirm-funding", headers=headers)
+    finally:
+        market.chain.chain_id -= 1
+    assert r.status_code == 409 and f"chain {market.settings.chain_id}" in r.json()["detail"]

@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 from globai.chain.client import ChainClient
 from globai.chain.deploy import GLB, Deployment
 from globai.chain.ids import job_id_bytes
+from globai.chain.web3_market import Web3Operator
 from market.db import Base, Job, Worker
 from market.db.engine import make_engine
 from market.db.migrate import upgrade
-from market.services.operator import ChainOperator
 
 
 def migrated_engine(url: str) -> Engine:
@@ -33,9 +33,9 @@ def empty(engine: Engine) -> None:
             conn.execute(delete(table))
 
 
-def operator_for(client: ChainClient, deployment: Deployment, admin: LocalAccount) -> ChainOperator:
+def operator_for(client: ChainClient, deployment: Deployment, admin: LocalAccount) -> Web3Operator:
     c = deployment.bind(client)
-    return ChainOperator(client=client, escrow=c.escrow, vault=c.vault, account=admin)
+    return Web3Operator(client=client, escrow=c.escrow, vault=c.vault, account=admin)
 
 
 @dataclass

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session
 
 from globai.chain.deploy import GLB
+from globai.chain.web3_market import Web3ChainView
 from market.audit.job import audit_job
 from market.db import Job, Settlement, SettlementReport
 from market.indexer import index_chain
-from market.services.chain_view import Web3ChainView
 from market.services.jobs import cancel_job
 from market.services.settlement import ready_jobs, settle_jobs
 from tests.settlement.support import credited, iter_events
@@ -65,7 +65,7 @@ def test_settlement_lost_below_n_is_sent_again(db, funder, operator, chain, depl
         (first,) = settle_jobs(s, op, job_ids=[job.id], now=NOW)
         assert first.status == "sent"
         chain.revert(before)  # the block with the settlement is gone (a reorg of depth 1 < N)
-        assert int(op.escrow_job(bytes.fromhex(job.chain_job_id[2:]))["status"]) == 1
+        assert op.job(bytes.fromhex(job.chain_job_id[2:])).status == "funded"  # JobEscrow status 1
         (resent,) = settle_jobs(s, op, job_ids=[job.id], now=NOW)
         assert resent.status == "sent"
         _mine(chain, N)

@@ -140,7 +140,7 @@ def create_credit(
     days = body.days or ctx.settings.credit_deadline_days
     job, credit = credits.create_credit(
         session, requester=principal.address, amount=int(body.amount), deadline=now + timedelta(days=days),
-        fee_bps=chain.fee_bps(), created_block=chain.latest_block(), now=now)
+        fee_bps=chain.fee_bps(), created_block=chain.latest_block(), chain_id=chain.chain_id, now=now)
     return CreditCreatedOut(credit=credit_out(session, credit, job), job=job_out(job), escrow=escrow_params(job, ctx))
 
 

@@ -96,8 +96,8 @@ async def stream(
         progress = runner.progress[job_id]
         index = 0
         while True:
-            if index < len(progress.run_ids) and progress.run_ids[index] is not None:
-                run_id = progress.run_ids[index]
+            run_id = progress.run_ids[index] if index < len(progress.run_ids) else None
+            if run_id is not None:
                 live = coordinator.runs.get(run_id)
                 if live is not None:
                     async for event in live.stream():

@@ -11,7 +11,7 @@ from market.api.schemas.common import Page
 from market.api.schemas.jobs import EscrowParams, JobCreatedOut, JobIn, JobOut
 from market.db import Job
 from market.domain_errors import Forbidden
-from market.services import jobs
+from market.services import funding, jobs
 from market.services.auth import Principal
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -23,6 +23,7 @@ def job_out(job: Job) -> JobOut:
     return JobOut(
         id=job.id,
         chain_job_id=job.chain_job_id,
+        chain_id=job.chain_id,
         requester=job.requester,
         kind=job.kind,
         model=job.model,
@@ -46,7 +47,7 @@ def job_out(job: Job) -> JobOut:
 def escrow_params(job: Job, ctx: CtxDep) -> EscrowParams:
     return EscrowParams(
         escrow_address=ctx.chain.escrow_address if ctx.chain is not None else (ctx.settings.job_escrow_address or None),
-        chain_id=ctx.settings.chain_id,
+        chain_id=job.chain_id if job.chain_id is not None else ctx.settings.chain_id,
         job_id=job.chain_job_id,
         amount=str(job.budget),
         spec_hash=job.spec_hash,
@@ -76,6 +77,7 @@ def post_job(
         price_per_unit=int(body.price_per_unit),
         deadline=body.deadline,
         replicas=body.replicas,
+        chain_id=ctx.settings.chain_id,
         created_block=created_block,
         now=now,
         served_models=lambda: [m.manifest.name for m in catalog.all()],
@@ -125,7 +127,7 @@ def confirm_funding(
 ) -> JobOut:
     """Check the chain for this job's JobFunded event (right amount, spec hash, deadline, requester)."""
     _visible(jobs.get_job(session, job_id=job_id), principal)
-    return job_out(jobs.confirm_funding(session, job_id=job_id, chain=chain, now=now))
+    return job_out(funding.confirm_funding(session, job_id=job_id, chain=chain, now=now))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

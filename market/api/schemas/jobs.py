@@ -31,6 +31,7 @@ class EscrowParams(BaseModel):
 class JobOut(BaseModel):
     id: str
     chain_job_id: Bytes32
+    chain_id: int | None = None  # the chain whose escrow holds the job
     requester: str
     kind: str
     model: str
