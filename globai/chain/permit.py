@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
@@ -72,4 +74,27 @@ def sign_glb_permit(
     nonce = int(client.call(contract.functions.nonces(owner.address)))
     return sign_permit(
         owner, token=token, spender=spender, value=value, nonce=nonce, deadline=deadline, chain_id=client.chain_id
+    )
+
+
+def fund_job_with_permit(client: ChainClient, requester: LocalAccount, escrow: Mapping[str, Any]) -> dict[str, Any]:
+    """Fund a job in one transaction (permit + `fundJobWithPermit`) from the escrow parameters the market gives
+    (`POST /v1/jobs` or `GET /v1/jobs/{id}/escrow`: escrow_address, job_id, amount, spec_hash, deadline).
+    Returns the receipt."""
+    contract = client.contract("JobEscrow", escrow["escrow_address"])
+    amount, deadline = int(escrow["amount"]), int(escrow["deadline"])
+    token = str(client.call(contract.functions.token()))
+    permit = sign_glb_permit(client, requester, token=token, spender=contract.address, value=amount, deadline=deadline)
+    return client.transact(
+        contract.functions.fundJobWithPermit(
+            bytes.fromhex(str(escrow["job_id"]).removeprefix("0x")),
+            amount,
+            bytes.fromhex(str(escrow["spec_hash"]).removeprefix("0x")),
+            deadline,
+            permit.deadline,
+            permit.v,
+            permit.r,
+            permit.s,
+        ),
+        requester,
     )

@@ -25,6 +25,7 @@ from eth_account.signers.local import LocalAccount
 
 from globai.chain.client import ChainClient
 from globai.chain.deploy import Deployment
+from globai.chain.permit import fund_job_with_permit
 from globai.client import MarketClient
 from globai.dev.services import Service, free_port, redis_service, wait_port
 from globai.errors import GlobaiError
@@ -336,8 +337,6 @@ class Cluster:
     ) -> tuple[str, str]:
         """POST /v1/jobs, fund with permit + fundJobWithPermit (one transaction), confirm funding.
         Returns (job id, funding tx hash)."""
-        from globai.chain.permit import sign_glb_permit
-
         client = self.requester(account)
         deadline = datetime.now(UTC) + timedelta(hours=hours)
         created = client.request(
@@ -351,30 +350,8 @@ class Cluster:
                 "replicas": 1,
             },
         )
-        job_id, escrow = created["job"]["id"], created["escrow"]
-        c = self.contracts
-        amount = int(escrow["amount"])
-        permit = sign_glb_permit(
-            self.chain,
-            account,
-            token=c.token.address,
-            spender=c.escrow.address,
-            value=amount,
-            deadline=int(escrow["deadline"]),
-        )
-        receipt = self.chain.transact(
-            c.escrow.functions.fundJobWithPermit(
-                bytes.fromhex(escrow["job_id"][2:]),
-                amount,
-                bytes.fromhex(escrow["spec_hash"][2:]),
-                int(escrow["deadline"]),
-                permit.deadline,
-                permit.v,
-                permit.r,
-                permit.s,
-            ),
-            account,
-        )
+        job_id = created["job"]["id"]
+        receipt = fund_job_with_permit(self.chain, account, created["escrow"])
         client.request("POST", f"/v1/jobs/{job_id}/confirm-funding")
         return job_id, "0x" + bytes(receipt["transactionHash"]).hex().removeprefix("0x")
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from market.commands.requester import KeyOpt, MarketOpt
+from market.commands.requester import KeyOpt, MarketOpt, fund_job
 from market.commands.requester import echo_json as _echo
 from market.commands.requester import requester_client as _client
 
@@ -69,7 +69,7 @@ def post(
 
     price_wei = parse_glb(price, what="--price", wei=wei)
     spec = build_spec(data, spec_file, overrides)
-    _, client = _client(market, key_file)
+    settings, client = _client(market, key_file)
     ds = client.raw("POST", "/v1/training/datasets", content=data.read_bytes(),
               headers={"Content-Type": "application/octet-stream"}).json()
     units = spec["rounds"] * spec["workers_per_round"] * spec["inner_steps"]
@@ -83,9 +83,7 @@ def post(
     typer.echo(f"job {job_id}: {spec['rounds']} rounds x {spec['workers_per_round']} tasks x "
                f"{spec['inner_steps']} steps on {ds['bytes']} bytes, budget {fmt_glb(budget)}", err=True)
     if fund_it:
-        from market.commands.job import fund
-
-        fund(job_id, market, key_file)
+        _echo(fund_job(settings, client, job_id))
     else:
         _echo(created)
         typer.echo(f"fund it with: globai job fund {job_id}", err=True)

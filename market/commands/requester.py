@@ -64,31 +64,13 @@ def market_chain(client: MarketClient, rpc_url: str, chain_id: int) -> Any:
 
 def fund_job(settings: Settings, client: MarketClient, job_id: str) -> Any:
     """Permit + fundJobWithPermit for a job (or an API credit) in one transaction; returns the confirmed job."""
-    from globai.chain.permit import sign_glb_permit
+    from globai.chain.permit import fund_job_with_permit
 
     escrow = client.request("GET", f"/v1/jobs/{job_id}/escrow")
     if not escrow.get("escrow_address"):
         raise ConfigError("the market has no escrow configured")
     chain = market_chain(client, settings.rpc_url, escrow["chain_id"])
-    contract = chain.contract("JobEscrow", escrow["escrow_address"])
-    token = str(chain.call(contract.functions.token()))
-    amount = int(escrow["amount"])
-    permit = sign_glb_permit(
-        chain, client.account, token=token, spender=contract.address, value=amount, deadline=int(escrow["deadline"])
-    )
-    receipt = chain.transact(
-        contract.functions.fundJobWithPermit(
-            bytes.fromhex(escrow["job_id"][2:]),
-            amount,
-            bytes.fromhex(escrow["spec_hash"][2:]),
-            int(escrow["deadline"]),
-            permit.deadline,
-            permit.v,
-            permit.r,
-            permit.s,
-        ),
-        client.account,
-    )
-    typer.echo(f"funded {fmt_glb(amount)} in tx {receipt['transactionHash'].hex()} (block {receipt['blockNumber']})",
-               err=True)
+    receipt = fund_job_with_permit(chain, client.account, escrow)
+    typer.echo(f"funded {fmt_glb(int(escrow['amount']))} in tx {receipt['transactionHash'].hex()} "
+               f"(block {receipt['blockNumber']})", err=True)
     return client.request("POST", f"/v1/jobs/{job_id}/confirm-funding")
