@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 
 from market.api.deps import CtxDep, NowDep, PrincipalDep, SessionDep
-from market.api.schemas.auth import NonceIn, NonceOut, Role, TokenOut, VerifyIn
+from market.api.schemas.auth import NonceIn, NonceOut, TokenOut, VerifyIn, WhoAmI
 from market.services import auth
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
@@ -40,12 +39,6 @@ def verify(body: VerifyIn, session: SessionDep, ctx: CtxDep, now: NowDep) -> Tok
         roles=sorted(principal.roles),  # type: ignore[arg-type]
         expires_at=datetime.fromtimestamp(principal.expires_at, UTC),
     )
-
-
-class WhoAmI(BaseModel):
-    address: str
-    roles: list[Role]
-    expires_at: datetime
 
 
 @router.get("/me", response_model=WhoAmI)

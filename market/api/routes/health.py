@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 
 from market.api.deps import CtxDep
+from market.api.schemas.health import Health, Info
 
 router = APIRouter(tags=["meta"])
-
-
-class Health(BaseModel):
-    status: str
-
-
-class Info(BaseModel):
-    chain_id: int
-    auth_domain: str
-    auth_uri: str
-    escrow_address: str | None
-    staking_address: str | None
-    lease_ttl_s: int
-    max_body_bytes: int
-    genesis_hash: str | None = None  # block 0 of the market's chain: clients refuse to mix chains
 
 
 @router.get("/healthz", response_model=Health)

@@ -35,3 +35,9 @@ class TokenOut(BaseModel):
     address: str
     roles: list[Role]
     expires_at: datetime
+
+
+class WhoAmI(BaseModel):
+    address: str
+    roles: list[Role]
+    expires_at: datetime
