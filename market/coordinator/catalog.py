@@ -10,6 +10,7 @@ from tokenizers import Tokenizer
 
 from globai.models.errors import ManifestError
 from globai.models.manifest import Manifest, load_manifest
+from globai.models.tokenizer import load_tokenizer, tokenizer_entry
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,9 @@ class ModelCatalog:
         model = self.get(name)
         if model is None:
             return None
-        entry = next((e for e in model.manifest.tokenizer if e.path.endswith("tokenizer.json")), None)
-        if entry is None:
+        if tokenizer_entry(model.manifest) is None:
             return None
-        tok = Tokenizer.from_file(str(model.directory / entry.path))
+        # Loaded only after its sha256 matches the manifest (ShardIntegrityError otherwise, never a silent swap).
+        tok = load_tokenizer(model.directory, model.manifest)
         self._tokenizers[name] = tok
         return tok
