@@ -42,7 +42,7 @@ from market.verifier.compare import (  # noqa: E402
     compare_sketch,
     project_rows,
 )
-from market.verifier.tiny import build_tiny_llama, run_stage  # noqa: E402
+from market.verifier.tiny import calibration_model, run_stage  # noqa: E402
 
 BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
 TITLE = "## Verification: binding and coverage"
@@ -97,7 +97,7 @@ def detection(dtype: str) -> tuple[list[tuple[str, float, float, float]], tuple[
     """Per cheat: fraction of chunks failed in full / projection / sketch-only mode; honest (chunks, failures)."""
     s = CalibrationSettings(stage=(1, 3), prefix_len=20)
     torch_dtype = getattr(torch, dtype)
-    model = build_tiny_llama(s.spec, torch_dtype)
+    model = calibration_model(s.spec, torch_dtype)
     inputs = stage_inputs(model, s)
     tol = DEFAULT_TOLERANCES[dtype]
     drifts = {k: v for k, v in scenarios(s).items() if k not in s.informational}

@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from globai.models.build import build_llama
 from market.training.checkpoints import CheckpointStore
 from market.training.data import prepare
 from market.training.local import run_local_job
-from market.training.model import build_model, evaluate_loss, initial_checkpoint, params_of, tiny_llama_config
+from market.training.model import evaluate_loss, initial_checkpoint, params_of, tiny_llama_config
 from market.training.spec import ConfigModelRef, TrainingJobSpec, derive_seed
 from worker.training import run_inner_steps
 
@@ -59,7 +60,7 @@ def single_worker(spec: TrainingJobSpec, corpus: bytes, name: str, *, batch: int
     _progress(f"baseline: {name}")
     config, params = initial_checkpoint(spec)
     data = prepare(spec, corpus)
-    model = build_model(config, params).train()
+    model = build_llama(config, params).train()
     opt = torch.optim.AdamW(model.parameters(), lr=spec.inner_lr, weight_decay=spec.inner_weight_decay)
     g = torch.Generator().manual_seed(derive_seed(spec.seed, "baseline", name))
     losses = [evaluate_loss(config, params, data.eval)]

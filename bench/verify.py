@@ -41,7 +41,7 @@ from market.verifier import sampling  # noqa: E402
 from market.verifier.calibrate import CalibrationSettings, scenarios  # noqa: E402
 from market.verifier.compare import DEFAULT_TOLERANCES, compare_sketch  # noqa: E402
 from market.verifier.disputes import check_claim  # noqa: E402
-from market.verifier.tiny import TinyLlamaSpec, build_tiny_llama, embed, new_cache, run_stage  # noqa: E402
+from market.verifier.tiny import TinyLlamaSpec, calibration_model, embed, new_cache, run_stage  # noqa: E402
 
 BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
 STAGES = ((0, 2), (2, 4))
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = build_tiny_llama(TinyLlamaSpec())
+    model = calibration_model(TinyLlamaSpec())
     account = Account.create()
     rows = []
     for batch, prompt, new in ((4, 64, 64), (8, 128, 128), (8, 256, 256), (16, 256, 256), (32, 256, 256),
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     pre, dec = speed(model, 4, 256)
     pre1, dec1 = speed(model, 1, 256)
     table = detection_table(128, args.trials, random.Random(7))
-    compared, fp = false_positives(build_tiny_llama(TinyLlamaSpec()), args.honest_jobs)
+    compared, fp = false_positives(calibration_model(TinyLlamaSpec()), args.honest_jobs)
 
     lines = [
         "## Verification",

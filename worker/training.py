@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
+
+from globai.models.build import build_llama
 
 Tensors = dict[str, torch.Tensor]
 
@@ -58,14 +59,6 @@ def _deterministic(num_threads: int | None) -> Iterator[None]:
         torch.set_num_threads(prev_threads)
 
 
-def _build(config: Mapping[str, Any], params: Mapping[str, torch.Tensor]) -> LlamaForCausalLM:
-    fields = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")}
-    fields.setdefault("tie_word_embeddings", False)
-    model = LlamaForCausalLM(LlamaConfig(**fields))
-    model.load_state_dict({k: v.to(torch.float32) for k, v in params.items()}, strict=True)
-    return model
-
-
 def run_inner_steps(
     checkpoint_tensors: Mapping[str, torch.Tensor],
     config: Mapping[str, Any],
@@ -91,7 +84,7 @@ def run_inner_steps(
     started = time.perf_counter()
     with _deterministic(num_threads):
         torch.manual_seed(seed)
-        model = _build(config, checkpoint_tensors).train()
+        model = build_llama(config, checkpoint_tensors).train()
         start = {name: p.detach().clone() for name, p in model.named_parameters()}
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         rows = batch_rows(shard_tokens.shape[0], H, batch_size, seed)

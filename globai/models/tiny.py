@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from globai.models.build import build_llama
 from globai.models.errors import ManifestError
 from globai.models.importer import import_checkpoint
 from globai.models.manifest import ALLOWED_DTYPES, Manifest
@@ -100,8 +101,6 @@ def build_tiny_llama(
     overwrite: bool = False,
 ) -> Manifest:
     """Write an HF-style checkpoint to `out/hf` and its sharded form (manifest + shards) to `out`."""
-    from transformers import LlamaConfig, LlamaForCausalLM  # heavy import, only where weights are made
-
     if hidden % 64 and hidden >= 64 or hidden < 8 or layers < 1:
         raise ManifestError("hidden must be a multiple of 64 (or < 64) and layers >= 1")
     if dtype not in ALLOWED_DTYPES:
@@ -125,10 +124,7 @@ def build_tiny_llama(
         eos_id=ids[EOS],
         dtype=dtype,
     )
-    config = LlamaConfig(**config_dict)
-    torch.manual_seed(seed)
-    # Initialised in float32 (same random numbers for every dtype), then cast.
-    model = LlamaForCausalLM(config).to(getattr(torch, dtype)).eval()
+    model = build_llama(config_dict, seed=seed, dtype=getattr(torch, dtype))
     # Plain safetensors (what save_pretrained writes, minus its progress bar); from_pretrained loads it as is.
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(hf / "model.safetensors"), metadata={"format": "pt"})

@@ -10,26 +10,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from globai.models.build import build_llama
 from market.training.spec import ConfigModelRef, HFDirModelRef, TrainingJobSpec
 
 Tensors = dict[str, torch.Tensor]
-
-
-def llama_config(config: Mapping[str, Any]) -> LlamaConfig:
-    # Untied embeddings: tied weights appear twice in the state dict and safetensors refuses shared storage.
-    fields = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")}
-    fields.setdefault("tie_word_embeddings", False)
-    return LlamaConfig(**fields)
-
-
-def build_model(config: Mapping[str, Any], params: Mapping[str, torch.Tensor] | None = None) -> LlamaForCausalLM:
-    """A Llama model in fp32 eval mode, optionally loaded with ``params`` (strict: every name must match)."""
-    model = LlamaForCausalLM(llama_config(config))
-    if params is not None:
-        model.load_state_dict(dict(params), strict=True)
-    return model.eval()
 
 
 def params_of(model: torch.nn.Module) -> Tensors:
@@ -42,15 +27,11 @@ def initial_checkpoint(spec: TrainingJobSpec) -> tuple[dict[str, Any], Tensors]:
     ref = spec.model
     if isinstance(ref, ConfigModelRef):
         config = dict(ref.config)
-        # fork_rng: seeding for a reproducible init must not disturb the caller's global RNG.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ref.init_seed)
-            model = build_model(config)
-        return config, params_of(model)
+        return config, params_of(build_llama(config, seed=ref.init_seed))
     assert isinstance(ref, HFDirModelRef)
     root = Path(ref.path)
     config = json.loads((root / "config.json").read_text())
-    model = build_model(config)
+    model = build_llama(config)
     weights: Tensors = {}
     for file in sorted(root.glob("*.safetensors")):
         weights.update(load_file(file))
@@ -65,7 +46,7 @@ def evaluate_loss(
     config: Mapping[str, Any], params: Mapping[str, torch.Tensor], windows: torch.Tensor, batch_size: int = 32
 ) -> float:
     """Mean next-token cross-entropy (nats/token) of ``params`` over ``[N, T+1]`` windows."""
-    model = build_model(config, params)
+    model = build_llama(config, params)
     total, count = 0.0, 0
     for chunk in windows.split(batch_size):
         logits = model(input_ids=chunk[:, :-1]).logits

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from transformers import LlamaForCausalLM
 
+from globai.models.build import llama_config
 from market.blobstore import BlobStore
 from market.training.checkpoints import CheckpointStore, Manifest
 from market.training.data import PreparedDataset, prepare
-from market.training.model import llama_config
 from market.training.spec import TrainingJobSpec
 
 

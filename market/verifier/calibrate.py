@@ -39,7 +39,7 @@ from globai.protocol.commitments import chunk_bounds
 from globai.protocol.sketch import DEFAULT_K, sketch_chunk
 from market.verifier import cheats
 from market.verifier.compare import Metrics, Tolerance, compare_hidden_states, compare_sketch, judge
-from market.verifier.tiny import TinyLlamaSpec, build_tiny_llama, embed, new_cache, run_stage
+from market.verifier.tiny import TinyLlamaSpec, calibration_model, embed, new_cache, run_stage
 
 # Metric name in `Metrics` -> field of `Tolerance` and whether larger values are worse.
 THRESHOLDED = {
@@ -224,7 +224,7 @@ def thresholds(observed: Sequence[Metrics], floor: Tolerance, margin: float, ove
 
 def _model(s: CalibrationSettings, dtype: str) -> LlamaForCausalLM:
     if s.model_dir is None:
-        return build_tiny_llama(s.spec, getattr(torch, dtype))
+        return calibration_model(s.spec, getattr(torch, dtype))
     from globai.models.hf import load_full_model
 
     _, model = load_full_model(Path(s.model_dir))

@@ -14,6 +14,8 @@ import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.masking_utils import create_causal_mask
 
+from globai.models.build import build_llama
+
 
 @dataclass(frozen=True)
 class TinyLlamaSpec:
@@ -36,13 +38,9 @@ class TinyLlamaSpec:
         return config
 
 
-def build_tiny_llama(spec: TinyLlamaSpec, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    """Same spec, same weights, on every machine (CPU init from `torch.manual_seed`)."""
-    devnull = torch.random.get_rng_state()
-    torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(spec.config())
-    torch.random.set_rng_state(devnull)  # leave the caller's RNG stream as it was
-    return to_dtype(model, dtype).eval()
+def calibration_model(spec: TinyLlamaSpec, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    """Same spec, same weights, on every machine (`globai.models.build.build_llama` with the spec's seed)."""
+    return build_llama(spec.config(), seed=spec.seed, dtype=dtype)
 
 
 def to_dtype(model: LlamaForCausalLM, dtype: torch.dtype) -> LlamaForCausalLM:

@@ -10,11 +10,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from globai.models.build import build_llama
 from market.training.checkpoints import CheckpointStore
 from market.training.data import prepare
 from market.training.export import export_hf
 from market.training.local import run_local_job
-from market.training.model import build_model, initial_checkpoint
+from market.training.model import initial_checkpoint
 from market.training.reference import reference_diloco
 from market.training.rounds import RoundState
 from market.training.spec import HFDirModelRef, TrainingJobSpec
@@ -125,7 +126,7 @@ def test_final_checkpoint_loads_with_transformers(
     tok = AutoTokenizer.from_pretrained(out)
     ids = tok("The old miller", return_tensors="pt")["input_ids"]
     assert ids[0].tolist() == list(b"The old miller")
-    ours = build_model(store.manifest("job").config, store.load("job").params)
+    ours = build_llama(store.manifest("job").config, store.load("job").params)
     window = prepare(spec, corpus).eval[:2, :-1]
     with torch.no_grad():
         assert torch.equal(model(input_ids=window).logits, ours(input_ids=window).logits)

@@ -36,7 +36,7 @@ from market.verifier import cheats
 from market.verifier.calibrate import CalibrationSettings, scenarios, torch_threads
 from market.verifier.compare import project_rows
 from market.verifier.disputes import ProjectedRows
-from market.verifier.tiny import TinyLlamaSpec, build_tiny_llama, embed, run_stage
+from market.verifier.tiny import TinyLlamaSpec, calibration_model, embed, run_stage
 
 STAGE = (1, 3)
 CHAIN_ID = 31337
@@ -107,7 +107,7 @@ class SimNetwork:
         self.holds = holds
         self.projection_seed = 4242
         self.spec = spec or TinyLlamaSpec()
-        self.model = build_tiny_llama(self.spec, dtype)
+        self.model = calibration_model(self.spec, dtype)
         self.workers: dict[str, SimWorker] = {}
         self.jobs: dict[str, list[SimPart]] = {}
         self.replays = 0

@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from market.verifier.calibrate import CalibrationSettings, stage_inputs
-from market.verifier.tiny import TinyLlamaSpec, build_tiny_llama
+from market.verifier.tiny import TinyLlamaSpec, calibration_model
 
 SETTINGS = CalibrationSettings(seq_lens=(64, 50), prefix_len=40, threads=(1, 2))
 
@@ -19,5 +19,5 @@ def _few_threads() -> None:
 
 @pytest.fixture(scope="session", params=["float32", "bfloat16"])
 def model_and_inputs(request: pytest.FixtureRequest) -> tuple[str, LlamaForCausalLM, list[torch.Tensor]]:
-    model = build_tiny_llama(TinyLlamaSpec(), getattr(torch, request.param))
+    model = calibration_model(TinyLlamaSpec(), getattr(torch, request.param))
     return request.param, model, stage_inputs(model, SETTINGS)
