@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from eth_utils import keccak
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from globai.protocol.pipeline import StageLimits
 from globai.protocol.sampling import SamplingParams
+from globai.protocol.scopes import stage_scope
 from globai.protocol.signing import ChunkScope
 from market.blobstore import BlobStore
 from market.coordinator.catalog import ModelCatalog, ServedModel
@@ -246,10 +246,9 @@ class Coordinator:
             status="running", route=[], failovers=0, created_at=now,
         )
         run_id = await asyncio.to_thread(self._insert, row)
-        job_id = keccak(text=run_id)
 
         def scope_for(stage: int) -> ChunkScope:
-            return ChunkScope(self.config.chain_id, job_id, keccak(text=f"{run_id}/stage/{stage}"), stage, job_nonce)
+            return stage_scope(self.config.chain_id, run_id, stage, job_nonce)
 
         run = PipelineRun(
             run_id=run_id, manifest=manifest, limits=limits, hops=hops, prompt_ids=prompt, attention_mask=mask,

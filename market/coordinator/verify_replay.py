@@ -15,13 +15,13 @@ import uuid
 from dataclasses import dataclass
 
 import torch
-from eth_utils import keccak
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from globai.protocol.commitments import tensor_sha256
 from globai.protocol.pipeline import scope_to_json
-from globai.protocol.signing import ChunkScope, sent_digest, verify_signer
+from globai.protocol.scopes import stage_scope
+from globai.protocol.signing import sent_digest, verify_signer
 from globai.protocol.tensors import decode_message, encode_message
 from market.blobstore import BlobStore
 from market.coordinator.links import LinkRegistry, WorkerLink
@@ -100,8 +100,8 @@ async def replay_on(links: LinkRegistry, part: RecordedPart, *, replica: str, ch
     if link is None:
         raise Conflict(f"replica {replica} does not serve {part.model} [{part.layer_start}, {part.layer_end}) now")
     session = str(uuid.uuid4())
-    scope = ChunkScope(chain_id, keccak(text=session), keccak(text=f"{session}/stage/{part.layer_start}"),
-                       part.layer_start, secrets.token_bytes(32))
+    # A replay looks like ordinary work: a fresh run-like session and its stage scope (nothing links it to the run).
+    scope = stage_scope(chain_id, session, part.layer_start, secrets.token_bytes(32))
 
     async def call(header: dict[str, object], tensors: list[torch.Tensor]):  # type: ignore[no-untyped-def]
         rid = link.next_rid()

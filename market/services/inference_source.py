@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import torch
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,6 +31,7 @@ from globai.errors import GlobaiError
 from globai.models.manifest import Manifest, load_manifest
 from globai.protocol import merkle
 from globai.protocol.commitments import SignedCommitment, SignedRoot, tensor_sha256
+from globai.protocol.scopes import stage_scope
 from globai.protocol.signing import ChunkScope, sent_digest, verify_signer
 from globai.protocol.tensors import decode_message
 from market.blobstore import BlobNotFound, BlobStore
@@ -133,8 +134,7 @@ class InferenceWorkSource:
 
     def _scope(self, run: InferenceRun, stage: int) -> ChunkScope:
         # The scope the coordinator issued (market.coordinator.service.Coordinator.start, scope_for).
-        return ChunkScope(self.chain_id, keccak(text=run.id), keccak(text=f"{run.id}/stage/{stage}"), stage,
-                          bytes.fromhex(run.job_nonce.removeprefix("0x")))
+        return stage_scope(self.chain_id, run.id, stage, bytes.fromhex(run.job_nonce.removeprefix("0x")))
 
     def _width(self, manifest: Manifest, layer_end: int) -> int:
         return manifest.vocab_size if layer_end == manifest.num_layers else manifest.hidden_size
