@@ -13,34 +13,13 @@ import typer
 
 from globai.amounts import fmt_glb, parse_glb
 from globai.errors import ConfigError
+from worker.options import KeyFileOpt, KeyOpt, MarketOpt, parse_bytes, worker_account
 
 if TYPE_CHECKING:
-    from eth_account.signers.local import LocalAccount
+    pass
 
 app = typer.Typer(help="Serve layers of a model to the market and get paid for verified work.",
                   no_args_is_help=True)
-
-MarketOpt = Annotated[str, typer.Option("--market", help="Market base URL.", envvar="GLOBAI_MARKET_URL")]
-KeyOpt = Annotated[str | None, typer.Option("--key", help="Worker private key (0x-hex).", envvar="GLOBAI_WORKER_KEY")]
-KeyFileOpt = Annotated[Path | None, typer.Option("--key-file", help="File holding the private key.")]
-
-
-def _account(key: str | None, key_file: Path | None) -> LocalAccount:
-    from globai.keys import load_account
-
-    return load_account(key, key_file, who="worker", env="GLOBAI_WORKER_KEY")
-
-
-def _parse_bytes(text: str | None) -> int | None:
-    if text is None:
-        return None
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = text.strip().lower().removesuffix("b").removesuffix("i")
-    try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-    except (ValueError, KeyError):
-        raise ConfigError(f"--max-memory: cannot read {text!r} (e.g. 4G, 512M)") from None
-
 
 @app.command()
 def run(
@@ -69,8 +48,8 @@ def run(
 
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("worker").setLevel(logging.INFO)
-    account = _account(key, key_file)
-    memory = _parse_bytes(max_memory)
+    account = worker_account(key, key_file)
+    memory = None if max_memory is None else parse_bytes(max_memory)
     if cache_dir is None:  # several workers on one machine must not download into one folder at once
         cache_dir = Path("var/worker-cache") / account.address.lower()
     config = WorkerConfig(
@@ -121,7 +100,7 @@ def _market_get(market: str, key: str | None, key_file: Path | None, path: str) 
 
     from globai.client import check, sign_in
 
-    account = _account(key, key_file)
+    account = worker_account(key, key_file)
     with httpx.Client(base_url=market, timeout=30) as http:
         token = sign_in(http, account, ["worker"])
         return dict(check(http.get(path, headers={"Authorization": f"Bearer {token}"})).json())
@@ -145,7 +124,7 @@ def stake(
     """Stake GLB in the StakingVault (devnet convenience: tops the balance up from the devnet treasury)."""
     from worker.runtime.staking import stake_glb
 
-    account = _account(key, key_file)
+    account = worker_account(key, key_file)
     value = None if amount is None else parse_glb(amount, what="--amount", wei=wei)
     staked, total = stake_glb(account, amount=value, rpc=rpc, faucet=from_devnet_faucet, market=market)
     typer.echo(f"staked {fmt_glb(staked)}; {account.address} now has {fmt_glb(total)} staked")
@@ -167,7 +146,7 @@ def unstake(
 
     from worker.runtime import staking
 
-    account = _account(key, key_file)
+    account = worker_account(key, key_file)
     if withdraw:
         got = staking.withdraw_stake(account, rpc=rpc)
         typer.echo(f"withdrew {fmt_glb(got)} of unbonded stake to {account.address}")
@@ -189,7 +168,7 @@ def withdraw(
     """Withdraw every GLB the escrow credited to this worker (settled earnings) to its address."""
     from worker.runtime.staking import withdraw_earnings
 
-    account = _account(key, key_file)
+    account = worker_account(key, key_file)
     amount, tx = withdraw_earnings(account, rpc=rpc, market=market)
     typer.echo(f"withdrew {fmt_glb(amount)} of earnings to {account.address} (tx {tx})")
 
@@ -208,7 +187,7 @@ def earnings(
 
     from worker.runtime.staking import escrow_history
 
-    account = _account(key, key_file)
+    account = worker_account(key, key_file)
     rows = _market_get(market, key, key_file, "/v1/workers/me/earnings")["jobs"]
     chain = escrow_history(account.address, rpc=rpc, market=market)
     on_chain: dict[str, int] = chain["credited"]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import httpx
 import typer
 
-from globai.errors import ConfigError
+from worker.options import KeyFileOpt, KeyOpt, MarketOpt, parse_bytes, worker_account
 
 if TYPE_CHECKING:
     from worker.training_client import TaskOutcome
@@ -24,22 +24,11 @@ log = logging.getLogger(__name__)
 app = typer.Typer(help="Run DiLoCo training tasks for the market.")
 
 
-def _parse_bytes(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = text.strip().lower().removesuffix("b").removesuffix("i")
-    try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-    except (ValueError, KeyError):
-        raise ConfigError(f"--max-memory: cannot read {text!r} (e.g. 4G, 512M)") from None
-
-
 @app.command("train")
 def train(
-    market: Annotated[str, typer.Option("--market", help="Market base URL.", envvar="GLOBAI_MARKET_URL")] = (
-        "http://127.0.0.1:8000"),
-    key: Annotated[str | None, typer.Option("--key", help="Worker private key (0x-hex).",
-                                            envvar="GLOBAI_WORKER_KEY")] = None,
-    key_file: Annotated[Path | None, typer.Option("--key-file", help="File holding the private key.")] = None,
+    market: MarketOpt = "http://127.0.0.1:8000",
+    key: KeyOpt = None,
+    key_file: KeyFileOpt = None,
     operator: Annotated[str | None, typer.Option(help="Operator id (default: the address); machines of one "
                                                       "operator never replay each other's tasks.")] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads.", min=1, max=256)] = 1,
@@ -49,10 +38,9 @@ def train(
     register: Annotated[bool, typer.Option(help="Register (profile) with the market first.")] = True,
 ) -> None:
     """Claim training tasks, run H AdamW steps each, submit signed compressed pseudo-gradients. Ctrl-C stops."""
-    from globai.keys import load_account
     from worker.training_client import TrainingClient  # torch: only when training
 
-    account = load_account(key, key_file, who="worker", env="GLOBAI_WORKER_KEY")
+    account = worker_account(key, key_file)
     stop = threading.Event()
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
@@ -69,7 +57,7 @@ def train(
 
     with httpx.Client(base_url=market, timeout=120) as http:
         client = TrainingClient(http, account, cache_dir=cache_dir, operator_id=operator or account.address,
-                                memory_bytes=_parse_bytes(max_memory), num_threads=threads)
+                                memory_bytes=parse_bytes(max_memory), num_threads=threads)
         client.sign_in()
         if register:
             client.register()
