@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from eth_account.signers.local import LocalAccount
-
-from globai.chain.client import ChainClient
-from globai.chain.deploy import Deployment
 from globai.errors import ConfigError
+
+if TYPE_CHECKING:  # web3 and eth-account load only when a chain is actually used (the CLI starts fast)
+    from eth_account.signers.local import LocalAccount
+
+    from globai.chain.client import ChainClient
+    from globai.chain.deploy import Deployment
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVNET_DIR = REPO_ROOT / "hardhat-free-devnet"
@@ -88,6 +91,8 @@ def running_port(paths: DevnetPaths) -> int | None:
 
 def read_deployment(paths: DevnetPaths, chain_id: int) -> Deployment:
     """The deployment record for `chain_id`, or a one-line ConfigError."""
+    from globai.chain.deploy import Deployment
+
     path = paths.deployment_file(chain_id)
     if not path.is_file():
         raise ConfigError(f"no deployment for chain {chain_id} at {path}: run `globai devnet up` (or deploy there)")
@@ -99,6 +104,8 @@ def read_deployment(paths: DevnetPaths, chain_id: int) -> Deployment:
 
 def connect(url: str, paths: DevnetPaths | None = None) -> tuple[ChainClient, Deployment]:
     """A client for `url` and its deployment record; one-line errors for RPC down / unknown chain."""
+    from globai.chain.client import ChainClient
+
     client = ChainClient(url, retries=1)
     return client, read_deployment(paths or DevnetPaths(), client.check())
 

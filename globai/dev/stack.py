@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from globai.chain.local import pid_alive
 from globai.errors import ConfigError
 
 STATE_ENV = "GLOBAI_DEV_STATE"
@@ -133,19 +134,6 @@ def apply_env(environ: dict[str, str] | Any = os.environ) -> StackState | None:
 
 
 # --- processes ----------------------------------------------------------------------------------------------------
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as dead
-        return os.waitpid(pid, os.WNOHANG)[0] != pid
-    except ChildProcessError:
-        return True
-
-
 def spawn(name: str, args: list[str], *, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     """Start `args` detached (its own session: it outlives this command), output to logs/<name>.log."""
     logs.mkdir(parents=True, exist_ok=True)
