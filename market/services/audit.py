@@ -8,15 +8,23 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from market.db import ChainEvent, Job, SettlementReport, SlashRecord, VerificationCheck
+from market.db import ChainEvent, Job, SettlementReport, SlashRecord, VerificationCheck, VerificationRun
 from market.domain_errors import NotFound
 
 
+def settlement_report_or_none(session: Session, *, job_id: str) -> SettlementReport | None:
+    return session.get(SettlementReport, job_id)
+
+
 def settlement_report(session: Session, *, job_id: str) -> SettlementReport:
-    row = session.get(SettlementReport, job_id)
+    row = settlement_report_or_none(session, job_id=job_id)
     if row is None:
         raise NotFound("settlement report", job_id)
     return row
+
+
+def verification_run(session: Session, *, job_id: str) -> VerificationRun | None:
+    return session.get(VerificationRun, job_id)
 
 
 def settlement_record(session: Session, *, job_id: str, task: str) -> tuple[str, dict[str, Any]]:

@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from globai.chain.ports import ChainView
-from market.db import Job, ReputationEvent, Settlement, SettlementReport, Worker, WorkerProfile
+from market.db import Job, ReputationEvent, Settlement, SettlementReport, Task, Worker, WorkerProfile
+from market.db.inference import StageRecord
 from market.domain_errors import NotEligible, NotFound
 from market.scheduler.reputation import DEFAULT_PARAMS, Outcome, Reputation, ReputationParams, reputation
 
@@ -199,3 +200,11 @@ def stakes(session: Session, *, addresses: list[str]) -> dict[str, int]:
     """The synced stake of each registered address (unregistered ones are absent)."""
     rows = session.scalars(select(Worker).where(Worker.address.in_(addresses)))
     return {w.address: int(w.stake) for w in rows}
+
+
+def work_counts(session: Session, *, worker: Worker) -> tuple[int, int]:
+    """(tasks submitted through leases, pipeline forward calls recorded for verification) of `worker`."""
+    tasks = session.scalar(select(func.count()).select_from(Task).where(Task.submitted_by == worker.id)) or 0
+    calls = session.scalar(
+        select(func.count()).select_from(StageRecord).where(StageRecord.worker_address == worker.address)) or 0
+    return int(tasks), int(calls)

@@ -9,12 +9,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 
 from market.api.deps import CoordinatorDep, JobRunnerDep, PrincipalDep, SessionDep, can_see_everything
-from market.db import Job, SettlementReport, SlashRecord, VerificationRun
+from market.db import Job
 from market.domain_errors import Forbidden, InvalidRequest
-from market.services import jobs
+from market.services import audit, jobs
 from market.services.inference_jobs import job_outputs
 from market.services.job_specs import InferenceSpec
 
@@ -45,9 +44,9 @@ def result(
         decode=coordinator.decoder(job.model),
         batch_size=coordinator.config.max_batch,
     )
-    run = session.get(VerificationRun, job_id)
-    report = session.get(SettlementReport, job_id)
-    slashes = session.scalars(select(SlashRecord).where(SlashRecord.job_id == job_id)).all()
+    run = audit.verification_run(session, job_id=job_id)
+    report = audit.settlement_report_or_none(session, job_id=job_id)
+    slashes = audit.slashes(session, job_id=job_id)
     return {
         "id": job.id,
         "status": job.status,

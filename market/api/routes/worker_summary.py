@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import func, select
 
 from market.api.deps import CoordinatorDep, NowDep, SessionDep, WorkerDep
 from market.api.schemas.workers import EarningRow, Earnings, WorkerSummary
-from market.db import Task
-from market.db.inference import StageRecord
 from market.services import workers
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
@@ -39,9 +36,7 @@ def summary(
 ) -> WorkerSummary:
     worker = workers.get_worker(session, address=principal.address)
     rep = workers.worker_reputation(session, worker_id=worker.id, now=now)
-    tasks_done = session.scalar(select(func.count()).select_from(Task).where(Task.submitted_by == worker.id)) or 0
-    calls = session.scalar(
-        select(func.count()).select_from(StageRecord).where(StageRecord.worker_address == worker.address)) or 0
+    tasks_done, calls = workers.work_counts(session, worker=worker)
     earned = sum(int(row.amount) for row in earnings_rows(session, worker.address))
     connected = [f"{lnk.model} [{lnk.layer_start}, {lnk.layer_end})" for lnk in coordinator.links.live()
                  if lnk.address == worker.address]
