@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from globai.chain.client import ChainClient
 from globai.chain.deploy import Deployment
 from globai.chain.permit import fund_job_with_permit
 from globai.client import MarketClient
-from globai.dev.services import Service, free_port, redis_service, wait_port
+from globai.dev.services import Service, free_port, globai_command, redis_service, wait_port
 from globai.errors import GlobaiError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,7 +145,7 @@ class Cluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from market.cli import main; main()", *args],
+            globai_command(*args),
             cwd=ROOT,
             env=env or self.env,
             stdout=open(log, "ab"),
@@ -368,7 +367,7 @@ class Cluster:
 
     def globai(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-c", "from market.cli import main; main()", *args],
+            globai_command(*args),
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,11 @@ from globai.chain.local import DEVNET_DIR
 from globai.errors import ConfigError
 
 ANVIL_BIN = DEVNET_DIR / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
+
+
+def globai_command(*args: str) -> list[str]:
+    """`globai ARGS` as a child of this interpreter (the dev helpers run the market only as commands)."""
+    return [sys.executable, "-c", "from market.cli import main; main()", *args]
 
 
 def free_port() -> int:

@@ -14,7 +14,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from globai.chain.local import pid_alive
+from globai.dev.services import globai_command
 from globai.errors import ConfigError
 
 STATE_ENV = "GLOBAI_DEV_STATE"
@@ -142,10 +142,6 @@ def spawn(name: str, args: list[str], *, env: dict[str, str], logs: Path) -> sub
                                 start_new_session=True)
 
 
-def globai_args(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from market.cli import main; main()", *args]
-
-
 def stop_pid(pid: int, *, timeout: float = 5.0) -> bool:
     """SIGTERM the process group `pid` leads, then SIGKILL after `timeout`; False if it was not running."""
     if not pid_alive(pid):
@@ -215,8 +211,8 @@ def up(
             Path(f"{db}{suffix}").unlink(missing_ok=True)
     database_url = f"sqlite:///{db.resolve()}"
     # the market's own command migrates it (this package imports nothing from `market`)
-    migrated = subprocess.run(globai_args("market", "migrate"), env={**os.environ, "GLOBAI_DATABASE_URL": database_url},
-                              capture_output=True, text=True, timeout=300)
+    migrated = subprocess.run(globai_command("market", "migrate"), capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "GLOBAI_DATABASE_URL": database_url})
     if migrated.returncode != 0:
         raise ConfigError(f"migrating {database_url} failed: {migrated.stderr.strip()[-400:]}")
     say(f"      {database_url}")
@@ -239,7 +235,7 @@ def up(
     env = {**os.environ, **state.server_env()}
 
     say(f"[4/5] market at {state.market_url}...")
-    market = spawn("market", globai_args("market", "serve"), env=env, logs=logs)
+    market = spawn("market", globai_command("market", "serve"), env=env, logs=logs)
     state.pids["market"] = market.pid
     state.save(path)
     try:
@@ -249,12 +245,12 @@ def up(
 
     say("[5/5] Celery worker (verification, settlement, indexer) and beat...")
     state.pids["celery-worker"] = spawn(
-        "celery-worker", globai_args("market", "celery-worker", "--pool", "solo", "--loglevel", "INFO"),
+        "celery-worker", globai_command("market", "celery-worker", "--pool", "solo", "--loglevel", "INFO"),
         env=env, logs=logs).pid
     for p in var.glob("celerybeat-schedule*"):
         p.unlink()
     state.pids["celery-beat"] = spawn(
-        "celery-beat", globai_args("market", "celery-beat", "--schedule", str(var / "celerybeat-schedule"),
+        "celery-beat", globai_command("market", "celery-beat", "--schedule", str(var / "celerybeat-schedule"),
                                    "--loglevel", "INFO"), env=env, logs=logs).pid
     state.save(path)
     return state
