@@ -108,13 +108,14 @@ def describe_error(exc: BaseException) -> str:
 
 # Sub-commands that start daemons or move money: they say which market and chain they use before anything else.
 # (`devnet` and `audit` print the RPC they read in their own output; the rest talk to neither.)
-ANNOUNCE = {"market", "worker", "job", "inference", "demo"}
+ANNOUNCE = {"market", "worker", "job", "inference"}
 
 
 def announce_endpoints(args: list[str]) -> None:
     """Fill endpoints from the dev stack's state file (where GLOBAI_* names none) and say which are used."""
     words = [a for a in args if not a.startswith("-")]
-    if not words or words[0] == "dev" or "--help" in args:
+    # `dev` manages the file itself; `demo` runs a whole market of its own (it must not share the stack's Redis).
+    if not words or words[0] in ("dev", "demo") or "--help" in args:
         return
     from globai.dev.stack import apply_env, state_path
 

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     rate_limit_per_s: float = Field(default=50.0, gt=0)
     rate_limit_burst: int = Field(default=200, ge=1)
+    # Keep the rate-limit buckets in Redis (GLOBAI_REDIS_URL), shared by every API process; off: per process.
+    rate_limit_shared: bool = False
 
     # Leasing.
     lease_ttl_s: int = Field(default=60, ge=1)

@@ -71,6 +71,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    try:  # exited but not yet reaped by init (detached children are init's): dead
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
     return True
 
 

@@ -245,7 +245,9 @@ def up(
 
     say("[5/5] Celery worker (verification, settlement, indexer) and beat...")
     state.pids["celery-worker"] = spawn(
-        "celery-worker", globai_command("market", "celery-worker", "--pool", "solo", "--loglevel", "INFO"),
+        "celery-worker", globai_command("market", "celery-worker", "--pool", "solo", "--loglevel", "INFO",
+                                     # one local worker: no peers to sync with; stops in < 2 s on SIGTERM
+                                     "--without-gossip", "--without-mingle", "--without-heartbeat"),
         env=env, logs=logs).pid
     for p in var.glob("celerybeat-schedule*"):
         p.unlink()

@@ -112,7 +112,8 @@ def create_app(
     install_openai_errors(app)
     # Outermost first: oversized bodies are refused before they count against anyone's rate limit.
     app.add_middleware(
-        RateLimit, rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst, secret=ctx.policy.secret
+        RateLimit, rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst, secret=ctx.policy.secret,
+        redis_url=settings.redis_url if settings.rate_limit_shared else None,
     )
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, path_limits=training_routes.upload_limits(settings),

@@ -6,6 +6,7 @@ Plain ASGI rather than BaseHTTPMiddleware: these run on every request, and the c
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 
 async def _send_json(send: Send, status: int, body: dict[str, str], headers: list[tuple[bytes, bytes]]) -> None:
@@ -122,25 +125,52 @@ class _Bucket:
     updated: float
 
 
+# KEYS[1] bucket; ARGV rate/s, burst. Refill by Redis' own clock, take one token; returns the wait in seconds.
+_BUCKET_LUA = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens = tonumber(b[1]) or burst
+local updated = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
+return tostring(wait)
+"""
+
+
 class RateLimit:
     """Token buckets per client IP and per signed-in address, for HTTP requests and WebSocket handshakes.
 
     A signed-in request takes one token from its address's bucket and one from its IP's (IP_FACTOR times larger,
     so a few clients behind one NAT are not starved, while many addresses from one IP cannot multiply their
-    bursts); an anonymous request or a handshake takes from its IP's anonymous bucket. Per process: with several
-    API processes the effective limit is multiplied by their number (a shared limit would need Redis on every
-    request).
+    bursts); an anonymous request or a handshake takes from its IP's anonymous bucket. Per process by default
+    (with several API processes the effective limit is multiplied by their number); with
+    `GLOBAI_RATE_LIMIT_SHARED=true` the buckets live in Redis, shared by every process.
     """
 
     MAX_KEYS = 100_000
     IP_FACTOR = 4
 
-    def __init__(self, app: ASGIApp, *, rate_per_s: float, burst: int, secret: bytes) -> None:
+    def __init__(self, app: ASGIApp, *, rate_per_s: float, burst: int, secret: bytes,
+                 redis_url: str | None = None, prefix: str = "globai:rl:") -> None:
         self.app = app
         self.rate = rate_per_s
         self.burst = float(burst)
         self.secret = secret
         self.buckets: dict[str, _Bucket] = {}
+        # Shared buckets: one Lua token bucket per key in Redis (its clock), so every API process draws from the
+        # same budget. If Redis fails, the process falls back to its own buckets (fail open, logged once).
+        self.prefix = prefix
+        self.redis: Any = None
+        if redis_url is not None:
+            import redis.asyncio as aioredis
+
+            self.redis = aioredis.Redis.from_url(redis_url)
+        self._redis_failed = False
 
     def _keys(self, scope: Scope) -> list[tuple[str, float]]:
         """(bucket key, size factor) to take a token from, all of them."""
@@ -170,12 +200,27 @@ class RateLimit:
             return 0.0
         return (1.0 - bucket.tokens) / rate
 
+    async def _take_shared(self, key: str, factor: float) -> float:
+        wait = await self.redis.eval(_BUCKET_LUA, 1, self.prefix + key, self.rate * factor, self.burst * factor)
+        return float(wait)
+
+    async def _wait(self, scope: Scope) -> float:
+        keys = self._keys(scope)
+        if self.redis is not None:
+            try:
+                return max([await self._take_shared(key, factor) for key, factor in keys])
+            except Exception as exc:  # noqa: BLE001 - Redis down: limit per process rather than refuse everything
+                if not self._redis_failed:
+                    log.warning("shared rate limit unavailable (%s); limiting per process", type(exc).__name__)
+                    self._redis_failed = True
+        now = time.monotonic()
+        return max(self._take(key, now, factor) for key, factor in keys)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        now = time.monotonic()
-        wait = max(self._take(key, now, factor) for key, factor in self._keys(scope))
+        wait = await self._wait(scope)
         if wait > 0:
             retry = str(max(1, round(wait)))
             if scope["type"] == "websocket":  # refused before the upgrade (the client sees HTTP 403)

@@ -37,7 +37,7 @@ from market.db import Worker
 from market.db.inference import InferenceRun
 from market.domain_errors import InvalidRequest, NotFound
 from market.scheduler.reputation import Reputation
-from market.services.workers import worker_reputation
+from market.services.workers import record_outcome, worker_reputation
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED_RUNS = 256
@@ -299,6 +299,9 @@ class Coordinator:
             await asyncio.to_thread(self._persist, run, status, tokens, error)
         except Exception:
             log.exception("run %s: saving its evidence failed", run.run_id)
+        for address in {v.address for v in run.evidence.violations}:  # its other runs fail over, re-run elsewhere
+            for link in [lnk for lnk in self.links.live() if lnk.address == address]:
+                self.links.remove(link.link_id, "signed commitment contradicts the rows it sent")
         # Finished runs stay streamable for late readers, within a bound; their results are in the database.
         finished = [rid for rid, r in self.runs.items() if r.done]
         for rid in finished[: max(0, len(finished) - KEEP_FINISHED_RUNS)]:
@@ -311,6 +314,13 @@ class Coordinator:
                           retention_s=self.config.retention_s)
             finish_run(session, run_id=run.run_id, status=status, tokens=tokens, route=run.route(),
                        failovers=run.failovers, error=error, now=now, finish_reasons=run.finish_reasons)
+            # A provable binding violation counts against the worker now (its slash comes with the job's
+            # verification): reputation first, so routes and replica draws avoid it from this moment.
+            for address in {v.address for v in run.evidence.violations}:
+                worker = session.scalar(select(Worker).where(Worker.address == address))
+                if worker is not None:
+                    record_outcome(session, worker_id=worker.id, kind="fail", now=now,
+                                   detail=f"signed commitment contradicts its sent rows in run {run.run_id}")
             session.commit()
 
     async def shutdown(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -84,19 +85,21 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, OpenAIError)
         return exc.response()
 
-    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+    async def on_validation(request: Request, exc: Exception) -> Any:
         assert isinstance(exc, RequestValidationError)
         if request.url.path.startswith(PREFIX):
             message, param = validation_message(list(exc.errors()))
             return OpenAIError(400, message, param=param).response()
-        return await before_validation(request, exc)
+        answer = before_validation(request, exc)
+        return await answer if inspect.isawaitable(answer) else answer
 
     async def on_http(request: Request, exc: Exception) -> Any:
         assert isinstance(exc, StarletteHTTPException)
         if request.url.path.startswith(PREFIX):
             status = exc.status_code if exc.status_code in KINDS else 400
             return OpenAIError(status, str(exc.detail)).response()
-        return await before_http(request, exc)
+        answer = before_http(request, exc)
+        return await answer if inspect.isawaitable(answer) else answer
 
     app.add_exception_handler(OpenAIError, on_openai_error)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -251,7 +251,7 @@ def release(session: Session, *, request_id: str, min_request_cost: int, now: da
 
 def close_credit(session: Session, *, job_id: str, requester: str | None, reason: str, now: datetime) -> Credit:
     """No new requests; once nothing is in flight the job is `completed` and verification settles it."""
-    credit, job = get_credit(session, job_id=job_id, requester=requester)
+    _, job = get_credit(session, job_id=job_id, requester=requester)
     credit = session.get(Credit, job_id, with_for_update=True, populate_existing=True)
     assert credit is not None
     if credit.status == "open":

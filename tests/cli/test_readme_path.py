@@ -81,6 +81,8 @@ def test_readme_path_through_the_cli(tmp_path: Path) -> None:
         up = g("dev", "up", "--var", str(tmp_path / "var"), "--chain-port", str(free_port()), "--market-port",
                str(free_port()), timeout=300)
         assert "[5/5]" in up.stderr  # set-up shows its progress
+        status = g("dev", "status").stdout
+        assert status.count("running") == 4 and "NOT RUNNING" not in status, status
         state = json.loads((tmp_path / "var" / "state.json").read_text())
         chain = ChainClient(state["rpc_url"])
         (tmp_path / "k0").write_text(key(0))

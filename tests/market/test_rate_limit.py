@@ -39,3 +39,18 @@ def test_addresses_from_one_ip_share_its_bucket(db_engine, db_url) -> None:  # t
         with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/v1/workers/ws"):
             pass
         assert refused.value.code == 1008
+
+
+def test_shared_buckets_span_processes(db_engine, db_url, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    """With GLOBAI_RATE_LIMIT_SHARED two API processes (two apps here) draw from one budget in Redis."""
+    import uuid
+
+    settings = make_settings(db_url, rate_limit_per_s=0.001, rate_limit_burst=3, rate_limit_shared=True,
+                             redis_url=redis_url)
+    ip = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+    one = create_app(settings, engine=db_engine, chain=None)
+    two = create_app(settings, engine=db_engine, chain=None)
+    with TestClient(one, client=(ip, 1)) as a, TestClient(two, client=(ip, 2)) as b:
+        codes = [a.get("/v1/models").status_code, b.get("/v1/models").status_code, a.get("/v1/models").status_code]
+        assert 429 not in codes
+        assert b.get("/v1/models").status_code == 429  # the 4th request overall, from the other "process"

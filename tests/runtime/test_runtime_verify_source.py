@@ -5,6 +5,7 @@ by its replica."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -151,6 +152,17 @@ def test_worker_that_sends_other_than_it_commits_is_caught_by_the_coordinator(
         rows = decode_message(blob, max_bytes=1 << 26).tensors[0]
         assert tensor_sha256(rows).hex() == evidence["received_sha256"][2:] != signed.commitment.output_sha256.hex()
         assert evidence["calls"] and all(c["signature"].startswith("0x") for c in evidence["calls"])
+        # Isolation: the provable cheater's link is closed at once and the fault is on its record.
+        closed_by = time.monotonic() + 5  # right after the run's evidence is saved
+        while any(lnk.address == cheat.address for lnk in coordinator.links.live()):
+            assert time.monotonic() < closed_by, "the cheater's link stayed open"
+            time.sleep(0.02)
+        from market.db import ReputationEvent, Worker
+
+        with Session(engine) as s:
+            wid = s.query(Worker.id).filter_by(address=cheat.address).scalar()
+            kinds = [e.kind for e in s.query(ReputationEvent).filter_by(worker_id=wid)]
+        assert kinds == ["fail"]
     finally:
         for w in workers:
             w.stop()
