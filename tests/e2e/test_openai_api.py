@@ -282,6 +282,11 @@ def test_credits_settle_on_chain_to_the_wei_and_audits_pass(api: Api) -> None:
     assert workers1 - workers0 == int(report["paid"]) + int(small_report["paid"])
     assert int(cluster.chain.call(escrow.functions.balanceOf(api.requester.address))) == int(report["refunded"])
 
+    print(f"\nopenai e2e: {len(api.usage)} requests, reserved {sum(int(u['reserved_wei']) for u in api.usage)} wei, "
+          f"charged {sum(charged.values())} wei = paid {int(report['paid']) + int(small_report['paid'])} wei "
+          f"(fee {int(report['fee']) + int(small_report['fee'])}, refunded "
+          f"{int(report['refunded']) + int(small_report['refunded'])}); {len(report['records'])} + "
+          f"{len(small_report['records'])} report records")
     record = cluster.var / "deployment.json"
     record.write_text(json.dumps(cluster.cfg.deployment.to_json()))
     for credit_id in (api.credit_id, small_id):
