@@ -134,8 +134,9 @@ class Cluster:
         port = int(self.redis.url.rsplit(":", 1)[1].split("/")[0])
         self.redis.proc.kill()
         self.redis.proc.wait()
+        binary = self.redis.proc.args[0] if isinstance(self.redis.proc.args, list) else self.redis.proc.args
         proc = subprocess.Popen(
-            [self.redis.proc.args[0], "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_port(port, proc=proc)

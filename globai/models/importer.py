@@ -286,9 +286,9 @@ def recast(
         if progress is not None:
             progress(entry.name, index, len(source.shards))
     tokenizer = []
-    for entry in source.tokenizer:
-        (out / entry.path).write_bytes(read_verified(src_dir, entry))
-        tokenizer.append(file_entry(out, entry.path))
+    for file in source.tokenizer:
+        (out / file.path).write_bytes(read_verified(src_dir, file))
+        tokenizer.append(file_entry(out, file.path))
     config = {**source.config, "dtype": dtype} if "dtype" in source.config else source.config
     manifest = source.model_copy(update={"name": name, "dtype": dtype, "config": config, "shards": shards,
                                          "tokenizer": tokenizer})

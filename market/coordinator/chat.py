@@ -25,7 +25,8 @@ def _fast_tokenizer(tokenizer: Tokenizer, manifest: Manifest) -> Any:
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer)
     gen = manifest.generation
     if gen is not None:
-        for attr, token_id in (("bos_token", gen.bos_token_id), ("eos_token", (gen.eos_token_ids or [None])[0])):
+        eos = gen.eos_token_ids[0] if gen.eos_token_ids else None
+        for attr, token_id in (("bos_token", gen.bos_token_id), ("eos_token", eos)):
             if token_id is not None and tokenizer.id_to_token(token_id) is not None:
                 setattr(fast, attr, tokenizer.id_to_token(token_id))
     return fast

@@ -75,6 +75,7 @@ def purge_expired(session: Session, *, blobs: BlobStore, now: datetime) -> int:
     session.execute(delete(StageRecord).where(StageRecord.retain_until < now))
     session.commit()
     live = set(session.scalars(select(StageRecord.input_blob).distinct()).all())
-    live |= set(session.scalars(select(StageRecord.output_blob).where(StageRecord.output_blob.is_not(None))).all())
+    held = select(StageRecord.output_blob).where(StageRecord.output_blob.is_not(None))
+    live |= {b for b in session.scalars(held) if b is not None}
     live |= {str(e["rows_blob"]) for e in session.scalars(select(StageViolation.evidence)) if "rows_blob" in e}
     return blobs.sweep(sorted(live))

@@ -61,7 +61,8 @@ def load_part(session: Session, blobs: BlobStore, *, run_id: str, layer_start: i
     ).all()
     if not rows:
         raise NotFound("stage records", f"{run_id}/{layer_start}/{worker}")
-    calls, committed = [], []
+    calls: list[RecordedCall] = []
+    committed: list[int] = []
     for row in rows:
         message = decode_message(blobs.get(row.input_blob), max_bytes=MAX_BLOB_BYTES)
         first, tokens = int(message.header["first_position"]), int(message.tensors[0].shape[1])
