@@ -84,8 +84,19 @@ app = typer.Typer(
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Show tracebacks and debug logs on errors."),
+    log_format: str = typer.Option(
+        None, "--log-format", envvar="GLOBAI_LOG_FORMAT",
+        help="text, or json: one JSON object per line with request/run/job ids (child processes inherit it).",
+    ),
 ) -> None:
     """GlobAI: paid, verified LLM inference and training on idle machines."""
+    if log_format:
+        from globai.logs import configure
+
+        try:
+            configure(log_format)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--log-format") from None
     if verbose:
         os.environ["GLOBAI_DEBUG"] = "1"
         logging.getLogger().setLevel(logging.INFO)
@@ -138,7 +149,13 @@ def announce_endpoints(args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The command boundary: run the command; any error becomes one line on stderr and exit code 1 or 2."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from globai.logs import configure
+
+    try:
+        configure()  # GLOBAI_LOG_FORMAT: text (default) or json, one JSON object per line
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     args = sys.argv[1:] if argv is None else argv
     debug = os.environ.get("GLOBAI_DEBUG") == "1"
     try:

@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     # How often beat looks at running training jobs (round deadlines, replays that never came).
     training_tick_s: float = Field(default=5.0, gt=0)
 
+    # Observability (docs/observability.md). A block explorer's transaction URL with `{tx}` for the dashboard's
+    # links (e.g. https://etherscan.io/tx/{tx}); empty: links open the indexed events of the transaction.
+    explorer_tx_url: str = ""
+    # When set, GET /metrics needs `Authorization: Bearer <token>`; empty: /metrics is open (firewall it).
+    metrics_token: SecretStr | None = None
+
     # Serving.
     host: str = "127.0.0.1"
     port: int = 8000

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up on a fresh machine: Python virtualenv with GlobAI and its dev tools,
-# the devnet's npm packages (Anvil, solc, OpenZeppelin), and Redis if it can be installed.
+# the devnet's npm packages (Anvil, solc, OpenZeppelin), and Redis and Chromium (browser tests) if they can be installed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -29,4 +29,19 @@ fi
 # Redis: the demo and the tests start a private redis-server when none listens; install it if we can.
 if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || echo "note: could not install redis-server"
+fi
+
+# The dashboard's browser tests drive Debian's Chromium through Playwright (never a downloaded browser). Install it
+# where we can (root + apt-get, or passwordless sudo); otherwise say so loudly: those tests then fail, not skip.
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; fi
+  if { [ "$(id -u)" = 0 ] || [ -n "$SUDO" ]; } && command -v apt-get >/dev/null 2>&1; then
+    ($SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null) \
+      || echo "WARNING: could not install Debian's chromium: the browser tests (tests/e2e/test_dashboard.py) will FAIL" >&2
+  else
+    echo "WARNING: /usr/bin/chromium is missing and this user cannot apt-get install it (needs root or sudo on" \
+         "Debian/Ubuntu): the browser tests (tests/e2e/test_dashboard.py) will FAIL. Install it with:" \
+         "sudo apt-get install chromium" >&2
+  fi
 fi

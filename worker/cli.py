@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -41,6 +41,9 @@ def run(
     session_ttl: Annotated[float, typer.Option(help="Idle seconds before a session's KV cache is dropped.")] = 600.0,
     progress: Annotated[bool, typer.Option(help="Show a download progress bar.")] = True,
     rpc: Annotated[str | None, typer.Option(help="Also read this worker's stake from this chain RPC.")] = None,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", envvar="GLOBAI_WORKER_METRICS_PORT", min=0,
+                                              max=65535, help="Serve Prometheus /metrics here (0: off).")] = 0,
+    metrics_host: Annotated[str, typer.Option("--metrics-host", help="Bind address of --metrics-port.")] = "127.0.0.1",
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
     """Probe, sign in, pick and download layers, register, then serve until SIGTERM/SIGINT."""
@@ -59,6 +62,13 @@ def run(
     )
     daemon = WorkerDaemon(config)
     daemon.prepare()
+    from worker import metrics
+
+    start_layer, end_layer = daemon.state.layer_range or (0, 0)
+    served = daemon.server.stage.manifest.name if daemon.server is not None else (model or "")
+    metrics.LAYERS.labels(served, "start").set(start_layer)
+    metrics.LAYERS.labels(served, "end").set(end_layer)
+    metrics.serve(metrics_port, metrics_host)
     cheat = os.environ.get("GLOBAI_WORKER_CHEAT")  # verification tests only: see worker/runtime/cheats.py
     if cheat and daemon.server is not None:
         from worker.runtime.cheats import apply_cheat
@@ -84,18 +94,30 @@ def run(
 @app.command()
 def status(market: MarketOpt = "http://127.0.0.1:8000", key: KeyOpt = None, key_file: KeyFileOpt = None) -> None:
     """Stake, eligibility, reputation, tasks done and GLB earned, as the market sees this worker."""
-    me = _market_get(market, key, key_file, "/v1/workers/me/summary")
+    me, earned = _market_get(market, key, key_file, "/v1/workers/me/summary", "/v1/workers/me/earnings")
     typer.echo(f"address      {me['address']}")
     typer.echo(f"status       {me['status']}  eligible {me['eligible']}")
     typer.echo(f"stake        {fmt_glb(me['stake'])}  (unbonding {fmt_glb(me['unbonding'])})")
     rep = me.get("reputation_mean")
     typer.echo(f"reputation   {rep:.3f}" if rep is not None else "reputation   -")
     typer.echo(f"tasks done   {me['tasks_done']}  stage calls served {me['stage_calls']}")
-    typer.echo(f"GLB earned   {fmt_glb(me['earned'])}  (per job: `globai worker earnings`)")
+    typer.echo(f"GLB earned   {fmt_glb(me['earned'])}  (checked against the escrow: `globai worker earnings`)")
     typer.echo(f"connected    {', '.join(me['connected']) or 'no'}")
+    if earned["jobs"]:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="Earnings per job", title_justify="left")
+        for name in ("job", "kind", "model", "GLB earned", "settled", "settlement tx"):
+            table.add_column(name, justify="right" if name == "GLB earned" else "left")
+        for r in earned["jobs"]:
+            table.add_row(r["job_id"], r["kind"], r["model"], fmt_glb(r["amount"]), r.get("settled_at") or "-",
+                          r.get("settlement_tx") or "-")
+        Console(width=200).print(table)
 
 
-def _market_get(market: str, key: str | None, key_file: Path | None, path: str) -> dict:  # type: ignore[type-arg]
+def _market_get(market: str, key: str | None, key_file: Path | None, *paths: str) -> Any:
+    """GET each path as the signed-in worker (one sign-in); one path: its JSON, several: a tuple of them."""
     import httpx
 
     from globai.client import check, sign_in
@@ -103,7 +125,8 @@ def _market_get(market: str, key: str | None, key_file: Path | None, path: str) 
     account = worker_account(key, key_file)
     with httpx.Client(base_url=market, timeout=30) as http:
         token = sign_in(http, account, ["worker"])
-        return dict(check(http.get(path, headers={"Authorization": f"Bearer {token}"})).json())
+        out = [dict(check(http.get(p, headers={"Authorization": f"Bearer {token}"})).json()) for p in paths]
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 RpcOpt = Annotated[str | None, typer.Option(envvar="GLOBAI_RPC_URL", help="RPC URL (default: the dev stack's chain "

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import httpx
 import typer
 
+from globai.logs import bound
 from worker.options import KeyFileOpt, KeyOpt, MarketOpt, parse_bytes, worker_account
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ def train(
     cache_dir: Annotated[Path, typer.Option(help="Content-addressed tensor cache.")] = Path("var/worker-train-cache"),
     max_tasks: Annotated[int | None, typer.Option(help="Exit after this many tasks.")] = None,
     register: Annotated[bool, typer.Option(help="Register (profile) with the market first.")] = True,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", envvar="GLOBAI_WORKER_METRICS_PORT", min=0,
+                                              max=65535, help="Serve Prometheus /metrics here (0: off).")] = 0,
+    metrics_host: Annotated[str, typer.Option("--metrics-host", help="Bind address of --metrics-port.")] = "127.0.0.1",
 ) -> None:
     """Claim training tasks, run H AdamW steps each, submit signed compressed pseudo-gradients. Ctrl-C stops."""
     from worker.training_client import TrainingClient  # torch: only when training
@@ -49,8 +53,16 @@ def train(
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
 
+    from worker import metrics
+
+    metrics.serve(metrics_port, metrics_host)
+
     def report(o: TaskOutcome) -> None:
         kind = "replay" if o.replay else "task"
+        metrics.TRAINING_TASKS.labels("accepted" if o.accepted else "duplicate").inc()
+        with bound(job_id=o.job_id):
+            log.info("%s round %d slot %d: loss %.4f -> %.4f in %.1fs", kind, o.round, o.slot, o.metrics.loss_start,
+                     o.metrics.loss_end, o.metrics.seconds)
         typer.echo(f"{kind} job {o.job_id[:8]} round {o.round} slot {o.slot}: loss {o.metrics.loss_start:.3f} -> "
                    f"{o.metrics.loss_end:.3f} in {o.metrics.seconds:.1f}s, up {o.bytes_up} B, down {o.bytes_down} B"
                    f"{'' if o.accepted else ' (already had it)'}")

@@ -56,6 +56,7 @@ class ClusterConfig:
     redis_db: int | None = None  # a private DB number on a shared Redis (tests: no other suite takes the tasks)
     slash_amount: int = 50 * 10**18
     extra_env: dict[str, str] = field(default_factory=dict)
+    worker_metrics: bool = False  # each `globai worker run` serves Prometheus metrics on a free port of its own
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Cluster:
         self.redis: Service | None = None
         self.market_url = ""
         self.env: dict[str, str] = {}
+        self.worker_metrics: dict[str, str] = {}  # worker name -> its /metrics URL (cfg.worker_metrics)
         self.chain = ChainClient(cfg.rpc_url)
         self.contracts = cfg.deployment.bind(self.chain)
 
@@ -264,6 +266,11 @@ class Cluster:
     ) -> Child:
         env = {**self.env, **({"GLOBAI_WORKER_CHEAT": cheat} if cheat else {})}
         env.pop("GLOBAI_OPERATOR_PRIVATE_KEY", None)  # a worker has only its own key
+        metrics: list[str] = []
+        if self.cfg.worker_metrics:
+            port = free_port()
+            metrics = ["--metrics-port", str(port)]
+            self.worker_metrics[name] = f"http://127.0.0.1:{port}/metrics"
         return self._spawn(
             name,
             [
@@ -284,6 +291,30 @@ class Cluster:
                 "--cache-dir",
                 str(self.var / "cache" / name),
                 "--no-progress",
+                *metrics,
+            ],
+            env,
+        )
+
+    def start_trainer(self, name: str, account: LocalAccount, *, operator: str) -> Child:
+        """A `globai worker train` process: claims DiLoCo training tasks of this market."""
+        env = dict(self.env)
+        env.pop("GLOBAI_OPERATOR_PRIVATE_KEY", None)
+        return self._spawn(
+            name,
+            [
+                "worker",
+                "train",
+                "--market",
+                self.market_url,
+                "--key",
+                "0x" + bytes(account.key).hex(),
+                "--operator",
+                operator,
+                "--threads",
+                "1",
+                "--cache-dir",
+                str(self.var / "cache" / name),
             ],
             env,
         )

@@ -15,18 +15,22 @@ from market.api.context import build_context, system_clock
 from market.api.docs import install_docs
 from market.api.errors import install_error_handlers
 from market.api.middleware import BodySizeLimit, RateLimit
+from market.api.observability import Observability
 from market.api.routes import (
     audit,
     auth,
     credits,
+    dashboard,
     health,
     inference,
     job_results,
     jobs,
+    metrics,
     models,
     openai_v1,
     tasks,
     verification,
+    web,
     worker_summary,
     worker_ws,
     workers,
@@ -110,6 +114,9 @@ def create_app(
                                                                          "description": "insufficient quota"}})
     app.include_router(openai_v1.router, responses=OPENAI_RESPONSES)  # OpenAI's error shape (market/oai/)
     install_openai_errors(app)
+    app.include_router(dashboard.router, responses=ERROR_RESPONSES)  # public: the dashboard's data
+    app.include_router(metrics.router)
+    web.install(app)  # /dashboard: page + static ES modules
     # Outermost first: oversized bodies are refused before they count against anyone's rate limit.
     app.add_middleware(
         RateLimit, rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst, secret=ctx.policy.secret,
@@ -119,4 +126,5 @@ def create_app(
         BodySizeLimit, max_bytes=settings.max_body_bytes, path_limits=training_routes.upload_limits(settings),
         secret=ctx.policy.secret,
     )
+    app.add_middleware(Observability)  # outermost: request id, request metrics and access log for every answer
     return app

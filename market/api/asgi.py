@@ -6,10 +6,11 @@ import logging
 
 from fastapi import FastAPI
 
+from globai.logs import configure
 from market.api.app import create_app
 from market.config import Settings
 
 
 def app_factory() -> FastAPI:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure(level=logging.INFO)  # GLOBAI_LOG_FORMAT, inherited from `globai market serve`
     return create_app(Settings())

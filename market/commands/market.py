@@ -6,10 +6,11 @@ import json
 import logging
 import os
 from datetime import UTC, datetime
+from typing import Any
 
 import typer
 
-from globai.errors import ConfigError, RpcUnavailable
+from globai.errors import ConfigError, GlobaiError, RpcUnavailable
 from market.config import Settings
 
 app = typer.Typer(help="The market API server, its database and its background jobs.")
@@ -53,11 +54,25 @@ def serve(
     host: str = typer.Option(None, help="Bind address (default: GLOBAI_HOST)."),
     port: int = typer.Option(None, help="Port (default: GLOBAI_PORT)."),
     workers: int = typer.Option(None, help="Server processes (default: GLOBAI_WORKERS)."),
+    metrics_dir: str = typer.Option(
+        None, "--metrics-dir", envvar="PROMETHEUS_MULTIPROC_DIR",
+        help="Prometheus multi-process directory (default with --workers > 1: var/metrics-<port>); emptied at start.",
+    ),
 ) -> None:
     """Run the market API with uvicorn (TLS when GLOBAI_SSL_CERTFILE/KEYFILE are set)."""
     import uvicorn
 
+    from market.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
     settings = _settings_with_devnet_addresses(Settings())
+    processes = workers or settings.workers
+    if metrics_dir is None and processes > 1:
+        metrics_dir = f"var/metrics-{port or settings.port}"
+    if metrics_dir:
+        # Every server process writes its samples here; /metrics (any process) adds them up. Set before the
+        # processes import prometheus_client.
+        prepare_multiprocess_dir(metrics_dir)
+        os.environ[MULTIPROC_ENV] = os.path.abspath(metrics_dir)
     if settings.profile == "prod" and not settings.ssl_certfile:
         raise ConfigError("the prod profile needs TLS: set GLOBAI_SSL_CERTFILE and GLOBAI_SSL_KEYFILE")
     # Server processes read Settings from the environment at their own entry point (market.api.asgi).
@@ -75,11 +90,12 @@ def serve(
         host=bind_host,
         port=bind_port,
         timeout_graceful_shutdown=1,  # SIGTERM: open WebSockets and streams get 1 s, then the process exits
-        workers=workers or settings.workers,
+        workers=processes,
         ssl_certfile=settings.ssl_certfile,
         ssl_keyfile=settings.ssl_keyfile,
         log_level="warning",
-        access_log=False,
+        access_log=False,  # the market logs one access event per request itself (market.access, with its id)
+        log_config=None,  # uvicorn's loggers go through ours (GLOBAI_LOG_FORMAT=json: one JSON object per line)
     )
 
 
@@ -155,7 +171,9 @@ def requeue() -> None:
 
 def _celery() -> object:
     from market.tasks.celery_app import create_celery
+    from market.tasks.logging import install_task_logging
 
+    install_task_logging()
     return create_celery(_settings_with_devnet_addresses(Settings()))
 
 
@@ -182,3 +200,40 @@ def openapi() -> None:
 
     settings = Settings(database_url="sqlite:///:memory:")
     typer.echo(json.dumps(create_app(settings, chain=None).openapi(), indent=2))
+
+
+
+class MarketUnavailable(GlobaiError):
+    """The market did not answer (or answered an error) to a read-only status request."""
+
+
+@app.command()
+def status(
+    market: str = typer.Option(None, "--market", help="Market URL (default: GLOBAI_MARKET_URL)."),
+    jobs: int = typer.Option(10, "--jobs", min=0, max=200, help="Recent jobs to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print the dashboard's JSON instead of tables."),
+) -> None:
+    """The swarm as the dashboard shows it: per model the layers x workers coverage, live routes, recent jobs."""
+    import httpx
+
+    from market.commands.status_view import print_status
+
+    url = (market or Settings().market_url).rstrip("/")
+
+    def get(http: httpx.Client, path: str) -> dict[str, Any]:
+        r = http.get(path)
+        if r.status_code != 200:
+            raise MarketUnavailable(f"GET {path}: HTTP {r.status_code} {r.text[:200]}")
+        data: dict[str, Any] = r.json()
+        return data
+
+    try:
+        with httpx.Client(base_url=url, timeout=15) as http:
+            swarm = get(http, "/v1/dashboard/swarm")
+            recent = get(http, f"/v1/dashboard/jobs?limit={jobs}") if jobs else {"items": [], "total": 0}
+    except httpx.HTTPError as exc:
+        raise MarketUnavailable(f"cannot reach the market at {url}: {type(exc).__name__}") from None
+    if as_json:
+        typer.echo(json.dumps({"swarm": swarm, "jobs": recent}, indent=2))
+        return
+    print_status(url, swarm, recent)

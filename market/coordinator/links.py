@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from globai.errors import GlobaiError
 from globai.protocol.tensors import Message
+from market import metrics
 from market.scheduler.reputation import Reputation
 
 log = logging.getLogger(__name__)
@@ -135,11 +136,13 @@ class LinkRegistry:
         for old in [lnk for lnk in self._links.values() if lnk.address == link.address]:
             self.remove(old.link_id, "replaced by a new connection")
         self._links[link.link_id] = link
+        metrics.CONNECTED_WORKERS.labels(link.model, metrics.layers_label(link.layer_start, link.layer_end)).inc()
 
     def remove(self, link_id: str, reason: str) -> None:
         link = self._links.pop(link_id, None)
         if link is not None:
             link.close(reason)
+            metrics.CONNECTED_WORKERS.labels(link.model, metrics.layers_label(link.layer_start, link.layer_end)).dec()
 
     def get(self, link_id: str) -> WorkerLink | None:
         return self._links.get(link_id)

@@ -38,6 +38,7 @@ from globai.protocol.pipeline import StageLimits, scope_to_json, take_commitment
 from globai.protocol.sampling import Sampler, SamplingParams
 from globai.protocol.signing import ChunkScope, sent_digest, verify_signer
 from globai.protocol.tensors import FrameError, Message, encode_message
+from market import metrics
 from market.coordinator.links import StageFailed, WorkerGone, WorkerLink
 from market.coordinator.stopping import SequenceStop
 
@@ -289,6 +290,7 @@ class PipelineRun:
                         continue
                     step_tokens.append(int(tok))
                     deltas.append(self.stops[seq].feed(int(tok)))
+                metrics.TOKENS.labels(self.manifest.name).inc(sum(live))
                 if step == self.max_new_tokens - 1:
                     for seq, st in enumerate(self.stops):
                         if not st.finished:
@@ -346,6 +348,7 @@ class PipelineRun:
         sent = time.perf_counter()
         reply = await self._request(hop.link, header, tensors)
         wall_ms = (time.perf_counter() - sent) * 1000
+        metrics.HOP_LATENCY.labels(self.manifest.name, metrics.layers_label(hop.start, hop.end)).observe(wall_ms / 1000)
         compute_ms = reply.header.get("elapsed_ms")
         compute = float(compute_ms) if isinstance(compute_ms, (int, float)) else None
         hop.link.observe(int(tensors[0].shape[1]), wall_ms, compute)  # measured capability, not declared
@@ -442,6 +445,7 @@ class PipelineRun:
     async def _failover(self, index: int, cause: Exception) -> None:
         """Replace hop `index` (a standby, or a re-planned chain) and rebuild its cache by replaying its inputs."""
         self.failovers += 1
+        metrics.FAILOVERS.labels(self.manifest.name).inc()
         if self.failovers > self.max_failovers:
             raise GenerationFailed(f"gave up after {self.max_failovers} failovers; last: {cause}")
         old = self.hops[index]

@@ -21,10 +21,12 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from globai.logs import RUN_ID
 from globai.protocol.pipeline import StageLimits
 from globai.protocol.sampling import SamplingParams
 from globai.protocol.scopes import stage_scope
 from globai.protocol.signing import ChunkScope
+from market import metrics
 from market.blobstore import BlobStore
 from market.coordinator.catalog import ModelCatalog, ServedModel
 from market.coordinator.chat import render_chat
@@ -289,12 +291,22 @@ class Coordinator:
             return row.id
 
     async def _drive(self, run: PipelineRun) -> None:
+        RUN_ID.set(run.run_id)  # this task's context: every log line of the generation carries the run id
+        model = run.manifest.name
+        metrics.SESSIONS_ACTIVE.labels(model).inc()
         status, error, tokens = "completed", None, None
+        log.info("run %s: %s, %d sequence(s), route %s", run.run_id, model, len(run.tokens),
+                 " -> ".join(f"[{h['layers'][0]}, {h['layers'][1]}) {h['worker']}" for h in run.route()))
         try:
             tokens = await run.run()
+            log.info("run %s completed: %d tokens, %d failover(s), %.2f s", run.run_id, sum(map(len, tokens)),
+                     run.failovers, run.timings.get("total_s", 0.0))
         except Exception as exc:
             status, error = "failed", str(exc)
             log.warning("run %s failed: %s", run.run_id, exc)
+        finally:
+            metrics.SESSIONS_ACTIVE.labels(model).dec()
+            metrics.SESSIONS.labels(model, status if tokens is not None or error else "cancelled").inc()
         try:
             await asyncio.to_thread(self._persist, run, status, tokens, error)
         except Exception:

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from globai.logs import JOB_ID
 from globai.protocol.sampling import SamplingParams
 from market.coordinator.pipeline import RouteUnavailable
 from market.coordinator.service import Coordinator
@@ -178,6 +179,7 @@ class InferenceJobRunner:
             return job, spec, done
 
     async def _run_job(self, job_id: str) -> None:
+        JOB_ID.set(job_id)  # this task's context: every log line of the job (and of its runs) carries it
         try:
             job, spec, done = await asyncio.to_thread(self._prepare, job_id)
         except Exception:

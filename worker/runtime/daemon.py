@@ -25,6 +25,7 @@ from globai.client import MarketError, check, sign_in
 from globai.errors import ConfigError, GlobaiError
 from globai.protocol.pipeline import WS_PATH
 from globai.protocol.tensors import decode_message
+from worker import metrics
 from worker.runtime.placement import choose_layer_range, parse_layers
 from worker.runtime.probe import Hardware, probe
 from worker.runtime.server import StageServer
@@ -187,6 +188,7 @@ class WorkerDaemon:
             except (OSError, ConnectionClosed, TimeoutError, httpx.HTTPError, MarketError) as exc:
                 log.warning("market connection lost: %s", exc or type(exc).__name__)
             self.state.connected = False
+            metrics.CONNECTED.set(0)
             if stop.is_set():
                 break
             sleep = delay * (0.5 + random.random())
@@ -215,6 +217,7 @@ class WorkerDaemon:
                 raise MarketError(400, str(welcome.header.get("message", "market refused hello")))
             self.state.connects += 1
             self.state.connected = True
+            metrics.CONNECTED.set(1)
             self.ws = ws
             log.info("connected to %s as %s", self.ws_url(), welcome.header.get("worker_id"))
             stopper = asyncio.create_task(stop.wait())

@@ -14,6 +14,7 @@ import torch
 from eth_account.signers.local import LocalAccount
 
 from globai.errors import GlobaiError
+from globai.logs import RUN_ID
 from globai.protocol.commitments import SignedCommitment
 from globai.protocol.pipeline import (
     DEFAULT_MAX_BATCH,
@@ -25,6 +26,7 @@ from globai.protocol.pipeline import (
     scope_from_json,
 )
 from globai.protocol.tensors import FrameError, decode_message, encode_message
+from worker import metrics
 from worker.models.errors import StageError
 from worker.runtime.commits import SessionCommitments, sign_sent
 from worker.stage import Stage
@@ -49,6 +51,13 @@ class StageServer:
 
     def handle(self, raw: bytes) -> bytes | None:
         """Answer one message from the market; None for messages that need no answer (welcome, errors)."""
+        token = RUN_ID.set(None)
+        try:
+            return self._handle(raw)
+        finally:
+            RUN_ID.reset(token)
+
+    def _handle(self, raw: bytes) -> bytes | None:
         rid: int | None = None
         try:
             message = decode_message(raw, max_bytes=self.limits.max_payload_bytes)
@@ -61,6 +70,7 @@ class StageServer:
                 return None
             rid = field(message, "rid", int)
             session = field(message, "session", str)
+            RUN_ID.set(session)  # the coordinator's session id is its run id: log lines of this request carry it
             started = time.perf_counter()
             header: dict[str, Any]
             tensors: list[torch.Tensor] = []
@@ -70,17 +80,23 @@ class StageServer:
             elif op == "forward":
                 header, output, signed = self._forward(session, message.header, message.tensors)
                 tensors = [output]
+                metrics.FORWARD.observe(time.perf_counter() - started)
+                metrics.TOKENS.inc(int(message.tensors[0].shape[0]) * int(message.tensors[0].shape[1]))
             elif op == "close":
                 header, signed = self._close(session)
             else:
                 raise ProtocolError(f"unknown op {op!r}")
             attach_commitments(header, tensors, signed)
+            metrics.REQUESTS.labels(str(op), "ok").inc()
+            metrics.SESSIONS.set(len(self.commits))
             self.requests_served += 1
             header.update(op="result", rid=rid, elapsed_ms=(time.perf_counter() - started) * 1000)
             return encode_message(header, tensors)
         except FrameError as exc:
+            metrics.REQUESTS.labels("unknown", "error").inc()
             return encode_message(error_header(rid, f"bad_frame:{exc.reason}", str(exc)))
         except StageError as exc:
+            metrics.REQUESTS.labels("stage", "error").inc()
             return encode_message(error_header(rid, exc.code, str(exc)))
         except GlobaiError as exc:
             return encode_message(error_header(rid, "error", str(exc)))

@@ -25,7 +25,7 @@ def job_report(job_id: JobId, session: SessionDep) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job_id}/proofs/{task}", response_model=ProofOut)
-def job_proof(job_id: JobId, task: Annotated[str, Path(max_length=64)], session: SessionDep) -> ProofOut:
+def job_proof(job_id: JobId, task: Annotated[str, Path(max_length=200)], session: SessionDep) -> ProofOut:
     """One task's record with its Merkle proof against the job's on-chain report root."""
     root, record = audit.settlement_record(session, job_id=job_id, task=task)
     return ProofOut(job_id=job_id, report_root=root, record=record)
