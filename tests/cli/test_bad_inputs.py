@@ -96,3 +96,42 @@ def test_bad_inputs_one_line_no_traceback_no_funds_moved(
     # -v shows the traceback that the one line hides
     verbose = run_cli(cli_env, "-v", "job", "post", str(malformed), "--price", "0.001")
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr
+
+
+def test_a_market_on_another_chain_is_refused_before_any_transaction(
+    cli_env: dict[str, str], chain: Any, deployment: Any
+) -> None:
+    """Same chain id and contract addresses, another genesis block (a second devnet): staking is refused."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    info = {"chain_id": chain.client.chain_id, "staking_address": deployment.vault,
+            "escrow_address": deployment.escrow, "genesis_hash": "0x" + "00" * 32}
+
+    class Info(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = json.dumps(info).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Info)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    contracts = deployment.bind(chain.client)
+    worker = chain.accounts[8]
+    stake_before = int(chain.client.call(contracts.vault.functions.stakeOf(worker.address)))
+    glb_before = int(chain.client.call(contracts.token.functions.balanceOf(worker.address)))
+    try:
+        out = run_cli(cli_env, "worker", "stake", "--key", "0x" + bytes(worker.key).hex(), "--market",
+                      f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+    assert_one_line_error(out, says="uses another chain")
+    assert "genesis block" in out.stderr
+    assert int(chain.client.call(contracts.vault.functions.stakeOf(worker.address))) == stake_before
+    assert int(chain.client.call(contracts.token.functions.balanceOf(worker.address))) == glb_before
