@@ -160,6 +160,10 @@ def test_readme_path_through_the_cli(tmp_path: Path) -> None:
         one_line_error(g("worker", "withdraw", "--key", key(worker), ok=False), "nothing to withdraw")
         assert "audit ok" in g("audit", "job", job).stdout
         g("audit", "chain")
+        # Unstake: requested now, withdrawable only after the unbonding period (one line says when).
+        assert "unbonds at" in g("worker", "unstake", "--key", key(worker)).stdout
+        assert int(chain.call(c.vault.functions.stakeOf(K[worker].address))) == 0
+        one_line_error(g("worker", "unstake", "--withdraw", "--key", key(worker), ok=False), "withdraw after that")
 
         # Cancel a funded job no worker started: refunded on chain within seconds.
         g.stop_daemons()
