@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from globai.models.build import build_llama
+from globai.models.build import build_causal_lm
 from market.training.checkpoints import CheckpointStore
 from market.training.data import prepare
 from market.training.local import run_local_job
@@ -60,7 +60,7 @@ def single_worker(spec: TrainingJobSpec, corpus: bytes, name: str, *, batch: int
     _progress(f"baseline: {name}")
     config, params = initial_checkpoint(spec)
     data = prepare(spec, corpus)
-    model = build_llama(config, params).train()
+    model = build_causal_lm(config, params).train()
     opt = torch.optim.AdamW(model.parameters(), lr=spec.inner_lr, weight_decay=spec.inner_weight_decay)
     g = torch.Generator().manual_seed(derive_seed(spec.seed, "baseline", name))
     losses = [evaluate_loss(config, params, data.eval)]

@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
+from globai.models.families import get_family
 from globai.models.manifest import Manifest, check_layer_range, load_manifest
 from globai.models.pooling import pool_embeddings
 from globai.protocol.tensors import dtype_from_name
 from worker.models.errors import StageError, StageInputError
-from worker.models.modules import LlamaHead, StageModules, build_stage_modules
+from worker.models.modules import StageModules, build_stage_modules
 from worker.models.sessions import Session, SessionStore
 
 log = logging.getLogger(__name__)
@@ -66,8 +65,12 @@ class Stage:
         self.start, self.end = start, end
         self.device = torch.device(device)
         self.dtype = dtype_from_name(self.manifest.dtype)
+        self.family = get_family(self.manifest.family)
         self.modules: StageModules = build_stage_modules(self.model_dir, self.manifest, start, end, device=device)
-        self.sessions = SessionStore(ttl_s=session_ttl_s, max_bytes=max_cache_bytes, clock=clock)
+        config = self.modules.config
+        self.sessions = SessionStore(
+            ttl_s=session_ttl_s, max_bytes=max_cache_bytes, clock=clock, new_cache=lambda: self.family.new_cache(config)
+        )
         self._lock = threading.Lock()  # one forward at a time: sessions and torch modules are not thread-safe
 
     # --- what this stage is -------------------------------------------------------------------------------
@@ -96,12 +99,8 @@ class Stage:
 
     def kv_bytes_per_token(self) -> int:
         """KV-cache bytes one token of one sequence costs on this stage (for admission and the memory cap)."""
-        if not self.is_decoder:
-            return 0
-        cfg = self.modules.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * (self.end - self.start) * cfg.num_key_value_heads * head_dim * itemsize
+        return self.family.kv_bytes_per_token(self.modules.config, self.end - self.start, itemsize)
 
     # --- sessions -----------------------------------------------------------------------------------------
     def open_session(self, session_id: str) -> None:
@@ -155,7 +154,7 @@ class Stage:
                 return self._encode(inputs, positions, attention_mask)
             if session_id is None:  # one-shot: a throwaway cache (verification of a whole sequence, tests)
                 self._check_inputs(inputs, positions, attention_mask, None)
-                session = Session(session_id="", created_at=0.0, last_used=0.0)
+                session = self.sessions.throwaway()
                 return self._decode_step(session, inputs, positions, attention_mask, last_token_only)
             session = self.sessions.get(session_id)
             self._check_inputs(inputs, positions, attention_mask, session)
@@ -218,7 +217,6 @@ class Stage:
         attention_mask: torch.Tensor | None,
         last_token_only: bool,
     ) -> torch.Tensor:
-        m = self.modules
         inputs = inputs.to(self.device)
         batch, tokens = inputs.shape[:2]
         past = session.seen_tokens
@@ -231,55 +229,30 @@ class Stage:
         full_mask = new_mask if session.mask is None else torch.cat([session.mask, new_mask], dim=1)
         # `generate` drops an all-ones mask; doing the same keeps the attention kernels (and bits) identical.
         mask_arg = None if bool(full_mask.all()) else full_mask
-        cache: DynamicCache = session.cache
-
-        hidden = m.embed(inputs) if m.embed is not None else inputs
-        causal_mask = create_causal_mask(
-            config=m.config,
-            inputs_embeds=hidden,
-            attention_mask=mask_arg,
-            past_key_values=cache,
-            position_ids=positions,
-            layer_idx=self.start,
+        hidden = self.family.forward(
+            self.modules, inputs, positions=positions, attention_mask=mask_arg, cache=session.cache,
+            first_layer=self.start,
         )
-        assert m.rotary is not None  # decoders always have one (internal invariant, not input validation)
-        position_embeddings = m.rotary(hidden, position_ids=positions)
-        for layer in m.layers:
-            hidden = layer(
-                hidden,
-                attention_mask=causal_mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                position_embeddings=position_embeddings,
-            )
         session.mask = full_mask
         session.steps += 1
-        if not isinstance(m.head, LlamaHead):
+        if not self.is_last:
             return hidden
-        hidden = m.head.norm(hidden)
-        if last_token_only:
-            hidden = hidden[:, -1:, :]
-        return m.head.lm_head(hidden)
+        return self.family.head(self.modules, hidden, last_token_only=last_token_only)
 
     @torch.inference_mode()
     def _encode(
         self, inputs: torch.Tensor, positions: torch.Tensor | None, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         self._check_inputs(inputs, positions, attention_mask, None)
-        m = self.modules
         inputs = inputs.to(self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(device=self.device, dtype=torch.long)
         if positions is not None:
             positions = positions.to(self.device)
-        if m.embed is not None:
-            hidden = m.embed(input_ids=inputs, position_ids=positions)
-        else:
-            hidden = inputs
-        mask = create_bidirectional_mask(config=m.config, inputs_embeds=hidden, attention_mask=attention_mask)
-        for layer in m.layers:
-            hidden = layer(hidden, mask)
+        hidden = self.family.forward(
+            self.modules, inputs, positions=positions, attention_mask=attention_mask, cache=None,
+            first_layer=self.start,
+        )
         if not self.is_last:
             return hidden
         assert self.manifest.pooling is not None  # guaranteed by the manifest validator for embedding models

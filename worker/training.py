@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from globai.models.build import build_llama
+from globai.models.build import build_causal_lm
 
 Tensors = dict[str, torch.Tensor]
 
@@ -84,7 +84,7 @@ def run_inner_steps(
     started = time.perf_counter()
     with _deterministic(num_threads):
         torch.manual_seed(seed)
-        model = build_llama(config, checkpoint_tensors).train()
+        model = build_causal_lm(config, checkpoint_tensors).train()
         start = {name: p.detach().clone() for name, p in model.named_parameters()}
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         rows = batch_rows(shard_tokens.shape[0], H, batch_size, seed)

@@ -1,4 +1,4 @@
-"""transformers configs, and the unsharded model rebuilt from a manifest's shards (the reference)."""
+"""The unsharded model rebuilt from a manifest's shards (the reference), through the model's family."""
 
 from __future__ import annotations
 
@@ -6,20 +6,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load as load_safetensors
-from transformers import AutoModel, AutoModelForCausalLM, BertConfig, LlamaConfig, PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
+from globai.models.families import get_family
+from globai.models.families._base import ATTN_IMPLEMENTATION
 from globai.models.manifest import HEAD, Manifest, load_manifest, read_verified
 
-# One attention kernel everywhere (stages and the unsharded reference): bit-identical results depend on it.
-ATTN_IMPLEMENTATION = "sdpa"
-
-
-def hf_config(manifest: Manifest) -> PretrainedConfig:
-    """The transformers config of a manifest, with the project's attention implementation pinned."""
-    cls = {"llama": LlamaConfig, "bert": BertConfig}[manifest.family]
-    config = cls(**manifest.config)
-    config._attn_implementation = ATTN_IMPLEMENTATION
-    return config
+__all__ = ["ATTN_IMPLEMENTATION", "load_full_model"]
 
 
 def load_full_model(model_dir: Path, *, device: str = "cpu") -> tuple[Manifest, PreTrainedModel]:
@@ -29,16 +22,11 @@ def load_full_model(model_dir: Path, *, device: str = "cpu") -> tuple[Manifest, 
     state: dict[str, torch.Tensor] = {}
     for shard in manifest.shards:
         state.update(load_safetensors(read_verified(model_dir, shard)))
-    config = hf_config(manifest)
-    # from_config(dtype=...) builds as from_pretrained does: weights in the manifest dtype but RoPE's inv_freq
-    # in float32 (`model.to(bfloat16)` would round it and change every logit).
-    dtype = getattr(torch, manifest.dtype)
-    model: PreTrainedModel
-    if manifest.family == "llama":
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    else:
-        pooler = bool(manifest.shard(HEAD).tensors)
-        model = AutoModel.from_config(config, dtype=dtype, add_pooling_layer=pooler)
+    family = get_family(manifest.family)
+    # Built as from_pretrained builds it: weights in the manifest dtype but RoPE's inv_freq in float32
+    # (`model.to(bfloat16)` would round it and change every logit).
+    config, dtype = family.hf_config(manifest.config), getattr(torch, manifest.dtype)
+    model = family.full_model(config, dtype, head_tensors=bool(manifest.shard(HEAD).tensors))
     model.load_state_dict(state, strict=True)
     model.to(device)  # type: ignore[arg-type]  # transformers types `.to` through a decorator
     return manifest, model.eval()

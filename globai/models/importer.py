@@ -19,7 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from globai.models.errors import ManifestError, UnsupportedModelError
-from globai.models.layout import FamilyLayout, layout_for_model_type
+from globai.models.families import family_for_model_type
+from globai.models.layout import FamilyLayout
 from globai.models.manifest import (
     ALLOWED_DTYPES,
     EMBED,
@@ -192,12 +193,10 @@ def import_checkpoint(
         config: dict[str, Any] = json.loads((src / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ManifestError(f"cannot read {src / 'config.json'}: {exc}") from None
-    layout = layout_for_model_type(str(config.get("model_type")))
-    missing = [k for k in ("num_hidden_layers", "hidden_size", "vocab_size") if not isinstance(config.get(k), int)]
-    if missing:
-        raise ManifestError(f"{src / 'config.json'} lacks integer {', '.join(missing)}")
-    num_layers = int(config["num_hidden_layers"])
-    plan = _plan(_weight_files(src), layout)
+    family = family_for_model_type(str(config.get("model_type")))
+    files = _weight_files(src)  # refuses pickle-only checkpoints before anything else is read
+    num_layers, hidden_size, vocab_size = family.dims(config)
+    plan = _plan(files, family.layout)
     expected = {EMBED, HEAD, *(layer_shard_name(i) for i in range(num_layers))}
     if set(plan) - {HEAD} != expected - {HEAD} or set(plan) - expected:
         raise ManifestError(f"checkpoint shards {sorted(plan)} do not cover {num_layers} layers plus embeddings")
@@ -209,11 +208,16 @@ def import_checkpoint(
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     (out / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
     head_extra: dict[str, torch.Tensor] = {}
-    if layout.family == "llama" and not any(c == "lm_head.weight" for _, _, c in plan.get(HEAD, [])):
+    for head_key, embed_key in family.tied.items():
+        if any(c == head_key for _, _, c in plan.get(HEAD, [])):
+            continue
         # Tied embeddings: the last stage must be self-contained, so it gets its own copy of the matrix.
-        embed_path, embed_key, _ = next(i for i in plan[EMBED] if i[2] == "model.embed_tokens.weight")
+        tied = next((i for i in plan[EMBED] if i[2] == embed_key), None)
+        if tied is None:
+            raise ManifestError(f"checkpoint has neither {head_key} nor the embedding {embed_key} it is tied to")
+        embed_path, embed_checkpoint_key, _ = tied
         with safe_open(str(embed_path), framework="pt") as fh:
-            head_extra["lm_head.weight"] = fh.get_tensor(embed_key).contiguous()
+            head_extra[head_key] = fh.get_tensor(embed_checkpoint_key).contiguous()
     shards = []
     for index, shard_name in enumerate(sorted(expected), start=1):
         shards.append(_write_shard(out, shard_name, plan.get(shard_name, []),
@@ -231,17 +235,17 @@ def import_checkpoint(
 
     manifest = Manifest(
         name=name or src.name,
-        family=layout.family,  # type: ignore[arg-type]
-        task=layout.task,  # type: ignore[arg-type]
-        architecture=layout.architecture,
+        family=family.name,
+        task=family.task,
+        architecture=family.architecture,
         config=config,
         dtype=dtype,  # type: ignore[arg-type]
         num_layers=num_layers,
-        hidden_size=int(config["hidden_size"]),
-        vocab_size=int(config["vocab_size"]),
+        hidden_size=hidden_size,
+        vocab_size=vocab_size,
         tokenizer=tokenizer,
-        pooling=_pooling(src) if layout.task == "embedding" else None,
-        generation=_generation(src, config) if layout.task == "causal-lm" else None,
+        pooling=_pooling(src) if family.task == "embedding" else None,
+        generation=_generation(src, config) if family.task == "causal-lm" else None,
         shards=sorted(shards, key=lambda s: (s.name != EMBED, s.name == HEAD, _layer_index(s.name))),
     )
     save_manifest(manifest, out)

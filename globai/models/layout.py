@@ -1,7 +1,8 @@
 """Which shard each weight of a model family belongs to, and how checkpoint keys map to canonical keys.
 
 Canonical keys are the state-dict keys of the unsharded model class (`LlamaForCausalLM`, `BertModel`).
-Pure string logic, shared by the importer (market) and the stage loader (worker).
+Pure string logic, shared by the importer (market) and the stage loader (worker); each family
+(`globai.models.families`) holds its own layout.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class FamilyLayout:
     head_prefixes: tuple[str, ...]
     # checkpoint key prefixes stripped on import (task heads wrapped around the base model)
     strip_prefixes: tuple[str, ...] = ()
+    # (regex matched at the start of a checkpoint key, replacement): older layouts of the same weights
+    renames: tuple[tuple[str, str], ...] = ()
     # keys dropped on import: buffers the model rebuilds itself and heads we do not serve
     ignore: tuple[str, ...] = ()
 
@@ -44,48 +47,11 @@ class FamilyLayout:
         for prefix in self.strip_prefixes:
             if checkpoint_key.startswith(prefix):
                 return checkpoint_key[len(prefix) :]
+        for pattern, replacement in self.renames:
+            if re.match(pattern, checkpoint_key):
+                return re.sub(pattern, replacement, checkpoint_key, count=1)
         return checkpoint_key
 
     def layer_prefix_of(self, index: int) -> str:
         return f"{self.layer_prefix}{index}."
 
-
-LLAMA = FamilyLayout(
-    family="llama",
-    task="causal-lm",
-    architecture="LlamaForCausalLM",
-    layer_prefix="model.layers.",
-    embed_prefixes=("model.embed_tokens.",),
-    head_prefixes=("model.norm.", "lm_head."),
-    ignore=(r"model\.rotary_emb\..*", r".*\.rotary_emb\.inv_freq"),
-)
-
-BERT = FamilyLayout(
-    family="bert",
-    task="embedding",
-    architecture="BertModel",
-    layer_prefix="encoder.layer.",
-    embed_prefixes=("embeddings.",),
-    head_prefixes=("pooler.",),
-    strip_prefixes=("bert.",),
-    # position_ids is a buffer BertEmbeddings rebuilds; cls.* is the pre-training head, not served
-    ignore=(r"embeddings\.position_ids", r"cls\..*"),
-)
-
-_BY_MODEL_TYPE = {"llama": LLAMA, "bert": BERT}
-_BY_FAMILY = {layout.family: layout for layout in _BY_MODEL_TYPE.values()}
-
-
-def layout_for_model_type(model_type: str) -> FamilyLayout:
-    try:
-        return _BY_MODEL_TYPE[model_type]
-    except KeyError:
-        known = ", ".join(sorted(_BY_MODEL_TYPE))
-        raise UnsupportedModelError(f"model_type {model_type!r} (supported: {known})") from None
-
-
-def layout_for_family(family: str) -> FamilyLayout:
-    try:
-        return _BY_FAMILY[family]
-    except KeyError:
-        raise UnsupportedModelError(f"family {family!r}") from None

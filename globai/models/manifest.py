@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from globai.models.errors import ManifestError, ShardIntegrityError
+from globai.models.families._names import family_names
 
 MANIFEST_FORMAT: Final = "globai-manifest/1"
 MANIFEST_FILE = "manifest.json"
@@ -90,7 +91,7 @@ class Manifest(BaseModel):
 
     format: Literal["globai-manifest/1"] = MANIFEST_FORMAT
     name: str = Field(min_length=1, max_length=200)
-    family: Literal["llama", "bert"]
+    family: str  # a module of `globai.models.families` (checked against the registry, which imports nothing)
     task: Literal["causal-lm", "embedding"]
     architecture: str
     config: dict[str, Any]
@@ -102,6 +103,13 @@ class Manifest(BaseModel):
     pooling: Pooling | None = None
     generation: Generation | None = None  # causal LMs imported from a real checkpoint; None: no EOS, no chat
     shards: list[ShardEntry]
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        if value not in family_names():
+            raise ValueError(f"unknown model family {value!r} (known: {', '.join(family_names())})")
+        return value
 
     @model_validator(mode="after")
     def _complete(self) -> Manifest:

@@ -1,4 +1,4 @@
-"""Deterministic tiny Llama-family models for demos and tests (no hub downloads exist here).
+"""Deterministic tiny models of every decoder family, for demos and tests (no hub downloads exist here).
 
 Same arguments -> byte-identical shards, tokenizer and manifest digest: the tokenizer is a byte-level BPE
 trained locally on the embedded corpus below, and the weights come from `torch.manual_seed(seed)`.
@@ -7,15 +7,16 @@ trained locally on the embedded corpus below, and the weights come from `torch.m
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from globai.models.build import build_llama
+from globai.models.build import build_causal_lm
 from globai.models.errors import ManifestError
+from globai.models.families import get_family
 from globai.models.importer import import_checkpoint
 from globai.models.manifest import ALLOWED_DTYPES, Manifest
 
@@ -65,29 +66,10 @@ def train_tokenizer(vocab_size: int = 512) -> Tokenizer:
 
 def tiny_llama_config(
     *, hidden: int, layers: int, vocab_size: int, pad_id: int, bos_id: int, eos_id: int, dtype: str = "float32"
-) -> dict:
-    heads = max(1, hidden // 64)
-    # Grouped-query attention when possible, so stages exercise the same KV layout as real Llama models.
-    kv_heads = heads // 2 if heads % 2 == 0 else heads
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": 64 * math.ceil(hidden * 8 / 3 / 64),
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "vocab_size": vocab_size,
-        "max_position_embeddings": 1024,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "hidden_act": "silu",
-        "tie_word_embeddings": False,
-        "pad_token_id": pad_id,
-        "bos_token_id": bos_id,
-        "eos_token_id": eos_id,
-        "dtype": dtype,
-    }
+) -> dict[str, Any]:
+    return get_family("llama").tiny_config(
+        hidden=hidden, layers=layers, vocab_size=vocab_size, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id, dtype=dtype
+    )
 
 
 def build_tiny_llama(
@@ -100,7 +82,32 @@ def build_tiny_llama(
     dtype: str = "float32",
     overwrite: bool = False,
 ) -> Manifest:
-    """Write an HF-style checkpoint to `out/hf` and its sharded form (manifest + shards) to `out`."""
+    """A tiny Llama (see `build_tiny_model`)."""
+    return build_tiny_model(
+        out, family="llama", hidden=hidden, layers=layers, seed=seed, vocab_size=vocab_size, dtype=dtype,
+        overwrite=overwrite,
+    )
+
+
+def tiny_model_name(family: str, hidden: int, layers: int, seed: int) -> str:
+    return f"tiny-{family}-h{hidden}-l{layers}-s{seed}"
+
+
+def build_tiny_model(
+    out: Path,
+    *,
+    family: str = "llama",
+    hidden: int = 256,
+    layers: int = 8,
+    seed: int = 0,
+    vocab_size: int = 512,
+    dtype: str = "float32",
+    overwrite: bool = False,
+) -> Manifest:
+    """Write an HF-style checkpoint of a decoder family to `out/hf` and its sharded form to `out`."""
+    model_family = get_family(family)
+    if model_family.task != "causal-lm":
+        raise ManifestError(f"tiny models are causal LMs; {family} is an {model_family.task} family")
     if hidden % 64 and hidden >= 64 or hidden < 8 or layers < 1:
         raise ManifestError("hidden must be a multiple of 64 (or < 64) and layers >= 1")
     if dtype not in ALLOWED_DTYPES:
@@ -115,7 +122,7 @@ def build_tiny_llama(
         if token_id is None:  # cannot happen with the trainer's special_tokens, but never guess an id
             raise ManifestError(f"tokenizer lacks {special}")
         ids[special] = token_id
-    config_dict = tiny_llama_config(
+    config_dict = model_family.tiny_config(
         hidden=hidden,
         layers=layers,
         vocab_size=tokenizer.get_vocab_size(),
@@ -124,9 +131,12 @@ def build_tiny_llama(
         eos_id=ids[EOS],
         dtype=dtype,
     )
-    model = build_llama(config_dict, seed=seed, dtype=getattr(torch, dtype))
+    model = build_causal_lm(config_dict, seed=seed, dtype=getattr(torch, dtype))
     # Plain safetensors (what save_pretrained writes, minus its progress bar); from_pretrained loads it as is.
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    # A head tied to the embeddings is left out, as save_pretrained does (safetensors refuses shared tensors);
+    # the importer gives the head shard its own copy.
+    tied = set(model_family.tied) if model.config.tie_word_embeddings else set()
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k not in tied}
     save_file(state, str(hf / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save(str(hf / "tokenizer.json"))
     (hf / "tokenizer_config.json").write_text(
@@ -137,7 +147,7 @@ def build_tiny_llama(
                 "eos_token": EOS,
                 "pad_token": PAD,
                 "padding_side": "left",
-                "model_max_length": config_dict["max_position_embeddings"],
+                "model_max_length": model.config.max_position_embeddings,
             },
             indent=1,
             sort_keys=True,
@@ -145,4 +155,5 @@ def build_tiny_llama(
     )
     # The manifest carries our config dict (not save_pretrained's), so it does not depend on library defaults.
     (hf / "config.json").write_text(json.dumps(config_dict, indent=1, sort_keys=True))
-    return import_checkpoint(hf, out, name=f"tiny-llama-h{hidden}-l{layers}-s{seed}", overwrite=overwrite)
+    name = tiny_model_name(family, hidden, layers, seed)
+    return import_checkpoint(hf, out, name=name, overwrite=overwrite)

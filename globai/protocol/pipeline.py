@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from globai.models.families import get_family
 from globai.models.manifest import Manifest
 from globai.protocol.commitments import (
     MalformedCommitment,
@@ -43,7 +44,6 @@ WS_PATH = "/v1/workers/ws"
 # Envelope overhead on top of tensor payloads (JSON header, frame headers) that a limit must allow for.
 ENVELOPE_SLACK = 128 * 1024
 DEFAULT_MAX_BATCH = 8
-DEFAULT_MAX_TOKENS = 2048
 
 WORKER_OPS = ("hello", "result", "error")
 MARKET_OPS = ("welcome", "open", "forward", "close", "error")
@@ -70,7 +70,7 @@ class StageLimits:
     def for_manifest(
         cls, manifest: Manifest, *, max_batch: int = DEFAULT_MAX_BATCH, max_tokens: int | None = None
     ) -> StageLimits:
-        positions = int(manifest.config.get("max_position_embeddings", DEFAULT_MAX_TOKENS))
+        positions = get_family(manifest.family).max_positions(manifest.config)
         return cls(
             hidden_size=manifest.hidden_size,
             vocab_size=manifest.vocab_size,

@@ -24,6 +24,9 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a model already
 def build_tiny(
     out: Annotated[Path | None, typer.Option("--out", help="Directory for the model (default: <models dir>/<its "
                                                           "name>, the folder the market serves from).")] = None,
+    family: Annotated[
+        str, typer.Option(help="Model family: llama, qwen2, mistral, phi3, gemma, gpt2 (any decoder family).")
+    ] = "llama",
     hidden: Annotated[int, typer.Option(help="Hidden size (a multiple of 64, or below 64).")] = 256,
     layers: Annotated[int, typer.Option(help="Number of decoder layers.")] = 8,
     seed: Annotated[int, typer.Option(help="torch.manual_seed for the weights.")] = 0,
@@ -31,16 +34,16 @@ def build_tiny(
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     force: ForceOpt = False,
 ) -> None:
-    """Make a deterministic tiny Llama model (local BPE tokenizer, seeded weights) and shard it."""
+    """Make a deterministic tiny model of a decoder family (local BPE tokenizer, seeded weights) and shard it."""
     import os
 
-    from globai.models.tiny import build_tiny_llama
+    from globai.models.tiny import build_tiny_model, tiny_model_name
 
     if out is None:  # GLOBAI_MODELS_DIR: set by `globai dev up` (or by you); the market serves every model in it
-        out = Path(os.environ.get("GLOBAI_MODELS_DIR") or "var/models") / f"tiny-llama-h{hidden}-l{layers}-s{seed}"
+        out = Path(os.environ.get("GLOBAI_MODELS_DIR") or "var/models") / tiny_model_name(family, hidden, layers, seed)
     typer.echo(f"building {out} ...", err=True)
-    manifest = build_tiny_llama(
-        out, hidden=hidden, layers=layers, seed=seed, vocab_size=vocab, dtype=dtype, overwrite=force
+    manifest = build_tiny_model(
+        out, family=family, hidden=hidden, layers=layers, seed=seed, vocab_size=vocab, dtype=dtype, overwrite=force
     )
     typer.echo(f"{manifest.name}: {manifest.num_layers} layers, digest {manifest.digest()} -> {out}")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from globai.models.build import build_llama
+from globai.models.build import build_causal_lm
 from market.training.checkpoints import CheckpointStore
 from market.training.spec import BOS_ID, EOS_ID, PAD_ID
 
@@ -47,7 +47,7 @@ def export_hf(store: CheckpointStore, job_id: str, out_dir: str | Path, version:
     ckpt = store.load(job_id, version)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = build_llama(ckpt.manifest.config, ckpt.params)
+    model = build_causal_lm(ckpt.manifest.config, ckpt.params)
     model.save_pretrained(out, safe_serialization=True)
     byte_tokenizer().save_pretrained(out)
     (out / "globai_checkpoint.txt").write_text(

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from globai.models.build import build_llama
+from globai.models.build import build_causal_lm
 from market.training.spec import ConfigModelRef, HFDirModelRef, TrainingJobSpec
 
 Tensors = dict[str, torch.Tensor]
@@ -27,11 +27,11 @@ def initial_checkpoint(spec: TrainingJobSpec) -> tuple[dict[str, Any], Tensors]:
     ref = spec.model
     if isinstance(ref, ConfigModelRef):
         config = dict(ref.config)
-        return config, params_of(build_llama(config, seed=ref.init_seed))
+        return config, params_of(build_causal_lm(config, seed=ref.init_seed))
     assert isinstance(ref, HFDirModelRef)
     root = Path(ref.path)
     config = json.loads((root / "config.json").read_text())
-    model = build_llama(config)
+    model = build_causal_lm(config)
     weights: Tensors = {}
     for file in sorted(root.glob("*.safetensors")):
         weights.update(load_file(file))
@@ -46,7 +46,7 @@ def evaluate_loss(
     config: Mapping[str, Any], params: Mapping[str, torch.Tensor], windows: torch.Tensor, batch_size: int = 32
 ) -> float:
     """Mean next-token cross-entropy (nats/token) of ``params`` over ``[N, T+1]`` windows."""
-    model = build_llama(config, params)
+    model = build_causal_lm(config, params)
     total, count = 0.0, 0
     for chunk in windows.split(batch_size):
         logits = model(input_ids=chunk[:, :-1]).logits

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from globai.models.build import build_llama
+from globai.models.build import build_causal_lm
 from market.training.aggregation import aggregate
 from market.training.data import prepare, shard_for
 from market.training.model import evaluate_loss, initial_checkpoint, params_of
@@ -49,8 +49,8 @@ def reference_diloco(spec: TrainingJobSpec, corpus: bytes, *, evaluate: bool = T
     """Run all R rounds with all W workers in this process: final params, outer momentum, eval losses."""
     config, params = initial_checkpoint(spec)
     data = prepare(spec, corpus)
-    outer_model = build_llama(config, params)
-    inner_model = build_llama(config, params).train()
+    outer_model = build_causal_lm(config, params)
+    inner_model = build_causal_lm(config, params).train()
     outer = torch.optim.SGD(outer_model.parameters(), lr=spec.outer_lr, momentum=spec.outer_momentum, nesterov=True)
     losses = [evaluate_loss(config, params, data.eval)] if evaluate and len(data.eval) else []
     prev_det = torch.are_deterministic_algorithms_enabled()

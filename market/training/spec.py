@@ -24,8 +24,8 @@ class _Frozen(BaseModel):
 
 
 class ConfigModelRef(_Frozen):
-    """A Llama-family model built from a config dict and an init seed (built-in tiny models; no hub
-    downloads)."""
+    """A causal LM of any family in the registry (`model_type`, default llama) built from a config dict and an
+    init seed (built-in tiny models; no hub downloads)."""
 
     kind: Literal["config"] = "config"
     config: dict[str, Any]
@@ -33,9 +33,16 @@ class ConfigModelRef(_Frozen):
 
     @field_validator("config")
     @classmethod
-    def _llama(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if value.get("model_type", "llama") != "llama":
-            raise ValueError("only Llama-family configs are supported for training so far")
+    def _causal_lm(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from globai.models.errors import UnsupportedModelError
+        from globai.models.families import family_for_model_type
+
+        try:
+            family = family_for_model_type(str(value.get("model_type", "llama")))
+        except UnsupportedModelError as exc:
+            raise ValueError(str(exc)) from None
+        if family.task != "causal-lm":
+            raise ValueError(f"{family.name} models are not causal LMs: they cannot be trained here")
         if int(value.get("vocab_size", 0)) < BYTE_VOCAB_SIZE:
             raise ValueError(f"vocab_size must be >= {BYTE_VOCAB_SIZE} for the byte tokenizer")
         return value

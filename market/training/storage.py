@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LlamaForCausalLM
 
-from globai.models.build import llama_config
+from globai.models.build import build_causal_lm
 from market.blobstore import BlobStore
 from market.training.checkpoints import CheckpointStore, Manifest
 from market.training.data import PreparedDataset, prepare
@@ -69,7 +68,7 @@ def storage_at(root: str | Path) -> TrainingStorage:
 def _shapes(config_json: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
     # The meta device allocates nothing: shapes of a billion-parameter model cost microseconds.
     with torch.device("meta"):
-        model = LlamaForCausalLM(llama_config(json.loads(config_json)))
+        model = build_causal_lm(json.loads(config_json))
     return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
 
 

@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.masking_utils import create_causal_mask
 
-from globai.models.build import build_llama
+from globai.models.build import build_causal_lm
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,8 @@ class TinyLlamaSpec:
 
 
 def calibration_model(spec: TinyLlamaSpec, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    """Same spec, same weights, on every machine (`globai.models.build.build_llama` with the spec's seed)."""
-    return build_llama(spec.config(), seed=spec.seed, dtype=dtype)
+    """Same spec, same weights, on every machine (`globai.models.build.build_causal_lm` with the spec's seed)."""
+    return build_causal_lm(spec.config(), seed=spec.seed, dtype=dtype)
 
 
 def to_dtype(model: LlamaForCausalLM, dtype: torch.dtype) -> LlamaForCausalLM:

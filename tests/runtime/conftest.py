@@ -187,12 +187,12 @@ class InProcessWorker:
 
 
 def worker_process(
-    market: MarketServer, account: LocalAccount, layers: str, cache: Path, log: Path
+    market: MarketServer, account: LocalAccount, layers: str, cache: Path, log: Path, *, model: str = MODEL
 ) -> subprocess.Popen[bytes]:
     """`globai worker run` as a real process (its own torch, its own socket)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [str(Path(sys.executable).parent / "globai"), "worker", "run", "--market", market.url, "--key",
-           "0x" + account.key.hex().removeprefix("0x"), "--model", MODEL, "--layers", layers, "--threads", "1",
+           "0x" + account.key.hex().removeprefix("0x"), "--model", model, "--layers", layers, "--threads", "1",
            "--cache-dir", str(cache), "--no-progress"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 

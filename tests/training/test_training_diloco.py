@@ -1,5 +1,6 @@
 """Whole DiLoCo runs on a tiny Llama: loss goes down, the distributed path equals the single-process reference,
-a poisoned update is bounded, a dropped worker's round closes at its deadline, the result loads in transformers."""
+a poisoned update is bounded, a dropped worker's round closes at its deadline, the result loads in transformers;
+another family (GPT-2) trains the same way."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from globai.models.build import build_llama
+from globai.models.build import build_causal_lm
 from market.training.checkpoints import CheckpointStore
 from market.training.data import prepare
 from market.training.export import export_hf
@@ -18,7 +19,7 @@ from market.training.local import run_local_job
 from market.training.model import initial_checkpoint
 from market.training.reference import reference_diloco
 from market.training.rounds import RoundState
-from market.training.spec import HFDirModelRef, TrainingJobSpec
+from market.training.spec import BOS_ID, EOS_ID, ConfigModelRef, HFDirModelRef, TrainingJobSpec
 from worker.training import run_inner_steps
 
 
@@ -126,7 +127,7 @@ def test_final_checkpoint_loads_with_transformers(
     tok = AutoTokenizer.from_pretrained(out)
     ids = tok("The old miller", return_tensors="pt")["input_ids"]
     assert ids[0].tolist() == list(b"The old miller")
-    ours = build_llama(store.manifest("job").config, store.load("job").params)
+    ours = build_causal_lm(store.manifest("job").config, store.load("job").params)
     window = prepare(spec, corpus).eval[:2, :-1]
     with torch.no_grad():
         assert torch.equal(model(input_ids=window).logits, ours(input_ids=window).logits)
@@ -136,3 +137,26 @@ def test_final_checkpoint_loads_with_transformers(
     config, params = initial_checkpoint(cont)
     assert config["hidden_size"] == 64
     assert all(torch.equal(params[n], t) for n, t in store.load("job").params.items())
+
+
+def test_another_family_trains_through_the_registry(
+    tmp_path: Path, make_spec: Callable[..., TrainingJobSpec], corpus: bytes
+) -> None:
+    # GPT-2 (learned positions, Conv1D, its own key names): the job builds its model by family, like Llama's.
+    # Dropout off, as Llama has it: a worker seeds before building its model and the in-process reference does
+    # not, so their dropout masks would differ (each side is still reproducible on its own).
+    config = {"model_type": "gpt2", "vocab_size": 260, "n_embd": 64, "n_layer": 2, "n_head": 4,
+              "n_positions": 512, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID,
+              "embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0}
+    spec = make_spec(model=ConfigModelRef(config=config, init_seed=7), rounds=2, workers_per_round=2)
+    ref = reference_diloco(spec, corpus)
+    store = CheckpointStore(tmp_path / "store")
+    run = run_local_job(spec, corpus, store, "job", run_inner_steps)
+    assert _max_abs_diff(store.load("job").params, ref.params) <= 1e-6
+    assert run.eval_loss[-1] < run.eval_loss[0]
+    model = AutoModelForCausalLM.from_pretrained(export_hf(store, "job", tmp_path / "hf")).eval()
+    assert type(model).__name__ == "GPT2LMHeadModel"
+    window = prepare(spec, corpus).eval[:2, :-1]
+    with torch.no_grad():
+        ours = build_causal_lm(config, store.load("job").params)(input_ids=window).logits
+        assert torch.equal(model(input_ids=window).logits, ours)

@@ -28,7 +28,7 @@ class Session:
     session_id: str
     created_at: float
     last_used: float
-    cache: DynamicCache = field(default_factory=DynamicCache)
+    cache: DynamicCache | None = field(default_factory=DynamicCache)  # None for encoders
     mask: torch.Tensor | None = None  # [batch, tokens seen] of 0/1: padding of everything cached so far
     steps: int = 0
 
@@ -42,7 +42,7 @@ class Session:
 
     def cache_bytes(self) -> int:
         total = 0
-        for layer in self.cache.layers:
+        for layer in self.cache.layers if self.cache is not None else ():
             for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
                 if isinstance(tensor, torch.Tensor):
                     total += tensor.numel() * tensor.element_size()
@@ -59,8 +59,10 @@ class SessionStore:
         max_bytes: int,
         clock: Callable[[], float] = time.monotonic,
         remember_evicted: int = 4096,
+        new_cache: Callable[[], DynamicCache | None] = DynamicCache,
     ) -> None:
         self.ttl_s = ttl_s
+        self._new_cache = new_cache  # the model family's cache (sliding-window layers where the config has them)
         self.max_bytes = max_bytes
         self._clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
@@ -79,9 +81,13 @@ class SessionStore:
             raise SessionExistsError(session_id)
         self._evicted.pop(session_id, None)
         now = self._clock()
-        session = Session(session_id=session_id, created_at=now, last_used=now)
+        session = Session(session_id=session_id, created_at=now, last_used=now, cache=self._new_cache())
         self._sessions[session_id] = session
         return session
+
+    def throwaway(self) -> Session:
+        """A session outside the store, for one stateless call (verification of a whole sequence, tests)."""
+        return Session(session_id="", created_at=0.0, last_used=0.0, cache=self._new_cache())
 
     def get(self, session_id: str) -> Session:
         """The open session, marked most recently used."""
