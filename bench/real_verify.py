@@ -153,12 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command}` — machine: `nproc` = {os.cpu_count()}, `uname -m` = {platform.machine()}, torch "
         f"{torch.__version__}; load average at start {load:.1f} (shared with other engineers' agents).", "",
         f"Honest jobs on SmolLM2-135M-Instruct: each a batch of {args.batch} chat prompts (left-padded), two stages "
-        f"([0, 15) and [15, 30)), greedy KV-cache decode to end-of-sequence (at most {args.max_new_tokens} tokens) at "
+        f"([0, 15) and [15, 30)), greedy KV-cache decode for {args.max_new_tokens} steps (a sequence past its "
+        "end-of-sequence token is fed the pad id, as the coordinator does) at "
         f"{args.worker_threads} thread(s); the verifier's replay is one prefill of the recorded calls in a fresh "
         f"session at {args.replica_threads} threads (as `verify_replay.py` asks a replica). Every committed chunk "
         "of both stages is judged with the model's shipped tolerance (`market/verifier/tolerances/`).", "",
-        "| dtype | jobs | tokens generated | chunks checked | failed (sketch, as committed) | failed (full tensor) "
-        "| bit-identical |",
+        "| dtype | jobs | positions decoded (batch x steps) | chunks checked | failed (sketch, as committed) "
+        "| failed (full tensor) | bit-identical |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for dtype, r in results.items():
