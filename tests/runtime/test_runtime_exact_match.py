@@ -103,3 +103,31 @@ def test_seeded_sampling_and_signed_evidence(
     finally:
         for w in workers:
             w.stop()
+
+
+def test_stop_strings_end_a_sequence_and_are_not_returned(
+    market: MarketServer, requester: Requester, staked: list[LocalAccount], tmp_path: Path
+) -> None:
+    """The tiny model has no EOS in its manifest (it never stops early); a stop string taken from its own output
+    ends that sequence with finish_reason "stop", the text stops before it, the other sequence runs to length."""
+    workers = [InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}")
+               for i, layers in enumerate(["0:2", "2:4"])]
+    try:
+        market.wait_workers(2)
+        prompts = ["Once upon a time", "The market"]
+        free = requester.generate([], 12, prompts=prompts)
+        assert free["finish_reason"] == ["length", "length"]
+        text = free["text"][0]
+        # Three characters from the middle of sequence 0's text that sequence 1's text does not contain.
+        stop = next(text[i : i + 3] for i in range(len(text) // 2, len(text) - 2)
+                    if text[i : i + 3].strip() and text[i : i + 3] not in free["text"][1])
+        stopped = requester.generate([], 12, prompts=prompts, stop=[stop])
+        assert stopped["finish_reason"] == ["stop", "length"]
+        assert stopped["text"][0] == text[: text.index(stop)]
+        assert stopped["text"][1] == free["text"][1]
+        assert len(stopped["tokens"][0]) < 12 and stopped["tokens"][0] == free["tokens"][0][: len(stopped["tokens"][0])]
+        streamed = "".join(e["text"][0] for e in stopped["events"] if e["event"] == "token")
+        assert streamed == stopped["text"][0]
+    finally:
+        for w in workers:
+            w.stop()
