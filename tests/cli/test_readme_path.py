@@ -12,13 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from globai.chain.client import ChainClient
 from globai.chain.deploy import DeployedContract, Deployment
-from globai.chain.local import dev_accounts
+from globai.chain.local import dev_accounts, pid_alive
 from globai.dev.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,12 +177,4 @@ def test_readme_path_through_the_cli(tmp_path: Path) -> None:
     finally:
         g.stop_daemons()
         print(g("dev", "down", ok=False).stdout)  # how long each process took to stop after SIGTERM
-    assert not any(_alive(pid) for pid in state["pids"].values())
-
-
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    return True
+    assert not any(pid_alive(int(pid)) for pid in state["pids"].values())  # zombie-aware (init reaps late)
