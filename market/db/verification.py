@@ -38,7 +38,7 @@ class WorkPart(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    work_key: Mapped[str] = mapped_column(String(64))  # task / session-stage UUID; bytes32 = keccak256 of it
+    work_key: Mapped[str] = mapped_column(String(128))  # task / session-stage UUID; bytes32 = keccak256 of it
     worker: Mapped[str] = mapped_column(String(42), index=True)
     operator_id: Mapped[str] = mapped_column(String(64), default="")
     stage: Mapped[int] = mapped_column(Integer, default=0)
@@ -62,7 +62,7 @@ class VerificationCheck(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    work_key: Mapped[str] = mapped_column(String(64))
+    work_key: Mapped[str] = mapped_column(String(128))
     worker: Mapped[str] = mapped_column(String(42))  # whose claim is checked
     stage: Mapped[int] = mapped_column(Integer)
     chunk_index: Mapped[int] = mapped_column(BigInteger)
