@@ -60,8 +60,10 @@ def per_call_ms(fn, n: int = 200) -> float:  # type: ignore[no-untyped-def]
 def binding_costs() -> list[tuple[str, float]]:
     account = Account.create()
     rows = []
-    for name, shape, dtype in (("decode step, 8 x 1 x 576 bf16", (8, 1, 576), torch.bfloat16),
-                               ("prefill, 8 x 128 x 576 bf16", (8, 128, 576), torch.bfloat16)):
+    for name, shape, dtype in (
+        ("decode step, 8 x 1 x 576 bf16", (8, 1, 576), torch.bfloat16),
+        ("prefill, 8 x 128 x 576 bf16", (8, 128, 576), torch.bfloat16),
+    ):
         out = torch.randn(shape).to(dtype)
 
         def worker_sign(out: torch.Tensor = out) -> None:
@@ -76,8 +78,9 @@ def binding_costs() -> list[tuple[str, float]]:
         rows.append((f"coordinator: sha256 + recover, {name}", per_call_ms(coordinator_check)))
     logits = torch.randn(8, 49152)
     project_rows(logits, 1)  # the seeded matrix is drawn once per run
-    rows.append(("market: projections of 8 logit rows (vocab 49,152)",
-                 per_call_ms(lambda: project_rows(logits, 1), 50)))
+    rows.append(
+        ("market: projections of 8 logit rows (vocab 49,152)", per_call_ms(lambda: project_rows(logits, 1), 50))
+    )
     return rows
 
 

@@ -86,8 +86,9 @@ def main() -> None:
         accounts = dev_accounts(4)
         deployment = deploy_all(client, admin=accounts[0], treasury=accounts[0].address)
         env = {**FAULT_ENV, "GLOBAI_CONFIRMATIONS": str(CONFIRMATIONS)}
-        cfg = ClusterConfig(var=var / "cluster", rpc_url=anvil.url, deployment=deployment, operator=accounts[0],
-                            extra_env=env)
+        cfg = ClusterConfig(
+            var=var / "cluster", rpc_url=anvil.url, deployment=deployment, operator=accounts[0], extra_env=env
+        )
         with Cluster(cfg) as cluster:
             start_cluster(cluster)
 
@@ -102,21 +103,42 @@ def main() -> None:
             for phase, scenarios, share in ((1, normal, 0.75 if last else 1.0), (2, last, 1.0)):
                 for n in range(args.runs if scenarios else 0):
                     if budget is not None and time.monotonic() - started > budget * share:
-                        print(f"phase {phase}: stopping after {n} rounds (--max-minutes {args.max_minutes:g})",
-                              flush=True)
+                        print(
+                            f"phase {phase}: stopping after {n} rounds (--max-minutes {args.max_minutes:g})", flush=True
+                        )
                         break
                     for scenario in scenarios:
-                        run = run_scenario(cluster, scenario, prompts=args.prompts, new_tokens=args.new_tokens,
-                                           timeout=240, restarters={"anvil": restart_anvil})
+                        run = run_scenario(
+                            cluster,
+                            scenario,
+                            prompts=args.prompts,
+                            new_tokens=args.new_tokens,
+                            timeout=240,
+                            restarters={"anvil": restart_anvil},
+                        )
                         results.append(run)
-                        print(f"[{n + 1}/{args.runs}] {run.scenario:28s} hit={run.stage_hit!s:5s} "
-                              f"terminal={run.terminal} {run.seconds:.1f}s ok={run.ok} {run.detail[:160]}",
-                              flush=True)
+                        print(
+                            f"[{n + 1}/{args.runs}] {run.scenario:28s} hit={run.stage_hit!s:5s} "
+                            f"terminal={run.terminal} {run.seconds:.1f}s ok={run.ok} {run.detail[:160]}",
+                            flush=True,
+                        )
     finally:
         anvil.stop()
     print(f"\n{len(results)} runs in {time.monotonic() - started:.0f} s (logs under {var})\n")
-    header = ("scenario", "runs", "stage hit", "settled", "refunded", "stuck", "lost", "double", "audit fail",
-              "reconcile fail", "s p50", "s max")
+    header = (
+        "scenario",
+        "runs",
+        "stage hit",
+        "settled",
+        "refunded",
+        "stuck",
+        "lost",
+        "double",
+        "audit fail",
+        "reconcile fail",
+        "s p50",
+        "s max",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     summary = []
@@ -124,19 +146,25 @@ def main() -> None:
         rs = [r for r in results if r.scenario == scenario.name]
         secs = [r.seconds for r in rs] or [0.0]
         row = {
-            "scenario": scenario.name, "runs": len(rs), "stage_hit": sum(r.stage_hit for r in rs),
-            "settled": sum(r.terminal == "settled" for r in rs), "refunded": sum(r.terminal == "refunded" for r in rs),
+            "scenario": scenario.name,
+            "runs": len(rs),
+            "stage_hit": sum(r.stage_hit for r in rs),
+            "settled": sum(r.terminal == "settled" for r in rs),
+            "refunded": sum(r.terminal == "refunded" for r in rs),
             "stuck": sum(r.terminal is None for r in rs),
             "lost": sum(r.terminal is None for r in rs),  # money stays in escrow only while a job is not terminal
-            "double": sum(r.double_payments for r in rs), "audit_fail": sum(not r.audit_chain for r in rs),
+            "double": sum(r.double_payments for r in rs),
+            "audit_fail": sum(not r.audit_chain for r in rs),
             "reconcile_fail": sum(bool(r.reconcile) for r in rs),
-            "s_p50": round(statistics.median(secs), 1), "s_max": round(max(secs), 1),
+            "s_p50": round(statistics.median(secs), 1),
+            "s_max": round(max(secs), 1),
         }
         summary.append(row)
         print("| " + " | ".join(str(v) for v in row.values()) + " |")
     if args.json is not None:
-        args.json.write_text(json.dumps({"summary": summary, "runs": [r.__dict__ for r in results]}, indent=1,
-                                        default=str))
+        args.json.write_text(
+            json.dumps({"summary": summary, "runs": [r.__dict__ for r in results]}, indent=1, default=str)
+        )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ from globai.dev.services import anvil_service, free_port, wait_port  # noqa: E40
 CHECKS = [checks.status_code_conformance, checks.content_type_conformance, checks.response_schema_conformance]
 
 
-def _runner(operation: Any, base: str, headers: dict[str, str], examples: int, counts: Counter[str],
-            problems: Counter[str]) -> Any:
+def _runner(
+    operation: Any, base: str, headers: dict[str, str], examples: int, counts: Counter[str], problems: Counter[str]
+) -> Any:
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(case=operation.as_strategy())
     def run(case: Any) -> None:
@@ -70,18 +71,33 @@ def main() -> None:
     var = Path(tempfile.mkdtemp(prefix="globai-fuzz-"))
     port = free_port()
     admin = Account.create()
-    env = {**os.environ, "GLOBAI_PROFILE": "test", "GLOBAI_DATABASE_URL": f"sqlite:///{var / 'market.db'}",
-           "GLOBAI_AUTH_SECRET": "fuzz-secret-" + "0123456789abcdef" * 3, "GLOBAI_PORT": str(port),
-           "GLOBAI_HOST": "127.0.0.1", "GLOBAI_ADMIN_ADDRESSES": f'["{admin.address}"]',
-           "GLOBAI_AUTH_DOMAIN": "127.0.0.1", "GLOBAI_AUTH_URI": f"http://127.0.0.1:{port}",
-           "GLOBAI_RATE_LIMIT_PER_S": "100000", "GLOBAI_RATE_LIMIT_BURST": "100000",
-           "GLOBAI_MODELS_DIR": str(var / "models"), "GLOBAI_BLOB_DIR": str(var / "blobs")}
+    env = {
+        **os.environ,
+        "GLOBAI_PROFILE": "test",
+        "GLOBAI_DATABASE_URL": f"sqlite:///{var / 'market.db'}",
+        "GLOBAI_AUTH_SECRET": "fuzz-secret-" + "0123456789abcdef" * 3,
+        "GLOBAI_PORT": str(port),
+        "GLOBAI_HOST": "127.0.0.1",
+        "GLOBAI_ADMIN_ADDRESSES": f'["{admin.address}"]',
+        "GLOBAI_AUTH_DOMAIN": "127.0.0.1",
+        "GLOBAI_AUTH_URI": f"http://127.0.0.1:{port}",
+        "GLOBAI_RATE_LIMIT_PER_S": "100000",
+        "GLOBAI_RATE_LIMIT_BURST": "100000",
+        "GLOBAI_MODELS_DIR": str(var / "models"),
+        "GLOBAI_BLOB_DIR": str(var / "blobs"),
+    }
     # A real chain (its own Anvil, contracts deployed), so chain routes answer instead of a (documented) 503.
     anvil = anvil_service()
     deployment = deploy_all(ChainClient(anvil.url), admin=dev_accounts(1)[0], treasury=dev_accounts(1)[0].address)
-    env.update({"GLOBAI_RPC_URL": anvil.url, "GLOBAI_CHAIN_ID": str(deployment.chain_id),
-                "GLOBAI_STAKING_VAULT_ADDRESS": deployment.vault, "GLOBAI_JOB_ESCROW_ADDRESS": deployment.escrow,
-                "GLOBAI_TOKEN_ADDRESS": deployment.token})
+    env.update(
+        {
+            "GLOBAI_RPC_URL": anvil.url,
+            "GLOBAI_CHAIN_ID": str(deployment.chain_id),
+            "GLOBAI_STAKING_VAULT_ADDRESS": deployment.vault,
+            "GLOBAI_JOB_ESCROW_ADDRESS": deployment.escrow,
+            "GLOBAI_TOKEN_ADDRESS": deployment.token,
+        }
+    )
     cli = [sys.executable, "-c", "from market.cli import main; main()"]
     subprocess.run([*cli, "market", "migrate"], env=env, check=True, cwd=ROOT, capture_output=True)
     log = open(var / "market.log", "wb")  # noqa: SIM115
@@ -101,8 +117,14 @@ def main() -> None:
         while counts["requests"] < args.requests:  # hypothesis stops early on small input spaces: go round again
             for anonymous in (False, True):
                 for operation in operations:
-                    run = _runner(operation, base, {} if anonymous else {"Authorization": f"Bearer {token}"},
-                                  per_op, counts, problems)
+                    run = _runner(
+                        operation,
+                        base,
+                        {} if anonymous else {"Authorization": f"Bearer {token}"},
+                        per_op,
+                        counts,
+                        problems,
+                    )
                     random.seed(seed + rounds)
                     run()
             rounds += 1
@@ -113,9 +135,11 @@ def main() -> None:
         anvil.stop()
     for line, n in problems.most_common(30):
         print(f"{n:5d}  {line}")
-    print(f"\nseed {seed}: {counts['requests']} requests over {len(operations)} operations in {elapsed:.0f} s "
-          f"(signed in with every role, and anonymous): {counts['5xx']} 5xx, {counts['undocumented']} undocumented "
-          f"(log {var / 'market.log'})")
+    print(
+        f"\nseed {seed}: {counts['requests']} requests over {len(operations)} operations in {elapsed:.0f} s "
+        f"(signed in with every role, and anonymous): {counts['5xx']} 5xx, {counts['undocumented']} undocumented "
+        f"(log {var / 'market.log'})"
+    )
     sys.exit(1 if counts["5xx"] or counts["undocumented"] else 0)
 
 

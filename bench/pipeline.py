@@ -53,8 +53,9 @@ BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
 GLOBAI = str(Path(sys.executable).parent / "globai")
 
 
-def monolithic(model_dir: Path, prompt: torch.Tensor, new_tokens: int, threads: int,
-               with_stage: bool = True) -> dict[str, float]:
+def monolithic(
+    model_dir: Path, prompt: torch.Tensor, new_tokens: int, threads: int, with_stage: bool = True
+) -> dict[str, float]:
     from transformers import GenerationConfig
 
     if threads > 0:
@@ -63,12 +64,16 @@ def monolithic(model_dir: Path, prompt: torch.Tensor, new_tokens: int, threads: 
     model.generation_config.eos_token_id = None  # decode exactly n tokens, as the pipeline does with ignore_eos
 
     def gen(n: int) -> float:
-        config = GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=None,
-                                  pad_token_id=manifest.config.get("pad_token_id"))
+        config = GenerationConfig(
+            do_sample=False, max_new_tokens=n, eos_token_id=None, pad_token_id=manifest.config.get("pad_token_id")
+        )
         started = time.perf_counter()
         with torch.inference_mode():
-            model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),  # type: ignore[operator]
-                           generation_config=config)
+            model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),  # type: ignore[operator]
+                generation_config=config,
+            )
         return time.perf_counter() - started
 
     gen(2)  # warm-up
@@ -94,8 +99,11 @@ def monolithic(model_dir: Path, prompt: torch.Tensor, new_tokens: int, threads: 
     local(2)
     stage_prefill = min(local(1) for _ in range(2))
     stage_total = min(local(new_tokens) for _ in range(3))
-    return {**result, "stage_prefill_s": stage_prefill,
-            "stage_decode_tok_s": (new_tokens - 1) / max(stage_total - stage_prefill, 1e-9)}
+    return {
+        **result,
+        "stage_prefill_s": stage_prefill,
+        "stage_decode_tok_s": (new_tokens - 1) / max(stage_total - stage_prefill, 1e-9),
+    }
 
 
 class Market:
@@ -103,17 +111,29 @@ class Market:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
-            **os.environ, "GLOBAI_PROFILE": "test", "GLOBAI_AUTH_SECRET": "bench-" + "0123456789abcdef" * 3,
-            "GLOBAI_DATABASE_URL": f"sqlite:///{workdir / 'market.db'}", "GLOBAI_MODELS_DIR": str(models_dir),
-            "GLOBAI_BLOB_DIR": str(workdir / "blobs"), "GLOBAI_RPC_URL": anvil_url,
-            "GLOBAI_STAKING_VAULT_ADDRESS": deployment.vault, "GLOBAI_JOB_ESCROW_ADDRESS": deployment.escrow,
-            "GLOBAI_TOKEN_ADDRESS": deployment.token, "GLOBAI_AUTH_DOMAIN": "localhost",
-            "GLOBAI_AUTH_URI": "http://localhost", "GLOBAI_RATE_LIMIT_PER_S": "1000",
-            "GLOBAI_RATE_LIMIT_BURST": "1000", "GLOBAI_STAGE_TIMEOUT_S": "600",
+            **os.environ,
+            "GLOBAI_PROFILE": "test",
+            "GLOBAI_AUTH_SECRET": "bench-" + "0123456789abcdef" * 3,
+            "GLOBAI_DATABASE_URL": f"sqlite:///{workdir / 'market.db'}",
+            "GLOBAI_MODELS_DIR": str(models_dir),
+            "GLOBAI_BLOB_DIR": str(workdir / "blobs"),
+            "GLOBAI_RPC_URL": anvil_url,
+            "GLOBAI_STAKING_VAULT_ADDRESS": deployment.vault,
+            "GLOBAI_JOB_ESCROW_ADDRESS": deployment.escrow,
+            "GLOBAI_TOKEN_ADDRESS": deployment.token,
+            "GLOBAI_AUTH_DOMAIN": "localhost",
+            "GLOBAI_AUTH_URI": "http://localhost",
+            "GLOBAI_RATE_LIMIT_PER_S": "1000",
+            "GLOBAI_RATE_LIMIT_BURST": "1000",
+            "GLOBAI_STAGE_TIMEOUT_S": "600",
         }
         subprocess.run([GLOBAI, "market", "migrate"], env=self.env, check=True, capture_output=True)
-        self.proc = subprocess.Popen([GLOBAI, "market", "serve", "--port", str(self.port)], env=self.env,
-                                     stdout=open(workdir / "market.log", "wb"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [GLOBAI, "market", "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=open(workdir / "market.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -152,18 +172,43 @@ def splits(layers: int, n: int) -> list[str]:
     return [f"{a}:{b}" for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
-def pipeline(market: Market, model: str, accounts: list[Any], n: int, layers: int, prompt: torch.Tensor,
-             new_tokens: int, threads: int, workdir: Path,
-             baseline: Callable[[], dict[str, float]]) -> dict[str, Any]:
+def pipeline(
+    market: Market,
+    model: str,
+    accounts: list[Any],
+    n: int,
+    layers: int,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    threads: int,
+    workdir: Path,
+    baseline: Callable[[], dict[str, float]],
+) -> dict[str, Any]:
     env = {**os.environ, **worker_env(threads)}
     procs = []
     for i, span in enumerate(splits(layers, n)):
         key = "0x" + accounts[i].key.hex().removeprefix("0x")
-        cmd = [GLOBAI, "worker", "run", "--market", market.url, "--key", key,
-               "--model", model, "--layers", span, "--threads", str(threads), "--no-progress",
-               "--cache-dir", str(workdir / f"cache{i}")]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=open(workdir / f"worker{n}-{i}.log", "wb"),
-                                      stderr=subprocess.STDOUT))
+        cmd = [
+            GLOBAI,
+            "worker",
+            "run",
+            "--market",
+            market.url,
+            "--key",
+            key,
+            "--model",
+            model,
+            "--layers",
+            span,
+            "--threads",
+            str(threads),
+            "--no-progress",
+            "--cache-dir",
+            str(workdir / f"cache{i}"),
+        ]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=open(workdir / f"worker{n}-{i}.log", "wb"), stderr=subprocess.STDOUT)
+        )
     requester = Account.from_key(b"\x99" * 32)
     try:
         with httpx.Client(base_url=market.url, timeout=600) as http:
@@ -192,15 +237,25 @@ def pipeline(market: Market, model: str, accounts: list[Any], n: int, layers: in
             except subprocess.TimeoutExpired:
                 p.kill()
     t = done["timings"]
-    return {"prefill_s": t["prefill_s"], "decode_tok_s": (new_tokens - 1) / t["decode_s"],
-            "hop_ms": t.get("hop_overhead_ms_p50", float("nan")), "tokens": done["tokens"],
-            "mono_decode_tok_s": base["decode_tok_s"], "mono_prefill_s": base["prefill_s"]}
+    return {
+        "prefill_s": t["prefill_s"],
+        "decode_tok_s": (new_tokens - 1) / t["decode_s"],
+        "hop_ms": t.get("hop_overhead_ms_p50", float("nan")),
+        "tokens": done["tokens"],
+        "mono_decode_tok_s": base["decode_tok_s"],
+        "mono_prefill_s": base["prefill_s"],
+    }
 
 
 def generate(http: httpx.Client, model: str, prompt: torch.Tensor, new_tokens: int) -> dict[str, Any]:
     # ignore_eos: a real model would stop at its end-of-sequence token; the benchmark decodes a fixed count.
-    body = {"model": model, "prompt_ids": prompt.tolist(), "max_new_tokens": new_tokens, "stream": True,
-            "ignore_eos": True}
+    body = {
+        "model": model,
+        "prompt_ids": prompt.tolist(),
+        "max_new_tokens": new_tokens,
+        "stream": True,
+        "ignore_eos": True,
+    }
     last = None
     with http.stream("POST", "/v1/inference", params={"format": "ndjson"}, json=body) as response:
         if response.status_code >= 400:
@@ -214,8 +269,15 @@ def generate(http: httpx.Client, model: str, prompt: torch.Tensor, new_tokens: i
     return last
 
 
-def section(args: argparse.Namespace, mono: dict[str, float], rows: dict[int, dict[str, float]], prompt_len: int,
-            exact: bool, command: str, params_m: float) -> str:
+def section(
+    args: argparse.Namespace,
+    mono: dict[str, float],
+    rows: dict[int, dict[str, float]],
+    prompt_len: int,
+    exact: bool,
+    command: str,
+    params_m: float,
+) -> str:
     machine = f"`nproc` = {os.cpu_count()}, `uname -m` = {platform.machine()}, torch {torch.__version__}"
     lines = [
         "## Pipeline",
@@ -240,9 +302,11 @@ def section(args: argparse.Namespace, mono: dict[str, float], rows: dict[int, di
         f"{mono['stage_decode_tok_s'] / mono['decode_tok_s']:.2f}x | {prompt_len / mono['stage_prefill_s']:.0f} | - |",
     ]
     for n, r in rows.items():
-        lines.append(f"| pipeline, {n} worker process{'es' if n > 1 else ''} | {r['decode_tok_s']:.1f} | "
-                     f"{r['mono_decode_tok_s']:.1f} | {r['decode_tok_s'] / r['mono_decode_tok_s']:.2f}x | "
-                     f"{prompt_len / r['prefill_s']:.0f} | {r['hop_ms']:.2f} ms |")
+        lines.append(
+            f"| pipeline, {n} worker process{'es' if n > 1 else ''} | {r['decode_tok_s']:.1f} | "
+            f"{r['mono_decode_tok_s']:.1f} | {r['decode_tok_s'] / r['mono_decode_tok_s']:.2f}x | "
+            f"{prompt_len / r['prefill_s']:.0f} | {r['hop_ms']:.2f} ms |"
+        )
     four = rows.get(4)
     same = "yes" if exact else "NO"
     lines += ["", f"Greedy tokens identical to monolithic `generate` in every pipeline run: {same}."]
@@ -269,8 +333,15 @@ monolithic baseline."""
 REAL_TITLE = "## Pipeline: SmolLM2-135M-Instruct"
 
 
-def real_section(args: argparse.Namespace, mono: dict[str, float], rows: dict[int, dict[str, float]],
-                 prompt_len: int, exact: bool, command: str, params_m: float) -> str:
+def real_section(
+    args: argparse.Namespace,
+    mono: dict[str, float],
+    rows: dict[int, dict[str, float]],
+    prompt_len: int,
+    exact: bool,
+    command: str,
+    params_m: float,
+) -> str:
     machine = f"`nproc` = {os.cpu_count()}, `uname -m` = {platform.machine()}, torch {torch.__version__}"
     lines = [
         REAL_TITLE,
@@ -294,9 +365,11 @@ def real_section(args: argparse.Namespace, mono: dict[str, float], rows: dict[in
         f"{prompt_len / mono['prefill_s']:.0f} | - |",
     ]
     for n, r in rows.items():
-        lines.append(f"| pipeline, {n} worker process{'es' if n > 1 else ''} | {r['decode_tok_s']:.1f} | "
-                     f"{r['mono_decode_tok_s']:.1f} | {r['decode_tok_s'] / r['mono_decode_tok_s']:.2f}x | "
-                     f"{prompt_len / r['prefill_s']:.0f} | {r['hop_ms']:.2f} ms |")
+        lines.append(
+            f"| pipeline, {n} worker process{'es' if n > 1 else ''} | {r['decode_tok_s']:.1f} | "
+            f"{r['mono_decode_tok_s']:.1f} | {r['decode_tok_s'] / r['mono_decode_tok_s']:.2f}x | "
+            f"{prompt_len / r['prefill_s']:.0f} | {r['hop_ms']:.2f} ms |"
+        )
     same = "yes" if exact else "NO"
     lines += ["", f"Greedy tokens identical to monolithic `generate` in every pipeline run: {same}."]
     four = rows.get(4)
@@ -316,8 +389,12 @@ def replace_section(text: str, body: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny",
-                        help="tiny: a seeded random Llama of --hidden/--layers; smollm2: the real SmolLM2-135M")
+    parser.add_argument(
+        "--model",
+        choices=["tiny", "smollm2"],
+        default="tiny",
+        help="tiny: a seeded random Llama of --hidden/--layers; smollm2: the real SmolLM2-135M",
+    )
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--prompt", type=int, default=64, help="prompt tokens")
@@ -352,8 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         from market.coordinator.chat import render_chat
 
         question = "Tell me about the history of Paris in a few paragraphs."
-        prompt = torch.tensor([render_chat(load_tokenizer(model_dir), manifest, [{"role": "user",
-                                                                                   "content": question}])])
+        prompt = torch.tensor(
+            [render_chat(load_tokenizer(model_dir), manifest, [{"role": "user", "content": question}])]
+        )
         args.prompt = prompt.shape[1]
     else:
         prompt = torch.randint(3, manifest.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(0))
@@ -361,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.monolithic_only:  # the child process below: same thread settings as the workers
         print(json.dumps(monolithic(model_dir, prompt, args.new_tokens, args.threads, not args.no_stage)))
         return 0
+
     def measure_monolithic(with_stage: bool = True) -> dict[str, float]:
         if real:  # transformers as it runs by default: no thread count set, no OpenMP policy
             env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MKL_"))}
@@ -368,10 +447,29 @@ def main(argv: list[str] | None = None) -> int:
         else:
             env, threads = {**os.environ, **worker_env(args.threads)}, str(args.threads)
         child = subprocess.run(
-            [sys.executable, __file__, "--monolithic-only", "--model", args.model, "--hidden", str(args.hidden),
-             "--layers", str(args.layers), "--prompt", str(args.prompt), "--new-tokens", str(args.new_tokens),
-             "--threads", threads, *([] if with_stage else ["--no-stage"])],
-            env=env, check=True, capture_output=True, text=True)
+            [
+                sys.executable,
+                __file__,
+                "--monolithic-only",
+                "--model",
+                args.model,
+                "--hidden",
+                str(args.hidden),
+                "--layers",
+                str(args.layers),
+                "--prompt",
+                str(args.prompt),
+                "--new-tokens",
+                str(args.new_tokens),
+                "--threads",
+                threads,
+                *([] if with_stage else ["--no-stage"]),
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         return dict(json.loads(child.stdout.strip().splitlines()[-1]))
 
     print("monolithic generate ...", flush=True)
@@ -395,13 +493,26 @@ def main(argv: list[str] | None = None) -> int:
         market = Market(workdir, cache, anvil.url, deployment)
         for n in (int(x) for x in args.stages.split(",")):
             print(f"pipeline with {n} worker processes ...", flush=True)
-            row = pipeline(market, manifest.name, accounts, n, args.layers, prompt, args.new_tokens, args.threads,
-                           workdir, lambda: measure_monolithic(with_stage=False))
+            row = pipeline(
+                market,
+                manifest.name,
+                accounts,
+                n,
+                args.layers,
+                prompt,
+                args.new_tokens,
+                args.threads,
+                workdir,
+                lambda: measure_monolithic(with_stage=False),
+            )
             exact &= row.pop("tokens") == expected
             rows[n] = row
-            print(f"  decode {row['decode_tok_s']:.1f} tok/s vs monolithic {row['mono_decode_tok_s']:.1f} "
-                  f"({row['decode_tok_s'] / row['mono_decode_tok_s']:.2f}x), prefill "
-                  f"{args.prompt / row['prefill_s']:.0f} tok/s, hop {row['hop_ms']:.2f} ms", flush=True)
+            print(
+                f"  decode {row['decode_tok_s']:.1f} tok/s vs monolithic {row['mono_decode_tok_s']:.1f} "
+                f"({row['decode_tok_s'] / row['mono_decode_tok_s']:.2f}x), prefill "
+                f"{args.prompt / row['prefill_s']:.0f} tok/s, hop {row['hop_ms']:.2f} ms",
+                flush=True,
+            )
     finally:
         if market is not None:
             market.stop()

@@ -44,10 +44,18 @@ from worker.stage import Stage  # noqa: E402
 BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
 TITLE = "## Verification: SmolLM2"
 QUESTIONS = [
-    "What is the capital of France?", "What is 2 + 2?", "Name the three primary colours.",
-    "Write a haiku about the sea.", "Who wrote Romeo and Juliet?", "Explain what a CPU does in one sentence.",
-    "Give me three tips for sleeping well.", "What is the boiling point of water?", "Translate 'hello' to French.",
-    "What is photosynthesis?", "Name a famous painter.", "Why is the sky blue?",
+    "What is the capital of France?",
+    "What is 2 + 2?",
+    "Name the three primary colours.",
+    "Write a haiku about the sea.",
+    "Who wrote Romeo and Juliet?",
+    "Explain what a CPU does in one sentence.",
+    "Give me three tips for sleeping well.",
+    "What is the boiling point of water?",
+    "Translate 'hello' to French.",
+    "What is photosynthesis?",
+    "Name a famous painter.",
+    "Why is the sky blue?",
 ]
 
 
@@ -71,8 +79,9 @@ def replay_inputs(record: Recorded, stage: int) -> tuple[torch.Tensor, torch.Ten
     return torch.cat(xs, dim=1), torch.cat(ps, dim=1), torch.cat(ms, dim=1), committed
 
 
-def run(model_dir: Path, jobs: int, batch: int, max_new: int, worker_threads: int, replica_threads: int
-        ) -> dict[str, float]:
+def run(
+    model_dir: Path, jobs: int, batch: int, max_new: int, worker_threads: int, replica_threads: int
+) -> dict[str, float]:
     manifest = load_manifest(model_dir)
     tokenizer = load_tokenizer(model_dir, manifest)
     tol = shipped_model_tolerances()[manifest.name][manifest.dtype]
@@ -95,8 +104,9 @@ def run(model_dir: Path, jobs: int, batch: int, max_new: int, worker_threads: in
             return nxt
 
         torch.set_num_threads(worker_threads)
-        out = run_pipeline_local(workers, prompt, max_new, attention_mask=mask, sample=sample, record=record,
-                                 session_id=f"job{job}")
+        out = run_pipeline_local(
+            workers, prompt, max_new, attention_mask=mask, sample=sample, record=record, session_id=f"job{job}"
+        )
         tokens += int(out.numel())
         # What the worker returned for each call: recompute it exactly as recorded (same calls, same sessions).
         claimed: list[list[torch.Tensor]] = [[], []]
@@ -125,8 +135,14 @@ def run(model_dir: Path, jobs: int, batch: int, max_new: int, worker_threads: in
                     fails_full += not v_full.ok
                     fails_sketch += not v_sketch.ok
                     exact += bool(v_full.metrics.exact_match)
-    return {"checks": checks, "fails_sketch": fails_sketch, "fails_full": fails_full, "exact": exact,
-            "tokens": tokens, "seconds": time.monotonic() - started}
+    return {
+        "checks": checks,
+        "fails_sketch": fails_sketch,
+        "fails_full": fails_full,
+        "exact": exact,
+        "tokens": tokens,
+        "seconds": time.monotonic() - started,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,29 +161,38 @@ def main(argv: list[str] | None = None) -> int:
     for dtype in ("float32", "bfloat16"):
         model_dir, manifest, _ = add_builtin("smollm2", models, dtype=dtype)
         print(f"{manifest.name}: {args.jobs} honest jobs ...", flush=True)
-        results[dtype] = run(model_dir, args.jobs, args.batch, args.max_new_tokens, args.worker_threads,
-                             args.replica_threads)
+        results[dtype] = run(
+            model_dir, args.jobs, args.batch, args.max_new_tokens, args.worker_threads, args.replica_threads
+        )
         print(f"  {results[dtype]}", flush=True)
     lines = [
-        TITLE, "",
+        TITLE,
+        "",
         f"Command: `{command}` — machine: `nproc` = {os.cpu_count()}, `uname -m` = {platform.machine()}, torch "
-        f"{torch.__version__}; load average at start {load:.1f} (shared with other engineers' agents).", "",
+        f"{torch.__version__}; load average at start {load:.1f} (shared with other engineers' agents).",
+        "",
         f"Honest jobs on SmolLM2-135M-Instruct: each a batch of {args.batch} chat prompts (left-padded), two stages "
         f"([0, 15) and [15, 30)), greedy KV-cache decode for {args.max_new_tokens} steps (a sequence past its "
         "end-of-sequence token is fed the pad id, as the coordinator does) at "
         f"{args.worker_threads} thread(s); the verifier's replay is one prefill of the recorded calls in a fresh "
         f"session at {args.replica_threads} threads (as `verify_replay.py` asks a replica). Every committed chunk "
-        "of both stages is judged with the model's shipped tolerance (`market/verifier/tolerances/`).", "",
+        "of both stages is judged with the model's shipped tolerance (`market/verifier/tolerances/`).",
+        "",
         "| dtype | jobs | positions decoded (batch x steps) | chunks checked | failed (sketch, as committed) "
         "| failed (full tensor) | bit-identical |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for dtype, r in results.items():
-        lines.append(f"| {dtype} | {args.jobs} | {r['tokens']} | {r['checks']} | {r['fails_sketch']} | "
-                     f"{r['fails_full']} | {r['exact']} |")
+        lines.append(
+            f"| {dtype} | {args.jobs} | {r['tokens']} | {r['checks']} | {r['fails_sketch']} | "
+            f"{r['fails_full']} | {r['exact']} |"
+        )
     total = sum(r["fails_sketch"] for r in results.values())
-    lines += ["", f"Honest real-model jobs slashed: {'none' if total == 0 else total} "
-                  f"({sum(r['checks'] for r in results.values())} checks)."]
+    lines += [
+        "",
+        f"Honest real-model jobs slashed: {'none' if total == 0 else total} "
+        f"({sum(r['checks'] for r in results.values())} checks).",
+    ]
     body = "\n".join(lines) + "\n"
     print()
     print(body)

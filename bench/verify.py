@@ -84,8 +84,11 @@ def scope(stage: int) -> ChunkScope:
 
 
 def commit_part(out: torch.Tensor, stage: int, account):  # type: ignore[no-untyped-def]
-    commitments = [commit_chunk(scope(stage), chunk_id(seq, pc), out[seq, a:b])
-                   for seq in range(out.shape[0]) for pc, a, b in chunk_bounds(out.shape[1])]
+    commitments = [
+        commit_chunk(scope(stage), chunk_id(seq, pc), out[seq, a:b])
+        for seq in range(out.shape[0])
+        for pc, a, b in chunk_bounds(out.shape[1])
+    ]
     signed = {c.chunk_index: sign_commitment(c, account) for c in commitments}
     return signed, sign_task_root(commitments, account), merkle.MerkleTree([c.leaf for c in commitments])
 
@@ -108,9 +111,16 @@ def verify_job(model, stage_in, parts, account, history) -> tuple[float, int, in
             for c in chunks:
                 pc = c & 0xFFFFFFFF
                 claim = signed[c]
-                v = check_claim(claim, tree.proof(claim.commitment.leaf), replay[pc * 32 : (pc + 1) * 32],
-                                DEFAULT_TOLERANCES["float32"], expected_scope=scope(s), chunk_index=c,
-                                worker=account.address, signed_root=root)
+                v = check_claim(
+                    claim,
+                    tree.proof(claim.commitment.leaf),
+                    replay[pc * 32 : (pc + 1) * 32],
+                    DEFAULT_TOLERANCES["float32"],
+                    expected_scope=scope(s),
+                    chunk_index=c,
+                    worker=account.address,
+                    signed_root=root,
+                )
                 sampled += 1
                 failures += not v.ok
     return cpu() - t0, sampled, failures
@@ -147,9 +157,15 @@ def detection_table(
                 if sampling.sample_segments(seed, [task]):
                     caught += 1
                     break
-        out.append((f, sampling.detection_probability(p, f, chunks_per_job, 1),
-                    sampling.detection_probability(p, f, chunks_per_job, 10), caught / trials,
-                    sampling.detection_probability(p, f, chunks_per_job, 10, 0.1)))
+        out.append(
+            (
+                f,
+                sampling.detection_probability(p, f, chunks_per_job, 1),
+                sampling.detection_probability(p, f, chunks_per_job, 10),
+                caught / trials,
+                sampling.detection_probability(p, f, chunks_per_job, 10, 0.1),
+            )
+        )
     return out
 
 
@@ -161,8 +177,9 @@ def false_positives(model, n_jobs: int) -> tuple[int, int]:  # type: ignore[no-u
     compared = fails = 0
     for j in range(n_jobs):
         lengths = [int(n) for n in torch.randint(20, 130, (3,), generator=g)]
-        inputs = [run_stage(model, embed(model, torch.randint(0, 1024, (1, n), generator=g)), (0, 1))[0]
-                  for n in lengths]
+        inputs = [
+            run_stage(model, embed(model, torch.randint(0, 1024, (1, n), generator=g)), (0, 1))[0] for n in lengths
+        ]
         name = list(drifts)[j % len(drifts)]
         for i, x in enumerate(inputs):
             out = drifts[name](model, inputs, i)
@@ -197,8 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     model = calibration_model(TinyLlamaSpec())
     account = Account.create()
     rows = []
-    for batch, prompt, new in ((4, 64, 64), (8, 128, 128), (8, 256, 256), (16, 256, 256), (32, 256, 256),
-                               (64, 256, 256)):
+    for batch, prompt, new in (
+        (4, 64, 64),
+        (8, 128, 128),
+        (8, 256, 256),
+        (16, 256, 256),
+        (32, 256, 256),
+        (64, 256, 256),
+    ):
         stage_in, _, parts, job_s, commit_s = run_job(model, batch, prompt, new, account)
         chunks = len(parts[0][0])
         for label, history in (("established", ESTABLISHED), ("new", sampling.WorkerHistory())):
@@ -226,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for batch, prompt, new, chunks, label, p, sampled, job_s, commit_s, ver_s, fails in rows:
-        lines.append(f"| {batch} x {prompt} + {new} | {chunks} | {label} | {p:.3f} | {sampled} | {job_s:.2f} | "
-                     f"{commit_s:.3f} | {ver_s:.3f} | {100 * ver_s / job_s:.1f} % | {fails} |")
+        lines.append(
+            f"| {batch} x {prompt} + {new} | {chunks} | {label} | {p:.3f} | {sampled} | {job_s:.2f} | "
+            f"{commit_s:.3f} | {ver_s:.3f} | {100 * ver_s / job_s:.1f} % | {fails} |"
+        )
     established = [r for r in rows if r[4] == "established"]
     shares = [100 * r[9] / r[7] for r in established]
     commit_shares = [100 * r[8] / r[7] for r in rows]
@@ -238,13 +263,17 @@ def main(argv: list[str] | None = None) -> int:
         "p x chunks ~ -ln(0.001) / (0.1 x 10 x 0.9) ~ 7.7 replayed chunks per stage part whatever the job size, so "
         "the verification share of established workers falls as jobs grow: "
         f"{', '.join(f'{s:.1f} %' for s in shares)} over the rows above. The goal (<= 5 % of job compute) is "
-        + (f"met from {met[0]} up." if met else "not met in the measured range. For an established worker the "
-           f"rate stops falling at p = {min(r[5] for r in established):.3f} (the economic rate "
-           "C/((1-r)(R+S)) times its safety factor keeps it there: cheating must not pay), and a replay re-runs "
-           "each sampled sequence's prefix up to the sampled chunk, so on the larger jobs the verification work "
-           f"grows with the job and the share levels off at {min(shares[-3:]):.1f}-{max(shares[-3:]):.1f} % "
-           "instead of falling further. Reaching 5 % needs a larger slash S relative to the cost C (a lower "
-           "economic rate), or replays of chunk-sized windows from a recorded KV state.")
+        + (
+            f"met from {met[0]} up."
+            if met
+            else "not met in the measured range. For an established worker the "
+            f"rate stops falling at p = {min(r[5] for r in established):.3f} (the economic rate "
+            "C/((1-r)(R+S)) times its safety factor keeps it there: cheating must not pay), and a replay re-runs "
+            "each sampled sequence's prefix up to the sampled chunk, so on the larger jobs the verification work "
+            f"grows with the job and the share levels off at {min(shares[-3:]):.1f}-{max(shares[-3:]):.1f} % "
+            "instead of falling further. Reaching 5 % needs a larger slash S relative to the cost C (a lower "
+            "economic rate), or replays of chunk-sized windows from a recorded KV state."
+        )
         + " New or recently failed workers are checked at p >= 0.75 on purpose, which costs more until they have a "
         "verified history. Worker-side commitments (a top-k sketch and an ECDSA signature per 32-token chunk, plus "
         f"the signed root) cost {min(commit_shares):.0f}-{max(commit_shares):.0f} % of this tiny model's job: a "

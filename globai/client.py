@@ -61,8 +61,13 @@ def sign_in(http: httpx.Client, account: LocalAccount, roles: Sequence[str]) -> 
     nonce = check(http.post("/v1/auth/nonce", json={"address": account.address})).json()
     now = datetime.now(UTC)
     message = build_message(
-        domain=nonce["domain"], address=account.address, uri=nonce["uri"], chain_id=nonce["chain_id"],
-        nonce=nonce["nonce"], issued_at=now, expiration_time=now + timedelta(minutes=5),
+        domain=nonce["domain"],
+        address=account.address,
+        uri=nonce["uri"],
+        chain_id=nonce["chain_id"],
+        nonce=nonce["nonce"],
+        issued_at=now,
+        expiration_time=now + timedelta(minutes=5),
     )
     body = {"message": message.to_text(), "signature": sign_message(message, account.key), "roles": list(roles)}
     return str(check(http.post("/v1/auth/verify", json=body)).json()["access_token"])

@@ -85,7 +85,9 @@ app = typer.Typer(
 def _root(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Show tracebacks and debug logs on errors."),
     log_format: str = typer.Option(
-        None, "--log-format", envvar="GLOBAI_LOG_FORMAT",
+        None,
+        "--log-format",
+        envvar="GLOBAI_LOG_FORMAT",
         help="text, or json: one JSON object per line with request/run/job ids (child processes inherit it).",
     ),
 ) -> None:
@@ -134,6 +136,7 @@ def announce_endpoints(args: list[str]) -> None:
     if words[0] not in ANNOUNCE:
         return
     source = f"dev stack {state_path()}" if state is not None else "GLOBAI_* / defaults"
+
     def given(option: str, env: str, default: str) -> str:
         for i, a in enumerate(args):
             if a == option and i + 1 < len(args):

@@ -44,10 +44,12 @@ def index_chain(
 ) -> IndexReport:
     """Index new vault and escrow events (both from their own cursor, `start_block` the first time)."""
     at = now or datetime.now(UTC)
-    stakes = sync_stakes(session, chain, now=at, start_block=start_block, page=page, confirmations=confirmations,
-                         max_pages=max_pages)
-    escrow = sync_escrow(session, chain, now=at, start_block=start_block, page=page, confirmations=confirmations,
-                         max_pages=max_pages)
+    stakes = sync_stakes(
+        session, chain, now=at, start_block=start_block, page=page, confirmations=confirmations, max_pages=max_pages
+    )
+    escrow = sync_escrow(
+        session, chain, now=at, start_block=start_block, page=page, confirmations=confirmations, max_pages=max_pages
+    )
     return IndexReport(stakes=stakes, escrow=escrow)
 
 
@@ -87,8 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     view: ChainView = _SlowView(chain, args.page_delay) if args.page_delay else chain  # type: ignore[arg-type,assignment]
     engine = make_engine(settings.database_url, pool_size=1)
     with make_session_factory(engine)() as session:
-        report = index_chain(session, view, start_block=args.start_block, page=args.page or settings.log_page_blocks,
-                             confirmations=settings.confirmations)
+        report = index_chain(
+            session,
+            view,
+            start_block=args.start_block,
+            page=args.page or settings.log_page_blocks,
+            confirmations=settings.confirmations,
+        )
     log.info("indexed %d new events up to block %d", report.events, report.escrow.to_block)
     engine.dispose()
 

@@ -18,8 +18,8 @@ from worker.options import KeyFileOpt, KeyOpt, MarketOpt, parse_bytes, worker_ac
 if TYPE_CHECKING:
     pass
 
-app = typer.Typer(help="Serve layers of a model to the market and get paid for verified work.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Serve layers of a model to the market and get paid for verified work.", no_args_is_help=True)
+
 
 @app.command()
 def run(
@@ -33,16 +33,28 @@ def run(
     ] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads.", min=1, max=256)] = 1,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
-    cache_dir: Annotated[Path | None, typer.Option(help="Where shards are downloaded (default: var/worker-cache/"
-                                                         "<address>, one per worker on a machine).")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where shards are downloaded (default: var/worker-cache/<address>, one per worker on a machine)."
+        ),
+    ] = None,
     operator: Annotated[
         str | None, typer.Option(help="Operator id (one operator's machines are never each other's replicas).")
     ] = None,
     session_ttl: Annotated[float, typer.Option(help="Idle seconds before a session's KV cache is dropped.")] = 600.0,
     progress: Annotated[bool, typer.Option(help="Show a download progress bar.")] = True,
     rpc: Annotated[str | None, typer.Option(help="Also read this worker's stake from this chain RPC.")] = None,
-    metrics_port: Annotated[int, typer.Option("--metrics-port", envvar="GLOBAI_WORKER_METRICS_PORT", min=0,
-                                              max=65535, help="Serve Prometheus /metrics here (0: off).")] = 0,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-port",
+            envvar="GLOBAI_WORKER_METRICS_PORT",
+            min=0,
+            max=65535,
+            help="Serve Prometheus /metrics here (0: off).",
+        ),
+    ] = 0,
     metrics_host: Annotated[str, typer.Option("--metrics-host", help="Bind address of --metrics-port.")] = "127.0.0.1",
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
@@ -56,9 +68,19 @@ def run(
     if cache_dir is None:  # several workers on one machine must not download into one folder at once
         cache_dir = Path("var/worker-cache") / account.address.lower()
     config = WorkerConfig(
-        market_url=market, account=account, model=model, layers=layers, max_memory=memory, threads=threads,
-        device=device, cache_dir=cache_dir, operator_id=operator, session_ttl_s=session_ttl,
-        max_cache_bytes=(memory // 4) if memory else 1 << 30, show_progress=progress, rpc_url=rpc,
+        market_url=market,
+        account=account,
+        model=model,
+        layers=layers,
+        max_memory=memory,
+        threads=threads,
+        device=device,
+        cache_dir=cache_dir,
+        operator_id=operator,
+        session_ttl_s=session_ttl,
+        max_cache_bytes=(memory // 4) if memory else 1 << 30,
+        show_progress=progress,
+        rpc_url=rpc,
     )
     daemon = WorkerDaemon(config)
     daemon.prepare()
@@ -111,8 +133,14 @@ def status(market: MarketOpt = "http://127.0.0.1:8000", key: KeyOpt = None, key_
         for name in ("job", "kind", "model", "GLB earned", "settled", "settlement tx"):
             table.add_column(name, justify="right" if name == "GLB earned" else "left")
         for r in earned["jobs"]:
-            table.add_row(r["job_id"], r["kind"], r["model"], fmt_glb(r["amount"]), r.get("settled_at") or "-",
-                          r.get("settlement_tx") or "-")
+            table.add_row(
+                r["job_id"],
+                r["kind"],
+                r["model"],
+                fmt_glb(r["amount"]),
+                r.get("settled_at") or "-",
+                r.get("settlement_tx") or "-",
+            )
         Console(width=200).print(table)
 
 
@@ -129,8 +157,10 @@ def _market_get(market: str, key: str | None, key_file: Path | None, *paths: str
     return out[0] if len(out) == 1 else tuple(out)
 
 
-RpcOpt = Annotated[str | None, typer.Option(envvar="GLOBAI_RPC_URL", help="RPC URL (default: the dev stack's chain "
-                                                                            "or the running devnet).")]
+RpcOpt = Annotated[
+    str | None,
+    typer.Option(envvar="GLOBAI_RPC_URL", help="RPC URL (default: the dev stack's chain or the running devnet)."),
+]
 WeiOpt = Annotated[bool, typer.Option("--wei", help="The amount is in wei, not GLB.")]
 
 
@@ -159,8 +189,12 @@ def unstake(
     key_file: KeyFileOpt = None,
     amount: Annotated[str | None, typer.Option(help="GLB to unstake (default: all of it).")] = None,
     wei: WeiOpt = False,
-    withdraw: Annotated[bool, typer.Option("--withdraw", help="Withdraw stake whose unbonding period is over "
-                                                               "(instead of requesting a new unstake).")] = False,
+    withdraw: Annotated[
+        bool,
+        typer.Option(
+            "--withdraw", help="Withdraw stake whose unbonding period is over (instead of requesting a new unstake)."
+        ),
+    ] = False,
     rpc: RpcOpt = None,
     market: MarketOpt = "http://127.0.0.1:8000",
 ) -> None:
@@ -177,8 +211,10 @@ def unstake(
     value = None if amount is None else parse_glb(amount, what="--amount", wei=wei)
     requested, release = staking.unstake(account, amount=value, rpc=rpc, market=market)
     when = datetime.fromtimestamp(release, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    typer.echo(f"unstaking {fmt_glb(requested)}: it unbonds at {when}; then run "
-               f"`globai worker unstake --withdraw` to get it back")
+    typer.echo(
+        f"unstaking {fmt_glb(requested)}: it unbonds at {when}; then run "
+        f"`globai worker unstake --withdraw` to get it back"
+    )
 
 
 @app.command()
@@ -222,18 +258,32 @@ def earnings(
     total_chain = sum(on_chain.values())
     agree = all(r["agrees"] for r in out) and not unknown
     if as_json:
-        typer.echo(json.dumps({"address": account.address, "jobs": out, "credited_on_chain": str(total_chain),
-                               "withdrawn": str(chain["withdrawn"]), "withdrawable": str(chain["withdrawable"]),
-                               "agrees": agree}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "address": account.address,
+                    "jobs": out,
+                    "credited_on_chain": str(total_chain),
+                    "withdrawn": str(chain["withdrawn"]),
+                    "withdrawable": str(chain["withdrawable"]),
+                    "agrees": agree,
+                },
+                indent=2,
+            )
+        )
     else:
         typer.echo(f"{'job':36s}  {'kind':9s}  {'market says':>16s}  {'chain says':>16s}")
         for r in out:
-            typer.echo(f"{r['job_id']:36s}  {r['kind']:9s}  {fmt_glb(r['amount']):>16s}  "
-                       f"{fmt_glb(r['on_chain']):>16s}{'' if r['agrees'] else '  MISMATCH'}")
+            typer.echo(
+                f"{r['job_id']:36s}  {r['kind']:9s}  {fmt_glb(r['amount']):>16s}  "
+                f"{fmt_glb(r['on_chain']):>16s}{'' if r['agrees'] else '  MISMATCH'}"
+            )
         for k, v in unknown.items():
             typer.echo(f"{k[:36]:36s}  {'?':9s}  {'-':>16s}  {fmt_glb(v):>16s}  (not in this market)")
-        typer.echo(f"credited {fmt_glb(total_chain)}, withdrawn {fmt_glb(chain['withdrawn'])}, "
-                   f"withdrawable now {fmt_glb(chain['withdrawable'])} (`globai worker withdraw`)")
+        typer.echo(
+            f"credited {fmt_glb(total_chain)}, withdrawn {fmt_glb(chain['withdrawn'])}, "
+            f"withdrawable now {fmt_glb(chain['withdrawable'])} (`globai worker withdraw`)"
+        )
     if not agree:
         raise ConfigError("the market's earnings and the escrow's events disagree (see the rows above)")
 

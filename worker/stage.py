@@ -230,7 +230,11 @@ class Stage:
         # `generate` drops an all-ones mask; doing the same keeps the attention kernels (and bits) identical.
         mask_arg = None if bool(full_mask.all()) else full_mask
         hidden = self.family.forward(
-            self.modules, inputs, positions=positions, attention_mask=mask_arg, cache=session.cache,
+            self.modules,
+            inputs,
+            positions=positions,
+            attention_mask=mask_arg,
+            cache=session.cache,
             first_layer=self.start,
         )
         session.mask = full_mask
@@ -250,7 +254,11 @@ class Stage:
         if positions is not None:
             positions = positions.to(self.device)
         hidden = self.family.forward(
-            self.modules, inputs, positions=positions, attention_mask=attention_mask, cache=None,
+            self.modules,
+            inputs,
+            positions=positions,
+            attention_mask=attention_mask,
+            cache=None,
             first_layer=self.start,
         )
         if not self.is_last:

@@ -91,20 +91,32 @@ class TrainingClient:
             a = torch.tanh(a @ a)
         tokens_s = 8 * 256 / max(time.perf_counter() - started, 1e-6)
         profile = {
-            "device": "cpu", "memory_bytes": self.memory_bytes, "throughput_tokens_s": round(tokens_s, 1),
-            "bandwidth_bytes_s": 1e8, "latency_ms": 1.0, "reference_layer": "matmul-256",
-            "operator_id": self.operator_id, "models": [TRAINING_MODEL],
+            "device": "cpu",
+            "memory_bytes": self.memory_bytes,
+            "throughput_tokens_s": round(tokens_s, 1),
+            "bandwidth_bytes_s": 1e8,
+            "latency_ms": 1.0,
+            "reference_layer": "matmul-256",
+            "operator_id": self.operator_id,
+            "models": [TRAINING_MODEL],
         }
         reg = self._call("POST", "/v1/workers", json=profile).json()
         if not reg.get("eligible", True):
-            raise MarketError(403, f"worker {self.account.address} is not eligible for work (stake "
-                                   f"{int(reg.get('stake') or 0) / 10**18:g} GLB is below the vault minimum): "
-                                   "stake first with `globai worker stake`")
+            raise MarketError(
+                403,
+                f"worker {self.account.address} is not eligible for work (stake "
+                f"{int(reg.get('stake') or 0) / 10**18:g} GLB is below the vault minimum): "
+                "stake first with `globai worker stake`",
+            )
 
     # -- a task ----------------------------------------------------------------------------------------------------
     def claim(self) -> dict[str, Any] | None:
-        body = {"kinds": ["train"], "models": [TRAINING_MODEL], "layer_ranges": [{"start": 0, "end": 1024}],
-                "memory_bytes": self.memory_bytes}
+        body = {
+            "kinds": ["train"],
+            "models": [TRAINING_MODEL],
+            "layer_ranges": [{"start": 0, "end": 1024}],
+            "memory_bytes": self.memory_bytes,
+        }
         response = self._call("POST", "/v1/tasks/claim", json=body)
         if response.status_code == 204:
             return None
@@ -171,9 +183,16 @@ class TrainingClient:
             config, tensors = self.fetch_checkpoint(job_id, int(p["version"]), p["base_manifest"])
             shard = self.fetch_shard(job_id, r, slot)
             update, metrics = run_inner_steps(
-                tensors, config, shard, int(p["inner_steps"]), float(p["inner_lr"]), int(p["seed"]),
-                batch_size=int(p["batch_size"]), weight_decay=float(p["weight_decay"]),
-                grad_clip=None if p["grad_clip"] is None else float(p["grad_clip"]), num_threads=self.num_threads,
+                tensors,
+                config,
+                shard,
+                int(p["inner_steps"]),
+                float(p["inner_lr"]),
+                int(p["seed"]),
+                batch_size=int(p["batch_size"]),
+                weight_decay=float(p["weight_decay"]),
+                grad_clip=None if p["grad_clip"] is None else float(p["grad_clip"]),
+                num_threads=self.num_threads,
             )
         finally:
             stop.set()
@@ -181,21 +200,54 @@ class TrainingClient:
             update = self.tamper(p, update)
         payload = encode_update(update, parse_codec(p["compression"]))
         sha = payload_digest(payload)
-        scope = UpdateScope(chain_id=int(p["chain_id"]), chain_job_id=p["chain_job_id"], task_id=task["id"],
-                            round=r, slot=slot, job_nonce=p["job_nonce"], base_checkpoint=p["base_manifest"])
-        params = {"lease_id": lease_id, "signature": sign_update(scope, sha, self.account),
-                  "loss_start": metrics.loss_start, "loss_end": metrics.loss_end}
-        receipt = self._call("POST", f"/v1/training/tasks/{task['id']}/update", params=params, content=payload,
-                             headers={"Content-Type": "application/octet-stream"}).json()
-        return TaskOutcome(task["id"], job_id, r, slot, p.get("replay_of") is not None, bool(receipt["accepted"]),
-                           sha, metrics, self.bytes_down - down0, len(payload))
+        scope = UpdateScope(
+            chain_id=int(p["chain_id"]),
+            chain_job_id=p["chain_job_id"],
+            task_id=task["id"],
+            round=r,
+            slot=slot,
+            job_nonce=p["job_nonce"],
+            base_checkpoint=p["base_manifest"],
+        )
+        params = {
+            "lease_id": lease_id,
+            "signature": sign_update(scope, sha, self.account),
+            "loss_start": metrics.loss_start,
+            "loss_end": metrics.loss_end,
+        }
+        receipt = self._call(
+            "POST",
+            f"/v1/training/tasks/{task['id']}/update",
+            params=params,
+            content=payload,
+            headers={"Content-Type": "application/octet-stream"},
+        ).json()
+        return TaskOutcome(
+            task["id"],
+            job_id,
+            r,
+            slot,
+            p.get("replay_of") is not None,
+            bool(receipt["accepted"]),
+            sha,
+            metrics,
+            self.bytes_down - down0,
+            len(payload),
+        )
 
     def run_once(self) -> TaskOutcome | None:
         lease = self.claim()
         return None if lease is None else self.run_task(lease)
 
-    def run(self, stop: threading.Event, *, idle_s: float = 1.0, max_tasks: int | None = None,
-            on_task: Callable[[TaskOutcome], None] | None = None, max_refusals: int = 4) -> int:
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        idle_s: float = 1.0,
+        max_tasks: int | None = None,
+        on_task: Callable[[TaskOutcome], None] | None = None,
+        max_refusals: int = 4,
+    ) -> int:
         """Claim and run tasks until `stop` is set (or `max_tasks` done); returns how many were done."""
         done = 0
         refusals = 0  # consecutive 401/403: a lost stake or a ban ends the loop (with the reason), not a retry
@@ -206,8 +258,9 @@ class TrainingClient:
                 if isinstance(exc, MarketError) and exc.status in (401, 403):
                     refusals += 1
                     if refusals > max_refusals:
-                        raise MarketError(exc.status, f"refused {refusals} times in a row, giving up: "
-                                                      f"{exc.detail}") from None
+                        raise MarketError(
+                            exc.status, f"refused {refusals} times in a row, giving up: {exc.detail}"
+                        ) from None
                     stop.wait(min(idle_s * 2 ** (refusals - 1), 10.0))
                     continue
                 log.warning("training task failed: %s", exc)

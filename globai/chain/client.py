@@ -60,7 +60,12 @@ class ChainClient:
     """A connection to one EVM RPC endpoint."""
 
     def __init__(
-        self, rpc_url: str, *, timeout: float = 30.0, retries: int = 4, poll_interval: float = 0.02,
+        self,
+        rpc_url: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 4,
+        poll_interval: float = 0.02,
         tx_lock: Callable[[str], AbstractContextManager[Any]] | None = None,
     ):
         """`tx_lock(address)`: a lock shared by every process sending from that address (`redis_tx_lock`); while
@@ -340,5 +345,5 @@ def _canonical_type(inp: dict[str, Any]) -> str:
     kind = str(inp["type"])
     if kind.startswith("tuple"):
         inner = ",".join(_canonical_type(c) for c in inp.get("components", []))
-        return f"({inner}){kind[len('tuple'):]}"
+        return f"({inner}){kind[len('tuple') :]}"
     return kind

@@ -172,8 +172,12 @@ class Web3Operator:
         self, *, worker: str, amount: int, chain_job_id: bytes, evidence: bytes, requester: str, finder: str
     ) -> Slash:
         fn = self.vault.functions.slash(
-            to_checksum_address(worker), amount, chain_job_id, evidence,
-            to_checksum_address(requester), to_checksum_address(finder),
+            to_checksum_address(worker),
+            amount,
+            chain_job_id,
+            evidence,
+            to_checksum_address(requester),
+            to_checksum_address(finder),
         )
         try:
             receipt = self.client.transact(fn, self.account)
@@ -187,7 +191,10 @@ class Web3Operator:
     def find_slash(self, *, worker: str, chain_job_id: bytes, from_block: int) -> Slash | None:
         who = to_checksum_address(worker)
         for ev in self.client.get_logs([self.vault], from_block):
-            if (ev.name == "Slashed" and ev.args["jobId"] == chain_job_id
-                    and to_checksum_address(ev.args["worker"]) == who):
+            if (
+                ev.name == "Slashed"
+                and ev.args["jobId"] == chain_job_id
+                and to_checksum_address(ev.args["worker"]) == who
+            ):
                 return Slash(ev.tx_hash, ev.block_number, int(ev.args["amount"]))
         return None

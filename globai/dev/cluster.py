@@ -139,7 +139,8 @@ class Cluster:
         binary = self.redis.proc.args[0] if isinstance(self.redis.proc.args, list) else self.redis.proc.args
         proc = subprocess.Popen(
             [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_port(port, proc=proc)
         self.redis = Service(self.redis.url, proc)

@@ -29,6 +29,7 @@ from globai.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+
 def start_anvil(port: int, paths: DevnetPaths) -> int:
     """Start Anvil detached (it outlives this command) with persisted state; return its pid."""
     if port_open(port):
@@ -71,8 +72,11 @@ def ensure_deployed(client: ChainClient, paths: DevnetPaths) -> tuple[Deployment
         stale = bool(deployment.artifacts_hash) and deployment.artifacts_hash != artifacts_hash()
         if deployment_is_live(client, deployment) and not stale:
             return deployment, False
-        log.warning("recorded deployment on chain %s is %s; deploying again", chain_id,
-                    "of other contract sources" if stale else "without code")
+        log.warning(
+            "recorded deployment on chain %s is %s; deploying again",
+            chain_id,
+            "of other contract sources" if stale else "without code",
+        )
     admin = dev_accounts(1)[0]
     deployment = deploy_all(client, admin=admin, treasury=admin)
     deployment.save(path)

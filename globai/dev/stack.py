@@ -138,8 +138,9 @@ def spawn(name: str, args: list[str], *, env: dict[str, str], logs: Path) -> sub
     """Start `args` detached (its own session: it outlives this command), output to logs/<name>.log."""
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "ab") as out:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
 
 def stop_pid(pid: int, *, timeout: float = 5.0) -> bool:
@@ -191,16 +192,22 @@ def up(
 
     client = ChainClient(rpc)
     genesis = genesis_hash(client)
-    say(f"      {rpc} chain {record.chain_id} ({'started' if devnet_started else 'reused'}"
-        f"{', contracts deployed' if deployed else ''})")
+    say(
+        f"      {rpc} chain {record.chain_id} ({'started' if devnet_started else 'reused'}"
+        f"{', contracts deployed' if deployed else ''})"
+    )
 
     say("[2/5] private Redis...")
     binary = shutil.which("redis-server")
     if binary is None:
         raise ConfigError("redis-server not found: install it (apt-get install redis-server)")
     redis_port = free_port()
-    redis = spawn("redis", [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no"], env=dict(os.environ), logs=logs)
+    redis = spawn(
+        "redis",
+        [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        env=dict(os.environ),
+        logs=logs,
+    )
     wait_port(redis_port, timeout=10, proc=redis)
     say(f"      redis://127.0.0.1:{redis_port}/0 (ours alone; stopped by `globai dev down`)")
 
@@ -211,8 +218,13 @@ def up(
             Path(f"{db}{suffix}").unlink(missing_ok=True)
     database_url = f"sqlite:///{db.resolve()}"
     # the market's own command migrates it (this package imports nothing from `market`)
-    migrated = subprocess.run(globai_command("market", "migrate"), capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "GLOBAI_DATABASE_URL": database_url})
+    migrated = subprocess.run(
+        globai_command("market", "migrate"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "GLOBAI_DATABASE_URL": database_url},
+    )
     if migrated.returncode != 0:
         raise ConfigError(f"migrating {database_url} failed: {migrated.stderr.strip()[-400:]}")
     say(f"      {database_url}")
@@ -223,12 +235,21 @@ def up(
             raise ConfigError(f"port {mport} is in use by another process; choose another with --market-port")
         mport = free_port()
     state = StackState(
-        var=str(var.resolve()), rpc_url=rpc, chain_id=record.chain_id, genesis_hash=genesis, token=record.token,
-        vault=record.vault, escrow=record.escrow, first_block=record.first_block,
-        redis_url=f"redis://127.0.0.1:{redis_port}/0", market_url=f"http://127.0.0.1:{mport}",
-        database_url=database_url, models_dir=str((var / "models").resolve()),
+        var=str(var.resolve()),
+        rpc_url=rpc,
+        chain_id=record.chain_id,
+        genesis_hash=genesis,
+        token=record.token,
+        vault=record.vault,
+        escrow=record.escrow,
+        first_block=record.first_block,
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        market_url=f"http://127.0.0.1:{mport}",
+        database_url=database_url,
+        models_dir=str((var / "models").resolve()),
         auth_secret=old.auth_secret if old is not None else secrets.token_hex(32),
-        devnet_started=devnet_started or (old is not None and old.devnet_started), pids={"redis": redis.pid},
+        devnet_started=devnet_started or (old is not None and old.devnet_started),
+        pids={"redis": redis.pid},
     )
     Path(state.models_dir).mkdir(parents=True, exist_ok=True)
     state.save(path)
@@ -245,15 +266,30 @@ def up(
 
     say("[5/5] Celery worker (verification, settlement, indexer) and beat...")
     state.pids["celery-worker"] = spawn(
-        "celery-worker", globai_command("market", "celery-worker", "--pool", "solo", "--loglevel", "INFO",
-                                     # one local worker: no peers to sync with; stops in < 2 s on SIGTERM
-                                     "--without-gossip", "--without-mingle", "--without-heartbeat"),
-        env=env, logs=logs).pid
+        "celery-worker",
+        globai_command(
+            "market",
+            "celery-worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "INFO",
+            # one local worker: no peers to sync with; stops in < 2 s on SIGTERM
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ),
+        env=env,
+        logs=logs,
+    ).pid
     for p in var.glob("celerybeat-schedule*"):
         p.unlink()
     state.pids["celery-beat"] = spawn(
-        "celery-beat", globai_command("market", "celery-beat", "--schedule", str(var / "celerybeat-schedule"),
-                                   "--loglevel", "INFO"), env=env, logs=logs).pid
+        "celery-beat",
+        globai_command("market", "celery-beat", "--schedule", str(var / "celerybeat-schedule"), "--loglevel", "INFO"),
+        env=env,
+        logs=logs,
+    ).pid
     state.save(path)
     return state
 
@@ -274,8 +310,10 @@ def down(*, say: Callable[[str], None] = lambda _m: None, keep_devnet: bool = Fa
     if state.devnet_started and not keep_devnet:
         from globai.dev import devnet
 
-        say(f"{'devnet':14s} {'stopped' if devnet.stop_anvil(devnet.DevnetPaths()) else 'was not running'} "
-            "(its chain state is kept)")
+        say(
+            f"{'devnet':14s} {'stopped' if devnet.stop_anvil(devnet.DevnetPaths()) else 'was not running'} "
+            "(its chain state is kept)"
+        )
         state.devnet_started = False
     state.save(path)
     return True

@@ -71,8 +71,9 @@ def gguf_to_checkpoint(gguf_file: Path, out_dir: Path) -> Path:
         state.pop("lm_head.weight", None)  # the same tensor as the embedding: stored once
     missing, unexpected = plain.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
-        raise UnsupportedModelError(f"GGUF weights do not fit {type(plain).__name__}: "
-                                    f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise UnsupportedModelError(
+            f"GGUF weights do not fit {type(plain).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     plain.tie_weights()
     del loaded, state
 

@@ -163,8 +163,12 @@ def _generation(src: Path, config: dict[str, Any]) -> Generation | None:
         return found[0] if found else None
 
     eos = ids(gen.get("eos_token_id", config.get("eos_token_id")))
-    return Generation(eos_token_ids=sorted(set(eos)), bos_token_id=one("bos_token_id"),
-                      pad_token_id=one("pad_token_id"), chat_template=template)
+    return Generation(
+        eos_token_ids=sorted(set(eos)),
+        bos_token_id=one("bos_token_id"),
+        pad_token_id=one("pad_token_id"),
+        chat_template=template,
+    )
 
 
 # Called once per shard written: (shard name, index from 1, total).
@@ -220,8 +224,9 @@ def import_checkpoint(
             head_extra[head_key] = fh.get_tensor(embed_checkpoint_key).contiguous()
     shards = []
     for index, shard_name in enumerate(sorted(expected), start=1):
-        shards.append(_write_shard(out, shard_name, plan.get(shard_name, []),
-                                   head_extra if shard_name == HEAD else {}, dtype))
+        shards.append(
+            _write_shard(out, shard_name, plan.get(shard_name, []), head_extra if shard_name == HEAD else {}, dtype)
+        )
         if progress is not None:
             progress(shard_name, index, len(expected))
 
@@ -294,8 +299,9 @@ def recast(
         (out / file.path).write_bytes(read_verified(src_dir, file))
         tokenizer.append(file_entry(out, file.path))
     config = {**source.config, "dtype": dtype} if "dtype" in source.config else source.config
-    manifest = source.model_copy(update={"name": name, "dtype": dtype, "config": config, "shards": shards,
-                                         "tokenizer": tokenizer})
+    manifest = source.model_copy(
+        update={"name": name, "dtype": dtype, "config": config, "shards": shards, "tokenizer": tokenizer}
+    )
     manifest = Manifest.model_validate(manifest.model_dump())
     save_manifest(manifest, out)
     return manifest

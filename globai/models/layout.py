@@ -54,4 +54,3 @@ class FamilyLayout:
 
     def layer_prefix_of(self, index: int) -> str:
         return f"{self.layer_prefix}{index}."
-

@@ -84,7 +84,13 @@ def build_tiny_llama(
 ) -> Manifest:
     """A tiny Llama (see `build_tiny_model`)."""
     return build_tiny_model(
-        out, family="llama", hidden=hidden, layers=layers, seed=seed, vocab_size=vocab_size, dtype=dtype,
+        out,
+        family="llama",
+        hidden=hidden,
+        layers=layers,
+        seed=seed,
+        vocab_size=vocab_size,
+        dtype=dtype,
         overwrite=overwrite,
     )
 

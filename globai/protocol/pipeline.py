@@ -102,8 +102,11 @@ class StageLimits:
         else:
             validate_tensor(inputs, expected_dtype=self.dtype, expected_shape=self._states_ok)
         batch, tokens = int(inputs.shape[0]), int(inputs.shape[1])
-        validate_tensor(positions, expected_dtype=torch.int64,
-                        expected_shape=lambda s: len(s) == 2 and s[0] in (1, batch) and s[1] == tokens)
+        validate_tensor(
+            positions,
+            expected_dtype=torch.int64,
+            expected_shape=lambda s: len(s) == 2 and s[0] in (1, batch) and s[1] == tokens,
+        )
         if len(tensors) == 3:
             validate_tensor(tensors[2], expected_dtype=torch.int64, expected_shape=(batch, tokens))
 

@@ -120,8 +120,16 @@ def sent_digest(scope: ChunkScope, step: int, first_position: int, output_sha256
     _check_bytes32("output_sha256", output_sha256)
     body = abi_encode(
         ["uint256", "bytes32", "bytes32", "uint32", "uint64", "uint64", "bytes32", "bytes32"],
-        [scope.chain_id, scope.job_id, scope.task_id, scope.stage, step, first_position, scope.job_nonce,
-         output_sha256],
+        [
+            scope.chain_id,
+            scope.job_id,
+            scope.task_id,
+            scope.stage,
+            step,
+            first_position,
+            scope.job_nonce,
+            output_sha256,
+        ],
     )
     return keccak(SENT_TAG + body)
 

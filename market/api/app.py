@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import cast
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
@@ -77,9 +78,13 @@ def create_app(
         if engine is None
         else engine
     )
-    view = chain_view_from_settings(settings) if chain is _UNSET else chain
+    view = chain_view_from_settings(settings) if chain is _UNSET else cast("ChainView | None", chain)
     ctx = build_context(
-        settings, engine=db, session_factory=make_session_factory(db), chain=view, clock=clock  # type: ignore[arg-type]
+        settings,
+        engine=db,
+        session_factory=make_session_factory(db),
+        chain=view,
+        clock=clock,  # type: ignore[arg-type]
     )
 
     @asynccontextmanager
@@ -107,11 +112,25 @@ def create_app(
     install_error_handlers(app)
     # Registration order is matching order: fixed paths (/v1/jobs/{id}/result, /v1/workers/me/summary) before
     # the routers whose path parameters would swallow them.
-    for module in (health, auth, workers, job_results, jobs, tasks, audit, models, worker_ws, worker_summary,
-                   inference, verification, training_routes):
+    for module in (
+        health,
+        auth,
+        workers,
+        job_results,
+        jobs,
+        tasks,
+        audit,
+        models,
+        worker_ws,
+        worker_summary,
+        inference,
+        verification,
+        training_routes,
+    ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
-    app.include_router(credits.router, responses={**ERROR_RESPONSES, 402: {"model": ErrorOut,
-                                                                         "description": "insufficient quota"}})
+    app.include_router(
+        credits.router, responses={**ERROR_RESPONSES, 402: {"model": ErrorOut, "description": "insufficient quota"}}
+    )
     app.include_router(openai_v1.router, responses=OPENAI_RESPONSES)  # OpenAI's error shape (market/oai/)
     install_openai_errors(app)
     app.include_router(dashboard.router, responses=ERROR_RESPONSES)  # public: the dashboard's data
@@ -119,11 +138,16 @@ def create_app(
     web.install(app)  # /dashboard: page + static ES modules
     # Outermost first: oversized bodies are refused before they count against anyone's rate limit.
     app.add_middleware(
-        RateLimit, rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst, secret=ctx.policy.secret,
+        RateLimit,
+        rate_per_s=settings.rate_limit_per_s,
+        burst=settings.rate_limit_burst,
+        secret=ctx.policy.secret,
         redis_url=settings.redis_url if settings.rate_limit_shared else None,
     )
     app.add_middleware(
-        BodySizeLimit, max_bytes=settings.max_body_bytes, path_limits=training_routes.upload_limits(settings),
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        path_limits=training_routes.upload_limits(settings),
         secret=ctx.policy.secret,
     )
     app.add_middleware(Observability)  # outermost: request id, request metrics and access log for every answer

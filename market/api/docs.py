@@ -30,8 +30,10 @@ def install_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
         if assets is None:
-            return HTMLResponse('<p>Swagger UI assets are not installed (pip install swagger-ui-bundle-v2); the '
-                                'schema is at <a href="/openapi.json">/openapi.json</a>.</p>')
+            return HTMLResponse(
+                "<p>Swagger UI assets are not installed (pip install swagger-ui-bundle-v2); the "
+                'schema is at <a href="/openapi.json">/openapi.json</a>.</p>'
+            )
         return get_swagger_ui_html(
             openapi_url=app.openapi_url or "/openapi.json",
             title=f"{app.title} - API docs",

@@ -78,8 +78,9 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own errors (unknown route 404, wrong method 405, ...) in the documented {error, detail} shape."""
     assert isinstance(exc, StarletteHTTPException)
     phrase = HTTPStatus(exc.status_code).phrase if exc.status_code in HTTPStatus._value2member_map_ else "Error"
-    return error_response(exc.status_code, phrase.replace(" ", "").replace("-", ""), str(exc.detail),
-                          dict(exc.headers or {}))
+    return error_response(
+        exc.status_code, phrase.replace(" ", "").replace("-", ""), str(exc.detail), dict(exc.headers or {})
+    )
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

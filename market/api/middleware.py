@@ -40,8 +40,9 @@ async def _send_json(send: Send, status: int, body: dict[str, str], headers: lis
 class BodySizeLimit:
     """Refuse bodies over `max_bytes`: by Content-Length up front, and by counting when it is absent or lies."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, path_limits: dict[str, int] | None = None,
-                 secret: bytes | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, path_limits: dict[str, int] | None = None, secret: bytes | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         # Bulk uploads need a valid token before a byte of their body is read (an anonymous 200 MiB upload must
@@ -59,8 +60,12 @@ class BodySizeLimit:
             return
         limit = self._limit(scope.get("path", ""))
         if limit != self.max_bytes and self.secret is not None and not self._signed_in(scope):
-            await _send_json(send, 401, {"error": "AuthError", "detail": "bulk uploads need a bearer token"},
-                             [(b"www-authenticate", b"Bearer")])
+            await _send_json(
+                send,
+                401,
+                {"error": "AuthError", "detail": "bulk uploads need a bearer token"},
+                [(b"www-authenticate", b"Bearer")],
+            )
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length":
@@ -155,8 +160,16 @@ class RateLimit:
     MAX_KEYS = 100_000
     IP_FACTOR = 4
 
-    def __init__(self, app: ASGIApp, *, rate_per_s: float, burst: int, secret: bytes,
-                 redis_url: str | None = None, prefix: str = "globai:rl:") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        rate_per_s: float,
+        burst: int,
+        secret: bytes,
+        redis_url: str | None = None,
+        prefix: str = "globai:rl:",
+    ) -> None:
         self.app = app
         self.rate = rate_per_s
         self.burst = float(burst)

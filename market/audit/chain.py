@@ -21,6 +21,8 @@ def first_mismatch(result: Reconciliation) -> str | None:
     for account, (expected, actual) in sorted(result.credit_mismatches.items()):
         return f"credited balance of {account} is {actual} but events imply {expected}"
     if result.escrow_donations < 0 or result.vault_donations < 0:
-        return (f"the contracts' events claim more tokens in than the token's transfers show "
-                f"(escrow {result.escrow_donations}, vault {result.vault_donations})")
+        return (
+            f"the contracts' events claim more tokens in than the token's transfers show "
+            f"(escrow {result.escrow_donations}, vault {result.vault_donations})"
+        )
     return None

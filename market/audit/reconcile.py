@@ -57,8 +57,10 @@ class Reconciliation:
             row("StakingVault", self.vault_expected, self.vault_actual),
         ]
         if self.escrow_donations or self.vault_donations:
-            out.append(f"donations (plain transfers in, counted above): JobEscrow {self.escrow_donations} wei, "
-                       f"StakingVault {self.vault_donations} wei")
+            out.append(
+                f"donations (plain transfers in, counted above): JobEscrow {self.escrow_donations} wei, "
+                f"StakingVault {self.vault_donations} wei"
+            )
         for account, (expected, actual) in sorted(self.credit_mismatches.items()):
             out.append(f"credited balance of {account}: events {expected}, contract {actual}  MISMATCH")
         return out
@@ -107,9 +109,11 @@ def reconcile(
         if ev.name == "Transfer" and str(ev.args["to"]).lower() in transfers_in:
             transfers_in[str(ev.args["to"]).lower()] += ev.args["value"]
     escrow_donations = transfers_in[escrow.address.lower()] - sum(
-        ev.args["amount"] for ev in escrow_events if ev.name == "JobFunded")
+        ev.args["amount"] for ev in escrow_events if ev.name == "JobFunded"
+    )
     vault_donations = transfers_in[vault.address.lower()] - sum(
-        ev.args["amount"] for ev in vault_events if ev.name == "Staked")
+        ev.args["amount"] for ev in vault_events if ev.name == "Staked"
+    )
     result = Reconciliation(
         escrow_expected=expected_escrow + max(escrow_donations, 0),
         escrow_actual=client.call(token.functions.balanceOf(escrow.address)),

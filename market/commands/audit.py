@@ -15,8 +15,7 @@ from globai.chain.client import ChainClient
 from globai.chain.deploy import Deployment
 from globai.errors import ConfigError
 
-app = typer.Typer(help="Audit settlements and balances from the chain and the published reports.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Audit settlements and balances from the chain and the published reports.", no_args_is_help=True)
 
 RpcOpt = Annotated[str, typer.Option("--rpc", envvar="GLOBAI_RPC_URL", help="EVM RPC URL (default: the dev stack's).")]
 DeploymentOpt = Annotated[
@@ -64,8 +63,12 @@ def _load_report(source: str) -> Any:
 def job(
     job_id: Annotated[str, typer.Argument(help="The market's job id (UUID).")],
     rpc: RpcOpt,
-    report: Annotated[str | None, typer.Option("--report", help="Report JSON: a file or an http(s) URL (default: "
-                                                                 "the market's /v1/audit/jobs/JOB/report).")] = None,
+    report: Annotated[
+        str | None,
+        typer.Option(
+            "--report", help="Report JSON: a file or an http(s) URL (default: the market's /v1/audit/jobs/JOB/report)."
+        ),
+    ] = None,
     deployment: DeploymentOpt = None,
     escrow: Annotated[str | None, typer.Option("--escrow", help="JobEscrow address (overrides the record).")] = None,
     from_block: Annotated[int | None, typer.Option(help="First block to read events from.")] = None,
@@ -91,8 +94,9 @@ def job(
         _fail(f"report is not about job {job_id}")
     if data["job"].get("chain_job_id") != "0x" + job_id_bytes(job_id).hex():
         _fail("report's chain_job_id is not keccak256 of the job id")
-    result = audit_job(client, client.contract("JobEscrow", escrow), data,
-                       from_block=start if from_block is None else from_block)
+    result = audit_job(
+        client, client.contract("JobEscrow", escrow), data, from_block=start if from_block is None else from_block
+    )
     if not result.ok:
         _fail(result.reason)
     for line in result.lines:

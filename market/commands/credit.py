@@ -51,15 +51,21 @@ def status(
     if not rows:
         typer.echo("no credits: fund one with `globai credit fund AMOUNT_GLB`")
     for c in rows:
-        typer.echo(f"credit {c['id']}: {c['status']} (job {c['job_status']}), funded {_glb(c['funded'])}, "
-                   f"spent {_glb(c['spent'])}, reserved {_glb(c['reserved'])}, available {_glb(c['available'])}")
+        typer.echo(
+            f"credit {c['id']}: {c['status']} (job {c['job_status']}), funded {_glb(c['funded'])}, "
+            f"spent {_glb(c['spent'])}, reserved {_glb(c['reserved'])}, available {_glb(c['available'])}"
+        )
         for k in c["keys"]:
-            typer.echo(f"  key {k['prefix']}… {k['name'] or ''}: {k['requests']} requests, spent {_glb(k['spent'])}, "
-                       f"reserved {_glb(k['reserved'])}")
+            typer.echo(
+                f"  key {k['prefix']}… {k['name'] or ''}: {k['requests']} requests, spent {_glb(k['spent'])}, "
+                f"reserved {_glb(k['reserved'])}"
+            )
         if c.get("settlement"):
             s = c["settlement"]
-            typer.echo(f"  settled: paid {_glb(s['paid'])}, fee {_glb(s['fee'])}, refunded {_glb(s['refunded'])}, "
-                       f"root {s['report_root']}")
+            typer.echo(
+                f"  settled: paid {_glb(s['paid'])}, fee {_glb(s['fee'])}, refunded {_glb(s['refunded'])}, "
+                f"root {s['report_root']}"
+            )
 
 
 @app.command()

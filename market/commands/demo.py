@@ -19,8 +19,11 @@ app = typer.Typer(help="End-to-end demos on embedded defaults (devnet Anvil, SQL
 
 
 @app.command()
-def chain(port: int = typer.Option(None, "--port", help="Devnet port if it is not running (default 8545, or a free "
-                                                          "one when 8545 is taken).")) -> None:
+def chain(
+    port: int = typer.Option(
+        None, "--port", help="Devnet port if it is not running (default 8545, or a free one when 8545 is taken)."
+    ),
+) -> None:
     """The money path: fund → settle → withdraw, refund, slash, and a reconciliation from events."""
     from market.demo.chain_walkthrough import Walkthrough
 
@@ -33,12 +36,15 @@ def chain(port: int = typer.Option(None, "--port", help="Devnet port if it is no
 
 @app.command()
 def run(
-    port: int = typer.Option(None, "--port", help="Devnet port if it is not running (default 8545, or a free one "
-                                                  "when 8545 is taken)."),
+    port: int = typer.Option(
+        None, "--port", help="Devnet port if it is not running (default 8545, or a free one when 8545 is taken)."
+    ),
     var: Annotated[Path, typer.Option("--var", help="Where the demo's DB, blobs, model and logs go.")] = DEMO_VAR,
     tokens: int = typer.Option(64, "--tokens", "-n", help="At most this many tokens per answer."),
     model: str = typer.Option(
-        "smollm2", "--model", help="smollm2 (the real SmolLM2-135M-Instruct, imported once into VAR/models) or "
+        "smollm2",
+        "--model",
+        help="smollm2 (the real SmolLM2-135M-Instruct, imported once into VAR/models) or "
         "tiny (a 4-layer random-weight Llama: fast, gibberish).",
     ),
 ) -> None:

@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="The whole local stack (devnet, private Redis, market, Celery worker + beat) from one state "
-                       "file under var/.", no_args_is_help=True)
+app = typer.Typer(
+    help="The whole local stack (devnet, private Redis, market, Celery worker + beat) from one state file under var/.",
+    no_args_is_help=True,
+)
 
 
 def _say(text: str) -> None:
@@ -18,19 +20,21 @@ def _say(text: str) -> None:
 @app.command()
 def up(
     var: Annotated[Path, typer.Option("--var", help="Where the stack's DB, models, blobs and logs go.")] = Path(
-        "var/dev"),
-    chain_port: Annotated[int | None, typer.Option("--chain-port", help="Devnet port (default 8545, or a free "
-                                                                        "one when 8545 is taken).")] = None,
-    market_port: Annotated[int | None, typer.Option("--market-port", help="Market port (default 8000, or a free "
-                                                                          "one when 8000 is taken).")] = None,
+        "var/dev"
+    ),
+    chain_port: Annotated[
+        int | None, typer.Option("--chain-port", help="Devnet port (default 8545, or a free one when 8545 is taken).")
+    ] = None,
+    market_port: Annotated[
+        int | None, typer.Option("--market-port", help="Market port (default 8000, or a free one when 8000 is taken).")
+    ] = None,
 ) -> None:
     """Start the devnet, a private Redis, the market and Celery (worker + beat); record them in the state file."""
     from globai.dev import stack as devstack
 
     state = devstack.up(var=var, chain_port=chain_port, market_port=market_port, say=_say)
     _show(state)
-    typer.echo(f"every `globai` command now uses this stack ({devstack.state_path()}); "
-               "`globai dev down` stops it")
+    typer.echo(f"every `globai` command now uses this stack ({devstack.state_path()}); `globai dev down` stops it")
 
 
 @app.command()

@@ -72,8 +72,10 @@ def faucet(
         token.functions.transfer(to_checksum_address(address), int(amount * 10**18)), local.dev_accounts(1)[0]
     )
     balance = client.call(token.functions.balanceOf(to_checksum_address(address)))
-    typer.echo(f"sent {amount:,.4f} GLB to {address} (tx {Web3.to_hex(receipt['transactionHash'])}); "
-               f"balance {balance / 10**18:,.4f} GLB")
+    typer.echo(
+        f"sent {amount:,.4f} GLB to {address} (tx {Web3.to_hex(receipt['transactionHash'])}); "
+        f"balance {balance / 10**18:,.4f} GLB"
+    )
 
 
 def _running_rpc() -> str:

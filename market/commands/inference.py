@@ -54,8 +54,15 @@ def run(
             if not models:
                 raise ConfigError("the market serves no models")
             model = str(models[0]["name"])
-        body: dict[str, object] = {"model": model, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                                   "top_p": top_p, "seed": seed, "stream": True, "stop": stop or []}
+        body: dict[str, object] = {
+            "model": model,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "stream": True,
+            "stop": stop or [],
+        }
         if chat:
             body["messages"] = [[{"role": "user", "content": p}] for p in prompts]
         else:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # web3/eth-account and pydantic-settings load only when a com
 
 app = typer.Typer(help="Post, fund and manage jobs as a requester.")
 
+
 def read_spec(spec_file: Path) -> dict[str, Any]:
     """The job spec in `spec_file`, validated as the market will; one-line errors naming the file."""
     from pydantic import ValidationError
@@ -79,8 +80,11 @@ def post(
     }
     created = client.request("POST", "/v1/jobs", json=body)
     _echo(created)
-    typer.echo(f"job {created['job']['id']}: {units} units at {fmt_glb(price_wei)} each, escrow "
-               f"{fmt_glb(budget_wei)}; fund it with `globai job fund {created['job']['id']}`", err=True)
+    typer.echo(
+        f"job {created['job']['id']}: {units} units at {fmt_glb(price_wei)} each, escrow "
+        f"{fmt_glb(budget_wei)}; fund it with `globai job fund {created['job']['id']}`",
+        err=True,
+    )
 
 
 @app.command()
@@ -123,8 +127,10 @@ def result(
         typer.echo(f"slashed: {s['worker']} {fmt_glb(s['amount'])} ({s['status']})")
     if data.get("settlement"):
         st = data["settlement"]
-        typer.echo(f"settled: paid {fmt_glb(st['paid'])}, fee {fmt_glb(st['fee'])}, refunded "
-                   f"{fmt_glb(st['refunded'])}; report root {st['report_root']}")
+        typer.echo(
+            f"settled: paid {fmt_glb(st['paid'])}, fee {fmt_glb(st['fee'])}, refunded "
+            f"{fmt_glb(st['refunded'])}; report root {st['report_root']}"
+        )
 
 
 @app.command("list")
@@ -173,9 +179,11 @@ def cancel(
             _withdraw_credits(client, settings)
             return
         time.sleep(1.0)
-    typer.echo(f"job {job_id} cancelled; the refund of its {fmt_glb(job['funded_amount'])} is sent by the market's "
-               "settlement task (Celery beat, every few seconds): check with `globai job get " + job_id + "`; "
-               f"after the deadline {job['deadline']} `globai job refund {job_id}` takes it back yourself")
+    typer.echo(
+        f"job {job_id} cancelled; the refund of its {fmt_glb(job['funded_amount'])} is sent by the market's "
+        "settlement task (Celery beat, every few seconds): check with `globai job get " + job_id + "`; "
+        f"after the deadline {job['deadline']} `globai job refund {job_id}` takes it back yourself"
+    )
 
 
 def _withdraw_credits(client: MarketClient, settings: Settings) -> int:
@@ -190,8 +198,10 @@ def _withdraw_credits(client: MarketClient, settings: Settings) -> int:
         typer.echo("nothing credited to withdraw")
         return 0
     receipt = chain.transact(escrow.functions.withdraw(), client.account)
-    typer.echo(f"withdrew {fmt_glb(owed)} from the escrow to {client.account.address} "
-               f"(tx 0x{bytes(receipt['transactionHash']).hex().removeprefix('0x')})")
+    typer.echo(
+        f"withdrew {fmt_glb(owed)} from the escrow to {client.account.address} "
+        f"(tx 0x{bytes(receipt['transactionHash']).hex().removeprefix('0x')})"
+    )
     return owed
 
 
@@ -220,19 +230,24 @@ def refund(
     job_key = bytes.fromhex(escrow["job_id"][2:])
     now = int(chain.w3.eth.get_block("latest")["timestamp"])
     if now <= int(escrow["deadline"]):
-        raise ConfigError(f"job {job_id}'s deadline is in {(int(escrow['deadline']) - now) / 3600:.1f} h; before it, "
-                          f"`globai job cancel {job_id}` refunds through the market")
+        raise ConfigError(
+            f"job {job_id}'s deadline is in {(int(escrow['deadline']) - now) / 3600:.1f} h; before it, "
+            f"`globai job cancel {job_id}` refunds through the market"
+        )
     try:
         receipt = chain.transact(contract.functions.refund(job_key), client.account)
     except ContractReverted as exc:
         if exc.error == "JobEscrowNotFunded":
-            raise ConfigError(f"job {job_id} is not refundable: it was never funded, or it is already settled or "
-                              "refunded") from None
+            raise ConfigError(
+                f"job {job_id} is not refundable: it was never funded, or it is already settled or refunded"
+            ) from None
         raise
     events = chain.events(receipt, contract)
     amount = sum(int(e.args["amount"]) for e in events if e.name == "JobRefunded")
-    typer.echo(f"refunded {fmt_glb(amount)} to {client.account.address} "
-               f"(tx 0x{bytes(receipt['transactionHash']).hex().removeprefix('0x')})")
+    typer.echo(
+        f"refunded {fmt_glb(amount)} to {client.account.address} "
+        f"(tx 0x{bytes(receipt['transactionHash']).hex().removeprefix('0x')})"
+    )
 
 
 # `globai job train post|watch|download`: DiLoCo training jobs (market/commands/job_train.py).

@@ -47,8 +47,9 @@ def post(
     data: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Training text (.txt) or JSONL.")],
     price: Annotated[str, typer.Option("--price", help="GLB per inner step of one task, e.g. 0.0001.")],
     wei: Annotated[bool, typer.Option("--wei", help="--price is in wei, not GLB.")] = False,
-    spec_file: Annotated[Path | None, typer.Option("--spec", exists=True, dir_okay=False,
-                                                   help="JSON TrainingJobSpec fields.")] = None,
+    spec_file: Annotated[
+        Path | None, typer.Option("--spec", exists=True, dir_okay=False, help="JSON TrainingJobSpec fields.")
+    ] = None,
     rounds: int = typer.Option(None, "--rounds", help="R (default 10)."),
     workers: int = typer.Option(None, "--workers", help="W tasks per round (default 4)."),
     inner_steps: int = typer.Option(None, "--inner-steps", help="H AdamW steps per task (default 50)."),
@@ -63,25 +64,42 @@ def post(
     key_file: Path = KeyOpt,
 ) -> None:
     """Upload the dataset and post a training job; prints the job (and funds it with --fund)."""
-    overrides = {"rounds": rounds, "workers_per_round": workers, "inner_steps": inner_steps,
-                 "min_updates": min_updates, "round_timeout_s": round_timeout, "compression": compression, "seed": seed}
+    overrides = {
+        "rounds": rounds,
+        "workers_per_round": workers,
+        "inner_steps": inner_steps,
+        "min_updates": min_updates,
+        "round_timeout_s": round_timeout,
+        "compression": compression,
+        "seed": seed,
+    }
     from globai.amounts import fmt_glb, parse_glb
 
     price_wei = parse_glb(price, what="--price", wei=wei)
     spec = build_spec(data, spec_file, overrides)
     settings, client = _client(market, key_file)
-    ds = client.raw("POST", "/v1/training/datasets", content=data.read_bytes(),
-              headers={"Content-Type": "application/octet-stream"}).json()
+    ds = client.raw(
+        "POST", "/v1/training/datasets", content=data.read_bytes(), headers={"Content-Type": "application/octet-stream"}
+    ).json()
     units = spec["rounds"] * spec["workers_per_round"] * spec["inner_steps"]
     from market.training.jobs import replay_budget
 
     budget = replay_budget(price_wei, units, verify_rate)
-    body = {"spec": spec, "dataset_sha256": ds["sha256"], "budget": str(budget), "price_per_unit": str(price_wei),
-            "verify_rate": verify_rate, "deadline": (datetime.now(UTC) + timedelta(hours=hours)).isoformat()}
+    body = {
+        "spec": spec,
+        "dataset_sha256": ds["sha256"],
+        "budget": str(budget),
+        "price_per_unit": str(price_wei),
+        "verify_rate": verify_rate,
+        "deadline": (datetime.now(UTC) + timedelta(hours=hours)).isoformat(),
+    }
     created = client.request("POST", "/v1/training/jobs", json=body)
     job_id = created["job"]["id"]
-    typer.echo(f"job {job_id}: {spec['rounds']} rounds x {spec['workers_per_round']} tasks x "
-               f"{spec['inner_steps']} steps on {ds['bytes']} bytes, budget {fmt_glb(budget)}", err=True)
+    typer.echo(
+        f"job {job_id}: {spec['rounds']} rounds x {spec['workers_per_round']} tasks x "
+        f"{spec['inner_steps']} steps on {ds['bytes']} bytes, budget {fmt_glb(budget)}",
+        err=True,
+    )
     if fund_it:
         _echo(fund_job(settings, client, job_id))
     else:
@@ -119,12 +137,16 @@ def watch(
                 _echo(p)
         elif len(applied) != shown:
             if shown < 0:
-                typer.echo(f"job {job_id}  R={p['rounds']} W={p['workers_per_round']}  "
-                           f"initial held-out loss {_fmt(p['eval_loss'][0])}")
+                typer.echo(
+                    f"job {job_id}  R={p['rounds']} W={p['workers_per_round']}  "
+                    f"initial held-out loss {_fmt(p['eval_loss'][0])}"
+                )
                 typer.echo("round  close            updates  excluded  held-out loss  worker loss")
-            for r in applied[max(shown, 0):]:
-                typer.echo(f"{r['round']:>5}  {r['close_state'] or '-':<15}  {r['updates']:>7}  {r['excluded']:>8}  "
-                           f"{_fmt(r['eval_loss']):>13}  {_fmt(r['worker_loss']):>11}")
+            for r in applied[max(shown, 0) :]:
+                typer.echo(
+                    f"{r['round']:>5}  {r['close_state'] or '-':<15}  {r['updates']:>7}  {r['excluded']:>8}  "
+                    f"{_fmt(r['eval_loss']):>13}  {_fmt(r['worker_loss']):>11}"
+                )
             shown = len(applied)
         if once or p["status"] != "running":
             break

@@ -55,7 +55,9 @@ def serve(
     port: int = typer.Option(None, help="Port (default: GLOBAI_PORT)."),
     workers: int = typer.Option(None, help="Server processes (default: GLOBAI_WORKERS)."),
     metrics_dir: str = typer.Option(
-        None, "--metrics-dir", envvar="PROMETHEUS_MULTIPROC_DIR",
+        None,
+        "--metrics-dir",
+        envvar="PROMETHEUS_MULTIPROC_DIR",
         help="Prometheus multi-process directory (default with --workers > 1: var/metrics-<port>); emptied at start.",
     ),
 ) -> None:
@@ -82,8 +84,11 @@ def serve(
             os.environ[f"GLOBAI_{key.upper()}"] = value
     bind_host, bind_port = host or settings.host, port or settings.port
     scheme = "https" if settings.ssl_certfile else "http"
-    typer.echo(f"market starting at {scheme}://{bind_host}:{bind_port} (OpenAPI at /docs); database "
-               f"{settings.database_url}; chain {settings.rpc_url}", err=True)
+    typer.echo(
+        f"market starting at {scheme}://{bind_host}:{bind_port} (OpenAPI at /docs); database "
+        f"{settings.database_url}; chain {settings.rpc_url}",
+        err=True,
+    )
     uvicorn.run(
         "market.api.asgi:app_factory",
         factory=True,
@@ -200,7 +205,6 @@ def openapi() -> None:
 
     settings = Settings(database_url="sqlite:///:memory:")
     typer.echo(json.dumps(create_app(settings, chain=None).openapi(), indent=2))
-
 
 
 class MarketUnavailable(GlobaiError):

@@ -22,8 +22,13 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a model already
 
 @app.command("build-tiny")
 def build_tiny(
-    out: Annotated[Path | None, typer.Option("--out", help="Directory for the model (default: <models dir>/<its "
-                                                          "name>, the folder the market serves from).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Directory for the model (default: <models dir>/<its name>, the folder the market serves from).",
+        ),
+    ] = None,
     family: Annotated[
         str, typer.Option(help="Model family: llama, qwen2, mistral, phi3, gemma, gpt2 (any decoder family).")
     ] = "llama",
@@ -54,8 +59,14 @@ def _shard_progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
         task = bar.add_task(label, total=None)
 
         def step(name: str, index: int, total: int) -> None:
@@ -71,9 +82,7 @@ DtypeOpt = Annotated[
 
 @app.command("import")
 def import_(
-    path: Annotated[
-        Path, typer.Argument(help="Local Hugging Face checkpoint directory (safetensors) or a GGUF file.")
-    ],
+    path: Annotated[Path, typer.Argument(help="Local Hugging Face checkpoint directory (safetensors) or a GGUF file.")],
     out: OutOpt,
     name: Annotated[str | None, typer.Option(help="Model name (default: the directory or file name).")] = None,
     dtype: DtypeOpt = None,
@@ -102,8 +111,11 @@ def add(
     model: Annotated[str, typer.Argument(help="Built-in model: smollm2 (SmolLM2-135M-Instruct).")],
     models_dir: Annotated[
         Path,
-        typer.Option("--models-dir", envvar="GLOBAI_MODELS_DIR",
-                     help="The folder the market serves models from (GLOBAI_MODELS_DIR, set by `globai dev up`)."),
+        typer.Option(
+            "--models-dir",
+            envvar="GLOBAI_MODELS_DIR",
+            help="The folder the market serves models from (GLOBAI_MODELS_DIR, set by `globai dev up`).",
+        ),
     ] = Path("var/models"),
     dtype: Annotated[str, typer.Option("--dtype", help="float32 or bfloat16 (a cast of the float32 import).")] = (
         "float32"
@@ -124,8 +136,9 @@ def _summary(manifest: Manifest, out: Path) -> None:
     extra = ""
     if gen is not None:
         extra = f", eos {gen.eos_token_ids}, chat template {'yes' if gen.chat_template else 'no'}"
-    typer.echo(f"{manifest.name}: {manifest.num_layers} layers, {manifest.dtype}{extra}, digest {manifest.digest()}"
-               f" -> {out}")
+    typer.echo(
+        f"{manifest.name}: {manifest.num_layers} layers, {manifest.dtype}{extra}, digest {manifest.digest()} -> {out}"
+    )
 
 
 @app.command()
@@ -139,8 +152,10 @@ def show(model_dir: Annotated[Path, typer.Argument(help="Directory holding manif
     typer.echo(f"digest    {m.digest()}")
     if m.generation is not None:
         g = m.generation
-        typer.echo(f"eos       {g.eos_token_ids}   bos {g.bos_token_id}   pad {g.pad_token_id}   "
-                   f"chat template {'yes' if g.chat_template else 'no'}")
+        typer.echo(
+            f"eos       {g.eos_token_ids}   bos {g.bos_token_id}   pad {g.pad_token_id}   "
+            f"chat template {'yes' if g.chat_template else 'no'}"
+        )
     for shard in m.shards:
         typer.echo(f"  {shard.name:<12} {shard.size:>12,d} B  {shard.sha256[:16]}  {shard.path}")
 

@@ -49,16 +49,20 @@ def market_chain(client: MarketClient, rpc_url: str, chain_id: int) -> Any:
 
     chain = ChainClient(rpc_url, retries=1)
     if chain.check() != chain_id:
-        raise ConfigError(f"RPC {rpc_url} is chain {chain.chain_id}, the market's escrow is on chain {chain_id}: "
-                          "set GLOBAI_RPC_URL to the market's chain (or use `globai dev up` and no overrides)")
+        raise ConfigError(
+            f"RPC {rpc_url} is chain {chain.chain_id}, the market's escrow is on chain {chain_id}: "
+            "set GLOBAI_RPC_URL to the market's chain (or use `globai dev up` and no overrides)"
+        )
     try:
         genesis = client.http.get("/v1/info").json().get("genesis_hash")
     except (httpx.HTTPError, ValueError, AttributeError):
         genesis = None
     ours = "0x" + bytes(chain.w3.eth.get_block(0)["hash"]).hex().removeprefix("0x")
     if genesis and genesis != ours:
-        raise ConfigError(f"RPC {rpc_url} is another chain {chain_id} than the market's (genesis blocks differ): "
-                          "set GLOBAI_RPC_URL to the market's chain (or use `globai dev up` and no overrides)")
+        raise ConfigError(
+            f"RPC {rpc_url} is another chain {chain_id} than the market's (genesis blocks differ): "
+            "set GLOBAI_RPC_URL to the market's chain (or use `globai dev up` and no overrides)"
+        )
     return chain
 
 
@@ -71,6 +75,9 @@ def fund_job(settings: Settings, client: MarketClient, job_id: str) -> Any:
         raise ConfigError("the market has no escrow configured")
     chain = market_chain(client, settings.rpc_url, escrow["chain_id"])
     receipt = fund_job_with_permit(chain, client.account, escrow)
-    typer.echo(f"funded {fmt_glb(int(escrow['amount']))} in tx {receipt['transactionHash'].hex()} "
-               f"(block {receipt['blockNumber']})", err=True)
+    typer.echo(
+        f"funded {fmt_glb(int(escrow['amount']))} in tx {receipt['transactionHash'].hex()} "
+        f"(block {receipt['blockNumber']})",
+        err=True,
+    )
     return client.request("POST", f"/v1/jobs/{job_id}/confirm-funding")

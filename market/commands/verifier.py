@@ -28,12 +28,15 @@ def calibrate(
     replay_device: Annotated[str, typer.Option(help="Device of the verifier's replica: cpu or cuda.")] = "cpu",
     model: Annotated[
         Path | None,
-        typer.Option("--model", help="A real model's directory (e.g. models/smollm2-135m-instruct) instead of the "
-                     "tiny Llama; its report, saved as market/verifier/tolerances/<name>.json, is its default."),
+        typer.Option(
+            "--model",
+            help="A real model's directory (e.g. models/smollm2-135m-instruct) instead of the "
+            "tiny Llama; its report, saved as market/verifier/tolerances/<name>.json, is its default.",
+        ),
     ] = None,
     stage: Annotated[
-        str | None, typer.Option(help="Layers a:b of the stage to calibrate (default: 1:3, or a real model's first "
-                                 "half).")
+        str | None,
+        typer.Option(help="Layers a:b of the stage to calibrate (default: 1:3, or a real model's first half)."),
     ] = None,
 ) -> None:
     """Measure honest drift and cheats on a tiny Llama (or a real model); tolerances = max honest drift + margin."""

@@ -67,10 +67,12 @@ class WorkerLink:
         tokens_s = layers * 1000.0 * max(positions, 1) / max(wall_ms, 1e-3)
         overhead = max(wall_ms - (compute_ms if compute_ms is not None and 0 <= compute_ms <= wall_ms else 0.0), 0.0)
         a = 0.2
-        self.observed_tokens_s = tokens_s if self.observed_tokens_s is None else (
-            (1 - a) * self.observed_tokens_s + a * tokens_s)
-        self.observed_latency_ms = overhead if self.observed_latency_ms is None else (
-            (1 - a) * self.observed_latency_ms + a * overhead)
+        self.observed_tokens_s = (
+            tokens_s if self.observed_tokens_s is None else ((1 - a) * self.observed_tokens_s + a * tokens_s)
+        )
+        self.observed_latency_ms = (
+            overhead if self.observed_latency_ms is None else ((1 - a) * self.observed_latency_ms + a * overhead)
+        )
 
     @property
     def effective_tokens_s(self) -> float:

@@ -87,9 +87,17 @@ class RecordedCall:
 
     def blob(self, run_id: str, layers: tuple[int, int]) -> bytes:
         """Canonical request bytes (no request id): what a verifier replays on another worker."""
-        return encode_message({"op": "forward", "run": run_id, "layers": list(layers), "step": self.step,
-                               "first_position": self.first_position, "last_token_only": self.last_token_only},
-                              self.tensors)
+        return encode_message(
+            {
+                "op": "forward",
+                "run": run_id,
+                "layers": list(layers),
+                "step": self.step,
+                "first_position": self.first_position,
+                "last_token_only": self.last_token_only,
+            },
+            self.tensors,
+        )
 
     def output_sha256(self) -> str:
         return self.sent_sha256.hex() if self.sent_sha256 else tensor_sha256(self.output).hex()
@@ -102,8 +110,12 @@ class RecordedCall:
         return list(range(self.first_position, self.first_position + n))
 
     def sent_json(self) -> dict[str, Any]:
-        return {"step": self.step, "first_position": self.first_position,
-                "output_sha256": "0x" + self.sent_sha256.hex(), "signature": "0x" + self.sent_signature.hex()}
+        return {
+            "step": self.step,
+            "first_position": self.first_position,
+            "output_sha256": "0x" + self.sent_sha256.hex(),
+            "signature": "0x" + self.sent_signature.hex(),
+        }
 
 
 @dataclass
@@ -118,10 +130,13 @@ class Violation:
     detail: str
 
     def evidence(self) -> dict[str, Any]:
-        return {"commitment": self.signed.to_json(), "detail": self.detail,
-                "received_sha256": None if self.rows is None else "0x" + tensor_sha256(self.rows).hex(),
-                "received_rows": 0 if self.rows is None else int(self.rows.shape[0]),
-                "calls": [c.sent_json() for c in self.calls]}
+        return {
+            "commitment": self.signed.to_json(),
+            "detail": self.detail,
+            "received_sha256": None if self.rows is None else "0x" + tensor_sha256(self.rows).hex(),
+            "received_rows": 0 if self.rows is None else int(self.rows.shape[0]),
+            "calls": [c.sent_json() for c in self.calls],
+        }
 
 
 def chunk_rows(records: list[RecordedCall], chunk_index: int) -> tuple[torch.Tensor | None, list[RecordedCall]]:
@@ -151,8 +166,11 @@ class Hop:
     committed: set[int] = field(default_factory=set)  # chunk indices this hop's worker has committed to
 
     def describe(self) -> dict[str, Any]:
-        return {"layers": [self.start, self.end], "worker": self.link.address,
-                "standbys": [s.address for s in self.standbys]}
+        return {
+            "layers": [self.start, self.end],
+            "worker": self.link.address,
+            "standbys": [s.address for s in self.standbys],
+        }
 
 
 @dataclass
@@ -198,8 +216,10 @@ class PipelineRun:
         self.manifest = manifest
         self.limits = limits
         self.scope_for = scope_for
-        self.hops = [Hop(link.layer_start, link.layer_end, link, list(standbys), scope_for(link.layer_start))
-                     for link, standbys in hops]
+        self.hops = [
+            Hop(link.layer_start, link.layer_end, link, list(standbys), scope_for(link.layer_start))
+            for link, standbys in hops
+        ]
         self.prompt_ids = prompt_ids
         self.attention_mask = attention_mask
         self.max_new_tokens = max_new_tokens
@@ -317,9 +337,15 @@ class PipelineRun:
                 self.timings["hop_overhead_ms_p50"] = ordered[len(ordered) // 2]
             await self._close_all()
             self.timings["total_s"] = time.perf_counter() - started
-            done: dict[str, Any] = {"event": "done", "tokens": self.tokens, "failovers": self.failovers,
-                                    "route": self.route(), "timings": self.timings,
-                                    "finish_reason": self.finish_reasons, "prompt_tokens": self.prompt_tokens}
+            done: dict[str, Any] = {
+                "event": "done",
+                "tokens": self.tokens,
+                "failovers": self.failovers,
+                "route": self.route(),
+                "timings": self.timings,
+                "finish_reason": self.finish_reasons,
+                "prompt_tokens": self.prompt_tokens,
+            }
             if self.decode is not None:
                 done["text"] = self.texts
             self.emit(done)
@@ -420,14 +446,20 @@ class PipelineRun:
                 detail = f"sketch covers {signed.commitment.sketch[4]} rows, {rows.shape[0]} were sent"
             if detail:
                 self.evidence.violations.append(
-                    Violation(hop.link.address, (hop.start, hop.end), signed, rows, calls, detail))
+                    Violation(hop.link.address, (hop.start, hop.end), signed, rows, calls, detail)
+                )
                 raise StageFailed(hop.link.address, "unbound_commitment", f"chunk {index}: {detail}")
             hop.committed.add(index)
             self.evidence.commitments.append((hop.link.address, signed))
 
     async def _through(
-        self, step: int, inputs: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
-        *, first_position: int,
+        self,
+        step: int,
+        inputs: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        *,
+        first_position: int,
     ) -> torch.Tensor:
         hidden = inputs
         index = 0
@@ -452,8 +484,14 @@ class PipelineRun:
         same_worker = isinstance(cause, StageFailed) and cause.code in REPLAYABLE and old.link.alive
         if not same_worker:
             self.excluded.add(old.link.link_id)
-        log.warning("run %s: hop [%d, %d) on %s failed (%s); failing over", self.run_id, old.start, old.end,
-                    old.link.address, cause)
+        log.warning(
+            "run %s: hop [%d, %d) on %s failed (%s); failing over",
+            self.run_id,
+            old.start,
+            old.end,
+            old.link.address,
+            cause,
+        )
         replacement: list[tuple[WorkerLink, list[WorkerLink]]] | None
         if same_worker:
             replacement = [(old.link, old.standbys)]
@@ -466,8 +504,10 @@ class PipelineRun:
                 replacement = self.replan(old.start, old.end, set(self.excluded))
         if not replacement:
             raise GenerationFailed(f"layers [{old.start}, {old.end}) lost their worker and nobody else serves them")
-        new_hops = [Hop(link.layer_start, link.layer_end, link, list(sb), self.scope_for(link.layer_start))
-                    for link, sb in replacement]
+        new_hops = [
+            Hop(link.layer_start, link.layer_end, link, list(sb), self.scope_for(link.layer_start))
+            for link, sb in replacement
+        ]
         try:
             for hop in new_hops:
                 await self._open(hop)
@@ -484,10 +524,17 @@ class PipelineRun:
             old.standbys = [s for s in old.standbys if s.link_id != failed.link.link_id]
             await self._failover(index, exc)
             return
-        self.hops[index:index + 1] = new_hops
-        self.emit({"event": "failover", "layers": [old.start, old.end], "failed": old.link.address,
-                   "reason": str(cause), "replacement": [h.describe() for h in new_hops],
-                   "replayed_calls": len(old.records)})
+        self.hops[index : index + 1] = new_hops
+        self.emit(
+            {
+                "event": "failover",
+                "layers": [old.start, old.end],
+                "failed": old.link.address,
+                "reason": str(cause),
+                "replacement": [h.describe() for h in new_hops],
+                "replayed_calls": len(old.records),
+            }
+        )
 
     async def _close_all(self, *, quiet: bool = False) -> None:
         for hop in self.hops:
@@ -497,11 +544,18 @@ class PipelineRun:
                 reply = await self._request(hop.link, {"op": "close"}, [])
                 outputs, signed = self._split(hop, reply)
                 self._take_commitments(hop, signed)
-                sent = {(seq << 32) | (p // CHUNK_TOKENS) for rec in hop.records
-                        for seq in range(rec.output.shape[0]) for p in rec.positions()}
+                sent = {
+                    (seq << 32) | (p // CHUNK_TOKENS)
+                    for rec in hop.records
+                    for seq in range(rec.output.shape[0])
+                    for p in rec.positions()
+                }
                 if sent - hop.committed:  # rows sent without a commitment: that work can't be checked or paid
-                    raise StageFailed(hop.link.address, "bad_commitment",
-                                      f"{len(sent - hop.committed)} chunks sent without a commitment")
+                    raise StageFailed(
+                        hop.link.address,
+                        "bad_commitment",
+                        f"{len(sent - hop.committed)} chunks sent without a commitment",
+                    )
                 root = reply.header.get("root")
                 if isinstance(root, dict):
                     self._check_root(hop, root)
@@ -512,8 +566,12 @@ class PipelineRun:
 
     def _check_root(self, hop: Hop, root: dict[str, Any]) -> None:
         try:
-            signed = SignedRoot(hop.scope, int(root["chunk_count"]), bytes.fromhex(str(root["root"])[2:]),
-                                bytes.fromhex(str(root["signature"])[2:]))
+            signed = SignedRoot(
+                hop.scope,
+                int(root["chunk_count"]),
+                bytes.fromhex(str(root["root"])[2:]),
+                bytes.fromhex(str(root["signature"])[2:]),
+            )
             ok = signed.signer() == hop.link.address
         except (KeyError, TypeError, ValueError, GlobaiError):
             ok = False

@@ -29,37 +29,78 @@ def save_evidence(
             output = blobs.put(encode_message({"op": "projection", "seed": evidence.projection_seed}, [projected]))
         else:
             output = blobs.put(encode_message({"op": "output"}, [rec.output]))
-        session.add(StageRecord(
-            run_id=run_id, layer_start=hop.start, layer_end=hop.end, step=rec.step, worker_address=link.address,
-            input_blob=digest, output_sha256=rec.output_sha256(), created_at=now, retain_until=retain_until,
-            sent_signature="0x" + rec.sent_signature.hex() if rec.sent_signature else None, output_blob=output,
-        ))
+        session.add(
+            StageRecord(
+                run_id=run_id,
+                layer_start=hop.start,
+                layer_end=hop.end,
+                step=rec.step,
+                worker_address=link.address,
+                input_blob=digest,
+                output_sha256=rec.output_sha256(),
+                created_at=now,
+                retain_until=retain_until,
+                sent_signature="0x" + rec.sent_signature.hex() if rec.sent_signature else None,
+                output_blob=output,
+            )
+        )
     for v in evidence.violations:
         body = v.evidence()
         if v.rows is not None:
             body["rows_blob"] = blobs.put(encode_message({"op": "rows"}, [v.rows]))
-        session.add(StageViolation(
-            run_id=run_id, worker_address=v.address, stage=v.signed.commitment.scope.stage, layer_end=v.layers[1],
-            chunk_index=str(v.signed.commitment.chunk_index), reason="unbound",
-            digest="0x" + v.signed.commitment.digest.hex(), evidence=body, created_at=now,
-        ))
+        session.add(
+            StageViolation(
+                run_id=run_id,
+                worker_address=v.address,
+                stage=v.signed.commitment.scope.stage,
+                layer_end=v.layers[1],
+                chunk_index=str(v.signed.commitment.chunk_index),
+                reason="unbound",
+                digest="0x" + v.signed.commitment.digest.hex(),
+                evidence=body,
+                created_at=now,
+            )
+        )
     for address, signed in evidence.commitments:
         body = signed.to_json()
-        session.add(StageCommitment(
-            run_id=run_id, worker_address=address, stage=signed.commitment.scope.stage,
-            chunk_index=str(signed.commitment.chunk_index), digest="0x" + signed.commitment.digest.hex(),
-            body=body, signature=body["signature"], created_at=now,
-        ))
+        session.add(
+            StageCommitment(
+                run_id=run_id,
+                worker_address=address,
+                stage=signed.commitment.scope.stage,
+                chunk_index=str(signed.commitment.chunk_index),
+                digest="0x" + signed.commitment.digest.hex(),
+                body=body,
+                signature=body["signature"],
+                created_at=now,
+            )
+        )
     for address, scope, root in evidence.roots:
-        session.add(StageCommitment(
-            run_id=run_id, worker_address=address, stage=scope.stage, chunk_index=None,
-            digest=str(root["root"]), body=dict(root), signature=str(root["signature"]), created_at=now,
-        ))
+        session.add(
+            StageCommitment(
+                run_id=run_id,
+                worker_address=address,
+                stage=scope.stage,
+                chunk_index=None,
+                digest=str(root["root"]),
+                body=dict(root),
+                signature=str(root["signature"]),
+                created_at=now,
+            )
+        )
 
 
 def finish_run(
-    session: Session, *, run_id: str, status: str, tokens: list[list[int]] | None, route: list[dict[str, object]],
-    failovers: int, error: str | None, now: datetime, finish_reasons: list[str | None] | None = None,
+    session: Session,
+    *,
+    run_id: str,
+    status: str,
+    tokens: list[list[int]] | None,
+    route: list[dict[str, object]],
+    failovers: int,
+    error: str | None,
+    now: datetime,
+    finish_reasons: list[str | None] | None = None,
 ) -> None:
     run = session.get(InferenceRun, run_id)
     if run is None:
@@ -67,7 +108,13 @@ def finish_run(
     if finish_reasons is not None:  # the result's per-sequence reason, kept next to the request's parameters
         run.params = {**run.params, "finish_reasons": finish_reasons}
     run.status, run.tokens, run.route, run.failovers, run.error, run.finished_at = (
-        status, tokens, route, failovers, error, now)
+        status,
+        tokens,
+        route,
+        failovers,
+        error,
+        now,
+    )
 
 
 def purge_expired(session: Session, *, blobs: BlobStore, now: datetime) -> int:

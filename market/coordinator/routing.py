@@ -32,8 +32,7 @@ class RouteCandidate:
 
     @property
     def scored(self) -> Candidate:
-        return Candidate(self.link_id, self.operator_id, self.reputation, self.throughput_tokens_s,
-                         self.latency_ms)
+        return Candidate(self.link_id, self.operator_id, self.reputation, self.throughput_tokens_s, self.latency_ms)
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,11 @@ def plan_route(
     used = {c.link_id for c in path}
     hops = []
     for c in path:
-        same = [o for o in candidates if (o.start, o.end) == (c.start, c.end) and o.link_id not in used
-                and o.link_id not in exclude]
+        same = [
+            o
+            for o in candidates
+            if (o.start, o.end) == (c.start, c.end) and o.link_id not in used and o.link_id not in exclude
+        ]
         picked = choose_replicas([o.scored for o in same], standbys, rng, exclude_operators={c.operator_id})
         used.update(p.worker_id for p in picked)
         hops.append(Hop(c.start, c.end, c.link_id, tuple(p.worker_id for p in picked)))

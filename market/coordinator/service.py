@@ -147,14 +147,25 @@ class Coordinator:
     # --- routing ---------------------------------------------------------------------------------------------
     def candidates(self, model: str) -> list[RouteCandidate]:
         return [
-            RouteCandidate(lnk.link_id, lnk.operator_id, lnk.layer_start, lnk.layer_end, lnk.effective_tokens_s,
-                           lnk.effective_latency_ms, lnk.reputation)
+            RouteCandidate(
+                lnk.link_id,
+                lnk.operator_id,
+                lnk.layer_start,
+                lnk.layer_end,
+                lnk.effective_tokens_s,
+                lnk.effective_latency_ms,
+                lnk.reputation,
+            )
             for lnk in self.links.live(model)
         ]
 
     def plan(self, served: ServedModel) -> list[tuple[WorkerLink, list[WorkerLink]]]:
-        hops = plan_route(served.manifest.num_layers, self.candidates(served.manifest.name),
-                          standbys=self.config.standbys, rng=self._rng)
+        hops = plan_route(
+            served.manifest.num_layers,
+            self.candidates(served.manifest.name),
+            standbys=self.config.standbys,
+            rng=self._rng,
+        )
         if hops is None:
             coverage = self.links.coverage(served.manifest.name, served.manifest.num_layers)
             gaps = [i for i, c in enumerate(coverage) if c == 0]
@@ -201,9 +212,18 @@ class Coordinator:
         return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
     async def start(
-        self, *, requester: str, model: str, prompts: list[str] | None, prompt_ids: list[list[int]] | None,
-        max_new_tokens: int, sampling: SamplingParams, messages: Sequence[Messages] | None = None,
-        stop: Sequence[str] = (), ignore_eos: bool = False, top_logprobs: int | None = None,
+        self,
+        *,
+        requester: str,
+        model: str,
+        prompts: list[str] | None,
+        prompt_ids: list[list[int]] | None,
+        max_new_tokens: int,
+        sampling: SamplingParams,
+        messages: Sequence[Messages] | None = None,
+        stop: Sequence[str] = (),
+        ignore_eos: bool = False,
+        top_logprobs: int | None = None,
     ) -> PipelineRun:
         """Plan a route and start generating in the background; the run's events stream as it goes.
 
@@ -241,11 +261,23 @@ class Coordinator:
         now = self._clock()
         job_nonce = secrets.token_bytes(32)
         row = InferenceRun(
-            requester=requester, model=model, model_digest=served.digest, job_nonce="0x" + job_nonce.hex(),
-            params={"prompt_ids": ids, "max_new_tokens": max_new_tokens, "temperature": sampling.temperature,
-                    "top_p": sampling.top_p, "seed": sampling.seed, "stop": list(stops),
-                    "eos_token_ids": sorted(eos_ids)},
-            status="running", route=[], failovers=0, created_at=now,
+            requester=requester,
+            model=model,
+            model_digest=served.digest,
+            job_nonce="0x" + job_nonce.hex(),
+            params={
+                "prompt_ids": ids,
+                "max_new_tokens": max_new_tokens,
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "seed": sampling.seed,
+                "stop": list(stops),
+                "eos_token_ids": sorted(eos_ids),
+            },
+            status="running",
+            route=[],
+            failovers=0,
+            created_at=now,
         )
         run_id = await asyncio.to_thread(self._insert, row)
 
@@ -253,10 +285,22 @@ class Coordinator:
             return stage_scope(self.config.chain_id, run_id, stage, job_nonce)
 
         run = PipelineRun(
-            run_id=run_id, manifest=manifest, limits=limits, hops=hops, prompt_ids=prompt, attention_mask=mask,
-            max_new_tokens=max_new_tokens, sampling=sampling, scope_for=scope_for,
-            replan=lambda a, b, ex: self.replan(model, a, b, ex), call_timeout_s=self.config.call_timeout_s,
-            decode=self.decoder(model), eos_ids=eos_ids, stop=stops, pad_id=pad_id, top_logprobs=top_logprobs,
+            run_id=run_id,
+            manifest=manifest,
+            limits=limits,
+            hops=hops,
+            prompt_ids=prompt,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            scope_for=scope_for,
+            replan=lambda a, b, ex: self.replan(model, a, b, ex),
+            call_timeout_s=self.config.call_timeout_s,
+            decode=self.decoder(model),
+            eos_ids=eos_ids,
+            stop=stops,
+            pad_id=pad_id,
+            top_logprobs=top_logprobs,
         )
         run.requester = requester  # type: ignore[attr-defined]
         self.runs[run_id] = run
@@ -266,23 +310,44 @@ class Coordinator:
         return run
 
     async def complete(
-        self, *, requester: str, model: str, max_new_tokens: int, sampling: SamplingParams | None = None,
-        prompts: list[str] | None = None, prompt_ids: list[list[int]] | None = None,
-        messages: Sequence[Messages] | None = None, stop: Sequence[str] = (), ignore_eos: bool = False,
+        self,
+        *,
+        requester: str,
+        model: str,
+        max_new_tokens: int,
+        sampling: SamplingParams | None = None,
+        prompts: list[str] | None = None,
+        prompt_ids: list[list[int]] | None = None,
+        messages: Sequence[Messages] | None = None,
+        stop: Sequence[str] = (),
+        ignore_eos: bool = False,
     ) -> Completion:
         """Generate and wait for the end: `start` (same arguments) then the finished run's result.
 
         Raises `RouteUnavailable` when no chain of workers serves the model and `GenerationFailed` when the
         run fails (e.g. failovers exhausted); bad requests raise `InvalidRequest`/`NotFound`.
         """
-        run = await self.start(requester=requester, model=model, prompts=prompts, prompt_ids=prompt_ids,
-                               messages=messages, max_new_tokens=max_new_tokens,
-                               sampling=sampling or SamplingParams(), stop=stop, ignore_eos=ignore_eos)
+        run = await self.start(
+            requester=requester,
+            model=model,
+            prompts=prompts,
+            prompt_ids=prompt_ids,
+            messages=messages,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling or SamplingParams(),
+            stop=stop,
+            ignore_eos=ignore_eos,
+        )
         async for event in run.stream():
             if event["event"] == "error":
                 raise GenerationFailed(str(event.get("detail")))
-        return Completion(run_id=run.run_id, tokens=[list(t) for t in run.tokens], text=run.texts,
-                          finish_reason=[str(r) for r in run.finish_reasons], prompt_tokens=run.prompt_tokens)
+        return Completion(
+            run_id=run.run_id,
+            tokens=[list(t) for t in run.tokens],
+            text=run.texts,
+            finish_reason=[str(r) for r in run.finish_reasons],
+            prompt_tokens=run.prompt_tokens,
+        )
 
     def _insert(self, row: InferenceRun) -> str:
         with self._session_factory() as session:
@@ -295,12 +360,22 @@ class Coordinator:
         model = run.manifest.name
         metrics.SESSIONS_ACTIVE.labels(model).inc()
         status, error, tokens = "completed", None, None
-        log.info("run %s: %s, %d sequence(s), route %s", run.run_id, model, len(run.tokens),
-                 " -> ".join(f"[{h['layers'][0]}, {h['layers'][1]}) {h['worker']}" for h in run.route()))
+        log.info(
+            "run %s: %s, %d sequence(s), route %s",
+            run.run_id,
+            model,
+            len(run.tokens),
+            " -> ".join(f"[{h['layers'][0]}, {h['layers'][1]}) {h['worker']}" for h in run.route()),
+        )
         try:
             tokens = await run.run()
-            log.info("run %s completed: %d tokens, %d failover(s), %.2f s", run.run_id, sum(map(len, tokens)),
-                     run.failovers, run.timings.get("total_s", 0.0))
+            log.info(
+                "run %s completed: %d tokens, %d failover(s), %.2f s",
+                run.run_id,
+                sum(map(len, tokens)),
+                run.failovers,
+                run.timings.get("total_s", 0.0),
+            )
         except Exception as exc:
             status, error = "failed", str(exc)
             log.warning("run %s failed: %s", run.run_id, exc)
@@ -322,17 +397,37 @@ class Coordinator:
     def _persist(self, run: PipelineRun, status: str, tokens: list[list[int]] | None, error: str | None) -> None:
         now = self._clock()
         with self._session_factory() as session:
-            save_evidence(session, run_id=run.run_id, evidence=run.evidence, blobs=self.blobs, now=now,
-                          retention_s=self.config.retention_s)
-            finish_run(session, run_id=run.run_id, status=status, tokens=tokens, route=run.route(),
-                       failovers=run.failovers, error=error, now=now, finish_reasons=run.finish_reasons)
+            save_evidence(
+                session,
+                run_id=run.run_id,
+                evidence=run.evidence,
+                blobs=self.blobs,
+                now=now,
+                retention_s=self.config.retention_s,
+            )
+            finish_run(
+                session,
+                run_id=run.run_id,
+                status=status,
+                tokens=tokens,
+                route=run.route(),
+                failovers=run.failovers,
+                error=error,
+                now=now,
+                finish_reasons=run.finish_reasons,
+            )
             # A provable binding violation counts against the worker now (its slash comes with the job's
             # verification): reputation first, so routes and replica draws avoid it from this moment.
             for address in {v.address for v in run.evidence.violations}:
                 worker = session.scalar(select(Worker).where(Worker.address == address))
                 if worker is not None:
-                    record_outcome(session, worker_id=worker.id, kind="fail", now=now,
-                                   detail=f"signed commitment contradicts its sent rows in run {run.run_id}")
+                    record_outcome(
+                        session,
+                        worker_id=worker.id,
+                        kind="fail",
+                        now=now,
+                        detail=f"signed commitment contradicts its sent rows in run {run.run_id}",
+                    )
             session.commit()
 
     async def shutdown(self) -> None:
@@ -348,6 +443,6 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
     mask = torch.zeros((len(rows), width), dtype=torch.int64)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.int64)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.int64)
+        mask[i, width - len(row) :] = 1
     return ids, mask

@@ -55,8 +55,9 @@ def load_part(session: Session, blobs: BlobStore, *, run_id: str, layer_start: i
         raise NotFound("inference run", run_id)
     rows = session.scalars(
         select(StageRecord)
-        .where(StageRecord.run_id == run_id, StageRecord.layer_start == layer_start,
-               StageRecord.worker_address == worker)
+        .where(
+            StageRecord.run_id == run_id, StageRecord.layer_start == layer_start, StageRecord.worker_address == worker
+        )
         .order_by(StageRecord.step)
     ).all()
     if not rows:
@@ -71,14 +72,16 @@ def load_part(session: Session, blobs: BlobStore, *, run_id: str, layer_start: i
             continue  # the same call sent again (a replay in place): the worker committed to it once
         calls.append(RecordedCall(int(message.header["step"]), first, last_only, list(message.tensors)))
         committed.extend([first + tokens - 1] if last_only else range(first, first + tokens))
-    return RecordedPart(model=run.model, layer_start=layer_start, layer_end=rows[0].layer_end, calls=calls,
-                        committed=committed)
+    return RecordedPart(
+        model=run.model, layer_start=layer_start, layer_end=rows[0].layer_end, calls=calls, committed=committed
+    )
 
 
 def replicas(links: LinkRegistry, *, model: str, layer_start: int, layer_end: int) -> list[WorkerLink]:
     """Every live worker serving exactly these layers of the model (one link per address), by address."""
-    found = {lnk.address: lnk for lnk in links.live(model)
-             if (lnk.layer_start, lnk.layer_end) == (layer_start, layer_end)}
+    found = {
+        lnk.address: lnk for lnk in links.live(model) if (lnk.layer_start, lnk.layer_end) == (layer_start, layer_end)
+    }
     return [found[a] for a in sorted(found)]
 
 
@@ -89,15 +92,22 @@ class ReplayAnswer:
     sent_digests: list[bytes]  # per call, the `signing.sent_digest` the replica signed: evidence if it loses a 2-of-3
 
 
-async def replay_on(links: LinkRegistry, part: RecordedPart, *, replica: str, chain_id: int,
-                    timeout: float) -> ReplayAnswer:
+async def replay_on(
+    links: LinkRegistry, part: RecordedPart, *, replica: str, chain_id: int, timeout: float
+) -> ReplayAnswer:
     """Run the recorded calls on `replica`; every answer must carry the replica's signed output hash.
 
     Nothing on the wire links the replay to the audited run: the session id is a fresh run-like UUID and the scope
     is built exactly like a real run's (keccak of that id, "<id>/stage/<first layer>", a fresh nonce); the calls
     have the audited calls' shapes."""
-    link = next((lnk for lnk in links.live(part.model) if lnk.address == replica
-                 and (lnk.layer_start, lnk.layer_end) == (part.layer_start, part.layer_end)), None)
+    link = next(
+        (
+            lnk
+            for lnk in links.live(part.model)
+            if lnk.address == replica and (lnk.layer_start, lnk.layer_end) == (part.layer_start, part.layer_end)
+        ),
+        None,
+    )
     if link is None:
         raise Conflict(f"replica {replica} does not serve {part.model} [{part.layer_start}, {part.layer_end}) now")
     session = str(uuid.uuid4())
@@ -112,8 +122,15 @@ async def replay_on(links: LinkRegistry, part: RecordedPart, *, replica: str, ch
     outputs, digests = [], []
     try:
         for rec in part.calls:
-            reply = await call({"op": "forward", "step": rec.step, "first_position": rec.first_position,
-                                "last_token_only": rec.last_token_only}, rec.tensors)
+            reply = await call(
+                {
+                    "op": "forward",
+                    "step": rec.step,
+                    "first_position": rec.first_position,
+                    "last_token_only": rec.last_token_only,
+                },
+                rec.tensors,
+            )
             output = reply.tensors[0]
             sent = reply.header.get("sent")
             try:

@@ -68,13 +68,18 @@ class Walkthrough:
         now = int(self.client.w3.eth.get_block("latest")["timestamp"])
         spec_hash = keccak(text=f'{{"kind":"inference","job":"{job}"}}')
         permit = sign_glb_permit(
-            self.client, self.requester, token=self.deployment.token, spender=self.deployment.escrow,
-            value=100 * GLB, deadline=now + 3600,
+            self.client,
+            self.requester,
+            token=self.deployment.token,
+            spender=self.deployment.escrow,
+            value=100 * GLB,
+            deadline=now + 3600,
         )
         self.tx(
             "requester funds job 1 (100 GLB, permit)",
-            e.fundJobWithPermit(job_id, 100 * GLB, spec_hash, now + 3600, permit.deadline, permit.v, permit.r,
-                                permit.s),
+            e.fundJobWithPermit(
+                job_id, 100 * GLB, spec_hash, now + 3600, permit.deadline, permit.v, permit.r, permit.s
+            ),
             self.requester,
         )
         records = [
@@ -123,14 +128,17 @@ class Walkthrough:
             ("StakingVault", self.deployment.vault),
         ):
             self.say(f"  {name:13s} {self.glb(address) / GLB:>14,.4f}")
-        self.say(f"  stake A {self.client.call(v.stakeOf(self.worker_a.address)) / GLB:,.2f}, "
-                 f"stake B {self.client.call(v.stakeOf(self.worker_b.address)) / GLB:,.2f}")
+        self.say(
+            f"  stake A {self.client.call(v.stakeOf(self.worker_a.address)) / GLB:,.2f}, "
+            f"stake B {self.client.call(v.stakeOf(self.worker_b.address)) / GLB:,.2f}"
+        )
         total = sum(s.gas for s in self.steps)
         self.say(f"  {len(self.steps)} transactions, {total:,} gas")
 
         self.say("6. independent reconciliation from events")
-        result = reconcile(self.client, self.c.token, self.c.escrow, self.c.vault,
-                           from_block=self.deployment.first_block)
+        result = reconcile(
+            self.client, self.c.token, self.c.escrow, self.c.vault, from_block=self.deployment.first_block
+        )
         for line in result.lines():
             self.say(f"  {line}")
         return result.ok

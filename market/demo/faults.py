@@ -104,8 +104,11 @@ def start_cluster(cluster: Cluster) -> None:
 
 def _state(client: Any, job_id: str) -> dict[str, Any]:
     r = client.request("GET", f"/v1/jobs/{job_id}/result")
-    return {"job": r["status"], "verification": (r.get("verification") or {}).get("status"),
-            "settlement": r.get("settlement")}
+    return {
+        "job": r["status"],
+        "verification": (r.get("verification") or {}).get("status"),
+        "settlement": r.get("settlement"),
+    }
 
 
 def _at(stage: str, state: dict[str, Any], escrow_status: Callable[[], int]) -> bool:
@@ -142,9 +145,16 @@ def inject(cluster: Cluster, target: str, restarters: dict[str, Callable[[], Non
         cluster.restart(target)
 
 
-def run_scenario(cluster: Cluster, scenario: Scenario, *, prompts: int = 8, new_tokens: int = 24,
-                 timeout: float = 240.0, say: Callable[[str], None] = lambda _m: None,
-                 restarters: dict[str, Callable[[], None]] | None = None) -> FaultRun:
+def run_scenario(
+    cluster: Cluster,
+    scenario: Scenario,
+    *,
+    prompts: int = 8,
+    new_tokens: int = 24,
+    timeout: float = 240.0,
+    say: Callable[[str], None] = lambda _m: None,
+    restarters: dict[str, Callable[[], None]] | None = None,
+) -> FaultRun:
     from globai.chain.ids import job_id_bytes
     from market.demo.reconcile_raw import double_payments, reconcile
 
@@ -153,9 +163,13 @@ def run_scenario(cluster: Cluster, scenario: Scenario, *, prompts: int = 8, new_
     requester = demo_account("requester")
     budget = PRICE_PER_UNIT * prompts * new_tokens * 3
     cluster.give(requester, budget)
-    spec = {"kind": "inference", "model": cluster.cfg.model,
-            "prompts": [f"Fault run {i}: once upon a time" for i in range(prompts)], "max_new_tokens": new_tokens,
-            "sampling": {"temperature": 0.8, "top_p": 0.95, "seed": int(time.time()) % 1000}}
+    spec = {
+        "kind": "inference",
+        "model": cluster.cfg.model,
+        "prompts": [f"Fault run {i}: once upon a time" for i in range(prompts)],
+        "max_new_tokens": new_tokens,
+        "sampling": {"temperature": 0.8, "top_p": 0.95, "seed": int(time.time()) % 1000},
+    }
     run.job_id, _ = cluster.post_and_fund(requester, spec, price_per_unit=PRICE_PER_UNIT, budget=budget)
     client = cluster.requester(requester)
     c = cluster.contracts
@@ -208,8 +222,9 @@ def run_scenario(cluster: Cluster, scenario: Scenario, *, prompts: int = 8, new_
     names = {c.name for c in cluster.children}
     try:
         cluster.check_alive()
-        cluster.wait_workers([a.account.address for a in fault_actors()
-                              if a.name in names and a.name != "worker-cheat"], timeout=60)
+        cluster.wait_workers(
+            [a.account.address for a in fault_actors() if a.name in names and a.name != "worker-cheat"], timeout=60
+        )
     except ClusterError as exc:
         run.detail += f" cluster: {str(exc)[:200]}"
     return run

@@ -151,15 +151,18 @@ def run_paid_inference(
         "prompts": prompts,
         "max_new_tokens": max_new_tokens,
         # A real model answers greedily (the most likely answer); the tiny one samples (seeded, reproducible).
-        "sampling": {"temperature": 0.0, "top_p": 1.0, "seed": 7} if chat else {"temperature": 0.8, "top_p": 0.95,
-                                                                                 "seed": 7},
+        "sampling": {"temperature": 0.0, "top_p": 1.0, "seed": 7}
+        if chat
+        else {"temperature": 0.8, "top_p": 0.95, "seed": 7},
     }
     if chat:
         spec["chat"] = True  # each prompt is a user message, rendered with the model's chat template
     out.job_id, out.funding_tx = cluster.post_and_fund(requester, spec, price_per_unit=PRICE_PER_UNIT, budget=budget)
     if chat:
-        say(f"• the model is {cluster.cfg.model} (real pretrained weights, {cluster.cfg.layers} layers), split across"
-            " two workers; each answer ends at the model's end-of-sequence token")
+        say(
+            f"• the model is {cluster.cfg.model} (real pretrained weights, {cluster.cfg.layers} layers), split across"
+            " two workers; each answer ends at the model's end-of-sequence token"
+        )
     else:
         say("• the model is a tiny Llama with random weights (built locally): expect gibberish, not prose")
     say(

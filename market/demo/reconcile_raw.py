@@ -118,8 +118,9 @@ def reconcile(url: str, escrow: str, vault: str, token: str, from_block: int = 0
     escrow_donations = transfers_in[escrow.lower()] - escrow_in
     vault_donations = transfers_in[vault.lower()] - vault_in
     if escrow_donations < 0 or vault_donations < 0:
-        problems.append(f"token transfers in explain less than the contracts' events ({escrow_donations}, "
-                        f"{vault_donations})")
+        problems.append(
+            f"token transfers in explain less than the contracts' events ({escrow_donations}, {vault_donations})"
+        )
     want_escrow = escrow_in - escrow_out + escrow_donations
     have_escrow = _balance(url, token, escrow)
     if have_escrow != want_escrow:

@@ -73,8 +73,12 @@ def chat_logprobs(items: list[dict[str, Any]], token_text: Decode) -> dict[str, 
         s = token_text([token_id])
         return {"token": s, "logprob": logprob, "bytes": list(s.encode())}
 
-    return {"content": [{**entry(i["id"], i["logprob"]), "top_logprobs": [entry(t, v) for t, v in i["top"]]}
-                        for i in items], "refusal": None}
+    return {
+        "content": [
+            {**entry(i["id"], i["logprob"]), "top_logprobs": [entry(t, v) for t, v in i["top"]]} for i in items
+        ],
+        "refusal": None,
+    }
 
 
 def completion_logprobs(items: list[dict[str, Any]], token_text: Decode, offset: int = 0) -> dict[str, Any]:
@@ -83,5 +87,9 @@ def completion_logprobs(items: list[dict[str, Any]], token_text: Decode, offset:
     for t in tokens:
         offsets.append(at)
         at += len(t)
-    return {"tokens": tokens, "token_logprobs": [i["logprob"] for i in items],
-            "top_logprobs": [{token_text([t]): v for t, v in i["top"]} for i in items], "text_offset": offsets}
+    return {
+        "tokens": tokens,
+        "token_logprobs": [i["logprob"] for i in items],
+        "top_logprobs": [{token_text([t]): v for t, v in i["top"]} for i in items],
+        "text_offset": offsets,
+    }

@@ -43,8 +43,15 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 class OpenAIError(Exception):
-    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status if status in KINDS else 503  # never a 500: anything unforeseen is "unavailable"
         self.message = message
@@ -53,8 +60,9 @@ class OpenAIError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": KINDS[self.status][0], "param": self.param,
-                          "code": self.code}}
+        return {
+            "error": {"message": self.message, "type": KINDS[self.status][0], "param": self.param, "code": self.code}
+        }
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)

@@ -16,12 +16,26 @@ MAX_STOP = 4
 
 # name -> neutral values accepted (anything else is refused by name)
 UNSUPPORTED: dict[str, tuple[Any, ...]] = {
-    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
-    "parallel_tool_calls": (None,), "response_format": (None, {"type": "text"}), "logit_bias": (None, {}),
-    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "modalities": (None, ["text"]),
-    "audio": (None,), "prediction": (None,), "reasoning_effort": (None,), "web_search_options": (None,),
-    "echo": (None, False), "suffix": (None, ""), "best_of": (None, 1), "store": (None, False),
-    "service_tier": (None, "auto", "default"), "metadata": (None, {}),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "parallel_tool_calls": (None,),
+    "response_format": (None, {"type": "text"}),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "prediction": (None,),
+    "reasoning_effort": (None,),
+    "web_search_options": (None,),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "best_of": (None, 1),
+    "store": (None, False),
+    "service_tier": (None, "auto", "default"),
+    "metadata": (None, {}),
 }
 
 
@@ -128,11 +142,16 @@ def parse(model: type[Common], body: Any) -> Any:
             if body[name] in neutral:
                 body = {k: v for k, v in body.items() if k != name}
             else:
-                raise OpenAIError(400, f"Unsupported parameter: '{name}' is not supported by GlobAI",
-                                  param=name, code="unsupported_parameter")
+                raise OpenAIError(
+                    400,
+                    f"Unsupported parameter: '{name}' is not supported by GlobAI",
+                    param=name,
+                    code="unsupported_parameter",
+                )
     if isinstance(body.get("prompt"), list) and body["prompt"] and not isinstance(body["prompt"][0], str):
-        raise OpenAIError(400, "token-id prompts are not supported; send text", param="prompt",
-                          code="unsupported_parameter")
+        raise OpenAIError(
+            400, "token-id prompts are not supported; send text", param="prompt", code="unsupported_parameter"
+        )
     try:
         return model.model_validate(body)
     except ValidationError as exc:

@@ -39,21 +39,34 @@ def create_key(
 ) -> CreatedKey:
     if spend_cap is not None and not 0 <= spend_cap < 2**256:
         raise InvalidRequest("spend_cap must be a uint256")
-    count = len(session.scalars(select(ApiKey.id).where(ApiKey.requester == requester,
-                                                        ApiKey.revoked_at.is_(None))).all())
+    count = len(
+        session.scalars(select(ApiKey.id).where(ApiKey.requester == requester, ApiKey.revoked_at.is_(None))).all()
+    )
     if count >= MAX_KEYS_PER_REQUESTER:
         raise InvalidRequest(f"at most {MAX_KEYS_PER_REQUESTER} active keys per requester; revoke one first")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(requester=requester, name=name, prefix=key[:10], key_hash=hash_key(key), spend_cap=spend_cap,
-                 rate_limit_per_min=rate_limit_per_min, spent=0, reserved=0, created_at=now)
+    row = ApiKey(
+        requester=requester,
+        name=name,
+        prefix=key[:10],
+        key_hash=hash_key(key),
+        spend_cap=spend_cap,
+        rate_limit_per_min=rate_limit_per_min,
+        spent=0,
+        reserved=0,
+        created_at=now,
+    )
     session.add(row)
     session.commit()
     return CreatedKey(row, key)
 
 
 def list_keys(session: Session, *, requester: str) -> list[ApiKey]:
-    return list(session.scalars(select(ApiKey).where(ApiKey.requester == requester)
-                                .order_by(ApiKey.created_at, ApiKey.id)).all())
+    return list(
+        session.scalars(
+            select(ApiKey).where(ApiKey.requester == requester).order_by(ApiKey.created_at, ApiKey.id)
+        ).all()
+    )
 
 
 def revoke_key(session: Session, *, requester: str, key_id: str, now: datetime) -> ApiKey:

@@ -99,11 +99,21 @@ def _confirm_slash(session: Session, event: ChainLog, now: datetime) -> None:
     if job is None:
         return
     worker = str(event.args.get("worker", "")).lower()
-    row = next((r for r in session.scalars(select(SlashRecord).where(SlashRecord.job_id == job.id))
-                if r.worker.lower() == worker), None)
+    row = next(
+        (
+            r
+            for r in session.scalars(select(SlashRecord).where(SlashRecord.job_id == job.id))
+            if r.worker.lower() == worker
+        ),
+        None,
+    )
     if row is not None and row.status in ("pending", "sent"):
-        row.status, row.tx_hash, row.slashed, row.confirmed_at = "confirmed", event.tx_hash, int(
-            event.args["amount"]), now
+        row.status, row.tx_hash, row.slashed, row.confirmed_at = (
+            "confirmed",
+            event.tx_hash,
+            int(event.args["amount"]),
+            now,
+        )
 
 
 def sync_stakes(

@@ -84,18 +84,35 @@ def available(credit: Credit, funded: int) -> int:
 
 
 def create_credit(
-    session: Session, *, requester: str, amount: int, deadline: datetime, fee_bps: int, created_block: int,
-    now: datetime, chain_id: int | None = None,
+    session: Session,
+    *,
+    requester: str,
+    amount: int,
+    deadline: datetime,
+    fee_bps: int,
+    created_block: int,
+    now: datetime,
+    chain_id: int | None = None,
 ) -> tuple[Job, Credit]:
     if amount < CREDIT_UNIT_WEI:
         raise InvalidRequest(f"a credit holds at least {CREDIT_UNIT_WEI} wei")
     if amount >= 2**96 or amount // CREDIT_UNIT_WEI >= 2**63:  # the escrow's uint96 amount; units are int64
         raise InvalidRequest("a credit holds less than 2^63 gwei")
-    job = create_job(session, requester=requester, spec=CreditSpec(gwei=amount // CREDIT_UNIT_WEI), budget=amount,
-                     price_per_unit=CREDIT_UNIT_WEI, deadline=deadline, replicas=1, chain_id=chain_id,
-                     created_block=created_block, now=now)
-    credit = Credit(job_id=job.id, requester=requester, spent=0, reserved=0, fee_bps=fee_bps, status="open",
-                    created_at=now)
+    job = create_job(
+        session,
+        requester=requester,
+        spec=CreditSpec(gwei=amount // CREDIT_UNIT_WEI),
+        budget=amount,
+        price_per_unit=CREDIT_UNIT_WEI,
+        deadline=deadline,
+        replicas=1,
+        chain_id=chain_id,
+        created_block=created_block,
+        now=now,
+    )
+    credit = Credit(
+        job_id=job.id, requester=requester, spent=0, reserved=0, fee_bps=fee_bps, status="open", created_at=now
+    )
     session.add(credit)
     session.commit()
     return job, credit
@@ -112,22 +129,29 @@ def get_credit(session: Session, *, job_id: str, requester: str | None) -> tuple
 
 
 def list_credits(session: Session, *, requester: str) -> list[tuple[Credit, Job]]:
-    rows = session.execute(select(Credit, Job).join(Job, Job.id == Credit.job_id)
-                           .where(Credit.requester == requester).order_by(Credit.created_at, Credit.job_id)).all()
+    rows = session.execute(
+        select(Credit, Job)
+        .join(Job, Job.id == Credit.job_id)
+        .where(Credit.requester == requester)
+        .order_by(Credit.created_at, Credit.job_id)
+    ).all()
     return [(c, j) for c, j in rows]
 
 
 def spend_by_key(session: Session, *, job_id: str) -> list[dict[str, Any]]:
     """Per key: requests, reserved now and charged, for one credit."""
     rows = session.execute(
-        select(ApiRequest.key_id, ApiKey.prefix, ApiKey.name, ApiRequest.status, ApiRequest.reserved,
-               ApiRequest.charged)
-        .join(ApiKey, ApiKey.id == ApiRequest.key_id).where(ApiRequest.credit_id == job_id)
+        select(
+            ApiRequest.key_id, ApiKey.prefix, ApiKey.name, ApiRequest.status, ApiRequest.reserved, ApiRequest.charged
+        )
+        .join(ApiKey, ApiKey.id == ApiRequest.key_id)
+        .where(ApiRequest.credit_id == job_id)
     ).all()
     out: dict[str, dict[str, Any]] = {}
     for key_id, prefix, name, status, reserved, charged in rows:
-        e = out.setdefault(key_id, {"key_id": key_id, "prefix": prefix, "name": name, "requests": 0,
-                                    "reserved": 0, "spent": 0})
+        e = out.setdefault(
+            key_id, {"key_id": key_id, "prefix": prefix, "name": name, "requests": 0, "reserved": 0, "spent": 0}
+        )
         e["requests"] += 1
         e["reserved"] += reserved if status == "reserved" else 0
         e["spent"] += charged
@@ -138,19 +162,33 @@ def spend_by_key(session: Session, *, job_id: str) -> list[dict[str, Any]]:
 
 
 def reserve(
-    session: Session, *, key_id: str, model: str, endpoint: str, n: int, prompt_tokens: int, max_tokens: int,
-    price: TokenPrice, close_margin_s: float, now: datetime,
+    session: Session,
+    *,
+    key_id: str,
+    model: str,
+    endpoint: str,
+    n: int,
+    prompt_tokens: int,
+    max_tokens: int,
+    price: TokenPrice,
+    close_margin_s: float,
+    now: datetime,
 ) -> ApiRequest:
     """Reserve the request's worst case on the requester's oldest open credit that covers it (and the key cap)."""
     worst = price.cost(prompt_tokens, n * max_tokens)
     key = session.get(ApiKey, key_id)
     if key is None:
         raise NotFound("api key", key_id)
-    candidates = session.execute(
-        select(Credit.job_id).join(Job, Job.id == Credit.job_id)
-        .where(Credit.requester == key.requester, Credit.status == "open", Job.status == "funded")
-        .order_by(Credit.created_at, Credit.job_id)
-    ).scalars().all()
+    candidates = (
+        session.execute(
+            select(Credit.job_id)
+            .join(Job, Job.id == Credit.job_id)
+            .where(Credit.requester == key.requester, Credit.status == "open", Job.status == "funded")
+            .order_by(Credit.created_at, Credit.job_id)
+        )
+        .scalars()
+        .all()
+    )
     for job_id in candidates:
         open_run(session, job_id=job_id, now=now)  # the sampling secret exists before any of the credit's work
     # Locks in one order (key, then credits oldest first), so concurrent reservations never deadlock (Postgres);
@@ -176,18 +214,32 @@ def reserve(
             continue
         credit.reserved += worst
         key.reserved += worst
-        row = ApiRequest(credit_id=job_id, key_id=key.id, endpoint=endpoint, model=model, n=n,
-                         prompt_tokens=prompt_tokens, max_tokens=max_tokens, completion_tokens=0,
-                         prompt_price=price.prompt, completion_price=price.completion, reserved=worst, charged=0,
-                         status="reserved", created_at=now)
+        row = ApiRequest(
+            credit_id=job_id,
+            key_id=key.id,
+            endpoint=endpoint,
+            model=model,
+            n=n,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            completion_tokens=0,
+            prompt_price=price.prompt,
+            completion_price=price.completion,
+            reserved=worst,
+            charged=0,
+            status="reserved",
+            created_at=now,
+        )
         session.add(row)
         session.commit()
         return row
     session.rollback()
     if not candidates:
         raise InsufficientQuota("no funded credit: fund one with `globai credit fund AMOUNT_GLB`")
-    raise InsufficientQuota(f"this request may cost up to {worst} wei (prompt + max tokens at the model's "
-                            f"prices, plus the fee); your open credits have {best_left} wei left")
+    raise InsufficientQuota(
+        f"this request may cost up to {worst} wei (prompt + max tokens at the model's "
+        f"prices, plus the fee); your open credits have {best_left} wei left"
+    )
 
 
 def attach_run(session: Session, *, request_id: str, run_id: str, now: datetime) -> None:
@@ -200,8 +252,15 @@ def attach_run(session: Session, *, request_id: str, run_id: str, now: datetime)
     session.commit()
 
 
-def _end(session: Session, *, request_id: str, charged_tokens: int | None, finish_reasons: list[Any] | None,
-         min_request_cost: int, now: datetime) -> ApiRequest:
+def _end(
+    session: Session,
+    *,
+    request_id: str,
+    charged_tokens: int | None,
+    finish_reasons: list[Any] | None,
+    min_request_cost: int,
+    now: datetime,
+) -> ApiRequest:
     req = session.get(ApiRequest, request_id)
     if req is None:
         raise NotFound("api request", request_id)
@@ -233,17 +292,36 @@ def _end(session: Session, *, request_id: str, charged_tokens: int | None, finis
     return req
 
 
-def charge(session: Session, *, request_id: str, completion_tokens: int, finish_reasons: list[Any],
-           min_request_cost: int, now: datetime) -> ApiRequest:
+def charge(
+    session: Session,
+    *,
+    request_id: str,
+    completion_tokens: int,
+    finish_reasons: list[Any],
+    min_request_cost: int,
+    now: datetime,
+) -> ApiRequest:
     """Charge actual usage (prompt tokens + generated tokens up to each choice's stop) and release the rest."""
-    return _end(session, request_id=request_id, charged_tokens=completion_tokens, finish_reasons=finish_reasons,
-                min_request_cost=min_request_cost, now=now)
+    return _end(
+        session,
+        request_id=request_id,
+        charged_tokens=completion_tokens,
+        finish_reasons=finish_reasons,
+        min_request_cost=min_request_cost,
+        now=now,
+    )
 
 
 def release(session: Session, *, request_id: str, min_request_cost: int, now: datetime) -> ApiRequest:
     """The request produced nothing (no route, failed generation): nothing charged, its run is unlinked."""
-    return _end(session, request_id=request_id, charged_tokens=None, finish_reasons=None,
-                min_request_cost=min_request_cost, now=now)
+    return _end(
+        session,
+        request_id=request_id,
+        charged_tokens=None,
+        finish_reasons=None,
+        min_request_cost=min_request_cost,
+        now=now,
+    )
 
 
 # --- closing ---------------------------------------------------------------------------------------------------
@@ -281,7 +359,8 @@ def _finish_if_idle(session: Session, credit: Credit, job: Job, now: datetime) -
 def close_due(session: Session, *, close_margin_s: float, now: datetime) -> list[str]:
     """Close every open credit whose escrow deadline is within the margin (beat)."""
     due = session.scalars(
-        select(Credit.job_id).join(Job, Job.id == Credit.job_id)
+        select(Credit.job_id)
+        .join(Job, Job.id == Credit.job_id)
         .where(Credit.status == "open", Job.deadline <= now + timedelta(seconds=close_margin_s))
     ).all()
     closed = []
@@ -313,10 +392,13 @@ def split_units(total: int, weights: list[tuple[str, int]]) -> dict[str, int]:
 def credit_work_items(session: Session, job: Job, parts: list[WorkPart]) -> list[WorkItem]:
     """One item per verified work part: its run's charge (in gwei units) split over the run's parts by the work
     each committed (rows x layers). A slashed or faulty part keeps its units but is paid nothing (refunded)."""
-    charged = dict(session.execute(
-        select(ApiRequest.run_id, ApiRequest.charged)
-        .where(ApiRequest.credit_id == job.id, ApiRequest.status == "charged", ApiRequest.run_id.is_not(None))
-    ).all())
+    charged = dict(
+        session.execute(
+            select(ApiRequest.run_id, ApiRequest.charged).where(
+                ApiRequest.credit_id == job.id, ApiRequest.status == "charged", ApiRequest.run_id.is_not(None)
+            )
+        ).all()
+    )
     by_run: dict[str, list[WorkPart]] = {}
     for p in parts:
         by_run.setdefault(p.work_key.split("/", 1)[0], []).append(p)

@@ -121,8 +121,9 @@ class InferenceJobRunner:
             claimed: list[str] = []
             if resume:
                 claimed += s.scalars(select(Job.id).where(Job.kind == "inference", Job.status == "running")).all()
-            funded = s.execute(select(Job.id, Job.model, Job.updated_at)
-                               .where(Job.kind == "inference", Job.status == "funded")).all()
+            funded = s.execute(
+                select(Job.id, Job.model, Job.updated_at).where(Job.kind == "inference", Job.status == "funded")
+            ).all()
             now = self._clock()
             for job_id, model, since in funded:
                 if model not in live_models:
@@ -130,8 +131,12 @@ class InferenceJobRunner:
                     if (now - since).total_seconds() > self.route_wait_s:
                         job = s.get(Job, job_id)
                         assert job is not None
-                        log.warning("job %s: no worker serves %s after %.0f s; cancelling (refund)", job_id, model,
-                                    self.route_wait_s)
+                        log.warning(
+                            "job %s: no worker serves %s after %.0f s; cancelling (refund)",
+                            job_id,
+                            model,
+                            self.route_wait_s,
+                        )
                         cancel_job(s, job_id=job_id, caller=job.requester, is_admin=True, now=now)
                     continue
                 moved = s.execute(
@@ -154,8 +159,10 @@ class InferenceJobRunner:
             spec = InferenceSpec.model_validate(job.spec)
             open_run(s, job_id=job_id, now=self._clock())
             encode = self.coordinator.encode_prompts
-            wanted = {i: encode(spec.model, None, None, spec.messages(b)) if spec.chat else encode(spec.model, b, None)
-                      for i, b in enumerate(batches(spec.prompts, size))}
+            wanted = {
+                i: encode(spec.model, None, None, spec.messages(b)) if spec.chat else encode(spec.model, b, None)
+                for i, b in enumerate(batches(spec.prompts, size))
+            }
             done: dict[int, str] = {}
             stale: list[str] = []
             rows = s.execute(

@@ -88,28 +88,40 @@ class MarketVerifierClient:
         except MarketError as exc:
             raise ReplicaUnavailable(str(exc)) from None
         message = decode_message(raw, max_bytes=MAX_REPLAY_BYTES)
-        per_row = [str(d) for d, n in zip(message.header.get("sent_digests") or [],
-                                           message.header.get("rows_per_call") or [], strict=False)
-                   for _ in range(int(n))]
+        per_row = [
+            str(d)
+            for d, n in zip(
+                message.header.get("sent_digests") or [], message.header.get("rows_per_call") or [], strict=False
+            )
+            for _ in range(int(n))
+        ]
         return message.tensors[0], [int(p) for p in message.header["positions"]], per_row
 
 
 class InferenceWorkSource:
-    def __init__(self, sessions: sessionmaker[Session], client: MarketVerifierClient, *, chain_id: int,
-                 models_dir: Path, blob_dir: Path | None = None, cache_size: int = 64) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        client: MarketVerifierClient,
+        *,
+        chain_id: int,
+        models_dir: Path,
+        blob_dir: Path | None = None,
+        cache_size: int = 64,
+    ) -> None:
         self.sessions = sessions
         self.client = client
         self.chain_id = chain_id
         self.models_dir = Path(models_dir)
         self._manifests: dict[str, Manifest] = {}
         # (output rows, their positions, per row the digest the replica signed over the call that answered it)
-        self._replays: OrderedDict[tuple[str, int, str, str], tuple[torch.Tensor, list[int], list[str]]] = (
-            OrderedDict())
+        self._replays: OrderedDict[tuple[str, int, str, str], tuple[torch.Tensor, list[int], list[str]]] = OrderedDict()
         self._parts: OrderedDict[str, list[ClaimedPart]] = OrderedDict()
         self._trees: OrderedDict[str, tuple[dict[int, SignedCommitment], merkle.MerkleTree]] = OrderedDict()
         self._cache_size = cache_size
-        self._held: OrderedDict[
-            tuple[str, int, str], tuple[dict[tuple[int, int], torch.Tensor], int | None]] = OrderedDict()
+        self._held: OrderedDict[tuple[str, int, str], tuple[dict[tuple[int, int], torch.Tensor], int | None]] = (
+            OrderedDict()
+        )
         self._lock = threading.Lock()
         self.blobs = BlobStore(Path(blob_dir)) if blob_dir is not None else None
 
@@ -142,8 +154,11 @@ class InferenceWorkSource:
     def _chunks(self, session: Session, run_id: str, stage: int, worker: str, width: int) -> list[SignedCommitment]:
         rows = session.scalars(
             select(StageCommitment).where(
-                StageCommitment.run_id == run_id, StageCommitment.stage == stage,
-                StageCommitment.worker_address == worker, StageCommitment.chunk_index.is_not(None))
+                StageCommitment.run_id == run_id,
+                StageCommitment.stage == stage,
+                StageCommitment.worker_address == worker,
+                StageCommitment.chunk_index.is_not(None),
+            )
         ).all()
         return [SignedCommitment.from_json(r.body, hidden=width) for r in rows]
 
@@ -173,25 +188,42 @@ class InferenceWorkSource:
                 if run is None:
                     raise NotFound("inference run", run_id)
                 manifest = self._manifest(run.model)
-                ends = {(r.layer_start, r.worker_address): r.layer_end for r in session.scalars(
-                    select(StageRecord).where(StageRecord.run_id == run_id))}
-                roots = session.scalars(select(StageCommitment).where(
-                    StageCommitment.run_id == run_id, StageCommitment.chunk_index.is_(None))).all()
+                ends = {
+                    (r.layer_start, r.worker_address): r.layer_end
+                    for r in session.scalars(select(StageRecord).where(StageRecord.run_id == run_id))
+                }
+                roots = session.scalars(
+                    select(StageCommitment).where(
+                        StageCommitment.run_id == run_id, StageCommitment.chunk_index.is_(None)
+                    )
+                ).all()
                 for root in sorted(roots, key=lambda r: (r.stage, r.worker_address)):
                     worker, stage = to_checksum_address(root.worker_address), root.stage
                     layer_end = ends.get((stage, root.worker_address), stage + 1)
                     scope = self._scope(run, stage)
                     chunks = self._chunks(session, run_id, stage, root.worker_address, self._width(manifest, layer_end))
-                    signed_root = SignedRoot(scope, int(root.body["chunk_count"]),
-                                             bytes.fromhex(str(root.body["root"])[2:]),
-                                             bytes.fromhex(str(root.body["signature"])[2:]))
-                    out.append(ClaimedPart(
-                        work_key=self._key(run_id, stage, root.worker_address), worker=worker,
-                        operator_id=operators.get(worker, worker.lower()), stage=stage, layer_start=stage,
-                        layer_end=layer_end, units=sum(c.commitment.sketch[4] for c in chunks),
-                        dtype=manifest.dtype, scope=scope, signed_root=signed_root, model=manifest.name,
-                        chunk_indices=tuple(sorted(c.commitment.chunk_index for c in chunks)),
-                    ))
+                    signed_root = SignedRoot(
+                        scope,
+                        int(root.body["chunk_count"]),
+                        bytes.fromhex(str(root.body["root"])[2:]),
+                        bytes.fromhex(str(root.body["signature"])[2:]),
+                    )
+                    out.append(
+                        ClaimedPart(
+                            work_key=self._key(run_id, stage, root.worker_address),
+                            worker=worker,
+                            operator_id=operators.get(worker, worker.lower()),
+                            stage=stage,
+                            layer_start=stage,
+                            layer_end=layer_end,
+                            units=sum(c.commitment.sketch[4] for c in chunks),
+                            dtype=manifest.dtype,
+                            scope=scope,
+                            signed_root=signed_root,
+                            model=manifest.name,
+                            chunk_indices=tuple(sorted(c.commitment.chunk_index for c in chunks)),
+                        )
+                    )
         return out
 
     def commitment(self, job_id: str, work_key: str, chunk_index: int) -> tuple[SignedCommitment, list[bytes]]:
@@ -206,9 +238,13 @@ class InferenceWorkSource:
             if run is None:
                 raise NotFound("inference run", run_id)
             manifest = self._manifest(run.model)
-            end = session.scalar(select(StageRecord.layer_end).where(
-                StageRecord.run_id == run_id, StageRecord.layer_start == stage,
-                StageRecord.worker_address == worker).limit(1))
+            end = session.scalar(
+                select(StageRecord.layer_end)
+                .where(
+                    StageRecord.run_id == run_id, StageRecord.layer_start == stage, StageRecord.worker_address == worker
+                )
+                .limit(1)
+            )
             chunks = self._chunks(session, run_id, stage, worker, self._width(manifest, end or stage + 1))
         tree = merkle.MerkleTree([c.commitment.leaf for c in chunks])
         return {c.commitment.chunk_index: c for c in chunks}, tree
@@ -236,7 +272,6 @@ class InferenceWorkSource:
         # Row i of the replay is the output at positions[i] (only the positions the worker committed to).
         rows = [i for i, p in enumerate(positions) if pc * 32 <= p < (pc + 1) * 32]
         return output[seq, rows]
-
 
     def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> str:
         run_id, stage, worker = self._split(part.work_key)
@@ -280,10 +315,16 @@ class InferenceWorkSource:
         hash the worker signed for it (`signing.sent_digest`); for last-token logits the market's projections
         of those rows and their seed."""
         with self.sessions() as session:
-            records = session.scalars(select(StageRecord).where(
-                StageRecord.run_id == run_id, StageRecord.layer_start == stage,
-                StageRecord.worker_address == worker, StageRecord.output_blob.is_not(None),
-            ).order_by(StageRecord.step)).all()
+            records = session.scalars(
+                select(StageRecord)
+                .where(
+                    StageRecord.run_id == run_id,
+                    StageRecord.layer_start == stage,
+                    StageRecord.worker_address == worker,
+                    StageRecord.output_blob.is_not(None),
+                )
+                .order_by(StageRecord.step)
+            ).all()
         rows: dict[tuple[int, int], torch.Tensor] = {}
         seed: int | None = None
         for rec in records:
@@ -299,7 +340,9 @@ class InferenceWorkSource:
                 sha = tensor_sha256(output)
                 signed = rec.sent_signature is not None and verify_signer(
                     sent_digest(part.scope, rec.step, int(request.header["first_position"]), sha),
-                    bytes.fromhex(rec.sent_signature[2:]), part.worker)
+                    bytes.fromhex(rec.sent_signature[2:]),
+                    part.worker,
+                )
                 if sha.hex() != rec.output_sha256 or not signed:
                     raise GlobaiError(f"stage record {rec.id}: stored output does not match the worker's signed hash")
             for seq in range(output.shape[0]):
@@ -317,8 +360,12 @@ class InferenceWorkSource:
                     work_key=self._key(v.run_id, v.stage, v.worker_address),
                     worker=to_checksum_address(v.worker_address),
                     operator_id=operators.get(to_checksum_address(v.worker_address), v.worker_address.lower()),
-                    stage=v.stage, layer_start=v.stage, layer_end=v.layer_end, chunk_index=int(v.chunk_index),
-                    evidence=v.digest, detail=str(v.evidence.get("detail", "")),
+                    stage=v.stage,
+                    layer_start=v.stage,
+                    layer_end=v.layer_end,
+                    chunk_index=int(v.chunk_index),
+                    evidence=v.digest,
+                    detail=str(v.evidence.get("detail", "")),
                 )
                 for v in rows
             ]
@@ -334,6 +381,10 @@ def source_from_settings(settings: Any) -> InferenceWorkSource:
         raise ConfigError("GLOBAI_OPERATOR_PRIVATE_KEY is needed to sign in to the market for replays")
     account = Account.from_key(settings.operator_private_key.get_secret_value())
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=2))
-    return InferenceWorkSource(sessions, MarketVerifierClient(settings.market_url, account),
-                               chain_id=settings.chain_id, models_dir=Path(settings.models_dir),
-                               blob_dir=Path(settings.blob_dir))
+    return InferenceWorkSource(
+        sessions,
+        MarketVerifierClient(settings.market_url, account),
+        chain_id=settings.chain_id,
+        models_dir=Path(settings.models_dir),
+        blob_dir=Path(settings.blob_dir),
+    )

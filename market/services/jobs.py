@@ -64,8 +64,9 @@ def create_job(
     if served_models is not None and isinstance(spec, InferenceSpec):
         served = served_models()
         if spec.model not in served:
-            raise InvalidRequest(f"model {spec.model!r} is not served by this market "
-                                 f"(served: {', '.join(sorted(served)) or 'none'})")
+            raise InvalidRequest(
+                f"model {spec.model!r} is not served by this market (served: {', '.join(sorted(served)) or 'none'})"
+            )
     job_uuid = new_id()
     body = spec_dict(spec)
     job = Job(

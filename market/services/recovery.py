@@ -50,51 +50,78 @@ class RecoveryPlan:
         return not (self.verify or self.replay or self.finish or self.slash or self.voided)
 
 
-def recover(session: Session, *, now: datetime, policy: RecoveryPolicy = RecoveryPolicy(),
-            limit: int = 200) -> RecoveryPlan:
+def recover(
+    session: Session, *, now: datetime, policy: RecoveryPolicy = RecoveryPolicy(), limit: int = 200
+) -> RecoveryPlan:
     plan = RecoveryPlan()
     stale = now - timedelta(seconds=policy.stale_s)
-    plan.verify = list(session.scalars(
-        select(Job.id).join(VerificationRun, VerificationRun.job_id == Job.id)
-        .where(Job.status == "completed", VerificationRun.status == "open").limit(limit)))
+    plan.verify = list(
+        session.scalars(
+            select(Job.id)
+            .join(VerificationRun, VerificationRun.job_id == Job.id)
+            .where(Job.status == "completed", VerificationRun.status == "open")
+            .limit(limit)
+        )
+    )
 
     too_old = now - timedelta(seconds=policy.check_max_age_s)
     old_checks = session.scalars(
-        select(VerificationCheck).where(VerificationCheck.status == "pending", VerificationCheck.created_at < too_old)
-        .limit(limit)).all()
+        select(VerificationCheck)
+        .where(VerificationCheck.status == "pending", VerificationCheck.created_at < too_old)
+        .limit(limit)
+    ).all()
     for check in old_checks:
         check.status, check.reason, check.decided_at = "void", "timed out", now
         plan.voided += 1
         plan.finish.append(check.job_id)
 
     for run in session.scalars(select(VerificationRun).where(VerificationRun.status == "replaying").limit(limit)):
-        pending = list(session.scalars(select(VerificationCheck.id).where(
-            VerificationCheck.job_id == run.job_id, VerificationCheck.status == "pending")))
+        pending = list(
+            session.scalars(
+                select(VerificationCheck.id).where(
+                    VerificationCheck.job_id == run.job_id, VerificationCheck.status == "pending"
+                )
+            )
+        )
         if not pending:
             plan.finish.append(run.job_id)  # every check decided, but the decision was lost
         elif run.updated_at < stale:
             plan.replay += pending
             plan.finish.append(run.job_id)
             run.updated_at = now  # at most one re-drive per run per stale_s
-    plan.finish += list(session.scalars(
-        select(VerificationRun.job_id).where(VerificationRun.status == "deciding").limit(limit)))
+    plan.finish += list(
+        session.scalars(select(VerificationRun.job_id).where(VerificationRun.status == "deciding").limit(limit))
+    )
 
     for run in session.scalars(select(VerificationRun).where(VerificationRun.status == "slashing").limit(limit)):
-        open_slashes = list(session.scalars(select(SlashRecord.id).where(
-            SlashRecord.job_id == run.job_id, SlashRecord.status == "pending")))
+        open_slashes = list(
+            session.scalars(
+                select(SlashRecord.id).where(SlashRecord.job_id == run.job_id, SlashRecord.status == "pending")
+            )
+        )
         if not open_slashes:
-            session.execute(update(VerificationRun).where(VerificationRun.job_id == run.job_id,
-                                                          VerificationRun.status == "slashing")
-                            .values(status="settling", updated_at=now))
+            session.execute(
+                update(VerificationRun)
+                .where(VerificationRun.job_id == run.job_id, VerificationRun.status == "slashing")
+                .values(status="settling", updated_at=now)
+            )
         elif run.updated_at < stale:
             plan.slash += open_slashes
             run.updated_at = now
     # Sent slashes wait for their confirmations (or for being re-sent) whatever the run does meanwhile.
-    plan.slash += [sid for sid in session.scalars(
-        select(SlashRecord.id).where(SlashRecord.status == "sent").limit(limit)) if sid not in plan.slash]
+    plan.slash += [
+        sid
+        for sid in session.scalars(select(SlashRecord.id).where(SlashRecord.status == "sent").limit(limit))
+        if sid not in plan.slash
+    ]
     session.commit()
     plan.finish = list(dict.fromkeys(plan.finish))
     if plan.voided or plan.replay or plan.slash:
-        log.info("recovery: %d checks re-driven, %d voided (timed out), %d slashes, %d runs to decide",
-                 len(plan.replay), plan.voided, len(plan.slash), len(plan.finish))
+        log.info(
+            "recovery: %d checks re-driven, %d voided (timed out), %d slashes, %d runs to decide",
+            len(plan.replay),
+            plan.voided,
+            len(plan.slash),
+            len(plan.finish),
+        )
     return plan

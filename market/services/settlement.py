@@ -24,7 +24,6 @@ from market.settlement.report import build_report
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class SettleOutcome:
     job_id: str
@@ -155,8 +154,7 @@ def settle_jobs(
             settlement = session.scalar(select(Settlement).where(Settlement.job_id == job_id))
             if settlement is not None and settlement.status == "sent":
                 # Mined once, gone now (a reorg, a node restarted without its state): the nonce state is stale too.
-                log.warning("job %s: settlement %s is no longer on chain; sending it again", job_id,
-                            settlement.tx_hash)
+                log.warning("job %s: settlement %s is no longer on chain; sending it again", job_id, settlement.tx_hash)
                 op.resync()
             batch.append((job, report))
     if not batch:
@@ -201,7 +199,8 @@ def ready_jobs(session: Session, *, limit: int = 50) -> list[str]:
         select(VerificationRun.job_id).where(VerificationRun.status == "settling").limit(limit)
     ).all()
     refunds = session.scalars(
-        select(Settlement.job_id).join(Job, Job.id == Settlement.job_id)
+        select(Settlement.job_id)
+        .join(Job, Job.id == Settlement.job_id)
         .where(Settlement.kind == "refund", Settlement.status.in_(("pending", "sent")), Job.status == "cancelled")
         .limit(limit)
     ).all()

@@ -165,8 +165,12 @@ def open_run(session: Session, *, job_id: str, now: datetime, secret: bytes | No
     if run is None:
         raw = secret if secret is not None else os.urandom(32)
         run = VerificationRun(
-            job_id=job_id, status="open", secret="0x" + raw.hex(),
-            beacon="0x" + sampling.beacon_commitment(raw).hex(), created_at=now, updated_at=now,
+            job_id=job_id,
+            status="open",
+            secret="0x" + raw.hex(),
+            beacon="0x" + sampling.beacon_commitment(raw).hex(),
+            created_at=now,
+            updated_at=now,
         )
         session.add(run)
         session.commit()
@@ -208,7 +212,12 @@ def _pending_ids(session: Session, job_id: str) -> list[str]:
 
 
 def start_verification(
-    session: Session, source: WorkSource, cfg: VerifierConfig, *, job_id: str, now: datetime,
+    session: Session,
+    source: WorkSource,
+    cfg: VerifierConfig,
+    *,
+    job_id: str,
+    now: datetime,
     rng: random.Random | None = None,
 ) -> list[str]:
     """Sample the job's segments and create round-0 checks; returns the ids of checks to replay.
@@ -239,16 +248,22 @@ def start_verification(
     by_task = {work_id(part.work_key): part for part in parts}
     tasks = [
         sampling.TaskChunks(
-            task_id=work_id(part.work_key), stage=part.stage, chunk_indices=part.chunk_indices,
-            rate=sampling.sampling_rate(cfg.economics, _history(session, part.worker, now),
-                                        max(len(part.chunk_indices), 1), cfg.policy),
+            task_id=work_id(part.work_key),
+            stage=part.stage,
+            chunk_indices=part.chunk_indices,
+            rate=sampling.sampling_rate(
+                cfg.economics, _history(session, part.worker, now), max(len(part.chunk_indices), 1), cfg.policy
+            ),
         )
         for part in parts
     ]
     session.commit()
     faulted = {(f.work_key, f.chunk_index) for f in faults}
-    segments = [seg for seg in sampling.sample_segments(seed, tasks)
-                if (by_task[seg.task_id].work_key, seg.chunk_index) not in faulted]
+    segments = [
+        seg
+        for seg in sampling.sample_segments(seed, tasks)
+        if (by_task[seg.task_id].work_key, seg.chunk_index) not in faulted
+    ]
     # Every part's replicas: a part no replica of another operator can replay is never paid as verified.
     pools = {part.work_key: source.replicas(job_id, part) for part in parts}
     sampled = {by_task[seg.task_id].work_key for seg in segments}
@@ -274,23 +289,53 @@ def start_verification(
     for fault in faults:  # decided by the signed data alone: no replica needed
         if fault.work_key not in existing and fault.work_key not in {p.work_key for p in parts}:
             existing[fault.work_key] = WorkPart(
-                job_id=job_id, work_key=fault.work_key, worker=to_checksum_address(fault.worker),
-                operator_id=fault.operator_id, stage=fault.stage, layer_start=fault.layer_start,
-                layer_end=fault.layer_end, units=0, chunk_count=0, root="", status="pending", rate=1.0)
+                job_id=job_id,
+                work_key=fault.work_key,
+                worker=to_checksum_address(fault.worker),
+                operator_id=fault.operator_id,
+                stage=fault.stage,
+                layer_start=fault.layer_start,
+                layer_end=fault.layer_end,
+                units=0,
+                chunk_count=0,
+                root="",
+                status="pending",
+                rate=1.0,
+            )
             session.add(existing[fault.work_key])
-        session.add(VerificationCheck(
-            job_id=job_id, work_key=fault.work_key, worker=to_checksum_address(fault.worker), stage=fault.stage,
-            chunk_index=fault.chunk_index, round=0, replica=None, status="fail", reason="unbound",
-            evidence=fault.evidence, metrics={"detail": fault.detail[:120]}, created_at=now, decided_at=now))
+        session.add(
+            VerificationCheck(
+                job_id=job_id,
+                work_key=fault.work_key,
+                worker=to_checksum_address(fault.worker),
+                stage=fault.stage,
+                chunk_index=fault.chunk_index,
+                round=0,
+                replica=None,
+                status="fail",
+                reason="unbound",
+                evidence=fault.evidence,
+                metrics={"detail": fault.detail[:120]},
+                created_at=now,
+                decided_at=now,
+            )
+        )
     for seg in segments:
         part = by_task[seg.task_id]
         replica = _pick(rng, pools[part.work_key], {part.operator_id}, {part.worker})
         session.add(
             VerificationCheck(
-                job_id=job_id, work_key=part.work_key, worker=part.worker, stage=part.stage,
-                chunk_index=seg.chunk_index, round=0, replica=None if replica is None else replica.address,
-                status="pending" if replica is not None else "void", reason="" if replica else "no_replica",
-                created_at=now, decided_at=None if replica else now,
+                job_id=job_id,
+                work_key=part.work_key,
+                worker=part.worker,
+                stage=part.stage,
+                chunk_index=seg.chunk_index,
+                round=0,
+                replica=None if replica is None else replica.address,
+                status="pending" if replica is not None else "void",
+                reason="" if replica else "no_replica",
+                created_at=now,
+                decided_at=None if replica else now,
             )
         )
     run.status, run.seed, run.sampled, run.updated_at = "replaying", "0x" + seed.hex(), len(segments), now
@@ -305,7 +350,12 @@ def start_verification(
 
 
 def run_check(
-    session: Session, source: WorkSource, cfg: VerifierConfig, *, check_id: str, now: datetime,
+    session: Session,
+    source: WorkSource,
+    cfg: VerifierConfig,
+    *,
+    check_id: str,
+    now: datetime,
     rng: random.Random | None = None,
 ) -> tuple[str, list[str]]:
     """Replay one check's segment and decide it; returns (job id, ids of dispute checks it opened).
@@ -325,16 +375,26 @@ def run_check(
     if part is None:
         raise NotFound("work part", work_key)
     signed, proof = source.commitment(job_id, work_key, chunk)
-    verdict = check_structure(signed, proof, expected_scope=part.scope, chunk_index=chunk, worker=part.worker,
-                              signed_root=part.signed_root)
+    verdict = check_structure(
+        signed, proof, expected_scope=part.scope, chunk_index=chunk, worker=part.worker, signed_root=part.signed_root
+    )
     replica_evidence = ""
     if verdict is None:
         assert replica is not None  # pending checks always have one
         replayed = source.replay(job_id, part, chunk, replica)
         replica_evidence = source.replay_evidence(job_id, part, chunk, replica)
-        verdict = check_claim(signed, proof, replayed, cfg.tolerance(part.model, part.dtype), k=cfg.sketch_k,
-                              expected_scope=part.scope, chunk_index=chunk, worker=part.worker,
-                              signed_root=part.signed_root, held=source.held(job_id, part, chunk))
+        verdict = check_claim(
+            signed,
+            proof,
+            replayed,
+            cfg.tolerance(part.model, part.dtype),
+            k=cfg.sketch_k,
+            expected_scope=part.scope,
+            chunk_index=chunk,
+            worker=part.worker,
+            signed_root=part.signed_root,
+            held=source.held(job_id, part, chunk),
+        )
     pool = source.replicas(job_id, part) if rnd == 0 and verdict.needs_replay_vote else []
 
     check = session.get(VerificationCheck, check_id)
@@ -358,9 +418,16 @@ def run_check(
         for dispute_round in DISPUTE_ROUNDS:
             pick = _pick(rng, pool, used_ops, used)
             row = VerificationCheck(
-                job_id=job_id, work_key=work_key, worker=check.worker, stage=check.stage, chunk_index=chunk,
-                round=dispute_round, replica=None if pick is None else pick.address,
-                status="pending" if pick else "void", reason="" if pick else "no_replica", created_at=now,
+                job_id=job_id,
+                work_key=work_key,
+                worker=check.worker,
+                stage=check.stage,
+                chunk_index=chunk,
+                round=dispute_round,
+                replica=None if pick is None else pick.address,
+                status="pending" if pick else "void",
+                reason="" if pick else "no_replica",
+                created_at=now,
                 decided_at=None if pick else now,
             )
             session.add(row)
@@ -394,9 +461,7 @@ class JobDecision:
     slash_ids: list[str]
 
 
-def decide_job(
-    session: Session, cfg: VerifierConfig, *, job_id: str, now: datetime
-) -> JobDecision | None:
+def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datetime) -> JobDecision | None:
     """Decide every sampled segment once nothing is pending (None while replays are still running).
 
     One transaction: the compare-and-set that claims the decision (of several concurrent deciders exactly one
@@ -438,12 +503,24 @@ def decide_job(
         elif outcome == UNVERIFIED:
             unchecked_parts.add(work_key)
         if accused is not None and outcome in ("cleared", GUILTY, FAULTY):
-            record_outcome(session, worker_id=accused.id, kind="pass" if outcome == "cleared" else "fail",
-                           now=now, job_id=job_id, detail=f"{work_key}#{first.chunk_index}: {first.reason}")
+            record_outcome(
+                session,
+                worker_id=accused.id,
+                kind="pass" if outcome == "cleared" else "fail",
+                now=now,
+                job_id=job_id,
+                detail=f"{work_key}#{first.chunk_index}: {first.reason}",
+            )
         liar = workers.get(first.replica or "")
         if first_lost and liar is not None:
-            record_outcome(session, worker_id=liar.id, kind="fail", now=now, job_id=job_id,
-                           detail=f"lost dispute on {work_key}#{first.chunk_index}")
+            record_outcome(
+                session,
+                worker_id=liar.id,
+                kind="fail",
+                now=now,
+                job_id=job_id,
+                detail=f"lost dispute on {work_key}#{first.chunk_index}",
+            )
         evidence = (first.metrics or {}).get("replica_evidence")
         if first_lost and first.replica and isinstance(evidence, str) and evidence.startswith("0x"):
             # Its signed answer was outvoted by two replicas of other operators: provable, slashable; the
@@ -463,19 +540,34 @@ def decide_job(
         existing = session.scalar(select(SlashRecord).where(SlashRecord.job_id == job_id, SlashRecord.worker == worker))
         if existing is None:
             # No replica found it (a fault in the signed data alone): the harmed requester takes the finder's share.
-            existing = SlashRecord(job_id=job_id, worker=worker, amount=cfg.slash_amount, evidence=evidence,
-                                   finder=finder or job.requester, requester=job.requester, status="pending",
-                                   created_at=now)
+            existing = SlashRecord(
+                job_id=job_id,
+                worker=worker,
+                amount=cfg.slash_amount,
+                evidence=evidence,
+                finder=finder or job.requester,
+                requester=job.requester,
+                status="pending",
+                created_at=now,
+            )
             session.add(existing)
             session.flush()
         slash_ids.append(existing.id)
         if worker in workers:
-            record_outcome(session, worker_id=workers[worker].id, kind="slash", now=now, job_id=job_id,
-                           detail=f"guilty in job {job_id}")
+            record_outcome(
+                session,
+                worker_id=workers[worker].id,
+                kind="slash",
+                now=now,
+                job_id=job_id,
+                detail=f"guilty in job {job_id}",
+            )
             workers[worker].last_slash_at = now
             guilty_jobs = session.scalar(
                 select(func.count(func.distinct(ReputationEvent.job_id))).where(
-                    ReputationEvent.worker_id == workers[worker].id, ReputationEvent.kind == "slash"))
+                    ReputationEvent.worker_id == workers[worker].id, ReputationEvent.kind == "slash"
+                )
+            )
             if (guilty_jobs or 0) >= cfg.ban_after_slashes:
                 # Repeated guilt: banned for good; the market closes its live links within a second.
                 workers[worker].status, workers[worker].eligible = "banned", False
@@ -509,13 +601,18 @@ def execute_slash(session: Session, op: Slasher, *, slash_id: str, now: datetime
         done = op.find_slash(worker=row.worker, chain_job_id=chain_job_id, from_block=job.created_block)
         if done is None:
             if row.status == "sent":
-                log.warning("slash %s: its transaction %s is gone from the chain; sending it again", row.id,
-                            row.tx_hash)
+                log.warning(
+                    "slash %s: its transaction %s is gone from the chain; sending it again", row.id, row.tx_hash
+                )
                 op.resync()
             try:
                 done = op.slash(
-                    worker=row.worker, amount=row.amount or op.min_stake(), chain_job_id=chain_job_id,
-                    evidence=bytes.fromhex(row.evidence[2:]), requester=row.requester, finder=row.finder,
+                    worker=row.worker,
+                    amount=row.amount or op.min_stake(),
+                    chain_job_id=chain_job_id,
+                    evidence=bytes.fromhex(row.evidence[2:]),
+                    requester=row.requester,
+                    finder=row.finder,
                 )
             except NothingToSlash:
                 row.status = "nothing_staked"
@@ -532,9 +629,7 @@ def execute_slash(session: Session, op: Slasher, *, slash_id: str, now: datetime
         .where(VerificationRun.job_id == row.job_id, VerificationRun.status == "slashing")
         .values(status="settling", updated_at=now)
         .where(
-            ~select(SlashRecord.id)
-            .where(SlashRecord.job_id == row.job_id, SlashRecord.status == "pending")
-            .exists()
+            ~select(SlashRecord.id).where(SlashRecord.job_id == row.job_id, SlashRecord.status == "pending").exists()
         )
     ).rowcount  # type: ignore[attr-defined]
     session.commit()

@@ -189,8 +189,9 @@ def settlement_credits(session: Session, *, address: str) -> list[tuple[Job, Set
     ).all()
     out = []
     for job, settlement, report in rows:
-        amount = sum(int(p["amount"]) for p in report.report.get("payees", [])
-                     if str(p["payee"]).lower() == address.lower())
+        amount = sum(
+            int(p["amount"]) for p in report.report.get("payees", []) if str(p["payee"]).lower() == address.lower()
+        )
         if amount:
             out.append((job, settlement, amount))
     return out
@@ -205,6 +206,10 @@ def stakes(session: Session, *, addresses: list[str]) -> dict[str, int]:
 def work_counts(session: Session, *, worker: Worker) -> tuple[int, int]:
     """(tasks submitted through leases, pipeline forward calls recorded for verification) of `worker`."""
     tasks = session.scalar(select(func.count()).select_from(Task).where(Task.submitted_by == worker.id)) or 0
-    calls = session.scalar(
-        select(func.count()).select_from(StageRecord).where(StageRecord.worker_address == worker.address)) or 0
+    calls = (
+        session.scalar(
+            select(func.count()).select_from(StageRecord).where(StageRecord.worker_address == worker.address)
+        )
+        or 0
+    )
     return int(tasks), int(calls)

@@ -128,9 +128,19 @@ def plan_settlement(
     if paid + fee > funded:  # cannot happen after scaling; a plan the contract would reject is a bug
         raise SettlementError(f"job {job_key}: paid {paid} + fee {fee} exceeds funded {funded}")
     plan = SettlementPlan(
-        job_key=job_key, chain_job_id=chain_job_id, funded=funded, price_per_unit=price_per_unit, fee_bps=fee_bps,
-        records=tuple(records), payees=payees, amounts=amounts, paid=paid, fee=fee, refunded=funded - paid - fee,
-        scale_num=num, scale_den=den,
+        job_key=job_key,
+        chain_job_id=chain_job_id,
+        funded=funded,
+        price_per_unit=price_per_unit,
+        fee_bps=fee_bps,
+        records=tuple(records),
+        payees=payees,
+        amounts=amounts,
+        paid=paid,
+        fee=fee,
+        refunded=funded - paid - fee,
+        scale_num=num,
+        scale_den=den,
     )
     if int.from_bytes(plan.report_root, "big") < MIN_REPORT_ROOT:
         raise SettlementError(f"job {job_key}: report root below 2^65 (probability 2^-191)")

@@ -184,12 +184,18 @@ def parse_report(data: Any) -> Report:
         if not isinstance(r["proof"], list):
             raise MalformedReport(f"records[{n}].proof must be a list")
         record = SettlementRecord(
-            chain_job_id, task_id, _address(r["payee"], f"records[{n}].payee"),
-            _uint(r["units"], f"records[{n}].units"), _uint(r["amount"], f"records[{n}].amount"),
+            chain_job_id,
+            task_id,
+            _address(r["payee"], f"records[{n}].payee"),
+            _uint(r["units"], f"records[{n}].units"),
+            _uint(r["amount"], f"records[{n}].amount"),
         )
         records.append(
             ReportRecord(
-                task=r["task"], record=record, status=r["status"], leaf=_b32(r["leaf"], f"records[{n}].leaf"),
+                task=r["task"],
+                record=record,
+                status=r["status"],
+                leaf=_b32(r["leaf"], f"records[{n}].leaf"),
                 proof=tuple(_b32(p, f"records[{n}].proof") for p in r["proof"]),
             )
         )

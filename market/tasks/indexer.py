@@ -11,8 +11,14 @@ from market.indexer import index_chain
 from market.tasks.celery_app import runtime
 
 
-@shared_task(bind=True, name="market.indexer.index_chain", acks_late=True, autoretry_for=(RpcUnavailable,),
-             retry_backoff=True, max_retries=3)
+@shared_task(
+    bind=True,
+    name="market.indexer.index_chain",
+    acks_late=True,
+    autoretry_for=(RpcUnavailable,),
+    retry_backoff=True,
+    max_retries=3,
+)
 def index_chain_task(self: Task, start_block: int | None = None) -> dict[str, Any]:
     """Apply new StakingVault and JobEscrow events: stakes, funding, and the `chain_events` index."""
     rt = runtime(self.app)
@@ -22,6 +28,5 @@ def index_chain_task(self: Task, start_block: int | None = None) -> dict[str, An
     s = rt.settings
     with rt.session() as session:
         first = s.chain_start_block if start_block is None else start_block
-        report = index_chain(session, chain, start_block=first, page=s.log_page_blocks,
-                             confirmations=s.confirmations)
+        report = index_chain(session, chain, start_block=first, page=s.log_page_blocks, confirmations=s.confirmations)
     return {"events": report.events, "to_block": report.escrow.to_block}

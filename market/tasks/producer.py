@@ -21,6 +21,10 @@ class TaskProducer:
         with self._lock:
             if self._app is None:
                 self._app = Celery("globai-api", broker=self.redis_url)
-                self._app.conf.update(task_serializer="json", accept_content=["json"], broker_connection_timeout=2,
-                                      broker_connection_retry_on_startup=False)
+                self._app.conf.update(
+                    task_serializer="json",
+                    accept_content=["json"],
+                    broker_connection_timeout=2,
+                    broker_connection_retry_on_startup=False,
+                )
         self._app.send_task(name, args=list(args), retry=False)

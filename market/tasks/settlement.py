@@ -11,8 +11,13 @@ from market.services.settlement import ready_jobs, settle_jobs
 from market.tasks.celery_app import runtime
 from market.tasks.verifier_runtime import chain_operator
 
-RETRY = {"acks_late": True, "autoretry_for": (RpcUnavailable, ConnectionError, TimeoutError), "retry_backoff": True,
-         "retry_backoff_max": 30, "max_retries": 5}
+RETRY = {
+    "acks_late": True,
+    "autoretry_for": (RpcUnavailable, ConnectionError, TimeoutError),
+    "retry_backoff": True,
+    "retry_backoff_max": 30,
+    "max_retries": 5,
+}
 
 
 @shared_task(bind=True, name="market.settlement.settle_job", **RETRY)

@@ -36,8 +36,9 @@ def _now() -> datetime:
 )
 def advance_training_job(self: Task, job_id: str) -> str:
     rt = runtime(self.app)
-    state = advance(rt.session, storage_at(rt.settings.training_dir), job_id, now=_now,
-                    slash_amount=rt.settings.slash_amount_wei)
+    state = advance(
+        rt.session, storage_at(rt.settings.training_dir), job_id, now=_now, slash_amount=rt.settings.slash_amount_wei
+    )
     log.debug("training job %s: %s", job_id, state)
     return state
 

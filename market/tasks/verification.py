@@ -23,8 +23,13 @@ from market.tasks.verifier_runtime import chain_operator, verifier_config, work_
 log = logging.getLogger(__name__)
 
 TRANSIENT = (RpcUnavailable, svc.ReplicaUnavailable, ConnectionError, TimeoutError)
-RETRY = {"acks_late": True, "autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 30,
-         "max_retries": 5}
+RETRY = {
+    "acks_late": True,
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": True,
+    "retry_backoff_max": 30,
+    "max_retries": 5,
+}
 
 
 def _now() -> datetime:
@@ -36,8 +41,9 @@ def verify_job(self: Task, job_id: str) -> int:
     """Sample the job's segments (after every signed root is in) and enqueue their replays."""
     rt = runtime(self.app)
     with rt.session() as session:
-        ids = svc.start_verification(session, work_source(self.app), verifier_config(self.app), job_id=job_id,
-                                     now=_now())
+        ids = svc.start_verification(
+            session, work_source(self.app), verifier_config(self.app), job_id=job_id, now=_now()
+        )
     for check_id in ids:
         replay_check.apply_async((check_id,))
     finish_job.apply_async((job_id,))
@@ -50,8 +56,9 @@ def replay_check(self: Task, check_id: str) -> str:
     rt = runtime(self.app)
     with rt.session() as session:
         try:
-            job_id, opened = svc.run_check(session, work_source(self.app), verifier_config(self.app),
-                                           check_id=check_id, now=_now())
+            job_id, opened = svc.run_check(
+                session, work_source(self.app), verifier_config(self.app), check_id=check_id, now=_now()
+            )
         except svc.ReplicaUnavailable as exc:
             if self.request.retries < RETRY["max_retries"]:
                 raise
@@ -120,5 +127,10 @@ def recover(self: Task, limit: int = 200) -> dict[str, int]:
         finish_job.apply_async((job_id,), expires=expires)
     for slash_id in plan.slash:
         slash_worker.apply_async((slash_id,), expires=expires)
-    return {"verify": len(plan.verify), "replay": len(plan.replay), "finish": len(plan.finish),
-            "slash": len(plan.slash), "voided": plan.voided}
+    return {
+        "verify": len(plan.verify),
+        "replay": len(plan.replay),
+        "finish": len(plan.finish),
+        "slash": len(plan.slash),
+        "voided": plan.voided,
+    }

@@ -28,7 +28,10 @@ class VerifierRuntime:
 
 
 def configure_verifier(
-    app: Celery, *, source: WorkSource | None = None, config: VerifierConfig | None = None,
+    app: Celery,
+    *,
+    source: WorkSource | None = None,
+    config: VerifierConfig | None = None,
     operator: Web3Operator | None = None,
 ) -> VerifierRuntime:
     vr = VerifierRuntime(source=source, config=config, operator=operator)
@@ -50,8 +53,9 @@ def verifier_config(app: Celery) -> VerifierConfig:
             from market.verifier.compare import load_tolerances
 
             s = runtime(app).settings
-            vr.config = VerifierConfig(tolerances=load_tolerances(s.tolerances_path or None),
-                                       slash_amount=s.slash_amount_wei)
+            vr.config = VerifierConfig(
+                tolerances=load_tolerances(s.tolerances_path or None), slash_amount=s.slash_amount_wei
+            )
         return vr.config
 
 

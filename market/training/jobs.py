@@ -97,9 +97,16 @@ def create_training_job(
     config, params0 = initial_checkpoint(spec)
     try:
         generic = TrainingSpec(
-            model=TRAINING_MODEL, dataset=dataset_sha256, rounds=spec.rounds, tasks_per_round=spec.workers_per_round,
-            local_steps=spec.inner_steps, layer_start=0, layer_end=int(config["num_hidden_layers"]),
-            memory_bytes=estimate_memory_bytes(config, spec), seed=spec.seed, diloco=spec.model_dump(mode="json"),
+            model=TRAINING_MODEL,
+            dataset=dataset_sha256,
+            rounds=spec.rounds,
+            tasks_per_round=spec.workers_per_round,
+            local_steps=spec.inner_steps,
+            layer_start=0,
+            layer_end=int(config["num_hidden_layers"]),
+            memory_bytes=estimate_memory_bytes(config, spec),
+            seed=spec.seed,
+            diloco=spec.model_dump(mode="json"),
         )
     except ValidationError as exc:
         raise InvalidRequest(f"spec out of the market's limits: {exc.errors()[0]['msg']}") from exc
@@ -109,53 +116,96 @@ def create_training_job(
         raise InvalidRequest(f"budget {budget} is below price_per_unit x units x (1 + verify_rate) = {needed}")
     initial_loss = evaluate_loss(config, params0, data.eval) if len(data.eval) else None
     job = job_service.create_job(
-        session, requester=requester, spec=generic, budget=budget, price_per_unit=price_per_unit,
-        deadline=deadline, replicas=1, chain_id=chain_id, created_block=created_block, now=now,
+        session,
+        requester=requester,
+        spec=generic,
+        budget=budget,
+        price_per_unit=price_per_unit,
+        deadline=deadline,
+        replicas=1,
+        chain_id=chain_id,
+        created_block=created_block,
+        now=now,
     )
     manifest0 = storage.checkpoints.init_job(job.id, config, params0)
     secret = secrets.token_bytes(32)
     session.add(
         TrainingJob(
-            job_id=job.id, spec=spec.model_dump(mode="json"), spec_sha256=spec.spec_hash(),
-            dataset_sha256=dataset_sha256, job_nonce="0x" + secrets.token_hex(32), chain_id=chain_id,
-            sample_secret="0x" + secret.hex(), beacon="0x" + keccak(b"GLOBAI-BEACON-V1" + secret).hex(),
-            verify_rate=verify_rate, status="waiting", round=0, version=0, initial_eval_loss=initial_loss,
-            detail="", created_at=now, updated_at=now,
+            job_id=job.id,
+            spec=spec.model_dump(mode="json"),
+            spec_sha256=spec.spec_hash(),
+            dataset_sha256=dataset_sha256,
+            job_nonce="0x" + secrets.token_hex(32),
+            chain_id=chain_id,
+            sample_secret="0x" + secret.hex(),
+            beacon="0x" + keccak(b"GLOBAI-BEACON-V1" + secret).hex(),
+            verify_rate=verify_rate,
+            status="waiting",
+            round=0,
+            version=0,
+            initial_eval_loss=initial_loss,
+            detail="",
+            created_at=now,
+            updated_at=now,
         )
     )
     session.add(
         TrainingRound(
-            job_id=job.id, round=0, status="pending", base_manifest=manifest0.sha256, opened_at=now,
-            deadline_at=now, reopened=0, accepted=[], bytes_up=0,
+            job_id=job.id,
+            round=0,
+            status="pending",
+            base_manifest=manifest0.sha256,
+            opened_at=now,
+            deadline_at=now,
+            reopened=0,
+            accepted=[],
+            bytes_up=0,
         )
     )
     session.commit()
     return job
 
 
-def task_payload(job: Job, tj: TrainingJob, spec: TrainingJobSpec, rnd: TrainingRound, slot: int,
-                 replay_of: str | None = None) -> dict[str, Any]:
+def task_payload(
+    job: Job, tj: TrainingJob, spec: TrainingJobSpec, rnd: TrainingRound, slot: int, replay_of: str | None = None
+) -> dict[str, Any]:
     """Everything a worker needs to run task (round, slot) besides the checkpoint and shard bytes."""
     return {
-        "kind": PAYLOAD_KIND, "round": rnd.round, "slot": slot, "version": rnd.round,
-        "base_manifest": rnd.base_manifest, "seed": task_seed(spec, rnd.round, slot),
-        "inner_steps": spec.inner_steps, "inner_lr": spec.inner_lr, "batch_size": spec.batch_size,
-        "weight_decay": spec.inner_weight_decay, "grad_clip": spec.grad_clip, "compression": spec.compression,
-        "chain_id": tj.chain_id, "chain_job_id": job.chain_job_id, "job_nonce": tj.job_nonce,
+        "kind": PAYLOAD_KIND,
+        "round": rnd.round,
+        "slot": slot,
+        "version": rnd.round,
+        "base_manifest": rnd.base_manifest,
+        "seed": task_seed(spec, rnd.round, slot),
+        "inner_steps": spec.inner_steps,
+        "inner_lr": spec.inner_lr,
+        "batch_size": spec.batch_size,
+        "weight_decay": spec.inner_weight_decay,
+        "grad_clip": spec.grad_clip,
+        "compression": spec.compression,
+        "chain_id": tj.chain_id,
+        "chain_job_id": job.chain_job_id,
+        "job_nonce": tj.job_nonce,
         "replay_of": replay_of,
     }
 
 
 def _task_spec(job: Job, payload: dict[str, Any], exclude_operator: str | None = None) -> job_service.TaskSpec:
     return job_service.TaskSpec(
-        kind="train", model=TRAINING_MODEL, layer_start=0, layer_end=int(job.spec["layer_end"]),
-        memory_bytes=int(job.spec.get("memory_bytes", 0)), units=int(job.spec["local_steps"]), payload=payload,
+        kind="train",
+        model=TRAINING_MODEL,
+        layer_start=0,
+        layer_end=int(job.spec["layer_end"]),
+        memory_bytes=int(job.spec.get("memory_bytes", 0)),
+        units=int(job.spec["local_steps"]),
+        payload=payload,
         exclude_operator=exclude_operator,
     )
 
 
-def _enqueue_slots(session: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, slots: list[int],
-                   now: datetime) -> list[Task]:
+def _enqueue_slots(
+    session: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, slots: list[int], now: datetime
+) -> list[Task]:
     spec = job_spec(tj)
     specs = [_task_spec(job, task_payload(job, tj, spec, rnd, s)) for s in slots]
     return job_service.enqueue_tasks(session, job=job, tasks=specs, now=now)
@@ -239,8 +289,13 @@ def submit_update(
     except CompressionError as exc:
         raise InvalidRequest(exc.reason) from exc
     scope = UpdateScope(
-        chain_id=chain_id, chain_job_id=chain_job_id, task_id=task_id, round=int(p["round"]),
-        slot=int(p["slot"]), job_nonce=job_nonce, base_checkpoint=str(p["base_manifest"]),
+        chain_id=chain_id,
+        chain_job_id=chain_job_id,
+        task_id=task_id,
+        round=int(p["round"]),
+        slot=int(p["slot"]),
+        job_nonce=job_nonce,
+        base_checkpoint=str(p["base_manifest"]),
     )
     try:
         signer = update_signer(scope, sha, signature)
@@ -250,18 +305,40 @@ def submit_update(
         raise Forbidden("the update is not signed by the lease holder")
     storage.updates.put(payload)
     row = TrainingUpdate(
-        task_id=task_id, job_id=job_id, round=int(p["round"]), slot=int(p["slot"]), worker=address,
-        operator_id=operator_id, payload_sha256=sha, size=len(payload),
-        digest="0x" + scope.digest(sha).hex(), signature=signature, received_at=now, loss_start=float(loss_start),
-        loss_end=float(loss_end), replay_of=p.get("replay_of"), check="unchecked", check_reason="",
-        check_metrics={}, aggregated=False,
+        task_id=task_id,
+        job_id=job_id,
+        round=int(p["round"]),
+        slot=int(p["slot"]),
+        worker=address,
+        operator_id=operator_id,
+        payload_sha256=sha,
+        size=len(payload),
+        digest="0x" + scope.digest(sha).hex(),
+        signature=signature,
+        received_at=now,
+        loss_start=float(loss_start),
+        loss_end=float(loss_end),
+        replay_of=p.get("replay_of"),
+        check="unchecked",
+        check_reason="",
+        check_metrics={},
+        aggregated=False,
     )
     session.add(row)
     # submit_result commits the row with the task's state change, or rolls both back (lease lost meanwhile).
     _, created = leasing.submit_result(
-        session, task_id=task_id, worker_id=worker_id, lease_id=lease_id, result_hash="0x" + sha,
-        result={"update_sha256": sha, "digest": row.digest, "signature": signature, "loss_end": row.loss_end,
-                "size": len(payload)},
+        session,
+        task_id=task_id,
+        worker_id=worker_id,
+        lease_id=lease_id,
+        result_hash="0x" + sha,
+        result={
+            "update_sha256": sha,
+            "digest": row.digest,
+            "signature": signature,
+            "loss_end": row.loss_end,
+            "size": len(payload),
+        },
         now=now,
     )
     return Received(row, created)
@@ -283,7 +360,9 @@ def _load(s: Session, job_id: str) -> tuple[Job, TrainingJob, TrainingRound | No
 def _transition(s: Session, rnd: TrainingRound, old: str, new: str) -> bool:
     """Claim a round's state change; False when another aggregator got there first."""
     done = s.execute(
-        update(TrainingRound).where(TrainingRound.id == rnd.id, TrainingRound.status == old).values(status=new)
+        update(TrainingRound)
+        .where(TrainingRound.id == rnd.id, TrainingRound.status == old)
+        .values(status=new)
         .execution_options(synchronize_session=False)
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
@@ -302,22 +381,37 @@ def _cancel(s: Session, tasks: list[Task], now: datetime) -> None:
     ids = [t.id for t in tasks]
     if not ids:
         return
-    s.execute(update(Lease).where(Lease.task_id.in_(ids), Lease.status == "active")
-              .values(status="released", ended_at=now).execution_options(synchronize_session=False))
-    s.execute(update(Task).where(Task.id.in_(ids), Task.status.in_(_LIVE))
-              .values(status="cancelled", lease_id=None, leased_by=None, lease_expires_at=None)
-              .execution_options(synchronize_session=False))
+    s.execute(
+        update(Lease)
+        .where(Lease.task_id.in_(ids), Lease.status == "active")
+        .values(status="released", ended_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    s.execute(
+        update(Task)
+        .where(Task.id.in_(ids), Task.status.in_(_LIVE))
+        .values(status="cancelled", lease_id=None, leased_by=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _step_open(s: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, now: datetime) -> str:
     spec = job_spec(tj)
-    updates = s.scalars(select(TrainingUpdate).where(
-        TrainingUpdate.job_id == job.id, TrainingUpdate.round == rnd.round, TrainingUpdate.replay_of.is_(None),
-    )).all()
+    updates = s.scalars(
+        select(TrainingUpdate).where(
+            TrainingUpdate.job_id == job.id,
+            TrainingUpdate.round == rnd.round,
+            TrainingUpdate.replay_of.is_(None),
+        )
+    ).all()
     subs = [Submission(u.slot, u.task_id, u.received_at.timestamp(), valid=u.check != "fail") for u in updates]
     decision = decide_round(
-        subs, workers=spec.workers_per_round, quorum=spec.effective_quorum, min_updates=spec.min_updates,
-        deadline=rnd.deadline_at.timestamp(), now=now.timestamp(),
+        subs,
+        workers=spec.workers_per_round,
+        quorum=spec.effective_quorum,
+        min_updates=spec.min_updates,
+        deadline=rnd.deadline_at.timestamp(),
+        now=now.timestamp(),
     )
     if decision.state == RoundState.OPEN:
         s.rollback()
@@ -350,8 +444,9 @@ def _step_open(s: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, now: d
     return "closed"
 
 
-def _step_verifying(s: Session, storage: TrainingStorage, job: Job, tj: TrainingJob, rnd: TrainingRound,
-                    now: datetime) -> str:
+def _step_verifying(
+    s: Session, storage: TrainingStorage, job: Job, tj: TrainingJob, rnd: TrainingRound, now: datetime
+) -> str:
     accepted = [s.get(TrainingUpdate, t) for t in rnd.accepted]
     shapes = parameter_shapes(storage.checkpoints.manifest(job.id, rnd.round).config)
     waiting = False
@@ -366,8 +461,9 @@ def _step_verifying(s: Session, storage: TrainingStorage, job: Job, tj: Training
             u.check_reason = verdict.reason[:160]
             u.check_metrics = dict(verdict.metrics.__dict__) if verdict.metrics else {}
             if not verdict.ok:
-                log.warning("job %s round %d: update of %s failed its replay (%s)", job.id, rnd.round, u.worker,
-                            verdict.reason)
+                log.warning(
+                    "job %s round %d: update of %s failed its replay (%s)", job.id, rnd.round, u.worker, verdict.reason
+                )
         elif rnd.verify_deadline_at is not None and now >= rnd.verify_deadline_at:
             u.check, u.check_reason = "void", "no replica replayed it in time"
             _cancel(s, [t for t in [s.get(Task, u.check_task_id)] if t is not None], now)
@@ -404,24 +500,33 @@ class _Applied:
     applied: bool
 
 
-def _aggregate(storage: TrainingStorage, job_id: str, tj_spec: TrainingJobSpec, dataset_sha256: str,
-               round_index: int, inputs: list[tuple[str, float, int]]) -> _Applied:
+def _aggregate(
+    storage: TrainingStorage,
+    job_id: str,
+    tj_spec: TrainingJobSpec,
+    dataset_sha256: str,
+    round_index: int,
+    inputs: list[tuple[str, float, int]],
+) -> _Applied:
     """Decode the fixed inputs (payload sha, loss, size), apply the round exactly once, evaluate v+1."""
     config = storage.checkpoints.manifest(job_id, round_index).config
     shapes = parameter_shapes(config)
     updates = [decode_update(storage.updates.get(sha), shapes, tj_spec.codec) for sha, _, _ in inputs]
     worker_loss = sum(loss for _, loss, _ in inputs) / len(inputs)
-    result = apply_round(storage.checkpoints, job_id, round_index, updates, spec=tj_spec,
-                         metrics={"worker_loss_end": worker_loss})
+    result = apply_round(
+        storage.checkpoints, job_id, round_index, updates, spec=tj_spec, metrics={"worker_loss_end": worker_loss}
+    )
     data = storage.prepared(tj_spec, dataset_sha256)
     params = storage.checkpoints.load(job_id, round_index + 1).params
     eval_loss = evaluate_loss(config, params, data.eval) if len(data.eval) else None
-    return _Applied(round_index, result.manifest.sha256, eval_loss, worker_loss, sum(n for _, _, n in inputs),
-                    result.applied)
+    return _Applied(
+        round_index, result.manifest.sha256, eval_loss, worker_loss, sum(n for _, _, n in inputs), result.applied
+    )
 
 
-def _record_applied(s: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, done: _Applied, now: datetime,
-                    slash_amount: int) -> str:
+def _record_applied(
+    s: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, done: _Applied, now: datetime, slash_amount: int
+) -> str:
     if not _transition(s, rnd, "aggregating", "applied"):
         return "raced"
     rnd.manifest_sha256, rnd.eval_loss, rnd.worker_loss = done.manifest_sha256, done.eval_loss, done.worker_loss
@@ -439,8 +544,17 @@ def _record_applied(s: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, d
         s.commit()
         log.info("training job %s completed after %d rounds", job.id, spec.rounds)
         return "completed"
-    nxt = TrainingRound(job_id=job.id, round=tj.round, status="pending", base_manifest=done.manifest_sha256,
-                        opened_at=now, deadline_at=now, reopened=0, accepted=[], bytes_up=0)
+    nxt = TrainingRound(
+        job_id=job.id,
+        round=tj.round,
+        status="pending",
+        base_manifest=done.manifest_sha256,
+        opened_at=now,
+        deadline_at=now,
+        reopened=0,
+        accepted=[],
+        bytes_up=0,
+    )
     s.add(nxt)
     s.flush()
     _open_round(s, job, tj, nxt, now)

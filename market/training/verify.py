@@ -83,8 +83,15 @@ def training_verdicts(session: Session, job_id: str) -> list[TaskVerdict]:
     }
     return [
         TaskVerdict(
-            task_id=u.task_id, worker=u.worker, round=u.round, slot=u.slot, verdict=u.check, evidence_hash=u.digest,
-            replica=replicas.get(u.check_task_id or ""), reason=u.check_reason, aggregated=u.aggregated,
+            task_id=u.task_id,
+            worker=u.worker,
+            round=u.round,
+            slot=u.slot,
+            verdict=u.check,
+            evidence_hash=u.digest,
+            replica=replicas.get(u.check_task_id or ""),
+            reason=u.check_reason,
+            aggregated=u.aggregated,
         )
         for u in rows
     ]
@@ -109,8 +116,16 @@ def hand_over_for_settlement(session: Session, *, job: Job, tj: TrainingJob, now
     for u in updates:
         session.add(
             WorkPart(
-                job_id=job.id, work_key=u.task_id, worker=u.worker, operator_id=u.operator_id, stage=0,
-                layer_start=0, layer_end=0, units=units.get(u.task_id, 0), chunk_count=0, root=u.digest,
+                job_id=job.id,
+                work_key=u.task_id,
+                worker=u.worker,
+                operator_id=u.operator_id,
+                stage=0,
+                layer_start=0,
+                layer_end=0,
+                units=units.get(u.task_id, 0),
+                chunk_count=0,
+                root=u.digest,
                 status=UNPAID_SLASHED if u.worker in cheats else PAID,
             )
         )
@@ -118,9 +133,14 @@ def hand_over_for_settlement(session: Session, *, job: Job, tj: TrainingJob, now
         replay = by_task.get(u.check_task_id or "")
         session.add(
             SlashRecord(
-                job_id=job.id, worker=worker, amount=slash_amount, evidence=u.digest,
-                finder=replay.worker if replay is not None else job.requester, requester=job.requester,
-                status="pending", created_at=now,
+                job_id=job.id,
+                worker=worker,
+                amount=slash_amount,
+                evidence=u.digest,
+                finder=replay.worker if replay is not None else job.requester,
+                requester=job.requester,
+                status="pending",
+                created_at=now,
             )
         )
     for task in session.scalars(select(Task).where(Task.job_id == job.id, Task.status == "submitted")):
@@ -128,8 +148,14 @@ def hand_over_for_settlement(session: Session, *, job: Job, tj: TrainingJob, now
         task.status = "failed" if cheat else "verified"
     session.add(
         VerificationRun(
-            job_id=job.id, status="settling", secret=tj.sample_secret, beacon=tj.beacon, seed=None,
+            job_id=job.id,
+            status="settling",
+            secret=tj.sample_secret,
+            beacon=tj.beacon,
+            seed=None,
             sampled=sum(1 for u in updates if u.check not in ("unchecked",) and u.replay_of is None),
-            detail="training job: replayed sampled tasks", created_at=now, updated_at=now,
+            detail="training job: replayed sampled tasks",
+            created_at=now,
+            updated_at=now,
         )
     )

@@ -40,7 +40,9 @@ class TinyLlamaSpec:
 
 def calibration_model(spec: TinyLlamaSpec, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     """Same spec, same weights, on every machine (`globai.models.build.build_causal_lm` with the spec's seed)."""
-    return build_causal_lm(spec.config(), seed=spec.seed, dtype=dtype)
+    model = build_causal_lm(spec.config(), seed=spec.seed, dtype=dtype)
+    assert isinstance(model, LlamaForCausalLM)  # a Llama config builds a Llama
+    return model
 
 
 def to_dtype(model: LlamaForCausalLM, dtype: torch.dtype) -> LlamaForCausalLM:

@@ -48,8 +48,9 @@ def upgrade() -> None:
         sa.Column("output_sha256", sa.String(length=64), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("retain_until", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["run_id"], ["inference_runs.id"], name=op.f("fk_stage_records_run_id_inference_runs"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["run_id"], ["inference_runs.id"], name=op.f("fk_stage_records_run_id_inference_runs"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_stage_records")),
     )
     op.create_index("ix_stage_records_run_stage_step", "stage_records", ["run_id", "layer_start", "step"])
@@ -66,8 +67,12 @@ def upgrade() -> None:
         sa.Column("body", sa.JSON(), nullable=False),
         sa.Column("signature", sa.String(length=132), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["run_id"], ["inference_runs.id"],
-                                name=op.f("fk_stage_commitments_run_id_inference_runs"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["run_id"],
+            ["inference_runs.id"],
+            name=op.f("fk_stage_commitments_run_id_inference_runs"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_stage_commitments")),
     )
     op.create_index("ix_stage_commitments_run_worker", "stage_commitments", ["run_id", "worker_address"])

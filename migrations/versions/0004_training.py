@@ -37,8 +37,7 @@ def upgrade() -> None:
         sa.Column("detail", sa.String(length=256), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_training_jobs_job_id_jobs"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_training_jobs_job_id_jobs"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("job_id", name=op.f("pk_training_jobs")),
     )
     with op.batch_alter_table("training_jobs", schema=None) as batch_op:
@@ -64,8 +63,9 @@ def upgrade() -> None:
         sa.Column("eval_loss", sa.Float(), nullable=True),
         sa.Column("worker_loss", sa.Float(), nullable=True),
         sa.Column("bytes_up", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_training_rounds_job_id_jobs"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], name=op.f("fk_training_rounds_job_id_jobs"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_training_rounds")),
         sa.UniqueConstraint("job_id", "round", name="uq_training_rounds_job_round"),
     )
@@ -93,10 +93,12 @@ def upgrade() -> None:
         sa.Column("check_reason", sa.String(length=160), nullable=False),
         sa.Column("check_metrics", sa.JSON(), nullable=False),
         sa.Column("aggregated", sa.Boolean(), nullable=False),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_training_updates_job_id_jobs"),
-                                ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], name=op.f("fk_training_updates_task_id_tasks"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], name=op.f("fk_training_updates_job_id_jobs"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["task_id"], ["tasks.id"], name=op.f("fk_training_updates_task_id_tasks"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("task_id", name=op.f("pk_training_updates")),
     )
     with op.batch_alter_table("training_updates", schema=None) as batch_op:

@@ -34,8 +34,12 @@ def upgrade() -> None:
         sa.Column("digest", sa.String(length=66), nullable=False),
         sa.Column("evidence", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["run_id"], ["inference_runs.id"],
-                                name=op.f("fk_stage_violations_run_id_inference_runs"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["run_id"],
+            ["inference_runs.id"],
+            name=op.f("fk_stage_violations_run_id_inference_runs"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_stage_violations")),
     )
     op.create_index(op.f("ix_stage_violations_run_id"), "stage_violations", ["run_id"])

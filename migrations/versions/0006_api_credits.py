@@ -78,8 +78,9 @@ def upgrade() -> None:
         sa.Column("finish_reasons", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["credit_id"], ["credits.job_id"], name=op.f("fk_api_requests_credit_id_credits"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["credit_id"], ["credits.job_id"], name=op.f("fk_api_requests_credit_id_credits"), ondelete="CASCADE"
+        ),
         sa.ForeignKeyConstraint(["key_id"], ["api_keys.id"], name=op.f("fk_api_requests_key_id_api_keys")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_requests")),
     )

@@ -26,12 +26,14 @@ _TABLES = ("work_parts", "verification_checks")
 def upgrade() -> None:
     for table in _TABLES:
         with op.batch_alter_table(table) as batch:
-            batch.alter_column("work_key", type_=sa.String(length=128), existing_type=sa.String(length=64),
-                               existing_nullable=False)
+            batch.alter_column(
+                "work_key", type_=sa.String(length=128), existing_type=sa.String(length=64), existing_nullable=False
+            )
 
 
 def downgrade() -> None:
     for table in _TABLES:
         with op.batch_alter_table(table) as batch:
-            batch.alter_column("work_key", type_=sa.String(length=64), existing_type=sa.String(length=128),
-                               existing_nullable=False)
+            batch.alter_column(
+                "work_key", type_=sa.String(length=64), existing_type=sa.String(length=128), existing_nullable=False
+            )

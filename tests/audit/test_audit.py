@@ -26,8 +26,12 @@ NOW = datetime.now(UTC)
 
 
 def globai(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from market.cli import main; main()", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "from market.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -48,8 +52,17 @@ def settled(db, funder, operator, chain, deployment, tmp_path: Path) -> dict[str
 def test_cli_passes_on_the_true_report_and_whole_chain(settled, chain, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "report.json"
     path.write_text(json.dumps(settled["report"]))
-    ok = globai("audit", "job", settled["job"], "--rpc", chain.url, "--report", str(path),
-                "--deployment", str(settled["deployment"]))
+    ok = globai(
+        "audit",
+        "job",
+        settled["job"],
+        "--rpc",
+        chain.url,
+        "--report",
+        str(path),
+        "--deployment",
+        str(settled["deployment"]),
+    )
     assert ok.returncode == 0, ok.stderr
     assert "audit ok" in ok.stdout
     whole = globai("audit", "chain", "--rpc", chain.url, "--deployment", str(settled["deployment"]))
@@ -61,8 +74,17 @@ def test_cli_fails_with_one_line_on_a_tampered_report(settled, chain, tmp_path: 
     bad["records"][0]["amount"] = str(int(bad["records"][0]["amount"]) + 1)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(bad))
-    out = globai("audit", "job", settled["job"], "--rpc", chain.url, "--report", str(path),
-                 "--deployment", str(settled["deployment"]))
+    out = globai(
+        "audit",
+        "job",
+        settled["job"],
+        "--rpc",
+        chain.url,
+        "--report",
+        str(path),
+        "--deployment",
+        str(settled["deployment"]),
+    )
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("audit FAILED:"), out.stderr
@@ -76,9 +98,14 @@ def _rebuilt(r: dict[str, Any], change: Any) -> None:
     """A forged but self-consistent report: other amounts, root recomputed, proofs rebuilt."""
     items = [WorkItem(x["task"], x["payee"], x["units"]) for x in r["records"]]
     items = change(items)
-    plan = plan_settlement(job_key=r["job"]["id"], chain_job_id=bytes.fromhex(r["job"]["chain_job_id"][2:]),
-                           funded=int(r["job"]["funded"]), price_per_unit=int(r["job"]["price_per_unit"]),
-                           fee_bps=r["job"]["fee_bps"], items=items)
+    plan = plan_settlement(
+        job_key=r["job"]["id"],
+        chain_job_id=bytes.fromhex(r["job"]["chain_job_id"][2:]),
+        funded=int(r["job"]["funded"]),
+        price_per_unit=int(r["job"]["price_per_unit"]),
+        fee_bps=r["job"]["fee_bps"],
+        items=items,
+    )
     r.clear()
     r.update(build_report(plan, chain_id=31337, escrow=settled_escrow[0]))
 
@@ -92,12 +119,16 @@ TAMPERINGS = {
     "fake_root": (lambda r: r.update(report_root="0x" + "77" * 32), "reportRoot"),
     "proof_corrupted": (lambda r: r["records"][0]["proof"].__setitem__(0, "0x" + "00" * 32), "prove"),
     "payee_totals_inflated": (
-        lambda r: r["payees"][0].update(amount=str(int(r["payees"][0]["amount"]) + 1)), "payee totals"),
+        lambda r: r["payees"][0].update(amount=str(int(r["payees"][0]["amount"]) + 1)),
+        "payee totals",
+    ),
     "fee_changed": (lambda r: r.update(fee=str(int(r["fee"]) + 1)), "fee"),
     "refund_changed": (lambda r: r.update(refunded="0"), "funded"),
     "wrong_escrow": (lambda r: r.update(escrow="0x" + "12" * 20), "escrow"),
     "self_consistent_forgery": (
-        lambda r: _rebuilt(r, lambda items: [WorkItem(i.task_key, B, i.units) for i in items]), "reportRoot"),
+        lambda r: _rebuilt(r, lambda items: [WorkItem(i.task_key, B, i.units) for i in items]),
+        "reportRoot",
+    ),
     "units_below_amount": (lambda r: _first_paid(r).update(units=0), "root"),
 }
 
@@ -118,8 +149,14 @@ def test_every_tampering_is_caught(name: str, settled, chain, operator, deployme
 def test_unsettled_job_fails(db, funder, operator, chain, deployment) -> None:  # type: ignore[no-untyped-def]
     with Session(db, expire_on_commit=False) as s:
         job = funder.job(s)
-    plan = plan_settlement(job_key=job.id, chain_job_id=bytes.fromhex(job.chain_job_id[2:]), funded=job.budget,
-                           price_per_unit=GLB, fee_bps=200, items=[WorkItem("t", A, 1)])
+    plan = plan_settlement(
+        job_key=job.id,
+        chain_job_id=bytes.fromhex(job.chain_job_id[2:]),
+        funded=job.budget,
+        price_per_unit=GLB,
+        fee_bps=200,
+        items=[WorkItem("t", A, 1)],
+    )
     report = build_report(plan, chain_id=31337, escrow=operator.escrow.address)
     result = audit_job(chain.client, operator.escrow, report, from_block=deployment.first_block)
     assert not result.ok and "not settled" in result.reason

@@ -24,9 +24,14 @@ def _activity(funder, chain, n: int = 12) -> None:  # type: ignore[no-untyped-de
 
 
 def _env(db, chain, deployment) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {**os.environ, "GLOBAI_DATABASE_URL": str(db.url), "GLOBAI_RPC_URL": chain.url,
-            "GLOBAI_STAKING_VAULT_ADDRESS": deployment.vault, "GLOBAI_JOB_ESCROW_ADDRESS": deployment.escrow,
-            "GLOBAI_PROFILE": "dev"}
+    return {
+        **os.environ,
+        "GLOBAI_DATABASE_URL": str(db.url),
+        "GLOBAI_RPC_URL": chain.url,
+        "GLOBAI_STAKING_VAULT_ADDRESS": deployment.vault,
+        "GLOBAI_JOB_ESCROW_ADDRESS": deployment.escrow,
+        "GLOBAI_PROFILE": "dev",
+    }
 
 
 def _recorded(db) -> tuple[int, set[tuple[str, int]]]:  # type: ignore[no-untyped-def]
@@ -41,8 +46,17 @@ def test_killed_indexer_resumes_without_duplicates_or_gaps(db, funder, chain, de
         funder.job(s)
     c = deployment.bind(chain.client)
     truth = {(e.tx_hash, e.log_index) for e in chain.client.get_logs([c.escrow, c.vault], deployment.first_block)}
-    cmd = [sys.executable, "-m", "market.indexer", "--start-block", str(deployment.first_block), "--page", "1",
-           "--page-delay", "0.03"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "market.indexer",
+        "--start-block",
+        str(deployment.first_block),
+        "--page",
+        "1",
+        "--page-delay",
+        "0.03",
+    ]
     proc = subprocess.Popen(cmd, env=_env(db, chain, deployment), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     killed_at = None

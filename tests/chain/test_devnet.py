@@ -60,9 +60,7 @@ def test_up_twice_deploys_once_and_kill9_keeps_addresses_balances_and_events(pat
     assert client.call(contracts.token.functions.balanceOf(worker.address)) == 300 * GLB
     assert client.call(contracts.vault.functions.stakeOf(worker.address)) == 200 * GLB
     events_after = client.get_logs([contracts.vault], 0)
-    assert [(e.name, e.args, e.tx_hash) for e in events_after] == [
-        (e.name, e.args, e.tx_hash) for e in events_before
-    ]
+    assert [(e.name, e.args, e.tx_hash) for e in events_after] == [(e.name, e.args, e.tx_hash) for e in events_before]
 
 
 def _globai(*args: str) -> subprocess.CompletedProcess[str]:

@@ -20,8 +20,14 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from market.cli import main; main()", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "from market.cli import main; main()", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def assert_one_line_error(out: subprocess.CompletedProcess[str], *, says: str) -> None:
@@ -35,15 +41,17 @@ def assert_one_line_error(out: subprocess.CompletedProcess[str], *, says: str) -
 @pytest.fixture
 def cli_env(chain: Any, deployment: Any, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLOBAI_")}
-    env.update({
-        "PYTHONPATH": str(ROOT),
-        "GLOBAI_DEV_STATE": str(tmp_path / "no-stack.json"),
-        "GLOBAI_RPC_URL": chain.url,
-        "GLOBAI_TOKEN_ADDRESS": deployment.token,
-        "GLOBAI_STAKING_VAULT_ADDRESS": deployment.vault,
-        "GLOBAI_JOB_ESCROW_ADDRESS": deployment.escrow,
-        "GLOBAI_MARKET_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
-    })
+    env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "GLOBAI_DEV_STATE": str(tmp_path / "no-stack.json"),
+            "GLOBAI_RPC_URL": chain.url,
+            "GLOBAI_TOKEN_ADDRESS": deployment.token,
+            "GLOBAI_STAKING_VAULT_ADDRESS": deployment.vault,
+            "GLOBAI_JOB_ESCROW_ADDRESS": deployment.escrow,
+            "GLOBAI_MARKET_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        }
+    )
     return env
 
 
@@ -57,9 +65,10 @@ def test_bad_inputs_one_line_no_traceback_no_funds_moved(
 
     def balances() -> list[int]:
         token, vault = contracts.token.functions, contracts.vault.functions
-        return [int(chain.client.call(token.balanceOf(a))) for a in (treasury.address, chain.accounts[7].address,
-                                                                     broke.address, contracts.vault.address)] + [
-            int(chain.client.call(vault.stakeOf(chain.accounts[7].address)))]
+        return [
+            int(chain.client.call(token.balanceOf(a)))
+            for a in (treasury.address, chain.accounts[7].address, broke.address, contracts.vault.address)
+        ] + [int(chain.client.call(vault.stakeOf(chain.accounts[7].address)))]
 
     before = balances()
     good_spec = {"kind": "inference", "model": "m", "prompts": ["hi"], "max_new_tokens": 4}
@@ -105,8 +114,12 @@ def test_a_market_on_another_chain_is_refused_before_any_transaction(
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    info = {"chain_id": chain.client.chain_id, "staking_address": deployment.vault,
-            "escrow_address": deployment.escrow, "genesis_hash": "0x" + "00" * 32}
+    info = {
+        "chain_id": chain.client.chain_id,
+        "staking_address": deployment.vault,
+        "escrow_address": deployment.escrow,
+        "genesis_hash": "0x" + "00" * 32,
+    }
 
     class Info(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -127,8 +140,15 @@ def test_a_market_on_another_chain_is_refused_before_any_transaction(
     stake_before = int(chain.client.call(contracts.vault.functions.stakeOf(worker.address)))
     glb_before = int(chain.client.call(contracts.token.functions.balanceOf(worker.address)))
     try:
-        out = run_cli(cli_env, "worker", "stake", "--key", "0x" + bytes(worker.key).hex(), "--market",
-                      f"http://127.0.0.1:{server.server_address[1]}")
+        out = run_cli(
+            cli_env,
+            "worker",
+            "stake",
+            "--key",
+            "0x" + bytes(worker.key).hex(),
+            "--market",
+            f"http://127.0.0.1:{server.server_address[1]}",
+        )
     finally:
         server.shutdown()
     assert_one_line_error(out, says="uses another chain")

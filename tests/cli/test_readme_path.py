@@ -36,8 +36,14 @@ class Cli:
         self.daemons: list[subprocess.Popen[bytes]] = []
 
     def __call__(self, *args: str, ok: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run([sys.executable, "-c", "from market.cli import main; main()", *args], cwd=ROOT,
-                             env=self.env, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(
+            [sys.executable, "-c", "from market.cli import main; main()", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert "Traceback" not in out.stderr, out.stderr
         if ok:
             assert out.returncode == 0, (args, out.stdout, out.stderr)
@@ -45,8 +51,13 @@ class Cli:
 
     def daemon(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-c", "from market.cli import main; main()", *args], cwd=ROOT,
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from market.cli import main; main()", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.daemons.append(proc)
         return proc
 
@@ -72,21 +83,40 @@ def one_line_error(out: subprocess.CompletedProcess[str], says: str) -> None:
 
 def test_readme_path_through_the_cli(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLOBAI_")}
-    env.update(PYTHONPATH=str(ROOT), GLOBAI_DEV_STATE=str(tmp_path / "var" / "state.json"),
-               GLOBAI_DEVNET_DIR=str(tmp_path / "devnet"), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.update(
+        PYTHONPATH=str(ROOT),
+        GLOBAI_DEV_STATE=str(tmp_path / "var" / "state.json"),
+        GLOBAI_DEVNET_DIR=str(tmp_path / "devnet"),
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     (tmp_path / "devnet").mkdir()
     g = Cli(env, tmp_path)
     try:
-        up = g("dev", "up", "--var", str(tmp_path / "var"), "--chain-port", str(free_port()), "--market-port",
-               str(free_port()), timeout=300)
+        up = g(
+            "dev",
+            "up",
+            "--var",
+            str(tmp_path / "var"),
+            "--chain-port",
+            str(free_port()),
+            "--market-port",
+            str(free_port()),
+            timeout=300,
+        )
         assert "[5/5]" in up.stderr  # set-up shows its progress
         status = g("dev", "status").stdout
         assert status.count("running") == 4 and "NOT RUNNING" not in status, status
         state = json.loads((tmp_path / "var" / "state.json").read_text())
         chain = ChainClient(state["rpc_url"])
         (tmp_path / "k0").write_text(key(0))
-        d = Deployment(state["chain_id"], {n: DeployedContract(state[a], state["first_block"]) for n, a in
-                                           (("GLBToken", "token"), ("StakingVault", "vault"), ("JobEscrow", "escrow"))})
+        d = Deployment(
+            state["chain_id"],
+            {
+                n: DeployedContract(state[a], state["first_block"])
+                for n, a in (("GLBToken", "token"), ("StakingVault", "vault"), ("JobEscrow", "escrow"))
+            },
+        )
         c = d.bind(chain)
 
         def glb(address: str) -> int:
@@ -108,19 +138,27 @@ def test_readme_path_through_the_cli(tmp_path: Path) -> None:
 
         # Bad inputs that need a market: one line, exit 1/2, no funds moved.
         before = [glb(K[i].address) for i in (3, 6, 7)]
-        one_line_error(g("worker", "run", "--key", key(7), "--layers", "4:99", "--no-progress", ok=False),
-                       "not inside 0:4")
+        one_line_error(
+            g("worker", "run", "--key", key(7), "--layers", "4:99", "--no-progress", ok=False), "not inside 0:4"
+        )
         started = time.monotonic()
         one_line_error(g("worker", "train", "--key", key(6), "--max-tasks", "1", ok=False), "not eligible")
         assert time.monotonic() - started < 120  # it stopped instead of looping
         req = tmp_path / "requester"
         req.mkdir()
         (req / "key").write_text(key(3) + "\n")
-        spec = {"kind": "inference", "model": MODEL, "prompts": ["Once upon a time", "The market"],
-                "max_new_tokens": 8, "sampling": {"temperature": 0.0, "top_p": 1.0, "seed": 0}}
+        spec = {
+            "kind": "inference",
+            "model": MODEL,
+            "prompts": ["Once upon a time", "The market"],
+            "max_new_tokens": 8,
+            "sampling": {"temperature": 0.0, "top_p": 1.0, "seed": 0},
+        }
         (req / "gpt4.json").write_text(json.dumps({**spec, "model": "gpt-4"}))
-        one_line_error(g("job", "post", str(req / "gpt4.json"), "--price", "0.001", "--key-file", str(req / "key"),
-                         ok=False), "not served")
+        one_line_error(
+            g("job", "post", str(req / "gpt4.json"), "--price", "0.001", "--key-file", str(req / "key"), ok=False),
+            "not served",
+        )
         one_line_error(g("job", "list", "--limit", "0", "--key-file", str(req / "key"), ok=False), "limit")
         assert [glb(K[i].address) for i in (3, 6, 7)] == before
 

@@ -36,19 +36,32 @@ redis-cli -p 6379 shutdown nosave >/dev/null 2>&1
 """
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("redis-server") is None
-                    or not hasattr(os, "geteuid") or os.geteuid() != 0,
-                    reason="needs root, unshare and redis-server for a private network namespace")
+@pytest.mark.skipif(
+    shutil.which("unshare") is None
+    or shutil.which("redis-server") is None
+    or not hasattr(os, "geteuid")
+    or os.geteuid() != 0,
+    reason="needs root, unshare and redis-server for a private network namespace",
+)
 def test_demo_and_redis_tests_leave_a_sentinel_redis_alone(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("GLOBAI_REDIS_URL", "GLOBAI_TEST_REDIS_URL")}
-    env.update(VAR=str(tmp_path), PY=sys.executable, GLOBAI_DEVNET_DIR=str(tmp_path / "devnet"),
-               GLOBAI_DEV_STATE=str(tmp_path / "no-dev-stack.json"), PYTHONPATH=str(ROOT))
+    env.update(
+        VAR=str(tmp_path),
+        PY=sys.executable,
+        GLOBAI_DEVNET_DIR=str(tmp_path / "devnet"),
+        GLOBAI_DEV_STATE=str(tmp_path / "no-dev-stack.json"),
+        PYTHONPATH=str(ROOT),
+    )
     (tmp_path / "devnet").mkdir()
-    out = subprocess.run(["unshare", "-n", "bash", "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=840)
+    out = subprocess.run(
+        ["unshare", "-n", "bash", "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=840
+    )
     lines = out.stdout.splitlines()
-    logs = {name: (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:] for name in ("tests", "demo")
-            if (tmp_path / f"{name}.log").exists()}
+    logs = {
+        name: (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
+        for name in ("tests", "demo")
+        if (tmp_path / f"{name}.log").exists()
+    }
     assert "tests=0" in lines, logs.get("tests")
     assert "demo=0" in lines, logs.get("demo")
     dbs = [line.split() for line in lines if line.startswith("db")]

@@ -23,8 +23,13 @@ def test_demo_answers_the_capital_question_with_paris(
 ) -> None:
     started = time.monotonic()
     cfg = ClusterConfig(
-        var=tmp_path, rpc_url=chain.url, deployment=deployment, operator=chain.accounts[0], redis_url=redis_url,
-        redis_db=12, model_dir=smollm2,
+        var=tmp_path,
+        rpc_url=chain.url,
+        deployment=deployment,
+        operator=chain.accounts[0],
+        redis_url=redis_url,
+        redis_db=12,
+        model_dir=smollm2,
     )
     with Cluster(cfg) as cluster:
         out = run_paid_inference(cluster, max_new_tokens=48)

@@ -11,8 +11,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_fuzz_over_http_no_5xx_no_undocumented() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "fuzz.py"), "--requests", "400"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fuzz.py"), "--requests", "400"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     print(out.stdout[-2000:])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert " 0 5xx, 0 undocumented" in out.stdout

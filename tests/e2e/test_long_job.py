@@ -46,11 +46,18 @@ def long_prompts() -> list[str]:
 def test_long_paid_job_verifies_settles_audits(chain: Any, deployment: Any, redis_url: str, tmp_path: Path) -> None:
     started = time.monotonic()
     prompts = long_prompts()
-    cfg = ClusterConfig(var=tmp_path, rpc_url=chain.url, deployment=deployment, operator=chain.accounts[0],
-                        redis_url=redis_url, redis_db=12)
+    cfg = ClusterConfig(
+        var=tmp_path,
+        rpc_url=chain.url,
+        deployment=deployment,
+        operator=chain.accounts[0],
+        redis_url=redis_url,
+        redis_db=12,
+    )
     with Cluster(cfg) as cluster:
-        out = run_paid_inference(cluster, prompts=prompts, max_new_tokens=NEW_TOKENS, generate_timeout=300,
-                                 settle_timeout=400)
+        out = run_paid_inference(
+            cluster, prompts=prompts, max_new_tokens=NEW_TOKENS, generate_timeout=300, settle_timeout=400
+        )
     assert len(out.outputs) == PROMPTS
     # A sequence may stop early at EOS (random weights); its batch still runs every step (padded).
     lengths = [len(o["tokens"] or []) for o in out.outputs]

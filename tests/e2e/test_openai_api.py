@@ -35,8 +35,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 STAKE = 200 * GLB
 WORKERS = [("w-a", "0:2", "op-a"), ("w-b", "2:4", "op-b"), ("w-c", "0:2", "op-c"), ("w-d", "2:4", "op-d")]
 PROMPT = "Once upon a time"
-TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
-            "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant: {% endif %}"
+)
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "The market pays"}]
 
 
@@ -64,8 +66,14 @@ class Api:
 
     def cli(self, account: LocalAccount, *args: str) -> str:
         env = {**self.cluster.env, "GLOBAI_PRIVATE_KEY": "0x" + bytes(account.key).hex()}
-        done = subprocess.run([sys.executable, "-c", "from market.cli import main; main()", *args], cwd=ROOT,
-                              env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", "from market.cli import main; main()", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
@@ -86,8 +94,9 @@ def api(anvil: Any, deployment: Any, redis_url: str, tmp_path_factory: pytest.Te
     snapshot = anvil.snapshot()
     var = tmp_path_factory.mktemp("openai")
     chat_model(var / "models")
-    cfg = ClusterConfig(var=var, rpc_url=anvil.url, deployment=deployment, operator=anvil.accounts[0],
-                        redis_url=redis_url, redis_db=12)
+    cfg = ClusterConfig(
+        var=var, rpc_url=anvil.url, deployment=deployment, operator=anvil.accounts[0], redis_url=redis_url, redis_db=12
+    )
     cluster = Cluster(cfg)
     try:
         cluster.prepare()
@@ -146,8 +155,9 @@ def test_models_completions_seed_stop_logprobs_and_400s(api: Api) -> None:
     assert cut.usage.completion_tokens < greedy.usage.completion_tokens
 
     # Logprobs from the final logits: greedy picks the most likely token every step.
-    lp = api.record(c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=3,
-                                         stop=None))
+    lp = api.record(
+        c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=3, stop=None)
+    )
     got = lp.choices[0].logprobs
     assert len(got.token_logprobs) == lp.usage.completion_tokens and all(len(t) == 3 for t in got.top_logprobs)
     assert all(abs(v - max(top.values())) < 1e-4 for v, top in zip(got.token_logprobs, got.top_logprobs, strict=True))
@@ -168,9 +178,17 @@ def test_models_completions_seed_stop_logprobs_and_400s(api: Api) -> None:
 
 
 def _stream_chat(api: Api, seed: int, content: str) -> tuple[str, str | None, Any]:
-    chunks = list(api.client().chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=8, temperature=0.7, seed=seed,
-        stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        api.client().chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": content}],
+            max_tokens=8,
+            temperature=0.7,
+            seed=seed,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     reasons = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and len(reasons) == 1
@@ -180,20 +198,35 @@ def _stream_chat(api: Api, seed: int, content: str) -> tuple[str, str | None, An
 
 def test_chat_streaming_logprobs_and_eight_concurrent_streams(api: Api) -> None:
     c = api.client()
-    whole = api.record(c.chat.completions.create(model=MODEL, messages=CHAT, max_completion_tokens=8, temperature=0,
-                                                 logprobs=True, top_logprobs=2))
+    whole = api.record(
+        c.chat.completions.create(
+            model=MODEL, messages=CHAT, max_completion_tokens=8, temperature=0, logprobs=True, top_logprobs=2
+        )
+    )
     choice = whole.choices[0]
     assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
     assert len(choice.logprobs.content) == whole.usage.completion_tokens
     assert all(len(t.top_logprobs) == 2 for t in choice.logprobs.content)
-    chunks = list(c.chat.completions.create(model=MODEL, messages=CHAT, max_completion_tokens=8, temperature=0,
-                                            stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model=MODEL,
+            messages=CHAT,
+            max_completion_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == choice.message.content
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
     api.record(chunks[-1])
     with pytest.raises(openai.BadRequestError) as bad:
-        c.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4,
-                                  tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+        c.chat.completions.create(
+            model=MODEL,
+            messages=CHAT,
+            max_tokens=4,
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
     assert bad.value.param == "tools"
 
     before = api.credit(api.requester, api.credit_id)
@@ -282,16 +315,27 @@ def test_credits_settle_on_chain_to_the_wei_and_audits_pass(api: Api) -> None:
     assert workers1 - workers0 == int(report["paid"]) + int(small_report["paid"])
     assert int(cluster.chain.call(escrow.functions.balanceOf(api.requester.address))) == int(report["refunded"])
 
-    print(f"\nopenai e2e: {len(api.usage)} requests, reserved {sum(int(u['reserved_wei']) for u in api.usage)} wei, "
-          f"charged {sum(charged.values())} wei = paid {int(report['paid']) + int(small_report['paid'])} wei "
-          f"(fee {int(report['fee']) + int(small_report['fee'])}, refunded "
-          f"{int(report['refunded']) + int(small_report['refunded'])}); {len(report['records'])} + "
-          f"{len(small_report['records'])} report records")
+    print(
+        f"\nopenai e2e: {len(api.usage)} requests, reserved {sum(int(u['reserved_wei']) for u in api.usage)} wei, "
+        f"charged {sum(charged.values())} wei = paid {int(report['paid']) + int(small_report['paid'])} wei "
+        f"(fee {int(report['fee']) + int(small_report['fee'])}, refunded "
+        f"{int(report['refunded']) + int(small_report['refunded'])}); {len(report['records'])} + "
+        f"{len(small_report['records'])} report records"
+    )
     record = cluster.var / "deployment.json"
     record.write_text(json.dumps(cluster.cfg.deployment.to_json()))
     for credit_id in (api.credit_id, small_id):
-        job = cluster.globai("audit", "job", credit_id, "--rpc", cluster.cfg.rpc_url, "--deployment", str(record),
-                             "--report", f"{cluster.market_url}/v1/audit/jobs/{credit_id}/report")
+        job = cluster.globai(
+            "audit",
+            "job",
+            credit_id,
+            "--rpc",
+            cluster.cfg.rpc_url,
+            "--deployment",
+            str(record),
+            "--report",
+            f"{cluster.market_url}/v1/audit/jobs/{credit_id}/report",
+        )
         assert job.returncode == 0, job.stdout + job.stderr
     chain = cluster.globai("audit", "chain", "--rpc", cluster.cfg.rpc_url, "--deployment", str(record))
     assert chain.returncode == 0, chain.stdout + chain.stderr

@@ -18,8 +18,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def test_every_fault_scenario_ends_terminal_and_reconciles(chain: Any, deployment: Any, tmp_path: Path) -> None:
-    cfg = ClusterConfig(var=tmp_path, rpc_url=chain.url, deployment=deployment, operator=chain.accounts[0],
-                        redis_url=None, extra_env=dict(FAULT_ENV))  # its own redis-server: the test restarts it
+    cfg = ClusterConfig(
+        var=tmp_path,
+        rpc_url=chain.url,
+        deployment=deployment,
+        operator=chain.accounts[0],
+        redis_url=None,
+        extra_env=dict(FAULT_ENV),
+    )  # its own redis-server: the test restarts it
     runs = []
     with Cluster(cfg) as cluster:
         start_cluster(cluster)

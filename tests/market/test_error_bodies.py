@@ -7,8 +7,9 @@ from tests.market.conftest import ADMIN, Market
 
 
 def _is_error_body(body: object) -> bool:
-    return (isinstance(body, dict) and set(body) == {"error", "detail"}
-            and all(isinstance(v, str) for v in body.values()))
+    return (
+        isinstance(body, dict) and set(body) == {"error", "detail"} and all(isinstance(v, str) for v in body.values())
+    )
 
 
 def test_error_bodies_match_the_schema(market: Market) -> None:

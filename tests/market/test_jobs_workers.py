@@ -85,8 +85,9 @@ def test_budget_and_deadline_validation(market: Market) -> None:
     assert bad.status_code == 422
     # A model the market does not serve: refused at post time, before any money could move.
     unknown = market.client.post(
-        "/v1/jobs", headers=headers, json={"spec": {**spec, "model": "gpt-4"}, "budget": "10", "price_per_unit": "1",
-                                           "deadline": soon}
+        "/v1/jobs",
+        headers=headers,
+        json={"spec": {**spec, "model": "gpt-4"}, "budget": "10", "price_per_unit": "1", "deadline": soon},
     )
     assert unknown.status_code == 400 and "not served" in unknown.json()["detail"]
 

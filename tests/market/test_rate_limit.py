@@ -23,8 +23,9 @@ def _headers(address: str) -> dict[str, str]:
 
 def test_addresses_from_one_ip_share_its_bucket(db_engine, db_url) -> None:  # type: ignore[no-untyped-def]
     burst = 2
-    app = create_app(make_settings(db_url, rate_limit_per_s=0.001, rate_limit_burst=burst), engine=db_engine,
-                     chain=None)
+    app = create_app(
+        make_settings(db_url, rate_limit_per_s=0.001, rate_limit_burst=burst), engine=db_engine, chain=None
+    )
     with TestClient(app) as client:
         codes = []
         for _ in range(RateLimit.IP_FACTOR):  # each address uses its whole burst
@@ -45,8 +46,9 @@ def test_shared_buckets_span_processes(db_engine, db_url, redis_url: str) -> Non
     """With GLOBAI_RATE_LIMIT_SHARED two API processes (two apps here) draw from one budget in Redis."""
     import uuid
 
-    settings = make_settings(db_url, rate_limit_per_s=0.001, rate_limit_burst=3, rate_limit_shared=True,
-                             redis_url=redis_url)
+    settings = make_settings(
+        db_url, rate_limit_per_s=0.001, rate_limit_burst=3, rate_limit_shared=True, redis_url=redis_url
+    )
     ip = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
     one = create_app(settings, engine=db_engine, chain=None)
     two = create_app(settings, engine=db_engine, chain=None)

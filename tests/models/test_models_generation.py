@@ -19,8 +19,10 @@ from market.commands.models import app as models_app
 from market.coordinator.chat import render_chat
 from market.domain_errors import InvalidRequest
 
-TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
-            "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant: {% endif %}"
+)
 
 
 @pytest.fixture
@@ -42,9 +44,7 @@ def test_generation_section_from_checkpoint(chat_checkpoint: Path, tiny_llama: P
     assert "generation" not in json.loads((tiny_llama / "manifest.json").read_text())
 
 
-def test_chat_rendering_uses_the_template_and_sanitises_control_tokens(
-    chat_checkpoint: Path, tmp_path: Path
-) -> None:
+def test_chat_rendering_uses_the_template_and_sanitises_control_tokens(chat_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "m"
     manifest = import_checkpoint(chat_checkpoint, out, name="chatty")
     tokenizer = load_tokenizer(out, manifest)

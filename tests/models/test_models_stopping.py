@@ -14,8 +14,9 @@ def decode(ids: list[int]) -> str:
     return "".join(PIECES[i] for i in ids)
 
 
-def run(tokens: list[int], *, eos: frozenset[int] = frozenset({0}), stops: tuple[str, ...] = (),
-        max_new: int = 10) -> tuple[SequenceStop, list[str]]:
+def run(
+    tokens: list[int], *, eos: frozenset[int] = frozenset({0}), stops: tuple[str, ...] = (), max_new: int = 10
+) -> tuple[SequenceStop, list[str]]:
     st = SequenceStop(eos, stops, decode)
     deltas = []
     for step, tok in enumerate(tokens[:max_new]):

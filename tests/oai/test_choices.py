@@ -19,8 +19,9 @@ def test_choices_follow_the_runs_stop_decisions_and_count_tokens() -> None:
     lp = {"logprob": -0.5, "top": [[4, -0.5], [7, -1.0]]}
     d1 = c.token_event({"tokens": [4, 5], "text": ["He", "Hi"], "logprobs": [lp, lp]})
     d2 = c.token_event({"tokens": [6, 9], "text": ["llo", ""], "finish_reason": [None, "stop"], "logprobs": [lp, lp]})
-    d3 = c.token_event({"tokens": [1, None], "text": ["!", ""], "finish_reason": ["length", "stop"],
-                        "logprobs": [lp, None]})
+    d3 = c.token_event(
+        {"tokens": [1, None], "text": ["!", ""], "finish_reason": ["length", "stop"], "logprobs": [lp, None]}
+    )
     assert [d.text for d in d1 + d2 + d3] == ["He", "Hi", "llo", "", "!"]
     assert [(x.text, x.tokens, x.finish_reason) for x in c.choices] == [("Hello!", 3, "length"), ("Hi", 2, "stop")]
     assert c.done and c.completion_tokens == 5 and len(c.choices[0].logprobs) == 3
@@ -49,8 +50,13 @@ def test_split_units_is_exact(total: int) -> None:
 def test_unsupported_and_invalid_parameters_are_400s() -> None:
     base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert parse(ChatIn, {**base, "frequency_penalty": 0}).n == 1  # neutral value accepted
-    for extra, param in (({"tools": [{"type": "function"}]}, "tools"), ({"presence_penalty": 0.5}, "presence_penalty"),
-                         ({"temperature": 3}, "temperature"), ({"top_logprobs": 2}, None), ({"foo": 1}, "foo")):
+    for extra, param in (
+        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"temperature": 3}, "temperature"),
+        ({"top_logprobs": 2}, None),
+        ({"foo": 1}, "foo"),
+    ):
         with pytest.raises(OpenAIError) as err:
             parse(ChatIn, {**base, **extra})
         assert err.value.status == 400 and err.value.param == param

@@ -33,16 +33,27 @@ def session(tmp_path: Path) -> Iterator[Session]:
 
 
 def funded_credit(session: Session) -> str:
-    job, _ = credits.create_credit(session, requester=ALICE, amount=FUNDED, deadline=NOW + timedelta(days=2),
-                                   fee_bps=200, created_block=0, now=NOW)
+    job, _ = credits.create_credit(
+        session, requester=ALICE, amount=FUNDED, deadline=NOW + timedelta(days=2), fee_bps=200, created_block=0, now=NOW
+    )
     job.status, job.funded_amount = "funded", FUNDED  # what confirm-funding does on the JobFunded event
     session.commit()
     return job.id
 
 
 def reserve(session: Session, key_id: str, max_tokens: int = 8) -> ApiRequest:
-    return credits.reserve(session, key_id=key_id, model="m", endpoint="completions", n=1, prompt_tokens=5,
-                           max_tokens=max_tokens, price=PRICE, close_margin_s=3600, now=NOW)
+    return credits.reserve(
+        session,
+        key_id=key_id,
+        model="m",
+        endpoint="completions",
+        n=1,
+        prompt_tokens=5,
+        max_tokens=max_tokens,
+        price=PRICE,
+        close_margin_s=3600,
+        now=NOW,
+    )
 
 
 def test_reserve_charge_release_and_402_at_the_fee_inclusive_limit(session: Session) -> None:
@@ -59,12 +70,24 @@ def test_reserve_charge_release_and_402_at_the_fee_inclusive_limit(session: Sess
             break
     used = worst * len(held)
     assert used + fee_of(used, 200) <= FUNDED < used + worst + fee_of(used + worst, 200)
-    first = credits.charge(session, request_id=held[0].id, completion_tokens=3, finish_reasons=["stop"],
-                           min_request_cost=PRICE.cost(1, 1), now=NOW)
+    first = credits.charge(
+        session,
+        request_id=held[0].id,
+        completion_tokens=3,
+        finish_reasons=["stop"],
+        min_request_cost=PRICE.cost(1, 1),
+        now=NOW,
+    )
     assert first.charged == PRICE.cost(5, 3) and first.status == "charged"
     credits.release(session, request_id=held[1].id, min_request_cost=PRICE.cost(1, 1), now=NOW)
-    again = credits.charge(session, request_id=held[0].id, completion_tokens=8, finish_reasons=["length"],
-                           min_request_cost=PRICE.cost(1, 1), now=NOW)
+    again = credits.charge(
+        session,
+        request_id=held[0].id,
+        completion_tokens=8,
+        finish_reasons=["length"],
+        min_request_cost=PRICE.cost(1, 1),
+        now=NOW,
+    )
     assert again.charged == first.charged  # ended once
     credit, _ = credits.get_credit(session, job_id=credit_id, requester=ALICE)
     assert credit.spent == first.charged and credit.reserved == worst * (len(held) - 2)
@@ -78,16 +101,23 @@ def test_reserve_charge_release_and_402_at_the_fee_inclusive_limit(session: Sess
     session.add(JobRun(run_id="00000000-0000-0000-0000-000000000001", job_id=credit_id, created_at=NOW))
     session.commit()
     for r in held[2:]:
-        credits.charge(session, request_id=r.id, completion_tokens=1, finish_reasons=["stop"],
-                       min_request_cost=PRICE.cost(1, 1), now=NOW)
+        credits.charge(
+            session,
+            request_id=r.id,
+            completion_tokens=1,
+            finish_reasons=["stop"],
+            min_request_cost=PRICE.cost(1, 1),
+            now=NOW,
+        )
     session.refresh(credit)
     assert credit.status == "closed" and session.get(Job, credit_id).status == "completed"  # type: ignore[union-attr]
 
 
 def test_key_spend_cap(session: Session) -> None:
     funded_credit(session)
-    key = api_keys.create_key(session, requester=ALICE, name="", spend_cap=PRICE.cost(5, 8), rate_limit_per_min=60,
-                              now=NOW).row
+    key = api_keys.create_key(
+        session, requester=ALICE, name="", spend_cap=PRICE.cost(5, 8), rate_limit_per_min=60, now=NOW
+    ).row
     reserve(session, key.id)
     with pytest.raises(InsufficientQuota, match="spend cap"):
         reserve(session, key.id)
@@ -103,14 +133,40 @@ def test_settlement_items_pay_each_charge_to_its_runs_parts(session: Session) ->
     for run_id in runs:
         req = reserve(session, key.id)
         credits.attach_run(session, request_id=req.id, run_id=run_id, now=NOW)
-        charged.append(credits.charge(session, request_id=req.id, completion_tokens=7, finish_reasons=["length"],
-                                      min_request_cost=1, now=NOW).charged)
-    parts = [WorkPart(job_id=credit_id, work_key=f"{runs[0]}/0/0xA", worker="0xA", layer_start=0, layer_end=2,
-                      units=40, status=PAID),
-             WorkPart(job_id=credit_id, work_key=f"{runs[0]}/2/0xB", worker="0xB", layer_start=2, layer_end=4,
-                      units=7, status=PAID),
-             WorkPart(job_id=credit_id, work_key=f"{runs[1]}/0/0xC", worker="0xC", layer_start=0, layer_end=4,
-                      units=47, status=UNPAID_SLASHED)]
+        charged.append(
+            credits.charge(
+                session, request_id=req.id, completion_tokens=7, finish_reasons=["length"], min_request_cost=1, now=NOW
+            ).charged
+        )
+    parts = [
+        WorkPart(
+            job_id=credit_id,
+            work_key=f"{runs[0]}/0/0xA",
+            worker="0xA",
+            layer_start=0,
+            layer_end=2,
+            units=40,
+            status=PAID,
+        ),
+        WorkPart(
+            job_id=credit_id,
+            work_key=f"{runs[0]}/2/0xB",
+            worker="0xB",
+            layer_start=2,
+            layer_end=4,
+            units=7,
+            status=PAID,
+        ),
+        WorkPart(
+            job_id=credit_id,
+            work_key=f"{runs[1]}/0/0xC",
+            worker="0xC",
+            layer_start=0,
+            layer_end=4,
+            units=47,
+            status=UNPAID_SLASHED,
+        ),
+    ]
     items = credits.credit_work_items(session, job, parts)
     units = {i.task_key.split("/")[2]: i.units for i in items}
     assert units["0xA"] + units["0xB"] == charged[0] // credits.CREDIT_UNIT_WEI and units["0xA"] > units["0xB"]

@@ -153,8 +153,11 @@ def test_binary_frame_round_trip_any_length_and_strictness() -> None:
 
     out = _output(tokens=512)
     chunks = commit_output(SCOPE, out)
-    signed = [sign_commitment(dataclasses.replace(c, chunk_index=chunk_id(s, c.chunk_index)), WORKER)
-              for s in range(16) for c in chunks]
+    signed = [
+        sign_commitment(dataclasses.replace(c, chunk_index=chunk_id(s, c.chunk_index)), WORKER)
+        for s in range(16)
+        for c in chunks
+    ]
     raw = encode_commitments(signed)
     assert len(raw) > 64 * 1024 and len(raw) <= max_commitments_bytes(16, 512)
     assert decode_commitments(raw, scope=SCOPE, hidden=64) == signed

@@ -54,16 +54,23 @@ def batch(smollm2: Path) -> tuple[list[list[int]], torch.Tensor]:
     return ids, generate_reference(smollm2, prompt, NEW_TOKENS, attention_mask=mask)
 
 
-def _workers(market: MarketServer, accounts: list[LocalAccount], split: list[str], tmp: Path,
-             model: str) -> list[InProcessWorker]:
-    return [InProcessWorker.start(market, accounts[i], layers, tmp / f"w{i}", model=model)
-            for i, layers in enumerate(split)]
+def _workers(
+    market: MarketServer, accounts: list[LocalAccount], split: list[str], tmp: Path, model: str
+) -> list[InProcessWorker]:
+    return [
+        InProcessWorker.start(market, accounts[i], layers, tmp / f"w{i}", model=model) for i, layers in enumerate(split)
+    ]
 
 
 @pytest.mark.parametrize("n_stages", [2, 4])
 def test_smollm2_greedy_through_workers_equals_generate(
-    n_stages: int, real_market: MarketServer, requester: Requester, staked: list[LocalAccount],
-    batch: tuple[list[list[int]], torch.Tensor], smollm2: Path, tmp_path: Path,
+    n_stages: int,
+    real_market: MarketServer,
+    requester: Requester,
+    staked: list[LocalAccount],
+    batch: tuple[list[list[int]], torch.Tensor],
+    smollm2: Path,
+    tmp_path: Path,
 ) -> None:
     ids, expected = batch
     workers = _workers(real_market, staked, SPLITS[n_stages], tmp_path, requester.model)

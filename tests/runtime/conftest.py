@@ -69,8 +69,15 @@ class MarketServer:
 
     def start(self) -> None:
         self.app = create_app(self.settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", ws="websockets-sansio",
-                                ws_max_size=64 << 20, lifespan="on")
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            ws="websockets-sansio",
+            ws_max_size=64 << 20,
+            lifespan="on",
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -110,11 +117,21 @@ def serve_market(
     """A uvicorn market serving every model in `models_dir` (SQLite, the session Anvil for stake)."""
     var = tmp_path_factory.mktemp("market")
     settings = Settings(
-        profile="test", database_url=f"sqlite:///{var / 'market.db'}", auth_secret=SECRET,  # type: ignore[arg-type]
-        auth_domain="localhost", auth_uri="http://localhost", chain_id=31337, rpc_url=anvil.url,
-        staking_vault_address=deployment.vault, job_escrow_address=deployment.escrow, token_address=deployment.token,
-        models_dir=str(models_dir), blob_dir=str(var / "blobs"), stage_timeout_s=30.0,
-        rate_limit_per_s=1000.0, rate_limit_burst=1000,
+        profile="test",
+        database_url=f"sqlite:///{var / 'market.db'}",
+        auth_secret=SECRET,  # type: ignore[arg-type]
+        auth_domain="localhost",
+        auth_uri="http://localhost",
+        chain_id=31337,
+        rpc_url=anvil.url,
+        staking_vault_address=deployment.vault,
+        job_escrow_address=deployment.escrow,
+        token_address=deployment.token,
+        models_dir=str(models_dir),
+        blob_dir=str(var / "blobs"),
+        stage_timeout_s=30.0,
+        rate_limit_per_s=1000.0,
+        rate_limit_burst=1000,
     )
     engine = make_engine(settings.database_url)
     upgrade(engine)
@@ -154,10 +171,21 @@ class InProcessWorker:
     errors: list[BaseException] = field(default_factory=list)
 
     @classmethod
-    def start(cls, market: MarketServer, account: LocalAccount, layers: str, cache: Path, *, model: str = MODEL,
-              **kw: Any) -> InProcessWorker:
-        config = WorkerConfig(market_url=market.url, account=account, model=model, layers=layers, threads=1,
-                              cache_dir=cache, show_progress=False, reconnect_min_s=0.05, reconnect_max_s=0.5, **kw)
+    def start(
+        cls, market: MarketServer, account: LocalAccount, layers: str, cache: Path, *, model: str = MODEL, **kw: Any
+    ) -> InProcessWorker:
+        config = WorkerConfig(
+            market_url=market.url,
+            account=account,
+            model=model,
+            layers=layers,
+            threads=1,
+            cache_dir=cache,
+            show_progress=False,
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.5,
+            **kw,
+        )
         worker = cls(WorkerDaemon(config))
         worker.daemon.prepare()
         ready = threading.Event()
@@ -191,9 +219,24 @@ def worker_process(
 ) -> subprocess.Popen[bytes]:
     """`globai worker run` as a real process (its own torch, its own socket)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [str(Path(sys.executable).parent / "globai"), "worker", "run", "--market", market.url, "--key",
-           "0x" + account.key.hex().removeprefix("0x"), "--model", model, "--layers", layers, "--threads", "1",
-           "--cache-dir", str(cache), "--no-progress"]
+    cmd = [
+        str(Path(sys.executable).parent / "globai"),
+        "worker",
+        "run",
+        "--market",
+        market.url,
+        "--key",
+        "0x" + account.key.hex().removeprefix("0x"),
+        "--model",
+        model,
+        "--layers",
+        layers,
+        "--threads",
+        "1",
+        "--cache-dir",
+        str(cache),
+        "--no-progress",
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
 
@@ -218,8 +261,9 @@ class Requester:
         import json
 
         events = []
-        with self.http.stream("GET", f"/v1/inference/{run_id}/stream", params={"format": "ndjson"},
-                              headers=self.headers) as response:
+        with self.http.stream(
+            "GET", f"/v1/inference/{run_id}/stream", params={"format": "ndjson"}, headers=self.headers
+        ) as response:
             check(response)
             for line in response.iter_lines():
                 if line:

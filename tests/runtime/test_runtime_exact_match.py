@@ -21,11 +21,17 @@ def _prompts(batch: int, length: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("n_stages", [1, 2, 4])
 def test_greedy_through_market_equals_generate(
-    n_stages: int, market: MarketServer, requester: Requester, staked: list[LocalAccount], tiny_model: Path,
+    n_stages: int,
+    market: MarketServer,
+    requester: Requester,
+    staked: list[LocalAccount],
+    tiny_model: Path,
     tmp_path: Path,
 ) -> None:
-    workers = [InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}")
-               for i, layers in enumerate(SPLITS[n_stages])]
+    workers = [
+        InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}")
+        for i, layers in enumerate(SPLITS[n_stages])
+    ]
     try:
         market.wait_workers(n_stages)
         prompt = _prompts(batch=3, length=7, seed=n_stages)
@@ -53,8 +59,9 @@ def test_seeded_sampling_and_signed_evidence(
     from tests.runtime.test_runtime_failover import wait_finished
     from worker.stage import Stage
 
-    workers = [InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}")
-               for i, layers in enumerate(["0:2", "2:4"])]
+    workers = [
+        InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}") for i, layers in enumerate(["0:2", "2:4"])
+    ]
     try:
         market.wait_workers(2)
         prompt = _prompts(batch=2, length=40, seed=11)  # > 32 positions: full chunks get committed mid-run
@@ -62,8 +69,9 @@ def test_seeded_sampling_and_signed_evidence(
         first = requester.generate(prompt.tolist(), 8, **params)
         second = requester.generate(prompt.tolist(), 8, **params)
         assert first["tokens"] == second["tokens"]
-        local = run_pipeline_local([Stage(tiny_model, 0, 2), Stage(tiny_model, 2, 4)], prompt, 8,
-                                   sample=Sampler(SamplingParams(**params)))
+        local = run_pipeline_local(
+            [Stage(tiny_model, 0, 2), Stage(tiny_model, 2, 4)], prompt, 8, sample=Sampler(SamplingParams(**params))
+        )
         assert first["tokens"] == local.tolist()
 
         info = wait_finished(requester, first["id"])
@@ -99,7 +107,7 @@ def test_seeded_sampling_and_signed_evidence(
         for row in (r for r in chunks if r.stage == 0):
             c = SignedCommitment.from_json(row.body).commitment
             seq, pc = c.chunk_index >> 32, c.chunk_index & 0xFFFFFFFF
-            assert tensor_sha256(torch.stack(sent_rows[seq][pc * 32:pc * 32 + 32])) == c.output_sha256
+            assert tensor_sha256(torch.stack(sent_rows[seq][pc * 32 : pc * 32 + 32])) == c.output_sha256
     finally:
         for w in workers:
             w.stop()
@@ -110,8 +118,9 @@ def test_stop_strings_end_a_sequence_and_are_not_returned(
 ) -> None:
     """The tiny model has no EOS in its manifest (it never stops early); a stop string taken from its own output
     ends that sequence with finish_reason "stop", the text stops before it, the other sequence runs to length."""
-    workers = [InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}")
-               for i, layers in enumerate(["0:2", "2:4"])]
+    workers = [
+        InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}") for i, layers in enumerate(["0:2", "2:4"])
+    ]
     try:
         market.wait_workers(2)
         prompts = ["Once upon a time", "The market"]
@@ -119,8 +128,11 @@ def test_stop_strings_end_a_sequence_and_are_not_returned(
         assert free["finish_reason"] == ["length", "length"]
         text = free["text"][0]
         # Three characters from the middle of sequence 0's text that sequence 1's text does not contain.
-        stop = next(text[i : i + 3] for i in range(len(text) // 2, len(text) - 2)
-                    if text[i : i + 3].strip() and text[i : i + 3] not in free["text"][1])
+        stop = next(
+            text[i : i + 3]
+            for i in range(len(text) // 2, len(text) - 2)
+            if text[i : i + 3].strip() and text[i : i + 3] not in free["text"][1]
+        )
         stopped = requester.generate([], 12, prompts=prompts, stop=[stop])
         assert stopped["finish_reason"] == ["stop", "length"]
         assert stopped["text"][0] == text[: text.index(stop)]

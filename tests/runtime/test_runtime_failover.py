@@ -35,8 +35,10 @@ def test_kill_9_mid_generation_standby_takes_over(
     market: MarketServer, requester: Requester, staked: list[LocalAccount], tiny_model: Path, tmp_path: Path
 ) -> None:
     layout = {staked[0]: "0:2", staked[1]: "2:4", staked[2]: "2:4"}  # one standby for layers 2..4
-    procs = {acct.address: worker_process(market, acct, layers, tmp_path / f"cache{i}", tmp_path / f"w{i}.log")
-             for i, (acct, layers) in enumerate(layout.items())}
+    procs = {
+        acct.address: worker_process(market, acct, layers, tmp_path / f"cache{i}", tmp_path / f"w{i}.log")
+        for i, (acct, layers) in enumerate(layout.items())
+    }
     try:
         try:
             market.wait_workers(3, timeout=120)
@@ -46,13 +48,17 @@ def test_kill_9_mid_generation_standby_takes_over(
         prompt = torch.randint(3, 500, (2, 6), generator=torch.Generator().manual_seed(7))
         expected = generate_reference(tiny_model, prompt, NEW_TOKENS)
 
-        body = {"model": market.coordinator.catalog.all()[0].manifest.name, "prompt_ids": prompt.tolist(),
-                "max_new_tokens": NEW_TOKENS}
+        body = {
+            "model": market.coordinator.catalog.all()[0].manifest.name,
+            "prompt_ids": prompt.tolist(),
+            "max_new_tokens": NEW_TOKENS,
+        }
         run = requester.http.post("/v1/inference", json=body, headers=requester.headers).json()
         events = []
         killed = None
-        with requester.http.stream("GET", f"/v1/inference/{run['id']}/stream", params={"format": "ndjson"},
-                                   headers=requester.headers) as response:
+        with requester.http.stream(
+            "GET", f"/v1/inference/{run['id']}/stream", params={"format": "ndjson"}, headers=requester.headers
+        ) as response:
             for line in response.iter_lines():
                 if not line:
                     continue
@@ -84,8 +90,10 @@ def test_socket_drop_without_standby_reroutes_over_other_ranges(
     market: MarketServer, requester: Requester, staked: list[LocalAccount], tiny_model: Path, tmp_path: Path
 ) -> None:
     # [2, 4) has a single worker; when it goes, [2, 3) + [3, 4) take its place (re-planned span, replayed).
-    workers = [InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}")
-               for i, layers in enumerate(["0:2", "2:4", "2:3", "3:4"])]
+    workers = [
+        InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}")
+        for i, layers in enumerate(["0:2", "2:4", "2:3", "3:4"])
+    ]
     try:
         market.wait_workers(4)
         prompt = torch.randint(3, 500, (2, 5), generator=torch.Generator().manual_seed(8))
@@ -104,8 +112,9 @@ def test_socket_drop_without_standby_reroutes_over_other_ranges(
             run = requester.http.post("/v1/inference", json=body, headers=requester.headers).json()
             events = []
             dropped = False
-            with requester.http.stream("GET", f"/v1/inference/{run['id']}/stream", params={"format": "ndjson"},
-                                       headers=requester.headers) as response:
+            with requester.http.stream(
+                "GET", f"/v1/inference/{run['id']}/stream", params={"format": "ndjson"}, headers=requester.headers
+            ) as response:
                 for line in response.iter_lines():
                     if not line:
                         continue
@@ -139,7 +148,9 @@ def served_name(market: MarketServer) -> str:
 
 
 def test_worker_package_never_imports_the_api() -> None:
-    code = ("import sys, worker.cli, worker.runtime.daemon, worker.runtime.server; "
-            "bad = [m for m in sys.modules if m.startswith(('fastapi', 'market.api', 'starlette'))]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, worker.cli, worker.runtime.daemon, worker.runtime.server; "
+        "bad = [m for m in sys.modules if m.startswith(('fastapi', 'market.api', 'starlette'))]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

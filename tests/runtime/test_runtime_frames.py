@@ -29,25 +29,46 @@ def _error(raw: bytes) -> dict:  # type: ignore[type-arg]
 def test_bad_frames_from_a_worker_are_answered_and_the_market_goes_on(
     market: MarketServer, requester: Requester, staked: list[LocalAccount], tiny_model: Path, tmp_path: Path
 ) -> None:
-    workers = [InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}")
-               for i, layers in enumerate(["0:2", "2:4"])]
+    workers = [
+        InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}") for i, layers in enumerate(["0:2", "2:4"])
+    ]
     rogue = staked[3]
     import httpx
 
     with httpx.Client(base_url=market.url) as http:
         token = sign_in(http, rogue, ["worker"])
         http.headers["Authorization"] = f"Bearer {token}"
-        http.post("/v1/workers", json={"device": "cpu:test", "memory_bytes": 1 << 30, "throughput_tokens_s": 1.0,
-                                       "bandwidth_bytes_s": 1.0, "latency_ms": 1.0, "reference_layer": "x",
-                                       "operator_id": "rogue"}).raise_for_status()
+        http.post(
+            "/v1/workers",
+            json={
+                "device": "cpu:test",
+                "memory_bytes": 1 << 30,
+                "throughput_tokens_s": 1.0,
+                "bandwidth_bytes_s": 1.0,
+                "latency_ms": 1.0,
+                "reference_layer": "x",
+                "operator_id": "rogue",
+            },
+        ).raise_for_status()
     try:
         market.wait_workers(2)
         digest = load_manifest(tiny_model).digest()
         url = market.url.replace("http://", "ws://") + WS_PATH
         with connect(url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=None) as ws:
             # layers [0, 1) never chain with the others' [0, 2) + [2, 4): this link is never on a route
-            ws.send(encode_message({"op": "hello", "model": MODEL, "digest": digest, "layer_start": 0,
-                                    "layer_end": 1, "max_batch": 1, "max_tokens": 16}))
+            ws.send(
+                encode_message(
+                    {
+                        "op": "hello",
+                        "model": MODEL,
+                        "digest": digest,
+                        "layer_start": 0,
+                        "layer_end": 1,
+                        "max_batch": 1,
+                        "max_tokens": 16,
+                    }
+                )
+            )
             assert decode_message(ws.recv(), max_bytes=0).header["op"] == "welcome"
 
             ws.send(b"definitely not a frame")
@@ -89,15 +110,29 @@ def test_worker_answers_bad_requests_with_errors_and_keeps_its_sessions(tiny_mod
 
     server = StageServer(Stage(tiny_model, 2, 4), Account.from_key(b"\x55" * 32))
     scope = ChunkScope(31337, b"\1" * 32, b"\2" * 32, 2, b"\3" * 32)
-    opened = decode_message(server.handle(encode_message({"op": "open", "rid": 1, "session": "s",
-                                                          "scope": scope_to_json(scope)})), max_bytes=0)
+    opened = decode_message(
+        server.handle(encode_message({"op": "open", "rid": 1, "session": "s", "scope": scope_to_json(scope)})),
+        max_bytes=0,
+    )
     assert opened.header["op"] == "result"
     hidden = torch.randn(1, 4, 128, generator=torch.Generator().manual_seed(0))
     positions = torch.arange(4)[None]
 
     def forward(rid: int, tensors: list[torch.Tensor], **extra: object) -> dict:  # type: ignore[type-arg]
-        raw = server.handle(encode_message({"op": "forward", "rid": rid, "session": "s", "step": 0,
-                                            "first_position": 0, "last_token_only": True, **extra}, tensors))
+        raw = server.handle(
+            encode_message(
+                {
+                    "op": "forward",
+                    "rid": rid,
+                    "session": "s",
+                    "step": 0,
+                    "first_position": 0,
+                    "last_token_only": True,
+                    **extra,
+                },
+                tensors,
+            )
+        )
         assert raw is not None
         return decode_message(raw, max_bytes=1 << 24)  # type: ignore[return-value]
 

@@ -42,8 +42,13 @@ def _cand(
 
 
 def test_routing_tiles_all_layers_prefers_fast_trusted_workers_and_adds_standbys() -> None:
-    cands = [_cand("a", "o1", 0, 2), _cand("b", "o2", 2, 4), _cand("slow", "o3", 2, 4, tps=10.0),
-             _cand("b2", "o4", 2, 4), _cand("b3", "o2", 2, 4)]
+    cands = [
+        _cand("a", "o1", 0, 2),
+        _cand("b", "o2", 2, 4),
+        _cand("slow", "o3", 2, 4, tps=10.0),
+        _cand("b2", "o4", 2, 4),
+        _cand("b3", "o2", 2, 4),
+    ]
     hops = plan_route(4, cands, rng=random.Random(0))
     assert hops is not None and [(h.start, h.end) for h in hops] == [(0, 2), (2, 4)]
     assert hops[1].primary in ("b", "b2")
@@ -101,8 +106,16 @@ def test_unstaked_worker_is_refused_before_downloading(market: MarketServer, tmp
     from tests.runtime.conftest import MODEL
     from worker.runtime.daemon import NotEligibleError, WorkerConfig, WorkerDaemon
 
-    daemon = WorkerDaemon(WorkerConfig(market_url=market.url, account=Account.from_key(b"\x7a" * 32), model=MODEL,
-                                       layers="0:2", cache_dir=tmp_path / "cache", show_progress=False))
+    daemon = WorkerDaemon(
+        WorkerConfig(
+            market_url=market.url,
+            account=Account.from_key(b"\x7a" * 32),
+            model=MODEL,
+            layers="0:2",
+            cache_dir=tmp_path / "cache",
+            show_progress=False,
+        )
+    )
     try:
         with pytest.raises(NotEligibleError, match="stake"):
             daemon.prepare()
@@ -121,8 +134,14 @@ def test_routing_prefers_spans_an_independent_replica_can_check() -> None:
     # Where nothing replicable chains, the unreplicated route is still used.
     assert [c.link_id for c in plan_span(0, 4, [alone, chain[0]]) or []] == ["whole"]
     # A replica of the same operator does not count as independent.
-    same_op = [alone, _cand("whole2", "o1", 0, 4), _cand("x", "o2", 0, 2), _cand("x2", "o3", 0, 2),
-               _cand("y", "o4", 2, 4), _cand("y2", "o5", 2, 4)]
+    same_op = [
+        alone,
+        _cand("whole2", "o1", 0, 4),
+        _cand("x", "o2", 0, 2),
+        _cand("x2", "o3", 0, 2),
+        _cand("y", "o4", 2, 4),
+        _cand("y2", "o5", 2, 4),
+    ]
     assert [c.link_id for c in plan_span(0, 4, same_op) or []] in (["x", "y"], ["x", "y2"], ["x2", "y"], ["x2", "y2"])
 
 
@@ -133,8 +152,22 @@ def test_declared_speed_is_capped_by_what_the_coordinator_measures() -> None:
         return None
 
     def link(link_id: str, declared: float) -> WorkerLink:
-        return WorkerLink(link_id, f"0x{link_id}", link_id, f"op-{link_id}", "m", "d", 0, 4, 8, 2048, declared, 1.0,
-                          Reputation(alpha=11, beta=1, evidence=10), send)
+        return WorkerLink(
+            link_id,
+            f"0x{link_id}",
+            link_id,
+            f"op-{link_id}",
+            "m",
+            "d",
+            0,
+            4,
+            8,
+            2048,
+            declared,
+            1.0,
+            Reputation(alpha=11, beta=1, evidence=10),
+            send,
+        )
 
     liar, honest = link("liar", 1e9), link("honest", 2000.0)
     for _ in range(5):  # what the calls actually took: the liar 40 ms per decode step, the honest one 4 ms
@@ -142,8 +175,12 @@ def test_declared_speed_is_capped_by_what_the_coordinator_measures() -> None:
         honest.observe(1, 4.0, 3.0)
     assert liar.effective_tokens_s < 200 and honest.effective_tokens_s == pytest.approx(1000.0)
     assert liar.effective_latency_ms >= 1.0
-    cands = [RouteCandidate(lnk.link_id, lnk.operator_id, 0, 4, lnk.effective_tokens_s, lnk.effective_latency_ms,
-                            lnk.reputation) for lnk in (liar, honest)]
+    cands = [
+        RouteCandidate(
+            lnk.link_id, lnk.operator_id, 0, 4, lnk.effective_tokens_s, lnk.effective_latency_ms, lnk.reputation
+        )
+        for lnk in (liar, honest)
+    ]
     assert [c.link_id for c in plan_span(0, 4, cands) or []] == ["honest"]
     # Before any observation the declared figure stands (a new worker gets a chance to be measured).
     assert link("new", 5000.0).effective_tokens_s == 5000.0

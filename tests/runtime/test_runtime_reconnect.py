@@ -33,8 +33,9 @@ def _check_exact(market: MarketServer, tiny_model: Path, seed: int) -> None:
 def test_workers_reconnect_after_socket_drop_and_market_restart(
     market: MarketServer, staked: list[LocalAccount], tiny_model: Path, tmp_path: Path
 ) -> None:
-    workers = [InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}")
-               for i, layers in enumerate(["0:2", "2:4"])]
+    workers = [
+        InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}") for i, layers in enumerate(["0:2", "2:4"])
+    ]
     try:
         market.wait_workers(2)
         _check_exact(market, tiny_model, 1)
@@ -53,7 +54,8 @@ def test_workers_reconnect_after_socket_drop_and_market_restart(
         before = [w.daemon.state.connects for w in workers]
         market.stop()
         market.settings = market.settings.model_copy(
-            update={"auth_secret": SecretStr("rotated-secret-" + "fedcba9876543210" * 2)})
+            update={"auth_secret": SecretStr("rotated-secret-" + "fedcba9876543210" * 2)}
+        )
         time.sleep(0.5)  # workers see the market gone and back off
         market.start()
         _wait(lambda: all(w.daemon.state.connects > b for w, b in zip(workers, before, strict=True)))

@@ -33,11 +33,22 @@ from tests.runtime.test_runtime_failover import wait_finished
 def admin_market(tiny_model: Path, deployment: Any, anvil: Any, tmp_path: Path):  # type: ignore[no-untyped-def]
     admin = Account.from_key(b"\x31" * 32)
     settings = Settings(
-        profile="test", database_url=f"sqlite:///{tmp_path / 'market.db'}", auth_secret=SECRET,  # type: ignore[arg-type]
-        auth_domain="localhost", auth_uri="http://localhost", chain_id=31337, rpc_url=anvil.url,
-        staking_vault_address=deployment.vault, job_escrow_address=deployment.escrow, token_address=deployment.token,
-        models_dir=str(tiny_model.parent), blob_dir=str(tmp_path / "blobs"), stage_timeout_s=30.0,
-        rate_limit_per_s=1000.0, rate_limit_burst=1000, admin_addresses=[admin.address],
+        profile="test",
+        database_url=f"sqlite:///{tmp_path / 'market.db'}",
+        auth_secret=SECRET,  # type: ignore[arg-type]
+        auth_domain="localhost",
+        auth_uri="http://localhost",
+        chain_id=31337,
+        rpc_url=anvil.url,
+        staking_vault_address=deployment.vault,
+        job_escrow_address=deployment.escrow,
+        token_address=deployment.token,
+        models_dir=str(tiny_model.parent),
+        blob_dir=str(tmp_path / "blobs"),
+        stage_timeout_s=30.0,
+        rate_limit_per_s=1000.0,
+        rate_limit_burst=1000,
+        admin_addresses=[admin.address],
     )
     engine = make_engine(settings.database_url)
     upgrade(engine)
@@ -51,12 +62,15 @@ def admin_market(tiny_model: Path, deployment: Any, anvil: Any, tmp_path: Path):
 
 
 def test_honest_run_checks_whole_tensors_and_projections(
-    admin_market, staked: list[LocalAccount], tmp_path: Path  # type: ignore[no-untyped-def]
+    admin_market,
+    staked: list[LocalAccount],
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     market, admin = admin_market
     layout = {staked[0]: "0:2", staked[1]: "2:4", staked[2]: "0:2", staked[3]: "2:4"}
-    workers = [InProcessWorker.start(market, a, layers, tmp_path / f"c{i}") for i, (a, layers) in
-               enumerate(layout.items())]
+    workers = [
+        InProcessWorker.start(market, a, layers, tmp_path / f"c{i}") for i, (a, layers) in enumerate(layout.items())
+    ]
     engine = make_engine(market.settings.database_url)
     sessions = make_session_factory(engine)
     try:
@@ -66,15 +80,32 @@ def test_honest_run_checks_whole_tensors_and_projections(
         assert wait_finished(requester, done["id"])["status"] == "completed"
         job_id = str(uuid.uuid4())
         with Session(engine) as s:
-            s.add(Job(id=job_id, chain_job_id="0x" + "11" * 32, requester=admin.address, kind="inference",
-                      model=requester.model, spec={}, spec_hash="0x" + "01" * 32, budget=1, price_per_unit=1,
-                      max_units=1, deadline=datetime.now(UTC) + timedelta(hours=1), status="completed",
-                      created_at=datetime.now(UTC)))
+            s.add(
+                Job(
+                    id=job_id,
+                    chain_job_id="0x" + "11" * 32,
+                    requester=admin.address,
+                    kind="inference",
+                    model=requester.model,
+                    spec={},
+                    spec_hash="0x" + "01" * 32,
+                    budget=1,
+                    price_per_unit=1,
+                    max_units=1,
+                    deadline=datetime.now(UTC) + timedelta(hours=1),
+                    status="completed",
+                    created_at=datetime.now(UTC),
+                )
+            )
             s.add(JobRun(run_id=done["id"], job_id=job_id))
             s.commit()
-        source = InferenceWorkSource(sessions, MarketVerifierClient(market.url, admin), chain_id=31337,
-                                     models_dir=Path(market.settings.models_dir),
-                                     blob_dir=Path(market.settings.blob_dir))
+        source = InferenceWorkSource(
+            sessions,
+            MarketVerifierClient(market.url, admin),
+            chain_id=31337,
+            models_dir=Path(market.settings.models_dir),
+            blob_dir=Path(market.settings.blob_dir),
+        )
         parts = source.parts(job_id)
         assert sorted(p.layer_start for p in parts) == [0, 2]
         assert source.violations(job_id) == []
@@ -88,17 +119,35 @@ def test_honest_run_checks_whole_tensors_and_projections(
                 kinds.add(type(held).__name__)
                 replayed = source.replay(job_id, part, chunk, pool[0].address)
                 assert source.replay_evidence(job_id, part, chunk, pool[0].address).startswith("0x")
-                verdict = check_claim(signed, proof, replayed, DEFAULT_TOLERANCES[part.dtype], k=8,
-                                      expected_scope=part.scope, chunk_index=chunk, worker=part.worker,
-                                      signed_root=part.signed_root, held=held)
+                verdict = check_claim(
+                    signed,
+                    proof,
+                    replayed,
+                    DEFAULT_TOLERANCES[part.dtype],
+                    k=8,
+                    expected_scope=part.scope,
+                    chunk_index=chunk,
+                    worker=part.worker,
+                    signed_root=part.signed_root,
+                    held=held,
+                )
                 assert verdict.ok, (part.layer_start, chunk, verdict)
                 if isinstance(held, ProjectedRows):
                     assert verdict.metrics["projection_err"] is not None
                     # The same check fails for logits changed outside their top-k (what projections are for).
                     bad = held.rows + torch.randn_like(held.rows) * replayed.float().norm(dim=1, keepdim=True) * 0.01
-                    assert not check_claim(signed, proof, replayed, DEFAULT_TOLERANCES[part.dtype], k=8,
-                                           expected_scope=part.scope, chunk_index=chunk, worker=part.worker,
-                                           signed_root=part.signed_root, held=ProjectedRows(bad, held.seed)).ok
+                    assert not check_claim(
+                        signed,
+                        proof,
+                        replayed,
+                        DEFAULT_TOLERANCES[part.dtype],
+                        k=8,
+                        expected_scope=part.scope,
+                        chunk_index=chunk,
+                        worker=part.worker,
+                        signed_root=part.signed_root,
+                        held=ProjectedRows(bad, held.seed),
+                    ).ok
         assert kinds == {"Tensor", "ProjectedRows"}
     finally:
         for w in workers:
@@ -107,7 +156,9 @@ def test_honest_run_checks_whole_tensors_and_projections(
 
 
 def test_worker_that_sends_other_than_it_commits_is_caught_by_the_coordinator(
-    admin_market, staked: list[LocalAccount], tmp_path: Path  # type: ignore[no-untyped-def]
+    admin_market,
+    staked: list[LocalAccount],
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     """The `unbound` cheat commits to its honest output and sends another (with a valid signed hash of what it
     sends): the coordinator finds the commitment contradicting the rows, keeps the evidence, fails the hop over
@@ -137,8 +188,10 @@ def test_worker_that_sends_other_than_it_commits_is_caught_by_the_coordinator(
         prompt = [[(3 * i) % 400 + 2 for i in range(36)]]
         done = requester.generate(prompt, max_new_tokens=40)
         assert wait_finished(requester, done["id"])["status"] == "completed"
-        assert done["tokens"] == generate_reference(Path(market.settings.models_dir) / requester.model,
-                                                    torch.tensor(prompt), 40).tolist()
+        assert (
+            done["tokens"]
+            == generate_reference(Path(market.settings.models_dir) / requester.model, torch.tensor(prompt), 40).tolist()
+        )
         assert done["failovers"] == 1
         with Session(engine) as s:
             violations = s.query(StageViolation).filter_by(run_id=done["id"]).all()

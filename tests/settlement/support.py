@@ -63,16 +63,35 @@ class Funder:
         self.give(self.requester.address, total)
         self.client.transact(self.c.token.functions.approve(self.deployment.escrow, total), self.requester)
 
-    def job(self, session: Session, *, budget: int = 100 * GLB, price: int = GLB, units: int = 60,
-            fund: bool = True, status: str = "completed", prefunded: bool = False) -> Job:
+    def job(
+        self,
+        session: Session,
+        *,
+        budget: int = 100 * GLB,
+        price: int = GLB,
+        units: int = 60,
+        fund: bool = True,
+        status: str = "completed",
+        prefunded: bool = False,
+    ) -> Job:
         job_uuid = str(uuid.uuid4())
         block = self.client.block_number()
         now_chain = int(self.client.w3.eth.get_block("latest")["timestamp"])
         deadline = now_chain + 3600
         job = Job(
-            id=job_uuid, chain_job_id="0x" + job_id_bytes(job_uuid).hex(), requester=self.requester.address,
-            kind="inference", model="tiny", spec={}, spec_hash="0x" + "ab" * 32, budget=budget, price_per_unit=price,
-            max_units=units, deadline=datetime.fromtimestamp(deadline, UTC), status=status, created_block=block,
+            id=job_uuid,
+            chain_job_id="0x" + job_id_bytes(job_uuid).hex(),
+            requester=self.requester.address,
+            kind="inference",
+            model="tiny",
+            spec={},
+            spec_hash="0x" + "ab" * 32,
+            budget=budget,
+            price_per_unit=price,
+            max_units=units,
+            deadline=datetime.fromtimestamp(deadline, UTC),
+            status=status,
+            created_block=block,
             created_at=datetime.now(UTC),
         )
         if fund:
@@ -93,8 +112,18 @@ class Funder:
 
 def register_worker(session: Session, account: LocalAccount | str, operator: str) -> Worker:
     address = account if isinstance(account, str) else account.address
-    worker = Worker(address=address, operator_id=operator, device="cpu", memory_bytes=1, throughput_tokens_s=1,
-                    bandwidth_bytes_s=1, latency_ms=1, reference_layer="r", models=["tiny"], eligible=True)
+    worker = Worker(
+        address=address,
+        operator_id=operator,
+        device="cpu",
+        memory_bytes=1,
+        throughput_tokens_s=1,
+        bandwidth_bytes_s=1,
+        latency_ms=1,
+        reference_layer="r",
+        models=["tiny"],
+        eligible=True,
+    )
     session.add(worker)
     session.commit()
     return worker

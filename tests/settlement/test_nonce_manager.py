@@ -45,7 +45,10 @@ print("sent", len(args["calls"]))
 
 
 def test_settlement_and_slashing_from_two_processes_share_the_operator_key(
-    chain, deployment, redis_url: str, db  # type: ignore[no-untyped-def]
+    chain,
+    deployment,
+    redis_url: str,
+    db,  # type: ignore[no-untyped-def]
 ) -> None:
     admin, requester = chain.accounts[0], chain.accounts[1]
     funder = Funder(chain.client, deployment, admin, requester)
@@ -58,16 +61,29 @@ def test_settlement_and_slashing_from_two_processes_share_the_operator_key(
     for w in workers:
         chain.client.rpc("anvil_setBalance", w.address, hex(10**20))
         funder.stake(w, 200 * GLB)
-    settle_calls = [["settle", j.chain_job_id[2:], workers[i].address, GLB, (b"\xee" * 31 + bytes([i + 1])).hex()]
-                    for i, j in enumerate(jobs)]
-    slash_calls = [["slash", w.address, 10 * GLB, jobs[i].chain_job_id[2:], requester.address]
-                   for i, w in enumerate(workers)]
+    settle_calls = [
+        ["settle", j.chain_job_id[2:], workers[i].address, GLB, (b"\xee" * 31 + bytes([i + 1])).hex()]
+        for i, j in enumerate(jobs)
+    ]
+    slash_calls = [
+        ["slash", w.address, 10 * GLB, jobs[i].chain_job_id[2:], requester.address] for i, w in enumerate(workers)
+    ]
     start_at = time.time() + 3.0  # both processes start sending at the same moment
-    common = {"rpc": chain.url, "redis": redis_url, "deployment": deployment.to_json(),
-              "key": "0x" + bytes(admin.key).hex(), "start_at": start_at}
+    common = {
+        "rpc": chain.url,
+        "redis": redis_url,
+        "deployment": deployment.to_json(),
+        "key": "0x" + bytes(admin.key).hex(),
+        "start_at": start_at,
+    }
     procs = [
-        subprocess.Popen([sys.executable, "-c", SENDER, json.dumps({**common, "calls": calls})], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", SENDER, json.dumps({**common, "calls": calls})],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for calls in (settle_calls, slash_calls)
     ]
     outputs = [p.communicate(timeout=180) for p in procs]

@@ -29,13 +29,21 @@ ESCROW = "0x" + "e5" * 20
 
 
 def plan(items, funded=10**21, price=10**18, fee_bps=200):  # type: ignore[no-untyped-def]
-    return plan_settlement(job_key=JOB, chain_job_id=job_id_bytes(JOB), funded=funded, price_per_unit=price,
-                           fee_bps=fee_bps, items=items)
+    return plan_settlement(
+        job_key=JOB, chain_job_id=job_id_bytes(JOB), funded=funded, price_per_unit=price, fee_bps=fee_bps, items=items
+    )
 
 
 def test_price_times_units_and_slashed_unpaid() -> None:
-    p = plan([WorkItem("t1", A, 10), WorkItem("t2", B, 5), WorkItem("t3", A, 3), WorkItem("t4", C, 7, UNPAID_SLASHED),
-              WorkItem("t5", B, 2, UNPAID_FAULTY)])
+    p = plan(
+        [
+            WorkItem("t1", A, 10),
+            WorkItem("t2", B, 5),
+            WorkItem("t3", A, 3),
+            WorkItem("t4", C, 7, UNPAID_SLASHED),
+            WorkItem("t5", B, 2, UNPAID_FAULTY),
+        ]
+    )
     amounts = dict(zip(p.payees, p.amounts, strict=True))
     assert amounts == {A: 13 * 10**18, B: 5 * 10**18}  # C slashed: not a payee; B's faulty task unpaid
     assert p.paid == 18 * 10**18 and p.fee == fee_of(p.paid, 200) == 18 * 10**18 * 2 // 100
@@ -95,8 +103,15 @@ def test_malformed_reports_are_refused(mutate) -> None:  # type: ignore[no-untyp
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10_000), st.sampled_from([PAID, UNPAID_SLASHED])),
-                min_size=1, max_size=20), st.integers(0, 10_000), st.integers(1, 10**24))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 10_000), st.sampled_from([PAID, UNPAID_SLASHED])),
+        min_size=1,
+        max_size=20,
+    ),
+    st.integers(0, 10_000),
+    st.integers(1, 10**24),
+)
 def test_never_pays_more_than_funded(rows, fee_bps, funded) -> None:  # type: ignore[no-untyped-def]
     items = [WorkItem(f"t{i}", (A, B, C)[w], u, s) for i, (w, u, s) in enumerate(rows)]
     p = plan(items, funded=funded, fee_bps=fee_bps)

@@ -23,8 +23,9 @@ NOW = datetime.now(UTC)
 
 def add_parts(session: Session, job: Job, parts: list[tuple[str, int, str]]) -> None:
     for i, (worker, units, status) in enumerate(parts):
-        session.add(WorkPart(job_id=job.id, work_key=f"{job.id[:8]}-part-{i}", worker=worker, units=units,
-                             status=status))
+        session.add(
+            WorkPart(job_id=job.id, work_key=f"{job.id[:8]}-part-{i}", worker=worker, units=units, status=status)
+        )
     session.add(VerificationRun(job_id=job.id, status="settling", secret="0x" + "11" * 32, beacon="0x" + "22" * 32))
     session.commit()
 

@@ -145,9 +145,19 @@ def test_another_family_trains_through_the_registry(
     # GPT-2 (learned positions, Conv1D, its own key names): the job builds its model by family, like Llama's.
     # Dropout off, as Llama has it: a worker seeds before building its model and the in-process reference does
     # not, so their dropout masks would differ (each side is still reproducible on its own).
-    config = {"model_type": "gpt2", "vocab_size": 260, "n_embd": 64, "n_layer": 2, "n_head": 4,
-              "n_positions": 512, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID,
-              "embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0}
+    config = {
+        "model_type": "gpt2",
+        "vocab_size": 260,
+        "n_embd": 64,
+        "n_layer": 2,
+        "n_head": 4,
+        "n_positions": 512,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "resid_pdrop": 0.0,
+    }
     spec = make_spec(model=ConfigModelRef(config=config, init_seed=7), rounds=2, workers_per_round=2)
     ref = reference_diloco(spec, corpus)
     store = CheckpointStore(tmp_path / "store")

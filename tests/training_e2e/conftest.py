@@ -55,8 +55,11 @@ def private_redis(redis_url: str) -> Iterator[str]:
         yield redis_url.rsplit("/", 1)[0] + "/13"
         return
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_port(port, proc=proc)
         yield f"redis://127.0.0.1:{port}/0"
@@ -68,8 +71,15 @@ def private_redis(redis_url: str) -> Iterator[str]:
 def tiny_spec(**overrides: Any) -> TrainingJobSpec:
     fields: dict[str, Any] = {
         "model": ConfigModelRef(config=tiny_llama_config(), init_seed=7),
-        "seq_len": 64, "batch_size": 8, "inner_steps": 8, "rounds": 3, "workers_per_round": 2,
-        "inner_lr": 3e-3, "compression": "none", "seed": 11, "round_timeout_s": 60.0,
+        "seq_len": 64,
+        "batch_size": 8,
+        "inner_steps": 8,
+        "rounds": 3,
+        "workers_per_round": 2,
+        "inner_lr": 3e-3,
+        "compression": "none",
+        "seed": 11,
+        "round_timeout_s": 60.0,
     }
     fields.update(overrides)
     return TrainingJobSpec(**fields)
@@ -101,8 +111,14 @@ class Market:
     def worker(self, operator: str, *, tamper: Tamper | None = None, cache: Path) -> TrainingClient:
         account = Account.create()
         self.chain.stake(account.address, STAKE)
-        client = TrainingClient(self.http(), account, cache_dir=cache / account.address, operator_id=operator,
-                                tamper=tamper, heartbeat_s=2.0)
+        client = TrainingClient(
+            self.http(),
+            account,
+            cache_dir=cache / account.address,
+            operator_id=operator,
+            tamper=tamper,
+            heartbeat_s=2.0,
+        )
         client.sign_in()
         client.register()
         return client
@@ -114,14 +130,23 @@ class Requester:
     http: httpx.Client
     account: LocalAccount
 
-    def post_job(self, spec: TrainingJobSpec, corpus: bytes, *, verify_rate: float = 0.0,
-                 price: int = 1) -> dict[str, Any]:
-        ds = check(self.http.post("/v1/training/datasets", content=corpus,
-                                  headers={"Content-Type": "application/octet-stream"})).json()
+    def post_job(
+        self, spec: TrainingJobSpec, corpus: bytes, *, verify_rate: float = 0.0, price: int = 1
+    ) -> dict[str, Any]:
+        ds = check(
+            self.http.post(
+                "/v1/training/datasets", content=corpus, headers={"Content-Type": "application/octet-stream"}
+            )
+        ).json()
         units = spec.rounds * spec.workers_per_round * spec.inner_steps
-        body = {"spec": spec.model_dump(mode="json"), "dataset_sha256": ds["sha256"],
-                "budget": str(price * units * 2), "price_per_unit": str(price), "verify_rate": verify_rate,
-                "deadline": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
+        body = {
+            "spec": spec.model_dump(mode="json"),
+            "dataset_sha256": ds["sha256"],
+            "budget": str(price * units * 2),
+            "price_per_unit": str(price),
+            "verify_rate": verify_rate,
+            "deadline": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+        }
         created = check(self.http.post("/v1/training/jobs", json=body)).json()
         self.market.chain.fund(created["escrow"], self.account.address)
         check(self.http.post(f"/v1/jobs/{created['job']['id']}/confirm-funding"))
@@ -140,20 +165,27 @@ class Requester:
         raise AssertionError(f"timed out; last progress: {p}")
 
 
-def run_workers(clients: list[TrainingClient], stop: threading.Event, *,
-                max_tasks: list[int | None] | None = None) -> list[threading.Thread]:
+def run_workers(
+    clients: list[TrainingClient], stop: threading.Event, *, max_tasks: list[int | None] | None = None
+) -> list[threading.Thread]:
     threads = []
     for i, client in enumerate(clients):
         limit = None if max_tasks is None else max_tasks[i]
-        t = threading.Thread(target=client.run, args=(stop,), kwargs={"idle_s": 0.2, "max_tasks": limit},
-                             daemon=True, name=f"train-worker-{i}")
+        t = threading.Thread(
+            target=client.run,
+            args=(stop,),
+            kwargs={"idle_s": 0.2, "max_tasks": limit},
+            daemon=True,
+            name=f"train-worker-{i}",
+        )
         t.start()
         threads.append(t)
     return threads
 
 
-def train_until_done(requester: Any, job_id: str, clients: list[TrainingClient], *,
-                     max_tasks: list[int | None] | None = None) -> dict[str, Any]:
+def train_until_done(
+    requester: Any, job_id: str, clients: list[TrainingClient], *, max_tasks: list[int | None] | None = None
+) -> dict[str, Any]:
     """Run `clients` in threads until the job completes; stop and join them whatever happens."""
     stop = threading.Event()
     threads = run_workers(clients, stop, max_tasks=max_tasks)
@@ -178,12 +210,21 @@ def market(private_redis: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     db_url = f"sqlite:///{root / 'market.db'}"
     engine = make_engine(db_url)
     upgrade(engine)
-    settings = make_settings(db_url, redis_url=private_redis, training_dir=str(root / "training"),
-                             training_tick_s=0.5, lease_ttl_s=30, min_stake_wei=1)
+    settings = make_settings(
+        db_url,
+        redis_url=private_redis,
+        training_dir=str(root / "training"),
+        training_tick_s=0.5,
+        lease_ttl_s=30,
+        min_stake_wei=1,
+    )
     chain = FakeChain(minimum=1)
     port = free_port()
-    server = _Server(uvicorn.Config(create_app(settings, engine=engine, chain=chain), host="127.0.0.1", port=port,
-                                    log_level="warning"))
+    server = _Server(
+        uvicorn.Config(
+            create_app(settings, engine=engine, chain=chain), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     serve = threading.Thread(target=server.run, daemon=True)
     serve.start()
     wait_port(port)

@@ -100,8 +100,7 @@ def test_poisoned_update_is_caught_excluded_and_flagged(market: Market, corpus: 
         engine.dispose()
 
 
-def test_unsampled_poisoned_update_is_bounded_by_the_robust_mean(market: Market, corpus: bytes,
-                                                                  tmp_path: Path) -> None:
+def test_unsampled_poisoned_update_is_bounded_by_the_robust_mean(market: Market, corpus: bytes, tmp_path: Path) -> None:
     """Not replayed (verify_rate 0): the trimmed mean still keeps every coordinate of the applied pseudo-gradient
     inside the honest updates' range."""
     from globai.protocol.compression import decode_update

@@ -48,9 +48,14 @@ def _post(api: dict[str, Any], corpus: bytes, **spec: Any) -> str:
 
     headers = {"Authorization": "Bearer " + sign_in(client, requester, ["requester"])}
     ds = client.post("/v1/training/datasets", content=corpus, headers=headers).json()
-    body = {"spec": tiny_spec(**spec).model_dump(mode="json"), "dataset_sha256": ds["sha256"], "budget": "100000",
-            "price_per_unit": "1", "verify_rate": 0.0,
-            "deadline": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
+    body = {
+        "spec": tiny_spec(**spec).model_dump(mode="json"),
+        "dataset_sha256": ds["sha256"],
+        "budget": "100000",
+        "price_per_unit": "1",
+        "verify_rate": 0.0,
+        "deadline": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+    }
     created = client.post("/v1/training/jobs", json=body, headers=headers)
     assert created.status_code == 201, created.text
     chain.fund(created.json()["escrow"], requester.address)
@@ -70,8 +75,9 @@ def _worker(api: dict[str, Any], operator: str) -> TrainingClient:
     return w
 
 
-def test_killed_aggregator_resumes_exactly_once(api: dict[str, Any], corpus: bytes,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_aggregator_resumes_exactly_once(
+    api: dict[str, Any], corpus: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job_id = _post(api, corpus, rounds=2, workers_per_round=2, inner_steps=3)
     for w in (_worker(api, "op-a"), _worker(api, "op-b")):
         assert w.run_once() is not None
@@ -112,8 +118,15 @@ def test_bad_updates_are_refused(api: dict[str, Any], corpus: bytes) -> None:
     task, p = lease["task"], lease["task"]["payload"]
     config, tensors = w.fetch_checkpoint(job_id, 0, p["base_manifest"])
     update = {n: t * 0 + 1e-3 for n, t in tensors.items()}
-    scope = UpdateScope(chain_id=p["chain_id"], chain_job_id=p["chain_job_id"], task_id=task["id"], round=0,
-                        slot=p["slot"], job_nonce=p["job_nonce"], base_checkpoint=p["base_manifest"])
+    scope = UpdateScope(
+        chain_id=p["chain_id"],
+        chain_job_id=p["chain_job_id"],
+        task_id=task["id"],
+        round=0,
+        slot=p["slot"],
+        job_nonce=p["job_nonce"],
+        base_checkpoint=p["base_manifest"],
+    )
 
     def send(payload: bytes, signature: str) -> Any:
         params = {"lease_id": lease["lease_id"], "signature": signature, "loss_start": 5.0, "loss_end": 4.0}
@@ -144,8 +157,9 @@ def test_dataset_upload_size_limit(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'm.db'}"
     engine = make_engine(db_url)
     upgrade(engine)
-    settings = make_settings(db_url, training_dir=str(tmp_path / "t"), training_max_dataset_bytes=4096,
-                             max_body_bytes=1024)
+    settings = make_settings(
+        db_url, training_dir=str(tmp_path / "t"), training_max_dataset_bytes=4096, max_body_bytes=1024
+    )
     try:
         with TestClient(create_app(settings, engine=engine, chain=FakeChain())) as client:
             headers = {"Authorization": "Bearer " + sign_in(client, Account.create(), ["requester"])}
@@ -166,8 +180,16 @@ def test_dataset_upload_size_limit(tmp_path: Path) -> None:
 def test_stalled_round_is_extended_then_closes_at_its_deadline(api: dict[str, Any], corpus: bytes) -> None:
     """Nobody answers before the deadline: the round is extended (not applied empty, no duplicate tasks); the
     update that comes in then closes it at the new deadline; past the job's deadline the job stops."""
-    job_id = _post(api, corpus, rounds=2, workers_per_round=2, inner_steps=2, min_updates=1, round_timeout_s=30.0,
-                   compression="topk:0.1")
+    job_id = _post(
+        api,
+        corpus,
+        rounds=2,
+        workers_per_round=2,
+        inner_steps=2,
+        min_updates=1,
+        round_timeout_s=30.0,
+        compression="topk:0.1",
+    )
     sessions = make_session_factory(api["engine"])
     storage = storage_at(api["settings"].training_dir)
     t0 = datetime.now(UTC)
@@ -198,8 +220,12 @@ def test_concurrent_aggregators_apply_a_round_once(api: dict[str, Any], corpus: 
     sessions = make_session_factory(api["engine"])
     storage = storage_at(api["settings"].training_dir)
     results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(
-        training.advance(sessions, storage, job_id, now=lambda: datetime.now(UTC)))) for _ in range(3)]
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(training.advance(sessions, storage, job_id, now=lambda: datetime.now(UTC)))
+        )
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -98,7 +98,10 @@ class SimNetwork:
     """Workers, jobs and the recorded evidence; thread-safe enough for one Celery worker thread + the test."""
 
     def __init__(
-        self, dtype: torch.dtype = torch.float32, spec: TinyLlamaSpec | None = None, *,
+        self,
+        dtype: torch.dtype = torch.float32,
+        spec: TinyLlamaSpec | None = None,
+        *,
         holds: bool | str = True,
     ) -> None:
         self.dtype = dtype
@@ -179,8 +182,13 @@ class SimNetwork:
         drift = self._scenarios[worker.drift]
         outputs = []
         honest_outputs = []  # "unbound" commits to these and sends `outputs`
-        cheat = worker.behaviour not in ("honest", "colluder", "lazy_replica", "replayed_commitment",
-                                         "malformed_sketch")
+        cheat = worker.behaviour not in (
+            "honest",
+            "colluder",
+            "lazy_replica",
+            "replayed_commitment",
+            "malformed_sketch",
+        )
         for i, x in enumerate(inputs):
             honest = drift(self.model, inputs, i)
             honest_outputs.append(honest)
@@ -259,7 +267,7 @@ class SimNetwork:
             return None
         sim = self._part(job_id, part.work_key)
         seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
-        sent = sim.outputs[seq][pc * 32:(pc + 1) * 32].clone()  # what the worker sent
+        sent = sim.outputs[seq][pc * 32 : (pc + 1) * 32].clone()  # what the worker sent
         if self.holds == "projection":
             return ProjectedRows(project_rows(sent, self.projection_seed), self.projection_seed)
         return sent
@@ -270,8 +278,13 @@ class SimNetwork:
     def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
         out = self._replay(job_id, part, chunk_index, replica)
         # The replica signs its answer as a worker signs any forward answer (a fresh run-like scope).
-        scope = ChunkScope(CHAIN_ID, keccak(text=f"replay/{job_id}/{chunk_index}/{replica}"),
-                           keccak(text=f"replay/{job_id}/{part.work_key}"), part.stage, b"\x01" * 32)
+        scope = ChunkScope(
+            CHAIN_ID,
+            keccak(text=f"replay/{job_id}/{chunk_index}/{replica}"),
+            keccak(text=f"replay/{job_id}/{part.work_key}"),
+            part.stage,
+            b"\x01" * 32,
+        )
         digest = sent_digest(scope, 0, 0, tensor_sha256(out))
         sign_digest(self.workers[replica].account, digest)
         with self._lock:

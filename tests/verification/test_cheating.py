@@ -152,8 +152,11 @@ def test_honest_workers_are_never_slashed(harness: Harness) -> None:
     """>= 200 honest jobs, fp32 and bf16, every drift source, whole tensors and projections: the false-positive
     count is reported (and 0)."""
     # Whole tensors kept (hidden states) or only the market's projections of them (last-token logits).
-    nets = {(dt, holds): SimNetwork(dt, holds=holds) for dt in (torch.float32, torch.bfloat16)
-            for holds in (True, "projection")}
+    nets = {
+        (dt, holds): SimNetwork(dt, holds=holds)
+        for dt in (torch.float32, torch.bfloat16)
+        for holds in (True, "projection")
+    }
     workers = {
         key: [net.add_worker(f"op-{i}", drift=HONEST_DRIFTS[i]) for i in range(len(HONEST_DRIFTS))]
         for key, net in nets.items()
@@ -206,8 +209,13 @@ def test_redelivered_tasks_change_nothing(harness: Harness) -> None:
     with Session(harness.engine) as s:
         checks_before = s.scalar(select(func.count()).select_from(VerificationCheck))
         slash_id = s.scalar(select(SlashRecord.id).where(SlashRecord.job_id == result.job_id))
-    for sig in (verify_job.s(result.job_id), replay_check.s(result.checks[0].id), finish_job.s(result.job_id),
-                slash_worker.s(slash_id), settle_job.s(result.job_id)):
+    for sig in (
+        verify_job.s(result.job_id),
+        replay_check.s(result.checks[0].id),
+        finish_job.s(result.job_id),
+        slash_worker.s(slash_id),
+        settle_job.s(result.job_id),
+    ):
         sig.apply_async().get(timeout=120)
     with Session(harness.engine) as s:
         assert s.scalar(select(func.count()).select_from(VerificationCheck)) == checks_before
@@ -255,8 +263,10 @@ def test_lazy_replica_that_loses_a_2_of_3_is_slashed(harness: Harness) -> None:
     stake(harness, lazy)
 
     def build(job_id: str, n: int):  # type: ignore[no-untyped-def]
-        return [net.do_work(job_id, honest[n % 2], net.stage_inputs(600 + n, LENGTHS), work_key=f"{job_id}/a"),
-                net.do_work(job_id, honest[2 + n % 2], net.stage_inputs(700 + n, LENGTHS), work_key=f"{job_id}/b")]
+        return [
+            net.do_work(job_id, honest[n % 2], net.stage_inputs(600 + n, LENGTHS), work_key=f"{job_id}/a"),
+            net.do_work(job_id, honest[2 + n % 2], net.stage_inputs(700 + n, LENGTHS), work_key=f"{job_id}/b"),
+        ]
 
     jobs = [harness.job(net, lambda job_id, n=n: build(job_id, n)) for n in range(3)]
     results = harness.wait(jobs)

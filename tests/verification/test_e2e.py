@@ -40,8 +40,14 @@ SECRET = "e2e-verification-secret-" + "0123456789abcdef" * 2
 
 
 def globai(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from market.cli import main; main()", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", "from market.cli import main; main()", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
 
 
 def _stake(chain: Any, deployment: Any, account: Any, amount: int) -> None:
@@ -63,20 +69,41 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
     db_url = f"sqlite:///{tmp_path / 'market.db'}"
     redis = redis_url.rsplit("/", 1)[0] + "/12"  # a private Redis DB: no other suite's worker takes these tasks
     env = {
-        **os.environ, "GLOBAI_PROFILE": "test", "GLOBAI_AUTH_SECRET": SECRET, "GLOBAI_DATABASE_URL": db_url,
-        "GLOBAI_REDIS_URL": redis, "GLOBAI_RPC_URL": chain.url, "GLOBAI_CHAIN_ID": "31337",
-        "GLOBAI_STAKING_VAULT_ADDRESS": deployment.vault, "GLOBAI_JOB_ESCROW_ADDRESS": deployment.escrow,
-        "GLOBAI_TOKEN_ADDRESS": deployment.token, "GLOBAI_OPERATOR_PRIVATE_KEY": "0x" + bytes(admin.key).hex(),
-        "GLOBAI_MODELS_DIR": str(tmp_path / "models"), "GLOBAI_SLASH_AMOUNT_WEI": str(50 * GLB),
+        **os.environ,
+        "GLOBAI_PROFILE": "test",
+        "GLOBAI_AUTH_SECRET": SECRET,
+        "GLOBAI_DATABASE_URL": db_url,
+        "GLOBAI_REDIS_URL": redis,
+        "GLOBAI_RPC_URL": chain.url,
+        "GLOBAI_CHAIN_ID": "31337",
+        "GLOBAI_STAKING_VAULT_ADDRESS": deployment.vault,
+        "GLOBAI_JOB_ESCROW_ADDRESS": deployment.escrow,
+        "GLOBAI_TOKEN_ADDRESS": deployment.token,
+        "GLOBAI_OPERATOR_PRIVATE_KEY": "0x" + bytes(admin.key).hex(),
+        "GLOBAI_MODELS_DIR": str(tmp_path / "models"),
+        "GLOBAI_SLASH_AMOUNT_WEI": str(50 * GLB),
         "GLOBAI_BLOB_DIR": str(tmp_path / "blobs"),
-        "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
     }
     settings = Settings(
-        profile="test", database_url=db_url, auth_secret=SECRET, auth_domain="localhost",  # type: ignore[arg-type]
-        auth_uri="http://localhost", chain_id=31337, rpc_url=chain.url, staking_vault_address=deployment.vault,
-        job_escrow_address=deployment.escrow, token_address=deployment.token, models_dir=str(tmp_path / "models"),
-        blob_dir=str(tmp_path / "blobs"), stage_timeout_s=60.0, rate_limit_per_s=1000.0, rate_limit_burst=1000,
-        admin_addresses=[admin.address], redis_url=redis,
+        profile="test",
+        database_url=db_url,
+        auth_secret=SECRET,
+        auth_domain="localhost",  # type: ignore[arg-type]
+        auth_uri="http://localhost",
+        chain_id=31337,
+        rpc_url=chain.url,
+        staking_vault_address=deployment.vault,
+        job_escrow_address=deployment.escrow,
+        token_address=deployment.token,
+        models_dir=str(tmp_path / "models"),
+        blob_dir=str(tmp_path / "blobs"),
+        stage_timeout_s=60.0,
+        rate_limit_per_s=1000.0,
+        rate_limit_burst=1000,
+        admin_addresses=[admin.address],
+        redis_url=redis,
     )
     engine = make_engine(db_url)
     upgrade(engine)
@@ -94,16 +121,50 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
     try:
         for i, w in enumerate(workers):
             wenv = {**env, **({"GLOBAI_WORKER_CHEAT": cheats[w.address]} if w.address in cheats else {})}
-            cmd = [sys.executable, "-c", "from market.cli import main; main()", "worker", "run", "--market",
-                   market.url, "--key", "0x" + bytes(w.key).hex(), "--model", MODEL, "--layers", "0:4",
-                   "--threads", "1", "--operator", f"op-{i}", "--cache-dir", str(tmp_path / f"cache{i}"),
-                   "--no-progress"]
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=wenv, stdout=open(logs / f"w{i}.log", "wb"),
-                                          stderr=subprocess.STDOUT))
+            cmd = [
+                sys.executable,
+                "-c",
+                "from market.cli import main; main()",
+                "worker",
+                "run",
+                "--market",
+                market.url,
+                "--key",
+                "0x" + bytes(w.key).hex(),
+                "--model",
+                MODEL,
+                "--layers",
+                "0:4",
+                "--threads",
+                "1",
+                "--operator",
+                f"op-{i}",
+                "--cache-dir",
+                str(tmp_path / f"cache{i}"),
+                "--no-progress",
+            ]
+            procs.append(
+                subprocess.Popen(
+                    cmd, cwd=ROOT, env=wenv, stdout=open(logs / f"w{i}.log", "wb"), stderr=subprocess.STDOUT
+                )
+            )
         celery = subprocess.Popen(
-            [sys.executable, "-c", "from market.cli import main; main()", "market", "celery-worker", "--pool",
-             "solo", "--loglevel", "INFO"],
-            cwd=ROOT, env=env, stdout=open(logs / "celery.log", "wb"), stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-c",
+                "from market.cli import main; main()",
+                "market",
+                "celery-worker",
+                "--pool",
+                "solo",
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=open(logs / "celery.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
         market.wait_workers(5, timeout=180)
 
         # Each of the four serves the whole model; the test pins who runs each generation (round-robin) so every
@@ -131,13 +192,27 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
         job_uuid = str(uuid.uuid4())
         deadline = int(chain.client.w3.eth.get_block("latest")["timestamp"]) + 3600
         receipt = chain.client.transact(
-            c.escrow.functions.fundJob(job_id_bytes(job_uuid), budget, b"\x01" * 32, deadline), requester)
+            c.escrow.functions.fundJob(job_id_bytes(job_uuid), budget, b"\x01" * 32, deadline), requester
+        )
         with Session(engine, expire_on_commit=False) as s:
-            job = Job(id=job_uuid, chain_job_id="0x" + job_id_bytes(job_uuid).hex(), requester=requester.address,
-                      kind="inference", model=MODEL, spec={}, spec_hash="0x" + "01" * 32, budget=budget,
-                      price_per_unit=GLB // 10, max_units=900, deadline=datetime.fromtimestamp(deadline, UTC),
-                      status="running", funded_amount=budget, funded_block=int(receipt["blockNumber"]),
-                      created_block=int(receipt["blockNumber"]) - 1, created_at=datetime.now(UTC))
+            job = Job(
+                id=job_uuid,
+                chain_job_id="0x" + job_id_bytes(job_uuid).hex(),
+                requester=requester.address,
+                kind="inference",
+                model=MODEL,
+                spec={},
+                spec_hash="0x" + "01" * 32,
+                budget=budget,
+                price_per_unit=GLB // 10,
+                max_units=900,
+                deadline=datetime.fromtimestamp(deadline, UTC),
+                status="running",
+                funded_amount=budget,
+                funded_block=int(receipt["blockNumber"]),
+                created_block=int(receipt["blockNumber"]) - 1,
+                created_at=datetime.now(UTC),
+            )
             s.add(job)
             s.commit()
             open_run(s, job_id=job_uuid, now=datetime.now(UTC))
@@ -190,7 +265,8 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
             violations = s.scalars(select(StageViolation)).all()
             unbound_checks = s.scalars(select(VerificationCheck).where(VerificationCheck.reason == "unbound")).all()
         assert sorted((r.worker, r.status) for r in slashes) == sorted(
-            [(cheater.address, "confirmed"), (unbound.address, "confirmed")])
+            [(cheater.address, "confirmed"), (unbound.address, "confirmed")]
+        )
         # The coordinator caught the unbound commitment while the run went on (no replay needed): its evidence is
         # the signed commitment plus the signed hashes of the answers that carried the chunk's rows.
         assert violations and {v.worker_address for v in violations} == {unbound.address}
@@ -205,8 +281,18 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
 
         record = tmp_path / "deployment.json"
         record.write_text(__import__("json").dumps(deployment.to_json()))
-        audit = globai("audit", "job", job_uuid, "--rpc", chain.url, "--deployment", str(record), "--report",
-                       f"{market.url}/v1/audit/jobs/{job_uuid}/report", env=env)
+        audit = globai(
+            "audit",
+            "job",
+            job_uuid,
+            "--rpc",
+            chain.url,
+            "--deployment",
+            str(record),
+            "--report",
+            f"{market.url}/v1/audit/jobs/{job_uuid}/report",
+            env=env,
+        )
         assert audit.returncode == 0, audit.stdout + audit.stderr
         whole = globai("audit", "chain", "--rpc", chain.url, "--deployment", str(record), env=env)
         assert whole.returncode == 0, whole.stdout + whole.stderr

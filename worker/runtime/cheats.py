@@ -71,8 +71,7 @@ def _unbound(server: Any) -> None:
             output = output.clone()
             output[:, ::2] = (output[:, ::2] * 1.10).to(output.dtype)
             scope = server.commits[session].scope
-            reply["sent"] = sign_sent(scope, int(header["step"]), int(header["first_position"]), output,
-                                      server.account)
+            reply["sent"] = sign_sent(scope, int(header["step"]), int(header["first_position"]), output, server.account)
         return reply, output, signed
 
     server._forward = forward

@@ -111,9 +111,14 @@ class WorkerDaemon:
             coverage = check(self.http.get(f"/v1/models/{model}/coverage", headers=self._auth())).json()
             start, end = choose_layer_range(manifest, budget, coverage["layers"])
         profile = {
-            "device": hw.device, "memory_bytes": budget, "throughput_tokens_s": hw.throughput_tokens_s,
-            "bandwidth_bytes_s": 0.0, "latency_ms": self._ping_ms(), "reference_layer": hw.reference_layer,
-            "operator_id": cfg.operator_id or cfg.account.address.lower(), "models": [manifest.name],
+            "device": hw.device,
+            "memory_bytes": budget,
+            "throughput_tokens_s": hw.throughput_tokens_s,
+            "bandwidth_bytes_s": 0.0,
+            "latency_ms": self._ping_ms(),
+            "reference_layer": hw.reference_layer,
+            "operator_id": cfg.operator_id or cfg.account.address.lower(),
+            "models": [manifest.name],
         }
         if cfg.rpc_url:
             from worker.runtime.staking import stake_of
@@ -122,11 +127,19 @@ class WorkerDaemon:
         # Stake check before any download: the market reads the vault and says whether we may work.
         self._register(profile)
         started = time.perf_counter()
-        model_dir, fetched = download_stage(self.http, manifest, start, end, cfg.cache_dir,
-                                            show_progress=cfg.show_progress)
+        model_dir, fetched = download_stage(
+            self.http, manifest, start, end, cfg.cache_dir, show_progress=cfg.show_progress
+        )
         elapsed = time.perf_counter() - started
-        stage = Stage(model_dir, start, end, device=cfg.device, session_ttl_s=cfg.session_ttl_s,
-                      max_cache_bytes=cfg.max_cache_bytes, manifest=manifest)
+        stage = Stage(
+            model_dir,
+            start,
+            end,
+            device=cfg.device,
+            session_ttl_s=cfg.session_ttl_s,
+            max_cache_bytes=cfg.max_cache_bytes,
+            manifest=manifest,
+        )
         self.server = StageServer(stage, cfg.account)
         self.state.model_dir, self.state.layer_range = model_dir, (start, end)
         if fetched and elapsed > 0:  # re-register with the bandwidth the download measured
@@ -179,8 +192,7 @@ class WorkerDaemon:
                 if exc.response.status_code in (401, 403):
                     refusals += 1
                     if refusals > self.config.max_auth_refusals:
-                        raise NotAllowedError(self.config.account.address, exc.response.status_code,
-                                              refusals) from None
+                        raise NotAllowedError(self.config.account.address, exc.response.status_code, refusals) from None
                     log.info("token refused (%s): signing in again", exc.response.status_code)
                     await asyncio.to_thread(self._refresh_token)
                 else:
@@ -208,8 +220,14 @@ class WorkerDaemon:
         assert self.server is not None
         server = self.server
         async with connect(
-            self.ws_url(), additional_headers=self._auth(), max_size=server.limits.max_message_bytes,
-            open_timeout=10, ping_interval=10, ping_timeout=30, compression=None, close_timeout=1,
+            self.ws_url(),
+            additional_headers=self._auth(),
+            max_size=server.limits.max_message_bytes,
+            open_timeout=10,
+            ping_interval=10,
+            ping_timeout=30,
+            compression=None,
+            close_timeout=1,
         ) as ws:
             await ws.send(server.hello())
             welcome = decode_message(await ws.recv(decode=False), max_bytes=0)

@@ -44,8 +44,14 @@ def reference_throughput(device: str = "cpu", tokens: int = 128, repeats: int = 
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
-    config = LlamaConfig(hidden_size=256, intermediate_size=704, num_attention_heads=4, num_key_value_heads=2,
-                         num_hidden_layers=1, vocab_size=512)
+    config = LlamaConfig(
+        hidden_size=256,
+        intermediate_size=704,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=1,
+        vocab_size=512,
+    )
     config._attn_implementation = "eager"
     with torch.random.fork_rng():
         torch.manual_seed(0)

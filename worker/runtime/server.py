@@ -44,10 +44,17 @@ class StageServer:
 
     def hello(self) -> bytes:
         m = self.stage.manifest
-        return encode_message({
-            "op": "hello", "model": m.name, "digest": m.digest(), "layer_start": self.stage.start,
-            "layer_end": self.stage.end, "max_batch": self.limits.max_batch, "max_tokens": self.limits.max_tokens,
-        })
+        return encode_message(
+            {
+                "op": "hello",
+                "model": m.name,
+                "digest": m.digest(),
+                "layer_start": self.stage.start,
+                "layer_end": self.stage.end,
+                "max_batch": self.limits.max_batch,
+                "max_tokens": self.limits.max_tokens,
+            }
+        )
 
     def handle(self, raw: bytes) -> bytes | None:
         """Answer one message from the market; None for messages that need no answer (welcome, errors)."""
@@ -133,8 +140,11 @@ class StageServer:
         step = header.get("step")
         if not isinstance(step, int) or step < 0:
             raise ProtocolError("forward needs step (int >= 0)")
-        return {"session": session,
-                "sent": sign_sent(commits.scope, step, first_position, output, self.account)}, output, signed
+        return (
+            {"session": session, "sent": sign_sent(commits.scope, step, first_position, output, self.account)},
+            output,
+            signed,
+        )
 
     def _close(self, session: str) -> tuple[dict[str, Any], list[SignedCommitment]]:
         self.stage.close_session(session)

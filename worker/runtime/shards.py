@@ -77,8 +77,13 @@ def download_stage(
     dest.mkdir(parents=True, exist_ok=True)
     save_manifest(manifest, dest)
     entries: Sequence[FileEntry] = [*manifest.tokenizer, *manifest.stage_shards(start, end)]
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     total = 0
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
         for entry in entries:

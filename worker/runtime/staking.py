@@ -42,22 +42,28 @@ def _rpc_url(rpc: str | None) -> str:
 def connect(rpc: str | None = None, *, market: str | None = None) -> Chain:
     """The chain and the GlobAI contracts on it; checked against the market's chain when `market` is given."""
     url = _rpc_url(rpc)
-    env = {k: os.environ.get(f"GLOBAI_{k}", "") for k in ("STAKING_VAULT_ADDRESS", "JOB_ESCROW_ADDRESS",
-                                                           "TOKEN_ADDRESS")}
+    env = {
+        k: os.environ.get(f"GLOBAI_{k}", "") for k in ("STAKING_VAULT_ADDRESS", "JOB_ESCROW_ADDRESS", "TOKEN_ADDRESS")
+    }
     if all(env.values()):
         client = ChainClient(url, retries=1)
         chain_id = client.check()
         block = int(os.environ.get("GLOBAI_CHAIN_START_BLOCK") or 0)
-        deployment = Deployment(chain_id, {
-            "GLBToken": DeployedContract(env["TOKEN_ADDRESS"], block),
-            "StakingVault": DeployedContract(env["STAKING_VAULT_ADDRESS"], block),
-            "JobEscrow": DeployedContract(env["JOB_ESCROW_ADDRESS"], block),
-        })
+        deployment = Deployment(
+            chain_id,
+            {
+                "GLBToken": DeployedContract(env["TOKEN_ADDRESS"], block),
+                "StakingVault": DeployedContract(env["STAKING_VAULT_ADDRESS"], block),
+                "JobEscrow": DeployedContract(env["JOB_ESCROW_ADDRESS"], block),
+            },
+        )
     else:
         client, deployment = local.connect(url)
     if not deployment_is_live(client, deployment):
-        raise ConfigError(f"no GlobAI contracts at the recorded addresses on {url}: wrong chain? "
-                          "(`globai dev status` shows the stack's chain)")
+        raise ConfigError(
+            f"no GlobAI contracts at the recorded addresses on {url}: wrong chain? "
+            "(`globai dev status` shows the stack's chain)"
+        )
     chain = Chain(client, deployment, deployment.bind(client), url)
     if market:
         check_same_chain(chain, market)
@@ -74,17 +80,24 @@ def check_same_chain(chain: Chain, market: str) -> None:
         info = httpx.get(f"{market.rstrip('/')}/v1/info", timeout=10).json()
     except (httpx.HTTPError, ValueError):
         return  # no market to compare with: commands that need it fail on their own, with their own message
-    ours = {"chain": chain.client.chain_id, "vault": chain.deployment.vault.lower(),
-            "escrow": chain.deployment.escrow.lower()}
-    theirs = {"chain": info.get("chain_id"), "vault": str(info.get("staking_address") or "").lower(),
-              "escrow": str(info.get("escrow_address") or "").lower()}
+    ours = {
+        "chain": chain.client.chain_id,
+        "vault": chain.deployment.vault.lower(),
+        "escrow": chain.deployment.escrow.lower(),
+    }
+    theirs = {
+        "chain": info.get("chain_id"),
+        "vault": str(info.get("staking_address") or "").lower(),
+        "escrow": str(info.get("escrow_address") or "").lower(),
+    }
     differs = [k for k in ours if theirs[k] and ours[k] != theirs[k]]
     if info.get("genesis_hash") and info["genesis_hash"] != genesis_hash(chain.client):
         differs.append("genesis block")
     if differs:
         raise ConfigError(
             f"the market at {market} uses another chain than {chain.url} ({', '.join(differs)} differ): point "
-            "both at one chain (GLOBAI_RPC_URL / --rpc, or `globai dev up` and no overrides)")
+            "both at one chain (GLOBAI_RPC_URL / --rpc, or `globai dev up` and no overrides)"
+        )
 
 
 def stake_of(address: str, rpc: str | None = None) -> int:
@@ -94,12 +107,15 @@ def stake_of(address: str, rpc: str | None = None) -> int:
 
 def _need_gas(chain: Chain, account: LocalAccount) -> None:
     if int(chain.client.w3.eth.get_balance(account.address)) == 0:  # type: ignore[arg-type]
-        raise ConfigError(f"{account.address} has no ETH to pay for gas on {chain.url}: fund it first "
-                          f"(devnet: `globai devnet faucet {account.address}`)")
+        raise ConfigError(
+            f"{account.address} has no ETH to pay for gas on {chain.url}: fund it first "
+            f"(devnet: `globai devnet faucet {account.address}`)"
+        )
 
 
-def stake_glb(account: LocalAccount, *, amount: int | None, rpc: str | None, faucet: bool,
-              market: str | None = None) -> tuple[int, int]:
+def stake_glb(
+    account: LocalAccount, *, amount: int | None, rpc: str | None, faucet: bool, market: str | None = None
+) -> tuple[int, int]:
     """Approve and stake `amount` wei (default: the vault minimum); returns (staked now, total stake).
 
     Everything is checked before the first transaction: gas money, GLB balance (or the devnet faucet)."""
@@ -111,8 +127,9 @@ def stake_glb(account: LocalAccount, *, amount: int | None, rpc: str | None, fau
     balance = int(chain.client.call(c.token.functions.balanceOf(account.address)))
     if balance < amount:
         if not faucet or not _is_devnet(chain):
-            raise ConfigError(f"{account.address} holds {balance / GLB:,.4f} GLB, less than the {amount / GLB:,.4f} "
-                              "GLB to stake")
+            raise ConfigError(
+                f"{account.address} holds {balance / GLB:,.4f} GLB, less than the {amount / GLB:,.4f} GLB to stake"
+            )
         treasury = local.dev_accounts(1)[0]  # the devnet deployment mints the supply to account 0
         chain.client.transact(c.token.functions.transfer(account.address, amount - balance), treasury)
     chain.client.transact(c.token.functions.approve(c.vault.address, amount), account)
@@ -124,16 +141,18 @@ def _is_devnet(chain: Chain) -> bool:
     return chain.client.chain_id == 31337
 
 
-def unstake(account: LocalAccount, *, amount: int | None, rpc: str | None, market: str | None = None
-            ) -> tuple[int, int]:
+def unstake(
+    account: LocalAccount, *, amount: int | None, rpc: str | None, market: str | None = None
+) -> tuple[int, int]:
     """Request unstaking of `amount` wei (default: the whole stake); returns (amount, release unix time)."""
     chain = connect(rpc, market=market)
     vault = chain.contracts.vault
     staked = int(chain.client.call(vault.functions.stakeOf(account.address)))
     amount = staked if amount is None else amount
     if amount == 0 or amount > staked:
-        raise ConfigError(f"{account.address} has {staked / GLB:,.4f} GLB staked; cannot unstake "
-                          f"{amount / GLB:,.4f} GLB")
+        raise ConfigError(
+            f"{account.address} has {staked / GLB:,.4f} GLB staked; cannot unstake {amount / GLB:,.4f} GLB"
+        )
     _need_gas(chain, account)
     chain.client.transact(vault.functions.requestUnstake(amount), account)
     _, release = chain.client.call(vault.functions.unbondingOf(account.address))
@@ -156,8 +175,10 @@ def withdraw_stake(account: LocalAccount, *, rpc: str | None) -> int:
     if int(amount) == 0:
         raise ConfigError(f"{account.address} has nothing unbonding: `globai worker unstake` first")
     if now < int(release):
-        raise ConfigError(f"{int(amount) / GLB:,.4f} GLB unbond at unix time {int(release)} "
-                          f"(in {(int(release) - now) / 3600:.1f} h); withdraw after that")
+        raise ConfigError(
+            f"{int(amount) / GLB:,.4f} GLB unbond at unix time {int(release)} "
+            f"(in {(int(release) - now) / 3600:.1f} h); withdraw after that"
+        )
     _need_gas(chain, account)
     chain.client.transact(chain.contracts.vault.functions.withdraw(), account)
     return int(amount)

@@ -35,9 +35,20 @@ def job_proof(job_id: JobId, task: Annotated[str, Path(max_length=200)], session
 def job_checks(job_id: JobId, _auditor: AuditorDep, session: SessionDep) -> list[CheckOut]:
     """Every sampled segment's replay checks (round 0, then the 2-of-3 dispute rounds)."""
     return [
-        CheckOut(id=r.id, work_key=r.work_key, worker=r.worker, stage=r.stage, chunk_index=r.chunk_index,
-                 round=r.round, replica=r.replica, status=r.status, reason=r.reason, evidence=r.evidence,
-                 metrics=r.metrics, decided_at=r.decided_at)
+        CheckOut(
+            id=r.id,
+            work_key=r.work_key,
+            worker=r.worker,
+            stage=r.stage,
+            chunk_index=r.chunk_index,
+            round=r.round,
+            replica=r.replica,
+            status=r.status,
+            reason=r.reason,
+            evidence=r.evidence,
+            metrics=r.metrics,
+            decided_at=r.decided_at,
+        )
         for r in audit.verification_checks(session, job_id=job_id)
     ]
 
@@ -45,8 +56,15 @@ def job_checks(job_id: JobId, _auditor: AuditorDep, session: SessionDep) -> list
 @router.get("/jobs/{job_id}/slashes", response_model=list[SlashOut])
 def job_slashes(job_id: JobId, _auditor: AuditorDep, session: SessionDep) -> list[SlashOut]:
     return [
-        SlashOut(worker=r.worker, amount=str(r.amount), slashed=None if r.slashed is None else str(r.slashed),
-                 evidence=r.evidence, finder=r.finder, status=r.status, tx_hash=r.tx_hash)
+        SlashOut(
+            worker=r.worker,
+            amount=str(r.amount),
+            slashed=None if r.slashed is None else str(r.slashed),
+            evidence=r.evidence,
+            finder=r.finder,
+            status=r.status,
+            tx_hash=r.tx_hash,
+        )
         for r in audit.slashes(session, job_id=job_id)
     ]
 
@@ -68,7 +86,19 @@ def chain_events(
         session, event=event, contract=contract, from_block=from_block, limit=limit, offset=offset
     )
     return Page[EventOut](
-        items=[EventOut(chain_id=r.chain_id, contract=r.contract, event=r.event, block_number=r.block_number,
-                        tx_hash=r.tx_hash, log_index=r.log_index, args=r.args) for r in rows],
-        total=total, limit=limit, offset=offset,
+        items=[
+            EventOut(
+                chain_id=r.chain_id,
+                contract=r.contract,
+                event=r.event,
+                block_number=r.block_number,
+                tx_hash=r.tx_hash,
+                log_index=r.log_index,
+                args=r.args,
+            )
+            for r in rows
+        ],
+        total=total,
+        limit=limit,
+        offset=offset,
     )

@@ -43,19 +43,30 @@ class KeyCreatedOut(KeyOut):
 
 
 def key_out(row: ApiKey) -> dict[str, Any]:
-    return {"id": row.id, "name": row.name, "prefix": row.prefix,
-            "spend_cap": None if row.spend_cap is None else str(row.spend_cap),
-            "rate_limit_per_min": row.rate_limit_per_min, "spent": str(row.spent), "reserved": str(row.reserved),
-            "created_at": row.created_at, "revoked_at": row.revoked_at}
+    return {
+        "id": row.id,
+        "name": row.name,
+        "prefix": row.prefix,
+        "spend_cap": None if row.spend_cap is None else str(row.spend_cap),
+        "rate_limit_per_min": row.rate_limit_per_min,
+        "spent": str(row.spent),
+        "reserved": str(row.reserved),
+        "created_at": row.created_at,
+        "revoked_at": row.revoked_at,
+    }
 
 
 @router.post("/api-keys", response_model=KeyCreatedOut, status_code=status.HTTP_201_CREATED)
 def create_key(body: KeyIn, principal: RequesterDep, session: SessionDep, ctx: CtxDep, now: NowDep) -> KeyCreatedOut:
     """A new API key for `Authorization: Bearer <key>` on /openai/v1; the answer is the only copy of the key."""
     made = api_keys.create_key(
-        session, requester=principal.address, name=body.name,
+        session,
+        requester=principal.address,
+        name=body.name,
         spend_cap=None if body.spend_cap is None else int(body.spend_cap),
-        rate_limit_per_min=body.rate_limit_per_min or ctx.settings.api_key_rate_limit_per_min, now=now)
+        rate_limit_per_min=body.rate_limit_per_min or ctx.settings.api_key_rate_limit_per_min,
+        now=now,
+    )
     return KeyCreatedOut(**key_out(made.row), key=made.key)
 
 
@@ -117,16 +128,30 @@ def credit_out(session: SessionDep, credit: Credit, job: Job) -> CreditOut:
         row = session.get(SettlementReport, job.id)
         if row is not None:
             r = row.report
-            report = {"paid": r["paid"], "fee": r["fee"], "refunded": r["refunded"], "report_root": r["report_root"],
-                      "payees": r["payees"]}
+            report = {
+                "paid": r["paid"],
+                "fee": r["fee"],
+                "refunded": r["refunded"],
+                "report_root": r["report_root"],
+                "payees": r["payees"],
+            }
     return CreditOut(
-        id=job.id, status=credit.status, job_status=job.status, close_reason=credit.close_reason,
-        funded=None if funded is None else str(funded), spent=str(credit.spent), reserved=str(credit.reserved),
-        fee_bps=credit.fee_bps, fee_on_spent=str(fee),
+        id=job.id,
+        status=credit.status,
+        job_status=job.status,
+        close_reason=credit.close_reason,
+        funded=None if funded is None else str(funded),
+        spent=str(credit.spent),
+        reserved=str(credit.reserved),
+        fee_bps=credit.fee_bps,
+        fee_on_spent=str(fee),
         balance=str(max(0, (funded or 0) - credit.spent - fee)),
         available=str(credits.available(credit, funded) if funded is not None and credit.status == "open" else 0),
-        deadline=job.deadline, keys=[KeySpend(**{**e, "reserved": str(e["reserved"]), "spent": str(e["spent"])})
-                                     for e in credits.spend_by_key(session, job_id=job.id)],
+        deadline=job.deadline,
+        keys=[
+            KeySpend(**{**e, "reserved": str(e["reserved"]), "spent": str(e["spent"])})
+            for e in credits.spend_by_key(session, job_id=job.id)
+        ],
         settlement=report,
     )
 
@@ -139,8 +164,15 @@ def create_credit(
     with POST /v1/jobs/{id}/confirm-funding."""
     days = body.days or ctx.settings.credit_deadline_days
     job, credit = credits.create_credit(
-        session, requester=principal.address, amount=int(body.amount), deadline=now + timedelta(days=days),
-        fee_bps=chain.fee_bps(), created_block=chain.latest_block(), chain_id=chain.chain_id, now=now)
+        session,
+        requester=principal.address,
+        amount=int(body.amount),
+        deadline=now + timedelta(days=days),
+        fee_bps=chain.fee_bps(),
+        created_block=chain.latest_block(),
+        chain_id=chain.chain_id,
+        now=now,
+    )
     return CreditCreatedOut(credit=credit_out(session, credit, job), job=job_out(job), escrow=escrow_params(job, ctx))
 
 

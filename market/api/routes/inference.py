@@ -33,34 +33,48 @@ def _events(run: PipelineRun, fmt: str) -> StreamingResponse:
                 yield f"event: {event['event']}\ndata: {data}\n\n".encode()
 
     media = "application/x-ndjson" if fmt == "ndjson" else "text/event-stream"
-    return StreamingResponse(body(), media_type=media, headers={"Cache-Control": "no-store",
-                                                                  "X-Accel-Buffering": "no"})
+    return StreamingResponse(body(), media_type=media, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-EVENT_STREAM: dict[int | str, dict[str, Any]] = {200: {
-    "content": {"text/event-stream": {}, "application/x-ndjson": {}},
-    "description": "the run's events (SSE by default, NDJSON with ?format=ndjson)"}}
+EVENT_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/event-stream": {}, "application/x-ndjson": {}},
+        "description": "the run's events (SSE by default, NDJSON with ?format=ndjson)",
+    }
+}
 
 
 @router.post("", response_model=InferenceOut, status_code=202, responses=EVENT_STREAM)
 async def start(
-    body: InferenceIn, coordinator: CoordinatorDep, principal: RequesterDep,
+    body: InferenceIn,
+    coordinator: CoordinatorDep,
+    principal: RequesterDep,
     fmt: Annotated[Literal["sse", "ndjson"], Query(alias="format")] = "sse",
 ) -> Any:
     """Start generating through a route of workers; with `stream: true` the answer is the event stream."""
     try:
         run = await coordinator.start(
-            requester=principal.address, model=body.model, prompts=body.prompts, prompt_ids=body.prompt_ids,
+            requester=principal.address,
+            model=body.model,
+            prompts=body.prompts,
+            prompt_ids=body.prompt_ids,
             messages=[[m.model_dump() for m in conv] for conv in body.messages] if body.messages else None,
-            stop=body.stop, ignore_eos=body.ignore_eos, max_new_tokens=body.max_new_tokens,
+            stop=body.stop,
+            ignore_eos=body.ignore_eos,
+            max_new_tokens=body.max_new_tokens,
             sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=body.seed),
         )
     except RouteUnavailable as exc:
         raise Conflict(str(exc)) from None
     if body.stream:
         return _events(run, fmt)
-    return InferenceOut(id=run.run_id, model=body.model, status="running", route=run.route(),
-                        stream_url=f"/v1/inference/{run.run_id}/stream")
+    return InferenceOut(
+        id=run.run_id,
+        model=body.model,
+        status="running",
+        route=run.route(),
+        stream_url=f"/v1/inference/{run.run_id}/stream",
+    )
 
 
 def _live_run(coordinator: Coordinator, run_id: str, principal: Any) -> PipelineRun:
@@ -74,7 +88,9 @@ def _live_run(coordinator: Coordinator, run_id: str, principal: Any) -> Pipeline
 
 @router.get("/{run_id}/stream", response_class=StreamingResponse, responses=EVENT_STREAM)
 async def stream(
-    run_id: RunId, coordinator: CoordinatorDep, principal: RequesterDep,
+    run_id: RunId,
+    coordinator: CoordinatorDep,
+    principal: RequesterDep,
     fmt: Annotated[Literal["sse", "ndjson"], Query(alias="format")] = "sse",
 ) -> StreamingResponse:
     """Server-Sent Events (default) or NDJSON: route, token (per step, per sequence), failover, done | error."""
@@ -82,9 +98,7 @@ async def stream(
 
 
 @router.get("/{run_id}", response_model=InferenceOut)
-def get_run(
-    run_id: RunId, coordinator: CoordinatorDep, principal: RequesterDep, session: SessionDep
-) -> InferenceOut:
+def get_run(run_id: RunId, coordinator: CoordinatorDep, principal: RequesterDep, session: SessionDep) -> InferenceOut:
     row = session.get(InferenceRun, run_id)
     if row is None:
         raise NotFound("inference run", run_id)
@@ -101,8 +115,16 @@ def get_run(
         text = [cut_at_stop(decode(t), row.params.get("stop") or []) for t in tokens]
     count = lambda model: len(session.scalars(select(model.id).where(model.run_id == run_id)).all())  # noqa: E731
     return InferenceOut(
-        id=row.id, model=row.model, status=row.status, route=row.route or (live.route() if live else []),
-        tokens=tokens, text=text, finish_reason=reasons,
-        failovers=row.failovers if row.status != "running" or live is None else live.failovers, error=row.error,
-        records=count(StageRecord), commitments=count(StageCommitment), stream_url=f"/v1/inference/{run_id}/stream",
+        id=row.id,
+        model=row.model,
+        status=row.status,
+        route=row.route or (live.route() if live else []),
+        tokens=tokens,
+        text=text,
+        finish_reason=reasons,
+        failovers=row.failovers if row.status != "running" or live is None else live.failovers,
+        error=row.error,
+        records=count(StageRecord),
+        commitments=count(StageCommitment),
+        stream_url=f"/v1/inference/{run_id}/stream",
     )

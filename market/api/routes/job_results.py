@@ -31,9 +31,7 @@ def _job(session: Any, job_id: str, principal: Any) -> Job:
 
 
 @router.get("/{job_id}/result")
-def result(
-    job_id: JobId, coordinator: CoordinatorDep, principal: PrincipalDep, session: SessionDep
-) -> dict[str, Any]:
+def result(job_id: JobId, coordinator: CoordinatorDep, principal: PrincipalDep, session: SessionDep) -> dict[str, Any]:
     """Status, generated text per prompt, and how verification and settlement went."""
     job = _job(session, job_id, principal)
     spec = InferenceSpec.model_validate(job.spec)

@@ -62,9 +62,7 @@ def _visible(job: Job, principal: Principal) -> Job:
 
 
 @router.post("", response_model=JobCreatedOut, status_code=status.HTTP_201_CREATED)
-def post_job(
-    body: JobIn, principal: RequesterDep, session: SessionDep, ctx: CtxDep, now: NowDep
-) -> JobCreatedOut:
+def post_job(body: JobIn, principal: RequesterDep, session: SessionDep, ctx: CtxDep, now: NowDep) -> JobCreatedOut:
     """Create a job. Fund it on chain with the returned escrow parameters, then confirm funding.
     An inference job for a model this market does not serve is refused here, before any money moves."""
     catalog = ctx.coordinator.catalog

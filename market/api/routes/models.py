@@ -27,8 +27,16 @@ def _served(coordinator: Coordinator, name: str) -> ServedModel:
 
 def _out(s: ServedModel) -> ModelOut:
     m = s.manifest
-    return ModelOut(name=m.name, digest=s.digest, family=m.family, task=m.task, dtype=m.dtype,
-                    num_layers=m.num_layers, hidden_size=m.hidden_size, vocab_size=m.vocab_size)
+    return ModelOut(
+        name=m.name,
+        digest=s.digest,
+        family=m.family,
+        task=m.task,
+        dtype=m.dtype,
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        vocab_size=m.vocab_size,
+    )
 
 
 @router.get("", response_model=ModelList)
@@ -70,5 +78,4 @@ def shard_file(coordinator: CoordinatorDep, name: ModelName, path: str, _princip
     if entry is None:  # only files the manifest pins: never an arbitrary path under the model directory
         raise NotFound("file", path)
     full = FsPath(served.directory) / entry.path
-    return FileResponse(full, media_type="application/octet-stream",
-                        headers={"X-Content-SHA256": entry.sha256})
+    return FileResponse(full, media_type="application/octet-stream", headers={"X-Content-SHA256": entry.sha256})

@@ -51,8 +51,10 @@ async def _key(request: Request) -> ApiKey:
     ctx, _ = _state(request)
     header = request.headers.get("authorization", "")
     if not header.lower().startswith("bearer ") or not header[7:].strip():
-        raise OpenAIError(401, "You didn't provide an API key: use 'Authorization: Bearer <key>' "
-                               "(create one with `globai keys create`).")
+        raise OpenAIError(
+            401,
+            "You didn't provide an API key: use 'Authorization: Bearer <key>' (create one with `globai keys create`).",
+        )
 
     def lookup() -> ApiKey:
         with ctx.session_factory() as session:
@@ -67,8 +69,11 @@ async def _key(request: Request) -> ApiKey:
     wait = ctx.key_limiter.take(key.id, key.rate_limit_per_min)
     if wait > 0:
         retry = max(1, round(wait + 0.49))
-        raise OpenAIError(429, f"Rate limit reached for this key ({key.rate_limit_per_min} requests/min); "
-                               f"retry after {retry}s.", headers={"Retry-After": str(retry)})
+        raise OpenAIError(
+            429,
+            f"Rate limit reached for this key ({key.rate_limit_per_min} requests/min); retry after {retry}s.",
+            headers={"Retry-After": str(retry)},
+        )
     return key
 
 
@@ -89,11 +94,15 @@ def _served(coordinator: Coordinator, name: str) -> ServedModel:
 def _model_entry(ctx: AppContext, coordinator: Coordinator, served: ServedModel) -> dict[str, Any]:
     m = served.manifest
     price = credits.price_for(ctx.settings, m.name)
-    return {"id": m.name, "object": "model", "created": int(served.directory.stat().st_mtime), "owned_by": "globai",
-            "context_length": StageLimits.for_manifest(m).max_tokens,
-            "pricing": {"prompt": str(price.prompt), "completion": str(price.completion),
-                        "unit": "GLB wei per token"},
-            "served": bool(coordinator.links.live(m.name))}
+    return {
+        "id": m.name,
+        "object": "model",
+        "created": int(served.directory.stat().st_mtime),
+        "owned_by": "globai",
+        "context_length": StageLimits.for_manifest(m).max_tokens,
+        "pricing": {"prompt": str(price.prompt), "completion": str(price.completion), "unit": "GLB wei per token"},
+        "served": bool(coordinator.links.live(m.name)),
+    }
 
 
 @router.get("/models")
@@ -102,8 +111,10 @@ async def list_models(request: Request) -> dict[str, Any]:
     await _key(request)
     ctx, coordinator = _state(request)
     models = await asyncio.to_thread(coordinator.catalog.all)
-    return {"object": "list", "data": [_model_entry(ctx, coordinator, s) for s in models
-                                       if s.manifest.task == "causal-lm"]}
+    return {
+        "object": "list",
+        "data": [_model_entry(ctx, coordinator, s) for s in models if s.manifest.task == "causal-lm"],
+    }
 
 
 @router.get("/models/{name}")
@@ -121,11 +132,11 @@ async def chat_completions(request: Request) -> Any:
     _, coordinator = _state(request)
     served = _served(coordinator, body.model)
     if served.manifest.generation is None or not served.manifest.generation.chat_template:
-        raise OpenAIError(400, f"model {body.model} has no chat template; use /completions", param="model",
-                          code="no_chat_template")
+        raise OpenAIError(
+            400, f"model {body.model} has no chat template; use /completions", param="model", code="no_chat_template"
+        )
     # OpenAI's `developer` role is its newer name for `system`.
-    conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in body.messages]
+    conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
     ids = _encode(coordinator, served, None, [conversation])
     return await _serve(request, key, body, served, ids, "chat.completions")
 
@@ -141,8 +152,9 @@ async def completions(request: Request) -> Any:
     return await _serve(request, key, body, served, ids, "completions")
 
 
-def _encode(coordinator: Coordinator, served: ServedModel, texts: list[str] | None,
-            messages: list[list[dict[str, str]]] | None) -> list[list[int]]:
+def _encode(
+    coordinator: Coordinator, served: ServedModel, texts: list[str] | None, messages: list[list[dict[str, str]]] | None
+) -> list[list[int]]:
     """Token ids per prompt: plain text, or a conversation rendered with the model's chat template."""
     try:
         return coordinator.encode_prompts(served.manifest.name, texts, None, messages)
@@ -166,8 +178,11 @@ def _plan(coordinator: Coordinator, served: ServedModel, body: ChatIn | Completi
     m = served.manifest
     rows = [row for row in ids for _ in range(body.n)]
     if len(rows) > coordinator.config.max_batch:
-        raise OpenAIError(400, f"n x prompts must be at most {coordinator.config.max_batch} (the batch limit); "
-                               f"got {len(rows)}", param="n")
+        raise OpenAIError(
+            400,
+            f"n x prompts must be at most {coordinator.config.max_batch} (the batch limit); got {len(rows)}",
+            param="n",
+        )
     if any(not row for row in rows):
         raise OpenAIError(400, "the prompt is empty", param="prompt")
     window = StageLimits.for_manifest(m, max_batch=coordinator.config.max_batch).max_tokens
@@ -175,18 +190,27 @@ def _plan(coordinator: Coordinator, served: ServedModel, body: ChatIn | Completi
     room = window - longest
     wanted = body.token_limit()
     if room < 1 or (wanted is not None and wanted > room):
-        raise OpenAIError(400, f"This model's maximum context length is {window} tokens; the prompt has {longest} "
-                               f"and {wanted or 1} more were requested", param="max_tokens",
-                          code="context_length_exceeded")
+        raise OpenAIError(
+            400,
+            f"This model's maximum context length is {window} tokens; the prompt has {longest} "
+            f"and {wanted or 1} more were requested",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
     max_tokens = wanted if wanted is not None else min(room, coordinator.config.max_new_tokens)
     seed = secrets.randbits(63) if body.seed is None else body.seed % 2**63
-    return Plan(rows=rows, prompt_tokens=sum(len(r) for r in ids), max_tokens=max_tokens,
-                top_logprobs=body.logprob_count(),
-                sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=seed))
+    return Plan(
+        rows=rows,
+        prompt_tokens=sum(len(r) for r in ids),
+        max_tokens=max_tokens,
+        top_logprobs=body.logprob_count(),
+        sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=seed),
+    )
 
 
-async def _serve(request: Request, key: ApiKey, body: ChatIn | CompletionIn, served: ServedModel,
-                 ids: list[list[int]], endpoint: str) -> Any:
+async def _serve(
+    request: Request, key: ApiKey, body: ChatIn | CompletionIn, served: ServedModel, ids: list[list[int]], endpoint: str
+) -> Any:
     ctx, coordinator = _state(request)
     plan = _plan(coordinator, served, body, ids)
     model = served.manifest.name
@@ -195,9 +219,18 @@ async def _serve(request: Request, key: ApiKey, body: ChatIn | CompletionIn, ser
 
     def reserve() -> Any:
         with ctx.session_factory() as session:
-            row = credits.reserve(session, key_id=key.id, model=model, endpoint=endpoint, n=len(plan.rows),
-                                  prompt_tokens=plan.prompt_tokens, max_tokens=plan.max_tokens, price=price,
-                                  close_margin_s=settings.credit_close_margin_s, now=ctx.clock())
+            row = credits.reserve(
+                session,
+                key_id=key.id,
+                model=model,
+                endpoint=endpoint,
+                n=len(plan.rows),
+                prompt_tokens=plan.prompt_tokens,
+                max_tokens=plan.max_tokens,
+                price=price,
+                close_margin_s=settings.credit_close_margin_s,
+                now=ctx.clock(),
+            )
             session.expunge(row)
             return row
 
@@ -208,12 +241,23 @@ async def _serve(request: Request, key: ApiKey, body: ChatIn | CompletionIn, ser
     billing = Billing(ctx, req.id, req.reserved, credits.cheapest_request(settings))
     try:
         run = await coordinator.start(
-            requester=key.requester, model=model, prompts=None, prompt_ids=plan.rows, max_new_tokens=plan.max_tokens,
-            sampling=plan.sampling, stop=body.stops(), top_logprobs=plan.top_logprobs)
+            requester=key.requester,
+            model=model,
+            prompts=None,
+            prompt_ids=plan.rows,
+            max_new_tokens=plan.max_tokens,
+            sampling=plan.sampling,
+            stop=body.stops(),
+            top_logprobs=plan.top_logprobs,
+        )
     except RouteUnavailable as exc:
         await billing.release()
-        raise OpenAIError(503, f"No route of workers serves {model} right now ({exc}); retry later",
-                          code="no_route", headers={"Retry-After": "5"}) from None
+        raise OpenAIError(
+            503,
+            f"No route of workers serves {model} right now ({exc}); retry later",
+            code="no_route",
+            headers={"Retry-After": "5"},
+        ) from None
     except (InvalidRequest, GlobaiError) as exc:
         await billing.release()
         raise OpenAIError(400, str(exc)) from None
@@ -226,8 +270,9 @@ async def _serve(request: Request, key: ApiKey, body: ChatIn | CompletionIn, ser
     coordinator.tasks.add(task)
     task.add_done_callback(coordinator.tasks.discard)
     if body.stream:
-        return StreamingResponse(gen.sse(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            gen.sse(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
     outcome = await asyncio.shield(task)
     if isinstance(outcome, OpenAIError):
         raise outcome
@@ -247,16 +292,23 @@ class Billing:
 
     def charge(self, completion_tokens: int, finish_reasons: list[Any]) -> int:
         with self.ctx.session_factory() as session:
-            row = credits.charge(session, request_id=self.request_id, completion_tokens=completion_tokens,
-                                 finish_reasons=finish_reasons, min_request_cost=self.min_cost, now=self.ctx.clock())
+            row = credits.charge(
+                session,
+                request_id=self.request_id,
+                completion_tokens=completion_tokens,
+                finish_reasons=finish_reasons,
+                min_request_cost=self.min_cost,
+                now=self.ctx.clock(),
+            )
             self.charged = row.charged
             return row.charged
 
     async def release(self) -> None:
         def go() -> None:
             with self.ctx.session_factory() as session:
-                credits.release(session, request_id=self.request_id, min_request_cost=self.min_cost,
-                                now=self.ctx.clock())
+                credits.release(
+                    session, request_id=self.request_id, min_request_cost=self.min_cost, now=self.ctx.clock()
+                )
 
         await asyncio.to_thread(go)
         self.charged = 0
@@ -265,8 +317,17 @@ class Billing:
 class Generation:
     """Consumes the run's events into choices, feeds the SSE stream, and settles the reservation at the end."""
 
-    def __init__(self, run: PipelineRun, tracker: Choices, billing: Billing, plan: Plan, endpoint: str,
-                 model: str, digest: str, include_usage: bool) -> None:
+    def __init__(
+        self,
+        run: PipelineRun,
+        tracker: Choices,
+        billing: Billing,
+        plan: Plan,
+        endpoint: str,
+        model: str,
+        digest: str,
+        include_usage: bool,
+    ) -> None:
         self.run, self.tracker, self.billing, self.plan = run, tracker, billing, plan
         self.chat = endpoint == "chat.completions"
         self.model, self.include_usage = model, include_usage
@@ -331,17 +392,29 @@ class Generation:
     # --- shapes ----------------------------------------------------------------------------------------------
     def usage(self) -> dict[str, Any]:
         c = self.tracker.completion_tokens
-        return {"prompt_tokens": self.plan.prompt_tokens, "completion_tokens": c,
-                "total_tokens": self.plan.prompt_tokens + c}
+        return {
+            "prompt_tokens": self.plan.prompt_tokens,
+            "completion_tokens": c,
+            "total_tokens": self.plan.prompt_tokens + c,
+        }
 
     def _billing(self) -> dict[str, Any]:
-        return {"run_id": self.run.run_id, "request_id": self.billing.request_id,
-                "reserved_wei": str(self.billing.reserved), "charged_wei": str(self.billing.charged or 0)}
+        return {
+            "run_id": self.run.run_id,
+            "request_id": self.billing.request_id,
+            "reserved_wei": str(self.billing.reserved),
+            "charged_wei": str(self.billing.charged or 0),
+        }
 
     def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                                "created": self.created, "model": self.model, "system_fingerprint": self.fingerprint,
-                                "choices": choices}
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": choices,
+        }
         if self.include_usage:
             body["usage"] = usage
         if usage is not None:
@@ -353,8 +426,9 @@ class Generation:
         if d.text:
             delta["content"] = d.text
         lp = chat_logprobs(d.logprobs, self.token_text) if self.plan.top_logprobs is not None and not role else None
-        self.queue.put_nowait(self._chunk([{"index": d.index, "delta": delta, "logprobs": lp,
-                                            "finish_reason": d.finish_reason}]))
+        self.queue.put_nowait(
+            self._chunk([{"index": d.index, "delta": delta, "logprobs": lp, "finish_reason": d.finish_reason}])
+        )
 
     def _put(self, d: Delta) -> None:
         if not d.text and not d.finish_reason and not d.logprobs:
@@ -363,8 +437,9 @@ class Generation:
             self._put_chat(d)
             return
         lp = completion_logprobs(d.logprobs, self.token_text) if self.plan.top_logprobs is not None else None
-        self.queue.put_nowait(self._chunk([{"index": d.index, "text": d.text, "logprobs": lp,
-                                            "finish_reason": d.finish_reason}]))
+        self.queue.put_nowait(
+            self._chunk([{"index": d.index, "text": d.text, "logprobs": lp, "finish_reason": d.finish_reason}])
+        )
 
     async def sse(self) -> AsyncIterator[bytes]:
         while True:
@@ -382,12 +457,24 @@ class Generation:
         for c in self.tracker.choices:
             if self.chat:
                 lp = chat_logprobs(c.logprobs, self.token_text) if self.plan.top_logprobs is not None else None
-                choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text,
-                                                              "refusal": None},
-                                "logprobs": lp, "finish_reason": c.finish_reason})
+                choices.append(
+                    {
+                        "index": c.index,
+                        "message": {"role": "assistant", "content": c.text, "refusal": None},
+                        "logprobs": lp,
+                        "finish_reason": c.finish_reason,
+                    }
+                )
             else:
                 lp = completion_logprobs(c.logprobs, self.token_text) if self.plan.top_logprobs is not None else None
                 choices.append({"index": c.index, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
-        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
-                "created": self.created, "model": self.model, "system_fingerprint": self.fingerprint,
-                "choices": choices, "usage": self.usage(), "globai": self._billing()}
+        return {
+            "id": self.id,
+            "object": "chat.completion" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": choices,
+            "usage": self.usage(),
+            "globai": self._billing(),
+        }

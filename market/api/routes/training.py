@@ -64,8 +64,10 @@ _BINARY_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"a
 
 def upload_limits(settings: Settings) -> dict[str, int]:
     """Body size limits of the bulk uploads, for `BodySizeLimit`'s per-path overrides."""
-    return {"/v1/training/datasets": settings.training_max_dataset_bytes,
-            "/v1/training/tasks/": settings.training_max_update_bytes}
+    return {
+        "/v1/training/datasets": settings.training_max_dataset_bytes,
+        "/v1/training/tasks/": settings.training_max_update_bytes,
+    }
 
 
 def kick_aggregator(tasks: TaskProducer, job_id: str) -> None:
@@ -93,9 +95,13 @@ def _require_reader(session: Session, job: Job, principal: Any, round_slot: tupl
     if _owner_or_auditor(job, principal):
         return
     worker_id = session.scalar(workers.select_worker_id(principal.address))
-    leased = [] if worker_id is None else session.scalars(
-        select(Task).where(Task.job_id == job.id, Task.leased_by == worker_id, Task.status == "leased")
-    ).all()
+    leased = (
+        []
+        if worker_id is None
+        else session.scalars(
+            select(Task).where(Task.job_id == job.id, Task.leased_by == worker_id, Task.status == "leased")
+        ).all()
+    )
     if leased and round_slot is None:
         return
     if any((t.payload.get("round"), t.payload.get("slot")) == round_slot for t in leased):
@@ -131,17 +137,26 @@ def _check_model_size(body: TrainingJobIn) -> None:
 
 
 @router.post("/jobs", response_model=JobCreatedOut, status_code=status.HTTP_201_CREATED)
-def post_training_job(body: TrainingJobIn, principal: RequesterDep, session: SessionDep, ctx: CtxDep,
-                      now: NowDep) -> JobCreatedOut:
+def post_training_job(
+    body: TrainingJobIn, principal: RequesterDep, session: SessionDep, ctx: CtxDep, now: NowDep
+) -> JobCreatedOut:
     """Post a DiLoCo job on an uploaded dataset. Fund it with the returned escrow parameters, then
     POST /v1/jobs/{id}/confirm-funding: round 0's tasks are queued then."""
     _check_model_size(body)
     created_block = ctx.chain.latest_block() if ctx.chain is not None else 0
     job = training.create_training_job(
-        session, storage=ctx.training_storage, requester=principal.address, spec=body.spec,
-        dataset_sha256=body.dataset_sha256, budget=int(body.budget), price_per_unit=int(body.price_per_unit),
-        deadline=body.deadline, verify_rate=body.verify_rate, chain_id=ctx.settings.chain_id,
-        created_block=created_block, now=now,
+        session,
+        storage=ctx.training_storage,
+        requester=principal.address,
+        spec=body.spec,
+        dataset_sha256=body.dataset_sha256,
+        budget=int(body.budget),
+        price_per_unit=int(body.price_per_unit),
+        deadline=body.deadline,
+        verify_rate=body.verify_rate,
+        chain_id=ctx.settings.chain_id,
+        created_block=created_block,
+        now=now,
     )
     return JobCreatedOut(job=job_out(job), escrow=escrow_params(job, ctx))
 
@@ -159,17 +174,38 @@ def get_progress(job_id: JobId, principal: PrincipalDep, session: SessionDep) ->
         excluded = 0
         if r.aggregated is not None:
             excluded = len(set(r.accepted) - set(r.aggregated))
-        per_round.append(RoundOut(
-            round=r.round, status=r.status, close_state=r.close_state, opened_at=r.opened_at,
-            deadline_at=r.deadline_at, closed_at=r.closed_at, applied_at=r.applied_at, reopened=r.reopened,
-            updates=len(ids), excluded=excluded, eval_loss=r.eval_loss, worker_loss=r.worker_loss,
-            bytes_up=r.bytes_up, manifest_sha256=r.manifest_sha256,
-        ))
+        per_round.append(
+            RoundOut(
+                round=r.round,
+                status=r.status,
+                close_state=r.close_state,
+                opened_at=r.opened_at,
+                deadline_at=r.deadline_at,
+                closed_at=r.closed_at,
+                applied_at=r.applied_at,
+                reopened=r.reopened,
+                updates=len(ids),
+                excluded=excluded,
+                eval_loss=r.eval_loss,
+                worker_loss=r.worker_loss,
+                bytes_up=r.bytes_up,
+                manifest_sha256=r.manifest_sha256,
+            )
+        )
     losses = [tj.initial_eval_loss] + [r.eval_loss for r in rounds if r.status == "applied"]
     return TrainingProgressOut(
-        job_id=job.id, status=tj.status, job_status=job.status, round=tj.round, rounds=spec.rounds,
-        workers_per_round=spec.workers_per_round, version=tj.version, dataset_sha256=tj.dataset_sha256,
-        spec_sha256=tj.spec_sha256, beacon=tj.beacon, verify_rate=tj.verify_rate, eval_loss=losses,
+        job_id=job.id,
+        status=tj.status,
+        job_status=job.status,
+        round=tj.round,
+        rounds=spec.rounds,
+        workers_per_round=spec.workers_per_round,
+        version=tj.version,
+        dataset_sha256=tj.dataset_sha256,
+        spec_sha256=tj.spec_sha256,
+        beacon=tj.beacon,
+        verify_rate=tj.verify_rate,
+        eval_loss=losses,
         per_round=per_round,
     )
 
@@ -191,10 +227,18 @@ def _tar_of(directory: FsPath) -> bytes:
     return buf.getvalue()
 
 
-@router.get("/jobs/{job_id}/model", response_class=Response,
-            responses={200: {"content": {"application/x-tar": _BINARY}, "description": "HF model directory"}})
-def download_model(job_id: JobId, principal: PrincipalDep, session: SessionDep, ctx: CtxDep,
-                   version: Annotated[int | None, Query(ge=0, le=1_000_000)] = None) -> Response:
+@router.get(
+    "/jobs/{job_id}/model",
+    response_class=Response,
+    responses={200: {"content": {"application/x-tar": _BINARY}, "description": "HF model directory"}},
+)
+def download_model(
+    job_id: JobId,
+    principal: PrincipalDep,
+    session: SessionDep,
+    ctx: CtxDep,
+    version: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
+) -> Response:
     """The checkpoint (default: the latest) as a tar of a Hugging Face directory: config.json, model.safetensors,
     tokenizer files; `LlamaForCausalLM.from_pretrained(dir)` loads it."""
     job, tj = _training_job(session, job_id)
@@ -207,16 +251,20 @@ def download_model(job_id: JobId, principal: PrincipalDep, session: SessionDep, 
     with tempfile.TemporaryDirectory() as tmp:
         out = export_hf(ctx.training_storage.checkpoints, job_id, FsPath(tmp) / "model", v)
         data = _tar_of(out)
-    return Response(data, media_type="application/x-tar",
-                    headers={"Content-Disposition": f'attachment; filename="globai-{job_id}-v{v}.tar"'})
+    return Response(
+        data,
+        media_type="application/x-tar",
+        headers={"Content-Disposition": f'attachment; filename="globai-{job_id}-v{v}.tar"'},
+    )
 
 
 # -- workers -------------------------------------------------------------------------------------------------------
 
 
 @router.get("/jobs/{job_id}/checkpoints/{version}", response_model=ManifestOut)
-def get_manifest(job_id: JobId, version: Version, principal: PrincipalDep, session: SessionDep,
-                 ctx: CtxDep) -> ManifestOut:
+def get_manifest(
+    job_id: JobId, version: Version, principal: PrincipalDep, session: SessionDep, ctx: CtxDep
+) -> ManifestOut:
     """Checkpoint manifest: tensor name → sha256 (fetch only the tensors you don't have), config, shapes."""
     job, tj = _training_job(session, job_id)
     _require_reader(session, job, principal)
@@ -228,14 +276,29 @@ def get_manifest(job_id: JobId, version: Version, principal: PrincipalDep, sessi
     except CheckpointError as exc:
         raise NotFound("checkpoint version", str(version)) from exc
     shapes = parameter_shapes(m.config)
-    return ManifestOut(job_id=job_id, version=m.version, round=m.round, sha256=m.sha256, parent=m.parent,
-                       config=m.config, tensors=m.tensors, shapes={k: list(v) for k, v in shapes.items()},
-                       metrics=m.metrics)
+    return ManifestOut(
+        job_id=job_id,
+        version=m.version,
+        round=m.round,
+        sha256=m.sha256,
+        parent=m.parent,
+        config=m.config,
+        tensors=m.tensors,
+        shapes={k: list(v) for k, v in shapes.items()},
+        metrics=m.metrics,
+    )
 
 
-@router.get("/jobs/{job_id}/tensors/{sha256}", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": _BINARY},
-                             "description": "one tensor as a safetensors file (key 't'); its sha256 is the name"}})
+@router.get(
+    "/jobs/{job_id}/tensors/{sha256}",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": _BINARY},
+            "description": "one tensor as a safetensors file (key 't'); its sha256 is the name",
+        }
+    },
+)
 def get_tensor(job_id: JobId, sha256: Sha, principal: PrincipalDep, session: SessionDep, ctx: CtxDep) -> Response:
     job, tj = _training_job(session, job_id)
     _require_reader(session, job, principal)
@@ -249,12 +312,24 @@ def get_tensor(job_id: JobId, sha256: Sha, principal: PrincipalDep, session: Ses
     return Response(path.read_bytes(), media_type="application/octet-stream")
 
 
-@router.get("/jobs/{job_id}/shards/{round_index}/{slot}", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": _BINARY},
-                             "description": "the task's token windows: safetensors, key 'windows', int64 [n, T+1]"}})
-def get_shard(job_id: JobId, round_index: Annotated[int, Path(ge=0, le=1_000_000)],
-              slot: Annotated[int, Path(ge=0, le=100_000)], principal: PrincipalDep, session: SessionDep,
-              ctx: CtxDep) -> Response:
+@router.get(
+    "/jobs/{job_id}/shards/{round_index}/{slot}",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": _BINARY},
+            "description": "the task's token windows: safetensors, key 'windows', int64 [n, T+1]",
+        }
+    },
+)
+def get_shard(
+    job_id: JobId,
+    round_index: Annotated[int, Path(ge=0, le=1_000_000)],
+    slot: Annotated[int, Path(ge=0, le=100_000)],
+    principal: PrincipalDep,
+    session: SessionDep,
+    ctx: CtxDep,
+) -> Response:
     job, tj = _training_job(session, job_id)
     _require_reader(session, job, principal, (round_index, slot))
     spec, dataset = training.job_spec(tj), tj.dataset_sha256
@@ -290,14 +365,24 @@ async def submit_update(
     def run() -> training.Received:
         with ctx.session_factory() as session:
             return training.submit_update(
-                session, storage=ctx.training_storage, task_id=task_id, worker_address=principal.address,
-                lease_id=lease_id, payload=payload, signature=signature.lower(), loss_start=loss_start,
-                loss_end=loss_end, now=now,
+                session,
+                storage=ctx.training_storage,
+                task_id=task_id,
+                worker_address=principal.address,
+                lease_id=lease_id,
+                payload=payload,
+                signature=signature.lower(),
+                loss_start=loss_start,
+                loss_end=loss_end,
+                now=now,
             )
 
     received = await run_in_threadpool(run)
     if received.created:
         background.add_task(kick_aggregator, ctx.tasks, received.update.job_id)
-    return UpdateReceiptOut(task_id=task_id, accepted=received.created, update_sha256=received.update.payload_sha256,
-                            digest=received.update.digest)
-
+    return UpdateReceiptOut(
+        task_id=task_id,
+        accepted=received.created,
+        update_sha256=received.update.payload_sha256,
+        digest=received.update.digest,
+    )

@@ -27,8 +27,12 @@ router = APIRouter(prefix="/v1/verification", tags=["verification"])
 
 @router.get("/replicas")
 async def list_replicas(
-    coordinator: CoordinatorDep, _admin: AdminDep, ctx: CtxDep, model: Annotated[str, Query(max_length=128)],
-    layer_start: Annotated[int, Query(ge=0)], layer_end: Annotated[int, Query(ge=1)],
+    coordinator: CoordinatorDep,
+    _admin: AdminDep,
+    ctx: CtxDep,
+    model: Annotated[str, Query(max_length=128)],
+    layer_start: Annotated[int, Query(ge=0)],
+    layer_end: Annotated[int, Query(ge=1)],
 ) -> list[dict[str, object]]:
     await coordinator.refresh_standing_async()  # a worker slashed or banned a moment ago is no replica
     found = replicas(coordinator.links, model=model, layer_start=layer_start, layer_end=layer_end)
@@ -38,8 +42,14 @@ async def list_replicas(
             return workers.stakes(session, addresses=[r.address for r in found])
 
     stakes = await asyncio.to_thread(read_stakes)
-    return [{"address": r.address, "operator_id": r.operator_id,
-             "weight": replica_weight(r.reputation.mean, stakes.get(r.address, 0))} for r in found]
+    return [
+        {
+            "address": r.address,
+            "operator_id": r.operator_id,
+            "weight": replica_weight(r.reputation.mean, stakes.get(r.address, 0)),
+        }
+        for r in found
+    ]
 
 
 @router.post("/replay")
@@ -48,13 +58,26 @@ async def replay(body: ReplayIn, _admin: AdminDep, ctx: CtxDep) -> Response:
 
     def load() -> Any:
         with ctx.session_factory() as session:
-            return load_part(session, coordinator.blobs, run_id=body.run_id, layer_start=body.layer_start,
-                             worker=body.worker)
+            return load_part(
+                session, coordinator.blobs, run_id=body.run_id, layer_start=body.layer_start, worker=body.worker
+            )
 
     part = await asyncio.to_thread(load)
-    answer = await replay_on(coordinator.links, part, replica=body.replica, chain_id=coordinator.config.chain_id,
-                             timeout=coordinator.config.call_timeout_s)
-    raw = encode_message({"op": "replay", "positions": part.committed, "layer_end": part.layer_end,
-                          "rows_per_call": answer.rows_per_call,
-                          "sent_digests": ["0x" + d.hex() for d in answer.sent_digests]}, [answer.output])
+    answer = await replay_on(
+        coordinator.links,
+        part,
+        replica=body.replica,
+        chain_id=coordinator.config.chain_id,
+        timeout=coordinator.config.call_timeout_s,
+    )
+    raw = encode_message(
+        {
+            "op": "replay",
+            "positions": part.committed,
+            "layer_end": part.layer_end,
+            "rows_per_call": answer.rows_per_call,
+            "sent_digests": ["0x" + d.hex() for d in answer.sent_digests],
+        },
+        [answer.output],
+    )
     return Response(content=raw, media_type="application/octet-stream")

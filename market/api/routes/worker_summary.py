@@ -15,7 +15,11 @@ def earnings_rows(session: SessionDep, address: str) -> list[EarningRow]:
     """Per job, what confirmed settlements credited `address` (from the published reports' payee lists)."""
     return [
         EarningRow(
-            job_id=job.id, chain_job_id=job.chain_job_id, kind=job.kind, model=job.model, amount=str(amount),
+            job_id=job.id,
+            chain_job_id=job.chain_job_id,
+            kind=job.kind,
+            model=job.model,
+            amount=str(amount),
             settlement_tx=settlement.tx_hash,
             settled_at=settlement.confirmed_at.isoformat() if settlement.confirmed_at else None,
         )
@@ -31,17 +35,25 @@ def earnings(principal: WorkerDep, session: SessionDep) -> Earnings:
 
 
 @router.get("/me/summary", response_model=WorkerSummary)
-def summary(
-    coordinator: CoordinatorDep, principal: WorkerDep, session: SessionDep, now: NowDep
-) -> WorkerSummary:
+def summary(coordinator: CoordinatorDep, principal: WorkerDep, session: SessionDep, now: NowDep) -> WorkerSummary:
     worker = workers.get_worker(session, address=principal.address)
     rep = workers.worker_reputation(session, worker_id=worker.id, now=now)
     tasks_done, calls = workers.work_counts(session, worker=worker)
     earned = sum(int(row.amount) for row in earnings_rows(session, worker.address))
-    connected = [f"{lnk.model} [{lnk.layer_start}, {lnk.layer_end})" for lnk in coordinator.links.live()
-                 if lnk.address == worker.address]
+    connected = [
+        f"{lnk.model} [{lnk.layer_start}, {lnk.layer_end})"
+        for lnk in coordinator.links.live()
+        if lnk.address == worker.address
+    ]
     return WorkerSummary(
-        address=worker.address, status=worker.status, eligible=worker.eligible, stake=str(worker.stake),
-        unbonding=str(worker.unbonding), reputation_mean=rep.mean, tasks_done=int(tasks_done),
-        stage_calls=int(calls), earned=str(earned), connected=connected,
+        address=worker.address,
+        status=worker.status,
+        eligible=worker.eligible,
+        stake=str(worker.stake),
+        unbonding=str(worker.unbonding),
+        reputation_mean=rep.mean,
+        tasks_done=int(tasks_done),
+        stage_calls=int(calls),
+        earned=str(earned),
+        connected=connected,
     )

@@ -78,8 +78,10 @@ async def worker_socket(ws: WebSocket, ctx: CtxDep) -> None:
         await ws.close(code=CLOSE_UNAUTHORIZED, reason="token expired")
 
     expiry = asyncio.create_task(expire())
-    limits = StageLimits.for_manifest(coordinator.catalog.get(link.model).manifest,  # type: ignore[union-attr]
-                                      max_batch=coordinator.config.max_batch)
+    limits = StageLimits.for_manifest(
+        coordinator.catalog.get(link.model).manifest,  # type: ignore[union-attr]
+        max_batch=coordinator.config.max_batch,
+    )
     log.info("worker %s connected: %s [%d, %d)", link.address, link.model, link.layer_start, link.layer_end)
     try:
         while True:
@@ -136,10 +138,19 @@ async def _handshake(ws: WebSocket, ctx: AppContext, coordinator: Coordinator, a
 
     worker_id, operator_id, throughput, latency, rep = await asyncio.to_thread(lookup)
     link = WorkerLink(
-        link_id=str(uuid.uuid4()), address=address, worker_id=worker_id, operator_id=operator_id, model=model,
-        digest=served.digest, layer_start=start, layer_end=end,
-        max_batch=int(hello.header.get("max_batch", 1)), max_tokens=int(hello.header.get("max_tokens", 1)),
-        throughput_tokens_s=throughput, latency_ms=latency, reputation=rep,  # type: ignore[arg-type]
+        link_id=str(uuid.uuid4()),
+        address=address,
+        worker_id=worker_id,
+        operator_id=operator_id,
+        model=model,
+        digest=served.digest,
+        layer_start=start,
+        layer_end=end,
+        max_batch=int(hello.header.get("max_batch", 1)),
+        max_tokens=int(hello.header.get("max_tokens", 1)),
+        throughput_tokens_s=throughput,
+        latency_ms=latency,
+        reputation=rep,  # type: ignore[arg-type]
         send=send,
     )
     await send(encode_message({"op": "welcome", "worker_id": worker_id, "link_id": link.link_id}))

@@ -19,10 +19,11 @@ class InferenceIn(Input):
     prompts: list[Annotated[str, Field(min_length=1, max_length=20_000)]] | None = Field(default=None, max_length=8)
     prompt_ids: list[list[Annotated[int, Field(ge=0)]]] | None = Field(default=None, max_length=8)
     messages: list[Annotated[list[ChatMessage], Field(min_length=1, max_length=64)]] | None = Field(
-        default=None, max_length=8,
-        description="one conversation per sequence, rendered with the model's chat template")
+        default=None, max_length=8, description="one conversation per sequence, rendered with the model's chat template"
+    )
     stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
-        default_factory=list, max_length=4, description="stop strings (not included in the text)")
+        default_factory=list, max_length=4, description="stop strings (not included in the text)"
+    )
     ignore_eos: bool = Field(default=False, description="generate max_new_tokens even past end-of-sequence")
     max_new_tokens: int = Field(default=32, ge=1, le=512)
     temperature: float = Field(default=0.0, ge=0, le=10)
