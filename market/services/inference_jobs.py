@@ -84,6 +84,10 @@ class InferenceJobRunner:
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
+        # One runner per app, one start per lifespan: each start begins clean on the loop that runs it (a test
+        # client may enter the same app's lifespan again on a new event loop).
+        self.progress.clear()
+        self._tasks.clear()
         self._loop_task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
@@ -91,6 +95,8 @@ class InferenceJobRunner:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop_task = None
+        self._tasks.clear()
 
     async def _loop(self) -> None:
         first = True
