@@ -1,7 +1,7 @@
 """The dashboard in a real browser (Playwright driving Debian's /usr/bin/chromium), /metrics during a paid job,
 JSON logs, and the status commands, against one running network: the demo cluster (real Anvil, Redis, Celery
 worker + beat, the market as `globai market serve`, `globai worker run` processes, one cheating) running the paid
-inference story of `globai demo run`, then a chat through
+inference story of `globai demo run`, then a training job on a `globai worker train` process, then a chat through
 the OpenAI-compatible API with an API key billed to a funded credit.
 
 Screenshots are written to var/screenshots/ (test artifacts)."""
@@ -9,6 +9,7 @@ Screenshots are written to var/screenshots/ (test artifacts)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -302,6 +303,54 @@ def test_worker_page_shows_earnings_per_job(network: Network, page: Any) -> None
     page.locator("[data-testid=reputation-plot] circle").first.wait_for()
     assert "failed" in page.locator("[data-testid=worker-checks]").inner_text()
     shot(page, "dashboard-worker")
+
+
+def test_training_job_loss_plot(network: Network, page: Any, tmp_path: Path) -> None:
+    cluster = network.cluster
+    trainer = demo_account("dashboard-trainer")
+    cluster.stake(trainer, 200 * GLB)
+    cluster.start_trainer("trainer", trainer, operator="op-trainer")
+    requester = demo_account("dashboard-train-requester")
+    cluster.give(requester, 10 * GLB)
+    key = tmp_path / "requester.key"
+    key.write_text("0x" + bytes(requester.key).hex())
+    rounds = 2
+    r = cluster.globai(
+        "job",
+        "train",
+        "post",
+        str(ROOT / "tests" / "data" / "corpus.txt"),
+        "--price",
+        "0.0001",  # GLB per inner step
+        "--rounds",
+        str(rounds),
+        "--workers",
+        "1",
+        "--inner-steps",
+        "3",
+        "--verify-rate",
+        "0",
+        "--fund",
+        "--market",
+        cluster.market_url,
+        "--key-file",
+        str(key),
+    )
+    assert r.returncode == 0, r.stderr
+    job_id = next(line.split()[1].rstrip(":") for line in r.stderr.splitlines() if line.startswith("job "))
+
+    def trained() -> bool:
+        j = httpx.get(f"{cluster.market_url}/v1/dashboard/jobs/{job_id}", timeout=10).json()
+        return len(j["training"].get("loss") or []) == rounds + 1
+
+    cluster.wait("the training job's rounds", trained, timeout=180, every=1.0)
+    page.goto(f"{cluster.market_url}/dashboard/#/jobs/{job_id}")
+    plot = page.locator("[data-testid=loss-plot]")
+    plot.locator("circle").nth(rounds).wait_for()
+    assert plot.locator("circle").count() == rounds + 1  # checkpoint 0 and one per applied round
+    assert page.locator("[data-testid=checkpoint-row]").count() == rounds + 1
+    shot(page, "dashboard-training")
+    assert os.path.getsize(SHOTS / "dashboard-training.png") > 10_000
 
 
 def test_chat_panel_streams_an_answer(network: Network, page: Any, tmp_path: Path) -> None:
