@@ -115,3 +115,38 @@ def run(
     )
     if not out.passed:
         raise GlobaiError("the demo's audits did not pass")
+
+
+@app.command("openai")
+def openai_api(
+    port: int = typer.Option(None, "--port", help="Devnet port if it is not running (default 8545, or a free one "
+                                                  "when 8545 is taken)."),
+    var: Annotated[Path, typer.Option("--var", help="Where the demo's DB, blobs, model and logs go.")] = Path(
+        "var/demo-openai"),
+    tokens: int = typer.Option(48, "--tokens", "-n", help="At most this many tokens per answer."),
+    model: str = typer.Option("smollm2", "--model", help="smollm2 (chat) or tiny (completions, gibberish)."),
+) -> None:
+    """The OpenAI-compatible, paid API: a key, a credit funded on chain, a streamed chat through the `openai`
+    package and through curl, then the credit settled on chain and audited. Exits 0 only if both audits pass."""
+    from market.demo.cluster import Cluster, ClusterConfig
+    from market.demo.openai_api import run_openai_api
+    from market.devservices import dev_accounts
+
+    started = time.monotonic()
+    url, deployment, _, _ = devnet.up(port)
+    typer.echo(f"devnet {url} (chain {deployment.chain_id})")
+    cfg = ClusterConfig(var=var.resolve(), rpc_url=url, deployment=deployment, operator=dev_accounts(1)[0],
+                        redis_url=os.environ.get("GLOBAI_REDIS_URL") or None,
+                        builtin=None if model == "tiny" else model)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    with Cluster(cfg, say=typer.echo) as cluster:
+        out = run_openai_api(cluster, max_tokens=tokens, say=typer.echo, write=write)
+    typer.echo(f"audit job:   {'PASSED' if out.audit_job[0] else 'FAILED'}  {out.audit_job[1].splitlines()[-1:]}")
+    typer.echo(f"audit chain: {'PASSED' if out.audit_chain[0] else 'FAILED'}  {out.audit_chain[1].splitlines()[-1:]}")
+    typer.echo(f"demo finished in {time.monotonic() - started:.0f} s; logs in {cfg.var / 'logs'}")
+    if not out.passed:
+        raise GlobaiError("the demo's audits did not pass")
