@@ -119,10 +119,12 @@ def run(
 
 @app.command("openai")
 def openai_api(
-    port: int = typer.Option(None, "--port", help="Devnet port if it is not running (default 8545, or a free one "
-                                                  "when 8545 is taken)."),
+    port: int = typer.Option(
+        None, "--port", help="Devnet port if it is not running (default 8545, or a free one when 8545 is taken)."
+    ),
     var: Annotated[Path, typer.Option("--var", help="Where the demo's DB, blobs, model and logs go.")] = Path(
-        "var/demo-openai"),
+        "var/demo-openai"
+    ),
     tokens: int = typer.Option(48, "--tokens", "-n", help="At most this many tokens per answer."),
     model: str = typer.Option("smollm2", "--model", help="smollm2 (chat) or tiny (completions, gibberish)."),
 ) -> None:
@@ -135,9 +137,14 @@ def openai_api(
     started = time.monotonic()
     url, deployment, _, _ = devnet.up(port)
     typer.echo(f"devnet {url} (chain {deployment.chain_id})")
-    cfg = ClusterConfig(var=var.resolve(), rpc_url=url, deployment=deployment, operator=dev_accounts(1)[0],
-                        redis_url=os.environ.get("GLOBAI_REDIS_URL") or None,
-                        builtin=None if model == "tiny" else model)
+    cfg = ClusterConfig(
+        var=var.resolve(),
+        rpc_url=url,
+        deployment=deployment,
+        operator=dev_accounts(1)[0],
+        redis_url=os.environ.get("GLOBAI_REDIS_URL") or None,
+        builtin=None if model == "tiny" else model,
+    )
 
     def write(text: str) -> None:
         sys.stdout.write(text)

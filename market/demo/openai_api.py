@@ -36,15 +36,26 @@ class ApiOutcome:
 
 def _cli(cluster: Cluster, key: str, *args: str) -> str:
     env = {**cluster.env, "GLOBAI_PRIVATE_KEY": key}
-    done = subprocess.run([sys.executable, "-c", "from market.cli import main; main()", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-c", "from market.cli import main; main()", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"globai {' '.join(args)}: {(done.stdout + done.stderr).strip()[-400:]}")
     return done.stdout
 
 
-def run_openai_api(cluster: Cluster, *, max_tokens: int = 48, say: Callable[[str], None] = lambda _m: None,
-                   write: Callable[[str], None] = lambda _m: None) -> ApiOutcome:
+def run_openai_api(
+    cluster: Cluster,
+    *,
+    max_tokens: int = 48,
+    say: Callable[[str], None] = lambda _m: None,
+    write: Callable[[str], None] = lambda _m: None,
+) -> ApiOutcome:
     import openai
 
     out = ApiOutcome()
@@ -53,8 +64,12 @@ def run_openai_api(cluster: Cluster, *, max_tokens: int = 48, say: Callable[[str
     cluster.start_celery_worker()
     cluster.start_celery_beat()
     half, layers = cluster.cfg.layers // 2, cluster.cfg.layers
-    workers = [("api-w1", f"0:{half}", "op-a"), ("api-w2", f"{half}:{layers}", "op-b"),
-               ("api-w3", f"0:{half}", "op-c"), ("api-w4", f"{half}:{layers}", "op-d")]
+    workers = [
+        ("api-w1", f"0:{half}", "op-a"),
+        ("api-w2", f"{half}:{layers}", "op-b"),
+        ("api-w3", f"0:{half}", "op-c"),
+        ("api-w4", f"{half}:{layers}", "op-d"),
+    ]
     for name, span, op in workers:
         account = demo_account(name)
         missing = STAKE - int(cluster.chain.call(cluster.contracts.vault.functions.stakeOf(account.address)))
@@ -84,12 +99,23 @@ def run_openai_api(cluster: Cluster, *, max_tokens: int = 48, say: Callable[[str
     chat = served.generation is not None and bool(served.generation.chat_template)
     write(f"  openai package, {'chat' if chat else 'completion'} ({QUESTION!r}) →")
     if chat:
-        stream: Any = client.chat.completions.create(model=model.id, max_tokens=max_tokens, temperature=0,
-                                                     stream=True, stream_options={"include_usage": True},
-                                                     messages=[{"role": "user", "content": QUESTION}])
+        stream: Any = client.chat.completions.create(
+            model=model.id,
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": QUESTION}],
+        )
     else:
-        stream = client.completions.create(model=model.id, prompt=QUESTION, max_tokens=max_tokens, temperature=0,
-                                           stream=True, stream_options={"include_usage": True})
+        stream = client.completions.create(
+            model=model.id,
+            prompt=QUESTION,
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
     text = ""
     for chunk in stream:
         if chunk.choices:
@@ -98,17 +124,37 @@ def run_openai_api(cluster: Cluster, *, max_tokens: int = 48, say: Callable[[str
             write(delta or "")
         elif chunk.usage is not None:
             billing = (chunk.model_extra or {}).get("globai", {})
-            write(f"\n  usage {chunk.usage.prompt_tokens} + {chunk.usage.completion_tokens} tokens, charged "
-                  f"{billing.get('charged_wei')} wei (reserved {billing.get('reserved_wei')})\n")
+            write(
+                f"\n  usage {chunk.usage.prompt_tokens} + {chunk.usage.completion_tokens} tokens, charged "
+                f"{billing.get('charged_wei')} wei (reserved {billing.get('reserved_wei')})\n"
+            )
     out.answers.append(text)
 
     path = "chat/completions" if chat else "completions"
-    body = {"model": model.id, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            **({"messages": [{"role": "user", "content": QUESTION}]} if chat else {"prompt": QUESTION})}
+    body = {
+        "model": model.id,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        **({"messages": [{"role": "user", "content": QUESTION}]} if chat else {"prompt": QUESTION}),
+    }
     say(f"  curl -sN {base}/{path} -H 'Authorization: Bearer {api_key[:10]}…' -d '{json.dumps(body)}' →")
-    curl = subprocess.run(["curl", "-sN", f"{base}/{path}", "-H", f"Authorization: Bearer {api_key}",
-                           "-H", "Content-Type: application/json", "-d", json.dumps(body)],
-                          capture_output=True, text=True, timeout=300)
+    curl = subprocess.run(
+        [
+            "curl",
+            "-sN",
+            f"{base}/{path}",
+            "-H",
+            f"Authorization: Bearer {api_key}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            json.dumps(body),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     text = ""
     for line in curl.stdout.splitlines():
         if line.startswith("data: {"):
@@ -128,13 +174,16 @@ def run_openai_api(cluster: Cluster, *, max_tokens: int = 48, say: Callable[[str
 
     out.credit = cluster.wait("the credit's settlement", settled, timeout=300, every=1.0)
     s = out.credit["settlement"]
-    say(f"• settled on chain: paid {s['paid']} wei to the workers (= spent {out.credit['spent']}), fee {s['fee']}, "
-        f"refunded {s['refunded']} wei; report root {s['report_root']}")
+    say(
+        f"• settled on chain: paid {s['paid']} wei to the workers (= spent {out.credit['spent']}), fee {s['fee']}, "
+        f"refunded {s['refunded']} wei; report root {s['report_root']}"
+    )
     record = cluster.var / "deployment.json"
     record.write_text(json.dumps(cluster.cfg.deployment.to_json()))
     report = f"{cluster.market_url}/v1/audit/jobs/{out.credit_id}/report"
-    job = cluster.globai("audit", "job", out.credit_id, "--rpc", cluster.cfg.rpc_url, "--deployment", str(record),
-                         "--report", report)
+    job = cluster.globai(
+        "audit", "job", out.credit_id, "--rpc", cluster.cfg.rpc_url, "--deployment", str(record), "--report", report
+    )
     out.audit_job = (job.returncode == 0, (job.stdout + job.stderr).strip())
     chain = cluster.globai("audit", "chain", "--rpc", cluster.cfg.rpc_url, "--deployment", str(record))
     out.audit_chain = (chain.returncode == 0, (chain.stdout + chain.stderr).strip())
