@@ -130,9 +130,9 @@ def openai_api(
 ) -> None:
     """The OpenAI-compatible, paid API: a key, a credit funded on chain, a streamed chat through the `openai`
     package and through curl, then the credit settled on chain and audited. Exits 0 only if both audits pass."""
-    from market.demo.cluster import Cluster, ClusterConfig
+    from globai.chain.local import dev_accounts
+    from globai.dev.cluster import Cluster, ClusterConfig
     from market.demo.openai_api import run_openai_api
-    from market.devservices import dev_accounts
 
     started = time.monotonic()
     url, deployment, _, _ = devnet.up(port)

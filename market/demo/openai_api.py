@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from market.chain.deploy import GLB
-from market.demo.cluster import ROOT, Cluster
+from globai.chain.deploy import GLB
+from globai.dev.cluster import ROOT, Cluster
+from globai.models.manifest import load_manifest
 from market.demo.paid_inference import demo_account
-from market.models.manifest import load_manifest
 
 STAKE = 200 * GLB
 QUESTION = "What is the capital of France?"
