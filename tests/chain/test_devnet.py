@@ -45,7 +45,18 @@ def test_up_twice_deploys_once_and_kill9_keeps_addresses_balances_and_events(pat
     client.transact(contracts.vault.functions.stake(200 * GLB), worker)
     events_before = client.get_logs([contracts.vault], 0)
     assert [e.name for e in events_before][-1] == "Staked"
-    time.sleep(2.2)  # Anvil dumps its state every second (--state-interval 1)
+    # Anvil dumps its state every second (--state-interval 1): wait for two dumps that start after the stake
+    # (the first may have begun before it), however slow a loaded machine makes them.
+    staked_at = time.time()
+    deadline = time.monotonic() + 30
+    dumps = 0
+    last = 0.0
+    while dumps < 2 and time.monotonic() < deadline:
+        mtime = paths.state_file.stat().st_mtime if paths.state_file.exists() else 0.0
+        if mtime > max(staked_at, last):
+            dumps, last = dumps + 1, mtime
+        time.sleep(0.05)
+    assert dumps == 2, "anvil did not write its state file twice within 30 s"
 
     os.kill(devnet.running_pid(paths), signal.SIGKILL)
     deadline = time.monotonic() + 5
