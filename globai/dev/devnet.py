@@ -32,8 +32,13 @@ log = logging.getLogger(__name__)
 
 def start_anvil(port: int, paths: DevnetPaths) -> int:
     """Start Anvil detached (it outlives this command) with persisted state; return its pid."""
-    if port_open(port):
-        raise ConfigError(f"port {port} is already in use by another process; choose another with --port")
+    # A devnet killed a moment ago may still hold its socket (a multi-threaded process shows as a zombie before
+    # its last thread has closed its files): give the port a few seconds to come free before refusing it.
+    deadline = time.monotonic() + 5
+    while port_open(port):
+        if time.monotonic() > deadline:
+            raise ConfigError(f"port {port} is already in use by another process; choose another with --port")
+        time.sleep(0.1)
     paths.state_dir.mkdir(parents=True, exist_ok=True)
     cmd = anvil_command(port, state_file=paths.state_file)
     if paths.state_file.is_file() and paths.state_file.stat().st_size == 0:
