@@ -287,8 +287,9 @@ def section(
         "",
         f"Model: tiny Llama built with `globai models build-tiny --hidden {args.hidden} --layers {args.layers}` "
         f"({params_m:.0f}M parameters, float32), batch 1, prompt {prompt_len} tokens, greedy, "
-        f"{args.new_tokens} new tokens, {args.threads} torch threads in every process "
-        "(`OMP_WAIT_POLICY=PASSIVE` everywhere, monolithic in its own process too). Decode tokens/s excludes "
+        f"{args.new_tokens} new tokens, {args.threads} torch threads per worker process "
+        "for the workers (`OMP_WAIT_POLICY=PASSIVE` there); monolithic in its own process in transformers' default "
+        "configuration (no thread count, no OpenMP settings). Decode tokens/s excludes "
         "prefill; each pipeline figure is the best of 3 runs that alternate with 3 monolithic runs (in their own "
         "process, best of 3 each) while the workers sit idle, so both sides see the same background load; the "
         "ratio compares them. Pipeline figures are through "

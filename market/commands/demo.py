@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -52,8 +52,7 @@ def run(
     chain and audited. Exits 0 only if the job and chain audits pass."""
     import signal
 
-    from globai.chain.local import dev_accounts
-    from globai.dev.cluster import Cluster, ClusterConfig
+    from globai.dev.cluster import Cluster
     from market.demo.paid_inference import run_paid_inference
 
     def _terminate(*_args: object) -> None:
@@ -68,23 +67,11 @@ def run(
         f"devnet {url} (chain {deployment.chain_id}, {'started' if started_chain else 'reused'}"
         f"{', contracts deployed' if deployed else ''})"
     )
-    # A Redis of the user's own only when named (GLOBAI_REDIS_URL); otherwise a private redis-server of ours.
-    cfg = ClusterConfig(
-        var=var.resolve(),
-        rpc_url=url,
-        deployment=deployment,
-        operator=dev_accounts(1)[0],
-        redis_url=os.environ.get("GLOBAI_REDIS_URL") or None,
-        builtin=None if model == "tiny" else model,
-    )
-
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    cfg = _cluster_config(var, url, deployment, model)
 
     try:
         with Cluster(cfg, say=typer.echo) as cluster:
-            out = run_paid_inference(cluster, max_new_tokens=tokens, say=typer.echo, write=write)
+            out = run_paid_inference(cluster, max_new_tokens=tokens, say=typer.echo, write=_write)
     except KeyboardInterrupt:
         typer.echo("\ninterrupted: every process the demo started has been stopped", err=True)
         raise typer.Exit(130) from None
@@ -130,14 +117,29 @@ def openai_api(
 ) -> None:
     """The OpenAI-compatible, paid API: a key, a credit funded on chain, a streamed chat through the `openai`
     package and through curl, then the credit settled on chain and audited. Exits 0 only if both audits pass."""
-    from globai.chain.local import dev_accounts
-    from globai.dev.cluster import Cluster, ClusterConfig
+    from globai.dev.cluster import Cluster
     from market.demo.openai_api import run_openai_api
 
     started = time.monotonic()
     url, deployment, _, _ = devnet.up(port)
     typer.echo(f"devnet {url} (chain {deployment.chain_id})")
-    cfg = ClusterConfig(
+    cfg = _cluster_config(var, url, deployment, model)
+
+    with Cluster(cfg, say=typer.echo) as cluster:
+        out = run_openai_api(cluster, max_tokens=tokens, say=typer.echo, write=_write)
+    typer.echo(f"audit job:   {'PASSED' if out.audit_job[0] else 'FAILED'}  {out.audit_job[1].splitlines()[-1:]}")
+    typer.echo(f"audit chain: {'PASSED' if out.audit_chain[0] else 'FAILED'}  {out.audit_chain[1].splitlines()[-1:]}")
+    typer.echo(f"demo finished in {time.monotonic() - started:.0f} s; logs in {cfg.var / 'logs'}")
+    if not out.passed:
+        raise GlobaiError("the demo's audits did not pass")
+
+
+def _cluster_config(var: Path, url: str, deployment: Any, model: str) -> Any:
+    """The demo cluster's settings; a Redis of the user's own only when named (GLOBAI_REDIS_URL), else a private one."""
+    from globai.chain.local import dev_accounts
+    from globai.dev.cluster import ClusterConfig
+
+    return ClusterConfig(
         var=var.resolve(),
         rpc_url=url,
         deployment=deployment,
@@ -146,14 +148,7 @@ def openai_api(
         builtin=None if model == "tiny" else model,
     )
 
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
 
-    with Cluster(cfg, say=typer.echo) as cluster:
-        out = run_openai_api(cluster, max_tokens=tokens, say=typer.echo, write=write)
-    typer.echo(f"audit job:   {'PASSED' if out.audit_job[0] else 'FAILED'}  {out.audit_job[1].splitlines()[-1:]}")
-    typer.echo(f"audit chain: {'PASSED' if out.audit_chain[0] else 'FAILED'}  {out.audit_chain[1].splitlines()[-1:]}")
-    typer.echo(f"demo finished in {time.monotonic() - started:.0f} s; logs in {cfg.var / 'logs'}")
-    if not out.passed:
-        raise GlobaiError("the demo's audits did not pass")
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
