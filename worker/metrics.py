@@ -11,6 +11,11 @@ FORWARD = Histogram(
     "Compute time of one forward call on this worker's layers.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
+BATCH = Histogram(
+    "globai_worker_batch_sessions",
+    "Sessions whose steps one batched forward ran (continuous batching across sessions).",
+    buckets=(2, 3, 4, 6, 8, 12, 16, 32, 64),
+)
 SESSIONS = Gauge("globai_worker_sessions_open", "Pipeline sessions (KV caches) open on this worker.")
 CONNECTED = Gauge("globai_worker_connected", "1 while the WebSocket to the market is up.")
 LAYERS = Gauge("globai_worker_layers", "The layer range [start, end) this worker serves.", ["model", "bound"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,8 @@ from globai.models.families import get_family
 from globai.models.manifest import Manifest, check_layer_range, load_manifest
 from globai.models.pooling import pool_embeddings
 from globai.protocol.tensors import dtype_from_name
-from worker.models.errors import StageError, StageInputError
+from worker.models.batching import layout, merge_caches, merged_mask, split_caches
+from worker.models.errors import SessionEvictedError, StageError, StageInputError
 from worker.models.modules import StageModules, build_stage_modules
 from worker.models.sessions import Session, SessionStore
 
@@ -39,6 +40,16 @@ DEFAULT_MAX_CACHE_BYTES = 1 << 30
 class StageInput:
     """One forward call as the coordinator records it (for failover replay and verification)."""
 
+    inputs: torch.Tensor
+    positions: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One session's next tokens, for `Stage.forward_many` (several sessions' steps in one forward)."""
+
+    session_id: str
     inputs: torch.Tensor
     positions: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
@@ -96,6 +107,11 @@ class Stage:
         if self.is_first:
             return len(shape) == 2 and shape[0] >= 1 and shape[1] >= 1
         return len(shape) == 3 and shape[0] >= 1 and shape[1] >= 1 and shape[2] == self.manifest.hidden_size
+
+    @property
+    def can_merge_sessions(self) -> bool:
+        """Whether steps of different sessions can run as one forward here (decoders without sliding windows)."""
+        return self.is_decoder and self.family.can_merge_caches(self.modules.config, range(self.start, self.end))
 
     def kv_bytes_per_token(self) -> int:
         """KV-cache bytes one token of one sequence costs on this stage (for admission and the memory cap)."""
@@ -167,6 +183,65 @@ class Stage:
                 if isinstance(exc, StageError):
                     raise
                 raise StageError(f"forward failed on layers [{self.start}, {self.end}): {exc}") from exc
+
+    def forward_many(self, steps: Sequence[Step], *, last_token_only: bool = False) -> list[torch.Tensor | StageError]:
+        """Run the steps of several sessions as one batched forward (continuous batching); per step, in order, its
+        output (as `forward` returns it) or the `StageError` that step alone met (the others go on).
+
+        The steps' rows are stacked, each session's cache left-padded to the longest with the padding masked out,
+        and each sequence keeps its own positions: a sequence's output does not depend on what it was batched with
+        (up to float rounding of the wider matmuls). Steps that can't merge (one session twice, different token
+        counts, a stage with sliding-window layers) run one after another.
+        """
+        merge = (
+            len(steps) > 1
+            and self.can_merge_sessions
+            and len({s.session_id for s in steps}) == len(steps)
+            and len({int(s.inputs.shape[1]) for s in steps}) == 1
+        )
+        if not merge:
+            return [self._forward_or_error(s, last_token_only) for s in steps]
+        results: list[torch.Tensor | StageError | None] = [None] * len(steps)
+        with self._lock:
+            admitted: list[tuple[int, Session]] = []
+            for i, step in enumerate(steps):
+                try:
+                    session = self.sessions.get(step.session_id)
+                    self._check_inputs(step.inputs, step.positions, step.attention_mask, session)
+                    tokens = int(step.inputs.shape[0] * step.inputs.shape[1])
+                    self.sessions.reserve(session, tokens * self.kv_bytes_per_token())
+                    admitted.append((i, session))
+                except StageError as exc:
+                    results[i] = exc
+            live = []
+            for i, session in admitted:  # making room for a later step may have evicted an earlier one
+                if session.session_id in self.sessions:
+                    live.append((i, session))
+                else:
+                    results[i] = SessionEvictedError(session.session_id, "memory")
+            if live:
+                try:
+                    outputs = self._decode_merged([steps[i] for i, _ in live], [s for _, s in live], last_token_only)
+                except Exception as exc:
+                    for i, session in live:
+                        self.sessions.evict(session.session_id, "error")
+                        results[i] = (
+                            exc
+                            if isinstance(exc, StageError)
+                            else StageError(f"forward failed on layers [{self.start}, {self.end}): {exc}")
+                        )
+                else:
+                    for (i, _), output in zip(live, outputs, strict=True):
+                        results[i] = output
+        return [r if r is not None else StageError("step not run") for r in results]
+
+    def _forward_or_error(self, step: Step, last_token_only: bool) -> torch.Tensor | StageError:
+        try:
+            return self.forward(
+                step.session_id, step.inputs, step.positions, step.attention_mask, last_token_only=last_token_only
+            )
+        except StageError as exc:
+            return exc
 
     def replay(self, session_id: str, recorded: Iterable[StageInput]) -> torch.Tensor | None:
         """Rebuild a session's KV cache from its recorded inputs (failover); returns the last output."""
@@ -242,6 +317,41 @@ class Stage:
         if not self.is_last:
             return hidden
         return self.family.head(self.modules, hidden, last_token_only=last_token_only)
+
+    @torch.inference_mode()
+    def _decode_merged(
+        self, steps: Sequence[Step], sessions: Sequence[Session], last_token_only: bool
+    ) -> list[torch.Tensor]:
+        rows, longest = layout(sessions, [int(s.inputs.shape[0]) for s in steps])
+        tokens = int(steps[0].inputs.shape[1])
+        positions, fresh = [], []
+        for step, session, r in zip(steps, sessions, rows, strict=True):
+            past = session.seen_tokens
+            pos = step.positions if step.positions is not None else torch.arange(past, past + tokens).unsqueeze(0)
+            positions.append(pos.to(self.device).expand(r.stop - r.start, tokens))
+            ones = torch.ones((r.stop - r.start, tokens), dtype=torch.long, device=self.device)
+            new = ones if step.attention_mask is None else step.attention_mask.to(self.device, dtype=torch.long)
+            fresh.append(new)
+        mask = merged_mask(sessions, rows, longest, fresh)
+        layers = range(self.start, self.end)
+        empty = self.family.new_cache(self.modules.config)
+        assert empty is not None  # decoders have caches (internal invariant: can_merge_sessions checked it)
+        cache = merge_caches(sessions, rows, longest, layers, empty)
+        hidden = self.family.forward(
+            self.modules,
+            torch.cat([s.inputs.to(self.device) for s in steps]),
+            positions=torch.cat(positions),
+            attention_mask=None if bool(mask.all()) else mask,
+            cache=cache,
+            first_layer=self.start,
+        )
+        split_caches(cache, sessions, rows, longest, layers)
+        for session, new in zip(sessions, fresh, strict=True):
+            session.mask = new if session.mask is None else torch.cat([session.mask, new], dim=1)
+            session.steps += 1
+        if self.is_last:
+            hidden = self.family.head(self.modules, hidden, last_token_only=last_token_only)
+        return [hidden[r.start : r.stop] for r in rows]
 
     @torch.inference_mode()
     def _encode(

@@ -37,7 +37,8 @@ SEND_CHEATS = ("unbound",)
 
 
 def apply_cheat(server: Any, mode: str) -> None:
-    """Install cheat `mode` on a `StageServer`."""
+    """Install cheat `mode` on a `StageServer` (its steps then run one at a time, through the wrapped calls)."""
+    server.merge_steps = False
     if mode in SEND_CHEATS:
         _unbound(server)
     elif mode in CHEATS:

@@ -245,24 +245,41 @@ class WorkerDaemon:
                 stopper.cancel()
 
     async def _pump(self, ws: ClientConnection, stop: asyncio.Event, stopper: asyncio.Task[Any]) -> None:
+        """Answer what arrives; messages that queued up while a forward ran are answered together (continuous
+        batching: concurrent sessions' decode steps become one forward, `StageServer.handle_many`)."""
         assert self.server is not None
-        while not stop.is_set():
-            receive = asyncio.ensure_future(ws.recv(decode=False))
-            done, _ = await asyncio.wait({receive, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if receive not in done:
-                receive.cancel()
-                await ws.close(1001, "worker shutting down")
-                return
-            raw = receive.result()
-            if isinstance(raw, str):
-                raw = raw.encode()
-            if len(raw) <= INLINE_BYTES:
-                # Decode steps are small and short: a thread hand-off would cost more than it saves.
-                reply = self.server.handle(raw)
-            else:  # prefill / replay blocks: keep the loop free for pings while they run
-                reply = await asyncio.to_thread(self.server.handle, raw)
-            if reply is not None:
-                await ws.send(reply)
+        inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(ws, inbox))
+        try:
+            while not stop.is_set():
+                receive = asyncio.ensure_future(inbox.get())
+                done, _ = await asyncio.wait({receive, stopper, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if receive not in done:
+                    receive.cancel()
+                    if reader in done:
+                        reader.result()  # the socket closed or failed: raise it for the reconnect loop
+                    await ws.close(1001, "worker shutting down")
+                    return
+                raws = [receive.result()]
+                await asyncio.sleep(0)  # let the reader hand over frames already on the socket
+                while not inbox.empty():
+                    raws.append(inbox.get_nowait())
+                if sum(len(r) for r in raws) <= INLINE_BYTES:
+                    # Decode steps are small and short: a thread hand-off would cost more than it saves.
+                    replies = self.server.handle_many(raws)
+                else:  # prefill / replay blocks: keep the loop free for pings while they run
+                    replies = await asyncio.to_thread(self.server.handle_many, raws)
+                for reply in replies:
+                    if reply is not None:
+                        await ws.send(reply)
+        finally:
+            reader.cancel()
+
+    @staticmethod
+    async def _read(ws: ClientConnection, inbox: asyncio.Queue[bytes]) -> None:
+        while True:
+            raw = await ws.recv(decode=False)
+            await inbox.put(raw.encode() if isinstance(raw, str) else raw)
 
     def close(self) -> None:
         self.http.close()

@@ -146,6 +146,11 @@ class ModelFamily(ABC):
         """KV-cache bytes one token of one sequence costs on `layers` layers (0 for encoders)."""
         return 0
 
+    def can_merge_caches(self, config: PretrainedConfig, layers: range) -> bool:
+        """Whether these layers' caches of several sessions can be left-padded into one batch (full attention
+        only: a sliding-window cache trims itself per session). Default: no."""
+        return False
+
     @abstractmethod
     def forward(
         self,
@@ -280,6 +285,9 @@ class RotaryDecoderFamily(ModelFamily):
     def kv_bytes_per_token(self, config: PretrainedConfig, layers: int, itemsize: int) -> int:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return 2 * layers * config.num_key_value_heads * head_dim * itemsize
+
+    def can_merge_caches(self, config: PretrainedConfig, layers: range) -> bool:
+        return all(self.layer_type(config, index) == "full_attention" for index in layers)
 
     def layer_type(self, config: PretrainedConfig, index: int) -> str:
         """`full_attention` or `sliding_attention`, as the model's own forward decides it."""

@@ -76,6 +76,9 @@ class GPT2Family(ModelFamily):
     def kv_bytes_per_token(self, config: PretrainedConfig, layers: int, itemsize: int) -> int:
         return 2 * layers * config.hidden_size * itemsize
 
+    def can_merge_caches(self, config: PretrainedConfig, layers: range) -> bool:
+        return True  # full attention in every layer
+
     def forward(
         self,
         m: StageModules,
