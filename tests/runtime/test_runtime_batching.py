@@ -33,7 +33,9 @@ def test_concurrent_requests_batch_on_workers_and_equal_generate(
         ]
         expected = [generate_reference(tiny_model, p, NEW_TOKENS).tolist() for p in prompts]
         with ThreadPoolExecutor(len(prompts)) as pool:
-            done = list(pool.map(lambda rp: rp[0].generate(rp[1].tolist(), NEW_TOKENS), zip(requesters, prompts)))
+            done = list(
+                pool.map(lambda rp: rp[0].generate(rp[1].tolist(), NEW_TOKENS), zip(requesters, prompts, strict=True))
+            )
         assert [d["tokens"] for d in done] == expected
         assert all(d["failovers"] == 0 for d in done)
         servers = [w.daemon.server for w in workers]
