@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from market.tasks.celery_app import runtime
 from market.training.jobs import advance, running_jobs
 from market.training.storage import storage_at
+from market.training.verify import pending_slashes
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,12 @@ def advance_training_job(self: Task, job_id: str) -> str:
         rt.session, storage_at(rt.settings.training_dir), job_id, now=_now, slash_amount=rt.settings.slash_amount_wei
     )
     log.debug("training job %s: %s", job_id, state)
+    if state == "completed":  # handed over: slash the cheats on chain (recovery re-drives this if it is lost)
+        from market.tasks.verification import slash_worker
+
+        with rt.session() as session:
+            for slash_id in pending_slashes(session, job_id):
+                slash_worker.apply_async((slash_id,))
     return state
 
 

@@ -102,7 +102,8 @@ def hand_over_for_settlement(session: Session, *, job: Job, tj: TrainingJob, now
 
     Every received update is a work part worth its task's units (replays too: the replica did the work). A worker
     caught cheating anywhere in the job is paid for none of its parts and gets one pending slash, with its signed
-    update digest as evidence and the replica that caught it as finder.
+    update digest as evidence and the replica that caught it as finder; the run then waits in `slashing` until
+    the slashes are sent (the caller enqueues them; recovery re-drives them), else goes straight to `settling`.
     """
     if session.get(VerificationRun, job.id) is not None:
         return
@@ -149,7 +150,8 @@ def hand_over_for_settlement(session: Session, *, job: Job, tj: TrainingJob, now
     session.add(
         VerificationRun(
             job_id=job.id,
-            status="settling",
+            # Cheats are slashed on chain first (`market.verification.slash_worker`), then the run settles.
+            status="slashing" if cheats else "settling",
             secret=tj.sample_secret,
             beacon=tj.beacon,
             seed=None,
@@ -158,4 +160,11 @@ def hand_over_for_settlement(session: Session, *, job: Job, tj: TrainingJob, now
             created_at=now,
             updated_at=now,
         )
+    )
+
+
+def pending_slashes(session: Session, job_id: str) -> list[str]:
+    """Ids of the job's slashes not yet sent to the chain."""
+    return list(
+        session.scalars(select(SlashRecord.id).where(SlashRecord.job_id == job_id, SlashRecord.status == "pending"))
     )

@@ -1,8 +1,9 @@
-"""End-to-end fixtures for training jobs: the market over real HTTP (uvicorn in a thread), a real Celery worker
-over a private Redis for aggregation, worker clients talking HTTP, a requester signed in with SIWE.
+"""End-to-end fixtures for training jobs: the market over real HTTP (uvicorn in a thread) on the session's real
+Anvil with the real contracts, a real Celery worker over a private Redis for aggregation, verification, slashing and
+settlement, worker clients talking HTTP, a requester signed in with SIWE.
 
-Funding goes through the in-memory `FakeChain` of the market tests (the escrow path itself is covered by the
-chain tests); everything else is the production code path.
+Workers stake GLB in the StakingVault and requesters fund with a permit (`fundJobWithPermit`), exactly as in
+production; the market reads stakes and the `JobFunded` event from the chain and settles on it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import uvicorn
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from globai.chain.permit import fund_job_with_permit
+from globai.chain.web3_market import Web3ChainView
 from globai.client import check, sign_in
 from globai.dev.services import free_port, wait_port
 from market.api import create_app
@@ -32,11 +35,11 @@ from market.db.engine import make_engine
 from market.db.migrate import upgrade
 from market.training.model import tiny_llama_config
 from market.training.spec import ConfigModelRef, TrainingJobSpec
-from tests.market.conftest import FakeChain, make_settings
+from tests.market.conftest import make_settings
 from worker.training_client import Tamper, TrainingClient
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus.txt"
-STAKE = 1000
+GLB = 10**18
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -91,10 +94,69 @@ class _Server(uvicorn.Server):
 
 
 @dataclass
+class OnChain:
+    """The session Anvil (tests/conftest.py) with the deployed contracts: money moves the way it does in production."""
+
+    anvil: Any  # tests.conftest.Anvil
+    deployment: Any
+
+    @property
+    def contracts(self) -> Any:
+        return self.deployment.bind(self.anvil.client)
+
+    @property
+    def operator(self) -> LocalAccount:
+        return self.anvil.accounts[0]  # admin, treasury, settler and slasher of the test deployment
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.anvil.client.w3.eth.get_block("latest")["timestamp"], UTC)
+
+    def give(self, account: LocalAccount, glb_wei: int) -> None:
+        """ETH for gas and `glb_wei` GLB from the treasury."""
+        self.anvil.client.rpc("anvil_setBalance", account.address, hex(10**20))
+        if glb_wei:
+            self.anvil.client.transact(self.contracts.token.functions.transfer(account.address, glb_wei), self.operator)
+
+    def stake(self, account: LocalAccount, amount: int) -> None:
+        c = self.contracts
+        self.give(account, amount)
+        self.anvil.client.transact(c.token.functions.approve(c.vault.address, amount), account)
+        self.anvil.client.transact(c.vault.functions.stake(amount), account)
+
+    def min_stake(self) -> int:
+        return int(self.anvil.client.call(self.contracts.vault.functions.minStake()))
+
+    def stake_of(self, address: str) -> int:
+        return int(self.anvil.client.call(self.contracts.vault.functions.stakeOf(address)))
+
+    def escrow_status(self, job_id: str) -> int:
+        from globai.chain.ids import job_id_bytes
+
+        return int(self.anvil.client.call(self.contracts.escrow.functions.getJob(job_id_bytes(job_id)))[3])
+
+    def credited(self, address: str) -> int:
+        return int(self.anvil.client.call(self.contracts.escrow.functions.balanceOf(address)))
+
+    def fund(self, escrow: dict[str, Any], requester: LocalAccount) -> None:
+        self.give(requester, int(escrow["amount"]))
+        fund_job_with_permit(self.anvil.client, requester, escrow)
+
+
+@pytest.fixture(scope="module")
+def onchain(anvil: Any, deployment: Any) -> Iterator[OnChain]:
+    """The session Anvil for one test module, reverted to its state before the module when it ends."""
+    snapshot = anvil.snapshot()
+    try:
+        yield OnChain(anvil, deployment)
+    finally:
+        anvil.revert(snapshot)
+
+
+@dataclass
 class Market:
     url: str
     settings: Settings
-    chain: FakeChain
+    chain: OnChain
     clients: list[httpx.Client] = field(default_factory=list)
 
     def http(self) -> httpx.Client:
@@ -110,7 +172,7 @@ class Market:
 
     def worker(self, operator: str, *, tamper: Tamper | None = None, cache: Path) -> TrainingClient:
         account = Account.create()
-        self.chain.stake(account.address, STAKE)
+        self.chain.stake(account, self.chain.min_stake())
         client = TrainingClient(
             self.http(),
             account,
@@ -145,10 +207,10 @@ class Requester:
             "budget": str(price * units * 2),
             "price_per_unit": str(price),
             "verify_rate": verify_rate,
-            "deadline": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+            "deadline": (max(datetime.now(UTC), self.market.chain.now()) + timedelta(hours=1)).isoformat(),
         }
         created = check(self.http.post("/v1/training/jobs", json=body)).json()
-        self.market.chain.fund(created["escrow"], self.account.address)
+        self.market.chain.fund(created["escrow"], self.account)
         check(self.http.post(f"/v1/jobs/{created['job']['id']}/confirm-funding"))
         return dict(created["job"])
 
@@ -163,6 +225,24 @@ class Requester:
                 return p
             time.sleep(0.2)
         raise AssertionError(f"timed out; last progress: {p}")
+
+
+def settle_and_audit(market: Market, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    """Wait until the escrow has the job settled on chain, then audit it from the chain and the market's published
+    report (`globai audit job`'s check, in process); returns the report."""
+    from market.audit.job import audit_job
+
+    chain = market.chain
+    end = time.monotonic() + timeout
+    while chain.escrow_status(job_id) != 2:
+        if time.monotonic() > end:
+            raise AssertionError(f"job {job_id} not settled on chain after {timeout:.0f} s")
+        time.sleep(0.25)
+    report = check(httpx.get(f"{market.url}/v1/audit/jobs/{job_id}/report", timeout=30)).json()
+    first = int(getattr(chain.deployment, "first_block", 0) or 0)
+    result = audit_job(chain.anvil.client, chain.contracts.escrow, report, from_block=first)
+    assert result.ok, result.reason
+    return dict(report)
 
 
 def run_workers(
@@ -197,14 +277,32 @@ def train_until_done(
             t.join(timeout=30)
 
 
+def chain_settings(onchain: OnChain) -> dict[str, Any]:
+    """Settings pointing a market at the test deployment (its operator key settles and slashes)."""
+    d = onchain.deployment
+    return {
+        "rpc_url": onchain.anvil.url,
+        "chain_id": Web3ChainView(onchain.anvil.client, staking_address=d.vault, escrow_address=d.escrow).chain_id,
+        "staking_vault_address": d.vault,
+        "job_escrow_address": d.escrow,
+        "token_address": d.token,
+        "operator_private_key": "0x" + bytes(onchain.operator.key).hex(),
+        "chain_start_block": int(getattr(d, "first_block", 0) or 0),
+        "min_stake_wei": onchain.min_stake(),
+        "slash_amount_wei": onchain.min_stake() // 2,
+    }
+
+
 @pytest.fixture(scope="module")
-def market(private_redis: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
-    """Market API on a real port + a real Celery worker (solo pool) with a beat-like ticker thread."""
+def market(private_redis: str, onchain: OnChain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
+    """Market API on a real port + a real Celery worker (solo pool) with a beat-like ticker thread, on Anvil."""
     from celery.contrib.testing.worker import start_worker
 
     from market.tasks.celery_app import create_celery, runtime
     from market.tasks.leases import requeue_expired_leases
+    from market.tasks.settlement import settle_ready
     from market.tasks.training import tick_training_jobs
+    from market.tasks.verification import recover
 
     root = tmp_path_factory.mktemp("training-e2e")
     db_url = f"sqlite:///{root / 'market.db'}"
@@ -216,14 +314,11 @@ def market(private_redis: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         training_dir=str(root / "training"),
         training_tick_s=0.5,
         lease_ttl_s=30,
-        min_stake_wei=1,
+        **chain_settings(onchain),
     )
-    chain = FakeChain(minimum=1)
     port = free_port()
     server = _Server(
-        uvicorn.Config(
-            create_app(settings, engine=engine, chain=chain), host="127.0.0.1", port=port, log_level="warning"
-        )
+        uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port, log_level="warning")
     )
     serve = threading.Thread(target=server.run, daemon=True)
     serve.start()
@@ -235,11 +330,13 @@ def market(private_redis: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         while not stop.wait(0.5):
             tick_training_jobs.apply_async(expires=2)
             requeue_expired_leases.apply_async(expires=2)
+            recover.apply_async(expires=2)
+            settle_ready.apply_async(expires=2)
 
     with start_worker(celery, pool="solo", perform_ping_check=False, shutdown_timeout=20):
         ticker = threading.Thread(target=beat, daemon=True)
         ticker.start()
-        m = Market(f"http://127.0.0.1:{port}", settings, chain)
+        m = Market(f"http://127.0.0.1:{port}", settings, onchain)
         try:
             yield m
         finally:

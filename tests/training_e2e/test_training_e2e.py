@@ -1,10 +1,12 @@
-"""A DiLoCo job through the whole market: REST posting and funding, leased tasks over HTTP, a real Celery
-aggregator over Redis, the downloaded model loaded with transformers."""
+"""A DiLoCo job through the whole market on real Anvil: REST posting and permit funding, staked workers leasing tasks
+over HTTP, a real Celery aggregator over Redis, replays, on-chain settlement and slashing, the job audited from the
+chain, the downloaded model loaded with transformers."""
 
 from __future__ import annotations
 
 import io
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from globai.client import check
 from market.db import SlashRecord, VerificationRun, WorkPart
 from market.db.engine import make_engine
 from market.training.reference import reference_diloco
-from tests.training_e2e.conftest import Market, tiny_spec, train_until_done
+from tests.training_e2e.conftest import Market, settle_and_audit, tiny_spec, train_until_done
 
 
 def _download(requester: Any, job_id: str, dest: Path) -> LlamaForCausalLM:
@@ -37,7 +39,7 @@ def test_two_workers_train_and_match_reference(market: Market, corpus: bytes, tm
     assert len(losses) == spec.rounds + 1
     assert losses[-1] < losses[0] - 0.3, losses
     assert all(r["updates"] == 2 and r["close_state"] == "closed_quorum" for r in done["per_round"])
-    assert done["job_status"] == "completed"
+    assert done["job_status"] in ("completed", "settled")  # settlement may already have run
 
     model = _download(requester, job["id"], tmp_path / "model")
     ref = reference_diloco(spec, corpus, evaluate=False)
@@ -47,6 +49,14 @@ def test_two_workers_train_and_match_reference(market: Market, corpus: bytes, tm
     assert worst < 1e-4, worst
     # Tensors are content-addressed: a worker that ran round r and r+1 fetched only the new checkpoint's tensors.
     assert sum(c.tensors_cached for c in clients) > 0 or sum(c.tensors_fetched for c in clients) > 0
+    # Settled on chain: each worker credited price x its inner steps, and the audit from the chain passes.
+    report = settle_and_audit(market, job["id"])
+    units = {c.account.address: 0 for c in clients}
+    for r in report["records"]:
+        units[r["payee"]] += int(r["units"])
+    assert sum(units.values()) == spec.rounds * spec.workers_per_round * spec.inner_steps
+    for c in clients:  # price: 1 wei per inner step
+        assert market.chain.credited(c.account.address) == units[c.account.address] > 0
 
 
 def test_killed_worker_round_closes_at_deadline(market: Market, corpus: bytes, tmp_path: Path) -> None:
@@ -89,13 +99,23 @@ def test_poisoned_update_is_caught_excluded_and_flagged(market: Market, corpus: 
     engine = make_engine(market.settings.database_url)
     try:
         with Session(engine) as s:
-            run = s.get(VerificationRun, job["id"])
-            assert run is not None and run.status == "settling"
             slash = s.scalars(select(SlashRecord).where(SlashRecord.job_id == job["id"])).one()
             assert slash.worker == cheater.account.address and slash.evidence == bad["evidence_hash"]
             parts = s.scalars(select(WorkPart).where(WorkPart.job_id == job["id"])).all()
             assert {p.status for p in parts if p.worker == cheater.account.address} == {"unpaid_slashed"}
             assert {p.status for p in parts if p.worker != cheater.account.address} == {"paid"}
+        # On chain: settled and audited, the honest workers credited, the cheater slashed and credited nothing.
+        settle_and_audit(market, job["id"])
+        assert market.chain.credited(cheater.account.address) == 0
+        assert all(market.chain.credited(h.account.address) > 0 for h in honest)
+        stake = market.chain.min_stake()
+        end = time.monotonic() + 30
+        while market.chain.stake_of(cheater.account.address) == stake and time.monotonic() < end:
+            time.sleep(0.25)
+        assert market.chain.stake_of(cheater.account.address) == stake - market.settings.slash_amount_wei
+        with Session(engine) as s:
+            run = s.get(VerificationRun, job["id"])
+            assert run is not None and run.status == "done"
     finally:
         engine.dispose()
 

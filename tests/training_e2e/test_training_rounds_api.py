@@ -23,21 +23,20 @@ from market.db.migrate import upgrade
 from market.db.training import TrainingJob, TrainingRound
 from market.training import jobs as training
 from market.training.storage import storage_at
-from tests.market.conftest import FakeChain, make_settings
-from tests.training_e2e.conftest import tiny_spec
+from tests.market.conftest import make_settings
+from tests.training_e2e.conftest import OnChain, chain_settings, tiny_spec
 from worker.training_client import TrainingClient
 
 
 @pytest.fixture
-def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+def api(onchain: OnChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     monkeypatch.setattr("market.api.routes.training.kick_aggregator", lambda *_: None)  # advance is driven here
     db_url = f"sqlite:///{tmp_path / 'm.db'}"
     engine = make_engine(db_url)
     upgrade(engine)
-    settings = make_settings(db_url, training_dir=str(tmp_path / "training"), min_stake_wei=1)
-    chain = FakeChain(minimum=1)
-    with TestClient(create_app(settings, engine=engine, chain=chain)) as client:
-        yield {"client": client, "chain": chain, "engine": engine, "settings": settings, "tmp": tmp_path}
+    settings = make_settings(db_url, training_dir=str(tmp_path / "training"), **chain_settings(onchain))
+    with TestClient(create_app(settings, engine=engine)) as client:
+        yield {"client": client, "chain": onchain, "engine": engine, "settings": settings, "tmp": tmp_path}
     engine.dispose()
 
 
@@ -54,11 +53,11 @@ def _post(api: dict[str, Any], corpus: bytes, **spec: Any) -> str:
         "budget": "100000",
         "price_per_unit": "1",
         "verify_rate": 0.0,
-        "deadline": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+        "deadline": (max(datetime.now(UTC), chain.now()) + timedelta(hours=1)).isoformat(),
     }
     created = client.post("/v1/training/jobs", json=body, headers=headers)
     assert created.status_code == 201, created.text
-    chain.fund(created.json()["escrow"], requester.address)
+    chain.fund(created.json()["escrow"], requester)
     job_id = created.json()["job"]["id"]
     assert client.post(f"/v1/jobs/{job_id}/confirm-funding", headers=headers).status_code == 200
     return str(job_id)
@@ -66,7 +65,7 @@ def _post(api: dict[str, Any], corpus: bytes, **spec: Any) -> str:
 
 def _worker(api: dict[str, Any], operator: str) -> TrainingClient:
     account = Account.create()
-    api["chain"].stake(account.address, 10)
+    api["chain"].stake(account, api["chain"].min_stake())
     # Each worker gets its own TestClient (its own Authorization header) over the same app.
     http = TestClient(api["client"].app)
     w = TrainingClient(http, account, cache_dir=api["tmp"] / operator, operator_id=operator)
@@ -151,17 +150,21 @@ def test_bad_updates_are_refused(api: dict[str, Any], corpus: bytes) -> None:
     assert stranger.http.get(f"/v1/training/jobs/{job_id}/shards/0/0").status_code == 403
 
 
-def test_dataset_upload_size_limit(tmp_path: Path) -> None:
+def test_dataset_upload_size_limit(onchain: OnChain, tmp_path: Path) -> None:
     from globai.client import sign_in
 
     db_url = f"sqlite:///{tmp_path / 'm.db'}"
     engine = make_engine(db_url)
     upgrade(engine)
     settings = make_settings(
-        db_url, training_dir=str(tmp_path / "t"), training_max_dataset_bytes=4096, max_body_bytes=1024
+        db_url,
+        training_dir=str(tmp_path / "t"),
+        training_max_dataset_bytes=4096,
+        max_body_bytes=1024,
+        **chain_settings(onchain),
     )
     try:
-        with TestClient(create_app(settings, engine=engine, chain=FakeChain())) as client:
+        with TestClient(create_app(settings, engine=engine)) as client:
             headers = {"Authorization": "Bearer " + sign_in(client, Account.create(), ["requester"])}
             ok = client.post("/v1/training/datasets", content=b"x" * 3000, headers=headers)  # > the general limit
             assert ok.status_code == 201 and ok.json()["bytes"] == 3000
