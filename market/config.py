@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     # When set, GET /metrics needs `Authorization: Bearer <token>`; empty: /metrics is open (firewall it).
     metrics_token: SecretStr | None = None
 
+    # Many market processes (docs/scaleout.md): worker links, relayed calls and run progress shared through
+    # GLOBAI_REDIS_URL under this key prefix, so every process serves every request. `market serve --workers N`
+    # (N > 1) turns it on.
+    shared_coordinator: bool = False
+    coordinator_prefix: str = "globai:coord"
+
     # Serving.
     host: str = "127.0.0.1"
     port: int = 8000

@@ -13,7 +13,14 @@ from globai.keys import load_account
 if TYPE_CHECKING:  # eth-account loads only when a command runs (fast --help)
     from eth_account.signers.local import LocalAccount
 
-MarketOpt = Annotated[str, typer.Option("--market", help="Market base URL.", envvar="GLOBAI_MARKET_URL")]
+MarketOpt = Annotated[
+    str,
+    typer.Option(
+        "--market",
+        help="Market base URL (worker run: several market processes' URLs, comma-separated, are tried in turn).",
+        envvar="GLOBAI_MARKET_URL",
+    ),
+]
 KeyOpt = Annotated[str | None, typer.Option("--key", help="Worker private key (0x-hex).", envvar="GLOBAI_WORKER_KEY")]
 KeyFileOpt = Annotated[Path | None, typer.Option("--key-file", help="File holding the private key.")]
 

@@ -245,13 +245,17 @@ class Cluster:
             return
         self.cfg.model, self.cfg.layers = manifest.name, manifest.num_layers
 
-    def start_market(self) -> None:
-        child = self._spawn("market", ["market", "serve"])
+    def start_market(self, name: str = "market", *, port: int | None = None) -> str:
+        """`globai market serve`; another `port` (and name) starts one more market process on the same DB and
+        Redis (they share the swarm with GLOBAI_SHARED_COORDINATOR). Returns its URL."""
+        env = self.env if port is None else {**self.env, "GLOBAI_PORT": str(port)}
+        child = self._spawn(name, ["market", "serve"], env)
         try:
-            wait_port(int(self.env["GLOBAI_PORT"]), timeout=60, proc=child.proc)
+            wait_port(int(env["GLOBAI_PORT"]), timeout=60, proc=child.proc)
         except GlobaiError as exc:
             self.check_alive()
             raise ClusterError(str(exc)) from exc
+        return f"http://127.0.0.1:{env['GLOBAI_PORT']}"
 
     def start_celery_worker(self) -> None:
         self._spawn("celery-worker", ["market", "celery-worker", "--pool", "solo", "--loglevel", "INFO"])
@@ -263,7 +267,14 @@ class Cluster:
         self._spawn("celery-beat", ["market", "celery-beat", "--schedule", str(sched), "--loglevel", "INFO"])
 
     def start_worker(
-        self, name: str, account: LocalAccount, *, layers: str, operator: str, cheat: str | None = None
+        self,
+        name: str,
+        account: LocalAccount,
+        *,
+        layers: str,
+        operator: str,
+        cheat: str | None = None,
+        market_url: str | None = None,  # default the cluster's market; "a,b,c": several market processes
     ) -> Child:
         env = {**self.env, **({"GLOBAI_WORKER_CHEAT": cheat} if cheat else {})}
         env.pop("GLOBAI_OPERATOR_PRIVATE_KEY", None)  # a worker has only its own key
@@ -278,7 +289,7 @@ class Cluster:
                 "worker",
                 "run",
                 "--market",
-                self.market_url,
+                market_url or self.market_url,
                 "--key",
                 "0x" + bytes(account.key).hex(),
                 "--model",

@@ -89,6 +89,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        peers = ctx.coordinator.peers
+        if peers is not None:  # the other market processes' workers and runs, through Redis
+            await peers.start()
+            watch = asyncio.create_task(ctx.coordinator.watch_peers())
         # Paid inference jobs run in this process: the coordinator holds the worker sockets.
         ctx.job_runner.start()
         # Slashes and bans reach live worker links at once (reputation, eligibility; banned links are closed).
@@ -96,6 +100,9 @@ def create_app(
         yield
         standing.cancel()
         await ctx.job_runner.stop()
+        if peers is not None:
+            watch.cancel()
+            await peers.stop()
         if own_engine:
             db.dispose()
 

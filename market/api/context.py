@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from globai.chain.ports import ChainView
 from market.config import Settings
+from market.coordinator.peers import PeerConfig
 from market.coordinator.service import Coordinator, CoordinatorConfig
 from market.services.api_keys import KeyRateLimiter
 from market.services.auth import AuthPolicy
@@ -54,6 +55,9 @@ def build_context(
 ) -> AppContext:
     """Build every long-lived service of one market API process from its settings."""
     coordinator = Coordinator(coordinator_config(settings), session_factory, clock)
+    if settings.shared_coordinator:
+        peers = PeerConfig(settings.redis_url, settings.coordinator_prefix, call_timeout_s=settings.stage_timeout_s)
+        coordinator.share(peers)
     return AppContext(
         settings=settings,
         engine=engine,

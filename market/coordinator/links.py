@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from globai.errors import GlobaiError
 from globai.protocol.tensors import Message
@@ -53,11 +55,15 @@ class WorkerLink:
     reputation: Reputation
     send: Callable[[bytes], Awaitable[None]]
     alive: bool = True
+    # None: this process holds the worker's socket; else the id of the market process that does (`peers.py`).
+    owner: str | None = None
     calls: int = 0
     # What the coordinator measured itself (EWMA over forward calls): declared figures are capped by these.
     observed_tokens_s: float | None = None  # in the routing cost model's units (reference tokens/s)
     observed_latency_ms: float | None = None
     pending: dict[int, asyncio.Future[Message]] = field(default_factory=dict)
+    # Requests another market process relays through this (local) link: answered with the worker's raw bytes.
+    relayed: dict[int, asyncio.Future[bytes]] = field(default_factory=dict)
     _rids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def observe(self, positions: int, wall_ms: float, compute_ms: float | None) -> None:
@@ -87,8 +93,17 @@ class WorkerLink:
             return self.latency_ms
         return max(self.latency_ms, self.observed_latency_ms)
 
+    @property
+    def local(self) -> bool:
+        return self.owner is None
+
     def next_rid(self) -> int:
-        return next(self._rids)
+        # A link held by another process serves requests from every process: ids drawn at random do not collide.
+        return next(self._rids) if self.owner is None else secrets.randbits(52)
+
+    async def transmit(self, rid: int, raw: bytes) -> None:
+        """Put one encoded request on its way to the worker (the socket here; `peers.py` relays remote links)."""
+        await self.send(raw)
 
     async def call(self, rid: int, raw: bytes, timeout: float) -> Message:
         """Send a request (already encoded with `rid`) and wait for its answer."""
@@ -98,7 +113,9 @@ class WorkerLink:
         self.pending[rid] = future
         try:
             try:
-                await self.send(raw)
+                await self.transmit(rid, raw)
+            except WorkerGone:
+                raise
             except Exception as exc:  # the socket died under us
                 self.close(f"send failed: {type(exc).__name__}")
                 raise WorkerGone(self.address, "send failed") from None
@@ -113,38 +130,68 @@ class WorkerLink:
             raise StageFailed(self.address, str(reply.header.get("code")), str(reply.header.get("message")))
         return reply
 
-    def deliver(self, message: Message) -> bool:
-        """Hand an answer to its waiting request; False if nobody waits for that rid."""
-        future = self.pending.get(message.header.get("rid"))  # type: ignore[arg-type]
+    def deliver(self, message: Message, raw: bytes | None = None) -> bool:
+        """Hand an answer to its waiting request (a relayed one gets `raw`); False if nobody waits for that rid."""
+        rid = message.header.get("rid")
+        relay = self.relayed.get(rid)  # type: ignore[arg-type]
+        if relay is not None and raw is not None:
+            if relay.done():
+                return False
+            relay.set_result(raw)
+            return True
+        future = self.pending.get(rid)  # type: ignore[arg-type]
         if future is None or future.done():
             return False
         future.set_result(message)
         return True
 
+    def fail(self, rid: int, reason: str) -> None:
+        """The request `rid` will get no answer (its relay lost the worker)."""
+        future = self.pending.get(rid)
+        if future is not None and not future.done():
+            future.set_exception(WorkerGone(self.address, reason))
+
     def close(self, reason: str) -> None:
         self.alive = False
-        for future in self.pending.values():
+        futures: list[asyncio.Future[Any]] = [*self.pending.values(), *self.relayed.values()]
+        for future in futures:
             if not future.done():
                 future.set_exception(WorkerGone(self.address, reason))
         self.pending.clear()
+        self.relayed.clear()
 
 
 class LinkRegistry:
+    """Every live link this process can route through: its own sockets and, with `peers.py`, other processes'.
+
+    `on_local(event, link)` ("up" | "down") hears about this process's own links (peers announce them)."""
+
     def __init__(self) -> None:
         self._links: dict[str, WorkerLink] = {}
+        self.on_local: Callable[[str, WorkerLink], None] | None = None
 
     def add(self, link: WorkerLink) -> None:
+        same = [lnk for lnk in self._links.values() if lnk.address == link.address]
+        if not link.local and any(lnk.local for lnk in same):
+            return  # this process holds the worker's newest socket: an older announcement from elsewhere is stale
         # A worker that reconnects replaces its old link (which is failed over by whoever used it).
-        for old in [lnk for lnk in self._links.values() if lnk.address == link.address]:
+        for old in same:
             self.remove(old.link_id, "replaced by a new connection")
         self._links[link.link_id] = link
-        metrics.CONNECTED_WORKERS.labels(link.model, metrics.layers_label(link.layer_start, link.layer_end)).inc()
+        if link.local:
+            metrics.CONNECTED_WORKERS.labels(link.model, metrics.layers_label(link.layer_start, link.layer_end)).inc()
+            if self.on_local is not None:
+                self.on_local("up", link)
 
     def remove(self, link_id: str, reason: str) -> None:
         link = self._links.pop(link_id, None)
         if link is not None:
             link.close(reason)
-            metrics.CONNECTED_WORKERS.labels(link.model, metrics.layers_label(link.layer_start, link.layer_end)).dec()
+            if link.local:
+                labels = (link.model, metrics.layers_label(link.layer_start, link.layer_end))
+                metrics.CONNECTED_WORKERS.labels(*labels).dec()
+                if self.on_local is not None:
+                    self.on_local("down", link)
 
     def get(self, link_id: str) -> WorkerLink | None:
         return self._links.get(link_id)

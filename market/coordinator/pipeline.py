@@ -211,6 +211,7 @@ class PipelineRun:
         stop: tuple[str, ...] = (),
         pad_id: int = 0,
         top_logprobs: int | None = None,
+        forced: list[list[int | None]] | None = None,
     ) -> None:
         self.run_id = run_id
         self.manifest = manifest
@@ -238,6 +239,11 @@ class PipelineRun:
         self.tokens: list[list[int]] = [st.tokens for st in self.stops]
         self.evidence = Evidence()
         self.events: list[dict[str, Any]] = []
+        # Set when the run's events are shared (`peers.py`): every emitted event also goes there.
+        self.on_emit: Callable[[dict[str, Any]], None] | None = None
+        # A run taken over from a market process that died: the tokens it already streamed, per step. They are
+        # generated again (same seeded sampler, same prefill and decode calls on the new route) but not re-sent.
+        self.forced = forced or []
         self.done = False
         self._changed = asyncio.Event()
         self.timings: dict[str, float] = {}
@@ -247,6 +253,8 @@ class PipelineRun:
     def emit(self, event: dict[str, Any]) -> None:
         self.events.append(event)
         self._changed.set()
+        if self.on_emit is not None:
+            self.on_emit(event)
 
     async def stream(self) -> AsyncIterator[dict[str, Any]]:
         """Every event from the first, then live ones, until the run ends."""
@@ -283,7 +291,10 @@ class PipelineRun:
     async def run(self) -> list[list[int]]:
         started = time.perf_counter()
         try:
-            self.emit({"event": "route", "route": self.route()})
+            if self.forced:
+                self.emit({"event": "resumed", "route": self.route(), "replayed_steps": len(self.forced)})
+            else:
+                self.emit({"event": "route", "route": self.route()})
             for hop in list(self.hops):
                 await self._open(hop)
             mask = self.attention_mask
@@ -297,6 +308,9 @@ class PipelineRun:
             t0 = time.perf_counter()
             for step in range(self.max_new_tokens):
                 sampled = self.sampler(logits[:, -1, :].float())
+                replayed = step < len(self.forced)
+                if replayed:
+                    sampled = self._forced_step(step, sampled)
                 live = [not st.finished for st in self.stops]
                 # A finished sequence gets the pad token from here on: it stays in the batch (the shapes and
                 # the recorded calls stay regular) but nothing more is generated for it.
@@ -310,7 +324,8 @@ class PipelineRun:
                         continue
                     step_tokens.append(int(tok))
                     deltas.append(self.stops[seq].feed(int(tok)))
-                metrics.TOKENS.labels(self.manifest.name).inc(sum(live))
+                if not replayed:
+                    metrics.TOKENS.labels(self.manifest.name).inc(sum(live))
                 if step == self.max_new_tokens - 1:
                     for seq, st in enumerate(self.stops):
                         if not st.finished:
@@ -324,7 +339,8 @@ class PipelineRun:
                 finished = [st.finish_reason for st in self.stops]
                 if any(f is not None for f in finished):
                     event["finish_reason"] = finished
-                self.emit(event)
+                if not replayed:
+                    self.emit(event)
                 if all(st.finished for st in self.stops):
                     break
                 last = last + 1
@@ -357,6 +373,14 @@ class PipelineRun:
         finally:
             self.done = True
             self._changed.set()
+
+    def _forced_step(self, step: int, sampled: torch.Tensor) -> torch.Tensor:
+        """The token a replayed step already streamed (the sampler drew its own too, so its state stays in step)."""
+        streamed = self.forced[step]
+        drawn = [int(t) if s is not None else None for t, s in zip(sampled.tolist(), streamed, strict=True)]
+        if drawn != streamed:
+            log.warning("run %s: step %d replayed to %s, streamed %s (these stand)", self.run_id, step, drawn, streamed)
+        return torch.tensor([self.pad_id if t is None else t for t in streamed], dtype=sampled.dtype)
 
     # --- hops ------------------------------------------------------------------------------------------------
     async def _request(self, link: WorkerLink, header: dict[str, Any], tensors: list[torch.Tensor]) -> Any:

@@ -11,7 +11,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from market.blobstore import BlobStore
 from market.coordinator.catalog import ModelCatalog, ServedModel
 from market.coordinator.chat import render_chat
 from market.coordinator.links import LinkRegistry, WorkerLink
+from market.coordinator.peers import PeerConfig, Peers
 from market.coordinator.pipeline import GenerationFailed, PipelineRun, RouteUnavailable
 from market.coordinator.records import finish_run, save_evidence
 from market.coordinator.routing import RouteCandidate, plan_route, plan_span
@@ -81,6 +82,7 @@ class Coordinator:
         self.catalog = ModelCatalog(config.models_dir)
         self.blobs = BlobStore(config.blob_dir)
         self.links = LinkRegistry()
+        self.peers: Peers | None = None  # set by `share`: other market processes serve the same swarm
         self.runs: dict[str, PipelineRun] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self._session_factory = session_factory
@@ -252,34 +254,55 @@ class Coordinator:
         if max(len(r) for r in ids) + max_new_tokens > limits.max_tokens:
             raise InvalidRequest(f"prompt + max_new_tokens exceeds the model's {limits.max_tokens} positions")
         gen = manifest.generation
-        pad_id = gen.pad_token_id if gen is not None and gen.pad_token_id is not None else None
-        pad_id = int(pad_id if pad_id is not None else manifest.config.get("pad_token_id") or 0)
         eos_ids = frozenset() if ignore_eos or gen is None else frozenset(gen.eos_token_ids)
-        prompt, mask = left_pad(ids, pad_id)
         await self.refresh_standing_async()  # a slash or ban decided a moment ago already counts for this route
         hops = self.plan(served)
         now = self._clock()
         job_nonce = secrets.token_bytes(32)
+        params: dict[str, Any] = {
+            "prompt_ids": ids,
+            "max_new_tokens": max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "seed": sampling.seed,
+            "stop": list(stops),
+            "eos_token_ids": sorted(eos_ids),
+        }
+        if top_logprobs is not None:
+            params["top_logprobs"] = top_logprobs
         row = InferenceRun(
             requester=requester,
             model=model,
             model_digest=served.digest,
             job_nonce="0x" + job_nonce.hex(),
-            params={
-                "prompt_ids": ids,
-                "max_new_tokens": max_new_tokens,
-                "temperature": sampling.temperature,
-                "top_p": sampling.top_p,
-                "seed": sampling.seed,
-                "stop": list(stops),
-                "eos_token_ids": sorted(eos_ids),
-            },
+            params=params,
             status="running",
             route=[],
             failovers=0,
             created_at=now,
         )
         run_id = await asyncio.to_thread(self._insert, row)
+        if self.peers is not None:
+            await self.peers.own_run(run_id)
+        return self._launch(run_id, served, hops, params, job_nonce, requester)
+
+    def _launch(
+        self,
+        run_id: str,
+        served: ServedModel,
+        hops: list[tuple[WorkerLink, list[WorkerLink]]],
+        params: Mapping[str, Any],
+        job_nonce: bytes,
+        requester: str,
+        forced: list[list[int | None]] | None = None,
+    ) -> PipelineRun:
+        """A run from its stored parameters (a new one, or one taken over with the tokens it already streamed)."""
+        manifest = served.manifest
+        limits = StageLimits.for_manifest(manifest, max_batch=self.config.max_batch)
+        gen = manifest.generation
+        pad_id = gen.pad_token_id if gen is not None and gen.pad_token_id is not None else None
+        pad_id = int(pad_id if pad_id is not None else manifest.config.get("pad_token_id") or 0)
+        prompt, mask = left_pad(params["prompt_ids"], pad_id)
 
         def scope_for(stage: int) -> ChunkScope:
             return stage_scope(self.config.chain_id, run_id, stage, job_nonce)
@@ -291,20 +314,26 @@ class Coordinator:
             hops=hops,
             prompt_ids=prompt,
             attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            sampling=sampling,
+            max_new_tokens=int(params["max_new_tokens"]),
+            sampling=SamplingParams(
+                temperature=float(params["temperature"]), top_p=float(params["top_p"]), seed=int(params["seed"])
+            ),
             scope_for=scope_for,
-            replan=lambda a, b, ex: self.replan(model, a, b, ex),
+            replan=lambda a, b, ex: self.replan(manifest.name, a, b, ex),
             call_timeout_s=self.config.call_timeout_s,
-            decode=self.decoder(model),
-            eos_ids=eos_ids,
-            stop=stops,
+            decode=self.decoder(manifest.name),
+            eos_ids=frozenset(params["eos_token_ids"]),
+            stop=tuple(params["stop"]),
             pad_id=pad_id,
-            top_logprobs=top_logprobs,
+            top_logprobs=params.get("top_logprobs"),
+            forced=forced,
         )
         run.requester = requester  # type: ignore[attr-defined]
+        if self.peers is not None:
+            peers = self.peers
+            run.on_emit = lambda event: peers.record_event(run_id, event)
         self.runs[run_id] = run
-        task = asyncio.create_task(self._drive(run))
+        task = asyncio.create_task(self._drive(run), name=f"run-{run_id}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return run
@@ -386,6 +415,8 @@ class Coordinator:
             await asyncio.to_thread(self._persist, run, status, tokens, error)
         except Exception:
             log.exception("run %s: saving its evidence failed", run.run_id)
+        if self.peers is not None:
+            self.peers.release_run(run.run_id)
         for address in {v.address for v in run.evidence.violations}:  # its other runs fail over, re-run elsewhere
             for link in [lnk for lnk in self.links.live() if lnk.address == address]:
                 self.links.remove(link.link_id, "signed commitment contradicts the rows it sent")
@@ -429,6 +460,85 @@ class Coordinator:
                         detail=f"signed commitment contradicts its sent rows in run {run.run_id}",
                     )
             session.commit()
+
+    # --- many market processes (peers.py) ---------------------------------------------------------------------
+    def share(self, config: PeerConfig) -> Peers:
+        """Serve the swarm together with the other market processes on the same Redis prefix."""
+        self.peers = Peers(config, self.links)
+        return self.peers
+
+    async def watch_peers(self, interval_s: float = 0.5) -> None:
+        """Background loop: links of dead processes go, their runs are taken over, runs taken from us stop."""
+        assert self.peers is not None
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.peers.sync_links()
+                for run_id in await self.peers.take_orphans():
+                    task = asyncio.create_task(self.resume(run_id))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+                running = [rid for rid, r in self.runs.items() if not r.done]
+                mine = await self.peers.still_mine(running)
+                for rid in set(running) - mine:  # we were thought dead (a long stall): the successor drives it
+                    log.warning("run %s was taken over by another market process; stopping here", rid)
+                    self.runs[rid].done = True
+                    for task in list(self.tasks):
+                        if task.get_name() == f"run-{rid}":
+                            task.cancel()
+            except Exception:  # Redis hiccup: try again next turn
+                log.exception("watching the other market processes failed")
+
+    async def resume(self, run_id: str, *, route_wait_s: float = 60.0) -> None:
+        """Drive a run whose market process died: same parameters, nonce and sampler, the streamed tokens replayed
+        through a route planned now (prefill and every decode step again), then on from where it stopped."""
+        assert self.peers is not None
+        row = await asyncio.to_thread(self._load, run_id)
+        served = self.catalog.get(row.model) if row is not None else None
+        if row is None or row.status != "running" or served is None:
+            self.peers.release_run(run_id)
+            return
+        forced: dict[int, list[int | None]] = {}
+        for event in await self.peers.events(run_id):
+            if event["event"] == "token":
+                forced[int(event["step"])] = event["tokens"]
+        steps = [forced[i] for i in range(len(forced)) if i in forced]
+        deadline = time.monotonic() + route_wait_s
+        while True:  # the dead process's workers are reconnecting elsewhere
+            try:
+                await self.refresh_standing_async(max_age_s=0.0)
+                hops = self.plan(served)
+                break
+            except RouteUnavailable as exc:
+                if time.monotonic() > deadline:
+                    log.warning("run %s: no route to resume it on: %s", run_id, exc)
+                    await asyncio.to_thread(self._give_up, run_id, str(exc))
+                    self.peers.release_run(run_id)
+                    return
+                await asyncio.sleep(0.25)
+        log.info("run %s resumed here after %d streamed step(s)", run_id, len(steps))
+        self._launch(
+            run_id, served, hops, row.params, bytes.fromhex(row.job_nonce.removeprefix("0x")), row.requester, steps
+        )
+
+    def _give_up(self, run_id: str, error: str) -> None:
+        now = self._clock()
+        with self._session_factory() as s:
+            finish_run(s, run_id=run_id, status="failed", tokens=None, route=[], failovers=0, error=error, now=now)
+            s.commit()
+
+    def _load(self, run_id: str) -> InferenceRun | None:
+        with self._session_factory() as session:
+            return session.get(InferenceRun, run_id)
+
+    async def follow(self, run_id: str) -> AsyncIterator[dict[str, Any]]:
+        """A run's events wherever it runs: this process's own run, else its shared events (NotFound if none)."""
+        run = self.runs.get(run_id)
+        if run is not None:
+            return run.stream()
+        if self.peers is None or not await self.peers.has_run(run_id):
+            raise NotFound("live inference run", run_id)
+        return self.peers.follow(run_id)
 
     async def shutdown(self) -> None:
         for task in list(self.tasks):

@@ -90,7 +90,11 @@ class WorkerDaemon:
         self.state = WorkerState()
         self.server: StageServer | None = None
         self.ws: ClientConnection | None = None  # the live connection (tests abort its transport)
-        self.http = httpx.Client(base_url=config.market_url, timeout=config.http_timeout_s)
+        # One market URL, a load balancer's, or several market processes' ("a,b,c"): on a lost connection the
+        # daemon moves on to the next one (any process of a shared market serves every worker).
+        self.markets = [u.strip() for u in config.market_url.split(",") if u.strip()]
+        self._market_at = 0
+        self.http = httpx.Client(base_url=self.markets[0], timeout=config.http_timeout_s)
 
     # --- one-time preparation ------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -174,8 +178,14 @@ class WorkerDaemon:
         return best
 
     # --- serving -------------------------------------------------------------------------------------------
+    def next_market(self) -> None:
+        if len(self.markets) > 1:
+            self._market_at = (self._market_at + 1) % len(self.markets)
+            self.http.base_url = httpx.URL(self.markets[self._market_at])
+            log.info("trying market %s next", self.markets[self._market_at])
+
     def ws_url(self) -> str:
-        base = self.config.market_url.rstrip("/")
+        base = self.markets[self._market_at].rstrip("/")
         return base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + WS_PATH
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -203,6 +213,7 @@ class WorkerDaemon:
             metrics.CONNECTED.set(0)
             if stop.is_set():
                 break
+            self.next_market()
             sleep = delay * (0.5 + random.random())
             try:
                 await asyncio.wait_for(stop.wait(), timeout=sleep)

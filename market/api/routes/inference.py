@@ -11,9 +11,10 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from globai.protocol.sampling import SamplingParams
-from market.api.deps import CoordinatorDep, RequesterDep, SessionDep, can_see_everything
+from market.api.context import AppContext
+from market.api.deps import CoordinatorDep, CtxDep, RequesterDep, SessionDep, can_see_everything
 from market.api.schemas.inference import InferenceIn, InferenceOut
-from market.coordinator.pipeline import PipelineRun, RouteUnavailable
+from market.coordinator.pipeline import RouteUnavailable
 from market.coordinator.service import Coordinator
 from market.coordinator.stopping import cut_at_stop
 from market.db.inference import InferenceRun, StageCommitment, StageRecord
@@ -23,9 +24,9 @@ router = APIRouter(prefix="/v1/inference", tags=["inference"])
 RunId = Annotated[str, Path(pattern=r"^[0-9a-f-]{36}$")]
 
 
-def _events(run: PipelineRun, fmt: str) -> StreamingResponse:
+def _events(events: AsyncIterator[dict[str, Any]], fmt: str) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
-        async for event in run.stream():
+        async for event in events:
             data = json.dumps(event, separators=(",", ":"))
             if fmt == "ndjson":
                 yield (data + "\n").encode()
@@ -67,7 +68,7 @@ async def start(
     except RouteUnavailable as exc:
         raise Conflict(str(exc)) from None
     if body.stream:
-        return _events(run, fmt)
+        return _events(run.stream(), fmt)
     return InferenceOut(
         id=run.run_id,
         model=body.model,
@@ -77,13 +78,14 @@ async def start(
     )
 
 
-def _live_run(coordinator: Coordinator, run_id: str, principal: Any) -> PipelineRun:
+def _requester(coordinator: Coordinator, ctx: AppContext, run_id: str) -> str | None:
+    """Who asked for the run: from this process's live run, else (another process drives it) from the database."""
     run = coordinator.runs.get(run_id)
-    if run is None:
-        raise NotFound("live inference run", run_id)
-    if getattr(run, "requester", None) != principal.address and not can_see_everything(principal):
-        raise Forbidden("not your inference run")
-    return run
+    if run is not None:
+        return getattr(run, "requester", None)
+    with ctx.session_factory() as session:
+        row = session.get(InferenceRun, run_id)
+        return row.requester if row is not None else None
 
 
 @router.get("/{run_id}/stream", response_class=StreamingResponse, responses=EVENT_STREAM)
@@ -91,10 +93,17 @@ async def stream(
     run_id: RunId,
     coordinator: CoordinatorDep,
     principal: RequesterDep,
+    ctx: CtxDep,
     fmt: Annotated[Literal["sse", "ndjson"], Query(alias="format")] = "sse",
 ) -> StreamingResponse:
-    """Server-Sent Events (default) or NDJSON: route, token (per step, per sequence), failover, done | error."""
-    return _events(_live_run(coordinator, run_id, principal), fmt)
+    """Server-Sent Events (default) or NDJSON: route (or resumed), token (per step, per sequence), failover,
+    done | error. Any market process streams any run (its events are shared when the market runs many)."""
+    requester = _requester(coordinator, ctx, run_id)
+    if requester is None:
+        raise NotFound("live inference run", run_id)
+    if requester != principal.address and not can_see_everything(principal):
+        raise Forbidden("not your inference run")
+    return _events(await coordinator.follow(run_id), fmt)
 
 
 @router.get("/{run_id}", response_model=InferenceOut)

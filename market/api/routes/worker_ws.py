@@ -94,7 +94,7 @@ async def worker_socket(ws: WebSocket, ctx: CtxDep) -> None:
                 continue
             try:
                 message = decode_message(data, max_bytes=limits.max_payload_bytes)
-                _dispatch(link, message)
+                _dispatch(link, message, data)
             except FrameError as exc:
                 await send(encode_message(error_header(None, f"bad_frame:{exc.reason}", str(exc))))
     except WebSocketDisconnect:
@@ -107,11 +107,11 @@ async def worker_socket(ws: WebSocket, ctx: CtxDep) -> None:
         log.info("worker %s disconnected", link.address)
 
 
-def _dispatch(link: WorkerLink, message: Message) -> None:
+def _dispatch(link: WorkerLink, message: Message, raw: bytes) -> None:
     op = message.header.get("op")
     if op not in ("result", "error"):
         raise ProtocolError(f"unexpected op {op!r} from a worker")
-    if not link.deliver(message):
+    if not link.deliver(message, raw):
         raise ProtocolError(f"no request is waiting for rid {message.header.get('rid')!r}")
 
 
