@@ -53,7 +53,9 @@ def _settings_with_devnet_addresses(settings: Settings) -> Settings:
 def serve(
     host: str = typer.Option(None, help="Bind address (default: GLOBAI_HOST)."),
     port: int = typer.Option(None, help="Port (default: GLOBAI_PORT)."),
-    workers: int = typer.Option(None, help="Server processes (default: GLOBAI_WORKERS)."),
+    workers: int = typer.Option(
+        None, help="Server processes (default: GLOBAI_WORKERS); more than one share the swarm through Redis."
+    ),
     metrics_dir: str = typer.Option(
         None,
         "--metrics-dir",
@@ -77,6 +79,9 @@ def serve(
         os.environ[MULTIPROC_ENV] = os.path.abspath(metrics_dir)
     if settings.profile == "prod" and not settings.ssl_certfile:
         raise ConfigError("the prod profile needs TLS: set GLOBAI_SSL_CERTFILE and GLOBAI_SSL_KEYFILE")
+    if processes > 1:
+        # N processes serve one swarm: worker links, relayed calls and runs shared through GLOBAI_REDIS_URL.
+        os.environ["GLOBAI_SHARED_COORDINATOR"] = "true"
     # Server processes read Settings from the environment at their own entry point (market.api.asgi).
     for key in ("staking_vault_address", "job_escrow_address", "token_address"):
         value = getattr(settings, key)
@@ -86,7 +91,8 @@ def serve(
     scheme = "https" if settings.ssl_certfile else "http"
     typer.echo(
         f"market starting at {scheme}://{bind_host}:{bind_port} (OpenAPI at /docs); database "
-        f"{settings.database_url}; chain {settings.rpc_url}",
+        f"{settings.database_url}; chain {settings.rpc_url}"
+        + (f"; {processes} processes sharing the swarm through {settings.redis_url}" if processes > 1 else ""),
         err=True,
     )
     uvicorn.run(

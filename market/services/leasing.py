@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, false, insert, literal, or_, select, update
+from sqlalchemy import Integer, String, and_, bindparam, case, cast, false, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -55,6 +55,24 @@ def _candidates(worker: Worker, wanted: ClaimFilter, now: datetime) -> Any:
     return query.order_by(Task.priority.desc(), Task.deadline, Task.created_at, Task.id)  # = ix_tasks_claim_order
 
 
+def claim_tasks(
+    session: Session, *, worker: Worker, wanted: ClaimFilter, lease_ttl_s: int, now: datetime, limit: int
+) -> list[Claimed]:
+    """Lease up to `limit` of the best-paying queued tasks this worker can run, best first (a batched claim: on
+    Postgres one statement for all of them; on SQLite one claim after the other)."""
+    if session.get_bind().dialect.name == "postgresql":
+        expires = now + timedelta(seconds=lease_ttl_s)
+        return _claim_postgres(session, worker=worker, wanted=wanted, expires=expires, now=now, limit=limit)
+    claimed: list[Claimed] = []
+    while len(claimed) < limit:
+        one = claim_task(session, worker=worker, wanted=wanted, lease_ttl_s=lease_ttl_s, now=now)
+        if one is None:
+            break
+        session.expunge(one.task)  # loaded and committed: a later rollback in this session must not expire it
+        claimed.append(one)
+    return claimed
+
+
 def claim_task(
     session: Session, *, worker: Worker, wanted: ClaimFilter, lease_ttl_s: int, now: datetime
 ) -> Claimed | None:
@@ -62,7 +80,8 @@ def claim_task(
     postgres = session.get_bind().dialect.name == "postgresql"
     expires = now + timedelta(seconds=lease_ttl_s)
     if postgres:
-        return _claim_postgres(session, worker=worker, wanted=wanted, expires=expires, now=now)
+        got = _claim_postgres(session, worker=worker, wanted=wanted, expires=expires, now=now, limit=1)
+        return got[0] if got else None
     for _ in range(_RETRIES):
         query = _candidates(worker, wanted, now).limit(1)
         if postgres:
@@ -118,8 +137,9 @@ def _claim_statement(n_ranges: int, reserved: bool) -> Any:
     """The Postgres claim statement for one query shape, built once: constructing this CTE (every Task column
     proxied twice) cost more CPU than running it. Values are bind parameters (see `_claim_postgres`).
 
-    WITH picked AS (SELECT id ... ORDER BY priority DESC ... LIMIT 1 FOR UPDATE SKIP LOCKED),
-         upd AS (UPDATE tasks ... WHERE id = picked.id AND status = 'queued' RETURNING tasks.*),
+    WITH picked AS (SELECT id ... ORDER BY priority DESC ... LIMIT :p_limit FOR UPDATE SKIP LOCKED),
+         upd AS (UPDATE tasks SET lease_id = gen_random_uuid() ... FROM picked
+                 WHERE id = picked.id AND status = 'queued' RETURNING tasks.*),
          ins AS (INSERT INTO leases SELECT ... FROM upd)
     SELECT * FROM upd
     """
@@ -142,7 +162,7 @@ def _claim_statement(n_ranges: int, reserved: bool) -> Any:
         picked = picked.order_by(case((Task.job_id == bindparam("p_reserved"), 0), else_=1))
     picked_cte = (
         picked.order_by(Task.priority.desc(), Task.deadline, Task.created_at, Task.id)
-        .limit(1)
+        .limit(bindparam("p_limit", type_=Integer()))
         .with_for_update(skip_locked=True)
         .cte("picked")
     )
@@ -151,7 +171,7 @@ def _claim_statement(n_ranges: int, reserved: bool) -> Any:
         .where(Task.id == picked_cte.c.id, Task.status == "queued")
         .values(
             status="leased",
-            lease_id=bindparam("p_lease_id"),
+            lease_id=cast(func.gen_random_uuid(), String(36)),  # one per row (a batch leases several)
             leased_by=bindparam("p_worker_id"),
             lease_expires_at=expires,
             attempts=Task.attempts + 1,
@@ -163,7 +183,7 @@ def _claim_statement(n_ranges: int, reserved: bool) -> Any:
         insert(Lease)
         .from_select(
             ["id", "task_id", "worker_id", "status", "created_at", "expires_at", "heartbeat_at"],
-            select(bindparam("p_lease_id"), upd.c.id, bindparam("p_worker_id"), literal("active"), now, expires, now),
+            select(upd.c.lease_id, upd.c.id, bindparam("p_worker_id"), literal("active"), now, expires, now),
         )
         .cte("ins")
     )
@@ -171,30 +191,32 @@ def _claim_statement(n_ranges: int, reserved: bool) -> Any:
 
 
 def _claim_postgres(
-    session: Session, *, worker: Worker, wanted: ClaimFilter, expires: datetime, now: datetime
-) -> Claimed | None:
-    """Pick, lease and record the lease in one statement (one round trip on the hot path)."""
-    lease_id = new_id()
+    session: Session, *, worker: Worker, wanted: ClaimFilter, expires: datetime, now: datetime, limit: int
+) -> list[Claimed]:
+    """Pick, lease and record the leases in one statement (one round trip on the hot path)."""
     params: dict[str, Any] = {
+        "p_limit": limit,
         "p_now": now,
         "p_expires": expires,
         "p_kinds": list(wanted.kinds),
         "p_models": list(wanted.models),
         "p_memory": min(wanted.memory_bytes, worker.memory_bytes),
         "p_operator": worker.operator_id,
-        "p_lease_id": lease_id,
         "p_worker_id": worker.id,
         "p_reserved": worker.reserved_job_id,
     }
     for i, (lo, hi) in enumerate(wanted.layer_ranges):
         params[f"p_lo{i}"], params[f"p_hi{i}"] = lo, hi
     statement = _claim_statement(len(wanted.layer_ranges), worker.reserved_job_id is not None)
-    task = session.scalars(statement, params).first()
-    if task is None:
+    tasks = list(session.scalars(statement, params))
+    if not tasks:
         session.rollback()
-        return None
+        return []
     session.commit()
-    return Claimed(task=task, lease_id=lease_id, expires_at=expires)
+    # RETURNING keeps no order: best first again (priority is a zero-padded amount: string order is numeric)
+    tasks.sort(key=lambda t: (t.deadline, t.created_at, t.id))
+    tasks.sort(key=lambda t: t.priority, reverse=True)
+    return [Claimed(task=t, lease_id=str(t.lease_id), expires_at=expires) for t in tasks]
 
 
 def get_task(session: Session, *, task_id: str) -> Task:

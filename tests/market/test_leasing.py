@@ -229,6 +229,34 @@ def test_one_active_lease_and_one_payment_per_task_enforced_by_db(market: Market
             session.commit()
 
 
+def test_batched_claim_and_submit(market: Market) -> None:
+    requester = market.login(Account.create())
+    cheap = market.training_job(requester, tasks=3, price=1)
+    dear = market.training_job(requester, tasks=2, price=50)
+    worker, other = market.worker(), market.worker(operator="op-2")
+    r = market.client.post("/v1/tasks/claims", headers=worker, json={**CLAIM_ALL, "max_tasks": 4})
+    assert r.status_code == 200, r.text
+    leases = r.json()["leases"]
+    jobs = [lease["task"]["job_id"] for lease in leases]
+    assert jobs == [dear["job"]["id"]] * 2 + [cheap["job"]["id"]] * 2  # best-paying first, at most max_tasks
+    assert len({lease["lease_id"] for lease in leases}) == 4 and all(x["task"]["status"] == "leased" for x in leases)
+    rest = market.client.post("/v1/tasks/claims", headers=other, json={**CLAIM_ALL, "max_tasks": 4}).json()["leases"]
+    assert len(rest) == 1 and rest[0]["task"]["id"] not in {x["task"]["id"] for x in leases}
+    assert market.client.post("/v1/tasks/claims", headers=other, json=CLAIM_ALL).json() == {"leases": []}
+    assert market.client.post("/v1/tasks/claims", headers=other, json={**CLAIM_ALL, "max_tasks": 65}).status_code == 422
+
+    items = [{"task_id": x["task"]["id"], "lease_id": x["lease_id"], **RESULT} for x in leases[:3]]
+    items.append({"task_id": rest[0]["task"]["id"], "lease_id": rest[0]["lease_id"], **RESULT})  # not this worker's
+    out = market.client.post("/v1/tasks/results", headers=worker, json={"results": items})
+    assert out.status_code == 200, out.text
+    got = out.json()["results"]
+    assert [g["accepted"] for g in got] == [True, True, True, False] and got[3]["error"] and not got[0]["error"]
+    again = market.client.post("/v1/tasks/results", headers=worker, json={"results": items[:1]}).json()["results"]
+    assert again == [{"task_id": items[0]["task_id"], "accepted": False, "error": None}]  # the same result: a no-op
+    seen = market.client.get(f"/v1/tasks/{leases[3]['task']['id']}", headers=worker).json()
+    assert seen["status"] == "leased"  # not submitted in the batch: still leased
+
+
 def test_50_concurrent_claimers_never_share_a_task(market: Market) -> None:
     tasks, claimers = 200, 50
     market.training_job(market.login(Account.create()), tasks=tasks)
@@ -244,22 +272,23 @@ def test_50_concurrent_claimers_never_share_a_task(market: Market) -> None:
     errors: list[BaseException] = []
     lock = threading.Lock()
 
-    def run(worker: Worker) -> None:
+    def run(worker: Worker, limit: int) -> None:
         try:
             barrier.wait()
             with factory() as session:
                 while True:
-                    got = leasing.claim_task(
-                        session, worker=worker, wanted=wanted, lease_ttl_s=60, now=market.clock.now
+                    # half the claimers take batches of 3 (one statement on Postgres), half one task at a time
+                    got = leasing.claim_tasks(
+                        session, worker=worker, wanted=wanted, lease_ttl_s=60, now=market.clock.now, limit=limit
                     )
-                    if got is None:
+                    if not got:
                         return
                     with lock:
-                        claimed.append((got.task.id, worker.id))
+                        claimed.extend((c.task.id, worker.id) for c in got)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+    threads = [threading.Thread(target=run, args=(w, 1 + 2 * (i % 2))) for i, w in enumerate(workers)]
     for t in threads:
         t.start()
     for t in threads:

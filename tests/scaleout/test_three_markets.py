@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +58,18 @@ def test_three_market_processes_route_across_and_survive_kill_9(
     )
     with Cluster(cfg) as cluster:
         cluster.prepare()
-        urls = [cluster.start_market(f"market{i}", port=free_port()) for i in range(3)]
+        with ThreadPoolExecutor(3) as pool:  # the three start side by side
+            urls = list(pool.map(lambda i: cluster.start_market(f"market{i}", port=free_port()), range(3)))
         workers = {name: demo_account(f"scaleout-{name}") for name in ("a", "b", "c")}
         for account in workers.values():
             cluster.stake(account, 200 * GLB)
-        # a: layers 0:2 on market0, b: 2:4 on market1 (each lists the others to reconnect to).
+        # a: layers 0:2 on market0, b: 2:4 on market1 (each lists another process to reconnect to).
         cluster.start_worker("wa", workers["a"], layers="0:2", operator="op-a", market_url=f"{urls[0]},{urls[1]}")
         cluster.start_worker("wb", workers["b"], layers="2:4", operator="op-b", market_url=f"{urls[1]},{urls[0]}")
         cluster.market_url = urls[2]  # the third process sees both through Redis
         cluster.wait_workers([w.address for w in (workers["a"], workers["b"])])
+        # c (0:2, another operator) on market2 comes later, after the all-remote run below; its process starts now.
+        wc = cluster.start_worker("wc", workers["c"], layers="0:2", operator="op-c", market_url=f"{urls[2]},{urls[0]}")
 
         requester = demo_account("scaleout-requester")
         token = cluster.requester(requester).sign_in()
@@ -84,9 +88,9 @@ def test_three_market_processes_route_across_and_survive_kill_9(
         timings = events[-1]["timings"]
         print(f"\nrelayed decode over 2 remote hops: {timings}")
 
-        # 2. A worker on market2 too (0:2, another operator); market2 owns the next run and dies mid-generation.
-        cluster.start_worker("wc", workers["c"], layers="0:2", operator="op-c", market_url=f"{urls[2]},{urls[0]}")
+        # 2. A worker on market2 too; market2 owns the next run and dies mid-generation.
         cluster.wait_workers([workers["c"].address])
+        assert wc.proc.poll() is None
         run = check(clients[2].post("/v1/inference", json=body, headers=headers)).json()
         before = _stream(clients[2], run["id"], headers, stop_at=KILL_AFTER)
         cluster.kill("market2")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated
 
@@ -9,9 +10,22 @@ from fastapi import APIRouter, Path, Response, status
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from market.api.deps import CtxDep, NowDep, PrincipalDep, SessionDep, WorkerDep, can_see_everything
-from market.api.schemas.tasks import ClaimIn, HeartbeatOut, LeaseOut, LeaseRefIn, ResultIn, ResultOut, TaskOut
+from market.api.schemas.tasks import (
+    ClaimIn,
+    ClaimManyIn,
+    HeartbeatOut,
+    LeaseOut,
+    LeaseRefIn,
+    LeasesOut,
+    ResultIn,
+    ResultItemOut,
+    ResultOut,
+    ResultsIn,
+    ResultsOut,
+    TaskOut,
+)
 from market.db import Job, Task
-from market.domain_errors import Forbidden
+from market.domain_errors import Conflict, Forbidden, LeaseLost, NotFound
 from market.services import leasing, workers
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
@@ -39,6 +53,15 @@ def task_out(task: Task) -> TaskOut:
     )
 
 
+def _wanted(body: ClaimIn) -> leasing.ClaimFilter:
+    return leasing.ClaimFilter(
+        kinds=body.kinds,
+        models=body.models,
+        memory_bytes=body.memory_bytes,
+        layer_ranges=[(r.start, r.end) for r in body.layer_ranges],
+    )
+
+
 @router.post(
     "/claim",
     response_model=LeaseOut,
@@ -46,12 +69,7 @@ def task_out(task: Task) -> TaskOut:
 )
 def claim(body: ClaimIn, principal: WorkerDep, ctx: CtxDep, now: NowDep) -> LeaseOut | Response:
     """Lease the best-paying queued task this worker can run. Keep the lease alive with heartbeats."""
-    wanted = leasing.ClaimFilter(
-        kinds=body.kinds,
-        models=body.models,
-        memory_bytes=body.memory_bytes,
-        layer_ranges=[(r.start, r.end) for r in body.layer_ranges],
-    )
+    wanted = _wanted(body)
     # The hot path opens its session here rather than through SessionDep: a generator dependency costs FastAPI an
     # exit stack and a cancel scope per request, which showed up as a large share of the claim's CPU.
     with ctx.session_factory() as session:
@@ -64,6 +82,62 @@ def claim(body: ClaimIn, principal: WorkerDep, ctx: CtxDep, now: NowDep) -> Leas
     if claimed is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return LeaseOut(task=task_out(claimed.task), lease_id=claimed.lease_id, lease_expires_at=claimed.expires_at)
+
+
+@router.post("/claims", response_model=LeasesOut)
+async def claim_many(body: ClaimManyIn, principal: WorkerDep, ctx: CtxDep, now: NowDep) -> LeasesOut:
+    """Lease up to `max_tasks` queued tasks this worker can run in one request, best first (a batched claim; on
+    Postgres one statement). Each lease is kept alive and submitted on its own, or all at once with /results."""
+    wanted = _wanted(body)
+
+    def work() -> list[leasing.Claimed]:
+        with ctx.session_factory() as session:
+            worker = ctx.workers.get(
+                session, address=principal.address, min_stake=ctx.settings.min_stake_wei, clock_s=time.monotonic()
+            )
+            return leasing.claim_tasks(
+                session,
+                worker=worker,
+                wanted=wanted,
+                lease_ttl_s=ctx.settings.lease_ttl_s,
+                now=now,
+                limit=body.max_tasks,
+            )
+
+    claimed = await asyncio.to_thread(work)  # one hand-off to a DB thread for the whole batch
+    return LeasesOut(
+        leases=[LeaseOut(task=task_out(c.task), lease_id=c.lease_id, lease_expires_at=c.expires_at) for c in claimed]
+    )
+
+
+@router.post("/results", response_model=ResultsOut)
+async def submit_many(body: ResultsIn, principal: WorkerDep, ctx: CtxDep, now: NowDep) -> ResultsOut:
+    """Submit several results in one request; each is judged as `POST /v1/tasks/{id}/result` would (a refused one
+    says why and does not stop the others)."""
+
+    def work() -> list[ResultItemOut]:
+        out: list[ResultItemOut] = []
+        with ctx.session_factory() as session:
+            worker = ctx.workers.get(
+                session, address=principal.address, min_stake=ctx.settings.min_stake_wei, clock_s=time.monotonic()
+            )
+            for item in body.results:
+                try:
+                    _task, created = leasing.submit_result(
+                        session,
+                        task_id=item.task_id,
+                        worker_id=worker.id,
+                        lease_id=item.lease_id,
+                        result_hash=item.result_hash.lower(),
+                        result=item.result,
+                        now=now,
+                    )
+                    out.append(ResultItemOut(task_id=item.task_id, accepted=created))
+                except (LeaseLost, Conflict, NotFound) as exc:
+                    out.append(ResultItemOut(task_id=item.task_id, accepted=False, error=str(exc)))
+        return out
+
+    return ResultsOut(results=await asyncio.to_thread(work))
 
 
 @router.post("/{task_id}/heartbeat", response_model=HeartbeatOut)

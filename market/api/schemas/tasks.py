@@ -67,6 +67,32 @@ class ResultIn(Input):
     result: dict[str, Any] = Field(default_factory=dict, description="small metadata; bulk data goes to the blob store")
 
 
+class ClaimManyIn(ClaimIn):
+    max_tasks: int = Field(default=8, ge=1, le=64, description="lease up to this many tasks in one request")
+
+
+class LeasesOut(BaseModel):
+    leases: list[LeaseOut] = Field(description="best first; empty when no task matches right now")
+
+
+class ResultItemIn(ResultIn):
+    task_id: str = Field(min_length=1, max_length=36, pattern=r"^[0-9a-f-]+$")
+
+
+class ResultsIn(Input):
+    results: list[ResultItemIn] = Field(min_length=1, max_length=64)
+
+
+class ResultItemOut(BaseModel):
+    task_id: str
+    accepted: bool = Field(description="false: already accepted before, or refused (see error)")
+    error: str | None = Field(default=None, description="why it was refused (lease lost, different result, ...)")
+
+
+class ResultsOut(BaseModel):
+    results: list[ResultItemOut]
+
+
 class ResultOut(BaseModel):
     task: TaskOut
     accepted: bool = Field(description="false when this exact result had already been accepted (idempotent replay)")
