@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 import psycopg
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -73,36 +74,40 @@ def drop_database(url: str) -> None:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def seed_workers(session: Session, workers: int, now: datetime) -> list[str]:
+    """`workers` eligible workers (staked, one operator each); one bearer token per worker, minted with SECRET."""
+    tokens: list[str] = []
+    for i in range(workers):
+        address = "0x" + f"{i + 1:040x}"
+        session.add(
+            Worker(
+                address=address,
+                operator_id=f"op-{i}",
+                device="cpu",
+                memory_bytes=1 << 34,
+                throughput_tokens_s=1000,
+                bandwidth_bytes_s=1e8,
+                latency_ms=5,
+                reference_layer="ref",
+                models=["bench-model"],
+                stake=10**20,
+                eligible=True,
+                stake_block=1,
+            )
+        )
+        tokens.append(
+            encode_token(Principal(address, frozenset({"worker"}), int(now.timestamp()) + 3600), secret=SECRET.encode())
+        )
+    return tokens
+
+
 def seed(url: str, workers: int, tasks: int) -> list[str]:
     """Migrate, create eligible workers and a funded job with `tasks` tasks; return one token per worker."""
     engine = make_engine(url)
     upgrade(engine)
     now = datetime.now(UTC)
-    tokens: list[str] = []
     with make_session_factory(engine)() as session:
-        for i in range(workers):
-            address = "0x" + f"{i + 1:040x}"
-            session.add(
-                Worker(
-                    address=address,
-                    operator_id=f"op-{i}",
-                    device="cpu",
-                    memory_bytes=1 << 34,
-                    throughput_tokens_s=1000,
-                    bandwidth_bytes_s=1e8,
-                    latency_ms=5,
-                    reference_layer="ref",
-                    models=["bench-model"],
-                    stake=10**20,
-                    eligible=True,
-                    stake_block=1,
-                )
-            )
-            tokens.append(
-                encode_token(
-                    Principal(address, frozenset({"worker"}), int(now.timestamp()) + 3600), secret=SECRET.encode()
-                )
-            )
+        tokens = seed_workers(session, workers, now)
         job_uuid = str(uuid.uuid4())
         job = Job(
             id=job_uuid,
@@ -127,7 +132,9 @@ def seed(url: str, workers: int, tasks: int) -> list[str]:
     return tokens
 
 
-def start_server(url: str, port: int, procs: int, async_commit: bool) -> subprocess.Popen[bytes]:
+def start_server(
+    url: str, port: int, procs: int, async_commit: bool, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "GLOBAI_PROFILE": "test",
@@ -139,6 +146,7 @@ def start_server(url: str, port: int, procs: int, async_commit: bool) -> subproc
         "GLOBAI_RATE_LIMIT_PER_S": "100000",
         "GLOBAI_RATE_LIMIT_BURST": "100000",
         "GLOBAI_LEASE_TTL_S": "300",
+        **(extra_env or {}),
     }
     cmd = [
         sys.executable,

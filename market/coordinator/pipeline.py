@@ -248,6 +248,7 @@ class PipelineRun:
         self._changed = asyncio.Event()
         self.timings: dict[str, float] = {}
         self._hop_overhead: list[float] = []
+        self._overhead_by_hop: dict[str, list[float]] = {}  # "start:end" -> decode-step overheads (ms)
 
     # --- events for the requester ----------------------------------------------------------------------------
     def emit(self, event: dict[str, Any]) -> None:
@@ -351,6 +352,8 @@ class PipelineRun:
                 ordered = sorted(self._hop_overhead)
                 self.timings["hop_overhead_ms_mean"] = sum(ordered) / len(ordered)
                 self.timings["hop_overhead_ms_p50"] = ordered[len(ordered) // 2]
+            for layers, values in self._overhead_by_hop.items():  # per hop: a relayed hop shows its extra cost
+                self.timings[f"hop_overhead_ms_p50[{layers}]"] = sorted(values)[len(values) // 2]
             await self._close_all()
             self.timings["total_s"] = time.perf_counter() - started
             done: dict[str, Any] = {
@@ -404,6 +407,7 @@ class PipelineRun:
         hop.link.observe(int(tensors[0].shape[1]), wall_ms, compute)  # measured capability, not declared
         if step > 0 and compute is not None:  # decode steps: wall time minus the worker's compute = overhead
             self._hop_overhead.append(wall_ms - compute)
+            self._overhead_by_hop.setdefault(f"{hop.start}:{hop.end}", []).append(wall_ms - compute)
         outputs, signed = self._split(hop, reply)
         if len(outputs) != 1:
             raise StageFailed(hop.link.address, "bad_reply", f"{len(outputs)} tensors in a result")
