@@ -26,6 +26,7 @@ from globai.chain.client import ChainClient
 from globai.chain.deploy import Deployment
 from globai.chain.permit import fund_job_with_permit
 from globai.client import MarketClient
+from globai.dev.forker import Forker, Process
 from globai.dev.services import Service, free_port, globai_command, redis_service, wait_port
 from globai.errors import GlobaiError
 
@@ -62,7 +63,7 @@ class ClusterConfig:
 @dataclass
 class Child:
     name: str
-    proc: subprocess.Popen[bytes]
+    proc: Process
     log: Path
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -79,6 +80,7 @@ class Cluster:
         self.market_url = ""
         self.env: dict[str, str] = {}
         self.worker_metrics: dict[str, str] = {}  # worker name -> its /metrics URL (cfg.worker_metrics)
+        self.forker: Forker | None = None  # started by `prepare`: children fork from a preloaded interpreter
         self.chain = ChainClient(cfg.rpc_url)
         self.contracts = cfg.deployment.bind(self.chain)
 
@@ -106,6 +108,9 @@ class Cluster:
                     pass
                 child.proc.wait()
         self.children.clear()
+        if self.forker is not None:
+            self.forker.close()
+            self.forker = None
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
@@ -148,14 +153,9 @@ class Cluster:
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
-        proc = subprocess.Popen(
-            globai_command(*args),
-            cwd=ROOT,
-            env=env or self.env,
-            stdout=open(log, "ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # noqa: SIM115
-        )
+        if self.forker is None:
+            self.forker = Forker(self.env, ROOT, self.logs / "forker.log")
+        proc = self.forker.spawn(globai_command(*args), env or self.env, ROOT, log)
         child = Child(name, proc, log, list(args), dict(env or self.env))
         self.children.append(child)
         return child
@@ -219,6 +219,8 @@ class Cluster:
             **self.cfg.extra_env,
         }
         # migrated by the market's own command, like every other step: this package imports nothing from `market`
+        if self.forker is None:  # its imports run while the DB is migrated
+            self.forker = Forker(self.env, ROOT, self.logs / "forker.log")
         migrated = self.globai("market", "migrate")
         if migrated.returncode != 0:
             raise ClusterError(f"migrating {db_url} failed: {migrated.stderr.strip()[-800:]}")

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +28,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from globai.client import check, sign_in
-from globai.dev.services import free_port
+from globai.dev.forker import IMPORT_TIME_ENV, Forker, Process
+from globai.dev.services import free_port, globai_command
 from globai.models.tiny import build_tiny_llama
 from market.api import create_app
 from market.config import Settings
@@ -216,28 +215,24 @@ class InProcessWorker:
 
 def worker_process(
     market: MarketServer, account: LocalAccount, layers: str, cache: Path, log: Path, *, model: str = MODEL
-) -> subprocess.Popen[bytes]:
-    """`globai worker run` as a real process (its own torch, its own socket)."""
+) -> Process:
+    """`globai worker run` as a real process (its own torch, its own socket), forked from the tests' preloaded
+    interpreter (globai/dev/forker.py) to save each one the ~8 s of imports."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [
-        str(Path(sys.executable).parent / "globai"),
-        "worker",
-        "run",
-        "--market",
-        market.url,
-        "--key",
-        "0x" + account.key.hex().removeprefix("0x"),
-        "--model",
-        model,
-        "--layers",
-        layers,
-        "--threads",
-        "1",
-        "--cache-dir",
-        str(cache),
-        "--no-progress",
-    ]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    args = ["worker", "run", "--market", market.url, "--key", "0x" + account.key.hex().removeprefix("0x")]
+    args += ["--model", model, "--layers", layers, "--threads", "1", "--cache-dir", str(cache), "--no-progress"]
+    return worker_forker(env, log.parent).spawn(globai_command(*args), env, ROOT, log)
+
+
+_FORKERS: dict[str, Forker] = {}
+
+
+def worker_forker(env: dict[str, str], logs: Path) -> Forker:
+    """One preloaded parent per test session (per import-time environment), started on first use."""
+    key = repr(sorted((k, v) for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)))
+    if key not in _FORKERS:
+        _FORKERS[key] = Forker(env, ROOT, logs / "forker.log")
+    return _FORKERS[key]
 
 
 class Requester:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from eth_account.signers.local import LocalAccount
 
+from globai.dev.forker import Process
 from globai.models.reference import generate_reference
 from tests.runtime.conftest import InProcessWorker, MarketServer, Requester, worker_process
 
@@ -20,7 +21,7 @@ NEW_TOKENS = 96
 KILL_AFTER = 4  # token events seen before the kill
 
 
-def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
+def _kill_all(procs: list[Process]) -> None:
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)

@@ -19,6 +19,7 @@ import pytest
 import torch
 from eth_account.signers.local import LocalAccount
 
+from globai.dev.forker import Process
 from globai.models.families import family_names, get_family
 from globai.models.reference import generate_reference
 from globai.models.tiny import build_tiny_model
@@ -72,7 +73,7 @@ def _wait_route(market: MarketServer, model: str, ranges: set[tuple[int, int]], 
         time.sleep(0.05)
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+def _stop(procs: list[Process]) -> None:
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -100,7 +101,7 @@ def test_family_through_worker_processes_equals_generate(
     # A model that repeats one token would match almost any bug: the reference must say something varied.
     assert len({t for row in expected for t in row}) >= NEW_TOKENS, expected
 
-    def start(account: LocalAccount, layers: str) -> subprocess.Popen[bytes]:
+    def start(account: LocalAccount, layers: str) -> Process:
         log = tmp_path / f"{layers.replace(':', '-')}.log"
         logs.append(log)
         return worker_process(market, account, layers, tmp_path / f"cache-{layers}", log, model=manifest.name)

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from globai.chain.deploy import GLB
 from globai.chain.ids import job_id_bytes
+from globai.dev.forker import Process
 from globai.dev.services import free_port
 from globai.models.tiny import build_tiny_llama
 from market.config import Settings
@@ -32,7 +33,7 @@ from market.db.inference import InferenceRun, StageViolation
 from market.db.migrate import upgrade
 from market.services.verification import open_run
 from market.tasks.celery_app import create_celery
-from tests.runtime.conftest import MODEL, MarketServer, Requester
+from tests.runtime.conftest import MODEL, MarketServer, Requester, worker_forker
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # ~30 s: not marked slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +117,7 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
         _stake(chain, deployment, w, 200 * GLB)
     cheater, unbound = workers[3], workers[4]
     cheats = {cheater.address: "noise", unbound.address: "unbound"}
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Process] = []
     celery = None
     try:
         for i, w in enumerate(workers):
@@ -143,12 +144,8 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
                 str(tmp_path / f"cache{i}"),
                 "--no-progress",
             ]
-            procs.append(
-                subprocess.Popen(
-                    cmd, cwd=ROOT, env=wenv, stdout=open(logs / f"w{i}.log", "wb"), stderr=subprocess.STDOUT
-                )
-            )
-        celery = subprocess.Popen(
+            procs.append(worker_forker(env, logs).spawn(cmd, wenv, ROOT, logs / f"w{i}.log"))
+        celery = worker_forker(env, logs).spawn(
             [
                 sys.executable,
                 "-c",
@@ -160,10 +157,9 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
                 "--loglevel",
                 "INFO",
             ],
-            cwd=ROOT,
-            env=env,
-            stdout=open(logs / "celery.log", "wb"),
-            stderr=subprocess.STDOUT,
+            env,
+            ROOT,
+            logs / "celery.log",
         )
         market.wait_workers(5, timeout=180)
 
