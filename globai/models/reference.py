@@ -13,7 +13,6 @@ from typing import Protocol
 
 import torch
 
-from globai.models.hf import load_full_model
 from globai.models.pooling import pool_embeddings
 from globai.protocol.sampling import greedy
 
@@ -63,6 +62,8 @@ def generate_reference(
     """
     from transformers import GenerationConfig
 
+    from globai.models.hf import load_full_model  # transformers' model classes: ~5 s of imports the market never needs
+
     manifest, model = load_full_model(model_dir, device=device)
     config = GenerationConfig(
         do_sample=False,
@@ -85,6 +86,8 @@ def generate_reference(
 
 def reference_logits(model_dir: Path, input_ids: torch.Tensor, *, device: str = "cpu") -> torch.Tensor:
     """Logits of one full (unpadded) forward of the unsharded model: [B, T, vocab], on `device`."""
+    from globai.models.hf import load_full_model
+
     _, model = load_full_model(model_dir, device=device)
     with torch.inference_mode():
         return model(input_ids=input_ids.to(device)).logits
@@ -92,6 +95,8 @@ def reference_logits(model_dir: Path, input_ids: torch.Tensor, *, device: str = 
 
 def reference_embeddings(model_dir: Path, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Sentence embeddings of the unsharded encoder with the manifest's pooling: [B, hidden]."""
+    from globai.models.hf import load_full_model
+
     manifest, model = load_full_model(model_dir)
     assert manifest.pooling is not None, "not an embedding model"
     with torch.inference_mode():
