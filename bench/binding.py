@@ -32,7 +32,7 @@ from eth_account import Account  # noqa: E402
 
 from globai.protocol.commitments import chunk_bounds, tensor_sha256  # noqa: E402
 from globai.protocol.signing import ChunkScope, recover_signer, sent_digest, sign_digest  # noqa: E402
-from globai.protocol.sketch import sketch_chunk  # noqa: E402
+from globai.protocol.sketch import DEFAULT_K, sketch_chunk  # noqa: E402
 from market.verifier.calibrate import CalibrationSettings, scenarios, stage_inputs, torch_threads  # noqa: E402
 from market.verifier.compare import (  # noqa: E402
     DEFAULT_TOLERANCES,
@@ -96,16 +96,19 @@ def cheats(out: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def detection(dtype: str) -> tuple[list[tuple[str, float, float, float]], tuple[int, int, int, int]]:
-    """Per cheat: fraction of chunks failed in full / projection / sketch-only mode; honest (chunks, failures)."""
+KS = (8, 2, 1)  # sketch sizes compared: 8 values per token (the old default) down to 1 (the new default)
+
+
+def detection(dtype: str) -> tuple[list[tuple[str, list[float]]], list[int]]:
+    """Per cheat: fraction of chunks failed in full mode, then projection mode (sketch + projections) and sketch-only
+    mode for each k in KS; honest: (chunks, then failures in the same columns)."""
     s = CalibrationSettings(stage=(1, 3), prefix_len=20)
     torch_dtype = getattr(torch, dtype)
     model = calibration_model(s.spec, torch_dtype)
     inputs = stage_inputs(model, s)
     tol = DEFAULT_TOLERANCES[dtype]
     drifts = {k: v for k, v in scenarios(s).items() if k not in s.informational}
-    caught: dict[str, list[int]] = {}
-    honest = [0, 0, 0, 0]  # chunks, full failures, projection failures, sketch failures
+    counts: dict[str, list[int]] = {}  # name -> [chunks, full, proj per k..., sketch per k...]
     seed = 12345
     for i, x in enumerate(inputs):
         with torch_threads(s.threads[0]), torch.no_grad():
@@ -113,45 +116,42 @@ def detection(dtype: str) -> tuple[list[tuple[str, float, float, float]], tuple[
         outs = {f"honest:{name}": fn(model, inputs, i) for name, fn in drifts.items()}
         outs.update(cheats(ref))
         for name, out in outs.items():
+            key = "honest" if name.startswith("honest:") else name
+            acc = counts.setdefault(key, [0] * (2 + 2 * len(KS)))
             for _, a, b in chunk_bounds(x.shape[0]):
                 c, r = out[a:b].to(torch_dtype), ref[a:b]
-                full = not compare_hidden_states(c, r, tol).ok
-                sketch_ok = compare_sketch(sketch_chunk(c), r, tol, k=8).ok
-                proj = not (sketch_ok and compare_projections(project_rows(c, seed), r, seed, tol).ok)
-                sk = not sketch_ok
-                if name.startswith("honest:"):
-                    honest[0] += 1
-                    honest[1] += full
-                    honest[2] += proj
-                    honest[3] += sk
-                else:
-                    acc = caught.setdefault(name, [0, 0, 0, 0])
-                    acc[0] += 1
-                    acc[1] += full
-                    acc[2] += proj
-                    acc[3] += sk
-    rows = [(name, v[1] / v[0], v[2] / v[0], v[3] / v[0]) for name, v in caught.items()]
-    return rows, (honest[0], honest[1], honest[2], honest[3])
+                acc[0] += 1
+                acc[1] += not compare_hidden_states(c, r, tol).ok
+                projected_ok = compare_projections(project_rows(c, seed), r, seed, tol).ok
+                for j, k in enumerate(KS):
+                    sketch_ok = compare_sketch(sketch_chunk(c, k), r, tol, k=k).ok
+                    acc[2 + j] += not (sketch_ok and projected_ok)
+                    acc[2 + len(KS) + j] += not sketch_ok
+    honest = counts.pop("honest")
+    rows = [(name, [v / acc[0] for v in acc[1:]]) for name, acc in counts.items()]
+    return rows, honest
 
 
 def section() -> str:
     torch.set_num_threads(1)
     costs = binding_costs()
-    commit_bytes = len(sketch_chunk(torch.randn(32, 576))) + 32 + 65
+    commit_bytes = len(sketch_chunk(torch.randn(32, 576))) + 32 + 65  # at the default k
+    old_bytes = len(sketch_chunk(torch.randn(32, 576), 8)) + 32 + 65
     lines = [
         TITLE,
         "",
         f"`python bench/binding.py` on {platform.machine()} / {os.cpu_count()} cores (shared with other work), torch "
         f"{torch.__version__}, 1 thread. Docs: docs/verification.md (Binding, Coverage).",
         "",
-        "**Bytes per 32 tokens.** The worker's signed chunk commitment: sha256 (32) + the k = 8 sketch "
-        f"({commit_bytes - 97}) + signature (65) = **{commit_bytes} bytes** (TOPLOC: 258), unchanged. What the market "
-        "keeps to compare whole rows, not part of the commitment: hidden-state rows themselves (32 x hidden x dtype "
-        f"size, e.g. 36 KiB for SmolLM2 in bf16), and for last-token logits {PROJECTIONS} fp32 projections per row = "
-        f"**{32 * PROJECTIONS * 4} bytes** (the rows would be 6 MiB in fp32 for a 49,152 vocabulary). The goal of a "
-        "<= 300-byte commitment at equal detection power is not met by the commitment itself: the power now comes "
-        "from what the market keeps (whole tensors, projections with a seed the worker never sees), which the sketch "
-        "cannot match at any size (see the detection table: the sketch misses changes outside its top-k).",
+        f"**Bytes per 32 tokens.** The worker's signed chunk commitment: sha256 (32) + the k = {DEFAULT_K} sketch "
+        f"({commit_bytes - 97}) + signature (65) = **{commit_bytes} bytes** (TOPLOC: 258; k = 8, the old default: "
+        f"{old_bytes}). What the market keeps to compare whole rows, not part of the commitment: hidden-state rows "
+        "themselves (32 x hidden x dtype size, e.g. 36 KiB for SmolLM2 in bf16), and for last-token logits "
+        f"{PROJECTIONS} fp32 projections per row = **{32 * PROJECTIONS * 4} bytes** (the rows would be 6 MiB in fp32 "
+        "for a 49,152 vocabulary). Detection rests on what the market keeps (whole tensors, projections with a seed "
+        "the worker never sees); the sketch only adds to the projection mode and is alone only where the market "
+        "keeps neither (no production source: the inference source keeps both). The tables below compare k = "
+        f"{', '.join(str(k) for k in KS)} side by side on the same chunks.",
         "",
         "**Binding cost per forward answer** (ms, mean of 200):",
         "",
@@ -162,16 +162,17 @@ def section() -> str:
     ]
     for dtype in ("float32", "bfloat16"):
         rows, honest = detection(dtype)
+        ks = " | ".join(f"projection k={k}" for k in KS) + " | " + " | ".join(f"sketch only k={k}" for k in KS)
         lines += [
             f"**Detection per sampled chunk, {dtype}** (tiny Llama stage [1, 3), 8 sequences, 28 chunks per "
             "variant; full = whole tensor (hidden-state stages), projection = sketch + seeded projections (logits), "
             "sketch = sketch only):",
             "",
-            "| output change | full | projection | sketch only |",
-            "|---|---|---|---|",
-            *[f"| {n} | {f:.0%} | {p:.0%} | {k:.0%} |" for n, f, p, k in rows],
+            f"| output change | full | {ks} |",
+            "|---|---|" + "---|" * (2 * len(KS)),
+            *[f"| {n} | " + " | ".join(f"{v:.0%}" for v in values) + " |" for n, values in rows],
             f"| honest, {len(scenarios(CalibrationSettings())) - 2} drift sources ({honest[0]} chunks): false "
-            f"failures | {honest[1]} | {honest[2]} | {honest[3]} |",
+            "failures | " + " | ".join(str(v) for v in honest[1:]) + " |",
             "",
         ]
     lines += [

@@ -6,12 +6,13 @@
 Each job is what a worker computes and what the market's verifier replays, in one process: a left-padded batch of
 chat prompts (different lengths, rendered with the model's template) through two real `worker.stage.Stage`s
 (layers [0, 15) and [15, 30)), prefill then greedy KV-cache decode until every sequence reaches end-of-sequence
-(`run_pipeline_local`, the coordinator's driver), at `--worker-threads` torch threads. The verifier's replay is
-what `market/coordinator/verify_replay.py` sends a replica: every recorded call of the stage concatenated into one
-prefill in a fresh session, here at `--replica-threads`. Every committed chunk (32 positions of hidden states on
-the first stage; the last-token logits rows on the last stage) is judged with the model's shipped tolerance
-(`market/verifier/tolerances/`) from the worker's sketch, as the verifier judges a commitment, and from the full
-tensor. The bench reports checks and failures; a failure would be a false slash.
+(`run_pipeline_local`, the coordinator's driver), at `--worker-threads` torch threads. The verifier's replay of a
+chunk is what `market/coordinator/verify_replay.py` sends a replica (`chunk_replay`): the chunk's sequence alone,
+its recorded calls concatenated into one prefill up to the chunk's end (the last stage: the prefix, then the
+chunk's positions with every row's logits) in a fresh session, here at `--replica-threads`. Every committed chunk
+(32 positions of hidden states on the first stage; the last-token logits rows on the last stage) is judged with
+the model's shipped tolerance (`market/verifier/tolerances/`) from the worker's sketch, as the verifier judges a
+commitment, and from the full tensor. The bench reports checks and failures; a failure would be a false slash.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from globai.models.builtin import add_builtin  # noqa: E402
 from globai.models.manifest import load_manifest  # noqa: E402
 from globai.models.reference import Recorded, run_pipeline_local  # noqa: E402
 from globai.models.tokenizer import load_tokenizer  # noqa: E402
-from globai.protocol.commitments import chunk_bounds  # noqa: E402
+from globai.protocol.commitments import chunk_id  # noqa: E402
 from globai.protocol.sampling import greedy  # noqa: E402
 from globai.protocol.sketch import sketch_chunk  # noqa: E402
 from market.coordinator.chat import render_chat  # noqa: E402
 from market.coordinator.service import left_pad  # noqa: E402
+from market.coordinator.verify_replay import RecordedCall, RecordedPart, chunk_replay  # noqa: E402
 from market.verifier.compare import compare_hidden_states, compare_sketch, shipped_model_tolerances  # noqa: E402
 from worker.stage import Stage  # noqa: E402
 
@@ -65,18 +67,30 @@ def job_prompts(manifest, tokenizer, job: int, batch: int) -> tuple[torch.Tensor
     return left_pad(rows, int(manifest.generation.pad_token_id))
 
 
-def replay_inputs(record: Recorded, stage: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-    """The stage's recorded calls as one prefill (inputs, positions, mask) and the positions the worker returned."""
-    xs, ps, ms, committed, seen = [], [], [], [], 0
+def recorded_part(record: Recorded, stage: int, last: bool) -> RecordedPart:
+    """A stage's recorded calls as the market keeps them (inputs, positions[, mask]) and the committed positions."""
+    calls, committed, seen = [], [], 0
     for index, x, pos, mask in record:
         if index != stage:
             continue
-        xs.append(x)
-        ps.append(pos.expand(x.shape[0], -1) if pos.shape[0] == 1 else pos)
-        ms.append(mask if mask is not None else torch.ones(x.shape[:2], dtype=torch.int64))
-        committed.append(seen + x.shape[1] - 1)  # last-stage calls return the last position only
+        tensors = [x, pos] + ([mask] if mask is not None else [])
+        calls.append(RecordedCall(len(calls), seen, last, tensors))
         seen += x.shape[1]
-    return torch.cat(xs, dim=1), torch.cat(ps, dim=1), torch.cat(ms, dim=1), committed
+        committed.extend([seen - 1] if last else range(seen - x.shape[1], seen))
+    return RecordedPart("", 0, 0, calls, committed)
+
+
+def replay_chunk(replica: Stage, part: RecordedPart, chunk: int) -> torch.Tensor:
+    """The replica's rows of one chunk, replayed as the market asks for it."""
+    wanted = chunk_replay(part, chunk)
+    replica.open_session("replay")
+    try:
+        for rec in wanted.calls:
+            mask = rec.tensors[2] if len(rec.tensors) > 2 else None
+            out = replica.forward("replay", rec.tensors[0], rec.tensors[1], mask, last_token_only=rec.last_token_only)
+    finally:
+        replica.close_session("replay")
+    return out[0, wanted.rows]
 
 
 def run(
@@ -118,17 +132,12 @@ def run(
             stage.close_session("claim")
         torch.set_num_threads(replica_threads)
         for index, replica in enumerate(replicas):
-            x, pos, m, committed = replay_inputs(record, index)
-            replayed = replica.forward(None, x, pos, m)
-            if replica.is_last:
-                claim = torch.cat(claimed[index], dim=1)  # [B, steps, vocab]
-                rows = replayed[:, committed, :]
-            else:
-                claim = torch.cat(claimed[index], dim=1)  # [B, T, hidden]
-                rows = replayed
+            part = recorded_part(record, index, replica.is_last)
+            claim = torch.cat(claimed[index], dim=1)  # [B, T, hidden] or [B, steps, vocab]: row i at committed[i]
             for seq in range(batch):
-                for _, a, b in chunk_bounds(claim.shape[1]):
-                    c, r = claim[seq, a:b], rows[seq, a:b]
+                for pc in sorted({p // 32 for p in part.committed}):
+                    rows = [i for i, p in enumerate(part.committed) if p // 32 == pc]
+                    c, r = claim[seq, rows], replay_chunk(replica, part, chunk_id(seq, pc))
                     v_full = compare_hidden_states(c, r, tol)
                     v_sketch = compare_sketch(sketch_chunk(c), r, tol)
                     checks += 1
@@ -174,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Honest jobs on SmolLM2-135M-Instruct: each a batch of {args.batch} chat prompts (left-padded), two stages "
         f"([0, 15) and [15, 30)), greedy KV-cache decode for {args.max_new_tokens} steps (a sequence past its "
         "end-of-sequence token is fed the pad id, as the coordinator does) at "
-        f"{args.worker_threads} thread(s); the verifier's replay is one prefill of the recorded calls in a fresh "
-        f"session at {args.replica_threads} threads (as `verify_replay.py` asks a replica). Every committed chunk "
+        f"{args.worker_threads} thread(s); the verifier's replay of a chunk is a prefill of that sequence alone up "
+        f"to the chunk's end in a fresh session at {args.replica_threads} threads (`verify_replay.chunk_replay`, "
+        "what the market asks a replica). Every committed chunk "
         "of both stages is judged with the model's shipped tolerance (`market/verifier/tolerances/`).",
         "",
         "| dtype | jobs | positions decoded (batch x steps) | chunks checked | failed (sketch, as committed) "

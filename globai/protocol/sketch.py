@@ -79,6 +79,20 @@ def _canonical(entries: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return sorted(entries, key=lambda e: (-abs(e[1]), e[0]))
 
 
+def top_indices(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[n, width] -> [n, k]: per row the indices of the k largest |x|, ties broken by lower index, in that order.
+
+    The same as a stable sort of -|x| cut at k, without sorting whole rows (a logits row is 49,152 wide): only the
+    entries at or above each row's k-th largest |x| (ties included) are sorted."""
+    ax = x.abs()
+    threshold = torch.topk(ax, k, dim=1).values[:, -1:]
+    rows = []
+    for r in range(ax.shape[0]):
+        candidates = (ax[r] >= threshold[r]).nonzero().squeeze(1)  # ascending index order
+        rows.append(candidates[torch.sort(-ax[r, candidates], stable=True).indices[:k]])
+    return torch.stack(rows) if rows else torch.zeros((0, k), dtype=torch.int64)
+
+
 def compute_sketch(chunk: torch.Tensor, k: int = DEFAULT_K) -> Sketch:
     """Sketch a hidden-state chunk [n_tokens, hidden] (any float dtype).
 
@@ -95,8 +109,7 @@ def compute_sketch(chunk: torch.Tensor, k: int = DEFAULT_K) -> Sketch:
     x = chunk.detach().to(torch.float32)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("chunk contains NaN or inf")
-    # topk on |x| with ties broken by lower index: stable sort of -|x| keeps index order among equals.
-    order = torch.sort(-x.abs(), dim=1, stable=True).indices[:, :k]
+    order = top_indices(x, k)
     vals = x.gather(1, order).clamp(-FP16_MAX, FP16_MAX).to(torch.float16).to(torch.float32)
     indices: list[tuple[int, ...]] = []
     values: list[tuple[float, ...]] = []

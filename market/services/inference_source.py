@@ -6,7 +6,7 @@
   Units = output rows the worker committed to (one token position through one stage).
 - commitments: the stored signed chunk commitments; Merkle proofs from the tree over all of the part's chunks.
 - replicas and replays: the market's `/v1/verification/*` endpoints (the coordinator holds the workers'
-  sockets); one replay per (part, replica) returns every position, cached, and each chunk takes its rows.
+  sockets); one replay per sampled chunk (a prefill of its sequence up to the chunk's end on the replica).
 
 A job's parts and each part's parsed commitments + Merkle tree are cached (bounded LRU): a completed job's
 evidence never changes, and a long job has hundreds of sampled chunks, each its own check.
@@ -79,23 +79,22 @@ class MarketVerifierClient:
         return [Replica(to_checksum_address(r["address"]), r["operator_id"], float(r.get("weight", 1.0))) for r in rows]
 
     def replay(
-        self, run_id: str, layer_start: int, worker: str, replica: str
-    ) -> tuple[torch.Tensor, list[int], list[str]]:
-        """(replica output rows, their positions, per row the digest the replica signed over its answer)."""
-        body = {"run_id": run_id, "layer_start": layer_start, "worker": worker, "replica": replica}
+        self, run_id: str, layer_start: int, worker: str, replica: str, chunk_index: int
+    ) -> tuple[torch.Tensor, str]:
+        """(the replica's rows of the chunk [n, width], the digest it signed over the answer holding them)."""
+        body = {
+            "run_id": run_id,
+            "layer_start": layer_start,
+            "worker": worker,
+            "replica": replica,
+            "chunk_index": chunk_index,
+        }
         try:
             raw = self._request("POST", "/v1/verification/replay", json=body).content
         except MarketError as exc:
             raise ReplicaUnavailable(str(exc)) from None
         message = decode_message(raw, max_bytes=MAX_REPLAY_BYTES)
-        per_row = [
-            str(d)
-            for d, n in zip(
-                message.header.get("sent_digests") or [], message.header.get("rows_per_call") or [], strict=False
-            )
-            for _ in range(int(n))
-        ]
-        return message.tensors[0], [int(p) for p in message.header["positions"]], per_row
+        return message.tensors[0][0], str(message.header.get("sent_digest") or "")
 
 
 class InferenceWorkSource:
@@ -114,8 +113,8 @@ class InferenceWorkSource:
         self.chain_id = chain_id
         self.models_dir = Path(models_dir)
         self._manifests: dict[str, Manifest] = {}
-        # (output rows, their positions, per row the digest the replica signed over the call that answered it)
-        self._replays: OrderedDict[tuple[str, int, str, str], tuple[torch.Tensor, list[int], list[str]]] = OrderedDict()
+        # per (run, stage, worker, replica, chunk): the replica's rows and the digest it signed over them
+        self._replays: OrderedDict[tuple[str, int, str, str, int], tuple[torch.Tensor, str]] = OrderedDict()
         self._parts: OrderedDict[str, list[ClaimedPart]] = OrderedDict()
         self._trees: OrderedDict[str, tuple[dict[int, SignedCommitment], merkle.MerkleTree]] = OrderedDict()
         self._cache_size = cache_size
@@ -258,31 +257,17 @@ class InferenceWorkSource:
 
     def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
         run_id, stage, worker = self._split(part.work_key)
-        key = (run_id, stage, worker, replica)
-        with self._lock:
-            cached = self._replays.get(key)
-        if cached is None:
-            cached = self.client.replay(run_id, stage, worker, replica)
-            with self._lock:
-                self._replays[key] = cached
-                while len(self._replays) > self._cache_size:
-                    self._replays.popitem(last=False)
-        output, positions, _ = cached
-        seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
-        # Row i of the replay is the output at positions[i] (only the positions the worker committed to).
-        rows = [i for i, p in enumerate(positions) if pc * 32 <= p < (pc + 1) * 32]
-        return output[seq, rows]
+        key = (run_id, stage, worker, replica, chunk_index)
+        rows, _ = self._cached(
+            self._replays, key, lambda: self.client.replay(run_id, stage, worker, replica, chunk_index)
+        )
+        return rows
 
     def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> str:
         run_id, stage, worker = self._split(part.work_key)
         with self._lock:
-            cached = self._replays.get((run_id, stage, worker, replica))
-        if cached is None:
-            return ""
-        _, positions, per_row = cached
-        pc = chunk_index & 0xFFFFFFFF
-        rows = [i for i, p in enumerate(positions) if pc * 32 <= p < (pc + 1) * 32]
-        return per_row[rows[0]] if rows and rows[0] < len(per_row) else ""
+            cached = self._replays.get((run_id, stage, worker, replica, chunk_index))
+        return "" if cached is None else cached[1]
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
         if self.blobs is None:

@@ -246,13 +246,18 @@ def start_verification(
     roots = {work_id(part.work_key): part.signed_root.root for part in parts}
     seed = sampling.sampling_seed(bytes.fromhex(chain_job_id[2:]), roots, secret, beacon)
     by_task = {work_id(part.work_key): part for part in parts}
+    # The policy's "chunks per job" is per worker: all its parts of this job (every run, every stage) together.
+    per_worker: dict[str, int] = defaultdict(int)
+    for part in parts:
+        per_worker[part.worker] += len(part.chunk_indices)
+    histories = {worker: _history(session, worker, now) for worker in per_worker}
     tasks = [
         sampling.TaskChunks(
             task_id=work_id(part.work_key),
             stage=part.stage,
             chunk_indices=part.chunk_indices,
             rate=sampling.sampling_rate(
-                cfg.economics, _history(session, part.worker, now), max(len(part.chunk_indices), 1), cfg.policy
+                cfg.economics, histories[part.worker], max(per_worker[part.worker], 1), cfg.policy
             ),
         )
         for part in parts

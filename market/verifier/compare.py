@@ -37,6 +37,7 @@ from globai.protocol.sketch import (
     Sketch,
     compute_sketch,
     parse_sketch,
+    top_indices,
 )
 
 
@@ -172,7 +173,7 @@ def _sketch_metrics(sketch: Sketch, replayed: torch.Tensor) -> tuple[float, floa
     k = sketch.k
     claimed_idx = sketch.index_tensor()
     claimed_val = sketch.value_tensor()
-    replay_top = torch.sort(-replayed.abs(), dim=1, stable=True).indices[:, :k]
+    replay_top = top_indices(replayed, k)
     matched = (claimed_idx.unsqueeze(2) == replay_top.unsqueeze(1)).any(dim=2)  # [tokens, k]
     overlap = float(matched.float().mean())
     if not bool(matched.any()):

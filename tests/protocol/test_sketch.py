@@ -17,6 +17,7 @@ from globai.protocol.sketch import (
     parse_sketch,
     sketch_chunk,
     sketch_size,
+    top_indices,
 )
 
 
@@ -124,3 +125,14 @@ def test_fuzz_mutated_valid_sketch(data: st.DataObject) -> None:
     except MalformedSketch:
         return
     assert encode_sketch(s) == bytes(good)  # anything accepted is canonical
+
+
+def test_top_indices_is_a_stable_sort_cut_at_k() -> None:
+    """The fast top-k (no whole-row sort) picks exactly what a stable sort of -|x| does, ties included."""
+    g = torch.Generator().manual_seed(5)
+    for width, k in ((16, 1), (64, 8), (300, 64)):
+        x = torch.randint(-4, 5, (32, width), generator=g).float() * 0.5  # many ties, zeros and sign pairs
+        want = torch.sort(-x.abs(), dim=1, stable=True).indices[:, :k]
+        assert torch.equal(top_indices(x, k), want)
+        y = torch.randn(32, width, generator=g)
+        assert torch.equal(top_indices(y, k), torch.sort(-y.abs(), dim=1, stable=True).indices[:, :k])

@@ -2,10 +2,11 @@
 
 - `GET /v1/verification/replicas?model=&layer_start=&layer_end=`: live workers serving exactly those layers, with
   the weight replicas are drawn by (reputation mean x stake);
-- `POST /v1/verification/replay`: re-run one worker's recorded stage calls on a replica; the answer is a binary
-  tensor message (`globai.protocol.tensors`) holding the replica's output rows [B, n, width], row i being the output
-  at `positions[i]` of its header (the n positions the worker committed to); `rows_per_call` and `sent_digests`
-  (per replayed call, the digest the replica signed over its answer) are the evidence against a lying replica.
+- `POST /v1/verification/replay`: reproduce one chunk of one worker's recorded stage calls on a replica (a prefill
+  of that sequence up to the chunk's end, `verify_replay.chunk_replay`); the answer is a binary tensor message
+  (`globai.protocol.tensors`) holding the replica's rows [1, n, width], row i being the output at `positions[i]` of
+  its header (the chunk's positions the worker committed to); `sent_digest` (the digest the replica signed over the
+  answer holding them) is the evidence against a lying replica.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fastapi import APIRouter, Query, Response
 from globai.protocol.tensors import encode_message
 from market.api.deps import AdminDep, CoordinatorDep, CtxDep
 from market.api.schemas.verification import ReplayIn
-from market.coordinator.verify_replay import load_part, replay_on, replicas
+from market.coordinator.verify_replay import chunk_replay, load_part, replay_on, replicas
 from market.services import workers
 from market.services.verification import replica_weight
 
@@ -63,9 +64,12 @@ async def replay(body: ReplayIn, _admin: AdminDep, ctx: CtxDep) -> Response:
             )
 
     part = await asyncio.to_thread(load)
+    wanted = chunk_replay(part, body.chunk_index)
     answer = await replay_on(
         coordinator.links,
-        part,
+        part.model,
+        (part.layer_start, part.layer_end),
+        wanted,
         replica=body.replica,
         chain_id=coordinator.config.chain_id,
         timeout=coordinator.config.call_timeout_s,
@@ -73,10 +77,9 @@ async def replay(body: ReplayIn, _admin: AdminDep, ctx: CtxDep) -> Response:
     raw = encode_message(
         {
             "op": "replay",
-            "positions": part.committed,
+            "positions": wanted.positions,
             "layer_end": part.layer_end,
-            "rows_per_call": answer.rows_per_call,
-            "sent_digests": ["0x" + d.hex() for d in answer.sent_digests],
+            "sent_digest": "0x" + answer.sent_digest.hex(),
         },
         [answer.output],
     )

@@ -14,3 +14,4 @@ class ReplayIn(BaseModel):
     layer_start: int = Field(ge=0)
     worker: Address
     replica: Address
+    chunk_index: int = Field(ge=0, lt=1 << 64)  # sequence << 32 | position chunk: the one chunk to reproduce
