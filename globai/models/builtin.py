@@ -25,8 +25,9 @@ class BuiltinModel:
     name: str  # the float32 model's name; other dtypes append "-<short dtype>"
     install_hint: str
 
-    def variant(self, dtype: str) -> str:
-        return self.name if dtype == "float32" else f"{self.name}-{SHORT[dtype]}"
+    def variant(self, dtype: str, weight_format: str | None = None) -> str:
+        name = self.name if dtype == "float32" else f"{self.name}-{SHORT[dtype]}"
+        return name if weight_format is None else f"{name}-{weight_format}"
 
     def source(self) -> Path:
         spec = importlib.util.find_spec(self.package)
@@ -57,12 +58,18 @@ def builtin(key: str) -> BuiltinModel:
 
 
 def add_builtin(
-    key: str, models_dir: Path, *, dtype: str = "float32", progress: Progress | None = None
+    key: str,
+    models_dir: Path,
+    *,
+    dtype: str = "float32",
+    progress: Progress | None = None,
+    weight_format: str | None = None,
 ) -> tuple[Path, Manifest, bool]:
     """Import a built-in model into `models_dir/<name>` unless it is there already.
 
-    Returns (directory, manifest, imported now). A bfloat16/float16 variant is cast from the float32 import
-    (which is made first if needed), so the GGUF file is dequantised only once per models directory.
+    Returns (directory, manifest, imported now). A bfloat16/float16 or quantised (`weight_format` int8/int4)
+    variant is made from the float32 import (which is made first if needed), so the GGUF file is dequantised
+    only once per models directory.
     """
     from globai.models.gguf import import_gguf
 
@@ -70,12 +77,14 @@ def add_builtin(
     if dtype not in SHORT:
         raise ManifestError(f"dtype must be one of {', '.join(SHORT)}, not {dtype!r}")
     models_dir = Path(models_dir)
-    target = models_dir / model.variant(dtype)
+    target = models_dir / model.variant(dtype, weight_format)
     if (target / MANIFEST_FILE).is_file():
         return target, load_manifest(target), False
     base = models_dir / model.name
     if not (base / MANIFEST_FILE).is_file():
         import_gguf(model.source(), base, name=model.name, dtype="float32", progress=progress, overwrite=True)
-    if dtype == "float32":
+    if dtype == "float32" and weight_format is None:
         return base, load_manifest(base), True
-    return target, recast(base, target, dtype=dtype, name=model.variant(dtype), overwrite=True, progress=progress), True
+    name = model.variant(dtype, weight_format)
+    made = recast(base, target, dtype=dtype, name=name, overwrite=True, progress=progress, weight_format=weight_format)
+    return target, made, True

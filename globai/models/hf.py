@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from transformers import PreTrainedModel
 
+from globai.models import quant
 from globai.models.families import get_family
 from globai.models.families._base import ATTN_IMPLEMENTATION
 from globai.models.manifest import HEAD, Manifest, load_manifest, read_verified
@@ -27,6 +28,8 @@ def load_full_model(model_dir: Path, *, device: str = "cpu") -> tuple[Manifest, 
     # (`model.to(bfloat16)` would round it and change every logit).
     config, dtype = family.hf_config(manifest.config), getattr(torch, manifest.dtype)
     model = family.full_model(config, dtype, head_tensors=bool(manifest.shard(HEAD).tensors))
+    if manifest.weight_format is not None:
+        quant.install(model, state, manifest.weight_format, dtype)
     model.load_state_dict(state, strict=True)
     model.to(device)  # type: ignore[arg-type]  # transformers types `.to` through a decorator
     return manifest, model.eval()

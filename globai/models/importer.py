@@ -18,8 +18,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from globai.models import quant
 from globai.models.errors import ManifestError, UnsupportedModelError
-from globai.models.families import family_for_model_type
+from globai.models.families import family_for_model_type, get_family
+from globai.models.families._base import ModelFamily
 from globai.models.layout import FamilyLayout
 from globai.models.manifest import (
     ALLOWED_DTYPES,
@@ -263,9 +265,17 @@ def _layer_index(name: str) -> int:
 
 
 def recast(
-    src_dir: Path, out: Path, *, dtype: str, name: str, overwrite: bool = False, progress: Progress | None = None
+    src_dir: Path,
+    out: Path,
+    *,
+    dtype: str,
+    name: str,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    weight_format: str | None = None,
 ) -> Manifest:
-    """A copy of the sharded model in `src_dir` with its weights cast to `dtype` (e.g. a bfloat16 variant).
+    """A copy of the sharded model in `src_dir` with its weights cast to `dtype` (e.g. a bfloat16 variant), and
+    its linear layers quantised to `weight_format` ("int8", "int4": `globai.models.quant`) if given.
 
     Shards are read sha256-checked, one at a time; the tokenizer and the generation section are kept.
     """
@@ -281,6 +291,14 @@ def recast(
     if (out / MANIFEST_FILE).exists() and not overwrite:
         raise ManifestError(f"{out} already holds a model (pass overwrite to replace it)")
     source = load_manifest(src_dir)
+    if weight_format is not None:
+        try:
+            quant.check_format(weight_format)
+        except ValueError as exc:
+            raise ManifestError(str(exc)) from None
+        if source.weight_format is not None:
+            raise ManifestError(f"{source.name} is quantised already ({source.weight_format})")
+    family = get_family(source.family)
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     (out / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
     target = getattr(torch, dtype)
@@ -290,8 +308,14 @@ def recast(
             progress(entry.name, index - 1, len(source.shards))
         tensors = load_safetensors(read_verified(src_dir, entry))
         cast = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+        if weight_format is not None:
+            try:
+                linears = _linear_keys(family, source.config, entry.name)
+                cast = quant.quantise_state(cast, linears, weight_format, target)
+            except ValueError as exc:
+                raise ManifestError(f"cannot quantise {entry.name}: {exc}") from None
         save_file(cast, str(out / entry.path), metadata={"format": "pt"})
-        shards.append(ShardEntry(name=entry.name, tensors=entry.tensors, **file_entry(out, entry.path).model_dump()))
+        shards.append(ShardEntry(name=entry.name, tensors=sorted(cast), **file_entry(out, entry.path).model_dump()))
         if progress is not None:
             progress(entry.name, index, len(source.shards))
     tokenizer = []
@@ -300,8 +324,28 @@ def recast(
         tokenizer.append(file_entry(out, file.path))
     config = {**source.config, "dtype": dtype} if "dtype" in source.config else source.config
     manifest = source.model_copy(
-        update={"name": name, "dtype": dtype, "config": config, "shards": shards, "tokenizer": tokenizer}
+        update={
+            "name": name,
+            "dtype": dtype,
+            "config": config,
+            "shards": shards,
+            "tokenizer": tokenizer,
+            "weight_format": weight_format,
+        }
     )
     manifest = Manifest.model_validate(manifest.model_dump())
     save_manifest(manifest, out)
     return manifest
+
+
+def _linear_keys(family: ModelFamily, config: dict[str, Any], shard: str) -> list[str]:
+    """Canonical keys of the `nn.Linear` weights in one shard of a family's model (what quantisation replaces)."""
+    with torch.device("meta"):
+        module, prefixes = family.shard_module(family.hf_config(config), shard, has_tensors=True)
+    keys = []
+    for local in quant.linear_weight_keys(module):
+        canonical, prefix = max(
+            ((c, p) for c, p in prefixes.items() if local.startswith(p)), key=lambda item: len(item[1])
+        )
+        keys.append(canonical + local[len(prefix) :])
+    return keys

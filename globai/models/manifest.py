@@ -102,6 +102,9 @@ class Manifest(BaseModel):
     tokenizer: list[FileEntry]
     pooling: Pooling | None = None
     generation: Generation | None = None  # causal LMs imported from a real checkpoint; None: no EOS, no chat
+    # Weight-only quantised linear layers (`globai.models.quant`): "int8" or "int4"; None: plain `dtype` weights.
+    # `dtype` stays the compute dtype (activations, embeddings, norms, scales).
+    weight_format: Literal["int8", "int4"] | None = None
     shards: list[ShardEntry]
 
     @field_validator("family")
@@ -120,6 +123,12 @@ class Manifest(BaseModel):
         if (self.task == "embedding") != (self.pooling is not None):
             raise ValueError("pooling is required for embedding models and only for them")
         return self
+
+    @property
+    def precision(self) -> str:
+        """The numeric format a stage computes in: the dtype, plus the weight format if quantised
+        ("float32", "bfloat16+int4"); verification tolerances are calibrated per precision."""
+        return self.dtype if self.weight_format is None else f"{self.dtype}+{self.weight_format}"
 
     def shard(self, name: str) -> ShardEntry:
         for entry in self.shards:
@@ -154,8 +163,9 @@ def canonical_json(manifest: Manifest) -> str:
 
 def _dump(manifest: Manifest) -> dict[str, Any]:
     data = manifest.model_dump(mode="json")
-    if data.get("generation") is None:
-        data.pop("generation", None)
+    for optional in ("generation", "weight_format"):
+        if data.get(optional) is None:
+            data.pop(optional, None)
     return data
 
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import coincurve
 from eth_abi import encode as abi_encode
-from eth_account import Account
-from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
@@ -137,7 +136,25 @@ def sent_digest(scope: ChunkScope, step: int, first_position: int, output_sha256
 def sign_digest(account: LocalAccount, digest: bytes) -> bytes:
     """EIP-191 signature (65 bytes r||s||v, v in {27, 28}) over a 32-byte digest."""
     _check_bytes32("digest", digest)
-    return bytes(account.sign_message(encode_defunct(primitive=digest)).signature)
+    # libsecp256k1 directly: the same deterministic (RFC 6979, low-s) signature eth-account makes, in ~0.12 ms
+    # instead of ~0.65 (every forward answer is signed: this was a fixed cost on every pipeline hop).
+    signature = _private_key(account.key).sign_recoverable(_eip191(digest), hasher=None)
+    return signature[:64] + bytes([signature[64] + 27])
+
+
+_KEYS: dict[bytes, coincurve.PrivateKey] = {}
+
+
+def _private_key(key: bytes) -> coincurve.PrivateKey:
+    found = _KEYS.get(bytes(key))
+    if found is None:
+        found = _KEYS.setdefault(bytes(key), coincurve.PrivateKey(bytes(key)))
+    return found
+
+
+def _eip191(digest: bytes) -> bytes:
+    """The hash EIP-191 ("\\x19Ethereum Signed Message:\\n32" + digest) signs: what `encode_defunct` makes."""
+    return keccak(b"\x19Ethereum Signed Message:\n32" + digest)
 
 
 def recover_signer(digest: bytes, signature: bytes) -> str:
@@ -151,10 +168,12 @@ def recover_signer(digest: bytes, signature: bytes) -> str:
     if int.from_bytes(signature[32:64], "big") > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0:
         raise BadSignature("non-canonical s")
     try:
-        address = Account.recover_message(encode_defunct(primitive=digest), signature=signature)
-    except Exception as exc:  # eth-keys raises several types for invalid curve points
+        public = coincurve.PublicKey.from_signature_and_message(
+            signature[:64] + bytes([signature[64] - 27]), _eip191(digest), hasher=None
+        )
+    except Exception as exc:  # libsecp256k1 refuses invalid curve points / r, s out of range
         raise BadSignature(f"unrecoverable ({type(exc).__name__})") from exc
-    return to_checksum_address(address)
+    return to_checksum_address(keccak(public.format(compressed=False)[1:])[-20:])
 
 
 def verify_signer(digest: bytes, signature: bytes, expected: str) -> bool:

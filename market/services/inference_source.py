@@ -216,7 +216,7 @@ class InferenceWorkSource:
                             layer_start=stage,
                             layer_end=layer_end,
                             units=sum(c.commitment.sketch[4] for c in chunks),
-                            dtype=manifest.dtype,
+                            dtype=manifest.precision,  # quantised formats have their own tolerances
                             scope=scope,
                             signed_root=signed_root,
                             model=manifest.name,

@@ -35,6 +35,7 @@ from typing import cast
 import torch
 from transformers import LlamaForCausalLM
 
+from globai.models import quant
 from globai.protocol.commitments import chunk_bounds
 from globai.protocol.sketch import DEFAULT_K, sketch_chunk
 from market.verifier import cheats
@@ -222,16 +223,21 @@ def thresholds(observed: Sequence[Metrics], floor: Tolerance, margin: float, ove
     return Tolerance(**values)
 
 
-def _model(s: CalibrationSettings, dtype: str) -> LlamaForCausalLM:
+def _model(s: CalibrationSettings, precision: str) -> LlamaForCausalLM:
+    """The model in `precision`: a dtype, or "dtype+format" for quantised linear weights (`globai.models.quant`)."""
+    dtype, _, weight_format = precision.partition("+")
     if s.model_dir is None:
-        return calibration_model(s.spec, getattr(torch, dtype))
-    from globai.models.hf import load_full_model
+        model = calibration_model(s.spec, getattr(torch, dtype))
+    else:
+        from globai.models.hf import load_full_model
 
-    _, model = load_full_model(Path(s.model_dir))
-    # Cast the weights only: RoPE's inv_freq stays float32, as a bfloat16 manifest's stages compute it.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.data = p.data.to(getattr(torch, dtype))
+        _, model = load_full_model(Path(s.model_dir))
+        # Cast the weights only: RoPE's inv_freq stays float32, as a bfloat16 manifest's stages compute it.
+        with torch.no_grad():
+            for p in model.parameters():
+                p.data = p.data.to(getattr(torch, dtype))
+    if weight_format and not any(isinstance(m, quant.QuantLinear) for m in model.modules()):
+        quant.quantise_linears(model, weight_format, getattr(torch, dtype))
     return cast(LlamaForCausalLM, model.eval())
 
 
@@ -257,7 +263,7 @@ def calibrate_dtype(s: CalibrationSettings, dtype: str) -> dict:
                 for c, r in _chunks(run(model, inputs, i), refs[i])
             ]
         everything = [m for name, ms in honest.items() if name not in s.informational for m in ms]
-        tol = thresholds(everything, FLOORS[dtype], s.margin, s.overlap_margin)
+        tol = thresholds(everything, FLOORS[dtype.partition("+")[0]], s.margin, s.overlap_margin)
         cheat_report = {}
         for name, cheat in cheats.all_cheats(model.dtype).items():
             pairs = [

@@ -75,6 +75,14 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
         max_rel_err=0.05, mean_rel_err=5.3e-3, min_topk_overlap=0.85, value_max_err=64.0, value_mean_err=3.3
     ),
 }
+# Quantised weights (`globai.models.quant`; a replica replays with the same format, the manifest binds it):
+# `globai verifier calibrate --dtype bfloat16+int8 --dtype bfloat16+int4` (and float32+int8/int4; the report is
+# market/verifier/calibration-quantised.json) measured honest bfloat16 drift exactly 0 between CPU runs (thresholds
+# at the bfloat16 floors) and float32 drift <= 1.5e-6 (within the float32 tolerance). A GPU replica dequantises
+# instead of using the CPU int8/int4 kernels, so the CPU-vs-GPU tolerance of the compute dtype applies to them.
+for _format in ("int8", "int4"):
+    DEFAULT_TOLERANCES[f"bfloat16+{_format}"] = DEFAULT_TOLERANCES["bfloat16"]
+    DEFAULT_TOLERANCES[f"float32+{_format}"] = DEFAULT_TOLERANCES["float32"]
 
 
 def load_tolerances(path: str | Path | None = None) -> dict[str, Tolerance]:
@@ -93,8 +101,9 @@ def load_tolerances(path: str | Path | None = None) -> dict[str, Tolerance]:
 
 
 MODEL_TOLERANCES_DIR = Path(__file__).parent / "tolerances"
-# Variants of a model (e.g. `smollm2-135m-instruct-bf16`) share its calibration file; the dtype picks the entry.
-_VARIANT_SUFFIXES = ("", "-fp32", "-bf16", "-fp16")
+# Variants of a model (e.g. `smollm2-135m-instruct-bf16`, `...-bf16-int4`) share its calibration file; the
+# precision (dtype, or dtype+weight format) picks the entry.
+_VARIANT_SUFFIXES = tuple(d + w for d in ("", "-fp32", "-bf16", "-fp16") for w in ("", "-int8", "-int4"))
 
 
 def shipped_model_tolerances(directory: Path = MODEL_TOLERANCES_DIR) -> dict[str, dict[str, Tolerance]]:

@@ -179,3 +179,21 @@ def test_binary_frame_round_trip_any_length_and_strictness() -> None:
     header["commitments"] = len(signed) + 1
     with pytest.raises(MalformedCommitment):
         take_commitments(decode_message(encode_message(header, tensors), max_bytes=10**8), scope=SCOPE, width=64)
+
+
+def test_signatures_are_eth_accounts_own() -> None:
+    """`sign_digest` / `recover_signer` call libsecp256k1 directly: byte-identical to eth-account's EIP-191."""
+    import hashlib
+
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
+    from globai.protocol.signing import sign_digest
+
+    for i in range(20):
+        account = Account.from_key(hashlib.sha256(b"key%d" % i).digest())
+        digest = hashlib.sha256(b"digest%d" % i).digest()
+        expected = bytes(account.sign_message(encode_defunct(primitive=digest)).signature)
+        assert sign_digest(account, digest) == expected
+        assert recover_signer(digest, expected) == account.address
+        assert Account.recover_message(encode_defunct(primitive=digest), signature=expected) == account.address

@@ -25,13 +25,30 @@ from market.db.migrate import upgrade
 from market.services.inference_source import InferenceWorkSource, MarketVerifierClient
 from market.verifier.compare import DEFAULT_TOLERANCES
 from market.verifier.disputes import ProjectedRows, check_claim
-from tests.runtime.conftest import SECRET, InProcessWorker, MarketServer, Requester
+from tests.runtime.conftest import MODEL, SECRET, InProcessWorker, MarketServer, Requester
 from tests.runtime.test_runtime_failover import wait_finished
+
+QUANTISED = MODEL + "-bf16-int4"
+
+
+@pytest.fixture(scope="module")
+def quantised_models(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder holding the tiny model with bfloat16 compute and int4 weights (its own manifest)."""
+    from globai.models.importer import recast
+
+    out = tmp_path_factory.mktemp("quantised")
+    recast(tiny_model, out / QUANTISED, dtype="bfloat16", name=QUANTISED, weight_format="int4")
+    return out
 
 
 @pytest.fixture
-def admin_market(tiny_model: Path, deployment: Any, anvil: Any, tmp_path: Path):  # type: ignore[no-untyped-def]
+def admin_market(  # type: ignore[no-untyped-def]
+    request: pytest.FixtureRequest, tiny_model: Path, deployment: Any, anvil: Any, tmp_path: Path
+):
     admin = Account.from_key(b"\x31" * 32)
+    models_dir = tiny_model.parent
+    if getattr(request, "param", MODEL) == QUANTISED:
+        models_dir = request.getfixturevalue("quantised_models")
     settings = Settings(
         profile="test",
         database_url=f"sqlite:///{tmp_path / 'market.db'}",
@@ -43,7 +60,7 @@ def admin_market(tiny_model: Path, deployment: Any, anvil: Any, tmp_path: Path):
         staking_vault_address=deployment.vault,
         job_escrow_address=deployment.escrow,
         token_address=deployment.token,
-        models_dir=str(tiny_model.parent),
+        models_dir=str(models_dir),
         blob_dir=str(tmp_path / "blobs"),
         stage_timeout_s=30.0,
         rate_limit_per_s=1000.0,
@@ -61,21 +78,26 @@ def admin_market(tiny_model: Path, deployment: Any, anvil: Any, tmp_path: Path):
         server.stop()
 
 
+@pytest.mark.parametrize("admin_market", [MODEL, QUANTISED], indirect=True)
 def test_honest_run_checks_whole_tensors_and_projections(
     admin_market,
     staked: list[LocalAccount],
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
+    """Also for a quantised model (bfloat16 + int4 weights): its replicas replay in the same format (the manifest
+    binds it) and every check of the honest run passes with that format's tolerance: nothing to slash."""
     market, admin = admin_market
+    model = QUANTISED if (Path(market.settings.models_dir) / QUANTISED).is_dir() else MODEL
     layout = {staked[0]: "0:2", staked[1]: "2:4", staked[2]: "0:2", staked[3]: "2:4"}
     workers = [
-        InProcessWorker.start(market, a, layers, tmp_path / f"c{i}") for i, (a, layers) in enumerate(layout.items())
+        InProcessWorker.start(market, a, layers, tmp_path / f"c{i}", model=model)
+        for i, (a, layers) in enumerate(layout.items())
     ]
     engine = make_engine(market.settings.database_url)
     sessions = make_session_factory(engine)
     try:
-        market.wait_workers(4, timeout=120)
-        requester = Requester(market, Account.from_key(b"\x78" * 32))
+        market.wait_workers(4, timeout=120, model=model)
+        requester = Requester(market, Account.from_key(b"\x78" * 32), model=model)
         done = requester.generate([[5, 9, 11, 3] * 9, [7, 1, 2] * 5], max_new_tokens=40)
         assert wait_finished(requester, done["id"])["status"] == "completed"
         job_id = str(uuid.uuid4())
@@ -134,6 +156,7 @@ def test_honest_run_checks_whole_tensors_and_projections(
                 assert verdict.ok, (part.layer_start, chunk, verdict)
                 if isinstance(held, ProjectedRows):
                     assert verdict.metrics["projection_err"] is not None
+                if isinstance(held, ProjectedRows) and model == MODEL:  # (a 1 % change is within bf16's tolerance)
                     # The same check fails for logits changed outside their top-k (what projections are for).
                     bad = held.rows + torch.randn_like(held.rows) * replayed.float().norm(dim=1, keepdim=True) * 0.01
                     assert not check_claim(
@@ -149,6 +172,7 @@ def test_honest_run_checks_whole_tensors_and_projections(
                         held=ProjectedRows(bad, held.seed),
                     ).ok
         assert kinds == {"Tensor", "ProjectedRows"}
+        assert {p.dtype for p in parts} == {"bfloat16+int4" if model == QUANTISED else "float32"}
     finally:
         for w in workers:
             w.stop()

@@ -14,6 +14,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 from transformers import PretrainedConfig
 
+from globai.models import quant
 from globai.models.errors import ManifestError
 from globai.models.families import get_family
 from globai.models.families._base import ModelFamily, StageModules
@@ -52,14 +53,29 @@ def _check_materialised(module: nn.Module) -> None:
 
 
 def load_shard_module(
-    model_dir: Path, family: ModelFamily, config: PretrainedConfig, shard: ShardEntry, device: torch.device
+    model_dir: Path,
+    family: ModelFamily,
+    config: PretrainedConfig,
+    shard: ShardEntry,
+    device: torch.device,
+    *,
+    weight_format: str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
-    """Verify one shard file's sha256, then build its module and move the weights in."""
+    """Verify one shard file's sha256, then build its module and move the weights in (quantised linear layers
+    where the model's `weight_format` says so)."""
     data = read_verified(model_dir, shard)
     tensors = {k: v.to(device) for k, v in load_safetensors(data).items()}
     with torch.device("meta"):
         module, prefixes = family.shard_module(config, shard.name, has_tensors=bool(tensors))
-    module = _fill(module, _local_state(tensors, prefixes, shard), shard)
+    state = _local_state(tensors, prefixes, shard)
+    if weight_format is not None:
+        try:
+            with torch.device("meta"):
+                module = quant.install(module, state, weight_format, dtype)
+        except ValueError as exc:
+            raise ManifestError(f"shard {shard.name}: {exc}") from None
+    module = _fill(module, state, shard)
     family.materialise_buffers(module, device)
     _check_materialised(module)
     return module
@@ -72,9 +88,12 @@ def build_stage_modules(
     device = torch.device(device)
     family = get_family(manifest.family)
     config = family.hf_config(manifest.config)
+    dtype = getattr(torch, manifest.dtype)
     modules: dict[str, nn.Module] = {}
     for shard in manifest.stage_shards(start, end):
-        modules[shard.name] = load_shard_module(model_dir, family, config, shard, device)
+        modules[shard.name] = load_shard_module(
+            model_dir, family, config, shard, device, weight_format=manifest.weight_format, dtype=dtype
+        )
     return StageModules(
         config=config,
         embed=modules.get(EMBED),

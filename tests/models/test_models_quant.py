@@ -1,0 +1,76 @@
+"""Weight-only quantised formats (int8, int4): exact round trip bounds, the manifest binds the format, a quantised
+stage's output is within its calibrated tolerance of a replica's replay in the same format, and not of another."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from globai.models import quant
+from globai.models.importer import recast
+from globai.models.manifest import load_manifest
+from globai.models.reference import generate_reference, prefill_positions, run_pipeline_local
+from market.verifier.compare import DEFAULT_TOLERANCES, compare_hidden_states
+from worker.stage import Stage
+
+
+@pytest.mark.parametrize("weight_format", quant.WEIGHT_FORMATS)
+def test_quantise_round_trip_is_within_half_a_step(weight_format: str) -> None:
+    w = torch.randn(48, 96, generator=torch.Generator().manual_seed(0))
+    w[3] = 0.0  # an all-zero row must not divide by zero
+    q = quant.quantise_weight(w, weight_format, torch.float32)
+    back = quant.dequantise(q[quant.QWEIGHT], q[quant.SCALE], weight_format)
+    step = q[quant.SCALE] if weight_format == "int8" else q[quant.SCALE].repeat_interleave(quant.GROUP, dim=1)
+    step = step if step.dim() == 2 else step[:, None]
+    assert ((back - w).abs() <= step / 2 + 1e-6).all()
+    assert torch.equal(back[3], torch.zeros(96))
+    bytes_per_weight = q[quant.QWEIGHT].numel() * q[quant.QWEIGHT].element_size() / w.numel()
+    assert bytes_per_weight == {"int8": 1.0, "int4": 0.5}[weight_format]
+
+
+@pytest.fixture(scope="module")
+def formats(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("formats")
+    made = {"float32": tiny_llama}
+    for weight_format in quant.WEIGHT_FORMATS:
+        target = out / f"tiny-bf16-{weight_format}"
+        recast(tiny_llama, target, dtype="bfloat16", name=target.name, weight_format=weight_format)
+        made[f"bfloat16+{weight_format}"] = target
+    return made
+
+
+def test_the_manifest_binds_the_format(formats: dict[str, Path]) -> None:
+    manifests = {p: load_manifest(d) for p, d in formats.items()}
+    assert {p: m.precision for p, m in manifests.items()} == {p: p for p in formats}
+    assert len({m.digest() for m in manifests.values()}) == len(formats)
+    sizes = {p: sum(s.size for s in m.shards) for p, m in manifests.items()}
+    assert sizes["bfloat16+int4"] < sizes["bfloat16+int8"] < sizes["float32"] / 3
+    stage = Stage(formats["bfloat16+int4"], 0, 2)
+    assert all(isinstance(layer.mlp.up_proj, quant.QuantLinear) for layer in stage.modules.layers)
+    # a float32 manifest keeps its canonical JSON (and digest) without the new field
+    assert "weight_format" not in (formats["float32"] / "manifest.json").read_text()
+
+
+@pytest.mark.parametrize("precision", ["bfloat16+int8", "bfloat16+int4"])
+def test_a_quantised_stage_is_verified_by_a_replica_of_its_format(formats: dict[str, Path], precision: str) -> None:
+    """The worker: prefill then token-by-token decode with its KV cache; the replica: one prefill replay of the
+    recorded inputs in a fresh session, as the verifier asks it. Same format: within the calibrated tolerance.
+    A replica of another format (float32 weights) would judge the honest quantised output a cheat."""
+    ids = torch.randint(3, 500, (1, 40), generator=torch.Generator().manual_seed(5))
+    worker = Stage(formats[precision], 0, 2)
+    worker.open_session("s")
+    rows = [worker.forward("s", ids[:, :8])]
+    rows += [worker.forward("s", ids[:, t : t + 1]) for t in range(8, 40)]
+    claimed = torch.cat(rows, dim=1)[0, :32]  # the first committed chunk
+    positions = prefill_positions(torch.ones_like(ids))
+    replica = Stage(formats[precision], 0, 2).forward(None, ids, positions)[0, :32]
+    verdict = compare_hidden_states(claimed, replica, DEFAULT_TOLERANCES[precision])
+    assert verdict.ok, verdict
+    other = Stage(formats["float32"], 0, 2).forward(None, ids, positions)[0, :32]
+    assert not compare_hidden_states(claimed, other.to(claimed.dtype), DEFAULT_TOLERANCES[precision]).ok
+    # and the pipeline's greedy tokens equal the unsharded quantised model's `generate`
+    prompt = ids[:, :6]
+    stages = [Stage(formats[precision], 0, 2), Stage(formats[precision], 2, 4)]
+    assert torch.equal(run_pipeline_local(stages, prompt, 6), generate_reference(formats[precision], prompt, 6))
