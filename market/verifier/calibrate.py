@@ -226,6 +226,7 @@ def thresholds(observed: Sequence[Metrics], floor: Tolerance, margin: float, ove
 def _model(s: CalibrationSettings, precision: str) -> LlamaForCausalLM:
     """The model in `precision`: a dtype, or "dtype+format" for quantised linear weights (`globai.models.quant`)."""
     dtype, _, weight_format = precision.partition("+")
+    model: torch.nn.Module
     if s.model_dir is None:
         model = calibration_model(s.spec, getattr(torch, dtype))
     else:
