@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -86,7 +88,7 @@ class Peers:
         self.id = secrets.token_hex(8)
         self.redis: Any = aioredis.from_url(config.redis_url)  # bytes in, bytes out (binary frames)
         p = config.prefix
-        self.k_links, self.k_runs, self.k_events = f"{p}:links", f"{p}:runs", f"{p}:events"
+        self.k_links, self.k_events = f"{p}:links", f"{p}:events"
         self._outbox: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[Any]] = []
         self._relays: set[asyncio.Task[Any]] = set()
@@ -131,7 +133,8 @@ class Peers:
         return {lnk.link_id: lnk for lnk in self.links.live()}
 
     async def _beat_once(self) -> None:
-        await self.redis.set(self.proc_key(self.id), str(time.time()), px=int(self.config.proc_ttl_s * 1000))
+        about = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()})
+        await self.redis.set(self.proc_key(self.id), about, px=int(self.config.proc_ttl_s * 1000))
 
     async def _beat_loop(self) -> None:
         while True:
@@ -180,8 +183,16 @@ class Peers:
         link.transmit = lambda rid, raw: self._relay(link, rid, raw)  # type: ignore[method-assign]
         return link
 
-    async def sync_links(self) -> None:
-        """Reconcile with `{prefix}:links`: add links announced while we missed them, drop those of dead processes."""
+    async def sync_links(self, *, full: bool = True) -> None:
+        """Drop the links of dead processes; `full`: also reconcile with `{prefix}:links` (links announced while we
+        missed the message). The full read is O(connected workers), so the watcher does it only now and then."""
+        if not full:
+            owners = {lnk.owner for lnk in self.links.live() if lnk.owner is not None}
+            alive = await self.alive(owners)
+            for lnk in self.links.live():
+                if lnk.owner is not None and lnk.owner not in alive:
+                    self.links.remove(lnk.link_id, f"market process {lnk.owner} is gone")
+            return
         entries = {k.decode(): json.loads(v) for k, v in (await self.redis.hgetall(self.k_links)).items()}
         owners = {str(b["owner"]) for b in entries.values()} | {
             lnk.owner for lnk in self.links.live() if lnk.owner is not None
@@ -291,33 +302,50 @@ class Peers:
             except Exception:
                 log.exception("writing %d coordinator updates to Redis failed", len(batch))
 
-    # --- runs ------------------------------------------------------------------------------------------------
-    async def own_run(self, run_id: str) -> None:
-        await self.redis.hset(self.k_runs, run_id, self.id)
+    # --- ownership of runs and jobs ----------------------------------------------------------------------------
+    # `kind` is "runs" (generations, `Coordinator`) or "jobs" (paid inference jobs, `InferenceJobRunner`): a hash
+    # `{prefix}:{kind}` of id -> owning process. A dead owner's items are taken by compare-and-set.
+    def _owners(self, kind: str) -> str:
+        return f"{self.config.prefix}:{kind}"
 
+    async def own(self, kind: str, item_id: str) -> None:
+        await self.redis.hset(self._owners(kind), item_id, self.id)
+
+    async def adopt(self, kind: str, item_id: str) -> bool:
+        """Own an item nobody owns (e.g. left running before Redis lost its keys); False if someone does."""
+        return bool(await self.redis.hsetnx(self._owners(kind), item_id, self.id))
+
+    async def is_owned(self, kind: str, item_id: str) -> bool:
+        return bool(await self.redis.hexists(self._owners(kind), item_id))
+
+    def release(self, kind: str, item_id: str) -> None:
+        self._outbox.put_nowait(("hdel", (self._owners(kind), item_id)))
+
+    async def still_mine(self, kind: str, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        owners = await self.redis.hmget(self._owners(kind), ids)
+        return {r for r, o in zip(ids, owners, strict=True) if o is not None and o.decode() == self.id}
+
+    async def take_orphans(self, kind: str) -> list[str]:
+        """Items whose owner died, each moved to this process by compare-and-set (one taker per item)."""
+        key = self._owners(kind)
+        owned = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(key)).items()}
+        alive = await self.alive(set(owned.values()) - {self.id}) | {self.id}
+        taken = []
+        for item_id, owner in owned.items():
+            if owner not in alive and await self.redis.eval(_TAKE, 1, key, item_id, owner, self.id):
+                log.warning("%s %s: its market process %s is gone; taking it over", kind, item_id, owner)
+                taken.append(item_id)
+        return taken
+
+    # --- a run's events --------------------------------------------------------------------------------------
     def record_event(self, run_id: str, event: dict[str, Any]) -> None:
         self._outbox.put_nowait(("xadd", (self.run_key(run_id), {"e": json.dumps(event, separators=(",", ":"))})))
 
     def release_run(self, run_id: str) -> None:
-        self._outbox.put_nowait(("hdel", (self.k_runs, run_id)))
+        self.release("runs", run_id)
         self._outbox.put_nowait(("expire", (self.run_key(run_id), EVENTS_KEPT_S)))
-
-    async def still_mine(self, run_ids: list[str]) -> set[str]:
-        if not run_ids:
-            return set()
-        owners = await self.redis.hmget(self.k_runs, run_ids)
-        return {r for r, o in zip(run_ids, owners, strict=True) if o is not None and o.decode() == self.id}
-
-    async def take_orphans(self) -> list[str]:
-        """Runs whose owner died, each moved to this process by compare-and-set (one taker per run)."""
-        runs = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(self.k_runs)).items()}
-        alive = await self.alive(set(runs.values()) - {self.id}) | {self.id}
-        taken = []
-        for run_id, owner in runs.items():
-            if owner not in alive and await self.redis.eval(_TAKE, 1, self.k_runs, run_id, owner, self.id):
-                log.warning("run %s: its market process %s is gone; taking it over", run_id, owner)
-                taken.append(run_id)
-        return taken
 
     async def events(self, run_id: str) -> list[dict[str, Any]]:
         return [json.loads(fields[b"e"]) for _id, fields in await self.redis.xrange(self.run_key(run_id))]

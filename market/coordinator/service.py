@@ -283,7 +283,7 @@ class Coordinator:
         )
         run_id = await asyncio.to_thread(self._insert, row)
         if self.peers is not None:
-            await self.peers.own_run(run_id)
+            await self.peers.own("runs", run_id)
         return self._launch(run_id, served, hops, params, job_nonce, requester)
 
     def _launch(
@@ -470,16 +470,18 @@ class Coordinator:
     async def watch_peers(self, interval_s: float = 0.5) -> None:
         """Background loop: links of dead processes go, their runs are taken over, runs taken from us stop."""
         assert self.peers is not None
+        tick = 0
         while True:
             await asyncio.sleep(interval_s)
+            tick += 1
             try:
-                await self.peers.sync_links()
-                for run_id in await self.peers.take_orphans():
+                await self.peers.sync_links(full=tick % 10 == 0)
+                for run_id in await self.peers.take_orphans("runs"):
                     task = asyncio.create_task(self.resume(run_id))
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
                 running = [rid for rid, r in self.runs.items() if not r.done]
-                mine = await self.peers.still_mine(running)
+                mine = await self.peers.still_mine("runs", running)
                 for rid in set(running) - mine:  # we were thought dead (a long stall): the successor drives it
                     log.warning("run %s was taken over by another market process; stopping here", rid)
                     self.runs[rid].done = True

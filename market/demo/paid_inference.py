@@ -31,6 +31,7 @@ from eth_utils import keccak
 from globai.chain.deploy import GLB
 from globai.chain.ids import job_id_bytes
 from globai.dev.cluster import Cluster
+from globai.dev.services import free_port
 
 STAKE = 200 * GLB
 PRICE_PER_UNIT = GLB // 100  # 0.01 GLB per generated token per stage part
@@ -109,7 +110,13 @@ def run_paid_inference(
     write: Callable[[str], None] = lambda _m: None,
     generate_timeout: float = 120.0,
     settle_timeout: float = 150.0,
+    markets: int = 1,
+    during: Callable[[str], None] | None = None,
 ) -> Outcome:
+    """The paid-inference story on `cluster`. `markets` > 1 starts that many market processes (the cluster's
+    environment must share the swarm: GLOBAI_SHARED_COORDINATOR) and spreads the workers over them, each listing
+    the others to reconnect to; `during(job_id)` runs once the job is funded (a test kills a process there, and
+    may point `cluster.market_url` at a survivor). The live text stream is shown with one market process only."""
     out = Outcome()
     t0 = time.monotonic()
     c = cluster.contracts
@@ -122,6 +129,9 @@ def run_paid_inference(
     work, verify = actors(cluster.cfg.layers)
     everyone = work + verify
     cluster.start_market()
+    urls = [cluster.market_url] + [cluster.start_market(f"market{i}", port=free_port()) for i in range(1, markets)]
+    if markets > 1:  # the verifier reaches the market through any of them (it moves on when one is down)
+        cluster.env["GLOBAI_MARKET_URL"] = ",".join(urls)
     cluster.start_celery_worker()
     for a in everyone:  # top up to STAKE (a re-run on the same devnet finds the earlier stake, minus slashes)
         missing = STAKE - int(chain.call(c.vault.functions.stakeOf(a.account.address)))
@@ -132,8 +142,10 @@ def run_paid_inference(
     out.stake_before = {a.name: int(chain.call(c.vault.functions.stakeOf(a.account.address))) for a in everyone}
     credited0 = {a.name: int(chain.call(c.escrow.functions.balanceOf(a.account.address))) for a in everyone}
     say(f"• {STAKE // GLB} GLB staked by each of " + ", ".join(a.name for a in everyone))
-    for a in work:
-        cluster.start_worker(a.name, a.account, layers=a.layers, operator=a.operator, cheat=a.cheat)
+    for i, a in enumerate(work):
+        cluster.start_worker(
+            a.name, a.account, layers=a.layers, operator=a.operator, cheat=a.cheat, market_url=_spread(urls, i)
+        )
         say(
             f"• {a.name} {a.account.address} serves layers [{a.layers.replace(':', ', ')})"
             + ("  ← CHEATS: its outputs are scaled by 1.10 (GLOBAI_WORKER_CHEAT=noise)" if a.cheat else "")
@@ -170,15 +182,20 @@ def run_paid_inference(
         f"(tx {out.funding_tx})"
     )
 
+    if during is not None:
+        during(out.job_id)
     client = cluster.requester(requester)
-    _stream(cluster, client, out.job_id, prompts, write)
+    if markets == 1:
+        _stream(cluster, client, out.job_id, prompts, write)
     result = cluster.wait("the job to complete", lambda: _done(client, out.job_id), timeout=generate_timeout)
     out.outputs = result["outputs"]
     out.timings["generated"] = time.monotonic() - t0
 
     say("• verifiers join (they replay sampled chunks of the work on the same layers)")
-    for a in verify:
-        cluster.start_worker(a.name, a.account, layers=a.layers, operator=a.operator, cheat=a.cheat)
+    for i, a in enumerate(verify):
+        cluster.start_worker(
+            a.name, a.account, layers=a.layers, operator=a.operator, cheat=a.cheat, market_url=_spread(urls, i + 1)
+        )
     cluster.wait_workers([a.account.address for a in verify], timeout=300)
     cluster.start_celery_beat()
     say("• Celery beat started: sample → replay → 2-of-3 → slash → settle")
@@ -213,6 +230,12 @@ def run_paid_inference(
     out.audit_chain = (chain_audit.returncode == 0, (chain_audit.stdout + chain_audit.stderr).strip())
     out.timings["audited"] = time.monotonic() - t0
     return out
+
+
+def _spread(urls: list[str], i: int) -> str:
+    """Worker i's market URLs: process i first, then the others (tried in turn after a lost connection)."""
+    k = i % len(urls)
+    return ",".join(urls[k:] + urls[:k])
 
 
 def _has_chat_template(cluster: Cluster) -> bool:

@@ -100,10 +100,20 @@ class InferenceJobRunner:
 
     async def _loop(self) -> None:
         first = True
+        peers = self.coordinator.peers
         while True:
             try:
                 live = {lnk.model for lnk in self.coordinator.links.live()}  # read on the loop that owns the links
-                ids = await asyncio.to_thread(self._claim, live, resume=first)
+                # One process: at start-up, every job left running is this market's to resume. Many processes
+                # (`peers`): a job is owned in Redis; only those whose owner died (or that nobody owns) are resumed.
+                ids = await asyncio.to_thread(self._claim, live, resume=first and peers is None)
+                if peers is not None:
+                    for job_id in ids:
+                        await peers.own("jobs", job_id)
+                    ids += await peers.take_orphans("jobs")
+                    if first:
+                        left = await asyncio.to_thread(self._running)
+                        ids += [j for j in left if j not in self._tasks and await peers.adopt("jobs", j)]
                 first = False
                 for job_id in ids:
                     if job_id not in self._tasks:
@@ -115,6 +125,10 @@ class InferenceJobRunner:
             except Exception:
                 log.exception("inference job poll failed")
             await asyncio.sleep(self.poll_s)
+
+    def _running(self) -> list[str]:
+        with self._sf() as s:
+            return list(s.scalars(select(Job.id).where(Job.kind == "inference", Job.status == "running")).all())
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         for job_id, t in list(self._tasks.items()):
@@ -156,9 +170,12 @@ class InferenceJobRunner:
             return claimed
 
     # --- one job ---------------------------------------------------------------------------------------------
-    def _prepare(self, job_id: str) -> tuple[Job, InferenceSpec, dict[int, str]]:
-        """Open the verification run; keep completed runs of earlier attempts (by batch), drop the others."""
+    def _prepare(self, job_id: str) -> tuple[Job, InferenceSpec, dict[int, str], dict[int, str]]:
+        """Open the verification run; keep completed runs of earlier attempts (by batch), drop the others. With
+        many market processes a run still `running` is kept too (returned apart): another process may be
+        finishing it (a run outlives the process that started it)."""
         size = self.coordinator.config.max_batch
+        shared = self.coordinator.peers is not None
         with self._sf() as s:
             job = s.get(Job, job_id)
             assert job is not None
@@ -170,6 +187,7 @@ class InferenceJobRunner:
                 for i, b in enumerate(batches(spec.prompts, size))
             }
             done: dict[int, str] = {}
+            going: dict[int, str] = {}
             stale: list[str] = []
             rows = s.execute(
                 select(JobRun.run_id, InferenceRun.status, InferenceRun.params)
@@ -182,6 +200,8 @@ class InferenceJobRunner:
                 index = next((i for i, want in wanted.items() if want == ids and i not in done), None)
                 if status == "completed" and index is not None:
                     done[index] = run_id
+                elif status == "running" and index is not None and shared and index not in going:
+                    going[index] = run_id
                 else:
                     stale.append(run_id)
             if stale:
@@ -189,12 +209,13 @@ class InferenceJobRunner:
                 log.info("job %s: dropped %d unfinished run(s) of an earlier attempt", job_id, len(stale))
             s.commit()
             s.expunge(job)
-            return job, spec, done
+            return job, spec, done, going
 
     async def _run_job(self, job_id: str) -> None:
         JOB_ID.set(job_id)  # this task's context: every log line of the job (and of its runs) carries it
         try:
-            job, spec, done = await asyncio.to_thread(self._prepare, job_id)
+            job, spec, done, going = await asyncio.to_thread(self._prepare, job_id)
+            done |= await self._finish_going(going)
         except Exception:
             log.exception("job %s: could not be prepared", job_id)
             return
@@ -210,6 +231,8 @@ class InferenceJobRunner:
                 progress.run_ids[index] = run_id
                 progress.touch()
             await asyncio.to_thread(self._complete, job_id)
+            if self.coordinator.peers is not None:
+                self.coordinator.peers.release("jobs", job_id)
             log.info("job %s: %d prompts generated in %d run(s)", job_id, len(spec.prompts), len(parts))
         except asyncio.CancelledError:
             raise  # market shutting down: the job stays running and is resumed at the next start
@@ -217,6 +240,8 @@ class InferenceJobRunner:
             progress.error = str(exc)
             log.warning("job %s failed, refunding: %s", job_id, exc)
             await asyncio.to_thread(self._fail, job_id)
+            if self.coordinator.peers is not None:
+                self.coordinator.peers.release("jobs", job_id)
         finally:
             progress.finished = True
             progress.touch()
@@ -260,6 +285,20 @@ class InferenceJobRunner:
             await asyncio.to_thread(self._unlink, run.run_id)
             if attempts >= BATCH_ATTEMPTS:
                 raise RuntimeError(f"batch {index} failed {attempts} times")
+
+    async def _finish_going(self, going: dict[int, str]) -> dict[int, str]:
+        """Batches whose run another process (or a successor of a dead one) is still driving: wait for each; a
+        completed one counts, any other is unlinked (its batch is generated again)."""
+        done: dict[int, str] = {}
+        peers = self.coordinator.peers
+        for index, run_id in going.items():
+            if peers is not None and await peers.is_owned("runs", run_id):
+                if await self._wait(run_id) == "completed":
+                    done[index] = run_id
+                    log.info("job %s: batch %d finished by run %s of another process", JOB_ID.get(), index, run_id)
+                    continue
+            await asyncio.to_thread(self._unlink, run_id)
+        return done
 
     async def _wait(self, run_id: str) -> str:
         """The run's persisted status once the coordinator has saved its evidence and result."""

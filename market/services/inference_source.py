@@ -48,7 +48,10 @@ class MarketVerifierClient:
     """The verifier's HTTP client to the market (signed in as admin with the operator key)."""
 
     def __init__(self, market_url: str, account: LocalAccount, *, timeout: float = 120.0) -> None:
-        self.http = httpx.Client(base_url=market_url, timeout=timeout)
+        # One URL (a load balancer's) or several market processes' ("a,b"): an unreachable one hands over to the
+        # next, and the caller's retry goes there.
+        self.urls = [u.strip().rstrip("/") for u in market_url.split(",") if u.strip()]
+        self.http = httpx.Client(base_url=self.urls[0], timeout=timeout)
         self.account = account
         self._token: str | None = None
         self._lock = threading.Lock()
@@ -59,8 +62,15 @@ class MarketVerifierClient:
                 try:
                     self._token = sign_in(self.http, self.account, ["admin"])
                 except httpx.HTTPError as exc:
+                    self._next_market(exc)
                     raise ReplicaUnavailable(f"market unreachable: {type(exc).__name__}") from None
             return {"Authorization": f"Bearer {self._token}"}
+
+    def _next_market(self, exc: Exception) -> None:
+        if isinstance(exc, httpx.TransportError) and len(self.urls) > 1:
+            here = str(self.http.base_url).rstrip("/")
+            at = self.urls.index(here) if here in self.urls else 0
+            self.http.base_url = httpx.URL(self.urls[(at + 1) % len(self.urls)])
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
@@ -68,6 +78,7 @@ class MarketVerifierClient:
             if response.status_code == 401:
                 response = self.http.request(method, path, headers=self._headers(fresh=True), **kw)
         except httpx.HTTPError as exc:
+            self._next_market(exc)
             raise ReplicaUnavailable(f"market unreachable: {type(exc).__name__}") from None
         if response.status_code in (409, 500, 502, 503, 504):  # the market busy or restarting: retried
             raise ReplicaUnavailable(f"{path}: HTTP {response.status_code} {response.text[:200]}")

@@ -102,6 +102,7 @@ class WorkerDaemon:
         torch.set_num_threads(cfg.threads)
         self.state.hardware = hw = probe(threads=cfg.threads, device=cfg.device)
         log.info("probe: %s, %.0f tokens/s on %s", hw.device, hw.throughput_tokens_s, hw.reference_layer)
+        self._reachable_market()
         self.sign_in()
         model = cfg.model or self._default_model()
         manifest = fetch_manifest(self.http, model)
@@ -178,6 +179,15 @@ class WorkerDaemon:
         return best
 
     # --- serving -------------------------------------------------------------------------------------------
+    def _reachable_market(self) -> None:
+        """Start with the first listed market process that answers (the others may be down right now)."""
+        for _ in range(len(self.markets) - 1):
+            try:
+                self.http.get("/healthz", timeout=5)
+                return
+            except httpx.TransportError:
+                self.next_market()
+
     def next_market(self) -> None:
         if len(self.markets) > 1:
             self._market_at = (self._market_at + 1) % len(self.markets)
