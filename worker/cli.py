@@ -31,7 +31,17 @@ def run(
     max_memory: Annotated[
         str | None, typer.Option("--max-memory", help="Memory for weights + KV cache, e.g. 4G.")
     ] = None,
-    threads: Annotated[int, typer.Option(help="torch CPU threads.", min=1, max=256)] = 1,
+    threads: Annotated[
+        int | None, typer.Option(help="torch CPU threads (default: 1 if shared, every core if dedicated).", min=1)
+    ] = None,
+    thread_policy: Annotated[
+        str,
+        typer.Option(
+            "--thread-policy",
+            envvar="GLOBAI_WORKER_THREAD_POLICY",
+            help="shared: idle threads sleep (stages or others share the cores); dedicated: a box of its own.",
+        ),
+    ] = "shared",
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
     cache_dir: Annotated[
         Path | None,
@@ -59,6 +69,12 @@ def run(
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
     """Probe, sign in, pick and download layers, register, then serve until SIGTERM/SIGINT."""
+    from worker import threads as thread_policies
+
+    try:
+        threads = thread_policies.apply(thread_policy, threads)  # before torch loads: OpenMP reads it then
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--thread-policy") from None
     from worker.runtime.daemon import WorkerConfig, WorkerDaemon
 
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)

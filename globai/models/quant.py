@@ -2,9 +2,10 @@
 
 - `int8`: each linear weight [out, in] as int8 with one symmetric scale per output channel (`qweight` int8
   [out, in], `scale` [out]);
-- `int4`: group-wise symmetric 4-bit, one scale per 32 input columns (fewer where the width isn't a multiple of
-  32) (`qweight` uint8 [out, in / 2], two values per byte, low nibble first, stored as value + 8; `scale`
-  [out, in / group]).
+- `int4`: group-wise 4-bit with a scale and an offset per 32 input columns (fewer where the width isn't a
+  multiple of 32): w = q * scale + offset, q in 0..15 (`qweight` uint8 [out, in / 2], two values per byte, low
+  nibble first; `scale` and `offset` [out, in / group]). The offset makes GGUF Q4_1 blocks (32 weights, a scale
+  and a minimum each) exactly representable: re-quantising a model that came from Q4_1 loses nothing.
 
 Only `nn.Linear` weights are quantised (every projection of every layer and the LM head); embeddings, norms and
 biases keep the compute dtype. A shard of a quantised model holds `<linear>.qweight` and `<linear>.scale` in place
@@ -25,7 +26,7 @@ from torch import nn
 
 WEIGHT_FORMATS: Final = ("int8", "int4")
 GROUP: Final = 32  # input columns per int4 scale (the largest of 32, 16, 8, ... that divides the width)
-QWEIGHT, SCALE = "qweight", "scale"
+QWEIGHT, SCALE, OFFSET = "qweight", "scale", "offset"
 
 
 def check_format(weight_format: str) -> str:
@@ -47,19 +48,24 @@ def quantise_weight(weight: torch.Tensor, weight_format: str, dtype: torch.dtype
         raise ValueError(f"int4 needs an even input width, got {in_features}")
     group = int4_group(in_features)
     groups = w.view(out_features, in_features // group, group)
-    scale = (groups.abs().amax(dim=-1) / 7).to(dtype)
+    low = groups.amin(dim=-1)
+    scale, offset = ((groups.amax(dim=-1) - low) / 15).to(dtype), low.to(dtype)
     safe = torch.where(scale.float() > 0, scale.float(), 1.0)
-    q = torch.clamp(torch.round(groups / safe[..., None]), -8, 7).to(torch.int16).view(out_features, in_features) + 8
+    q = torch.round((groups - offset.float()[..., None]) / safe[..., None]).clamp(0, 15).to(torch.int16)
+    q = q.view(out_features, in_features)
     packed = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)
-    return {QWEIGHT: packed.contiguous(), SCALE: scale.contiguous()}
+    return {QWEIGHT: packed.contiguous(), SCALE: scale.contiguous(), OFFSET: offset.contiguous()}
 
 
-def dequantise(qweight: torch.Tensor, scale: torch.Tensor, weight_format: str) -> torch.Tensor:
+def dequantise(tensors: dict[str, torch.Tensor], weight_format: str) -> torch.Tensor:
     """The weight [out, in] a format's tensors stand for, in the scale's dtype."""
+    qweight, scale = tensors[QWEIGHT], tensors[SCALE]
     if check_format(weight_format) == "int8":
         return qweight.to(scale.dtype) * scale[:, None]
     group = qweight.shape[1] * 2 // scale.shape[1]
-    return (_unpack_int4(qweight) - 8).to(scale.dtype) * scale.repeat_interleave(group, dim=1)
+    return _unpack_int4(qweight).to(scale.dtype) * scale.repeat_interleave(group, dim=1) + tensors[
+        OFFSET
+    ].repeat_interleave(group, dim=1)
 
 
 def int4_group(in_features: int) -> int:
@@ -86,7 +92,9 @@ class QuantLinear(nn.Module):
             self.register_buffer(SCALE, torch.empty(out_features, dtype=dtype))
         else:
             self.register_buffer(QWEIGHT, torch.empty(out_features, in_features // 2, dtype=torch.uint8))
-            self.register_buffer(SCALE, torch.empty(out_features, in_features // int4_group(in_features), dtype=dtype))
+            groups = in_features // int4_group(in_features)
+            self.register_buffer(SCALE, torch.empty(out_features, groups, dtype=dtype))
+            self.register_buffer(OFFSET, torch.empty(out_features, groups, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
         self._packed: tuple[torch.Tensor, torch.Tensor] | None = None  # int4: torch's CPU kernel layout, made once
 
@@ -94,25 +102,29 @@ class QuantLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.weight_format}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qweight, scale = self.get_buffer(QWEIGHT), self.get_buffer(SCALE)
+        tensors = {name: buffer for name, buffer in self.named_buffers(recurse=False)}
+        qweight, scale = tensors[QWEIGHT], tensors[SCALE]
         fused = self.weight_format == "int8" or int4_group(self.in_features) == GROUP
         if fused and x.device.type == "cpu" and x.dtype == torch.bfloat16 and scale.dtype == torch.bfloat16:
             flat = x.reshape(-1, self.in_features).contiguous()
             if self.weight_format == "int8":
                 y = torch._weight_int8pack_mm(flat, qweight, scale)
             else:
-                packed, scales_and_zeros = self._int4_packed(qweight, scale)
+                packed, scales_and_zeros = self._int4_packed(qweight, scale, tensors[OFFSET])
                 y = torch._weight_int4pack_mm_for_cpu(flat, packed, GROUP, scales_and_zeros)
             y = y.view(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
-        return F.linear(x, dequantise(qweight, scale, self.weight_format).to(x.dtype), self.bias)
+        return F.linear(x, dequantise(tensors, self.weight_format).to(x.dtype), self.bias)
 
-    def _int4_packed(self, qweight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _int4_packed(
+        self, qweight: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self._packed is None:
             values = _unpack_int4(qweight).to(torch.int32)
             packed = torch._convert_weight_to_int4pack_for_cpu(values, 1)
-            # the kernel computes (q - 8) * scale + zero per group: symmetric means zero = 0
-            scales_and_zeros = torch.stack([scale.t(), torch.zeros_like(scale).t()], dim=-1).contiguous()
+            # the kernel computes (q - 8) * scale + zero per group: zero = offset + 8 * scale
+            zero = (offset.float() + 8 * scale.float()).to(scale.dtype)
+            scales_and_zeros = torch.stack([scale.t(), zero.t()], dim=-1).contiguous()
             self._packed = (packed, scales_and_zeros)
         return self._packed
 
