@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     training_max_update_bytes: int = Field(default=256 << 20, ge=1024)
     # How often beat looks at running training jobs (round deadlines, replays that never came).
     training_tick_s: float = Field(default=5.0, gt=0)
+    # Retention: when a job completes, keep version 0 and the last N versions of its lineage (0: keep all).
+    training_keep_versions: int = Field(default=0, ge=0)
 
     # Observability (docs/observability.md). A block explorer's transaction URL with `{tx}` for the dashboard's
     # links (e.g. https://etherscan.io/tx/{tx}); empty: links open the indexed events of the transaction.

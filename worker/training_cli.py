@@ -52,6 +52,17 @@ def train(
         ),
     ] = 0,
     metrics_host: Annotated[str, typer.Option("--metrics-host", help="Bind address of --metrics-port.")] = "127.0.0.1",
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="Your own training data (.txt, or .jsonl with a 'text' field) for federated jobs: it is tokenised "
+            "here and never uploaded; only masked updates leave this machine.",
+        ),
+    ] = None,
 ) -> None:
     """Claim training tasks, run H AdamW steps each, submit signed compressed pseudo-gradients. Ctrl-C stops."""
     from worker.training_client import TrainingClient  # torch: only when training
@@ -96,6 +107,7 @@ def train(
             operator_id=operator or account.address,
             memory_bytes=parse_bytes(max_memory),
             num_threads=threads,
+            local_data=data,
         )
         client.sign_in()
         if register:

@@ -27,8 +27,10 @@ from eth_account.signers.local import LocalAccount
 from safetensors.torch import load as st_load
 
 from globai.client import MarketError, check, sign_in
+from globai.protocol import secagg
+from globai.protocol.bytetokens import file_windows
 from globai.protocol.compression import encode_update, parse_codec, payload_digest
-from globai.protocol.training import PAYLOAD_KIND, TRAINING_MODEL, UpdateScope, sign_update
+from globai.protocol.training import FEDERATED_MODEL, PAYLOAD_KIND, TRAINING_MODEL, UpdateScope, sign_update
 from worker.training import InnerMetrics, run_inner_steps
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,10 @@ Tamper = Callable[[Mapping[str, Any], Tensors], Tensors]
 class TensorMismatch(MarketError):
     def __init__(self, sha: str) -> None:
         super().__init__(502, f"tensor {sha} did not match its sha256")
+
+
+class _Crashed(Exception):
+    """`crash_after`: the test worker stops here."""
 
 
 @dataclass
@@ -66,6 +72,13 @@ class TrainingClient:
     num_threads: int = 1
     heartbeat_s: float = 10.0
     tamper: Tamper | None = None
+    #: Federated jobs: this worker's own training data (a .txt or .jsonl file); it never leaves the machine.
+    local_data: Path | None = None
+    #: Only for tests of dropout recovery: stop (as if crashed) right after this secure-aggregation step.
+    crash_after: str | None = None
+    #: Federated: what this worker put into each round's secure sum (clipped + noised), by (job, round).
+    contributions: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    poll_s: float = 0.2
     bytes_down: int = 0
     tensors_fetched: int = 0
     tensors_cached: int = 0
@@ -98,7 +111,7 @@ class TrainingClient:
             "latency_ms": 1.0,
             "reference_layer": "matmul-256",
             "operator_id": self.operator_id,
-            "models": [TRAINING_MODEL],
+            "models": self._models(),
         }
         reg = self._call("POST", "/v1/workers", json=profile).json()
         if not reg.get("eligible", True):
@@ -109,11 +122,14 @@ class TrainingClient:
                 "stake first with `globai worker stake`",
             )
 
+    def _models(self) -> list[str]:
+        return [TRAINING_MODEL] + ([FEDERATED_MODEL] if self.local_data is not None else [])
+
     # -- a task ----------------------------------------------------------------------------------------------------
     def claim(self) -> dict[str, Any] | None:
         body = {
             "kinds": ["train"],
-            "models": [TRAINING_MODEL],
+            "models": self._models(),
             "layer_ranges": [{"start": 0, "end": 1024}],
             "memory_bytes": self.memory_bytes,
         }
@@ -172,6 +188,8 @@ class TrainingClient:
                 return
 
     def run_task(self, lease: dict[str, Any]) -> TaskOutcome:
+        if lease["task"]["payload"].get("federated"):
+            return self.run_federated_task(lease)
         task, lease_id = lease["task"], lease["lease_id"]
         p = task["payload"]
         job_id, r, slot = task["job_id"], int(p["round"]), int(p["slot"])
@@ -199,6 +217,14 @@ class TrainingClient:
         if self.tamper is not None:
             update = self.tamper(p, update)
         payload = encode_update(update, parse_codec(p["compression"]))
+        return self._submit(task, lease_id, payload, metrics, self.bytes_down - down0)
+
+    def _submit(
+        self, task: dict[str, Any], lease_id: str, payload: bytes, metrics: InnerMetrics, bytes_down: int
+    ) -> TaskOutcome:
+        """Sign the update's scoped digest and send it."""
+        p = task["payload"]
+        job_id, r, slot = task["job_id"], int(p["round"]), int(p["slot"])
         sha = payload_digest(payload)
         scope = UpdateScope(
             chain_id=int(p["chain_id"]),
@@ -231,9 +257,113 @@ class TrainingClient:
             bool(receipt["accepted"]),
             sha,
             metrics,
-            self.bytes_down - down0,
+            bytes_down,
             len(payload),
         )
+
+    # -- a federated task ------------------------------------------------------------------------------------------
+    def _local(self, seq_len: int) -> torch.Tensor:
+        if self.local_data is None:
+            raise MarketError(409, "a federated task needs local data (--data)")
+        data = self.local_data.read_bytes()
+        fmt = "jsonl" if self.local_data.suffix == ".jsonl" else "text"
+        windows = file_windows(data, seq_len, fmt)
+        if windows.shape[0] < 1:
+            raise MarketError(409, f"{self.local_data} has no window of {seq_len + 1} tokens")
+        return windows
+
+    def secagg_state(self, job_id: str, round_index: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/training/jobs/{job_id}/rounds/{round_index}/secagg").json())
+
+    def _wait_phase(self, job_id: str, round_index: int, phases: set[str], timeout: float) -> dict[str, Any]:
+        end = time.monotonic() + timeout
+        while True:
+            state = self.secagg_state(job_id, round_index)
+            if state["phase"] in phases:
+                return state
+            if time.monotonic() > end:
+                raise MarketError(504, f"round {round_index} stayed in phase {state['phase']} for {timeout:.0f} s")
+            time.sleep(self.poll_s)
+
+    def run_federated_task(self, lease: dict[str, Any]) -> TaskOutcome:
+        """Train on local data; clip, noise and mask the update (secure aggregation); after the round closes, help
+        unmask the sum. Only the masked vector and sealed key shares leave this machine."""
+        task, lease_id = lease["task"], lease["lease_id"]
+        p, fed = task["payload"], task["payload"]["federated"]
+        job_id, r, slot, tid = task["job_id"], int(p["round"]), int(p["slot"]), task["id"]
+        t, wait = int(fed["threshold"]), 3 * float(fed["phase_timeout_s"]) + 30.0
+        context = secagg.round_context(int(p["chain_id"]), p["chain_job_id"], r, p["base_manifest"])
+        me = secagg.Participant.new(slot, context)
+        down0 = self.bytes_down
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(tid, lease_id, stop), daemon=True)
+        beat.start()
+        lease_q = {"lease_id": lease_id}
+        try:
+            signature = secagg.sign_keys(self.account, context, slot, me.c.public, me.s.public)
+            keys_msg = {"c_public": me.c.public.hex(), "s_public": me.s.public.hex(), "signature": signature}
+            self._call("POST", f"/v1/training/tasks/{tid}/secagg/keys", params=lease_q, json=keys_msg)
+            config, tensors = self.fetch_checkpoint(job_id, int(p["version"]), p["base_manifest"])
+            update, metrics = run_inner_steps(
+                tensors,
+                config,
+                self._local(int(p["seq_len"])),
+                int(p["inner_steps"]),
+                float(p["inner_lr"]),
+                int(p["seed"]),
+                batch_size=int(p["batch_size"]),
+                weight_decay=float(p["weight_decay"]),
+                grad_clip=None if p["grad_clip"] is None else float(p["grad_clip"]),
+                num_threads=self.num_threads,
+            )
+            x = secagg.flatten(update)
+            x = x * min(1.0, float(fed["clip_norm"]) / max(float(x.norm()), 1e-12))
+            if float(fed["noise_std"]) > 0:
+                x = x + torch.randn(x.shape, dtype=torch.float64) * float(fed["noise_std"])
+            encoded = secagg.encode(x, float(fed["scale"]), float(fed["bound"]))
+            self.contributions[(job_id, r)] = x
+            state = self._wait_phase(job_id, r, {"shares", "masked", "unmask", "done"}, wait)
+            keys = {int(v): k for v, k in state.get("keys", {}).items()}
+            if slot not in keys or state["phase"] != "shares":
+                raise MarketError(409, f"slot {slot} was left out of round {r}'s secure aggregation")
+            c_pub, s_pub = {}, {}
+            for v, k in keys.items():
+                c, s_ = bytes.fromhex(k["c_public"]), bytes.fromhex(k["s_public"])
+                if secagg.keys_signer(context, v, c, s_, k["signature"]) != k["worker"]:
+                    raise MarketError(502, f"slot {v}'s keys are not signed by its worker")
+                c_pub[v], s_pub[v] = c, s_
+            if (c_pub[slot], s_pub[slot]) != (me.c.public, me.s.public):
+                raise MarketError(502, "the market lists other keys for this slot")
+            sealed = me.shares_for(c_pub, t)
+            body = {"shares": {str(v): h.hex() for v, h in sealed.items()}}
+            self._call("POST", f"/v1/training/tasks/{tid}/secagg/shares", params=lease_q, json=body)
+            if self.crash_after == "shares":
+                raise _Crashed()
+            state = self._wait_phase(job_id, r, {"masked", "unmask", "done"}, wait)
+            shared = [int(v) for v in state["shared"]]
+            if slot not in shared or state["phase"] != "masked" or len(shared) < t:
+                raise MarketError(409, f"slot {slot} cannot send a masked input for round {r}")
+            received = state["sealed_for_me"][str(slot)]
+            opened = {u: me.open_share(u, c_pub[u], bytes.fromhex(received[str(u)])) for u in shared}
+            y = me.mask(encoded, {u: s_pub[u] for u in shared})
+            outcome = self._submit(task, lease_id, secagg.encode_masked(y), metrics, self.bytes_down - down0)
+        except _Crashed:
+            return TaskOutcome(tid, job_id, r, slot, False, False, "", InnerMetrics(0.0, 0.0, 0.0, 0, 0, 0.0), 0, 0)
+        finally:
+            stop.set()
+        state = self._wait_phase(job_id, r, {"unmask", "done"}, wait)
+        if state["phase"] == "unmask":
+            survivors, dropped = [int(u) for u in state["survivors"]], [int(u) for u in state["dropped"]]
+            # Never both shares of one participant, and never for fewer than t survivors (Bonawitz et al.).
+            if set(survivors) & set(dropped) or len(survivors) < t or not set(survivors) | set(dropped) <= set(opened):
+                raise MarketError(502, f"inconsistent unmask request for round {r}: refused")
+            unmask: dict[str, Any] = {
+                "slot": slot,
+                "b": {str(u): [opened[u][1][0], opened[u][1][1].hex()] for u in survivors},
+                "s": {str(u): [opened[u][0][0], opened[u][0][1].hex()] for u in dropped},
+            }
+            self._call("POST", f"/v1/training/jobs/{job_id}/rounds/{r}/secagg/unmask", json=unmask)
+        return outcome
 
     def run_once(self) -> TaskOutcome | None:
         lease = self.claim()

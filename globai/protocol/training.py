@@ -27,6 +27,8 @@ TRAIN_UPDATE_TAG = b"GLOBAI-TRAIN-UPDATE-V1"
 TRAINING_MODEL = "llama-train"
 #: Marks a task payload as a DiLoCo task (vs. the generic training tasks of `market.services.jobs`).
 PAYLOAD_KIND = "diloco"
+#: `Task.model` of federated training tasks: only workers with local data of their own (`--data`) claim them.
+FEDERATED_MODEL = "llama-train-federated"
 
 
 def task_key_bytes(task_uuid: str) -> bytes:

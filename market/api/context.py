@@ -22,7 +22,7 @@ from market.services.auth import AuthPolicy
 from market.services.inference_jobs import InferenceJobRunner
 from market.services.workers import EligibleWorkerCache
 from market.tasks.producer import TaskProducer
-from market.training.storage import TrainingStorage, storage_at
+from market.training.storage import TrainingStorage, master_key, storage_at
 
 
 def system_clock() -> datetime:
@@ -66,7 +66,7 @@ def build_context(
         policy=auth_policy(settings),
         coordinator=coordinator,
         job_runner=InferenceJobRunner(coordinator, session_factory, clock),
-        training_storage=storage_at(settings.training_dir),
+        training_storage=storage_at(settings.training_dir, master_key(settings)),
         tasks=TaskProducer(settings.redis_url),
         key_limiter=KeyRateLimiter(),
         clock=clock,

@@ -1,15 +1,17 @@
-"""`globai job train post|watch|download`: a requester's DiLoCo training job from a text or JSONL file.
+"""`globai job train post|watch|download|rollback`: a requester's DiLoCo training job from a text or JSONL file.
 
 `post` uploads the dataset, posts the job (a tiny Llama by default, or `--spec FILE` with any
 `market.training.spec.TrainingJobSpec` fields), and with `--fund` funds it on chain with a permit (as
 `globai job fund`). `watch` prints the held-out loss per round as a table and a text plot until the job is done.
 `download` fetches the final checkpoint as a Hugging Face directory (`LlamaForCausalLM.from_pretrained(dir)`).
+`rollback` restarts the open round from an earlier checkpoint version.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import secrets
 import tarfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -21,10 +23,12 @@ import typer
 from market.commands.requester import KeyOpt, MarketOpt, fund_job
 from market.commands.requester import echo_json as _echo
 from market.commands.requester import requester_client as _client
+from market.training.export import SEALED_WEIGHTS, open_model
 
 app = typer.Typer(help="Train a model on your text with DiLoCo on the market's workers.", no_args_is_help=True)
 
 SPARK = " ▁▂▃▄▅▆▇█"
+KEYS_DIR = Path("var/requester/training-keys")
 
 
 def build_spec(data: Path, spec_file: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +64,12 @@ def post(
     verify_rate: float = typer.Option(0.1, "--verify-rate", help="Fraction of tasks replayed by another operator."),
     hours: float = typer.Option(24.0, "--hours", help="Deadline, hours from now."),
     fund_it: bool = typer.Option(False, "--fund", help="Fund it on chain now (permit) and confirm with the market."),
+    encrypt: bool = typer.Option(
+        True,
+        "--encrypt/--no-encrypt",
+        help="Encrypt the checkpoints at rest with a fresh key kept in --keys-dir (downloads decrypt with it).",
+    ),
+    keys_dir: Annotated[Path, typer.Option("--keys-dir", help="Where the jobs' checkpoint keys are kept.")] = KEYS_DIR,
     market: str = MarketOpt,
     key_file: Path = KeyOpt,
 ) -> None:
@@ -93,8 +103,17 @@ def post(
         "verify_rate": verify_rate,
         "deadline": (datetime.now(UTC) + timedelta(hours=hours)).isoformat(),
     }
+    checkpoint_key = secrets.token_bytes(32) if encrypt else None
+    if checkpoint_key is not None:
+        body["checkpoint_key"] = checkpoint_key.hex()
     created = client.request("POST", "/v1/training/jobs", json=body)
     job_id = created["job"]["id"]
+    if checkpoint_key is not None:
+        keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = keys_dir / f"{job_id}.key"
+        path.write_text(checkpoint_key.hex())
+        path.chmod(0o600)
+        typer.echo(f"checkpoint key (keep it: the downloaded weights decrypt only with it): {path}", err=True)
     typer.echo(
         f"job {job_id}: {spec['rounds']} rounds x {spec['workers_per_round']} tasks x "
         f"{spec['inner_steps']} steps on {ds['bytes']} bytes, budget {fmt_glb(budget)}",
@@ -154,6 +173,14 @@ def watch(
     losses = [v for v in p["eval_loss"] if v is not None]
     if not as_json and len(losses) > 1:
         typer.echo(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}  {_plot(losses)}")
+    privacy = p.get("privacy")
+    if not as_json and privacy:
+        eps = "∞ (no noise)" if privacy["epsilon"] is None else f"{privacy['epsilon']:.3g}"
+        typer.echo(
+            f"federated, secure aggregation (t={privacy['threshold']}), clip {privacy['clip_norm']:g}, "
+            f"σ {privacy['noise_multiplier']:g}: ε = {eps} at δ = {privacy['delta']:g} "
+            f"after {privacy['rounds_accounted']} round(s), per worker"
+        )
     typer.echo(f"status {p['status']} (job {p['job_status']}), round {p['round']}/{p['rounds']}", err=True)
 
 
@@ -162,14 +189,40 @@ def download(
     job_id: Annotated[str, typer.Argument()],
     out: Annotated[Path, typer.Option("--out", help="Directory to write the Hugging Face model into.")],
     version: int = typer.Option(None, "--version", help="Checkpoint version (default: the latest)."),
+    keys_dir: Annotated[
+        Path, typer.Option("--keys-dir", help="Where `post` kept the job's checkpoint key.")
+    ] = KEYS_DIR,
     market: str = MarketOpt,
     key_file: Path = KeyOpt,
 ) -> None:
-    """Download a checkpoint as a Hugging Face directory (config.json, model.safetensors, tokenizer)."""
+    """Download a checkpoint as a Hugging Face directory (config.json, model.safetensors, tokenizer); sealed
+    weights are decrypted here with the job's key."""
     _, client = _client(market, key_file)
     params = {} if version is None else {"version": version}
     tar = client.raw("GET", f"/v1/training/jobs/{job_id}/model", params=params, timeout=600).content
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:
         t.extractall(out, filter="data")  # the data filter refuses absolute paths, links out and devices
+    if (out / SEALED_WEIGHTS).exists():
+        from globai.errors import ConfigError
+        from globai.protocol.aead import AeadError
+
+        key_path = keys_dir / f"{job_id}.key"
+        try:
+            open_model(out, bytes.fromhex(key_path.read_text().strip()), job_id)
+        except (OSError, ValueError, AeadError) as exc:
+            raise ConfigError(f"cannot decrypt the weights with {key_path}: {exc}") from None
     typer.echo(f"wrote {out} ({len(tar)} bytes); load it with LlamaForCausalLM.from_pretrained({str(out)!r})")
+
+
+@app.command()
+def rollback(
+    job_id: Annotated[str, typer.Argument()],
+    version: Annotated[int, typer.Argument(min=0, help="Checkpoint version the next round continues from.")],
+    market: str = MarketOpt,
+    key_file: Path = KeyOpt,
+) -> None:
+    """Roll a running job back to checkpoint VERSION: the open round restarts from it (later versions are kept)."""
+    _, client = _client(market, key_file)
+    r = client.request("POST", f"/v1/training/jobs/{job_id}/rollback", json={"version": version})
+    typer.echo(f"job {job_id}: round {r['round']} now trains from version {r['version']} ({r['base_manifest'][:12]}…)")

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from market.tasks.celery_app import runtime
 from market.training.jobs import advance, running_jobs
-from market.training.storage import storage_at
+from market.training.storage import master_key, storage_at
 from market.training.verify import pending_slashes
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,18 @@ def _now() -> datetime:
 def advance_training_job(self: Task, job_id: str) -> str:
     rt = runtime(self.app)
     state = advance(
-        rt.session, storage_at(rt.settings.training_dir), job_id, now=_now, slash_amount=rt.settings.slash_amount_wei
+        rt.session,
+        storage_at(rt.settings.training_dir, master_key(rt.settings)),
+        job_id,
+        now=_now,
+        slash_amount=rt.settings.slash_amount_wei,
     )
     log.debug("training job %s: %s", job_id, state)
+    if state == "completed" and rt.settings.training_keep_versions:
+        dropped, deleted = storage_at(rt.settings.training_dir).checkpoints.prune(
+            job_id, rt.settings.training_keep_versions
+        )
+        log.info("training job %s: retention dropped versions %s, %d tensor files", job_id, dropped, deleted)
     if state == "completed":  # handed over: slash the cheats on chain (recovery re-drives this if it is lost)
         from market.tasks.verification import slash_worker
 

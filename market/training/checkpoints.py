@@ -3,7 +3,9 @@
 Layout under the store root::
 
     tensors/<sha256>.safetensors    one tensor per file, named by the sha256 of the file's bytes
+    tensors/<sha256>.<kid>.enc      the same, encrypted at rest (AES-256-GCM) with the job's key (kid: its hash)
     jobs/<job_id>/v000000.json      version manifest: tensor name → sha256, outer momentum, round, metrics
+    jobs/<job_id>/key.sealed        an encrypted job's checkpoint key, sealed with the market's master key
 
 A version is *committed* when its manifest exists. Tensor files are written first (temp file + rename, skipped
 when the content already exists, so unchanged tensors are stored once), the manifest last, atomically. A crash
@@ -30,6 +32,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from globai.errors import GlobaiError
+from globai.protocol.aead import AeadError, open_sealed, seal
 from market.training.aggregation import aggregate
 from market.training.outer import nesterov_step
 from market.training.spec import TrainingJobSpec
@@ -124,32 +127,76 @@ def updates_digest(updates: Sequence[Mapping[str, torch.Tensor]]) -> str:
 class CheckpointStore:
     """Filesystem checkpoint store (a directory; an object store can implement the same few methods)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, master: bytes | None = None) -> None:
         self.root = Path(root)
+        self.master = master  # seals per-job checkpoint keys; kept outside the store (the market's settings)
+        self._keys: dict[str, bytes] = {}
         (self.root / "tensors").mkdir(parents=True, exist_ok=True)
         (self.root / "jobs").mkdir(parents=True, exist_ok=True)
 
+    # -- per-job keys (encryption at rest) ---------------------------------------------------------------------
+    def set_job_key(self, job_id: str, key: bytes) -> None:
+        """Encrypt this job's checkpoints at rest with `key` (32 bytes, the requester's); call before init_job."""
+        if self.master is None:
+            raise CheckpointError("this market has no master key to keep a checkpoint key with")
+        if len(key) != 32:
+            raise CheckpointError("a checkpoint key is 32 bytes")
+        self._job_dir(job_id).mkdir(parents=True, exist_ok=True)
+        _atomic_write(
+            self._job_dir(job_id) / "key.sealed", seal(self.master, key, b"globai-ckpt-key:" + job_id.encode())
+        )
+        self._keys[job_id] = key
+
+    def job_key(self, job_id: str) -> bytes | None:
+        """The job's checkpoint key, or None when its checkpoints are stored in the clear."""
+        if job_id in self._keys:
+            return self._keys[job_id]
+        path = self._job_dir(job_id) / "key.sealed"
+        if not path.exists():
+            return None
+        if self.master is None:
+            raise CheckpointError(f"job {job_id}'s checkpoints are encrypted: the market's master key is needed")
+        try:
+            key = open_sealed(self.master, path.read_bytes(), b"globai-ckpt-key:" + job_id.encode())
+        except AeadError as exc:
+            raise CheckpointError(f"job {job_id}'s checkpoint key: {exc}") from None
+        self._keys[job_id] = key
+        return key
+
     # -- tensors
     # -------------------------------------------------------------------------------------------------
-    def put_tensor(self, tensor: torch.Tensor) -> tuple[str, bool]:
-        """Store a tensor by content; returns (sha256, newly written)."""
+    def _tensor_path(self, sha: str, key: bytes | None) -> Path:
+        if key is None:
+            return self.root / "tensors" / f"{sha}.safetensors"
+        return self.root / "tensors" / f"{sha}.{hashlib.sha256(key).hexdigest()[:16]}.enc"
+
+    def put_tensor(self, tensor: torch.Tensor, key: bytes | None = None) -> tuple[str, bool]:
+        """Store a tensor by content (sealed with `key` if given); returns (sha256 of the plain file, newly
+        written)."""
         data = st_save({"t": tensor.detach().contiguous()})
         sha = hashlib.sha256(data).hexdigest()
-        path = self.root / "tensors" / f"{sha}.safetensors"
+        path = self._tensor_path(sha, key)
         if path.exists():
             return sha, False
-        _atomic_write(path, data)
+        _atomic_write(path, data if key is None else seal(key, data, sha.encode()))
         return sha, True
 
-    def get_tensor(self, sha: str) -> torch.Tensor:
-        path = self.root / "tensors" / f"{sha}.safetensors"
+    def tensor_bytes(self, sha: str, key: bytes | None = None) -> bytes:
+        """The plain safetensors file of a tensor (decrypted with `key` if the job's are sealed), hash-checked."""
         try:
-            data = path.read_bytes()
+            raw = self._tensor_path(sha, key).read_bytes()
         except FileNotFoundError as exc:
             raise CheckpointError(f"tensor {sha} is missing") from exc
+        try:
+            data = raw if key is None else open_sealed(key, raw, sha.encode())
+        except AeadError as exc:
+            raise CheckpointError(f"tensor file {sha}: {exc}") from None
         if hashlib.sha256(data).hexdigest() != sha:
             raise CheckpointError(f"tensor file {sha} is corrupt (sha256 mismatch)")
-        return st_load(data)["t"]
+        return data
+
+    def get_tensor(self, sha: str, key: bytes | None = None) -> torch.Tensor:
+        return st_load(self.tensor_bytes(sha, key))["t"]
 
     # -- manifests
     # -----------------------------------------------------------------------------------------------
@@ -185,8 +232,9 @@ class CheckpointStore:
 
     def load(self, job_id: str, version: int | None = None) -> Checkpoint:
         m = self.manifest(job_id, version)
-        params = {name: self.get_tensor(sha) for name, sha in m.tensors.items()}
-        momentum = {name: self.get_tensor(sha) for name, sha in m.momentum.items()}
+        key = self.job_key(job_id)
+        params = {name: self.get_tensor(sha, key) for name, sha in m.tensors.items()}
+        momentum = {name: self.get_tensor(sha, key) for name, sha in m.momentum.items()}
         return Checkpoint(m, params, momentum)
 
     def commit(
@@ -206,10 +254,11 @@ class CheckpointStore:
         """Write tensors (skipping known content), then the manifest: the manifest write is the commit."""
         self._job_dir(job_id).mkdir(parents=True, exist_ok=True)
         written = reused = 0
+        key = self.job_key(job_id)
         shas: dict[str, dict[str, str]] = {"tensors": {}, "momentum": {}}
         for kind, tensors in (("tensors", params), ("momentum", momentum)):
             for name, tensor in tensors.items():
-                sha, new = self.put_tensor(tensor)
+                sha, new = self.put_tensor(tensor, key)
                 shas[kind][name] = sha
                 written, reused = written + new, reused + (not new)
         manifest = Manifest(
@@ -228,10 +277,47 @@ class CheckpointStore:
         self._write_manifest(manifest)
         return ApplyResult(manifest, True, written, reused)
 
-    def init_job(self, job_id: str, config: Mapping[str, Any], params: Mapping[str, torch.Tensor]) -> Manifest:
-        """Commit checkpoint 0 (no-op if it exists: job creation may be retried)."""
+    def prune(self, job_id: str, keep_last: int, *, grace_s: float = 3600.0) -> tuple[list[int], int]:
+        """Retention: keep version 0, the job's current lineage's last `keep_last` versions, drop the other
+        manifests (rolled-back branches, old versions), then delete tensor files no manifest of any job refers
+        to and older than `grace_s` (a commit in flight writes its tensors before its manifest). Returns
+        (dropped versions, tensor files deleted)."""
+        versions = self.versions(job_id)
+        if not versions or keep_last < 1:
+            return [], 0
+        by_sha = {self.manifest(job_id, v).sha256: v for v in versions}
+        keep, m = {0}, self.manifest(job_id, versions[-1])
+        while len(keep) <= keep_last:
+            keep.add(m.version)
+            if m.parent is None or m.parent not in by_sha:
+                break
+            m = self.manifest(job_id, by_sha[m.parent])
+        dropped = [v for v in versions if v not in keep]
+        for v in dropped:
+            self._manifest_path(job_id, v).unlink(missing_ok=True)
+        live: set[str] = set()
+        for job_dir in (self.root / "jobs").iterdir():
+            for path in job_dir.glob("v*.json"):
+                raw = json.loads(path.read_text())
+                live.update(raw["tensors"].values(), raw["momentum"].values())
+        deleted, cutoff = 0, time.time() - grace_s
+        for path in (self.root / "tensors").iterdir():
+            name = path.name
+            if name.startswith(".") or name.split(".", 1)[0] in live or path.stat().st_mtime > cutoff:
+                continue
+            path.unlink(missing_ok=True)
+            deleted += 1
+        return dropped, deleted
+
+    def init_job(
+        self, job_id: str, config: Mapping[str, Any], params: Mapping[str, torch.Tensor], key: bytes | None = None
+    ) -> Manifest:
+        """Commit checkpoint 0 (no-op if it exists: job creation may be retried); with `key`, every checkpoint of
+        the job is encrypted at rest with it."""
         if self.versions(job_id):
             return self.manifest(job_id, 0)
+        if key is not None:
+            self.set_job_key(job_id, key)
         return self.commit(
             job_id=job_id,
             version=0,
@@ -252,8 +338,12 @@ def apply_round(
     *,
     spec: TrainingJobSpec,
     metrics: Mapping[str, float] | None = None,
+    base_version: int | None = None,
 ) -> ApplyResult:
     """Aggregate round ``round_index``'s decoded updates; commit checkpoint ``round_index + 1`` exactly once.
+
+    The round starts from ``base_version`` (default ``round_index``; an earlier version after a rollback), which
+    becomes the new version's parent.
 
     Idempotent on (job, round): if version ``round_index + 1`` is already committed with the same updates,
     returns it with ``applied=False``; with different updates, raises `RoundConflict` (the round's inputs must
@@ -273,7 +363,7 @@ def apply_round(
         return ApplyResult(done, applied=False)
     if versions[-1] < round_index:
         raise CheckpointError(f"job {job_id} is at version {versions[-1]}; round {round_index} is out of order")
-    current = store.load(job_id, round_index)
+    current = store.load(job_id, round_index if base_version is None else base_version)
     pseudo = aggregate(updates, spec.aggregation, spec.trim_fraction)
     params, momentum = nesterov_step(
         current.params, current.momentum or None, pseudo, spec.outer_lr, spec.outer_momentum

@@ -8,58 +8,27 @@ indices.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 import torch
 
-from globai.errors import GlobaiError
-from market.training.spec import BOS_ID, EOS_ID, DatasetRef, TrainingJobSpec, derive_seed
+from globai.protocol import bytetokens
+from globai.protocol.bytetokens import DatasetError, make_windows, tokenize_documents
+from market.training.spec import DatasetRef, TrainingJobSpec, derive_seed
 
-
-class DatasetError(GlobaiError):
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"bad training dataset: {reason}")
-        self.reason = reason
+__all__ = ["DatasetError", "PreparedDataset", "make_windows", "prepare", "shard_for", "shard_indices", "tokenize"]
 
 
 def documents(corpus: bytes, dataset: DatasetRef) -> list[bytes]:
-    """Split an upload into documents: the whole text, or one JSONL line's ``dataset.jsonl_field`` each."""
+    """Split an upload into documents (`globai.protocol.bytetokens.documents`), checking its sha256 first."""
     if dataset.sha256 is not None and hashlib.sha256(corpus).hexdigest() != dataset.sha256:
         raise DatasetError("sha256 of the upload does not match the spec")
-    if dataset.format == "text":
-        return [corpus]
-    docs = []
-    for lineno, line in enumerate(corpus.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"line {lineno} is not JSON ({exc.msg})") from exc
-        text = record.get(dataset.jsonl_field) if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            raise DatasetError(f"line {lineno} has no string field {dataset.jsonl_field!r}")
-        docs.append(text.encode("utf-8"))
-    return docs
+    return bytetokens.documents(corpus, dataset.format, dataset.jsonl_field)
 
 
 def tokenize(corpus: bytes, dataset: DatasetRef) -> torch.Tensor:
     """Byte-level token stream: ``BOS doc EOS`` for each document, concatenated (int64)."""
-    parts = []
-    for doc in documents(corpus, dataset):
-        body = torch.frombuffer(bytearray(doc), dtype=torch.uint8).to(torch.int64)
-        parts += [torch.tensor([BOS_ID]), body, torch.tensor([EOS_ID])]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
-
-
-def make_windows(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Non-overlapping windows of ``seq_len + 1`` tokens (inputs + next-token targets); drops the tail."""
-    n = (tokens.numel() - 1) // seq_len
-    if n < 1:
-        return torch.zeros(0, seq_len + 1, dtype=torch.int64)
-    # Windows share their boundary token: window j covers tokens[j*T : j*T + T + 1].
-    return tokens[: n * seq_len + 1].unfold(0, seq_len + 1, seq_len).contiguous()
+    return tokenize_documents(documents(corpus, dataset))
 
 
 @dataclass(frozen=True)
@@ -74,6 +43,10 @@ def prepare(spec: TrainingJobSpec, corpus: bytes) -> PreparedDataset:
     """Tokenise, window and split (seeded) into train / eval windows."""
     windows = make_windows(tokenize(corpus, spec.dataset), spec.seq_len)
     n = windows.shape[0]
+    if spec.federated is not None:  # workers train on their own data: the upload is only the held-out set
+        if n < 1:
+            raise DatasetError(f"no evaluation window of {spec.seq_len + 1} tokens")
+        return PreparedDataset(train=windows[:0], eval=windows)
     n_eval = int(n * spec.dataset.eval_fraction)
     if n - n_eval < spec.workers_per_round:
         raise DatasetError(f"{n - n_eval} training windows of {spec.seq_len + 1} tokens; need >= W")

@@ -8,6 +8,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from globai.models.build import build_causal_lm
+from globai.protocol.aead import open_sealed, seal
 from market.training.checkpoints import CheckpointStore
 from market.training.spec import BOS_ID, EOS_ID, PAD_ID
 
@@ -54,3 +55,24 @@ def export_hf(store: CheckpointStore, job_id: str, out_dir: str | Path, version:
         f"job {job_id}\nversion {ckpt.manifest.version}\nmanifest_sha256 {ckpt.manifest.sha256}\n"
     )
     return out
+
+
+SEALED_WEIGHTS = "model.safetensors.enc"
+
+
+def _model_aad(job_id: str) -> bytes:
+    return b"globai-model:" + job_id.encode()
+
+
+def seal_model(out_dir: Path, key: bytes, job_id: str) -> None:
+    """Replace an exported directory's weights by `model.safetensors.enc`, sealed with the job's key."""
+    plain = out_dir / "model.safetensors"
+    (out_dir / SEALED_WEIGHTS).write_bytes(seal(key, plain.read_bytes(), _model_aad(job_id)))
+    plain.unlink()
+
+
+def open_model(out_dir: Path, key: bytes, job_id: str) -> None:
+    """The requester's side of `seal_model`: decrypt `model.safetensors.enc` into `model.safetensors`."""
+    sealed = out_dir / SEALED_WEIGHTS
+    (out_dir / "model.safetensors").write_bytes(open_sealed(key, sealed.read_bytes(), _model_aad(job_id)))
+    sealed.unlink()

@@ -30,17 +30,18 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from globai.protocol import secagg
 from globai.protocol.compression import CompressionError, decode_update, payload_digest
 from globai.protocol.signing import BadSignature
-from globai.protocol.training import PAYLOAD_KIND, TRAINING_MODEL, UpdateScope, update_signer
+from globai.protocol.training import FEDERATED_MODEL, PAYLOAD_KIND, TRAINING_MODEL, UpdateScope, update_signer
 from market.db import Job, Lease, Task, Worker
 from market.db.training import TrainingJob, TrainingRound, TrainingUpdate
 from market.domain_errors import Conflict, Forbidden, InvalidRequest, LeaseLost, NotFound
 from market.services import jobs as job_service
 from market.services import leasing
 from market.services.job_specs import TrainingSpec
-from market.training import verify
-from market.training.checkpoints import apply_round
+from market.training import federated, verify
+from market.training.checkpoints import CheckpointError, apply_round
 from market.training.data import DatasetError
 from market.training.model import evaluate_loss, initial_checkpoint
 from market.training.rounds import RoundState, Submission, decide_round
@@ -79,6 +80,7 @@ def create_training_job(
     chain_id: int,
     created_block: int,
     now: datetime,
+    checkpoint_key: bytes | None = None,
 ) -> Job:
     """Create the market job (escrow parameters as for any job), its checkpoint 0 and its training state."""
     if not isinstance(spec.model, ConfigModelRef):
@@ -89,6 +91,8 @@ def create_training_job(
         raise InvalidRequest("spec.dataset.sha256 differs from the dataset given")
     if not 0.0 <= verify_rate <= 1.0:
         raise InvalidRequest("verify_rate must be within [0, 1]")
+    if spec.federated is not None:
+        verify_rate = 0.0  # a replay needs the worker's data, which never leaves it (docs/training.md)
     spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"sha256": dataset_sha256})})
     try:
         data = storage.prepared(spec, dataset_sha256)
@@ -97,7 +101,7 @@ def create_training_job(
     config, params0 = initial_checkpoint(spec)
     try:
         generic = TrainingSpec(
-            model=TRAINING_MODEL,
+            model=FEDERATED_MODEL if spec.federated is not None else TRAINING_MODEL,
             dataset=dataset_sha256,
             rounds=spec.rounds,
             tasks_per_round=spec.workers_per_round,
@@ -127,7 +131,10 @@ def create_training_job(
         created_block=created_block,
         now=now,
     )
-    manifest0 = storage.checkpoints.init_job(job.id, config, params0)
+    try:
+        manifest0 = storage.checkpoints.init_job(job.id, config, params0, key=checkpoint_key)
+    except CheckpointError as exc:
+        raise InvalidRequest(str(exc)) from exc
     secret = secrets.token_bytes(32)
     session.add(
         TrainingJob(
@@ -170,14 +177,29 @@ def task_payload(
     job: Job, tj: TrainingJob, spec: TrainingJobSpec, rnd: TrainingRound, slot: int, replay_of: str | None = None
 ) -> dict[str, Any]:
     """Everything a worker needs to run task (round, slot) besides the checkpoint and shard bytes."""
+    fed: dict[str, Any] | None = None
+    if spec.federated is not None:
+        from market.training.privacy import worker_noise_std
+
+        bound, scale = federated.fixed_point(spec)
+        f = spec.federated
+        fed = {
+            "threshold": spec.secagg_threshold,
+            "phase_timeout_s": f.phase_timeout_s,
+            "clip_norm": f.clip_norm,
+            "noise_std": worker_noise_std(f.clip_norm, f.noise_multiplier, spec.secagg_threshold),
+            "bound": bound,
+            "scale": scale,
+        }
     return {
         "kind": PAYLOAD_KIND,
         "round": rnd.round,
         "slot": slot,
-        "version": rnd.round,
+        "version": tj.version,  # the base checkpoint: the previous round's result, or a rolled-back-to version
         "base_manifest": rnd.base_manifest,
         "seed": task_seed(spec, rnd.round, slot),
         "inner_steps": spec.inner_steps,
+        "seq_len": spec.seq_len,
         "inner_lr": spec.inner_lr,
         "batch_size": spec.batch_size,
         "weight_decay": spec.inner_weight_decay,
@@ -187,13 +209,14 @@ def task_payload(
         "chain_job_id": job.chain_job_id,
         "job_nonce": tj.job_nonce,
         "replay_of": replay_of,
+        "federated": fed,
     }
 
 
 def _task_spec(job: Job, payload: dict[str, Any], exclude_operator: str | None = None) -> job_service.TaskSpec:
     return job_service.TaskSpec(
         kind="train",
-        model=TRAINING_MODEL,
+        model=str(job.spec["model"]),
         layer_start=0,
         layer_end=int(job.spec["layer_end"]),
         memory_bytes=int(job.spec.get("memory_bytes", 0)),
@@ -284,10 +307,16 @@ def submit_update(
     worker_id, address, operator_id = worker.id, worker.address, worker.operator_id
     session.rollback()
     config = storage.checkpoints.manifest(job_id, int(p["version"])).config
+    shapes = parameter_shapes(config)
     try:
-        decode_update(payload, parameter_shapes(config), spec.codec)
-    except CompressionError as exc:
-        raise InvalidRequest(exc.reason) from exc
+        if spec.federated is not None:
+            federated.check_masked_input(
+                storage.root, job_id, int(p["round"]), str(p["base_manifest"]), int(p["slot"]), payload, shapes
+            )
+        else:
+            decode_update(payload, shapes, spec.codec)
+    except (CompressionError, secagg.SecAggError) as exc:
+        raise InvalidRequest(exc.reason if isinstance(exc, CompressionError) else str(exc)) from exc
     scope = UpdateScope(
         chain_id=chain_id,
         chain_job_id=chain_job_id,
@@ -395,7 +424,9 @@ def _cancel(s: Session, tasks: list[Task], now: datetime) -> None:
     )
 
 
-def _step_open(s: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, now: datetime) -> str:
+def _step_open(
+    s: Session, storage: TrainingStorage, job: Job, tj: TrainingJob, rnd: TrainingRound, now: datetime
+) -> str:
     spec = job_spec(tj)
     updates = s.scalars(
         select(TrainingUpdate).where(
@@ -404,6 +435,9 @@ def _step_open(s: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, now: d
             TrainingUpdate.replay_of.is_(None),
         )
     ).all()
+    updates = [u for u in updates if _base_of(s, u.task_id) == rnd.base_manifest]  # not from before a rollback
+    if spec.federated is not None:
+        return _step_open_federated(s, storage, job, tj, rnd, list(updates), now)
     subs = [Submission(u.slot, u.task_id, u.received_at.timestamp(), valid=u.check != "fail") for u in updates]
     decision = decide_round(
         subs,
@@ -444,9 +478,73 @@ def _step_open(s: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, now: d
     return "closed"
 
 
+def _base_of(s: Session, task_id: str) -> str | None:
+    task = s.get(Task, task_id)
+    return None if task is None else task.payload.get("base_manifest")
+
+
+def _step_open_federated(
+    s: Session,
+    storage: TrainingStorage,
+    job: Job,
+    tj: TrainingJob,
+    rnd: TrainingRound,
+    updates: list[TrainingUpdate],
+    now: datetime,
+) -> str:
+    """Secure-aggregation phases first (keys, shares); the round closes with the masked input of every slot that
+    shared, or with ≥ t of them once the masked phase times out. Nothing to replay: no verification step."""
+    spec = job_spec(tj)
+    assert spec.federated is not None
+    relay = federated.SecAggRound(storage.root, job.id, rnd.round, rnd.base_manifest)
+    shares = federated.advance_phases(relay, spec, rnd.opened_at, now).get("shares")
+    deadline = federated.masked_deadline(relay, spec)
+    if shares is None or deadline is None:
+        s.rollback()
+        return "open"
+    mine = sorted((u for u in updates if u.slot in shares.slots), key=lambda u: u.slot)
+    if len(mine) >= len(shares.slots):
+        state = RoundState.CLOSED_QUORUM.value
+    elif len(mine) >= spec.secagg_threshold and now >= deadline:
+        state = RoundState.CLOSED_DEADLINE.value
+    else:
+        s.rollback()
+        return "open"
+    if not _transition(s, rnd, "open", "verifying"):
+        return "raced"
+    rnd.close_state, rnd.closed_at = state, now
+    rnd.accepted = [u.task_id for u in mine]
+    _cancel(s, _round_tasks(s, job.id, rnd.round, _LIVE), now)
+    rnd.verify_deadline_at = now + timedelta(seconds=spec.federated.phase_timeout_s)  # the unmask phase
+    s.commit()
+    log.info("job %s federated round %d %s with %d masked inputs", job.id, rnd.round, state, len(mine))
+    return "closed"
+
+
+def _step_unmask(
+    s: Session, storage: TrainingStorage, job: Job, tj: TrainingJob, rnd: TrainingRound, now: datetime
+) -> str:
+    """Federated: wait for the survivors' unmask shares (all, or ≥ t once the phase times out)."""
+    spec = job_spec(tj)
+    survivors = {u.slot for u in (s.get(TrainingUpdate, t) for t in rnd.accepted) if u is not None}
+    relay = federated.SecAggRound(storage.root, job.id, rnd.round, rnd.base_manifest)
+    have = [v for v in relay.messages("unmask") if v in survivors]
+    timed_out = rnd.verify_deadline_at is not None and now >= rnd.verify_deadline_at
+    if not (len(have) >= len(survivors) or (len(have) >= spec.secagg_threshold and timed_out)):
+        s.rollback()
+        return "verifying"
+    if not _transition(s, rnd, "verifying", "aggregating"):
+        return "raced"
+    rnd.aggregated = list(rnd.accepted)
+    s.commit()
+    return "verified"
+
+
 def _step_verifying(
     s: Session, storage: TrainingStorage, job: Job, tj: TrainingJob, rnd: TrainingRound, now: datetime
 ) -> str:
+    if job_spec(tj).federated is not None:
+        return _step_unmask(s, storage, job, tj, rnd, now)
     accepted = [s.get(TrainingUpdate, t) for t in rnd.accepted]
     shapes = parameter_shapes(storage.checkpoints.manifest(job.id, rnd.round).config)
     waiting = False
@@ -506,21 +604,37 @@ def _aggregate(
     tj_spec: TrainingJobSpec,
     dataset_sha256: str,
     round_index: int,
-    inputs: list[tuple[str, float, int]],
+    inputs: list[tuple[str, float, int, int]],
+    context: bytes,
+    base_version: int,
+    base_manifest: str,
 ) -> _Applied:
-    """Decode the fixed inputs (payload sha, loss, size), apply the round exactly once, evaluate v+1."""
+    """Decode the fixed inputs (payload sha, loss, size, slot), apply the round exactly once, evaluate v+1.
+
+    Federated: the inputs are masked; what is applied is the mean of the survivors' updates, unmasked as a sum."""
     config = storage.checkpoints.manifest(job_id, round_index).config
     shapes = parameter_shapes(config)
-    updates = [decode_update(storage.updates.get(sha), shapes, tj_spec.codec) for sha, _, _ in inputs]
-    worker_loss = sum(loss for _, loss, _ in inputs) / len(inputs)
+    worker_loss = sum(loss for _, loss, _, _ in inputs) / len(inputs)
+    metrics = {"worker_loss_end": worker_loss}
+    fed = tj_spec.federated
+    if fed is not None:
+        from market.training.privacy import epsilon
+
+        relay = federated.SecAggRound(storage.root, job_id, round_index, base_manifest)
+        masked = {slot: storage.updates.get(sha) for sha, _, _, slot in inputs}
+        updates = [federated.unmasked_mean(relay, tj_spec, masked, shapes, context)]
+        if fed.noise_multiplier > 0:
+            metrics["epsilon"] = epsilon(fed.noise_multiplier, round_index + 1, fed.delta)
+    else:
+        updates = [decode_update(storage.updates.get(sha), shapes, tj_spec.codec) for sha, _, _, _ in inputs]
     result = apply_round(
-        storage.checkpoints, job_id, round_index, updates, spec=tj_spec, metrics={"worker_loss_end": worker_loss}
+        storage.checkpoints, job_id, round_index, updates, spec=tj_spec, metrics=metrics, base_version=base_version
     )
     data = storage.prepared(tj_spec, dataset_sha256)
     params = storage.checkpoints.load(job_id, round_index + 1).params
     eval_loss = evaluate_loss(config, params, data.eval) if len(data.eval) else None
     return _Applied(
-        round_index, result.manifest.sha256, eval_loss, worker_loss, sum(n for _, _, n in inputs), result.applied
+        round_index, result.manifest.sha256, eval_loss, worker_loss, sum(n for _, _, n, _ in inputs), result.applied
     )
 
 
@@ -591,7 +705,7 @@ def advance(
                 s.commit()
                 return "failed"
             if rnd.status == "open":
-                state = _step_open(s, job, tj, rnd, now())
+                state = _step_open(s, storage, job, tj, rnd, now())
                 if state in ("open", "stalled"):
                     return state
                 continue
@@ -604,10 +718,12 @@ def advance(
                 return rnd.status
             spec, dataset, r = job_spec(tj), tj.dataset_sha256, rnd.round
             rows = [s.get(TrainingUpdate, t) for t in rnd.aggregated or []]
-            inputs = [(u.payload_sha256, u.loss_end, u.size) for u in rows if u is not None]
+            inputs = [(u.payload_sha256, u.loss_end, u.size, u.slot) for u in rows if u is not None]
+            context = secagg.round_context(tj.chain_id, job.chain_job_id, r, rnd.base_manifest)
+            base_version, base = tj.version, rnd.base_manifest
             s.rollback()
         # No transaction is open while aggregating (seconds for big models).
-        done = _aggregate(storage, job_id, spec, dataset, r, inputs)
+        done = _aggregate(storage, job_id, spec, dataset, r, inputs, context, base_version, base)
         with sessions() as s:
             job, tj, rnd = _load(s, job_id)
             if rnd is None or rnd.round != r or rnd.status != "aggregating":
@@ -616,6 +732,47 @@ def advance(
             if state == "completed":
                 return state
     return state
+
+
+def rollback(
+    session: Session, *, storage: TrainingStorage, job_id: str, requester: str, version: int, now: datetime
+) -> TrainingRound:
+    """The requester rolls the job back to checkpoint `version`: the open round is restarted from it (its tasks
+    cancelled and queued again with that base; updates computed from the old base are ignored). Later versions
+    stay in the store as history; the next version's parent is `version`. Only while a round is open."""
+    job, tj, rnd = _load(session, job_id)
+    if job.requester != requester:
+        raise Forbidden("only the requester may roll a job back")
+    if tj.status != "running" or rnd is None:
+        raise Conflict(f"job {job_id} is {tj.status}: nothing to continue from a rollback")
+    if not 0 <= version <= max(storage.checkpoints.versions(job_id)):
+        raise InvalidRequest(f"job {job_id} has no version {version}")
+    if rnd.status != "open":
+        session.rollback()
+        raise Conflict(f"round {rnd.round} is {rnd.status}; retry the rollback in a moment")
+    base = storage.checkpoints.manifest(job_id, version)
+    spec = job_spec(tj)
+    moved = session.execute(
+        update(TrainingRound)
+        .where(TrainingRound.id == rnd.id, TrainingRound.status == "open")
+        .values(
+            base_manifest=base.sha256,
+            opened_at=now,
+            deadline_at=now + timedelta(seconds=spec.round_timeout_s),
+            reopened=rnd.reopened + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise Conflict(f"round {rnd.round} closed meanwhile; retry the rollback")
+    _cancel(session, _round_tasks(session, job.id, rnd.round, _LIVE), now)
+    session.refresh(rnd)
+    tj.version, tj.updated_at = version, now
+    _enqueue_slots(session, job, tj, rnd, list(range(spec.workers_per_round)), now)
+    session.commit()
+    log.info("job %s rolled back to version %d; round %d restarts from it", job_id, version, rnd.round)
+    return rnd
 
 
 def running_jobs(session: Session) -> list[str]:

@@ -12,11 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from globai.protocol.bytetokens import BOS_ID, BYTE_VOCAB_SIZE, EOS_ID, PAD_ID
 from globai.protocol.compression import Codec, CompressionError, parse_codec
 
-#: Byte-level tokens: ids 0-255 are the bytes themselves, then these specials.
-BOS_ID, EOS_ID, PAD_ID = 256, 257, 258
-BYTE_VOCAB_SIZE = 259
+__all__ = ["BOS_ID", "BYTE_VOCAB_SIZE", "EOS_ID", "PAD_ID"]  # re-exported: the byte tokenizer's ids
 
 
 class _Frozen(BaseModel):
@@ -75,6 +74,19 @@ class TokenizerRef(_Frozen):
     kind: Literal["bytes"] = "bytes"
 
 
+class FederatedSpec(_Frozen):
+    """Federated mode: every worker trains on its own local data (never uploaded); updates are clipped to
+    ``clip_norm`` (L2, whole update), optionally noised (Gaussian, ``noise_multiplier`` × clip_norm on the sum of any
+    ``threshold`` updates), and combined by secure aggregation (`globai.protocol.secagg`) so the market only learns
+    their sum. The uploaded dataset is only the held-out evaluation set."""
+
+    clip_norm: float = Field(default=1.0, gt=0)
+    noise_multiplier: float = Field(default=0.0, ge=0, le=100)
+    delta: float = Field(default=1e-5, gt=0, lt=1, description="δ of the reported (ε, δ)")
+    threshold: int | None = Field(default=None, ge=2, description="Shamir threshold; default a strict majority")
+    phase_timeout_s: float = Field(default=60.0, gt=0, description="wait per protocol phase for the missing")
+
+
 class TrainingJobSpec(_Frozen):
     """A DiLoCo training job: R rounds; in each, W tasks of H inner AdamW steps, then one outer Nesterov
     step."""
@@ -100,6 +112,7 @@ class TrainingJobSpec(_Frozen):
     compression: str = "int8"
     seed: int = Field(default=0, ge=0, lt=2**63)
     budget_wei: int = Field(default=0, ge=0, description="GLB the requester escrows for the whole job")
+    federated: FederatedSpec | None = None
 
     @field_validator("compression")
     @classmethod
@@ -116,7 +129,22 @@ class TrainingJobSpec(_Frozen):
             raise ValueError("quorum cannot exceed workers_per_round")
         if self.min_updates > self.workers_per_round:
             raise ValueError("min_updates cannot exceed workers_per_round")
+        if self.federated is not None:
+            if self.aggregation != "mean":
+                raise ValueError("federated jobs aggregate by secure sum: aggregation must be 'mean'")
+            if self.workers_per_round < 2:
+                raise ValueError("secure aggregation needs workers_per_round >= 2")
+            if self.secagg_threshold > self.workers_per_round:
+                raise ValueError("federated.threshold cannot exceed workers_per_round")
         return self
+
+    @property
+    def secagg_threshold(self) -> int:
+        """Shamir threshold t of a federated round: also the fewest masked inputs a round can close with."""
+        from globai.protocol.secagg import threshold
+
+        fed = self.federated
+        return threshold(self.workers_per_round) if fed is None or fed.threshold is None else fed.threshold
 
     @property
     def codec(self) -> Codec:

@@ -25,11 +25,11 @@ from market.training.spec import TrainingJobSpec
 
 
 class TrainingStorage:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, master: bytes | None = None) -> None:
         self.root = Path(root)
         self.datasets = BlobStore(self.root / "datasets")
         self.updates = BlobStore(self.root / "updates")
-        self.checkpoints = CheckpointStore(self.root / "checkpoints")
+        self.checkpoints = CheckpointStore(self.root / "checkpoints", master)
         self._prepared: OrderedDict[tuple[str, str], PreparedDataset] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -55,13 +55,24 @@ _STORAGES: dict[str, TrainingStorage] = {}
 _STORAGES_LOCK = threading.Lock()
 
 
-def storage_at(root: str | Path) -> TrainingStorage:
-    """One `TrainingStorage` per directory per process (keeps the prepared-dataset cache shared)."""
+def storage_at(root: str | Path, master: bytes | None = None) -> TrainingStorage:
+    """One `TrainingStorage` per directory per process (keeps the prepared-dataset cache shared). `master` seals
+    the per-job checkpoint keys (`master_key(settings)`)."""
     key = str(Path(root).resolve())
     with _STORAGES_LOCK:
         if key not in _STORAGES:
-            _STORAGES[key] = TrainingStorage(key)
+            _STORAGES[key] = TrainingStorage(key, master)
+        elif master is not None and _STORAGES[key].checkpoints.master is None:
+            _STORAGES[key].checkpoints.master = master
         return _STORAGES[key]
+
+
+def master_key(settings: Any) -> bytes:
+    """The market's key for sealing per-job checkpoint keys, derived from its auth secret (never stored with
+    the checkpoints)."""
+    import hashlib
+
+    return hashlib.sha256(b"GLOBAI-CHECKPOINT-MASTER-V1" + settings.auth_secret.get_secret_value().encode()).digest()
 
 
 @lru_cache(maxsize=32)

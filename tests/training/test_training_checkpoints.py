@@ -126,3 +126,33 @@ def test_real_process_killed_before_manifest(tmp_path: Path, make_spec: Callable
     assert apply_round(store, "j", 0, _updates(), spec=spec).applied
     assert not apply_round(store, "j", 0, _updates(), spec=spec).applied
     assert store.versions("j") == [0, 1]
+
+
+def test_encrypted_job_rollback_lineage_and_retention(
+    tmp_path: Path, make_spec: Callable[..., TrainingJobSpec]
+) -> None:
+    """A job sealed with its key: no plain tensor on disk, reads need the market's master key; a round applied
+    from an earlier base gets that base as parent; retention keeps v0 and the current lineage's last versions
+    and deletes tensor files nothing refers to."""
+    spec = make_spec(aggregation="mean")
+    store = CheckpointStore(tmp_path, master=b"m" * 32)
+    key = bytes(range(32))
+    store.init_job("job", {"n": 1}, _params(), key=key)
+    for r in range(3):
+        apply_round(store, "job", r, _updates(seed=r), spec=spec)
+    assert store.versions("job") == [0, 1, 2, 3]
+    assert not any(name.endswith(".safetensors") for name in _tensor_files(store))  # all sealed
+    assert torch.equal(CheckpointStore(tmp_path, master=b"m" * 32).load("job", 0).params["w"], _params()["w"])
+    with pytest.raises(CheckpointError, match="master key"):
+        CheckpointStore(tmp_path).load("job", 1)
+    with pytest.raises(CheckpointError):
+        CheckpointStore(tmp_path, master=b"x" * 32).load("job", 1)
+    # Roll back two versions: round 3 from version 1.
+    v4 = apply_round(store, "job", 3, _updates(seed=9), spec=spec, base_version=1).manifest
+    assert v4.parent == store.manifest("job", 1).sha256 != store.manifest("job", 3).sha256
+    before = len(_tensor_files(store))
+    dropped, deleted = store.prune("job", keep_last=2, grace_s=0)
+    assert dropped == [2, 3] and store.versions("job") == [0, 1, 4]  # v2, v3: the rolled-back branch
+    assert deleted > 0 and len(_tensor_files(store)) == before - deleted
+    for v in (0, 1, 4):
+        store.load("job", v)  # every kept version still loads in full

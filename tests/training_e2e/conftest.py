@@ -170,7 +170,9 @@ class Market:
         http.headers["Authorization"] = "Bearer " + sign_in(http, account, ["requester"])
         return Requester(self, http, account)
 
-    def worker(self, operator: str, *, tamper: Tamper | None = None, cache: Path) -> TrainingClient:
+    def worker(
+        self, operator: str, *, tamper: Tamper | None = None, cache: Path, local_data: Path | None = None
+    ) -> TrainingClient:
         account = Account.create()
         self.chain.stake(account, self.chain.min_stake())
         client = TrainingClient(
@@ -180,6 +182,7 @@ class Market:
             operator_id=operator,
             tamper=tamper,
             heartbeat_s=2.0,
+            local_data=local_data,
         )
         client.sign_in()
         client.register()
@@ -193,7 +196,13 @@ class Requester:
     account: LocalAccount
 
     def post_job(
-        self, spec: TrainingJobSpec, corpus: bytes, *, verify_rate: float = 0.0, price: int = 1
+        self,
+        spec: TrainingJobSpec,
+        corpus: bytes,
+        *,
+        verify_rate: float = 0.0,
+        price: int = 1,
+        checkpoint_key: bytes | None = None,
     ) -> dict[str, Any]:
         ds = check(
             self.http.post(
@@ -209,6 +218,8 @@ class Requester:
             "verify_rate": verify_rate,
             "deadline": (max(datetime.now(UTC), self.market.chain.now()) + timedelta(hours=1)).isoformat(),
         }
+        if checkpoint_key is not None:
+            body["checkpoint_key"] = checkpoint_key.hex()
         created = check(self.http.post("/v1/training/jobs", json=body)).json()
         self.market.chain.fund(created["escrow"], self.account)
         check(self.http.post(f"/v1/jobs/{created['job']['id']}/confirm-funding"))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,14 +19,18 @@ from transformers import LlamaForCausalLM
 from globai.client import check
 from market.db import SlashRecord, VerificationRun, WorkPart
 from market.db.engine import make_engine
+from market.training.export import open_model
 from market.training.reference import reference_diloco
-from tests.training_e2e.conftest import Market, settle_and_audit, tiny_spec, train_until_done
+from tests.training_e2e.conftest import Market, run_workers, settle_and_audit, tiny_spec, train_until_done
 
 
-def _download(requester: Any, job_id: str, dest: Path) -> LlamaForCausalLM:
+def _download(requester: Any, job_id: str, dest: Path, key: bytes | None = None) -> LlamaForCausalLM:
     tar = check(requester.http.get(f"/v1/training/jobs/{job_id}/model")).content
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:
         t.extractall(dest, filter="data")
+    if key is not None:  # sealed with the requester's key: decrypted here, client-side
+        assert not (dest / "model.safetensors").exists()
+        open_model(dest, key, job_id)
     return LlamaForCausalLM.from_pretrained(dest)
 
 
@@ -152,3 +157,65 @@ def test_unsampled_poisoned_update_is_bounded_by_the_robust_mean(market: Market,
         hi = torch.maximum(honest[0][name], honest[1][name]) + 1e-6
         assert bool(((g >= lo) & (g <= hi)).all()), name
     assert done["eval_loss"][-1] < done["eval_loss"][0]
+
+
+def test_rollback_two_versions_then_train_on_and_download(market: Market, corpus: bytes, tmp_path: Path) -> None:
+    """`job train rollback`: the open round restarts from a version two back, the next version's parent is it,
+    later versions stay as history; the checkpoints are encrypted at rest with the requester's key, and the final
+    model downloads sealed, decrypts client-side and loads with `from_pretrained`."""
+    import secrets
+    import threading
+
+    from globai.protocol.aead import AeadError
+    from market.training.storage import storage_at
+
+    spec = tiny_spec(rounds=5, workers_per_round=2, inner_steps=3, compression="int8")
+    requester = market.requester()
+    key = secrets.token_bytes(32)
+    job = requester.post_job(spec, corpus, checkpoint_key=key)
+    jid = job["id"]
+    stop = threading.Event()
+    threads = run_workers([market.worker("op-a", cache=tmp_path), market.worker("op-b", cache=tmp_path)], stop)
+    try:
+        requester.wait(jid, lambda p: p["version"] >= 2)
+        while True:  # 409 while the round is being closed/aggregated: retry
+            p = requester.progress(jid)
+            assert p["status"] == "running", p
+            r = requester.http.post(f"/v1/training/jobs/{jid}/rollback", json={"version": p["version"] - 2})
+            if r.status_code == 200:
+                break
+            assert r.status_code == 409, r.text
+            time.sleep(0.05)
+        rolled = r.json()
+        done = requester.wait(jid, lambda p: p["status"] == "completed")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert rolled["round"] == rolled["version"] + 2
+    assert done["per_round"][rolled["round"]]["reopened"] >= 1
+    manifest = check(requester.http.get(f"/v1/training/jobs/{jid}/checkpoints/{rolled['round'] + 1}")).json()
+    base = check(requester.http.get(f"/v1/training/jobs/{jid}/checkpoints/{rolled['version']}")).json()
+    skipped = check(requester.http.get(f"/v1/training/jobs/{jid}/checkpoints/{rolled['round']}")).json()
+    assert manifest["parent"] == base["sha256"] == rolled["base_manifest"] != skipped["sha256"]
+    assert done["version"] == spec.rounds
+    # At rest: every tensor of every version is sealed with the job's key; no plain copy exists.
+    store = storage_at(market.settings.training_dir).checkpoints
+    for v in range(spec.rounds + 1):
+        for sha in store.manifest(jid, v).tensors.values():
+            # (version 0 is the same init as other jobs of this module, which are stored in the clear)
+            assert v == 0 or not (store.root / "tensors" / f"{sha}.safetensors").exists()
+            sealed = next((store.root / "tensors").glob(f"{sha}.*.enc")).read_bytes()
+            assert b"dtype" not in sealed[:200]  # no safetensors header in the clear
+    with pytest.raises(AeadError):
+        _download(requester, jid, tmp_path / "wrong", key=secrets.token_bytes(32))
+    model = _download(requester, jid, tmp_path / "model", key=key)
+    final = store.load(jid, spec.rounds).params
+    assert all(torch.equal(p.detach(), final[n]) for n, p in model.named_parameters())
+    assert model.config.num_hidden_layers == tiny_spec().model.config["num_hidden_layers"]  # type: ignore[union-attr]
+    logits = model(torch.tensor([[256, 72, 105]])).logits
+    assert bool(torch.isfinite(logits).all())
+    # Bad rollbacks: to a version that does not exist, by someone else, after completion.
+    assert requester.http.post(f"/v1/training/jobs/{jid}/rollback", json={"version": 99}).status_code in (400, 409)
+    other = market.requester()
+    assert other.http.post(f"/v1/training/jobs/{jid}/rollback", json={"version": 0}).status_code == 403

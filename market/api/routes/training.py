@@ -28,9 +28,15 @@ from market.api.schemas.jobs import JobCreatedOut
 from market.api.schemas.training import (
     DatasetOut,
     ManifestOut,
+    PrivacyOut,
+    RollbackIn,
+    RollbackOut,
     RoundOut,
+    SecAggMessageIn,
+    SecAggReceiptOut,
     TrainingJobIn,
     TrainingProgressOut,
+    UnmaskIn,
     UpdateReceiptOut,
     VerdictOut,
 )
@@ -40,10 +46,11 @@ from market.db.training import TrainingJob
 from market.domain_errors import Forbidden, InvalidRequest, NotFound
 from market.services import workers
 from market.tasks.producer import TaskProducer
+from market.training import federated
 from market.training import jobs as training
 from market.training.checkpoints import CheckpointError
 from market.training.data import shard_for
-from market.training.export import export_hf
+from market.training.export import export_hf, seal_model
 from market.training.storage import parameter_shapes
 from market.training.verify import training_verdicts
 
@@ -156,6 +163,7 @@ def post_training_job(
         verify_rate=body.verify_rate,
         chain_id=ctx.settings.chain_id,
         created_block=created_block,
+        checkpoint_key=None if body.checkpoint_key is None else bytes.fromhex(body.checkpoint_key),
         now=now,
     )
     return JobCreatedOut(job=job_out(job), escrow=escrow_params(job, ctx))
@@ -190,6 +198,7 @@ def get_progress(job_id: JobId, principal: PrincipalDep, session: SessionDep) ->
                 worker_loss=r.worker_loss,
                 bytes_up=r.bytes_up,
                 manifest_sha256=r.manifest_sha256,
+                epsilon=_epsilon(spec, r.round + 1) if r.status == "applied" else None,
             )
         )
     losses = [tj.initial_eval_loss] + [r.eval_loss for r in rounds if r.status == "applied"]
@@ -207,6 +216,32 @@ def get_progress(job_id: JobId, principal: PrincipalDep, session: SessionDep) ->
         verify_rate=tj.verify_rate,
         eval_loss=losses,
         per_round=per_round,
+        privacy=_privacy(spec, sum(r.status == "applied" for r in rounds)),
+    )
+
+
+def _epsilon(spec: Any, rounds: int) -> float | None:
+    from market.training.privacy import epsilon
+
+    fed = spec.federated
+    if fed is None or fed.noise_multiplier <= 0:
+        return None
+    return epsilon(fed.noise_multiplier, rounds, fed.delta)
+
+
+def _privacy(spec: Any, rounds: int) -> PrivacyOut | None:
+    fed = spec.federated
+    if fed is None:
+        return None
+    return PrivacyOut(
+        mode="federated",
+        secure_aggregation=True,
+        threshold=spec.secagg_threshold,
+        clip_norm=fed.clip_norm,
+        noise_multiplier=fed.noise_multiplier,
+        delta=fed.delta,
+        epsilon=_epsilon(spec, rounds),
+        rounds_accounted=rounds,
     )
 
 
@@ -245,11 +280,14 @@ def download_model(
     if not _owner_or_auditor(job, principal):
         raise Forbidden("not your job")
     v = tj.version if version is None else version
-    if v > tj.version:
+    if v not in ctx.training_storage.checkpoints.versions(job_id):
         raise NotFound("checkpoint version", str(v))
     session.rollback()  # no transaction (SQLite: write lock) while exporting
+    key = ctx.training_storage.checkpoints.job_key(job_id)
     with tempfile.TemporaryDirectory() as tmp:
         out = export_hf(ctx.training_storage.checkpoints, job_id, FsPath(tmp) / "model", v)
+        if key is not None:  # the weights travel sealed with the requester's key: decrypted on its machine
+            seal_model(out, key, job_id)
         data = _tar_of(out)
     return Response(
         data,
@@ -268,8 +306,6 @@ def get_manifest(
     """Checkpoint manifest: tensor name → sha256 (fetch only the tensors you don't have), config, shapes."""
     job, tj = _training_job(session, job_id)
     _require_reader(session, job, principal)
-    if version > tj.version:
-        raise NotFound("checkpoint version", str(version))
     session.rollback()
     try:
         m = ctx.training_storage.manifest(job_id, version)
@@ -308,8 +344,8 @@ def get_tensor(job_id: JobId, sha256: Sha, principal: PrincipalDep, session: Ses
     # Only tensors of this job's checkpoints are served (newest first: workers ask for the current one).
     if not any(sha256 in storage.manifest(job_id, v).tensors.values() for v in range(versions, -1, -1)):
         raise NotFound("tensor", sha256)
-    path = storage.checkpoints.root / "tensors" / f"{sha256}.safetensors"
-    return Response(path.read_bytes(), media_type="application/octet-stream")
+    data = storage.checkpoints.tensor_bytes(sha256, storage.checkpoints.job_key(job_id))
+    return Response(data, media_type="application/octet-stream")
 
 
 @router.get(
@@ -386,3 +422,92 @@ async def submit_update(
         update_sha256=received.update.payload_sha256,
         digest=received.update.digest,
     )
+
+
+# -- federated rounds: the secure-aggregation relay ------------------------------------------------------------------
+
+
+@router.post("/tasks/{task_id}/secagg/{phase}", response_model=SecAggReceiptOut)
+def post_secagg(
+    task_id: TaskId,
+    phase: Annotated[str, Path(pattern=r"^(keys|shares)$")],
+    body: SecAggMessageIn,
+    principal: WorkerDep,
+    ctx: CtxDep,
+    session: SessionDep,
+    now: NowDep,
+    lease_id: Annotated[str, Query(min_length=1, max_length=36)],
+) -> SecAggReceiptOut:
+    """A federated task's lease holder sends its round keys (signed X25519 public keys) or its sealed Shamir
+    shares for the other participants (globai.protocol.secagg)."""
+    stored = federated.post_phase_message(
+        session,
+        root=ctx.training_storage.root,
+        task_id=task_id,
+        worker_address=principal.address,
+        lease_id=lease_id,
+        phase=phase,
+        body=body.model_dump(exclude_none=True),
+        now=now,
+    )
+    return SecAggReceiptOut(stored=stored)
+
+
+@router.get("/jobs/{job_id}/rounds/{round_index}/secagg")
+def get_secagg(
+    job_id: JobId,
+    round_index: Annotated[int, Path(ge=0, le=1_000_000)],
+    principal: PrincipalDep,
+    ctx: CtxDep,
+    session: SessionDep,
+    now: NowDep,
+) -> dict[str, Any]:
+    """The round's secure-aggregation state for a participant: phase, everyone's keys, the shares sealed for it,
+    and once the round closed, the survivors and the dropped."""
+    return federated.round_state(
+        session,
+        root=ctx.training_storage.root,
+        job_id=job_id,
+        round_index=round_index,
+        address=principal.address,
+        now=now,
+    )
+
+
+@router.post("/jobs/{job_id}/rounds/{round_index}/secagg/unmask", response_model=SecAggReceiptOut)
+def post_unmask(
+    job_id: JobId,
+    round_index: Annotated[int, Path(ge=0, le=1_000_000)],
+    body: UnmaskIn,
+    principal: WorkerDep,
+    ctx: CtxDep,
+    session: SessionDep,
+) -> SecAggReceiptOut:
+    """A survivor's shares of the survivors' self-mask seeds and of the dropped participants' mask keys."""
+    stored = federated.post_unmask(
+        session,
+        root=ctx.training_storage.root,
+        job_id=job_id,
+        round_index=round_index,
+        address=principal.address,
+        body=body.model_dump(),
+    )
+    if stored:
+        kick_aggregator(ctx.tasks, job_id)
+    return SecAggReceiptOut(stored=stored)
+
+
+@router.post("/jobs/{job_id}/rollback", response_model=RollbackOut)
+def rollback_job(
+    job_id: JobId, body: RollbackIn, principal: RequesterDep, ctx: CtxDep, session: SessionDep, now: NowDep
+) -> RollbackOut:
+    """Roll the job back to checkpoint `version`: the open round restarts from it (`globai job train rollback`)."""
+    rnd = training.rollback(
+        session,
+        storage=ctx.training_storage,
+        job_id=job_id,
+        requester=principal.address,
+        version=body.version,
+        now=now,
+    )
+    return RollbackOut(job_id=job_id, version=body.version, round=rnd.round, base_manifest=rnd.base_manifest)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -25,6 +25,12 @@ class TrainingJobIn(Input):
     price_per_unit: WeiStr = Field(description="per inner optimizer step of one task")
     deadline: datetime = Field(description="after this the requester may refund on chain")
     verify_rate: float = Field(default=0.1, ge=0.0, le=1.0, description="fraction of tasks replayed on a replica")
+    checkpoint_key: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="32-byte AES key (hex) the requester keeps: checkpoints are encrypted at rest with it and the "
+        "downloaded weights arrive sealed with it (model.safetensors.enc)",
+    )
 
 
 class RoundOut(BaseModel):
@@ -42,6 +48,18 @@ class RoundOut(BaseModel):
     worker_loss: float | None
     bytes_up: int
     manifest_sha256: str | None
+    epsilon: float | None = Field(default=None, description="federated with noise: ε after this round (cumulative)")
+
+
+class PrivacyOut(BaseModel):
+    mode: str  # federated
+    secure_aggregation: bool
+    threshold: int
+    clip_norm: float
+    noise_multiplier: float
+    delta: float
+    epsilon: float | None = Field(description="(ε, δ)-DP per worker over the applied rounds; null without noise")
+    rounds_accounted: int
 
 
 class TrainingProgressOut(BaseModel):
@@ -58,6 +76,7 @@ class TrainingProgressOut(BaseModel):
     verify_rate: float
     eval_loss: list[float | None] = Field(description="held-out loss before training, then after each round")
     per_round: list[RoundOut]
+    privacy: PrivacyOut | None = None
 
 
 class ManifestOut(BaseModel):
@@ -89,3 +108,37 @@ class VerdictOut(BaseModel):
     replica: str | None
     reason: str
     aggregated: bool
+
+
+Hex = Annotated[str, Field(pattern=r"^[0-9a-f]*$", max_length=4096)]
+Share = Annotated[list[int | str], Field(min_length=2, max_length=2)]
+
+
+class SecAggMessageIn(Input):
+    """keys: c_public, s_public (hex X25519) and signature; shares: {slot: sealed hex} for every participant."""
+
+    c_public: Hex | None = None
+    s_public: Hex | None = None
+    signature: str | None = Field(default=None, pattern=r"^0x[0-9a-fA-F]{130}$")
+    shares: dict[str, Hex] | None = Field(default=None, max_length=1024)
+
+
+class UnmaskIn(Input):
+    slot: int = Field(ge=0, le=1024)
+    b: dict[str, Share] = Field(default_factory=dict, max_length=1024)
+    s: dict[str, Share] = Field(default_factory=dict, max_length=1024)
+
+
+class SecAggReceiptOut(BaseModel):
+    stored: bool = Field(description="false when this exact message had already been received")
+
+
+class RollbackIn(Input):
+    version: int = Field(ge=0, le=1_000_000, description="the checkpoint the next round continues from")
+
+
+class RollbackOut(BaseModel):
+    job_id: str
+    version: int
+    round: int = Field(description="the round that now trains from `version`")
+    base_manifest: str
