@@ -37,7 +37,7 @@ def _requests(text: str, route: str) -> float:
     )
 
 
-def test_metrics_add_up_over_several_market_processes(tmp_path: Path) -> None:
+def test_metrics_add_up_over_several_market_processes(tmp_path: Path, redis_url: str) -> None:
     port = free_port()
     metrics_dir = tmp_path / "prom"
     env = {
@@ -47,7 +47,7 @@ def test_metrics_add_up_over_several_market_processes(tmp_path: Path) -> None:
         "GLOBAI_DATABASE_URL": f"sqlite:///{tmp_path / 'market.db'}",
         "GLOBAI_STAKING_VAULT_ADDRESS": "",
         "GLOBAI_JOB_ESCROW_ADDRESS": "",
-        "GLOBAI_REDIS_URL": "redis://127.0.0.1:1/0",  # nothing listens: the queue depth is left out, not an error
+        "GLOBAI_REDIS_URL": redis_url,  # the processes share the swarm through it (`--workers N` needs Redis)
         "GLOBAI_MODELS_DIR": str(tmp_path / "models"),
     }
     globai = [sys.executable, "-c", "from market.cli import main; main()"]
