@@ -22,6 +22,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -89,7 +90,7 @@ class Process(Protocol):
 
 
 # --- the parent ------------------------------------------------------------------------------------------------
-def _child(code: str, argv: list[str], env: dict[str, str], cwd: str, log: str) -> None:
+def _child(code: str, argv: list[str], env: dict[str, str], cwd: str, log: str, err: str | None) -> None:
     """In the forked child: become a fresh session with the command's stdio, environment and cwd, run CODE as
     `python -c` would, and exit with its status. Never returns."""
     status = 1
@@ -102,7 +103,7 @@ def _child(code: str, argv: list[str], env: dict[str, str], cwd: str, log: str) 
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out, 1)
-        os.dup2(out, 2)
+        os.dup2(out if err is None else os.open(err, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), 2)
         os.closerange(3, 65536)
         sys.stdin = open(0, closefd=False)  # noqa: SIM115
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
@@ -167,7 +168,7 @@ def serve() -> None:
         with lock:  # no reply half-written while forking
             pid = os.fork()
         if pid == 0:
-            _child(req["code"], req["argv"], req["env"], req["cwd"], req["log"])
+            _child(req["code"], req["argv"], req["env"], req["cwd"], req["log"], req.get("err"))
         reply({"id": req["id"], "pid": pid})
     # stdin closed: the client is gone; children live on in their own sessions until they are stopped
 
@@ -278,28 +279,30 @@ class Forker:
         with self._replied:
             self._replied.notify_all()
 
-    def spawn(self, command: Sequence[str], env: Mapping[str, str], cwd: Path, log: Path) -> Process:
-        """Run `command` (`[python, "-c", CODE, *ARGS]`) with its stdout and stderr appended to `log`: forked
-        from the preloaded parent where it can be, else as a plain subprocess."""
+    def spawn(
+        self, command: Sequence[str], env: Mapping[str, str], cwd: Path, log: Path, err: Path | None = None
+    ) -> Process:
+        """Run `command` (`[python, "-c", CODE, *ARGS]`) with its stdout appended to `log` (and its stderr too,
+        or to `err`): forked from the preloaded parent where it can be, else as a plain subprocess."""
         if list(command[:2]) != [sys.executable, "-c"] or not self.accepts(env):
-            return _popen(command, env, cwd, log)
+            return _popen(command, env, cwd, log, err)
         log.touch()
         self._ready.wait(120)
         if self.dead or self._proc.stdin is None:
-            return _popen(command, env, cwd, log)
+            return _popen(command, env, cwd, log, err)
         with self._lock:
             self._next += 1
             rid = self._next
             req = {"id": rid, "code": command[2], "argv": list(command[3:]), "env": dict(env), "cwd": str(cwd)}
-            req["log"] = str(log)
+            req["log"], req["err"] = str(log), None if err is None else str(err)
             try:
                 self._proc.stdin.write((json.dumps(req) + "\n").encode())
                 self._proc.stdin.flush()
             except (BrokenPipeError, OSError):
-                return _popen(command, env, cwd, log)
+                return _popen(command, env, cwd, log, err)
         with self._replied:
             if not self._replied.wait_for(lambda: rid in self._pids or self.dead, timeout=30) or self.dead:
-                return _popen(command, env, cwd, log)
+                return _popen(command, env, cwd, log, err)
             pid = self._pids.pop(rid)
             child = ForkedProcess(pid, list(command), self)
             self._children[pid] = child
@@ -307,6 +310,22 @@ class Forker:
         if early is not None:
             child._exited(early)
         return child
+
+    def run(
+        self, command: Sequence[str], env: Mapping[str, str], cwd: Path, *, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        """Like `subprocess.run(command, capture_output=True, text=True, timeout=...)`, forked where it can be."""
+        with tempfile.TemporaryDirectory(prefix="globai-run-") as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            proc = self.spawn(command, env, cwd, out, err)
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise
+            read = lambda p: p.read_text(errors="replace") if p.exists() else ""  # noqa: E731
+            return subprocess.CompletedProcess(list(command), code, read(out), read(err))
 
     def close(self) -> None:
         if self._proc.stdin is not None:
@@ -321,10 +340,27 @@ class Forker:
             self._proc.wait()
 
 
-def _popen(command: Sequence[str], env: Mapping[str, str], cwd: Path, log: Path) -> Process:
-    with open(log, "ab") as out:
+_SHARED: dict[str, Forker] = {}
+
+
+def shared_forker(env: Mapping[str, str], cwd: Path, logs: Path) -> Forker:
+    """One preloaded parent per process and import-time environment, started on first use (for tests that start
+    many commands; a `Cluster` keeps its own)."""
+    key = repr(sorted(_import_env(env).items()))
+    if key not in _SHARED or _SHARED[key].dead:
+        _SHARED[key] = Forker(env, cwd, logs / "forker.log")
+    return _SHARED[key]
+
+
+def _popen(command: Sequence[str], env: Mapping[str, str], cwd: Path, log: Path, err: Path | None = None) -> Process:
+    with open(log, "ab") as out, open(err or os.devnull, "ab") as errors:
         return subprocess.Popen(
-            list(command), cwd=cwd, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            list(command),
+            cwd=cwd,
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT if err is None else errors,
+            start_new_session=True,
         )
 
 

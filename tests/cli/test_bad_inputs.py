@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_account import Account
 
+from globai.dev.forker import shared_forker
 from globai.dev.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,14 +22,9 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from market.cli import main; main()", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """`globai ARGS` as a fresh process (forked from a preloaded parent: globai/dev/forker.py)."""
+    command = [sys.executable, "-c", "from market.cli import main; main()", *args]
+    return shared_forker(env, ROOT, Path(tempfile.gettempdir())).run(command, env, ROOT, timeout=120)
 
 
 def assert_one_line_error(out: subprocess.CompletedProcess[str], *, says: str) -> None:

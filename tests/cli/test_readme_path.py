@@ -18,6 +18,7 @@ import pytest
 from globai.chain.client import ChainClient
 from globai.chain.deploy import DeployedContract, Deployment
 from globai.chain.local import dev_accounts, pid_alive
+from globai.dev.forker import Process, shared_forker
 from globai.dev.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,31 +34,23 @@ def key(i: int) -> str:
 class Cli:
     def __init__(self, env: dict[str, str], tmp: Path) -> None:
         self.env, self.tmp = env, tmp
-        self.daemons: list[subprocess.Popen[bytes]] = []
+        self.daemons: list[Process] = []
 
     def __call__(self, *args: str, ok: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run(
-            [sys.executable, "-c", "from market.cli import main; main()", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+        # Every command is a fresh `globai` process with its own environment; it forks from a preloaded parent
+        # (globai/dev/forker.py) only to skip re-importing torch and friends each time.
+        forker = shared_forker(self.env, ROOT, self.tmp)
+        out = forker.run(
+            [sys.executable, "-c", "from market.cli import main; main()", *args], self.env, ROOT, timeout=timeout
         )
         assert "Traceback" not in out.stderr, out.stderr
         if ok:
             assert out.returncode == 0, (args, out.stdout, out.stderr)
         return out
 
-    def daemon(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from market.cli import main; main()", *args],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    def daemon(self, name: str, *args: str) -> Process:
+        command = [sys.executable, "-c", "from market.cli import main; main()", *args]
+        proc = shared_forker(self.env, ROOT, self.tmp).spawn(command, self.env, ROOT, self.tmp / f"{name}.log")
         self.daemons.append(proc)
         return proc
 

@@ -28,7 +28,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from globai.client import check, sign_in
-from globai.dev.forker import IMPORT_TIME_ENV, Forker, Process
+from globai.dev.forker import Forker, Process, shared_forker
 from globai.dev.services import free_port, globai_command
 from globai.models.tiny import build_tiny_llama
 from market.api import create_app
@@ -224,15 +224,8 @@ def worker_process(
     return worker_forker(env, log.parent).spawn(globai_command(*args), env, ROOT, log)
 
 
-_FORKERS: dict[str, Forker] = {}
-
-
 def worker_forker(env: dict[str, str], logs: Path) -> Forker:
-    """One preloaded parent per test session (per import-time environment), started on first use."""
-    key = repr(sorted((k, v) for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)))
-    if key not in _FORKERS:
-        _FORKERS[key] = Forker(env, ROOT, logs / "forker.log")
-    return _FORKERS[key]
+    return shared_forker(env, ROOT, logs)
 
 
 class Requester:
