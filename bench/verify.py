@@ -192,8 +192,9 @@ def run_on_replica(replica: Stage, calls: list[RecordedCall], account, sid: str)
 
 
 def verify_job(parts, replicas, model: str, layers, account, replica_account, history, tol, runs):  # type: ignore[no-untyped-def]
-    """(new CPU s, old CPU s, window-only CPU s, chunks checked, failures) for one run of a job of `runs` runs
-    alike: the rate is drawn from the worker's chunks in the whole job (now), or in this run alone (before)."""
+    """(new CPU s, old CPU s, window-only CPU s, chunks checked, failures) per run, for a job of `runs` runs alike:
+    the rate is drawn from the worker's chunks in the whole job (now), or in this run alone (before). The run is
+    sampled `runs` times with fresh seeds (one draw per run of the job) and the costs averaged per run."""
     new_s = old_s = window_s = 0.0
     checked = failures = 0
     for part, replica, span in zip(parts, replicas, layers, strict=True):
@@ -201,7 +202,7 @@ def verify_job(parts, replicas, model: str, layers, account, replica_account, hi
         rec = recorded(part, model, span)
         rate = sampling.sampling_rate(sampling.DEFAULT_ECONOMICS, history, runs * len(part.signed))
         task = sampling.TaskChunks(part.scope.task_id, part.index, sorted(part.signed), rate)
-        segments = sampling.sample_segments(os.urandom(32), [task])
+        segments = [seg for _ in range(runs) for seg in sampling.sample_segments(os.urandom(32), [task])]
         old_rate = sampling.sampling_rate(sampling.DEFAULT_ECONOMICS, history, len(part.signed))
         old_task = sampling.TaskChunks(part.scope.task_id, part.index, sorted(part.signed), old_rate)
         sampled_before = bool(sampling.sample_segments(os.urandom(32), [old_task]))
@@ -250,7 +251,7 @@ def verify_job(parts, replicas, model: str, layers, account, replica_account, hi
             t0 = cpu()
             run_on_replica(replica, rec.calls, replica_account, "old")
             old_s += cpu() - t0
-    return new_s, old_s, window_s, checked, failures
+    return new_s / runs, old_s, window_s / runs, checked, failures
 
 
 def split_at(calls: list[RecordedCall], lo: int) -> tuple[list[RecordedCall], list[RecordedCall]]:
@@ -370,9 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         "N greedy KV-cache decode steps through both stages (the coordinator's default `max_batch` is 8, the API's "
         "default `max_new_tokens` 32); verification = sampling + for each sampled chunk the replica's replay with "
         "its commitments and signed answers + the verifier's check; shares are of the run's compute, worker "
-        "commitments excluded):",
+        "commitments excluded; the run is sampled R times with fresh seeds, one draw per run of the job, and the "
+        "verification costs are averaged per run):",
         "",
-        "| R x (B x P + N) | chunks / stage / run | worker | rate p | chunks checked (one run) | run CPU s "
+        "| R x (B x P + N) | chunks / stage / run | worker | rate p | chunks checked (R draws) | run CPU s "
         "| worker commitments | before: whole-part replay | now: chunk replay (prefix prefill) "
         "| replay from a KV state (window only) | false fails |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -396,11 +398,12 @@ def main(argv: list[str] | None = None) -> int:
         "rate was drawn per run, not per job; a check is now one prefill of one sequence up to the sampled chunk, "
         "and the rate counts the worker's chunks over the whole job (the detection target is per job). The target "
         "(10 % cheating caught within 10 jobs at 99.9 %, 10 % colluding replicas) needs ~7.7 checked chunks per "
-        "worker per job whatever its size, each a prefill of half a sequence on average (plus, on the last stage, "
-        "the vocabulary-wide logits of the chunk's 32 rows), against a job that decodes at batch B: the share "
-        "falls as the job grows and stays high on a one-run default job, where ~28 % of the chunks must be "
-        "checked. Replaying only the chunk's window from a recorded KV state would cost the last column; that "
-        "needs the worker to commit to its KV cache per chunk and keep it until the sample is drawn (not "
+        "worker per job whatever its size (and the economic floor p >= 0.035 more on large jobs), each a prefill of "
+        "half a sequence on average (plus, on the last stage, the vocabulary-wide logits of the chunk's 32 rows), "
+        "against a job that decodes at batch B: the share falls as the job grows and stays high on a one-run "
+        "default job, where ~28 % of its 24 chunks per stage must be checked. Before this change the share was "
+        "~100 % at every size. Replaying only the chunk's window from a recorded KV state would cost the last "
+        "column; that needs the worker to commit to its KV cache per chunk and keep it until the sample is drawn (not "
         "implemented). New workers are checked at p >= 0.75 on purpose.",
         "",
         f"**False slashes**: {sum(r[7] for r in rows)} honest chunks checked above (whole hidden-state tensors on "

@@ -172,3 +172,17 @@ def test_projections_see_a_change_anywhere_in_a_row_the_sketch_cannot() -> None:
     assert not verdict.ok and verdict.reason == "projection_err"
     # Projections made with another seed don't match (the seed is the market's secret, not the worker's).
     assert not compare_projections(project_rows(x, seed + 1), x, seed, tol).ok
+
+
+def test_one_flip_in_a_short_partial_chunk_is_honest_drift() -> None:
+    """A chunk of 2 tokens (the end of a sequence) whose replay differs by one fp16 rounding step in one sketched
+    value passes: the overlap and mean budgets are a full chunk's, as calibrated; a real change still fails."""
+    tol = DEFAULT_TOLERANCES["float32"]
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(11)) * 4
+    top = int(x[0].abs().argmax())
+    y = x.clone()
+    y[0, top] = torch.nextafter(x[0, top].half(), torch.tensor(float("inf")).half()).float()  # one fp16 step
+    verdict = compare_sketch(sketch_chunk(y), x, tol)
+    assert verdict.ok, verdict
+    assert verdict.metrics.value_max_err >= 1  # the flip is there, within value_max_err
+    assert not compare_sketch(sketch_chunk(x * 1.10), x, tol).ok
