@@ -111,7 +111,7 @@ def seed(url: str, workers: int, tasks: int) -> list[str]:
         job_uuid = str(uuid.uuid4())
         job = Job(
             id=job_uuid,
-            chain_job_id=chain_job_id(job_uuid),
+            chain_job_id=chain_job_id(job_uuid, "0x" + "ff" * 20),
             requester="0x" + "ff" * 20,
             kind="training",
             model="bench-model",

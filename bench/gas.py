@@ -21,15 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
 from globai.chain.client import ChainClient
 from globai.chain.deploy import GLB, BoundContracts, deploy_all
+from globai.chain.ids import escrow_job_id
 from globai.chain.local import dev_accounts
 from globai.chain.permit import sign_glb_permit
 from globai.dev.services import anvil_service
+from globai.protocol.signing import sign_digest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
@@ -53,6 +54,7 @@ class Bench:
         self.client = client
         self.admin, self.requester = accounts[0], accounts[1]
         self.workers = accounts[2:7]
+        self.staker, self.fresh = accounts[7], accounts[8]  # the vault rows' worker; a never-credited payee
         self.finder = accounts[9]
         self.c = contracts
         self._job = 0
@@ -63,16 +65,21 @@ class Bench:
     def now(self) -> int:
         return int(self.client.w3.eth.get_block("latest")["timestamp"])
 
-    def new_job_id(self) -> bytes:
+    def new_job_key(self) -> bytes:
         self._job += 1
         return keccak(text=f"bench-job-{self._job}")
 
     def fund(self, amount: int = JOB_AMOUNT) -> tuple[bytes, int]:
-        job_id = self.new_job_id()
+        """Fund a new job; returns its escrow id (bound to the requester) and the gas."""
+        key = self.new_job_key()
         self.tx(self.c.token.functions.approve(self.c.escrow.address, amount), self.requester)
         deadline = self.now() + DAY
-        gas = self.tx(self.c.escrow.functions.fundJob(job_id, amount, keccak(job_id), deadline), self.requester)
-        return job_id, gas
+        gas = self.tx(self.c.escrow.functions.fundJob(key, amount, keccak(key), deadline), self.requester)
+        return escrow_job_id(self.requester.address, key), gas
+
+    def stake(self, worker: LocalAccount, amount: int) -> int:
+        self.tx(self.c.token.functions.approve(self.c.vault.address, amount), worker)
+        return self.tx(self.c.vault.functions.stake(amount), worker)
 
     def settle(self, job_id: bytes, payee: str) -> int:
         fn = self.c.escrow.functions.settle(job_id, [payee], [WORKER_PAY], keccak(b"report" + job_id))
@@ -88,8 +95,10 @@ class Bench:
 
     def setup(self) -> None:
         """Hand out GLB and run one job per worker so balances and credits exist (steady state)."""
-        for account in [self.requester, *self.workers, self.finder]:
+        for account in [self.requester, *self.workers, self.staker, self.fresh, self.finder]:
             self.tx(self.c.token.functions.transfer(account.address, 1_000_000 * GLB), self.admin)
+        for worker in [*self.workers, self.fresh]:  # a payee needs stake in the vault to be credited
+            self.stake(worker, 100 * GLB)
         for worker in self.workers:
             job_id, _ = self.fund()
             self.settle(job_id, worker.address)
@@ -111,10 +120,11 @@ class Bench:
             value=JOB_AMOUNT,
             deadline=deadline,
         )
-        permit_job = self.new_job_id()
+        permit_key = self.new_job_key()
         fn = self.c.escrow.functions.fundJobWithPermit(
-            permit_job, JOB_AMOUNT, keccak(permit_job), deadline, permit.deadline, permit.v, permit.r, permit.s
+            permit_key, JOB_AMOUNT, keccak(permit_key), deadline, permit.deadline, permit.v, permit.r, permit.s
         )
+        permit_job = escrow_job_id(self.requester.address, permit_key)
         add("fundJobWithPermit", self.tx(fn, self.requester), None, "no separate approve transaction")
 
         add(
@@ -123,10 +133,9 @@ class Bench:
             60_000,
             "1 payee; fee and requester remainder credited to existing balances",
         )
-        fresh = Account.create().address
         add(
             "settle, new worker payee",
-            self.settle(permit_job, fresh),
+            self.settle(permit_job, self.fresh.address),
             60_000,
             "the payee's first credit writes a fresh slot (22.1k), see below",
             strict=False,
@@ -153,19 +162,29 @@ class Bench:
             "sent by a third party; the whole amount goes back to the requester",
         )
 
-        vault = self.c.vault
-        self.tx(self.c.token.functions.approve(vault.address, 500 * GLB), worker)
-        add("stake (first)", self.tx(vault.functions.stake(500 * GLB), worker))
-        self.tx(self.c.token.functions.approve(vault.address, 100 * GLB), worker)
-        add("stake (top-up)", self.tx(vault.functions.stake(100 * GLB), worker))
-        add("requestUnstake", self.tx(vault.functions.requestUnstake(200 * GLB), worker))
+        vault, staker = self.c.vault, self.staker
+        add("stake (first)", self.stake(staker, 500 * GLB))
+        add("stake (top-up)", self.stake(staker, 100 * GLB))
+        add("requestUnstake", self.tx(vault.functions.requestUnstake(200 * GLB), staker))
+        evidence = keccak(b"evidence")  # stands for the digest of a signed chunk commitment
         slash = vault.functions.slash(
-            worker.address, 50 * GLB, job_id, keccak(b"evidence"), self.requester.address, self.finder.address
+            staker.address,
+            50 * GLB,
+            job_id,
+            evidence,
+            sign_digest(staker, evidence),
+            self.requester.address,
+            self.finder.address,
         )
-        add("slash (split to requester, finder, burn)", self.tx(slash, self.admin))
+        add(
+            "slash (split to requester, finder, burn)",
+            self.tx(slash, self.admin),
+            None,
+            "ecrecover of the worker's signature over the evidence; the evidence marked used (fresh slot)",
+        )
         self.client.rpc("evm_increaseTime", 7 * DAY + 1)
         self.client.rpc("evm_mine")
-        add("withdraw (unbonded stake)", self.tx(vault.functions.withdraw(), worker))
+        add("withdraw (unbonded stake)", self.tx(vault.functions.withdraw(), staker))
 
         # A job's whole lifecycle when its worker withdraws after every job: its credit slot is zero again at
         # the next settlement, so settle pays the fresh-slot price.

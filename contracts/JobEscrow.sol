@@ -8,6 +8,11 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
+/// @notice The part of StakingVault the escrow reads: whether a payee has stake.
+interface IStakeRegistry {
+    function hasStake(address worker) external view returns (bool);
+}
+
 /**
  * @title JobEscrow
  * @notice Holds a requester's GLB for a job until the market settles it (workers and the protocol fee are
@@ -15,7 +20,23 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
  * refunds it. Credits are pull payments: each account takes its balance with {withdraw}.
  *
  * Every token movement is visible in events, so an auditor can reconcile the contract's token balance as
- * Σ {JobFunded}.amount − Σ {Withdrawn}.amount − Σ {JobRefunded}.amount.
+ * Σ {JobFunded}.amount − Σ {Withdrawn}.amount − Σ {JobRefunded}.amount, plus whatever was sent to the
+ * contract directly (a donation: it is never credited to anyone and stays locked; the balance can only be
+ * higher than that sum, never lower).
+ *
+ * Job ids are bound to the requester: {fundJob} takes a `jobKey` and the job's id is
+ * {jobIdOf}(msg.sender, jobKey) = keccak256(abi.encode(requester, jobKey)). Nobody can fund (squat) the id
+ * another requester will use: their funding lands on an id derived from their own address.
+ *
+ * Settlement is bounded: a payee must have stake in the {StakingVault} (active or unbonding) to be credited.
+ * A payment to an address without stake is not made; its amount goes back to the requester with the rest
+ * ({PaymentForfeited}). So even a compromised SETTLER_ROLE can only pay workers that put stake at risk, never
+ * more than the job holds, and never the same job twice.
+ *
+ * Roles: DEFAULT_ADMIN_ROLE (the constructor's `admin`) is the admin of every role: it grants and revokes
+ * SETTLER_ROLE, PAUSER_ROLE and DEFAULT_ADMIN_ROLE itself ({AccessControl-grantRole},
+ * {AccessControl-revokeRole}); any holder may give up its own role ({AccessControl-renounceRole}). Handing the
+ * admin over is grant-then-renounce; renouncing the last admin freezes the role set for good.
  *
  * @dev Gas layout: a job takes two storage slots, `head` (requester, amount) and `tail`. The tail holds the
  * deadline while the job is funded and is overwritten by the report root at settlement (a non-zero to non-zero
@@ -63,6 +84,7 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     uint256 private constant _BPS = 10_000;
 
     IERC20 private immutable _token;
+    IStakeRegistry private immutable _vault;
     address private immutable _feeRecipient;
     uint16 private immutable _feeBps;
 
@@ -102,6 +124,8 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     );
     /// @notice `amount` was credited to `payee` for work on `jobId`.
     event PaymentCredited(bytes32 indexed jobId, address indexed payee, uint256 amount);
+    /// @notice `payee` has no stake in the vault: `amount` was not paid and goes back to the requester.
+    event PaymentForfeited(bytes32 indexed jobId, address indexed payee, uint256 amount);
     /// @notice `jobId` was settled: `paid` to workers, `fee` to the fee recipient, `refunded` credited back.
     event JobSettled(bytes32 indexed jobId, bytes32 reportRoot, uint256 paid, uint256 fee, uint256 refunded);
     /// @notice `account` withdrew `amount` of its credited balance.
@@ -112,35 +136,41 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     /**
      * @notice Deploys the escrow for `token`.
      * @param token_ the GLB token (a standard ERC-20 with EIP-2612; fee-on-transfer tokens are not supported).
+     * @param vault_ the StakingVault whose stakers may be paid.
      * @param admin receives DEFAULT_ADMIN_ROLE (grants SETTLER_ROLE and PAUSER_ROLE).
      * @param feeRecipient_ is credited the protocol fee of every settlement.
      * @param feeBps_ the protocol fee in basis points of what workers are paid.
      */
-    constructor(IERC20 token_, address admin, address feeRecipient_, uint16 feeBps_) {
-        if (address(token_) == address(0) || admin == address(0) || feeRecipient_ == address(0)) {
+    constructor(IERC20 token_, IStakeRegistry vault_, address admin, address feeRecipient_, uint16 feeBps_) {
+        if (
+            address(token_) == address(0) || address(vault_) == address(0) || admin == address(0)
+                || feeRecipient_ == address(0)
+        ) {
             revert JobEscrowZeroAddress();
         }
         if (feeBps_ > _BPS) revert JobEscrowInvalidFee(feeBps_);
         _token = token_;
+        _vault = vault_;
         _feeRecipient = feeRecipient_;
         _feeBps = feeBps_;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
     }
 
     /**
-     * @notice Pulls `amount` GLB from the caller (who must have approved it) into escrow for `jobId`.
-     * @dev Emits a {JobFunded} event.
-     * @param jobId keccak256 of the market's job UUID; must be new.
+     * @notice Pulls `amount` GLB from the caller (who must have approved it) into escrow for the job
+     * {jobIdOf}(caller, `jobKey`).
+     * @dev Emits a {JobFunded} event (with the job id, not the key).
+     * @param jobKey keccak256 of the market's job UUID; the job id derived from it and the caller must be new.
      * @param amount GLB wei to escrow, at most 2^96 − 1.
      * @param specHash commitment to the job specification.
      * @param deadline unix time after which anyone may {refund} the job if it is still unsettled.
      */
-    function fundJob(bytes32 jobId, uint256 amount, bytes32 specHash, uint64 deadline)
+    function fundJob(bytes32 jobKey, uint256 amount, bytes32 specHash, uint64 deadline)
         external
         nonReentrant
         whenNotPaused
     {
-        _fund(jobId, amount, specHash, deadline);
+        _fund(jobKey, amount, specHash, deadline);
     }
 
     /**
@@ -150,7 +180,7 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
      * @param permitDeadline the permit's expiry; `v`, `r`, `s` its signature by the caller for `amount`.
      */
     function fundJobWithPermit(
-        bytes32 jobId,
+        bytes32 jobKey,
         uint256 amount,
         bytes32 specHash,
         uint64 deadline,
@@ -161,14 +191,16 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     ) external nonReentrant whenNotPaused {
         try IERC20Permit(address(_token)).permit(msg.sender, address(this), amount, permitDeadline, v, r, s) {}
             catch {}
-        _fund(jobId, amount, specHash, deadline);
+        _fund(jobKey, amount, specHash, deadline);
     }
 
     /**
      * @notice Settles a funded job: credits `amounts[i]` to `payees[i]`, the fee (Σamounts × feeBps / 10000) to
      * the fee recipient and the rest of the job's amount to its requester, and records `reportRoot`.
      * @dev Only SETTLER_ROLE. A job settles once; a second call reverts with {JobEscrowNotFunded}. Zero amounts
-     * are skipped. Emits a {PaymentCredited} event per paid payee and a {JobSettled} event.
+     * are skipped; a payee without stake in the vault is not paid (its amount goes to the requester, no fee
+     * on it). Σamounts + fee must not exceed the job's amount. Emits a {PaymentCredited} event per paid
+     * payee, a {PaymentForfeited} event per unstaked one and a {JobSettled} event.
      * @param reportRoot Merkle root over the job's per-task settlement records (must be ≥ 2^65).
      */
     function settle(bytes32 jobId, address[] calldata payees, uint256[] calldata amounts, bytes32 reportRoot)
@@ -311,7 +343,22 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
         return _token;
     }
 
-    function _fund(bytes32 jobId, uint256 amount, bytes32 specHash, uint64 deadline) private {
+    /// @notice The StakingVault whose stakers may be paid.
+    function vault() external view returns (IStakeRegistry) {
+        return _vault;
+    }
+
+    /// @notice The id of the job `requester` funds with `jobKey`: keccak256(abi.encode(requester, jobKey)).
+    function jobIdOf(address requester, bytes32 jobKey) public pure returns (bytes32 jobId) {
+        assembly ("memory-safe") {
+            mstore(0x00, requester)
+            mstore(0x20, jobKey)
+            jobId := keccak256(0x00, 0x40)
+        }
+    }
+
+    function _fund(bytes32 jobKey, uint256 amount, bytes32 specHash, uint64 deadline) private {
+        bytes32 jobId = jobIdOf(msg.sender, jobKey);
         if (amount == 0) revert JobEscrowZeroAmount();
         if (amount > type(uint96).max) revert JobEscrowAmountTooLarge(amount);
         if (deadline <= block.timestamp) revert JobEscrowInvalidDeadline(deadline);
@@ -341,6 +388,7 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
         job.amount = 0;
 
         uint256 paid;
+        uint256 forfeited;
         for (uint256 i; i < payees.length; ++i) {
             // Plain loads: both arrays have `payees.length` elements (checked above); ABI bounds checks per
             // element cost ~10 % of a batched settlement. A dirty address word is refused like a zero payee.
@@ -355,6 +403,13 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
             if (value == 0) continue;
             // A single value above the job's amount must fail here: it could wrap the unchecked sums below.
             if (value > amount) revert JobEscrowOverpaid(jobId, amount, value);
+            if (!_hasStake(payee)) {
+                unchecked {
+                    forfeited += value; // <= payees.length * 2^96: no overflow
+                }
+                emit PaymentForfeited(jobId, payee, value);
+                continue;
+            }
             unchecked {
                 // paid <= payees.length * 2^96 and a credit is at most what the escrow holds: no overflow.
                 paid += value;
@@ -364,7 +419,7 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
         }
         unchecked {
             fee = paid * _feeBps / _BPS;
-            if (paid + fee > amount) revert JobEscrowOverpaid(jobId, amount, paid + fee);
+            if (paid + forfeited + fee > amount) revert JobEscrowOverpaid(jobId, amount, paid + forfeited + fee);
             refunded = amount - paid - fee;
         }
         emit JobSettled(jobId, reportRoot, paid, fee, refunded);
@@ -388,6 +443,18 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
             amounts.length := calldataload(a)
             amounts.offset := add(a, 0x20)
             reportRoot := calldataload(add(item, 0x60))
+        }
+    }
+
+    /// @dev `_vault.hasStake(payee)` without the ABI helpers (a few hundred gas per payee of a batch). A vault
+    /// that reverts or answers anything but a 32-byte word counts as "no stake" (the payment is not made).
+    function _hasStake(address payee) private view returns (bool staked) {
+        address registry = address(_vault);
+        assembly ("memory-safe") {
+            mstore(0x00, 0xe73e14bf00000000000000000000000000000000000000000000000000000000) // hasStake(address)
+            mstore(0x04, payee)
+            let ok := staticcall(gas(), registry, 0x00, 0x24, 0x00, 0x20)
+            staked := and(and(ok, eq(returndatasize(), 0x20)), eq(mload(0x00), 1))
         }
     }
 

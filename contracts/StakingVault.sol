@@ -5,6 +5,8 @@ import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {ERC20Burnable} from "@openzeppelin/contracts/token/ERC20/extensions/ERC20Burnable.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {MessageHashUtils} from "@openzeppelin/contracts/utils/cryptography/MessageHashUtils.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
@@ -14,6 +16,18 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
  * @notice Workers stake GLB to be eligible for jobs. Leaving takes an unbonding period (longer than the market's
  * dispute window) during which the stake can still be slashed, so a cheater cannot withdraw before being caught.
  * A slash is split between the harmed requester, the finder (the replica that caught the cheat) and a burn.
+ *
+ * A slash needs evidence the slashed worker signed: the 32-byte digest of one of its commitments (a chunk
+ * commitment, a signed forward answer, a training update; see `globai/protocol/signing.py`) and the worker's
+ * EIP-191 signature over it, checked here with ecrecover. Each signed digest can be used for one slash only.
+ * What the vault cannot check is that the commitment is *wrong*: that is the market's verification, whose
+ * verdicts and evidence are published (`GET /v1/audit/...`). So a compromised SLASHER_ROLE can only slash
+ * workers that signed something, once per signed digest, and never an address that never worked.
+ *
+ * Roles: DEFAULT_ADMIN_ROLE (the `admin` of the constructor) is the admin of every role: it grants and revokes
+ * SLASHER_ROLE, PAUSER_ROLE and DEFAULT_ADMIN_ROLE itself ({AccessControl-grantRole},
+ * {AccessControl-revokeRole}); any holder may give up its own role ({AccessControl-renounceRole}). Handing the
+ * admin over is grant-then-renounce; renouncing the last admin freezes the role set for good.
  *
  * Every token movement is visible in events: the vault's token balance is
  * Σ {Staked}.amount − Σ {Withdrawn}.amount − Σ {Slashed}.amount.
@@ -43,6 +57,7 @@ contract StakingVault is AccessControl, Pausable, ReentrancyGuardTransient {
     uint16 private immutable _finderBps;
 
     mapping(address worker => Position) private _positions;
+    mapping(bytes32 evidenceHash => bool) private _evidenceUsed;
 
     /// @notice Amounts must be positive.
     error StakingVaultZeroAmount();
@@ -54,6 +69,10 @@ contract StakingVault is AccessControl, Pausable, ReentrancyGuardTransient {
     error StakingVaultStillUnbonding(uint64 releaseTime);
     /// @notice The worker has neither active nor unbonding stake to slash.
     error StakingVaultNothingToSlash(address worker);
+    /// @notice `signature` over `evidenceHash` (EIP-191) was not made by `worker`.
+    error StakingVaultBadEvidence(address worker, bytes32 evidenceHash);
+    /// @notice This signed evidence has slashed already.
+    error StakingVaultEvidenceUsed(bytes32 evidenceHash);
     /// @notice A constructor address is zero.
     error StakingVaultZeroAddress();
     /// @notice The unbonding period must be positive.
@@ -157,19 +176,32 @@ contract StakingVault is AccessControl, Pausable, ReentrancyGuardTransient {
      * @notice Takes up to `amount` from `worker`: active stake first, then unbonding stake. What was taken is
      * split: the requester share to `requester`, the finder share to `finder`, the rest burned. A zero
      * `requester` or `finder` forfeits that share to the burn.
-     * @dev Only SLASHER_ROLE; works while paused (a pause must not shield a cheater). Emits a {Slashed} event
-     * with the amounts actually taken and moved.
-     * @param jobId the job the evidence is about; `evidenceHash` commits to the signed evidence.
+     * @dev Only SLASHER_ROLE; works while paused (a pause must not shield a cheater). Reverts with
+     * {StakingVaultBadEvidence} unless `signature` is `worker`'s EIP-191 signature over `evidenceHash`
+     * (`"\x19Ethereum Signed Message:\n32" || evidenceHash`, low-s, v 27/28), and with
+     * {StakingVaultEvidenceUsed} if that evidence slashed before. Emits a {Slashed} event with the amounts
+     * actually taken and moved.
+     * @param jobId the job the evidence is about.
+     * @param evidenceHash the digest of the worker's signed commitment (it scopes chain, job, task and chunk).
+     * @param signature the worker's 65-byte signature (r, s, v) over `evidenceHash`.
      */
     function slash(
         address worker,
         uint256 amount,
         bytes32 jobId,
         bytes32 evidenceHash,
+        bytes calldata signature,
         address requester,
         address finder
     ) external nonReentrant onlyRole(SLASHER_ROLE) {
         if (amount == 0) revert StakingVaultZeroAmount();
+        (address signer, ECDSA.RecoverError failed,) =
+            ECDSA.tryRecoverCalldata(MessageHashUtils.toEthSignedMessageHash(evidenceHash), signature);
+        if (failed != ECDSA.RecoverError.NoError || signer != worker) {
+            revert StakingVaultBadEvidence(worker, evidenceHash);
+        }
+        if (_evidenceUsed[evidenceHash]) revert StakingVaultEvidenceUsed(evidenceHash);
+        _evidenceUsed[evidenceHash] = true;
         uint256 taken = _take(_positions[worker], amount);
         if (taken == 0) revert StakingVaultNothingToSlash(worker);
         uint256 toRequester = requester == address(0) ? 0 : taken * _requesterBps / _BPS;
@@ -205,6 +237,17 @@ contract StakingVault is AccessControl, Pausable, ReentrancyGuardTransient {
     function unbondingOf(address worker) external view returns (uint256 amount, uint64 releaseTime) {
         Position storage position = _positions[worker];
         return (position.unbonding, position.releaseTime);
+    }
+
+    /// @notice Whether `worker` has any stake in the vault, active or unbonding (a payee of a settlement must).
+    function hasStake(address worker) external view returns (bool) {
+        Position storage position = _positions[worker];
+        return position.active != 0 || position.unbonding != 0;
+    }
+
+    /// @notice Whether `evidenceHash` has been used for a slash.
+    function evidenceUsed(bytes32 evidenceHash) external view returns (bool) {
+        return _evidenceUsed[evidenceHash];
     }
 
     /// @notice Whether `worker`'s active stake reaches {minStake}.

@@ -111,7 +111,9 @@ class LedgerCollector(Collector):
             yield checks
 
             slashes = CounterMetricFamily(
-                "globai_slashes", "Slashes, by status (pending, confirmed, nothing_staked).", labels=["status"]
+                "globai_slashes",
+                "Slashes, by status (pending, sent, confirmed, nothing_staked, rejected).",
+                labels=["status"],
             )
             slashed_glb = CounterMetricFamily("globai_slashed_glb", "GLB taken by confirmed slashes.")
             total_slashed = 0

@@ -173,6 +173,7 @@ def deploy_all(
     escrow, escrow_receipt = client.deploy(
         "JobEscrow",
         token.address,
+        vault.address,
         admin.address,
         _address(fee_recipient if fee_recipient is not None else treasury),
         config.fee_bps,

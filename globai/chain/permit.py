@@ -79,7 +79,7 @@ def sign_glb_permit(
 
 def fund_job_with_permit(client: ChainClient, requester: LocalAccount, escrow: Mapping[str, Any]) -> dict[str, Any]:
     """Fund a job in one transaction (permit + `fundJobWithPermit`) from the escrow parameters the market gives
-    (`POST /v1/jobs` or `GET /v1/jobs/{id}/escrow`: escrow_address, job_id, amount, spec_hash, deadline).
+    (`POST /v1/jobs` or `GET /v1/jobs/{id}/escrow`: escrow_address, job_key, amount, spec_hash, deadline).
     Returns the receipt."""
     contract = client.contract("JobEscrow", escrow["escrow_address"])
     amount, deadline = int(escrow["amount"]), int(escrow["deadline"])
@@ -87,7 +87,7 @@ def fund_job_with_permit(client: ChainClient, requester: LocalAccount, escrow: M
     permit = sign_glb_permit(client, requester, token=token, spender=contract.address, value=amount, deadline=deadline)
     return client.transact(
         contract.functions.fundJobWithPermit(
-            bytes.fromhex(str(escrow["job_id"]).removeprefix("0x")),
+            bytes.fromhex(str(escrow["job_key"]).removeprefix("0x")),
             amount,
             bytes.fromhex(str(escrow["spec_hash"]).removeprefix("0x")),
             deadline,

@@ -68,6 +68,10 @@ class NothingToSlash(ChainError):
     """The worker has no stake left to slash."""
 
 
+class EvidenceRejected(ChainError):
+    """The vault refused the slash's evidence: the signature is not the worker's, or the evidence was used."""
+
+
 class ChainView(Protocol):
     chain_id: int
     escrow_address: str
@@ -131,9 +135,18 @@ class Slasher(ChainWriter, Protocol):
     def min_stake(self) -> int: ...
 
     def slash(
-        self, *, worker: str, amount: int, chain_job_id: bytes, evidence: bytes, requester: str, finder: str
+        self,
+        *,
+        worker: str,
+        amount: int,
+        chain_job_id: bytes,
+        evidence: bytes,
+        signature: bytes,
+        requester: str,
+        finder: str,
     ) -> Slash:
-        """Slash `worker` for the job; raises `NothingToSlash` when it has no stake left."""
+        """Slash `worker` for the job with `evidence` (a digest) and the worker's EIP-191 `signature` over it;
+        raises `NothingToSlash` when it has no stake left, `EvidenceRejected` when the vault refuses the evidence."""
         ...
 
     def find_slash(self, *, worker: str, chain_job_id: bytes, from_block: int) -> Slash | None:

@@ -20,6 +20,7 @@ from globai.chain.ports import (
     ESCROW_STATUS,
     ChainLog,
     EscrowJobNotFunded,
+    EvidenceRejected,
     NothingToSlash,
     OnchainJob,
     Sent,
@@ -169,13 +170,22 @@ class Web3Operator:
         return int(self.client.call(self.vault.functions.minStake()))
 
     def slash(
-        self, *, worker: str, amount: int, chain_job_id: bytes, evidence: bytes, requester: str, finder: str
+        self,
+        *,
+        worker: str,
+        amount: int,
+        chain_job_id: bytes,
+        evidence: bytes,
+        signature: bytes,
+        requester: str,
+        finder: str,
     ) -> Slash:
         fn = self.vault.functions.slash(
             to_checksum_address(worker),
             amount,
             chain_job_id,
             evidence,
+            signature,
             to_checksum_address(requester),
             to_checksum_address(finder),
         )
@@ -184,6 +194,8 @@ class Web3Operator:
         except ContractReverted as exc:
             if exc.error == "StakingVaultNothingToSlash":
                 raise NothingToSlash(str(exc)) from exc
+            if exc.error in ("StakingVaultBadEvidence", "StakingVaultEvidenceUsed"):
+                raise EvidenceRejected(str(exc)) from exc
             raise
         event = next(e for e in self.client.events(receipt, self.vault) if e.name == "Slashed")
         return Slash(event.tx_hash, event.block_number, int(event.args["amount"]))

@@ -20,6 +20,7 @@ from typing import Any
 from eth_utils import to_checksum_address
 
 from globai.chain.client import ChainClient
+from globai.chain.ids import job_id_bytes
 from globai.chain.ports import ChainLog
 from globai.protocol.merkle import MerkleError, MerkleTree, settlement_leaf
 from market.settlement.payout import fee_of
@@ -96,6 +97,8 @@ def check_job(client: ChainClient, escrow: Any, report: Report, *, from_block: i
             settled = ev
     if funded is None or settled is None:
         raise AuditMismatch("JobFunded or JobSettled event not found (wrong --from-block?)")
+    if job_id_bytes(report.job_key, funded.args["requester"]) != report.chain_job_id:
+        raise AuditMismatch("report's chain_job_id is not the escrow's id of this job for its funding requester")
     for payee in sorted(set(credited) | set(records_paid)):
         if credited.get(payee, 0) != records_paid.get(payee, 0):
             raise AuditMismatch(

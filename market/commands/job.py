@@ -227,7 +227,7 @@ def refund(
         raise ConfigError("the market has no escrow configured")
     chain = market_chain(client, settings.rpc_url, escrow["chain_id"])
     contract = chain.contract("JobEscrow", escrow["escrow_address"])
-    job_key = bytes.fromhex(escrow["job_id"][2:])
+    chain_job_id = bytes.fromhex(escrow["job_id"][2:])
     now = int(chain.w3.eth.get_block("latest")["timestamp"])
     if now <= int(escrow["deadline"]):
         raise ConfigError(
@@ -235,7 +235,7 @@ def refund(
             f"`globai job cancel {job_id}` refunds through the market"
         )
     try:
-        receipt = chain.transact(contract.functions.refund(job_key), client.account)
+        receipt = chain.transact(contract.functions.refund(chain_job_id), client.account)
     except ContractReverted as exc:
         if exc.error == "JobEscrowNotFunded":
             raise ConfigError(

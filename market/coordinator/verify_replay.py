@@ -141,6 +141,7 @@ def replicas(links: LinkRegistry, *, model: str, layer_start: int, layer_end: in
 class ReplayAnswer:
     output: torch.Tensor  # the chunk's rows [1, n, width], at `ChunkReplay.positions`
     sent_digest: bytes  # the `signing.sent_digest` the replica signed over the answer that holds them: evidence
+    sent_signature: bytes  # the replica's signature over `sent_digest` (what the vault checks when it is slashed)
     # against it if it loses a 2-of-3
 
 
@@ -198,4 +199,4 @@ async def replay_on(
         await call({"op": "close"}, [])
     if output.dim() != 3 or output.shape[0] != 1 or output.shape[1] <= max(replay.rows):
         raise Conflict(f"replica {replica}: answer of shape {list(output.shape)}")
-    return ReplayAnswer(output[:, replay.rows].contiguous(), digest)
+    return ReplayAnswer(output[:, replay.rows].contiguous(), digest, signature)

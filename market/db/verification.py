@@ -87,9 +87,12 @@ class SlashRecord(Base):
     worker: Mapped[str] = mapped_column(String(42))
     amount: Mapped[int] = mapped_column(Wei)
     evidence: Mapped[str] = mapped_column(String(66))
+    # The worker's EIP-191 signature over `evidence` (0x-hex, 65 bytes): StakingVault.slash checks it on chain.
+    signature: Mapped[str | None] = mapped_column(String(132), nullable=True)
     finder: Mapped[str] = mapped_column(String(42))
     requester: Mapped[str] = mapped_column(String(42))
-    # pending | sent (mined, not yet `confirmations` deep) | confirmed | nothing_staked
+    # pending | sent (mined, not yet `confirmations` deep) | confirmed | nothing_staked | rejected (the vault
+    # refused the evidence: no signature of the worker over it)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     tx_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
     slashed: Mapped[int | None] = mapped_column(Wei, nullable=True)  # what the vault actually took

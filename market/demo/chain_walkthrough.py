@@ -16,10 +16,11 @@ from web3 import Web3
 
 from globai.chain.client import ChainClient
 from globai.chain.deploy import BoundContracts, Deployment
-from globai.chain.ids import job_id_bytes
+from globai.chain.ids import job_id_bytes, job_key_bytes
 from globai.chain.local import dev_accounts
 from globai.chain.permit import sign_glb_permit
 from globai.protocol.merkle import MerkleTree, SettlementRecord, settlement_leaf
+from globai.protocol.signing import sign_digest
 from market.audit.reconcile import reconcile
 
 GLB = 10**18
@@ -64,7 +65,7 @@ class Walkthrough:
 
         self.say("2. a job funded with a permit (one transaction), settled with a report root, withdrawn")
         job = str(uuid.uuid4())
-        job_id = job_id_bytes(job)
+        job_id = job_id_bytes(job, self.requester.address)
         now = int(self.client.w3.eth.get_block("latest")["timestamp"])
         spec_hash = keccak(text=f'{{"kind":"inference","job":"{job}"}}')
         permit = sign_glb_permit(
@@ -78,7 +79,7 @@ class Walkthrough:
         self.tx(
             "requester funds job 1 (100 GLB, permit)",
             e.fundJobWithPermit(
-                job_id, 100 * GLB, spec_hash, now + 3600, permit.deadline, permit.v, permit.r, permit.s
+                job_key_bytes(job), 100 * GLB, spec_hash, now + 3600, permit.deadline, permit.v, permit.r, permit.s
             ),
             self.requester,
         )
@@ -102,19 +103,28 @@ class Walkthrough:
         self.tx("requester approves the escrow", t.approve(self.deployment.escrow, 50 * GLB), self.requester)
         self.tx(
             "requester funds job 2 (50 GLB, deadline +2 s)",
-            e.fundJob(job_id_bytes(job2), 50 * GLB, keccak(text=job2), now + 2),
+            e.fundJob(job_key_bytes(job2), 50 * GLB, keccak(text=job2), now + 2),
             self.requester,
         )
         # Devnet time travel instead of waiting: Anvil's clock need not follow the wall clock.
         self.client.rpc("evm_increaseTime", 3)
         self.client.rpc("evm_mine")
-        self.tx("a third party refunds job 2", e.refund(job_id_bytes(job2)), self.finder)
+        self.tx("a third party refunds job 2", e.refund(job_id_bytes(job2, self.requester.address)), self.finder)
 
         self.say("4. worker B is caught cheating on job 1: slashed 100 GLB (50% requester, 10% finder, 40% burned)")
-        evidence = keccak(text=f"{job}/commitment/B/chunk/3")
+        evidence = keccak(text=f"{job}/commitment/B/chunk/3")  # stands for the digest of B's signed commitment
+        signature = sign_digest(self.worker_b, evidence)
         self.tx(
-            "slasher slashes worker B",
-            v.slash(self.worker_b.address, 100 * GLB, job_id, evidence, self.requester.address, self.finder.address),
+            "slasher slashes worker B (the vault checks B signed the evidence)",
+            v.slash(
+                self.worker_b.address,
+                100 * GLB,
+                job_id,
+                evidence,
+                signature,
+                self.requester.address,
+                self.finder.address,
+            ),
             self.treasury,
         )
 

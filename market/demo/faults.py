@@ -175,7 +175,7 @@ def run_scenario(
     c = cluster.contracts
 
     def escrow_status() -> int:
-        return int(cluster.chain.call(c.escrow.functions.getJob(job_id_bytes(run.job_id)))[3])
+        return int(cluster.chain.call(c.escrow.functions.getJob(job_id_bytes(run.job_id, requester.address)))[3])
 
     deadline = time.monotonic() + timeout
     state: dict[str, Any] = {}

@@ -207,13 +207,13 @@ def run_paid_inference(
         if v.get("status") and v["status"] != last[0]:
             last[0] = v["status"]
             say(f"  verification: {v['status']}" + (f" ({v['detail']})" if v.get("detail") else ""))
-        status = int(chain.call(c.escrow.functions.getJob(job_id_bytes(out.job_id)))[3])
+        status = int(chain.call(c.escrow.functions.getJob(job_id_bytes(out.job_id, requester.address)))[3])
         return r if r.get("settlement") and status == 2 else None
 
     out.result = cluster.wait("verification and settlement", settled, timeout=settle_timeout, every=0.5)
     out.timings["settled"] = time.monotonic() - t0
-    out.escrow_status = int(chain.call(c.escrow.functions.getJob(job_id_bytes(out.job_id)))[3])
-    out.settlement_tx = _settlement_tx(cluster, out.job_id)
+    out.escrow_status = int(chain.call(c.escrow.functions.getJob(job_id_bytes(out.job_id, requester.address)))[3])
+    out.settlement_tx = _settlement_tx(cluster, out.job_id, requester.address)
     out.credited = {
         a.name: int(chain.call(c.escrow.functions.balanceOf(a.account.address))) - credited0[a.name] for a in everyone
     }
@@ -291,9 +291,9 @@ def _route(ev: dict[str, Any]) -> str:
     return " → ".join(f"layers {h['layers'][0]}-{h['layers'][1]} on {str(h.get('worker'))[:10]}…" for h in hops)
 
 
-def _settlement_tx(cluster: Cluster, job_id: str) -> str:
+def _settlement_tx(cluster: Cluster, job_id: str, requester: str) -> str:
     c = cluster.contracts
     for ev in cluster.chain.get_logs([c.escrow], cluster.cfg.deployment.first_block):
-        if ev.name == "JobSettled" and ev.args.get("jobId") == job_id_bytes(job_id):
+        if ev.name == "JobSettled" and ev.args.get("jobId") == job_id_bytes(job_id, requester):
             return str(ev.tx_hash)
     return ""

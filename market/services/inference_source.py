@@ -91,8 +91,9 @@ class MarketVerifierClient:
 
     def replay(
         self, run_id: str, layer_start: int, worker: str, replica: str, chunk_index: int
-    ) -> tuple[torch.Tensor, str]:
-        """(the replica's rows of the chunk [n, width], the digest it signed over the answer holding them)."""
+    ) -> tuple[torch.Tensor, tuple[str, str]]:
+        """(the replica's rows of the chunk [n, width], (the digest it signed over the answer holding them, its
+        signature))."""
         body = {
             "run_id": run_id,
             "layer_start": layer_start,
@@ -105,7 +106,8 @@ class MarketVerifierClient:
         except MarketError as exc:
             raise ReplicaUnavailable(str(exc)) from None
         message = decode_message(raw, max_bytes=MAX_REPLAY_BYTES)
-        return message.tensors[0][0], str(message.header.get("sent_digest") or "")
+        evidence = (str(message.header.get("sent_digest") or ""), str(message.header.get("sent_signature") or ""))
+        return message.tensors[0][0], evidence
 
 
 class InferenceWorkSource:
@@ -125,7 +127,7 @@ class InferenceWorkSource:
         self.models_dir = Path(models_dir)
         self._manifests: dict[str, Manifest] = {}
         # per (run, stage, worker, replica, chunk): the replica's rows and the digest it signed over them
-        self._replays: OrderedDict[tuple[str, int, str, str, int], tuple[torch.Tensor, str]] = OrderedDict()
+        self._replays: OrderedDict[tuple[str, int, str, str, int], tuple[torch.Tensor, tuple[str, str]]] = OrderedDict()
         self._parts: OrderedDict[str, list[ClaimedPart]] = OrderedDict()
         self._trees: OrderedDict[str, tuple[dict[int, SignedCommitment], merkle.MerkleTree]] = OrderedDict()
         self._cache_size = cache_size
@@ -274,11 +276,11 @@ class InferenceWorkSource:
         )
         return rows
 
-    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> str:
+    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> tuple[str, str]:
         run_id, stage, worker = self._split(part.work_key)
         with self._lock:
             cached = self._replays.get((run_id, stage, worker, replica, chunk_index))
-        return "" if cached is None else cached[1]
+        return ("", "") if cached is None else cached[1]
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
         if self.blobs is None:
@@ -362,6 +364,7 @@ class InferenceWorkSource:
                     chunk_index=int(v.chunk_index),
                     evidence=v.digest,
                     detail=str(v.evidence.get("detail", "")),
+                    signature=str((v.evidence.get("commitment") or {}).get("signature", "")),
                 )
                 for v in rows
             ]

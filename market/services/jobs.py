@@ -71,7 +71,7 @@ def create_job(
     body = spec_dict(spec)
     job = Job(
         id=job_uuid,
-        chain_job_id=chain_job_id(job_uuid),
+        chain_job_id=chain_job_id(job_uuid, requester),
         chain_id=chain_id,
         requester=requester,
         kind=spec.kind,

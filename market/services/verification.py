@@ -31,7 +31,7 @@ from eth_utils import keccak, to_checksum_address
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from globai.chain.ports import NothingToSlash, Slasher
+from globai.chain.ports import EvidenceRejected, NothingToSlash, Slasher
 from globai.errors import GlobaiError
 from globai.protocol.commitments import SignedCommitment, SignedRoot
 from globai.protocol.signing import ChunkScope
@@ -106,6 +106,7 @@ class BindingFault:
     chunk_index: int
     evidence: str  # the signed commitment's digest
     detail: str
+    signature: str = ""  # the worker's signature over `evidence` (0x-hex): what the vault checks to slash
 
 
 class WorkSource(Protocol):
@@ -124,9 +125,9 @@ class WorkSource(Protocol):
         for the chunk, [tokens, hidden]. Raises `ReplicaUnavailable` when it can't now."""
         ...
 
-    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> str:
-        """The digest the replica signed over its replay answer (`signing.sent_digest`, 0x-hex): the evidence
-        that slashes it when it loses a 2-of-3; "" when the replica's answer carried none."""
+    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> tuple[str, str]:
+        """(digest, signature): the digest the replica signed over its replay answer (`signing.sent_digest`, 0x-hex)
+        and its signature, the evidence that slashes it when it loses a 2-of-3; ("", "") when it carried none."""
         ...
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
@@ -320,7 +321,7 @@ def start_verification(
                 status="fail",
                 reason="unbound",
                 evidence=fault.evidence,
-                metrics={"detail": fault.detail[:120]},
+                metrics={"detail": fault.detail[:120], "evidence_signature": fault.signature},
                 created_at=now,
                 decided_at=now,
             )
@@ -383,11 +384,11 @@ def run_check(
     verdict = check_structure(
         signed, proof, expected_scope=part.scope, chunk_index=chunk, worker=part.worker, signed_root=part.signed_root
     )
-    replica_evidence = ""
+    replica_evidence, replica_signature = "", ""
     if verdict is None:
         assert replica is not None  # pending checks always have one
         replayed = source.replay(job_id, part, chunk, replica)
-        replica_evidence = source.replay_evidence(job_id, part, chunk, replica)
+        replica_evidence, replica_signature = source.replay_evidence(job_id, part, chunk, replica)
         verdict = check_claim(
             signed,
             proof,
@@ -411,7 +412,9 @@ def run_check(
     check.metrics = {k: v for k, v in verdict.metrics.items() if v == v}  # drop NaN (not JSON)
     if replica_evidence:
         check.metrics["replica_evidence"] = replica_evidence
+        check.metrics["replica_signature"] = replica_signature
     check.evidence = "0x" + signed.commitment.digest.hex()
+    check.metrics["evidence_signature"] = "0x" + signed.signature.hex()
     check.decided_at = now
     opened: list[str] = []
     if rnd == 0 and verdict.needs_replay_vote:
@@ -492,7 +495,7 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
     segments: dict[tuple[str, int], list[VerificationCheck]] = defaultdict(list)
     for c in checks:
         segments[(c.work_key, c.chunk_index)].append(c)
-    guilty: dict[str, tuple[str, str]] = {}  # worker -> (evidence, finder)
+    guilty: dict[str, tuple[str, str, str]] = {}  # worker -> (evidence, finder, the worker's signature over it)
     faulty_parts: set[str] = set()
     unchecked_parts: set[str] = set()  # a sampled segment no replica could check
     workers = {w.address: w for w in session.scalars(select(Worker)).all()} if checks else {}
@@ -502,7 +505,8 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
         first = rows[0]
         accused = workers.get(first.worker)
         if outcome == GUILTY:
-            guilty.setdefault(first.worker, (first.evidence, first.replica or ""))
+            signature = str((first.metrics or {}).get("evidence_signature", ""))
+            guilty.setdefault(first.worker, (first.evidence, first.replica or "", signature))
         elif outcome == FAULTY:
             faulty_parts.add(work_key)
         elif outcome == UNVERIFIED:
@@ -530,7 +534,8 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
         if first_lost and first.replica and isinstance(evidence, str) and evidence.startswith("0x"):
             # Its signed answer was outvoted by two replicas of other operators: provable, slashable; the
             # worker it accused is the finder.
-            guilty.setdefault(first.replica, (evidence, first.worker))
+            signature = str((first.metrics or {}).get("replica_signature", ""))
+            guilty.setdefault(first.replica, (evidence, first.worker, signature))
     for part in session.scalars(select(WorkPart).where(WorkPart.job_id == job_id)):
         if part.worker in guilty:
             part.status = UNPAID_SLASHED  # the cheater's whole share of the job: its unverified work is refunded
@@ -541,7 +546,7 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
         else:
             part.status = PAID
     slash_ids = []
-    for worker, (evidence, finder) in sorted(guilty.items()):
+    for worker, (evidence, finder, signature) in sorted(guilty.items()):
         existing = session.scalar(select(SlashRecord).where(SlashRecord.job_id == job_id, SlashRecord.worker == worker))
         if existing is None:
             # No replica found it (a fault in the signed data alone): the harmed requester takes the finder's share.
@@ -550,6 +555,7 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
                 worker=worker,
                 amount=cfg.slash_amount,
                 evidence=evidence,
+                signature=signature or None,
                 finder=finder or job.requester,
                 requester=job.requester,
                 status="pending",
@@ -583,7 +589,7 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
     run.detail = f"{len(checks)} checks, {len(guilty)} guilty"
     run.updated_at = now
     session.commit()
-    return JobDecision(job_id, {w: e for w, (e, _) in guilty.items()}, slash_ids)
+    return JobDecision(job_id, {w: e for w, (e, _, _) in guilty.items()}, slash_ids)
 
 
 # --- slashing --------------------------------------------------------------------------------------------------
@@ -604,7 +610,11 @@ def execute_slash(session: Session, op: Slasher, *, slash_id: str, now: datetime
         assert job is not None
         chain_job_id = bytes.fromhex(job.chain_job_id[2:])
         done = op.find_slash(worker=row.worker, chain_job_id=chain_job_id, from_block=job.created_block)
-        if done is None:
+        if done is None and not row.signature:
+            # Nothing the vault would accept (it checks the worker's signature over the evidence on chain).
+            log.error("slash %s of %s: no signature of the worker over its evidence; not sent", row.id, row.worker)
+            row.status, row.confirmed_at = "rejected", now
+        elif done is None:
             if row.status == "sent":
                 log.warning(
                     "slash %s: its transaction %s is gone from the chain; sending it again", row.id, row.tx_hash
@@ -616,12 +626,16 @@ def execute_slash(session: Session, op: Slasher, *, slash_id: str, now: datetime
                     amount=row.amount or op.min_stake(),
                     chain_job_id=chain_job_id,
                     evidence=bytes.fromhex(row.evidence[2:]),
+                    signature=bytes.fromhex((row.signature or "").removeprefix("0x")),
                     requester=row.requester,
                     finder=row.finder,
                 )
             except NothingToSlash:
                 row.status = "nothing_staked"
                 row.confirmed_at = now
+            except EvidenceRejected as exc:
+                log.error("slash %s of %s: the vault refused the evidence (%s)", row.id, row.worker, exc)
+                row.status, row.confirmed_at = "rejected", now
         if done is not None:
             row.tx_hash, row.slashed = done.tx_hash, done.amount
             if op.confirmed(done.block_number):

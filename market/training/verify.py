@@ -138,6 +138,7 @@ def hand_over_for_settlement(session: Session, *, job: Job, tj: TrainingJob, now
                 worker=worker,
                 amount=slash_amount,
                 evidence=u.digest,
+                signature=u.signature,
                 finder=replay.worker if replay is not None else job.requester,
                 requester=job.requester,
                 status="pending",

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eth_account import Account
 from sqlalchemy.orm import Session
 
 from globai.chain.deploy import GLB
@@ -20,8 +19,9 @@ from market.db import SettlementReport, VerificationRun, WorkPart
 from market.services.settlement import settle_jobs
 from market.settlement.payout import WorkItem, plan_settlement
 from market.settlement.report import build_report
+from tests.settlement.support import PAYEES
 
-A, B = (Account.create().address for _ in range(2))
+A, B = (p.address for p in PAYEES[:2])
 NOW = datetime.now(UTC)
 
 

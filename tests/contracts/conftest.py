@@ -15,6 +15,7 @@ from eth_utils import keccak
 
 from globai.chain.client import ChainClient, ContractReverted
 from globai.chain.deploy import GLB, BoundContracts, Deployment
+from globai.chain.ids import escrow_job_id
 from globai.chain.ports import ChainLog
 
 MAX_UINT = 2**256 - 1
@@ -62,11 +63,17 @@ class Env:
         requester: LocalAccount | None = None,
         deadline: int | None = None,
     ) -> bytes:
-        job_id = job(name)
+        """Fund the job keyed `job(name)`; returns its escrow id (bound to the requester)."""
+        requester = requester or self.requester
         deadline = self.now() + DAY if deadline is None else deadline
-        fn = self.c.escrow.functions.fundJob(job_id, amount, keccak(text=f"spec:{name}"), deadline)
-        self.tx(fn, requester or self.requester)
-        return job_id
+        fn = self.c.escrow.functions.fundJob(job(name), amount, keccak(text=f"spec:{name}"), deadline)
+        self.tx(fn, requester)
+        return job_id_of(requester.address, job(name))
+
+    def stake_payees(self, amount: int = 1) -> None:
+        """A payee needs stake in the vault to be credited: give both workers some."""
+        for worker in (self.worker, self.worker2):
+            self.tx(self.c.vault.functions.stake(amount), worker)
 
     def settle(self, job_id: bytes, payees: list[str], amounts: list[int], root: bytes | None = None) -> Any:
         fn = self.c.escrow.functions.settle(job_id, payees, amounts, root or report_root(job_id))
@@ -77,7 +84,11 @@ class Env:
 
 
 def job(name: str) -> bytes:
+    """A job key (what `fundJob` takes)."""
     return keccak(text=f"job:{name}")
+
+
+job_id_of = escrow_job_id  # the escrow's id of `requester`'s job `key`
 
 
 def report_root(job_id: bytes) -> bytes:

@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from globai.chain.deploy import GLB, DeployConfig
+from globai.protocol.signing import sign_digest
 
-from .conftest import Env
+from .conftest import Env, job_id_of
 from .rawrpc import RawRpc, RpcError
 
 CONFIG = DeployConfig()
@@ -127,21 +128,31 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
         def fund(self, who: int, amount: int, lifetime: int) -> None:
             requester = requesters[who % len(requesters)]
             self.counter += 1
-            job_id = keccak(text=f"{self.snapshot}:{self.counter}")
+            key = keccak(text=f"{self.snapshot}:{self.counter}")
+            job_id = job_id_of(requester.address, key)
             deadline = now() + lifetime
-            send(escrow, "fundJob", job_id, amount, keccak(job_id), deadline, sender=requester)
+            send(escrow, "fundJob", key, amount, keccak(job_id), deadline, sender=requester)
             self.model.jobs.append(OpenJob(job_id, requester.address, amount, deadline))
 
-        def _settlement(self, job: OpenJob, weights: list[int], fraction: int) -> tuple[list[str], list[int], int, int]:
+        def _staked(self, address: str) -> bool:
+            return self.model.active.get(address, 0) > 0 or address in self.model.unbonding
+
+        def _settlement(
+            self, job: OpenJob, weights: list[int], fraction: int
+        ) -> tuple[list[str], list[int], list[int], int, int]:
+            """(payees, amounts sent, amounts credited, fee, requester's rest): payees without stake forfeit."""
             budget = job.amount * BPS // (BPS + CONFIG.fee_bps) * fraction // 100
             pay = _split(budget, weights)
             payees = [workers[i % len(workers)].address for i in range(len(pay))]
-            paid = sum(pay)
+            credited = [v if self._staked(p) else 0 for p, v in zip(payees, pay, strict=True)]
+            paid = sum(credited)
             fee = paid * CONFIG.fee_bps // BPS
-            return payees, pay, fee, job.amount - paid - fee
+            return payees, pay, credited, fee, job.amount - paid - fee
 
-        def _apply_settlement(self, job: OpenJob, payees: list[str], pay: list[int], fee: int, rest: int) -> None:
-            for payee, value in zip(payees, pay, strict=True):
+        def _apply_settlement(
+            self, job: OpenJob, payees: list[str], pay: list[int], credited: list[int], fee: int, rest: int
+        ) -> None:
+            for payee, value in zip(payees, credited, strict=True):
                 self.model.credit(payee, value)
             self.model.credit(admin.address, fee)
             self.model.credit(job.requester, rest)
@@ -153,9 +164,9 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
         @rule(pick=picks, weights=shares, fraction=st.integers(min_value=0, max_value=100))
         def settle(self, pick: int, weights: list[int], fraction: int) -> None:
             job = self.model.jobs[pick % len(self.model.jobs)]
-            payees, pay, fee, rest = self._settlement(job, weights, fraction)
-            send(escrow, "settle", job.job_id, payees, pay, keccak(b"r" + job.job_id), sender=admin)
-            self._apply_settlement(job, payees, pay, fee, rest)
+            plan = self._settlement(job, weights, fraction)
+            send(escrow, "settle", job.job_id, plan[0], plan[1], keccak(b"r" + job.job_id), sender=admin)
+            self._apply_settlement(job, *plan)
 
         @precondition(lambda self: len(self.model.jobs) >= 2)
         @rule(count=st.integers(min_value=2, max_value=4), weights=shares, fraction=st.integers(0, 100))
@@ -232,11 +243,15 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             pending, release = self.model.unbonding.get(worker, (0, 0))
             if active + pending == 0:
                 return
+            self.counter += 1
+            evidence = keccak(text=f"{self.snapshot}:evidence:{self.counter}")  # each signed digest slashes once
+            account = next(w for w in workers if w.address == worker)
             args = (
                 worker,
                 amount,
                 keccak(b"job"),
-                keccak(b"evidence"),
+                evidence,
+                sign_digest(account, evidence),
                 requesters[0].address if with_requester else ZERO,
                 finder.address if with_finder else ZERO,
             )

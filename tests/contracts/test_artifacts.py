@@ -13,7 +13,7 @@ from eth_utils import keccak
 from globai.chain import build
 from globai.chain.artifacts import ARTIFACTS_DIR, DEPLOYED_CONTRACTS, artifacts_hash, load_artifact
 from globai.chain.deploy import DeployConfig, Deployment, role_id
-from globai.chain.ids import job_id_bytes
+from globai.chain.ids import job_id_bytes, job_key_bytes
 from globai.errors import ConfigError
 
 needs_node = pytest.mark.skipif(
@@ -57,12 +57,14 @@ def test_compiling_again_gives_the_committed_bytecode() -> None:
         assert compiled["abi"] == load_artifact(name)["abi"], name
 
 
-def test_job_id_is_keccak_of_the_uuid_string() -> None:
+def test_job_key_is_keccak_of_the_uuid_string_and_the_id_binds_the_requester() -> None:
     uuid = "0b7e2d1c-8f3a-4c55-9e1d-2a6f0c3b9d47"
-    assert job_id_bytes(uuid) == keccak(uuid.encode())
-    assert len(job_id_bytes(uuid)) == 32
+    assert job_key_bytes(uuid) == keccak(uuid.encode())
     # Known vector: keccak256("") .
-    assert job_id_bytes("").hex() == "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+    assert job_key_bytes("").hex() == "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+    a, b = "0x" + "11" * 20, "0x" + "22" * 20
+    assert job_id_bytes(uuid, a) == keccak(bytes(12) + bytes.fromhex("11" * 20) + job_key_bytes(uuid))
+    assert job_id_bytes(uuid, a) != job_id_bytes(uuid, b)
 
 
 def test_deployment_record_round_trips(tmp_path: Path, deployment: Deployment) -> None:

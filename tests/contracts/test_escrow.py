@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 from eth_utils import keccak
 
 from globai.chain.deploy import GLB, role_id
+from globai.chain.ids import job_id_bytes, job_key_bytes
 from globai.chain.permit import sign_glb_permit
 
-from .conftest import DAY, Env, assert_reverts, job, names, report_root
+from .conftest import DAY, Env, assert_reverts, job, job_id_of, names, report_root
 
 FUNDED, SETTLED, REFUNDED = 1, 2, 3
+
+
+@pytest.fixture(autouse=True)
+def _staked_payees(env: Env) -> Iterator[None]:
+    env.stake_payees()
+    yield
 
 
 def test_fund_pulls_tokens_records_job_and_emits(env: Env) -> None:
     escrow, before = env.c.escrow, env.glb(env.requester)
     deadline = env.now() + DAY
-    job_id = job("a")
-    receipt = env.tx(escrow.functions.fundJob(job_id, 100 * GLB, keccak(b"spec"), deadline), env.requester)
+    job_id = job_id_of(env.requester.address, job("a"))
+    receipt = env.tx(escrow.functions.fundJob(job("a"), 100 * GLB, keccak(b"spec"), deadline), env.requester)
 
     assert env.glb(env.requester) == before - 100 * GLB
     assert env.glb(escrow.address) == 100 * GLB
@@ -40,7 +50,24 @@ def test_fund_rejects_bad_input(env: Env) -> None:
     )
     assert_reverts(env.client, fund(job("z"), GLB, b"\0" * 32, now - 1), env.requester, "JobEscrowInvalidDeadline")
     job_id = env.fund("dup")
-    assert_reverts(env.client, fund(job_id, GLB, b"\0" * 32, now + DAY), env.requester2, "JobEscrowJobExists", job_id)
+    assert_reverts(
+        env.client, fund(job("dup"), GLB, b"\0" * 32, now + DAY), env.requester, "JobEscrowJobExists", job_id
+    )
+
+
+def test_job_ids_are_bound_to_the_requester_so_nobody_can_squat_one(env: Env) -> None:
+    """The 1-wei squat of issue 14: an outsider funding the requester's job key first lands on its own id."""
+    escrow, key = env.c.escrow, job("squat")
+    env.tx(escrow.functions.fundJob(key, 1, b"\0" * 32, env.now() + DAY), env.outsider)
+    assert escrow.functions.getJob(job_id_of(env.outsider.address, key)).call()[3] == FUNDED
+    job_id = env.fund("squat", 10 * GLB)  # the real requester's funding still succeeds
+    assert job_id == job_id_of(env.requester.address, key) != job_id_of(env.outsider.address, key)
+    assert escrow.functions.getJob(job_id).call()[:2] == [env.requester.address, 10 * GLB]
+    # The view, the contract and the market's derivation (`globai.chain.ids`) agree.
+    uuid = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    assert escrow.functions.jobIdOf(env.requester.address, job_key_bytes(uuid)).call() == job_id_bytes(
+        uuid, env.requester.address
+    )
 
 
 def test_fund_without_allowance_reverts_with_token_error(env: Env) -> None:
@@ -52,7 +79,7 @@ def test_fund_without_allowance_reverts_with_token_error(env: Env) -> None:
 def test_closed_job_id_cannot_be_funded_again(env: Env) -> None:
     job_id = env.fund("once")
     env.settle(job_id, [env.worker.address], [10 * GLB])
-    fn = env.c.escrow.functions.fundJob(job_id, GLB, b"\0" * 32, env.now() + DAY)
+    fn = env.c.escrow.functions.fundJob(job("once"), GLB, b"\0" * 32, env.now() + DAY)
     assert_reverts(env.client, fn, env.requester, "JobEscrowJobExists", job_id)
 
 
@@ -68,7 +95,7 @@ def test_fund_with_permit_needs_no_prior_approval(env: Env) -> None:
     )
     receipt = env.tx(fn, env.requester)
     assert "Approval" in names(env.events(receipt))
-    assert escrow.functions.getJob(job("p")).call()[3] == FUNDED
+    assert escrow.functions.getJob(job_id_of(env.requester.address, job("p"))).call()[3] == FUNDED
     assert token.functions.nonces(env.requester.address).call() == 1
     assert token.functions.allowance(env.requester.address, escrow.address).call() == 0
 
@@ -115,6 +142,29 @@ def test_settle_credits_payees_fee_and_requester_remainder(env: Env) -> None:
         "fee": fee,
         "refunded": 10 * GLB - fee,
     }
+
+
+def test_settle_pays_only_staked_payees_the_rest_goes_back_to_the_requester(env: Env) -> None:
+    """Settlement is bounded by the vault: an address without stake (active or unbonding) is not credited."""
+    escrow = env.c.escrow
+    job_id = env.fund("unstaked", 100 * GLB)
+    receipt = env.settle(job_id, [env.worker.address, env.outsider.address], [50 * GLB, 40 * GLB])
+    fee = 50 * GLB * 200 // 10_000  # no fee on the forfeited payment
+    assert escrow.functions.balanceOf(env.outsider.address).call() == 0
+    assert escrow.functions.balanceOf(env.worker.address).call() == 50 * GLB
+    assert escrow.functions.balanceOf(env.requester.address).call() == 50 * GLB - fee
+    events = env.events(receipt)
+    assert names(events) == ["PaymentCredited", "PaymentForfeited", "JobSettled"]
+    assert events[1].args == {"jobId": job_id, "payee": env.outsider.address, "amount": 40 * GLB}
+    assert (events[2].args["paid"], events[2].args["fee"]) == (50 * GLB, fee)
+    # Unbonding stake still counts (the worker is still slashable); none at all does not.
+    env.tx(env.c.vault.functions.requestUnstake(1), env.worker)
+    assert env.c.vault.functions.hasStake(env.worker.address).call()
+    assert not env.c.vault.functions.hasStake(env.outsider.address).call()
+    # Forfeited amounts still count against the job's amount.
+    over = env.fund("over", 10 * GLB)
+    fn = escrow.functions.settle(over, [env.outsider.address] * 2, [6 * GLB, 6 * GLB], report_root(over))
+    assert_reverts(env.client, fn, env.admin, "JobEscrowOverpaid", over, 10 * GLB, 12 * GLB)
 
 
 def test_settle_skips_zero_amounts_and_allows_paying_everything(env: Env) -> None:
@@ -274,13 +324,15 @@ def test_views_and_constructor_checks(env: Env) -> None:
     assert escrow.functions.feeBps().call() == 200
     assert escrow.functions.feeRecipient().call() == env.admin.address
     assert escrow.functions.token().call() == env.c.token.address
-    token = env.c.token.address
+    assert escrow.functions.vault().call() == env.c.vault.address
+    token, vault, zero = env.c.token.address, env.c.vault.address, "0x" + "00" * 20
     client, admin = env.client, env.admin
     for args, error in (
-        ((token, admin.address, admin.address, 10_001), "JobEscrowInvalidFee"),
-        (("0x" + "00" * 20, admin.address, admin.address, 0), "JobEscrowZeroAddress"),
-        ((token, "0x" + "00" * 20, admin.address, 0), "JobEscrowZeroAddress"),
-        ((token, admin.address, "0x" + "00" * 20, 0), "JobEscrowZeroAddress"),
+        ((token, vault, admin.address, admin.address, 10_001), "JobEscrowInvalidFee"),
+        ((zero, vault, admin.address, admin.address, 0), "JobEscrowZeroAddress"),
+        ((token, zero, admin.address, admin.address, 0), "JobEscrowZeroAddress"),
+        ((token, vault, zero, admin.address, 0), "JobEscrowZeroAddress"),
+        ((token, vault, admin.address, zero, 0), "JobEscrowZeroAddress"),
     ):
         factory = client.w3.eth.contract(abi=escrow.abi, bytecode=_bytecode("JobEscrow"))
         assert_reverts(client, factory.constructor(*args), admin, error)

@@ -14,7 +14,7 @@ from web3.contract import Contract
 
 from globai.chain.deploy import GLB, role_id
 
-from .conftest import DAY, Env
+from .conftest import DAY, Env, job_id_of
 
 GUARD_ERROR = keccak(text="ReentrancyGuardReentrantCall()")[:4]
 
@@ -24,9 +24,11 @@ def hostile(env: Env) -> dict[str, Contract]:
     """A hooked token, an escrow and a vault over it, and an attacker contract."""
     client, admin = env.client, env.admin
     token, _ = client.deploy("test/ReentrantToken", admin.address, 10**9 * GLB, sender=admin)
-    escrow, _ = client.deploy("JobEscrow", token.address, admin.address, admin.address, 200, sender=admin)
-    client.transact(escrow.functions.grantRole(role_id("SETTLER_ROLE"), admin.address), admin)
     vault, _ = client.deploy("StakingVault", token.address, admin.address, GLB, 7 * DAY, 5_000, 1_000, sender=admin)
+    escrow, _ = client.deploy(
+        "JobEscrow", token.address, vault.address, admin.address, admin.address, 200, sender=admin
+    )
+    client.transact(escrow.functions.grantRole(role_id("SETTLER_ROLE"), admin.address), admin)
     attacker, _ = client.deploy("test/Reenterer", sender=env.outsider)
     client.transact(token.functions.transfer(attacker.address, 1_000 * GLB), admin)
     client.transact(token.functions.setHookedReceiver(attacker.address), admin)
@@ -56,7 +58,11 @@ def test_escrow_withdraw_cannot_be_reentered(env: Env, hostile: dict[str, Contra
     for name in ("j1", "j2"):
         env.tx(escrow.functions.fundJob(keccak(text=name), 200 * GLB, b"\0" * 32, env.now() + DAY), env.requester)
     root = keccak(b"root")
-    env.tx(escrow.functions.settle(keccak(text="j1"), [attacker.address], [50 * GLB], root), env.admin)
+    vault = hostile["vault"]
+    as_attacker(env, attacker, token, "approve", vault.address, GLB)
+    as_attacker(env, attacker, vault, "stake", GLB)  # a payee needs stake to be credited
+    j1 = job_id_of(env.requester.address, keccak(text="j1"))
+    env.tx(escrow.functions.settle(j1, [attacker.address], [50 * GLB], root), env.admin)
 
     arm(env, attacker, escrow, "withdraw")
     before = token.functions.balanceOf(attacker.address).call()
@@ -77,14 +83,15 @@ def test_escrow_refund_cannot_be_reentered_cross_function(env: Env, hostile: dic
         as_attacker(env, attacker, escrow, "fundJob", keccak(text=name), 100 * GLB, b"\0" * 32, deadline)
     env.warp(DAY + 1)
     # While its first refund is being paid, the attacker tries to take the second job's refund as well.
-    arm(env, attacker, escrow, "refund", keccak(text="b"))
+    a, b = (job_id_of(attacker.address, keccak(text=name)) for name in ("a", "b"))
+    arm(env, attacker, escrow, "refund", b)
     before = token.functions.balanceOf(attacker.address).call()
-    env.tx(escrow.functions.refund(keccak(text="a")), env.outsider)
+    env.tx(escrow.functions.refund(a), env.outsider)
 
     assert_refused(attacker)
     assert token.functions.balanceOf(attacker.address).call() == before + 100 * GLB
-    assert escrow.functions.getJob(keccak(text="b")).call()[3] == 1  # still funded, refundable normally
-    env.tx(escrow.functions.refund(keccak(text="b")), env.outsider)
+    assert escrow.functions.getJob(b).call()[3] == 1  # still funded, refundable normally
+    env.tx(escrow.functions.refund(b), env.outsider)
 
 
 def test_vault_withdraw_cannot_be_reentered(env: Env, hostile: dict[str, Contract]) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
 from globai.chain.artifacts import bytecode
 from globai.chain.deploy import GLB, role_id
+from globai.protocol.signing import ChunkScope, commit_digest, sign_digest
 
 from .conftest import DAY, Env, assert_reverts, names
 
@@ -15,6 +17,17 @@ ZERO = "0x" + "00" * 20
 
 def stake(env: Env, amount: int, worker=None) -> dict:  # type: ignore[no-untyped-def]
     return env.tx(env.c.vault.functions.stake(amount), worker or env.worker)
+
+
+def signed(worker: LocalAccount, label: str) -> tuple[bytes, bytes]:
+    """(evidence digest, `worker`'s EIP-191 signature over it): what `slash` needs."""
+    evidence = keccak(text=f"evidence:{label}")
+    return evidence, sign_digest(worker, evidence)
+
+
+def slash(env: Env, amount: int, label: str, requester: str = ZERO, finder: str = ZERO):  # type: ignore[no-untyped-def]
+    evidence, signature = signed(env.worker, label)
+    return env.c.vault.functions.slash(env.worker.address, amount, keccak(b"j"), evidence, signature, requester, finder)
 
 
 def test_stake_adds_up_and_makes_eligible(env: Env) -> None:
@@ -84,9 +97,9 @@ def test_slash_splits_between_requester_finder_and_burn(env: Env) -> None:
     stake(env, 100 * GLB)
     supply = token.functions.totalSupply().call()
     req_before, finder_before = env.glb(env.requester), env.glb(env.finder)
-    job_id, evidence = keccak(b"job"), keccak(b"evidence")
+    job_id, (evidence, signature) = keccak(b"job"), signed(env.worker, "split")
     fn = vault.functions.slash(
-        env.worker.address, 40 * GLB, job_id, evidence, env.requester.address, env.finder.address
+        env.worker.address, 40 * GLB, job_id, evidence, signature, env.requester.address, env.finder.address
     )
     receipt = env.tx(fn, env.admin)
 
@@ -113,8 +126,7 @@ def test_slash_reaches_unbonding_stake(env: Env) -> None:
     stake(env, 100 * GLB)
     env.tx(vault.functions.requestUnstake(80 * GLB), env.worker)
     env.warp(WEEK - 60)
-    fn = vault.functions.slash(env.worker.address, 50 * GLB, keccak(b"j"), keccak(b"e"), env.requester.address, ZERO)
-    receipt = env.tx(fn, env.admin)
+    receipt = env.tx(slash(env, 50 * GLB, "unbonding-1", requester=env.requester.address), env.admin)
     # 20 from active stake first, then 30 from unbonding.
     assert vault.functions.stakeOf(env.worker.address).call() == 0
     assert vault.functions.unbondingOf(env.worker.address).call()[0] == 50 * GLB
@@ -122,23 +134,45 @@ def test_slash_reaches_unbonding_stake(env: Env) -> None:
     assert (slashed.args["toRequester"], slashed.args["toFinder"], slashed.args["burned"]) == (25 * GLB, 0, 25 * GLB)
 
     # Taking more than is left takes everything and reports what was actually taken.
-    fn = vault.functions.slash(env.worker.address, 500 * GLB, keccak(b"j"), keccak(b"e"), ZERO, ZERO)
-    receipt = env.tx(fn, env.admin)
+    receipt = env.tx(slash(env, 500 * GLB, "unbonding-2"), env.admin)
     slashed = next(e for e in env.events(receipt) if e.name == "Slashed")
     assert (slashed.args["amount"], slashed.args["burned"]) == (50 * GLB, 50 * GLB)
     assert vault.functions.unbondingOf(env.worker.address).call() == [0, 0]
     env.warp(DAY)
     assert_reverts(env.client, vault.functions.withdraw(), env.worker, "StakingVaultNothingToWithdraw")
-    assert_reverts(env.client, fn, env.admin, "StakingVaultNothingToSlash", env.worker.address)
+    assert_reverts(
+        env.client, slash(env, GLB, "unbonding-3"), env.admin, "StakingVaultNothingToSlash", env.worker.address
+    )
+
+
+def test_slash_needs_the_workers_own_signature_over_the_evidence_once(env: Env) -> None:
+    vault = env.c.vault
+    stake(env, 100 * GLB)
+    stake(env, 100 * GLB, env.worker2)
+    evidence, by_worker2 = signed(env.worker2, "not-yours")
+    job = keccak(b"j")
+    # Signed by another worker, by nobody valid, or a bare digest: refused on chain.
+    for signature in (by_worker2, b"\x00" * 65, b"", by_worker2[:64]):
+        fn = vault.functions.slash(env.worker.address, GLB, job, evidence, signature, ZERO, ZERO)
+        assert_reverts(env.client, fn, env.admin, "StakingVaultBadEvidence", env.worker.address, evidence)
+    # A real chunk commitment of the market's format, signed by the worker: accepted, and once only.
+    scope = ChunkScope(chain_id=env.client.chain_id, job_id=job, task_id=keccak(b"t"), stage=0, job_nonce=b"\x07" * 32)
+    digest = commit_digest(scope, 3, keccak(b"out"), keccak(b"sketch"))
+    fn = vault.functions.slash(env.worker.address, GLB, job, digest, sign_digest(env.worker, digest), ZERO, ZERO)
+    env.tx(fn, env.admin)
+    assert vault.functions.evidenceUsed(digest).call()
+    assert vault.functions.stakeOf(env.worker.address).call() == 99 * GLB
+    assert_reverts(env.client, fn, env.admin, "StakingVaultEvidenceUsed", digest)
+    assert vault.functions.stakeOf(env.worker2.address).call() == 100 * GLB
 
 
 def test_only_slashers_slash(env: Env) -> None:
     vault = env.c.vault
     stake(env, 10 * GLB)
-    fn = vault.functions.slash(env.worker.address, GLB, keccak(b"j"), keccak(b"e"), ZERO, ZERO)
+    fn = slash(env, GLB, "roles")
     slasher = role_id("SLASHER_ROLE")
     assert_reverts(env.client, fn, env.outsider, "AccessControlUnauthorizedAccount", env.outsider.address, slasher)
-    zero = vault.functions.slash(env.worker.address, 0, keccak(b"j"), keccak(b"e"), ZERO, ZERO)
+    zero = slash(env, 0, "zero")
     assert_reverts(env.client, zero, env.admin, "StakingVaultZeroAmount")
     # Only the admin role can grant roles.
     grant = vault.functions.grantRole(slasher, env.outsider.address)
@@ -155,7 +189,7 @@ def test_pause_stops_staking_but_not_slashing_or_withdrawal(env: Env) -> None:
     assert names(env.events(env.tx(vault.functions.pause(), env.admin))) == ["Paused"]
     assert_reverts(env.client, vault.functions.stake(GLB), env.worker, "EnforcedPause")
     assert_reverts(env.client, vault.functions.requestUnstake(GLB), env.worker, "EnforcedPause")
-    env.tx(vault.functions.slash(env.worker.address, GLB, keccak(b"j"), keccak(b"e"), ZERO, ZERO), env.admin)
+    env.tx(slash(env, GLB, "paused"), env.admin)
     env.warp(WEEK)
     env.tx(vault.functions.withdraw(), env.worker)
     env.tx(vault.functions.unpause(), env.admin)

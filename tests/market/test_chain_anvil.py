@@ -57,9 +57,10 @@ def _give_glb(live: Live, to: LocalAccount, amount: int) -> None:
 def test_job_id_matches_chain_ids() -> None:
     from globai.chain.ids import job_id_bytes
 
+    requester = "0x" + "12" * 20
     assert (
-        chain_job_id("0f8fad5b-d9cb-469f-a165-70867728950e")
-        == "0x" + job_id_bytes("0f8fad5b-d9cb-469f-a165-70867728950e").hex()
+        chain_job_id("0f8fad5b-d9cb-469f-a165-70867728950e", requester)
+        == "0x" + job_id_bytes("0f8fad5b-d9cb-469f-a165-70867728950e", requester).hex()
     )
 
 
@@ -135,7 +136,7 @@ def test_job_funded_with_permit_and_confirmed_from_event(live: Live) -> None:
         )
         live.transact(
             contracts.escrow.functions.fundJobWithPermit(
-                bytes.fromhex(job["escrow"]["job_id"][2:]),
+                bytes.fromhex(job["escrow"]["job_key"][2:]),
                 amount,
                 bytes.fromhex(job["escrow"]["spec_hash"][2:]),
                 job["escrow"]["deadline"],

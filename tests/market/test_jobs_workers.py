@@ -9,6 +9,7 @@ from eth_utils import keccak
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from globai.chain.ids import chain_job_id as job_id
 from market.db import Job, ReputationEvent, Settlement, Task, Worker
 from market.services.chain_sync import sync_escrow, sync_stakes
 from market.services.job_specs import canonical_json
@@ -56,7 +57,9 @@ def test_post_job_returns_escrow_parameters(market: Market) -> None:
     headers = market.login(Account.create())
     created = market.training_job(headers, fund=False)
     job, escrow = created["job"], created["escrow"]
-    assert escrow["job_id"] == "0x" + keccak(text=job["id"]).hex() == job["chain_job_id"]
+    # The requester funds the key; the escrow's id binds it to the requester (nobody else can fund that id).
+    assert escrow["job_key"] == "0x" + keccak(text=job["id"]).hex()
+    assert escrow["job_id"] == job_id(job["id"], job["requester"]) == job["chain_job_id"]
     assert escrow["spec_hash"] == "0x" + keccak(canonical_json(job["spec"])).hex()
     assert escrow["amount"] == job["budget"] and escrow["escrow_address"] == market.chain.escrow_address
     assert job["status"] == "created"

@@ -23,7 +23,9 @@ def db(engine: Engine) -> Iterator[Engine]:
 
 @pytest.fixture
 def funder(chain, deployment) -> Funder:  # type: ignore[no-untyped-def]
-    return Funder(chain.client, deployment, chain.accounts[0], chain.accounts[1])
+    funder = Funder(chain.client, deployment, chain.accounts[0], chain.accounts[1])
+    funder.stake_payees()
+    return funder
 
 
 @pytest.fixture

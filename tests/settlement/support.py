@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session
 
 from globai.chain.client import ChainClient
 from globai.chain.deploy import GLB, Deployment
-from globai.chain.ids import job_id_bytes
+from globai.chain.ids import job_id_bytes, job_key_bytes
 from globai.chain.web3_market import Web3Operator
 from market.db import Base, Job, Worker
 from market.db.engine import make_engine
@@ -38,6 +39,10 @@ def operator_for(client: ChainClient, deployment: Deployment, admin: LocalAccoun
     return Web3Operator(client=client, escrow=c.escrow, vault=c.vault, account=admin)
 
 
+# Workers the settlement tests pay: a payee needs stake in the vault to be credited (`funder` stakes them).
+PAYEES = [Account.from_key(bytes([0x51 + i]) * 32) for i in range(3)]
+
+
 @dataclass
 class Funder:
     """Creates market jobs and funds them on chain from `requester` (GLB from the treasury, account 0)."""
@@ -57,6 +62,11 @@ class Funder:
         self.give(worker.address, amount)
         self.client.transact(self.c.token.functions.approve(self.deployment.vault, amount), worker)
         self.client.transact(self.c.vault.functions.stake(amount), worker)
+
+    def stake_payees(self, amount: int = GLB) -> None:
+        for payee in PAYEES:
+            self.client.rpc("anvil_setBalance", payee.address, hex(10**20))
+            self.stake(payee, amount)
 
     def prefund(self, total: int) -> None:
         """Give the requester `total` and approve the escrow once (then `job(prefunded=True)` is one transaction)."""
@@ -80,7 +90,7 @@ class Funder:
         deadline = now_chain + 3600
         job = Job(
             id=job_uuid,
-            chain_job_id="0x" + job_id_bytes(job_uuid).hex(),
+            chain_job_id="0x" + job_id_bytes(job_uuid, self.requester.address).hex(),
             requester=self.requester.address,
             kind="inference",
             model="tiny",
@@ -99,7 +109,7 @@ class Funder:
                 self.give(self.requester.address, budget)
                 self.client.transact(self.c.token.functions.approve(self.deployment.escrow, budget), self.requester)
             receipt = self.client.transact(
-                self.c.escrow.functions.fundJob(job_id_bytes(job_uuid), budget, b"\xab" * 32, deadline),
+                self.c.escrow.functions.fundJob(job_key_bytes(job_uuid), budget, b"\xab" * 32, deadline),
                 self.requester,
             )
             job.funded_amount = budget

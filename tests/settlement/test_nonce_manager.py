@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 from eth_account import Account
+from eth_utils import keccak
 from sqlalchemy.orm import Session
 
 from globai.chain.client import ChainClient
 from globai.chain.deploy import GLB
+from globai.protocol.signing import sign_digest
 from tests.settlement.support import Funder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,8 +38,10 @@ for call in args["calls"]:
         _, job, payee, amount, root = call
         fn = c.escrow.functions.settle(bytes.fromhex(job), [payee], [amount], bytes.fromhex(root))
     else:
-        _, worker, amount, job, requester = call
-        fn = c.vault.functions.slash(worker, amount, bytes.fromhex(job), b"\x07" * 32, requester, requester)
+        _, worker, amount, job, requester, evidence, signature = call
+        fn = c.vault.functions.slash(
+            worker, amount, bytes.fromhex(job), bytes.fromhex(evidence), bytes.fromhex(signature), requester, requester
+        )
     receipt = client.transact(fn, op)
     assert receipt["status"] == 1
 print("sent", len(args["calls"]))
@@ -65,8 +69,18 @@ def test_settlement_and_slashing_from_two_processes_share_the_operator_key(
         ["settle", j.chain_job_id[2:], workers[i].address, GLB, (b"\xee" * 31 + bytes([i + 1])).hex()]
         for i, j in enumerate(jobs)
     ]
+    evidence = [keccak(text=f"evidence {i}") for i in range(n)]  # each worker signs its own (the vault checks)
     slash_calls = [
-        ["slash", w.address, 10 * GLB, jobs[i].chain_job_id[2:], requester.address] for i, w in enumerate(workers)
+        [
+            "slash",
+            w.address,
+            10 * GLB,
+            jobs[i].chain_job_id[2:],
+            requester.address,
+            evidence[i].hex(),
+            sign_digest(w, evidence[i]).hex(),
+        ]
+        for i, w in enumerate(workers)
     ]
     start_at = time.time() + 3.0  # both processes start sending at the same moment
     common = {

@@ -30,7 +30,12 @@ ESCROW = "0x" + "e5" * 20
 
 def plan(items, funded=10**21, price=10**18, fee_bps=200):  # type: ignore[no-untyped-def]
     return plan_settlement(
-        job_key=JOB, chain_job_id=job_id_bytes(JOB), funded=funded, price_per_unit=price, fee_bps=fee_bps, items=items
+        job_key=JOB,
+        chain_job_id=job_id_bytes(JOB, A),
+        funded=funded,
+        price_per_unit=price,
+        fee_bps=fee_bps,
+        items=items,
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from eth_account import Account
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -15,9 +14,9 @@ from market.db import Job, Settlement, SettlementReport, VerificationRun, WorkPa
 from market.services.settlement import ready_jobs, settle_jobs
 from market.settlement.payout import UNPAID_SLASHED
 from tests.market.conftest import make_settings
-from tests.settlement.support import credited, iter_events
+from tests.settlement.support import PAYEES, credited, iter_events
 
-A, B, C = (Account.create().address for _ in range(3))
+A, B, C = (p.address for p in PAYEES)
 NOW = datetime.now(UTC)
 
 

@@ -44,7 +44,7 @@ class Router:
     def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str):  # type: ignore[no-untyped-def]
         return self.by_job[job_id].replay(job_id, part, chunk_index, replica)
 
-    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> str:
+    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> tuple[str, str]:
         return self.by_job[job_id].replay_evidence(job_id, part, chunk_index, replica)
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int):  # type: ignore[no-untyped-def]

@@ -117,7 +117,7 @@ class SimNetwork:
         self._lock = threading.Lock()
         self._scenarios = scenarios(CalibrationSettings(spec=self.spec, stage=STAGE, prefix_len=20))
         self._cheat_models: dict[str, torch.nn.Module] = {}
-        self.replay_digests: dict[tuple[str, str, int, str], str] = {}
+        self.replay_digests: dict[tuple[str, str, int, str], tuple[str, str]] = {}  # -> (digest, signature)
 
     # --- workers -----------------------------------------------------------------------------------------------
     def add_worker(self, operator: str, behaviour: str = "honest", **kw: object) -> SimWorker:
@@ -286,14 +286,17 @@ class SimNetwork:
             b"\x01" * 32,
         )
         digest = sent_digest(scope, 0, 0, tensor_sha256(out))
-        sign_digest(self.workers[replica].account, digest)
+        signature = sign_digest(self.workers[replica].account, digest)
         with self._lock:
-            self.replay_digests[(job_id, part.work_key, chunk_index, replica)] = "0x" + digest.hex()
+            self.replay_digests[(job_id, part.work_key, chunk_index, replica)] = (
+                "0x" + digest.hex(),
+                "0x" + signature.hex(),
+            )
         return out
 
-    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> str:
+    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> tuple[str, str]:
         with self._lock:
-            return self.replay_digests.get((job_id, part.work_key, chunk_index, replica), "")
+            return self.replay_digests.get((job_id, part.work_key, chunk_index, replica), ("", ""))
 
     def _replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
         sim = self._part(job_id, part.work_key)

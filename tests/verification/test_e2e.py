@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from globai.chain.deploy import GLB
-from globai.chain.ids import job_id_bytes
+from globai.chain.ids import job_id_bytes, job_key_bytes
 from globai.dev.forker import Process
 from globai.dev.services import free_port
 from globai.models.tiny import build_tiny_llama
@@ -188,12 +188,12 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
         job_uuid = str(uuid.uuid4())
         deadline = int(chain.client.w3.eth.get_block("latest")["timestamp"]) + 3600
         receipt = chain.client.transact(
-            c.escrow.functions.fundJob(job_id_bytes(job_uuid), budget, b"\x01" * 32, deadline), requester
+            c.escrow.functions.fundJob(job_key_bytes(job_uuid), budget, b"\x01" * 32, deadline), requester
         )
         with Session(engine, expire_on_commit=False) as s:
             job = Job(
                 id=job_uuid,
-                chain_job_id="0x" + job_id_bytes(job_uuid).hex(),
+                chain_job_id="0x" + job_id_bytes(job_uuid, requester.address).hex(),
                 requester=requester.address,
                 kind="inference",
                 model=MODEL,
@@ -273,7 +273,9 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
         credited = {w.address: int(chain.client.call(c.escrow.functions.balanceOf(w.address))) for w in workers}
         assert credited[cheater.address] == 0 and credited[unbound.address] == 0
         assert all(credited[w.address] > 0 for w in workers if w.address not in cheats), credited
-        assert int(chain.client.call(c.escrow.functions.getJob(job_id_bytes(job_uuid)))[3]) == 2  # settled
+        assert (
+            int(chain.client.call(c.escrow.functions.getJob(job_id_bytes(job_uuid, requester.address)))[3]) == 2
+        )  # settled
 
         record = tmp_path / "deployment.json"
         record.write_text(__import__("json").dumps(deployment.to_json()))

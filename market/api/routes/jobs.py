@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, status
 
+from globai.chain.ids import job_key
 from market.api.deps import ChainDep, CtxDep, NowDep, PrincipalDep, RequesterDep, SessionDep, can_see_everything
 from market.api.schemas.common import Page
 from market.api.schemas.jobs import EscrowParams, JobCreatedOut, JobIn, JobOut
@@ -48,6 +49,7 @@ def escrow_params(job: Job, ctx: CtxDep) -> EscrowParams:
     return EscrowParams(
         escrow_address=ctx.chain.escrow_address if ctx.chain is not None else (ctx.settings.job_escrow_address or None),
         chain_id=job.chain_id if job.chain_id is not None else ctx.settings.chain_id,
+        job_key=job_key(job.id),
         job_id=job.chain_job_id,
         amount=str(job.budget),
         spec_hash=job.spec_hash,

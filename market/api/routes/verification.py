@@ -6,7 +6,8 @@
   of that sequence up to the chunk's end, `verify_replay.chunk_replay`); the answer is a binary tensor message
   (`globai.protocol.tensors`) holding the replica's rows [1, n, width], row i being the output at `positions[i]` of
   its header (the chunk's positions the worker committed to); `sent_digest` (the digest the replica signed over the
-  answer holding them) is the evidence against a lying replica.
+  answer holding them) and `sent_signature` (its signature, which the vault checks) are the evidence against a
+  lying replica.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ async def replay(body: ReplayIn, _admin: AdminDep, ctx: CtxDep) -> Response:
             "positions": wanted.positions,
             "layer_end": part.layer_end,
             "sent_digest": "0x" + answer.sent_digest.hex(),
+            "sent_signature": "0x" + answer.sent_signature.hex(),
         },
         [answer.output],
     )

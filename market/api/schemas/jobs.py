@@ -22,7 +22,8 @@ class EscrowParams(BaseModel):
 
     escrow_address: Address | None
     chain_id: int
-    job_id: Bytes32
+    job_key: Bytes32 = Field(description="what to pass to fundJob / fundJobWithPermit as `jobKey`")
+    job_id: Bytes32 = Field(description="the escrow's id of the job: jobIdOf(requester, job_key)")
     amount: WeiStr
     spec_hash: Bytes32
     deadline: int
