@@ -8,11 +8,6 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
-/// @notice The part of StakingVault the escrow reads: whether a payee has stake.
-interface IStakeRegistry {
-    function hasStake(address worker) external view returns (bool);
-}
-
 /**
  * @title JobEscrow
  * @notice Holds a requester's GLB for a job until the market settles it (workers and the protocol fee are
@@ -28,13 +23,15 @@ interface IStakeRegistry {
  * {jobIdOf}(msg.sender, jobKey) = keccak256(abi.encode(requester, jobKey)). Nobody can fund (squat) the id
  * another requester will use: their funding lands on an id derived from their own address.
  *
- * Settlement is bounded: a payee must have stake in the {StakingVault} (active or unbonding) to be credited.
+ * Settlement is bounded: a payee must have stake in the StakingVault (active or unbonding) to be credited.
  * A payment to an address without stake is not made; its amount goes back to the requester with the rest
  * ({PaymentForfeited}). So even a compromised SETTLER_ROLE can only pay workers that put stake at risk, never
- * more than the job holds, and never the same job twice.
+ * more than the job holds, and never the same job twice. The vault (STAKES_ROLE) marks an account as a payee
+ * when its stake goes from none to some and unmarks it when it has none left ({setPayee}); the mark is the top
+ * bit of the account's credit slot, so checking it costs settlement nothing.
  *
  * Roles: DEFAULT_ADMIN_ROLE (the constructor's `admin`) is the admin of every role: it grants and revokes
- * SETTLER_ROLE, PAUSER_ROLE and DEFAULT_ADMIN_ROLE itself ({AccessControl-grantRole},
+ * SETTLER_ROLE, PAUSER_ROLE, STAKES_ROLE (the StakingVault only) and DEFAULT_ADMIN_ROLE itself ({AccessControl-grantRole},
  * {AccessControl-revokeRole}); any holder may give up its own role ({AccessControl-renounceRole}). Handing the
  * admin over is grant-then-renounce; renouncing the last admin freezes the role set for good.
  *
@@ -53,6 +50,8 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     bytes32 public constant SETTLER_ROLE = keccak256("SETTLER_ROLE");
     /// @notice May pause and unpause funding and settlement.
     bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
+    /// @notice May mark accounts as payees (have stake): the StakingVault, nobody else.
+    bytes32 public constant STAKES_ROLE = keccak256("STAKES_ROLE");
 
     /// @notice Lifecycle of a job, as returned by {getJob}.
     enum JobStatus {
@@ -82,9 +81,10 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     uint256 private constant _TAIL_REFUNDED = 1 << 64;
     uint256 private constant _TAIL_SETTLED = 1 << 65;
     uint256 private constant _BPS = 10_000;
+    /// @dev Top bit of a credit slot: the account has stake in the vault (may be paid). Credits stay far below.
+    uint256 private constant _PAYEE = 1 << 255;
 
     IERC20 private immutable _token;
-    IStakeRegistry private immutable _vault;
     address private immutable _feeRecipient;
     uint16 private immutable _feeBps;
 
@@ -136,21 +136,16 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     /**
      * @notice Deploys the escrow for `token`.
      * @param token_ the GLB token (a standard ERC-20 with EIP-2612; fee-on-transfer tokens are not supported).
-     * @param vault_ the StakingVault whose stakers may be paid.
      * @param admin receives DEFAULT_ADMIN_ROLE (grants SETTLER_ROLE and PAUSER_ROLE).
      * @param feeRecipient_ is credited the protocol fee of every settlement.
      * @param feeBps_ the protocol fee in basis points of what workers are paid.
      */
-    constructor(IERC20 token_, IStakeRegistry vault_, address admin, address feeRecipient_, uint16 feeBps_) {
-        if (
-            address(token_) == address(0) || address(vault_) == address(0) || admin == address(0)
-                || feeRecipient_ == address(0)
-        ) {
+    constructor(IERC20 token_, address admin, address feeRecipient_, uint16 feeBps_) {
+        if (address(token_) == address(0) || admin == address(0) || feeRecipient_ == address(0)) {
             revert JobEscrowZeroAddress();
         }
         if (feeBps_ > _BPS) revert JobEscrowInvalidFee(feeBps_);
         _token = token_;
-        _vault = vault_;
         _feeRecipient = feeRecipient_;
         _feeBps = feeBps_;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
@@ -254,9 +249,10 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
      * @dev Works while paused, so credited funds can always leave. Emits a {Withdrawn} event.
      */
     function withdraw() external nonReentrant {
-        uint256 amount = _credits[msg.sender];
+        uint256 slot = _credits[msg.sender];
+        uint256 amount = slot & ~_PAYEE;
         if (amount == 0) revert JobEscrowNothingToWithdraw(msg.sender);
-        _credits[msg.sender] = 0;
+        _credits[msg.sender] = slot & _PAYEE;
         emit Withdrawn(msg.sender, amount);
         _token.safeTransfer(msg.sender, amount);
     }
@@ -325,7 +321,21 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
 
     /// @notice GLB wei credited to `account` and not yet withdrawn.
     function balanceOf(address account) external view returns (uint256) {
-        return _credits[account];
+        return _credits[account] & ~_PAYEE;
+    }
+
+    /// @notice Whether `account` has stake in the vault, so settlements may credit it.
+    function isPayee(address account) external view returns (bool) {
+        return _credits[account] & _PAYEE != 0;
+    }
+
+    /**
+     * @notice Marks `account` as having stake in the vault (`payee` true) or none left (false).
+     * @dev Only STAKES_ROLE (the StakingVault calls it when a stake goes from none to some and back).
+     */
+    function setPayee(address account, bool payee) external onlyRole(STAKES_ROLE) {
+        uint256 slot = _credits[account];
+        _credits[account] = payee ? slot | _PAYEE : slot & ~_PAYEE;
     }
 
     /// @notice The protocol fee in basis points of what workers are paid.
@@ -341,11 +351,6 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     /// @notice The escrowed token (GLB).
     function token() external view returns (IERC20) {
         return _token;
-    }
-
-    /// @notice The StakingVault whose stakers may be paid.
-    function vault() external view returns (IStakeRegistry) {
-        return _vault;
     }
 
     /// @notice The id of the job `requester` funds with `jobKey`: keccak256(abi.encode(requester, jobKey)).
@@ -403,7 +408,16 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
             if (value == 0) continue;
             // A single value above the job's amount must fail here: it could wrap the unchecked sums below.
             if (value > amount) revert JobEscrowOverpaid(jobId, amount, value);
-            if (!_hasStake(payee)) {
+            // The payee's credit slot, addressed once for the read and the write (the compiler hashes twice).
+            uint256 ref;
+            uint256 slot;
+            assembly ("memory-safe") {
+                mstore(0x00, payee)
+                mstore(0x20, _credits.slot)
+                ref := keccak256(0x00, 0x40)
+                slot := sload(ref)
+            }
+            if (slot & _PAYEE == 0) {
                 unchecked {
                     forfeited += value; // <= payees.length * 2^96: no overflow
                 }
@@ -411,9 +425,12 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
                 continue;
             }
             unchecked {
-                // paid <= payees.length * 2^96 and a credit is at most what the escrow holds: no overflow.
+                // paid <= payees.length * 2^96 and a credit is at most what the escrow holds (far below the
+                // payee bit): no overflow.
                 paid += value;
-                _credits[payee] += value;
+            }
+            assembly ("memory-safe") {
+                sstore(ref, add(slot, value))
             }
             emit PaymentCredited(jobId, payee, value);
         }
@@ -443,18 +460,6 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
             amounts.length := calldataload(a)
             amounts.offset := add(a, 0x20)
             reportRoot := calldataload(add(item, 0x60))
-        }
-    }
-
-    /// @dev `_vault.hasStake(payee)` without the ABI helpers (a few hundred gas per payee of a batch). A vault
-    /// that reverts or answers anything but a 32-byte word counts as "no stake" (the payment is not made).
-    function _hasStake(address payee) private view returns (bool staked) {
-        address registry = address(_vault);
-        assembly ("memory-safe") {
-            mstore(0x00, 0xe73e14bf00000000000000000000000000000000000000000000000000000000) // hasStake(address)
-            mstore(0x04, payee)
-            let ok := staticcall(gas(), registry, 0x00, 0x24, 0x00, 0x20)
-            staked := and(and(ok, eq(returndatasize(), 0x20)), eq(mload(0x00), 1))
         }
     }
 

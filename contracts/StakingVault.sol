@@ -11,6 +11,11 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
+/// @notice The part of JobEscrow the vault writes: who has stake (may be paid by settlements).
+interface IPayeeRegistry {
+    function setPayee(address account, bool payee) external;
+}
+
 /**
  * @title StakingVault
  * @notice Workers stake GLB to be eligible for jobs. Leaving takes an unbonding period (longer than the market's
@@ -23,6 +28,10 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
  * What the vault cannot check is that the commitment is *wrong*: that is the market's verification, whose
  * verdicts and evidence are published (`GET /v1/audit/...`). So a compromised SLASHER_ROLE can only slash
  * workers that signed something, once per signed digest, and never an address that never worked.
+ *
+ * The vault tells the escrow who has stake (active or unbonding), since only those may be paid: when a worker's
+ * stake goes from none to some, and when it has none left (withdrawn or slashed), it calls
+ * {IPayeeRegistry-setPayee}; the escrow must have granted this vault its STAKES_ROLE before staking opens.
  *
  * Roles: DEFAULT_ADMIN_ROLE (the `admin` of the constructor) is the admin of every role: it grants and revokes
  * SLASHER_ROLE, PAUSER_ROLE and DEFAULT_ADMIN_ROLE itself ({AccessControl-grantRole},
@@ -51,6 +60,7 @@ contract StakingVault is AccessControl, Pausable, ReentrancyGuardTransient {
     uint256 private constant _BPS = 10_000;
 
     IERC20 private immutable _token;
+    IPayeeRegistry private immutable _escrow;
     uint256 private immutable _minStake;
     uint64 private immutable _unbondingPeriod;
     uint16 private immutable _requesterBps;
@@ -100,6 +110,7 @@ contract StakingVault is AccessControl, Pausable, ReentrancyGuardTransient {
     /**
      * @notice Deploys the vault.
      * @param token_ the GLB token (must implement {ERC20Burnable-burn}: the burned part of a slash is burned).
+     * @param escrow_ the JobEscrow told who has stake (it must grant this vault its STAKES_ROLE).
      * @param admin receives DEFAULT_ADMIN_ROLE (grants SLASHER_ROLE and PAUSER_ROLE).
      * @param minStake_ active stake a worker needs to be eligible for jobs.
      * @param unbondingPeriod_ seconds between {requestUnstake} and {withdraw}.
@@ -108,16 +119,20 @@ contract StakingVault is AccessControl, Pausable, ReentrancyGuardTransient {
      */
     constructor(
         IERC20 token_,
+        IPayeeRegistry escrow_,
         address admin,
         uint256 minStake_,
         uint64 unbondingPeriod_,
         uint16 requesterBps_,
         uint16 finderBps_
     ) {
-        if (address(token_) == address(0) || admin == address(0)) revert StakingVaultZeroAddress();
+        if (address(token_) == address(0) || address(escrow_) == address(0) || admin == address(0)) {
+            revert StakingVaultZeroAddress();
+        }
         if (unbondingPeriod_ == 0) revert StakingVaultInvalidUnbondingPeriod();
         if (uint256(requesterBps_) + finderBps_ > _BPS) revert StakingVaultInvalidSplit(requesterBps_, finderBps_);
         _token = token_;
+        _escrow = escrow_;
         _minStake = minStake_;
         _unbondingPeriod = unbondingPeriod_;
         _requesterBps = requesterBps_;
@@ -132,9 +147,11 @@ contract StakingVault is AccessControl, Pausable, ReentrancyGuardTransient {
     function stake(uint256 amount) external nonReentrant whenNotPaused {
         if (amount == 0) revert StakingVaultZeroAmount();
         Position storage position = _positions[msg.sender];
-        uint96 newStake = SafeCast.toUint96(position.active + amount);
+        uint256 active = position.active;
+        uint96 newStake = SafeCast.toUint96(active + amount);
         position.active = newStake;
         emit Staked(msg.sender, amount, newStake);
+        if (active == 0 && position.unbonding == 0) _escrow.setPayee(msg.sender, true);
         _token.safeTransferFrom(msg.sender, address(this), amount);
     }
 
@@ -169,6 +186,7 @@ contract StakingVault is AccessControl, Pausable, ReentrancyGuardTransient {
         position.unbonding = 0;
         position.releaseTime = 0;
         emit Withdrawn(msg.sender, amount);
+        if (position.active == 0) _escrow.setPayee(msg.sender, false);
         _token.safeTransfer(msg.sender, amount);
     }
 
@@ -202,8 +220,10 @@ contract StakingVault is AccessControl, Pausable, ReentrancyGuardTransient {
         }
         if (_evidenceUsed[evidenceHash]) revert StakingVaultEvidenceUsed(evidenceHash);
         _evidenceUsed[evidenceHash] = true;
-        uint256 taken = _take(_positions[worker], amount);
+        Position storage position = _positions[worker];
+        uint256 taken = _take(position, amount);
         if (taken == 0) revert StakingVaultNothingToSlash(worker);
+        if (position.active == 0 && position.unbonding == 0) _escrow.setPayee(worker, false);
         uint256 toRequester = requester == address(0) ? 0 : taken * _requesterBps / _BPS;
         uint256 toFinder = finder == address(0) ? 0 : taken * _finderBps / _BPS;
         emit Slashed(worker, jobId, evidenceHash, taken, toRequester, toFinder, taken - toRequester - toFinder);
@@ -278,6 +298,11 @@ contract StakingVault is AccessControl, Pausable, ReentrancyGuardTransient {
     /// @notice The staked token (GLB).
     function token() external view returns (IERC20) {
         return _token;
+    }
+
+    /// @notice The JobEscrow the vault tells who has stake.
+    function escrow() external view returns (IPayeeRegistry) {
+        return _escrow;
     }
 
     /// @dev Removes up to `amount` from `position`, active stake first; returns what was removed.

@@ -16,7 +16,7 @@ from globai.errors import ConfigError
 
 ARTIFACTS_DIR = Path(__file__).with_name("artifacts")
 # The contracts a deployment consists of, in deployment order.
-DEPLOYED_CONTRACTS: tuple[str, ...] = ("GLBToken", "StakingVault", "JobEscrow")
+DEPLOYED_CONTRACTS: tuple[str, ...] = ("GLBToken", "JobEscrow", "StakingVault")
 
 
 @cache

@@ -24,6 +24,7 @@ GLB = 10**18
 SETTLER_ROLE = "SETTLER_ROLE"
 SLASHER_ROLE = "SLASHER_ROLE"
 PAUSER_ROLE = "PAUSER_ROLE"
+STAKES_ROLE = "STAKES_ROLE"  # JobEscrow: the StakingVault marks who has stake
 
 
 @dataclass(frozen=True)
@@ -153,16 +154,26 @@ def deploy_all(
     config: DeployConfig = DeployConfig(),
     operators: bool = True,
 ) -> Deployment:
-    """Deploy the three contracts from `admin` (who gets DEFAULT_ADMIN_ROLE on both role-based contracts).
+    """Deploy the three contracts from `admin` (who gets DEFAULT_ADMIN_ROLE on both role-based contracts), and give
+    the vault the escrow's STAKES_ROLE.
 
     The whole GLB supply goes to `treasury`; protocol fees are credited to `fee_recipient` (default: treasury).
     With `operators` (the devnet), `admin` also gets SETTLER/SLASHER/PAUSER so one key runs the market;
     elsewhere grant those roles to the market's own keys.
     """
     token, token_receipt = client.deploy("GLBToken", _address(treasury), config.initial_supply, sender=admin)
+    escrow, escrow_receipt = client.deploy(
+        "JobEscrow",
+        token.address,
+        admin.address,
+        _address(fee_recipient if fee_recipient is not None else treasury),
+        config.fee_bps,
+        sender=admin,
+    )
     vault, vault_receipt = client.deploy(
         "StakingVault",
         token.address,
+        escrow.address,
         admin.address,
         config.min_stake,
         config.unbonding_period,
@@ -170,15 +181,8 @@ def deploy_all(
         config.slash_finder_bps,
         sender=admin,
     )
-    escrow, escrow_receipt = client.deploy(
-        "JobEscrow",
-        token.address,
-        vault.address,
-        admin.address,
-        _address(fee_recipient if fee_recipient is not None else treasury),
-        config.fee_bps,
-        sender=admin,
-    )
+    # The vault tells the escrow who has stake (only they may be paid): before anyone can stake.
+    client.transact(escrow.functions.grantRole(role_id(STAKES_ROLE), vault.address), admin)
     if operators:
         for contract, role in (
             (escrow, SETTLER_ROLE),

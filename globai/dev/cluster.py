@@ -334,11 +334,16 @@ class Cluster:
         )
 
     def connected(self) -> list[dict[str, Any]]:
-        r = httpx.get(
-            f"{self.market_url}/v1/models/{self.cfg.model}/coverage",
-            timeout=10,
-            headers={"Authorization": f"Bearer {self._anon_token()}"},
-        )
+        for attempt in range(2):
+            r = httpx.get(
+                f"{self.market_url}/v1/models/{self.cfg.model}/coverage",
+                timeout=10,
+                headers={"Authorization": f"Bearer {self._anon_token()}"},
+            )
+            if r.status_code == 401 and attempt == 0:  # the cached sign-in expired (a long bench): sign in again
+                self._token = None
+                continue
+            break
         r.raise_for_status()
         return list(r.json()["workers"])
 

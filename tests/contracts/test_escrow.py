@@ -157,10 +157,25 @@ def test_settle_pays_only_staked_payees_the_rest_goes_back_to_the_requester(env:
     assert names(events) == ["PaymentCredited", "PaymentForfeited", "JobSettled"]
     assert events[1].args == {"jobId": job_id, "payee": env.outsider.address, "amount": 40 * GLB}
     assert (events[2].args["paid"], events[2].args["fee"]) == (50 * GLB, fee)
-    # Unbonding stake still counts (the worker is still slashable); none at all does not.
-    env.tx(env.c.vault.functions.requestUnstake(1), env.worker)
-    assert env.c.vault.functions.hasStake(env.worker.address).call()
-    assert not env.c.vault.functions.hasStake(env.outsider.address).call()
+    # Unbonding stake still counts (the worker is still slashable); none left (withdrawn) does not.
+    vault = env.c.vault
+    assert (
+        escrow.functions.isPayee(env.worker.address).call()
+        and not escrow.functions.isPayee(env.outsider.address).call()
+    )
+    env.tx(vault.functions.requestUnstake(1), env.worker)
+    assert escrow.functions.isPayee(env.worker.address).call() and vault.functions.hasStake(env.worker.address).call()
+    env.warp(7 * DAY)
+    env.tx(vault.functions.withdraw(), env.worker)
+    assert not escrow.functions.isPayee(env.worker.address).call()
+    assert escrow.functions.balanceOf(env.worker.address).call() == 50 * GLB  # the mark is not part of the balance
+    left = env.fund("left", 10 * GLB)
+    assert names(env.events(env.settle(left, [env.worker.address], [GLB]))) == ["PaymentForfeited", "JobSettled"]
+    env.tx(escrow.functions.withdraw(), env.worker)  # earlier credits can still be taken
+    assert escrow.functions.balanceOf(env.worker.address).call() == 0
+    # Only the vault (STAKES_ROLE) marks payees.
+    mark = escrow.functions.setPayee(env.outsider.address, True)
+    assert_reverts(env.client, mark, env.outsider, "AccessControlUnauthorizedAccount")
     # Forfeited amounts still count against the job's amount.
     over = env.fund("over", 10 * GLB)
     fn = escrow.functions.settle(over, [env.outsider.address] * 2, [6 * GLB, 6 * GLB], report_root(over))
@@ -324,15 +339,13 @@ def test_views_and_constructor_checks(env: Env) -> None:
     assert escrow.functions.feeBps().call() == 200
     assert escrow.functions.feeRecipient().call() == env.admin.address
     assert escrow.functions.token().call() == env.c.token.address
-    assert escrow.functions.vault().call() == env.c.vault.address
-    token, vault, zero = env.c.token.address, env.c.vault.address, "0x" + "00" * 20
+    token, zero = env.c.token.address, "0x" + "00" * 20
     client, admin = env.client, env.admin
     for args, error in (
-        ((token, vault, admin.address, admin.address, 10_001), "JobEscrowInvalidFee"),
-        ((zero, vault, admin.address, admin.address, 0), "JobEscrowZeroAddress"),
-        ((token, zero, admin.address, admin.address, 0), "JobEscrowZeroAddress"),
-        ((token, vault, zero, admin.address, 0), "JobEscrowZeroAddress"),
-        ((token, vault, admin.address, zero, 0), "JobEscrowZeroAddress"),
+        ((token, admin.address, admin.address, 10_001), "JobEscrowInvalidFee"),
+        ((zero, admin.address, admin.address, 0), "JobEscrowZeroAddress"),
+        ((token, zero, admin.address, 0), "JobEscrowZeroAddress"),
+        ((token, admin.address, zero, 0), "JobEscrowZeroAddress"),
     ):
         factory = client.w3.eth.contract(abi=escrow.abi, bytecode=_bytecode("JobEscrow"))
         assert_reverts(client, factory.constructor(*args), admin, error)

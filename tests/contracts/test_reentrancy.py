@@ -24,11 +24,12 @@ def hostile(env: Env) -> dict[str, Contract]:
     """A hooked token, an escrow and a vault over it, and an attacker contract."""
     client, admin = env.client, env.admin
     token, _ = client.deploy("test/ReentrantToken", admin.address, 10**9 * GLB, sender=admin)
-    vault, _ = client.deploy("StakingVault", token.address, admin.address, GLB, 7 * DAY, 5_000, 1_000, sender=admin)
-    escrow, _ = client.deploy(
-        "JobEscrow", token.address, vault.address, admin.address, admin.address, 200, sender=admin
-    )
+    escrow, _ = client.deploy("JobEscrow", token.address, admin.address, admin.address, 200, sender=admin)
     client.transact(escrow.functions.grantRole(role_id("SETTLER_ROLE"), admin.address), admin)
+    vault, _ = client.deploy(
+        "StakingVault", token.address, escrow.address, admin.address, GLB, 7 * DAY, 5_000, 1_000, sender=admin
+    )
+    client.transact(escrow.functions.grantRole(role_id("STAKES_ROLE"), vault.address), admin)
     attacker, _ = client.deploy("test/Reenterer", sender=env.outsider)
     client.transact(token.functions.transfer(attacker.address, 1_000 * GLB), admin)
     client.transact(token.functions.setHookedReceiver(attacker.address), admin)

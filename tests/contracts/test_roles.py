@@ -11,7 +11,7 @@ ADMIN_ROLE = b"\0" * 32
 
 def test_default_admin_administers_every_role(env: Env) -> None:
     for contract, roles in (
-        (env.c.escrow, ("SETTLER_ROLE", "PAUSER_ROLE")),
+        (env.c.escrow, ("SETTLER_ROLE", "PAUSER_ROLE", "STAKES_ROLE")),
         (env.c.vault, ("SLASHER_ROLE", "PAUSER_ROLE")),
     ):
         for role in (*roles, None):
@@ -19,6 +19,10 @@ def test_default_admin_administers_every_role(env: Env) -> None:
             assert contract.functions.getRoleAdmin(rid).call() == ADMIN_ROLE
         assert contract.functions.hasRole(ADMIN_ROLE, env.admin.address).call()
         assert not contract.functions.hasRole(ADMIN_ROLE, env.outsider.address).call()
+    # The vault, and only the vault, tells the escrow who has stake.
+    stakes = role_id("STAKES_ROLE")
+    assert env.c.escrow.functions.hasRole(stakes, env.c.vault.address).call()
+    assert not env.c.escrow.functions.hasRole(stakes, env.admin.address).call()
 
 
 def test_admin_handover_revocation_and_renouncing(env: Env) -> None:

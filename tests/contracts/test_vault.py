@@ -202,12 +202,14 @@ def test_views_and_constructor_checks(env: Env) -> None:
     assert vault.functions.unbondingPeriod().call() == WEEK
     assert (vault.functions.requesterBps().call(), vault.functions.finderBps().call()) == (5_000, 1_000)
     assert vault.functions.token().call() == env.c.token.address
-    token, admin = env.c.token.address, env.admin
+    assert vault.functions.escrow().call() == env.c.escrow.address
+    token, escrow, admin = env.c.token.address, env.c.escrow.address, env.admin
     factory = env.client.w3.eth.contract(abi=vault.abi, bytecode=bytecode("StakingVault"))
     for args, error in (
-        ((token, admin.address, GLB, WEEK, 9_000, 1_001), "StakingVaultInvalidSplit"),
-        ((token, admin.address, GLB, 0, 0, 0), "StakingVaultInvalidUnbondingPeriod"),
-        ((ZERO, admin.address, GLB, WEEK, 0, 0), "StakingVaultZeroAddress"),
-        ((token, ZERO, GLB, WEEK, 0, 0), "StakingVaultZeroAddress"),
+        ((token, escrow, admin.address, GLB, WEEK, 9_000, 1_001), "StakingVaultInvalidSplit"),
+        ((token, escrow, admin.address, GLB, 0, 0, 0), "StakingVaultInvalidUnbondingPeriod"),
+        ((ZERO, escrow, admin.address, GLB, WEEK, 0, 0), "StakingVaultZeroAddress"),
+        ((token, ZERO, admin.address, GLB, WEEK, 0, 0), "StakingVaultZeroAddress"),
+        ((token, escrow, ZERO, GLB, WEEK, 0, 0), "StakingVaultZeroAddress"),
     ):
         assert_reverts(env.client, factory.constructor(*args), admin, error)
