@@ -57,6 +57,7 @@ class WorkerLink:
     alive: bool = True
     # None: this process holds the worker's socket; else the id of the market process that does (`peers.py`).
     owner: str | None = None
+    closed_reason: str = ""  # why the coordinator dropped it (a ban, lost stake, replaced): the socket closes too
     calls: int = 0
     # What the coordinator measured itself (EWMA over forward calls): declared figures are capped by these.
     observed_tokens_s: float | None = None  # in the routing cost model's units (reference tokens/s)
@@ -153,6 +154,7 @@ class WorkerLink:
 
     def close(self, reason: str) -> None:
         self.alive = False
+        self.closed_reason = self.closed_reason or reason
         futures: list[asyncio.Future[Any]] = [*self.pending.values(), *self.relayed.values()]
         for future in futures:
             if not future.done():

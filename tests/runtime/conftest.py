@@ -111,9 +111,10 @@ def market(
 
 
 def serve_market(
-    models_dir: Path, deployment: Any, anvil: Any, tmp_path_factory: pytest.TempPathFactory
+    models_dir: Path, deployment: Any, anvil: Any, tmp_path_factory: pytest.TempPathFactory, **overrides: Any
 ) -> Iterator[MarketServer]:
-    """A uvicorn market serving every model in `models_dir` (SQLite, the session Anvil for stake)."""
+    """A uvicorn market serving every model in `models_dir` (SQLite, the session Anvil for stake); `overrides` are
+    further settings."""
     var = tmp_path_factory.mktemp("market")
     settings = Settings(
         profile="test",
@@ -131,6 +132,7 @@ def serve_market(
         stage_timeout_s=30.0,
         rate_limit_per_s=1000.0,
         rate_limit_burst=1000,
+        **overrides,
     )
     engine = make_engine(settings.database_url)
     upgrade(engine)

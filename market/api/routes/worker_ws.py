@@ -30,6 +30,7 @@ router = APIRouter(tags=["workers"])
 HELLO_TIMEOUT_S = 10.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_REFUSED = 4403
+LINK_CHECK_S = 0.25  # how soon a dropped link's socket is closed
 
 
 def _token(ws: WebSocket) -> str | None:
@@ -72,10 +73,16 @@ async def worker_socket(ws: WebSocket, ctx: CtxDep) -> None:
     coordinator.links.add(link)
 
     async def expire() -> None:
-        # The socket lives no longer than the token that opened it: the worker signs in again and reconnects.
-        await asyncio.sleep(max(0.0, principal.expires_at - ctx.clock().timestamp()))
-        coordinator.links.remove(link.link_id, "token expired")
-        await ws.close(code=CLOSE_UNAUTHORIZED, reason="token expired")
+        # The socket lives no longer than the token that opened it (the worker signs in again and reconnects), nor
+        # than its link: a ban or a lost stake drops the link (`Coordinator.watch_standing`) and closes the socket.
+        while link.alive:
+            left = principal.expires_at - ctx.clock().timestamp()
+            if left <= 0:
+                coordinator.links.remove(link.link_id, "token expired")
+                await ws.close(code=CLOSE_UNAUTHORIZED, reason="token expired")
+                return
+            await asyncio.sleep(min(left, LINK_CHECK_S))
+        await ws.close(code=CLOSE_REFUSED, reason=link.closed_reason[:100])
 
     expiry = asyncio.create_task(expire())
     limits = StageLimits.for_manifest(
