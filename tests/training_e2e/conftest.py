@@ -129,10 +129,9 @@ class OnChain:
     def stake_of(self, address: str) -> int:
         return int(self.anvil.client.call(self.contracts.vault.functions.stakeOf(address)))
 
-    def escrow_status(self, job_id: str) -> int:
-        from globai.chain.ids import job_id_bytes
-
-        return int(self.anvil.client.call(self.contracts.escrow.functions.getJob(job_id_bytes(job_id)))[3])
+    def escrow_status(self, chain_job_id: str) -> int:
+        job_id = bytes.fromhex(chain_job_id.removeprefix("0x"))
+        return int(self.anvil.client.call(self.contracts.escrow.functions.getJob(job_id))[3])
 
     def credited(self, address: str) -> int:
         return int(self.anvil.client.call(self.contracts.escrow.functions.balanceOf(address)))
@@ -238,14 +237,14 @@ class Requester:
         raise AssertionError(f"timed out; last progress: {p}")
 
 
-def settle_and_audit(market: Market, job_id: str, timeout: float = 60) -> dict[str, Any]:
+def settle_and_audit(market: Market, job: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
     """Wait until the escrow has the job settled on chain, then audit it from the chain and the market's published
     report (`globai audit job`'s check, in process); returns the report."""
     from market.audit.job import audit_job
 
-    chain = market.chain
+    chain, job_id = market.chain, job["id"]
     end = time.monotonic() + timeout
-    while chain.escrow_status(job_id) != 2:
+    while chain.escrow_status(job["chain_job_id"]) != 2:
         if time.monotonic() > end:
             raise AssertionError(f"job {job_id} not settled on chain after {timeout:.0f} s")
         time.sleep(0.25)

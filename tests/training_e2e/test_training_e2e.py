@@ -55,7 +55,7 @@ def test_two_workers_train_and_match_reference(market: Market, corpus: bytes, tm
     # Tensors are content-addressed: a worker that ran round r and r+1 fetched only the new checkpoint's tensors.
     assert sum(c.tensors_cached for c in clients) > 0 or sum(c.tensors_fetched for c in clients) > 0
     # Settled on chain: each worker credited price x its inner steps, and the audit from the chain passes.
-    report = settle_and_audit(market, job["id"])
+    report = settle_and_audit(market, job)
     units = {c.account.address: 0 for c in clients}
     for r in report["records"]:
         units[r["payee"]] += int(r["units"])
@@ -110,7 +110,7 @@ def test_poisoned_update_is_caught_excluded_and_flagged(market: Market, corpus: 
             assert {p.status for p in parts if p.worker == cheater.account.address} == {"unpaid_slashed"}
             assert {p.status for p in parts if p.worker != cheater.account.address} == {"paid"}
         # On chain: settled and audited, the honest workers credited, the cheater slashed and credited nothing.
-        settle_and_audit(market, job["id"])
+        settle_and_audit(market, job)
         assert market.chain.credited(cheater.account.address) == 0
         assert all(market.chain.credited(h.account.address) > 0 for h in honest)
         stake = market.chain.min_stake()
