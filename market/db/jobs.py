@@ -28,7 +28,7 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    # bytes32 keccak256(job uuid) as 0x-hex: the key JobEscrow knows the job by.
+    # JobEscrow's bytes32 id of the job as 0x-hex: keccak256(abi.encode(requester, keccak256(job uuid))).
     chain_job_id: Mapped[str] = mapped_column(String(66), unique=True)
     # The chain whose escrow holds the job (None: created before the market recorded it, migration 0006).
     chain_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
