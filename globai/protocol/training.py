@@ -5,11 +5,12 @@ The worker signs (EIP-191, like every other commitment) the domain-separated dig
     keccak256(bytes.concat("GLOBAI-TRAIN-UPDATE-V1", abi.encode(uint256 chainId, bytes32 jobId, bytes32 taskId,
         uint64 round, uint32 slot, bytes32 jobNonce, bytes32 baseCheckpoint, bytes32 updateSha256)))
 
-``jobId`` is the escrow's job id (`globai.chain.ids.job_id_bytes`: bound to the requester), ``taskId`` keccak256 of the task UUID (the same
-ids the settlement report uses), ``baseCheckpoint`` the manifest sha256 of checkpoint v the update starts from,
-``updateSha256`` the sha256 of the exact wire bytes (`globai.protocol.compression.payload_digest`). Every field
-that scopes the update is inside the hash, so a signature can't be replayed for another job, round, task or
-base checkpoint, and a wrong update plus its signature is provable evidence for slashing.
+``jobId`` is the escrow's job id (`globai.chain.ids.job_id_bytes`: bound to the requester), ``taskId``
+keccak256 of the task UUID (the same ids the settlement report uses), ``baseCheckpoint`` the manifest sha256 of
+checkpoint v the update starts from, ``updateSha256`` the sha256 of the exact wire bytes
+(`globai.protocol.compression.payload_digest`). Every field that scopes the update is inside the hash, so a
+signature can't be replayed for another job, round, task or base checkpoint, and a wrong update plus its signature
+is provable evidence for slashing.
 """
 
 from __future__ import annotations

@@ -57,7 +57,10 @@ class WorkerLink:
     alive: bool = True
     # None: this process holds the worker's socket; else the id of the market process that does (`peers.py`).
     owner: str | None = None
-    closed_reason: str = ""  # why the coordinator dropped it (a ban, lost stake, replaced): the socket closes too
+    closed_reason: str = ""  # why the coordinator dropped it
+    # Close the worker's socket too (a ban, a lost stake: it could not reconnect). Other drops (a provable fault,
+    # a newer connection) leave the socket open and unrouted until its token expires, so it cannot just reconnect.
+    disconnect: bool = False
     calls: int = 0
     # What the coordinator measured itself (EWMA over forward calls): declared figures are capped by these.
     observed_tokens_s: float | None = None  # in the routing cost model's units (reference tokens/s)

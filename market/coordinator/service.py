@@ -115,6 +115,7 @@ class Coordinator:
             closing, rep = standing.get(link.address, (None, None))
             if closing is not None:
                 log.warning("closing link of %s: %s", link.address, closing)
+                link.disconnect = True  # its socket closes too: a banned or unstaked worker cannot reconnect
                 self.links.remove(link.link_id, closing)
             elif rep is not None:
                 link.reputation = rep

@@ -74,15 +74,17 @@ async def worker_socket(ws: WebSocket, ctx: CtxDep) -> None:
 
     async def expire() -> None:
         # The socket lives no longer than the token that opened it (the worker signs in again and reconnects), nor
-        # than its link: a ban or a lost stake drops the link (`Coordinator.watch_standing`) and closes the socket.
-        while link.alive:
+        # than its standing: a ban or a lost stake drops the link (`Coordinator.watch_standing`) and closes it.
+        while True:
             left = principal.expires_at - ctx.clock().timestamp()
             if left <= 0:
                 coordinator.links.remove(link.link_id, "token expired")
                 await ws.close(code=CLOSE_UNAUTHORIZED, reason="token expired")
                 return
+            if link.disconnect:
+                await ws.close(code=CLOSE_REFUSED, reason=link.closed_reason[:100])
+                return
             await asyncio.sleep(min(left, LINK_CHECK_S))
-        await ws.close(code=CLOSE_REFUSED, reason=link.closed_reason[:100])
 
     expiry = asyncio.create_task(expire())
     limits = StageLimits.for_manifest(
