@@ -27,7 +27,10 @@ def _runner(tmp_path: Path) -> tuple[InferenceJobRunner, Any]:
     engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     upgrade(engine)
     coordinator = SimpleNamespace(
-        config=SimpleNamespace(max_batch=2), encode_prompts=_encode, links=SimpleNamespace(live=lambda model=None: [])
+        config=SimpleNamespace(max_batch=2),
+        encode_prompts=_encode,
+        links=SimpleNamespace(live=lambda model=None: []),
+        peers=None,  # one market process: nothing shared through Redis
     )
     sf = make_session_factory(engine)
     return InferenceJobRunner(coordinator, sf, lambda: NOW), sf  # type: ignore[arg-type]
