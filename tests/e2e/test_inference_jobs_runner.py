@@ -96,8 +96,8 @@ def test_resume_keeps_completed_batches_and_drops_unfinished_runs(tmp_path: Path
     done2 = _run(sf, job_id, parts[2], "completed", 1)
     done0 = _run(sf, job_id, parts[0], "completed", 2)
     cut = _run(sf, job_id, parts[1], "running", 3)
-    _job_unused, _spec, done = runner._prepare(job_id)
-    assert done == {0: done0, 2: done2}
+    _job_unused, _spec, done, going = runner._prepare(job_id)
+    assert done == {0: done0, 2: done2} and going == {}  # one process: a run left running is nobody's
     with sf() as s:
         assert cut not in set(s.scalars(select(JobRun.run_id)).all())
         assert s.get(VerificationRun, job_id) is not None  # the sampling secret exists before any new work
