@@ -136,7 +136,7 @@ def section() -> str:
     torch.set_num_threads(1)
     costs = binding_costs()
     commit_bytes = len(sketch_chunk(torch.randn(32, 576))) + 32 + 65  # at the default k
-    old_bytes = len(sketch_chunk(torch.randn(32, 576), 8)) + 32 + 65
+    k1_bytes = len(sketch_chunk(torch.randn(32, 576), 1)) + 32 + 65
     lines = [
         TITLE,
         "",
@@ -144,14 +144,14 @@ def section() -> str:
         f"{torch.__version__}, 1 thread. Docs: docs/verification.md (Binding, Coverage).",
         "",
         f"**Bytes per 32 tokens.** The worker's signed chunk commitment: sha256 (32) + the k = {DEFAULT_K} sketch "
-        f"({commit_bytes - 97}) + signature (65) = **{commit_bytes} bytes** (TOPLOC: 258; k = 8, the old default: "
-        f"{old_bytes}). What the market keeps to compare whole rows, not part of the commitment: hidden-state rows "
-        "themselves (32 x hidden x dtype size, e.g. 36 KiB for SmolLM2 in bf16), and for last-token logits "
-        f"{PROJECTIONS} fp32 projections per row = **{32 * PROJECTIONS * 4} bytes** (the rows would be 6 MiB in fp32 "
-        "for a 49,152 vocabulary). Detection rests on what the market keeps (whole tensors, projections with a seed "
-        "the worker never sees); the sketch only adds to the projection mode and is alone only where the market "
-        "keeps neither (no production source: the inference source keeps both). The tables below compare k = "
-        f"{', '.join(str(k) for k in KS)} side by side on the same chunks.",
+        f"({commit_bytes - 97}) + signature (65) = **{commit_bytes} bytes** (TOPLOC: 258; at k = 1: {k1_bytes}, "
+        "not the default: see docs/verification.md, Coverage). What the market keeps to compare whole rows, not "
+        "part of the commitment: hidden-state rows themselves (32 x hidden x dtype size, e.g. 36 KiB for SmolLM2 in "
+        f"bf16), and for last-token logits {PROJECTIONS} fp32 projections per row = **{32 * PROJECTIONS * 4} bytes** "
+        "(the rows would be 6 MiB in fp32 for a 49,152 vocabulary). Detection rests on what the market keeps (whole "
+        "tensors, projections with a seed the worker never sees); the sketch only adds to the projection mode and "
+        "is alone only where the market keeps neither (no production source: the inference source keeps both). "
+        f"The tables below compare k = {', '.join(str(k) for k in KS)} side by side on the same chunks.",
         "",
         "**Binding cost per forward answer** (ms, mean of 200):",
         "",
