@@ -463,19 +463,55 @@ def _step_open(
         return "raced"
     rnd.close_state = decision.state.value
     rnd.closed_at = now
-    rnd.accepted = [sub.submission_id for sub in decision.accepted]
-    _cancel(s, _round_tasks(s, job.id, rnd.round, _LIVE), now)  # stragglers' work is no longer wanted
-    by_id = {u.task_id: u for u in updates}
+    late = _late_updates(s, job.id, rnd.round, spec.max_staleness)
+    rnd.accepted = [sub.submission_id for sub in decision.accepted] + [u.task_id for u in late]
+    if spec.max_staleness and rnd.round + 1 < spec.rounds:
+        # Asynchronous rounds: stragglers keep their leases; what they send is applied to a later round. Queued
+        # tasks of this and earlier rounds (an expired straggler's lease requeues its task) are not wanted.
+        for r in range(max(0, rnd.round - spec.max_staleness), rnd.round + 1):
+            _cancel(s, _round_tasks(s, job.id, r, ("pending", "queued")), now)
+    else:
+        _cancel(s, _round_tasks(s, job.id, rnd.round, _LIVE), now)  # stragglers' work is no longer wanted
+    by_id = {u.task_id: u for u in [*updates, *late]}
     for task_id in rnd.accepted:
         u = by_id[task_id]
         if verify.sampled(tj.sample_secret, task_id, tj.verify_rate):
-            payload = task_payload(job, tj, spec, rnd, u.slot, replay_of=task_id)
+            original = s.get(Task, task_id)  # a late update is replayed from its own round's base and seed
+            assert original is not None
+            payload = {**original.payload, "replay_of": task_id}
             (replay,) = job_service.enqueue_tasks(s, job=job, tasks=[_task_spec(job, payload, u.operator_id)], now=now)
             u.check, u.check_task_id = "pending", replay.id
     rnd.verify_deadline_at = now + timedelta(seconds=spec.round_timeout_s)
     s.commit()
     log.info("job %s round %d %s with %d updates", job.id, rnd.round, rnd.close_state, len(rnd.accepted))
     return "closed"
+
+
+def _late_updates(s: Session, job_id: str, round_index: int, max_staleness: int) -> list[TrainingUpdate]:
+    """Updates of rounds up to `max_staleness` before this one that arrived after their round closed and were
+    not aggregated yet (asynchronous rounds)."""
+    if max_staleness <= 0:
+        return []
+    rows = s.scalars(
+        select(TrainingUpdate).where(
+            TrainingUpdate.job_id == job_id,
+            TrainingUpdate.round < round_index,
+            TrainingUpdate.round >= round_index - max_staleness,
+            TrainingUpdate.replay_of.is_(None),
+            TrainingUpdate.aggregated.is_(False),
+        )
+    ).all()
+    taken: set[str] = set()
+    for earlier in s.scalars(
+        select(TrainingRound).where(TrainingRound.job_id == job_id, TrainingRound.round < round_index)
+    ):
+        taken.update(earlier.accepted or [])
+    return sorted((u for u in rows if u.task_id not in taken and u.check != "fail"), key=lambda u: u.task_id)
+
+
+def staleness_weight(staleness: int) -> float:
+    """How much a late update counts: 1 / (1 + rounds late) (FedAsync's polynomial weight, a = 1)."""
+    return 1.0 / (1.0 + staleness)
 
 
 def _base_of(s: Session, task_id: str) -> str | None:
@@ -604,29 +640,39 @@ def _aggregate(
     tj_spec: TrainingJobSpec,
     dataset_sha256: str,
     round_index: int,
-    inputs: list[tuple[str, float, int, int]],
+    inputs: list[tuple[str, float, int, int, int]],
     context: bytes,
     base_version: int,
     base_manifest: str,
 ) -> _Applied:
-    """Decode the fixed inputs (payload sha, loss, size, slot), apply the round exactly once, evaluate v+1.
+    """Decode the fixed inputs (payload sha, loss, size, slot, round), apply the round exactly once, evaluate v+1.
+    A late update (its round < this one) is scaled by `staleness_weight`.
 
     Federated: the inputs are masked; what is applied is the mean of the survivors' updates, unmasked as a sum."""
     config = storage.checkpoints.manifest(job_id, round_index).config
     shapes = parameter_shapes(config)
-    worker_loss = sum(loss for _, loss, _, _ in inputs) / len(inputs)
+    worker_loss = sum(loss for _, loss, _, _, _ in inputs) / len(inputs)
     metrics = {"worker_loss_end": worker_loss}
     fed = tj_spec.federated
     if fed is not None:
         from market.training.privacy import epsilon
 
         relay = federated.SecAggRound(storage.root, job_id, round_index, base_manifest)
-        masked = {slot: storage.updates.get(sha) for sha, _, _, slot in inputs}
+        masked = {slot: storage.updates.get(sha) for sha, _, _, slot, _ in inputs}
         updates = [federated.unmasked_mean(relay, tj_spec, masked, shapes, context)]
         if fed.noise_multiplier > 0:
             metrics["epsilon"] = epsilon(fed.noise_multiplier, round_index + 1, fed.delta)
     else:
-        updates = [decode_update(storage.updates.get(sha), shapes, tj_spec.codec) for sha, _, _, _ in inputs]
+        updates = []
+        for sha, _, _, _, r in inputs:
+            update = decode_update(storage.updates.get(sha), shapes, tj_spec.codec)
+            if r != round_index:
+                w = staleness_weight(round_index - r)
+                update = {n: t * w for n, t in update.items()}
+            updates.append(update)
+        late = sum(r != round_index for *_, r in inputs)
+        if late:
+            metrics["late_updates"] = float(late)
     result = apply_round(
         storage.checkpoints, job_id, round_index, updates, spec=tj_spec, metrics=metrics, base_version=base_version
     )
@@ -634,7 +680,12 @@ def _aggregate(
     params = storage.checkpoints.load(job_id, round_index + 1).params
     eval_loss = evaluate_loss(config, params, data.eval) if len(data.eval) else None
     return _Applied(
-        round_index, result.manifest.sha256, eval_loss, worker_loss, sum(n for _, _, n, _ in inputs), result.applied
+        round_index,
+        result.manifest.sha256,
+        eval_loss,
+        worker_loss,
+        sum(n for _, _, n, _, _ in inputs),
+        result.applied,
     )
 
 
@@ -718,7 +769,7 @@ def advance(
                 return rnd.status
             spec, dataset, r = job_spec(tj), tj.dataset_sha256, rnd.round
             rows = [s.get(TrainingUpdate, t) for t in rnd.aggregated or []]
-            inputs = [(u.payload_sha256, u.loss_end, u.size, u.slot) for u in rows if u is not None]
+            inputs = [(u.payload_sha256, u.loss_end, u.size, u.slot, u.round) for u in rows if u is not None]
             context = secagg.round_context(tj.chain_id, job.chain_job_id, r, rnd.base_manifest)
             base_version, base = tj.version, rnd.base_manifest
             s.rollback()

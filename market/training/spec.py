@@ -113,6 +113,13 @@ class TrainingJobSpec(_Frozen):
     seed: int = Field(default=0, ge=0, lt=2**63)
     budget_wei: int = Field(default=0, ge=0, description="GLB the requester escrows for the whole job")
     federated: FederatedSpec | None = None
+    max_staleness: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="asynchronous rounds: an update that arrives up to this many rounds after its round closed is "
+        "applied to the next round that closes, scaled by 1 / (1 + staleness); 0: a late update is refused",
+    )
 
     @field_validator("compression")
     @classmethod
@@ -136,6 +143,8 @@ class TrainingJobSpec(_Frozen):
                 raise ValueError("secure aggregation needs workers_per_round >= 2")
             if self.secagg_threshold > self.workers_per_round:
                 raise ValueError("federated.threshold cannot exceed workers_per_round")
+            if self.max_staleness:
+                raise ValueError("federated rounds are synchronous (a masked input only unmasks within its round)")
         return self
 
     @property

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from eth_account import Account
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -277,3 +278,52 @@ def test_round_of_only_cheats_is_run_again(api: dict[str, Any], corpus: bytes) -
     with sessions() as s:
         verdicts = {v.worker: v.verdict for v in training.verify.training_verdicts(s, job_id)}
     assert verdicts == {cheater.account.address: "fail", honest_a.account.address: "pass"}
+
+
+def test_late_update_is_applied_to_the_next_round_with_a_staleness_weight(api: dict[str, Any], corpus: bytes) -> None:
+    """Asynchronous rounds (max_staleness 1): round 0 closes at quorum 1; the straggler keeps its lease, its round-0
+    update arrives after the close, is accepted and goes into round 1's aggregate scaled by 1/2."""
+    from globai.protocol.compression import decode_update
+    from market.db.training import TrainingUpdate
+    from market.training.storage import parameter_shapes
+
+    job_id = _post(
+        api,
+        corpus,
+        rounds=2,
+        workers_per_round=2,
+        inner_steps=2,
+        compression="none",
+        quorum=1,
+        max_staleness=1,
+        aggregation="mean",
+        outer_lr=1.0,
+        outer_momentum=0.0,
+    )
+    fast, slow = _worker(api, "op-a"), _worker(api, "op-b")
+    straggling = slow.claim()
+    assert straggling is not None and straggling["task"]["payload"]["round"] == 0
+    assert fast.run_once() is not None
+    sessions = make_session_factory(api["engine"])
+    storage = storage_at(api["settings"].training_dir)
+    now = lambda: datetime.now(UTC)  # noqa: E731
+    assert training.advance(sessions, storage, job_id, now=now) == "open"  # round 0 applied (1 update), round 1 open
+    late = slow.run_task(straggling)  # after its round closed: still accepted
+    assert late.accepted and late.round == 0
+    assert fast.run_once() is not None  # round 1
+    assert training.advance(sessions, storage, job_id, now=now) == "completed"
+    with Session(api["engine"]) as s:
+        r1 = s.scalar(select(TrainingRound).where(TrainingRound.job_id == job_id, TrainingRound.round == 1))
+        assert r1 is not None and late.task_id in (r1.aggregated or []) and len(r1.aggregated or []) == 2
+        rows = {u.task_id: u for u in s.scalars(select(TrainingUpdate).where(TrainingUpdate.job_id == job_id))}
+        assert rows[late.task_id].aggregated
+        fresh = next(u for t, u in rows.items() if u.round == 1)
+    v1, v2 = storage.checkpoints.load(job_id, 1), storage.checkpoints.load(job_id, 2)
+    shapes = parameter_shapes(v1.manifest.config)
+    codec = parse_codec("none")
+    a1 = decode_update(storage.updates.get(fresh.payload_sha256), shapes, codec)
+    b0 = decode_update(storage.updates.get(rows[late.task_id].payload_sha256), shapes, codec)
+    assert v2.manifest.metrics["late_updates"] == 1.0
+    for name in shapes:  # θ2 = θ1 − mean(a1, b0 / (1 + 1))
+        expected = v1.params[name] - (a1[name] + 0.5 * b0[name]) / 2
+        assert torch.allclose(v2.params[name], expected, atol=1e-6), name
