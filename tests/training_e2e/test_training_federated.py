@@ -102,7 +102,7 @@ def test_federated_round_survives_a_dropout_and_stores_no_individual_update(
     assert "federated round 0 closed_deadline" in caplog.text
     assert not any(needle in logs for needle in needles)
     # ... and the job is paid and audited like any other (the dropped worker did not deliver: not paid).
-    settle_and_audit(market, job["id"])
+    settle_and_audit(market, job)
     assert market.chain.credited(workers[2].account.address) == 0
     assert all(market.chain.credited(w.account.address) > 0 for w in workers[:2])
     assert parameter_shapes(v0.manifest.config)  # the checkpoint is a real model of the job's config
