@@ -29,6 +29,7 @@ for db in $(seq 0 15); do redis-cli -p 6379 -n $db set globai-canary "canary-$db
 echo "tests=$?"
 "$PY" -c "from market.cli import main; main()" demo run --model tiny --tokens 4 --var "$VAR/demo" > "$VAR/demo.log" 2>&1
 echo "demo=$?"
+"$PY" -c "from market.cli import main; main()" devnet down > "$VAR/devnet-down.log" 2>&1  # the demo leaves it up
 for db in $(seq 0 15); do
   echo "db$db $(redis-cli -p 6379 -n $db get globai-canary) $(redis-cli -p 6379 -n $db dbsize)"
 done
