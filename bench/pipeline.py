@@ -213,11 +213,7 @@ def pipeline(
     try:
         with httpx.Client(base_url=market.url, timeout=600) as http:
             http.headers["Authorization"] = f"Bearer {sign_in(http, requester, ['requester'])}"
-            deadline = time.monotonic() + 600
-            while len(check(http.get(f"/v1/models/{model}/coverage")).json()["workers"]) < n:
-                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                    raise RuntimeError(f"workers did not connect; see {workdir}/worker{n}-*.log")
-                time.sleep(0.5)
+            wait_workers(http, model, n, procs, f"{workdir}/worker{n}-*.log")
             run = lambda k: generate(http, model, prompt, k)  # noqa: E731
             run(2)  # warm-up: first-call allocations on every stage
             # Side by side: pipeline runs alternate with monolithic runs (the workers sit idle meanwhile), so
@@ -229,13 +225,7 @@ def pipeline(
             done = min(runs, key=lambda d: d["timings"]["decode_s"])
             base = max(bases, key=lambda b: b["decode_tok_s"])
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_workers(procs)
     t = done["timings"]
     return {
         "prefill_s": t["prefill_s"],
@@ -245,6 +235,26 @@ def pipeline(
         "mono_decode_tok_s": base["decode_tok_s"],
         "mono_prefill_s": base["prefill_s"],
     }
+
+
+def wait_workers(http: httpx.Client, model: str, n: int, procs: list[Any], logs: str) -> None:
+    """Until `n` workers serve `model` (10 minutes at most; a worker that exits ends the wait)."""
+    deadline = time.monotonic() + 600
+    while len(check(http.get(f"/v1/models/{model}/coverage")).json()["workers"]) < n:
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"workers did not connect; see {logs}")
+        time.sleep(0.5)
+
+
+def stop_workers(procs: list[Any]) -> None:
+    """SIGTERM every worker, then SIGKILL any that has not exited 30 s later."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def generate(http: httpx.Client, model: str, prompt: torch.Tensor, new_tokens: int) -> dict[str, Any]:

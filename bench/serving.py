@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,11 +38,20 @@ from eth_account import Account
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.pipeline import GLOBAI, Market, generate, replace_section, splits, stake  # noqa: E402
+from bench.pipeline import (  # noqa: E402
+    GLOBAI,
+    Market,
+    generate,
+    replace_section,
+    splits,
+    stake,
+    stop_workers,
+    wait_workers,
+)
 from globai.chain.client import ChainClient  # noqa: E402
 from globai.chain.deploy import deploy_all  # noqa: E402
 from globai.chain.local import dev_accounts  # noqa: E402
-from globai.client import check, sign_in  # noqa: E402
+from globai.client import sign_in  # noqa: E402
 from globai.dev.services import anvil_service  # noqa: E402
 
 BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
@@ -111,11 +119,7 @@ def run_config(
         with httpx.Client(base_url=market.url, timeout=600) as http:
             token = sign_in(http, Account.from_key(bytes([0x99]) * 32), ["requester"])
             http.headers["Authorization"] = f"Bearer {token}"
-            deadline = time.monotonic() + 600
-            while len(check(http.get(f"/v1/models/{model}/coverage")).json()["workers"]) < 4:
-                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                    raise RuntimeError(f"workers did not connect; see {workdir}/{label}-worker*.log")
-                time.sleep(0.5)
+            wait_workers(http, model, 4, procs, f"{workdir}/{label}-worker*.log")
             ids = torch.tensor(prompt)
             generate(http, model, ids, 2)  # warm-up
             singles = []
@@ -129,13 +133,7 @@ def run_config(
                 many = list(pool.map(lambda _: generate(http, model, ids, new_tokens), range(concurrent)))
             many_wall = time.perf_counter() - started
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_workers(procs)
     t = best["timings"]
     return {
         "decode_tok_s": (new_tokens - 1) / t["decode_s"],

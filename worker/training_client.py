@@ -187,6 +187,23 @@ class TrainingClient:
                 log.warning("heartbeat for %s failed: %s", task_id, exc)
                 return
 
+    def _inner_steps(
+        self, p: dict[str, Any], tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], data: torch.Tensor
+    ) -> tuple[Tensors, InnerMetrics]:
+        """The task's H seeded AdamW steps on `data` (the market's shard, or this worker's own local data)."""
+        return run_inner_steps(
+            tensors,
+            config,
+            data,
+            int(p["inner_steps"]),
+            float(p["inner_lr"]),
+            int(p["seed"]),
+            batch_size=int(p["batch_size"]),
+            weight_decay=float(p["weight_decay"]),
+            grad_clip=None if p["grad_clip"] is None else float(p["grad_clip"]),
+            num_threads=self.num_threads,
+        )
+
     def run_task(self, lease: dict[str, Any]) -> TaskOutcome:
         if lease["task"]["payload"].get("federated"):
             return self.run_federated_task(lease)
@@ -200,18 +217,7 @@ class TrainingClient:
         try:
             config, tensors = self.fetch_checkpoint(job_id, int(p["version"]), p["base_manifest"])
             shard = self.fetch_shard(job_id, r, slot)
-            update, metrics = run_inner_steps(
-                tensors,
-                config,
-                shard,
-                int(p["inner_steps"]),
-                float(p["inner_lr"]),
-                int(p["seed"]),
-                batch_size=int(p["batch_size"]),
-                weight_decay=float(p["weight_decay"]),
-                grad_clip=None if p["grad_clip"] is None else float(p["grad_clip"]),
-                num_threads=self.num_threads,
-            )
+            update, metrics = self._inner_steps(p, tensors, config, shard)
         finally:
             stop.set()
         if self.tamper is not None:
@@ -304,18 +310,7 @@ class TrainingClient:
             keys_msg = {"c_public": me.c.public.hex(), "s_public": me.s.public.hex(), "signature": signature}
             self._call("POST", f"/v1/training/tasks/{tid}/secagg/keys", params=lease_q, json=keys_msg)
             config, tensors = self.fetch_checkpoint(job_id, int(p["version"]), p["base_manifest"])
-            update, metrics = run_inner_steps(
-                tensors,
-                config,
-                self._local(int(p["seq_len"])),
-                int(p["inner_steps"]),
-                float(p["inner_lr"]),
-                int(p["seed"]),
-                batch_size=int(p["batch_size"]),
-                weight_decay=float(p["weight_decay"]),
-                grad_clip=None if p["grad_clip"] is None else float(p["grad_clip"]),
-                num_threads=self.num_threads,
-            )
+            update, metrics = self._inner_steps(p, tensors, config, self._local(int(p["seq_len"])))
             x = secagg.flatten(update)
             x = x * min(1.0, float(fed["clip_norm"]) / max(float(x.norm()), 1e-12))
             if float(fed["noise_std"]) > 0:

@@ -153,12 +153,15 @@ class Cluster:
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
-        if self.forker is None:
-            self.forker = Forker(self.env, ROOT, self.logs / "forker.log")
-        proc = self.forker.spawn(globai_command(*args), env or self.env, ROOT, log)
+        proc = self._forker().spawn(globai_command(*args), env or self.env, ROOT, log)
         child = Child(name, proc, log, list(args), dict(env or self.env))
         self.children.append(child)
         return child
+
+    def _forker(self) -> Forker:
+        if self.forker is None:
+            self.forker = Forker(self.env, ROOT, self.logs / "forker.log")
+        return self.forker
 
     def check_alive(self) -> None:
         for child in self.children:
@@ -219,8 +222,7 @@ class Cluster:
             **self.cfg.extra_env,
         }
         # migrated by the market's own command, like every other step: this package imports nothing from `market`
-        if self.forker is None:  # its imports run while the DB is migrated
-            self.forker = Forker(self.env, ROOT, self.logs / "forker.log")
+        self._forker()  # started now: its imports run while the DB is migrated
         migrated = self.globai("market", "migrate")
         if migrated.returncode != 0:
             raise ClusterError(f"migrating {db_url} failed: {migrated.stderr.strip()[-800:]}")

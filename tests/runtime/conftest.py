@@ -28,7 +28,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from globai.client import check, sign_in
-from globai.dev.forker import Forker, Process, shared_forker
+from globai.dev.forker import Process, shared_forker
 from globai.dev.services import free_port, globai_command
 from globai.models.tiny import build_tiny_llama
 from market.api import create_app
@@ -223,11 +223,7 @@ def worker_process(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     args = ["worker", "run", "--market", market.url, "--key", "0x" + account.key.hex().removeprefix("0x")]
     args += ["--model", model, "--layers", layers, "--threads", "1", "--cache-dir", str(cache), "--no-progress"]
-    return worker_forker(env, log.parent).spawn(globai_command(*args), env, ROOT, log)
-
-
-def worker_forker(env: dict[str, str], logs: Path) -> Forker:
-    return shared_forker(env, ROOT, logs)
+    return shared_forker(env, ROOT, log.parent).spawn(globai_command(*args), env, ROOT, log)
 
 
 class Requester:

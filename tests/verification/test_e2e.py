@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from globai.chain.deploy import GLB
 from globai.chain.ids import job_id_bytes, job_key_bytes
-from globai.dev.forker import Process
+from globai.dev.forker import Process, shared_forker
 from globai.dev.services import free_port
 from globai.models.tiny import build_tiny_llama
 from market.config import Settings
@@ -33,7 +33,7 @@ from market.db.inference import InferenceRun, StageViolation
 from market.db.migrate import upgrade
 from market.services.verification import open_run
 from market.tasks.celery_app import create_celery
-from tests.runtime.conftest import MODEL, MarketServer, Requester, worker_forker
+from tests.runtime.conftest import MODEL, MarketServer, Requester
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # ~30 s: not marked slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,8 +144,8 @@ def test_cheater_slashed_honest_paid_audit_passes(chain, deployment, redis_url: 
                 str(tmp_path / f"cache{i}"),
                 "--no-progress",
             ]
-            procs.append(worker_forker(env, logs).spawn(cmd, wenv, ROOT, logs / f"w{i}.log"))
-        celery = worker_forker(env, logs).spawn(
+            procs.append(shared_forker(env, ROOT, logs).spawn(cmd, wenv, ROOT, logs / f"w{i}.log"))
+        celery = shared_forker(env, ROOT, logs).spawn(
             [
                 sys.executable,
                 "-c",
