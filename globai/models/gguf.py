@@ -5,8 +5,7 @@ transformers reads GGUF with `gguf_file=` and dequantises every tensor (to float
 `LlamaForCausalLM` built from the same config (without the quantisation tag), saved as safetensors together
 with the tokenizer (its chat template included) and the generation config, and that directory goes through
 the ordinary importer (`import_checkpoint`). The plain checkpoint stores a tied embedding once
-(`save_pretrained` de-duplicates it); the head shard still gets its own copy so the last stage is
-self-contained (docs/models.md).
+(`save_pretrained` de-duplicates it), and so does the sharded model (the manifest's `tied`, docs/models.md).
 
 Needs the `gguf` and `accelerate` packages. Nothing here runs code from the file: GGUF is a tensor container
 with metadata, read by the `gguf` library; no pickle, no remote code.

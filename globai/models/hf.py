@@ -23,6 +23,7 @@ def load_full_model(model_dir: Path, *, device: str = "cpu") -> tuple[Manifest, 
     state: dict[str, torch.Tensor] = {}
     for shard in manifest.shards:
         state.update(load_safetensors(read_verified(model_dir, shard)))
+    state.update({head_key: state[embed_key] for head_key, embed_key in manifest.tied.items()})
     family = get_family(manifest.family)
     # Built as from_pretrained builds it: weights in the manifest dtype but RoPE's inv_freq in float32
     # (`model.to(bfloat16)` would round it and change every logit).

@@ -105,14 +105,11 @@ def _plan(files: list[Path], layout: FamilyLayout) -> dict[str, list[tuple[Path,
     return plan
 
 
-def _write_shard(
-    out: Path, name: str, items: list[tuple[Path, str, str]], extra: dict[str, torch.Tensor], dtype: str
-) -> ShardEntry:
+def _write_shard(out: Path, name: str, items: list[tuple[Path, str, str]], dtype: str) -> ShardEntry:
     tensors: dict[str, torch.Tensor] = {}
     for path, key, canonical in items:
         with safe_open(str(path), framework="pt") as fh:
             tensors[canonical] = fh.get_tensor(key)
-    tensors.update(extra)
     target = getattr(torch, dtype)
     tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
     relative = shard_file_name(name)
@@ -213,22 +210,17 @@ def import_checkpoint(
 
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     (out / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
-    head_extra: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
     for head_key, embed_key in family.tied.items():
         if any(c == head_key for _, _, c in plan.get(HEAD, [])):
             continue
-        # Tied embeddings: the last stage must be self-contained, so it gets its own copy of the matrix.
-        tied = next((i for i in plan[EMBED] if i[2] == embed_key), None)
-        if tied is None:
+        # Tied embeddings: stored once, in the embed shard; the manifest says the head uses it.
+        if not any(c == embed_key for _, _, c in plan[EMBED]):
             raise ManifestError(f"checkpoint has neither {head_key} nor the embedding {embed_key} it is tied to")
-        embed_path, embed_checkpoint_key, _ = tied
-        with safe_open(str(embed_path), framework="pt") as fh:
-            head_extra[head_key] = fh.get_tensor(embed_checkpoint_key).contiguous()
+        tied[head_key] = embed_key
     shards = []
     for index, shard_name in enumerate(sorted(expected), start=1):
-        shards.append(
-            _write_shard(out, shard_name, plan.get(shard_name, []), head_extra if shard_name == HEAD else {}, dtype)
-        )
+        shards.append(_write_shard(out, shard_name, plan.get(shard_name, []), dtype))
         if progress is not None:
             progress(shard_name, index, len(expected))
 
@@ -253,6 +245,7 @@ def import_checkpoint(
         tokenizer=tokenizer,
         pooling=_pooling(src) if family.task == "embedding" else None,
         generation=_generation(src, config) if family.task == "causal-lm" else None,
+        tied=tied,
         shards=sorted(shards, key=lambda s: (s.name != EMBED, s.name == HEAD, _layer_index(s.name))),
     )
     save_manifest(manifest, out)
@@ -302,11 +295,16 @@ def recast(
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     (out / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
     target = getattr(torch, dtype)
+    # A quantised head is a tensor of its own (packed), not the embedding: the tie ends there.
+    untie = weight_format is not None and bool(source.tied)
     shards = []
     for index, entry in enumerate(source.shards, start=1):
         if progress is not None:
             progress(entry.name, index - 1, len(source.shards))
         tensors = load_safetensors(read_verified(src_dir, entry))
+        if untie and entry.name == HEAD:
+            embed = load_safetensors(read_verified(src_dir, source.shard(EMBED)))
+            tensors.update({head_key: embed[embed_key] for head_key, embed_key in source.tied.items()})
         cast = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
         if weight_format is not None:
             try:
@@ -331,6 +329,7 @@ def recast(
             "shards": shards,
             "tokenizer": tokenizer,
             "weight_format": weight_format,
+            "tied": {} if untie else source.tied,
         }
     )
     manifest = Manifest.model_validate(manifest.model_dump())

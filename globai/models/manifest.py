@@ -8,6 +8,9 @@ A manifest directory looks like::
     shards/layer.0000.safetensors ...     one decoder/encoder layer each
     shards/head.safetensors               final norm + LM head (decoders) or pooler (encoders)
 
+A head tied to the embeddings (`tied`: head key -> embedding key) is stored once, in the embed shard: the head
+shard leaves it out and the last stage loads the embed shard too (`stage_shards`).
+
 Shard tensors keep the key names of the unsharded Hugging Face model class
 (`model.layers.3.mlp.up_proj.weight`), so the full model is the union of all shards and a stage maps keys
 onto its own modules by stripping prefixes.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal
 
@@ -105,6 +109,9 @@ class Manifest(BaseModel):
     # Weight-only quantised linear layers (`globai.models.quant`): "int8" or "int4"; None: plain `dtype` weights.
     # `dtype` stays the compute dtype (activations, embeddings, norms, scales).
     weight_format: Literal["int8", "int4"] | None = None
+    # Head keys whose tensor is an embedding's (head key -> embedding key): stored once, in the embed shard; the
+    # last stage loads that tensor from the embed shard. Empty: the head shard holds all of its tensors.
+    tied: dict[str, str] = Field(default_factory=dict)
     shards: list[ShardEntry]
 
     @field_validator("family")
@@ -122,6 +129,10 @@ class Manifest(BaseModel):
             raise ValueError(f"shards must be exactly {EMBED}, layer.0..layer.{self.num_layers - 1}, {HEAD}")
         if (self.task == "embedding") != (self.pooling is not None):
             raise ValueError("pooling is required for embedding models and only for them")
+        head, embed = (next(s for s in self.shards if s.name == n) for n in (HEAD, EMBED))
+        for head_key, embed_key in self.tied.items():
+            if head_key in head.tensors or embed_key not in embed.tensors:
+                raise ValueError(f"tied {head_key} -> {embed_key}: the embed shard holds it, the head shard must not")
         return self
 
     @property
@@ -137,10 +148,11 @@ class Manifest(BaseModel):
         raise ManifestError(f"model {self.name} has no shard {name!r}")
 
     def stage_shards(self, start: int, end: int) -> list[ShardEntry]:
-        """The shards a stage serving layers [start, end) needs: embed on stage 0, head on the last stage."""
+        """The shards a stage serving layers [start, end) needs: embed on stage 0, head on the last stage (and
+        the embed shard there too when the head is tied to it)."""
         check_layer_range(self, start, end)
         names = [layer_shard_name(i) for i in range(start, end)]
-        if start == 0:
+        if start == 0 or (end == self.num_layers and self.tied):
             names.insert(0, EMBED)
         if end == self.num_layers:
             names.append(HEAD)
@@ -163,8 +175,8 @@ def canonical_json(manifest: Manifest) -> str:
 
 def _dump(manifest: Manifest) -> dict[str, Any]:
     data = manifest.model_dump(mode="json")
-    for optional in ("generation", "weight_format"):
-        if data.get(optional) is None:
+    for optional in ("generation", "weight_format", "tied"):
+        if not data.get(optional):
             data.pop(optional, None)
     return data
 
@@ -188,6 +200,22 @@ def save_manifest(manifest: Manifest, model_dir: Path) -> Path:
     path = Path(model_dir) / MANIFEST_FILE
     path.write_text(json.dumps(_dump(manifest), indent=1, sort_keys=True) + "\n")
     return path
+
+
+def parameter_count(model_dir: Path, manifest: Manifest) -> int:
+    """Elements of every tensor the shard files store (read from their safetensors headers, sha256 not checked):
+    the model's parameters, each tied tensor once (for `weight_format` models: packed weights and scales)."""
+    total = 0
+    for shard in manifest.shards:
+        with open(Path(model_dir) / shard.path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if size > shard.size:
+                raise ManifestError(f"{shard.path}: not a safetensors file")
+            header = json.loads(fh.read(size))
+        for key, info in header.items():
+            if key != "__metadata__":
+                total += math.prod(info["shape"])
+    return total
 
 
 def sha256_file(path: Path) -> str:

@@ -151,11 +151,12 @@ def _summary(manifest: Manifest, out: Path) -> None:
 @app.command()
 def show(model_dir: Annotated[Path, typer.Argument(help="Directory holding manifest.json.")]) -> None:
     """Print a manifest's summary and shard table."""
-    from globai.models.manifest import load_manifest
+    from globai.models.manifest import load_manifest, parameter_count
 
     m = load_manifest(model_dir)
     typer.echo(f"name      {m.name}\nfamily    {m.family} ({m.architecture}, {m.task})\ndtype     {m.dtype}")
     typer.echo(f"layers    {m.num_layers}   hidden {m.hidden_size}   vocab {m.vocab_size}")
+    typer.echo(f"params    {parameter_count(model_dir, m):,d}" + (f"   tied {m.tied}" if m.tied else ""))
     typer.echo(f"digest    {m.digest()}")
     if m.generation is not None:
         g = m.generation

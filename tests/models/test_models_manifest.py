@@ -8,16 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from globai.models.errors import ManifestError, ShardIntegrityError, UnsupportedModelError
+from globai.models.hf import load_full_model
 from globai.models.importer import import_checkpoint
-from globai.models.manifest import MANIFEST_FILE, load_manifest, verify_model_dir
+from globai.models.manifest import MANIFEST_FILE, Manifest, load_manifest, parameter_count, verify_model_dir
 from globai.models.reference import generate_reference, run_pipeline_local
 from globai.models.tiny import build_tiny_llama
 from globai.models.tokenizer import load_tokenizer
 from market.commands.models import app as models_app
+from worker.runtime.placement import KV_HEADROOM, layers_that_fit
 from worker.stage import Stage
 
 
@@ -127,7 +130,7 @@ def test_cli_build_show_verify(tmp_path: Path) -> None:
     assert isinstance(again.exception, ManifestError)  # main() prints GlobaiErrors as one line
 
 
-def test_tied_embeddings_give_a_self_contained_head(tiny_llama: Path, tmp_path: Path) -> None:
+def test_tied_embedding_is_stored_once(tiny_llama: Path, tmp_path: Path) -> None:
     src = tmp_path / "tied"
     src.mkdir()
     config = json.loads((tiny_llama / "hf" / "config.json").read_text())
@@ -137,12 +140,35 @@ def test_tied_embeddings_give_a_self_contained_head(tiny_llama: Path, tmp_path: 
     state = load_file(str(tiny_llama / "hf" / "model.safetensors"))
     del state["lm_head.weight"]  # what a tied checkpoint stores
     save_file(state, str(src / "model.safetensors"))
-    m = import_checkpoint(src, tmp_path / "out")
-    assert "lm_head.weight" in m.shard("head").tensors
+    out = tmp_path / "out"
+    m = import_checkpoint(src, out)
+    assert m.tied == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert "lm_head.weight" not in m.shard("head").tensors
+    assert "lm_head.weight" not in load_file(str(out / m.shard("head").path))
+    # The parameter count is the model's unique parameters: the tied matrix counted once.
+    _, model = load_full_model(out)
+    assert parameter_count(out, m) == sum(p.numel() for p in model.parameters())
+    assert (
+        parameter_count(out, m)
+        == parameter_count(tiny_llama, load_manifest(tiny_llama)) - state["model.embed_tokens.weight"].numel()
+    )
+    # A last stage without layer 0 downloads the embed shard for its head; a single stage loads the matrix once.
+    assert [s.name for s in m.stage_shards(2, 4)] == ["embed", "layer.2", "layer.3", "head"]
+    assert [s.name for s in m.stage_shards(0, 2)] == ["embed", "layer.0", "layer.1"]
+    need = sum(s.size for s in m.stage_shards(3, 4)) / (1 - KV_HEADROOM)  # placement counts that shard too
+    assert layers_that_fit(m, int(need) + 4, 3) == 1 and layers_that_fit(m, int(need) - 4, 3) == 0
+    whole = Stage(out, 0, 4)
+    assert whole.modules.head is not None and whole.modules.embed is not None
+    assert whole.modules.head.lm_head.weight.data_ptr() == whole.modules.embed.weight.data_ptr()
+    last = Stage(out, 2, 4)
+    assert last.modules.embed is None
     prompt = torch.tensor([[5, 6, 7, 8]])
-    stages = [Stage(tmp_path / "out", 0, 2), Stage(tmp_path / "out", 2, 4)]
-    expected = generate_reference(tmp_path / "out", prompt, 6)
-    assert run_pipeline_local(stages, prompt, 6).tolist() == expected.tolist()
+    expected = generate_reference(out, prompt, 6)
+    assert run_pipeline_local([Stage(out, 0, 2), last], prompt, 6).tolist() == expected.tolist()
+    assert run_pipeline_local([whole], prompt, 6).tolist() == expected.tolist()
+    # A manifest that claims a tie the shards contradict is refused.
+    with pytest.raises(ValidationError, match="tied"):
+        Manifest.model_validate({**m.model_dump(), "tied": {"lm_head.weight": "model.nope.weight"}})
 
 
 def test_tampered_tokenizer_is_refused(tiny_llama: Path, tmp_path: Path) -> None:

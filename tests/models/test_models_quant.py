@@ -94,3 +94,20 @@ def test_the_cpu_kernel_computes_what_the_format_says(weight_format: str) -> Non
     # bfloat16 rounding: of the output, and (int4) of the kernel's zero point = offset + 8 x scale
     torch.testing.assert_close(fused, exact, rtol=0.02, atol=0.05 if weight_format == "int8" else 0.2)
     assert (fused - exact).abs().mean() < 0.01 * exact.abs().mean()
+
+
+def test_a_tied_head_is_quantised_as_a_tensor_of_its_own(tmp_path: Path) -> None:
+    """Quantising a model whose head is tied to the embedding gives the head its own packed weight (the
+    embedding stays in the compute dtype); a bfloat16 cast without a weight format keeps the tie."""
+    from globai.models.tiny import build_tiny_model
+
+    tied = tmp_path / "qwen2"
+    assert build_tiny_model(tied, family="qwen2", hidden=64, layers=2).tied
+    cast = recast(tied, tmp_path / "bf16", dtype="bfloat16", name="bf16")
+    assert cast.tied and "lm_head.weight" not in cast.shard("head").tensors
+    packed = recast(tied, tmp_path / "int8", dtype="bfloat16", name="int8", weight_format="int8")
+    assert packed.tied == {} and "lm_head.qweight" in packed.shard("head").tensors
+    prompt = torch.randint(3, 500, (1, 6), generator=torch.Generator().manual_seed(2))
+    for model in (tmp_path / "bf16", tmp_path / "int8"):
+        stages = [Stage(model, 0, 1), Stage(model, 1, 2)]
+        assert torch.equal(run_pipeline_local(stages, prompt, 6), generate_reference(model, prompt, 6))

@@ -91,3 +91,18 @@ def test_smollm2_greedy_through_workers_equals_generate(
     finally:
         for w in workers:
             w.stop()
+
+
+def test_smollm2_stores_its_tied_embedding_once(smollm2: Path) -> None:
+    """134.5M parameters, not 163M: the LM head is the embedding matrix, kept in the embed shard only."""
+    from globai.models.hf import load_full_model
+    from globai.models.manifest import parameter_count
+
+    manifest = load_manifest(smollm2)
+    assert manifest.tied == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert manifest.shard("head").tensors == ["model.norm.weight"]
+    _, model = load_full_model(smollm2)
+    unique = sum(p.numel() for p in model.parameters())
+    assert parameter_count(smollm2, manifest) == unique
+    assert 134e6 < unique < 135e6
+    assert sum(s.size for s in manifest.shards) < 4 * unique + 1_000_000  # float32 bytes, headers aside

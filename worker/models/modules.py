@@ -61,11 +61,14 @@ def load_shard_module(
     *,
     weight_format: str | None = None,
     dtype: torch.dtype = torch.float32,
+    tied: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Verify one shard file's sha256, then build its module and move the weights in (quantised linear layers
-    where the model's `weight_format` says so)."""
+    where the model's `weight_format` says so). `tied`: canonical key -> a tensor stored in another shard (the
+    embedding a tied head uses; the module takes that very tensor, not a copy)."""
     data = read_verified(model_dir, shard)
     tensors = {k: v.to(device) for k, v in load_safetensors(data).items()}
+    tensors.update(tied or {})
     with torch.device("meta"):
         module, prefixes = family.shard_module(config, shard.name, has_tensors=bool(tensors))
     state = _local_state(tensors, prefixes, shard)
@@ -81,6 +84,14 @@ def load_shard_module(
     return module
 
 
+def _canonical_tensor(module: nn.Module, family: ModelFamily, config: PretrainedConfig, key: str) -> torch.Tensor:
+    """The tensor a loaded embed module holds for the canonical key `key`."""
+    with torch.device("meta"):
+        _, prefixes = family.shard_module(config, EMBED, has_tensors=True)
+    prefix = next(p for p in prefixes if key.startswith(p))
+    return module.get_parameter(prefixes[prefix] + key[len(prefix) :]).data
+
+
 def build_stage_modules(
     model_dir: Path, manifest: Manifest, start: int, end: int, *, device: torch.device | str = "cpu"
 ) -> StageModules:
@@ -90,9 +101,23 @@ def build_stage_modules(
     config = family.hf_config(manifest.config)
     dtype = getattr(torch, manifest.dtype)
     modules: dict[str, nn.Module] = {}
+    tied: dict[str, torch.Tensor] = {}
     for shard in manifest.stage_shards(start, end):
+        if shard.name == EMBED and start != 0:  # only the tensors a tied head uses: no embedding module
+            embed = {k: v.to(device) for k, v in load_safetensors(read_verified(model_dir, shard)).items()}
+            tied = {head_key: embed[embed_key] for head_key, embed_key in manifest.tied.items()}
+            continue
+        if shard.name == HEAD and manifest.tied and start == 0:  # the embedding module's own tensor, held once
+            tied = {h: _canonical_tensor(modules[EMBED], family, config, e) for h, e in manifest.tied.items()}
         modules[shard.name] = load_shard_module(
-            model_dir, family, config, shard, device, weight_format=manifest.weight_format, dtype=dtype
+            model_dir,
+            family,
+            config,
+            shard,
+            device,
+            weight_format=manifest.weight_format,
+            dtype=dtype,
+            tied=tied if shard.name == HEAD else None,
         )
     return StageModules(
         config=config,

@@ -22,7 +22,9 @@ def layers_that_fit(manifest: Manifest, memory_budget: int, start: int) -> int:
     used = manifest.shard("embed").size if start == 0 else 0
     count = 0
     for i in range(start, manifest.num_layers):
-        extra = manifest.shard("head").size if i == manifest.num_layers - 1 else 0
+        extra = 0
+        if i == manifest.num_layers - 1:  # the head, and the embedding it is tied to if this stage lacks it
+            extra = manifest.shard("head").size + (manifest.shard("embed").size if manifest.tied and start else 0)
         if used + sizes[i] + extra > usable:
             break
         used += sizes[i]
