@@ -39,7 +39,13 @@ from globai.protocol.sampling import greedy  # noqa: E402
 from globai.protocol.sketch import sketch_chunk  # noqa: E402
 from market.coordinator.chat import render_chat  # noqa: E402
 from market.coordinator.service import left_pad  # noqa: E402
-from market.coordinator.verify_replay import RecordedCall, RecordedPart, chunk_replay  # noqa: E402
+from market.coordinator.verify_replay import (  # noqa: E402
+    RecordedCall,
+    RecordedPart,
+    chunk_replay,
+    gather_rows,
+    with_claimed_padding,
+)
 from market.verifier.compare import compare_hidden_states, compare_sketch, shipped_model_tolerances  # noqa: E402
 from worker.stage import Stage  # noqa: E402
 
@@ -80,17 +86,24 @@ def recorded_part(record: Recorded, stage: int, last: bool) -> RecordedPart:
     return RecordedPart("", 0, 0, calls, committed)
 
 
-def replay_chunk(replica: Stage, part: RecordedPart, chunk: int) -> torch.Tensor:
-    """The replica's rows of one chunk, replayed as the market asks for it."""
+def replay_chunk(replica: Stage, part: RecordedPart, chunk: int, claimed: torch.Tensor) -> torch.Tensor:
+    """The replica's rows of one chunk, replayed as the market asks for it (rows at padding positions, which a
+    replay leaves out, taken from `claimed`, as the verifier does)."""
     wanted = chunk_replay(part, chunk)
+    committed = [p for p in part.committed if p // 32 == (chunk & 0xFFFFFFFF)]
+    if not wanted.calls:
+        return claimed
+    outs = []
     replica.open_session("replay")
     try:
         for rec in wanted.calls:
             mask = rec.tensors[2] if len(rec.tensors) > 2 else None
-            out = replica.forward("replay", rec.tensors[0], rec.tensors[1], mask, last_token_only=rec.last_token_only)
+            outs.append(
+                replica.forward("replay", rec.tensors[0], rec.tensors[1], mask, last_token_only=rec.last_token_only)
+            )
     finally:
         replica.close_session("replay")
-    return out[0, wanted.rows]
+    return with_claimed_padding(gather_rows(wanted, outs)[0], wanted.positions, committed, claimed)
 
 
 def run(
@@ -137,7 +150,8 @@ def run(
             for seq in range(batch):
                 for pc in sorted({p // 32 for p in part.committed}):
                     rows = [i for i, p in enumerate(part.committed) if p // 32 == pc]
-                    c, r = claim[seq, rows], replay_chunk(replica, part, chunk_id(seq, pc))
+                    c = claim[seq, rows]
+                    r = replay_chunk(replica, part, chunk_id(seq, pc), c)
                     v_full = compare_hidden_states(c, r, tol)
                     v_sketch = compare_sketch(sketch_chunk(c), r, tol)
                     checks += 1

@@ -49,7 +49,13 @@ from globai.protocol.commitments import SignedRoot, sign_commitment, sign_task_r
 from globai.protocol.signing import ChunkScope  # noqa: E402
 from market.coordinator.chat import render_chat  # noqa: E402
 from market.coordinator.service import left_pad  # noqa: E402
-from market.coordinator.verify_replay import RecordedCall, RecordedPart, chunk_replay  # noqa: E402
+from market.coordinator.verify_replay import (  # noqa: E402
+    RecordedCall,
+    RecordedPart,
+    chunk_replay,
+    gather_rows,
+    with_claimed_padding,
+)
 from market.verifier import sampling  # noqa: E402
 from market.verifier.compare import project_rows, shipped_model_tolerances  # noqa: E402
 from market.verifier.disputes import ProjectedRows, check_claim  # noqa: E402
@@ -174,10 +180,11 @@ def held_rows(part: Part, rec: RecordedPart, rows: torch.Tensor, chunk: int):  #
     return got if not rec.calls[0].last_token_only else ProjectedRows(got, part.seed)
 
 
-def run_on_replica(replica: Stage, calls: list[RecordedCall], account, sid: str) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def run_on_replica(replica: Stage, calls: list[RecordedCall], account, sid: str) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
     """What a replica worker does for these calls: forward in a fresh session, commit and sign each answer."""
     replica.open_session(sid)
     commits = SessionCommitments(scope(9))
+    outs = []
     try:
         for rec in calls:
             mask = rec.tensors[2] if len(rec.tensors) > 2 else None
@@ -185,10 +192,11 @@ def run_on_replica(replica: Stage, calls: list[RecordedCall], account, sid: str)
             out = out.contiguous()
             commits.add(out, rec.first_position + int(rec.tensors[0].shape[1]) - int(out.shape[1]), account)
             sign_sent(scope(9), rec.step, rec.first_position, out, account)
+            outs.append(out)
         commits.finish(account)
     finally:
         replica.close_session(sid)
-    return out
+    return outs
 
 
 def verify_job(parts, replicas, model: str, layers, account, replica_account, history, tol, runs):  # type: ignore[no-untyped-def]
@@ -213,12 +221,20 @@ def verify_job(parts, replicas, model: str, layers, account, replica_account, hi
             wanted = chunk_replay(rec, chunk)
             held = held_rows(part, rec, kept, chunk)  # kept by the market during the job: not verification work
             t0 = cpu()
-            out = run_on_replica(replica, wanted.calls, replica_account, "replay")
+            outs = run_on_replica(replica, wanted.calls, replica_account, "replay") if wanted.calls else []
+            claimed = held if isinstance(held, torch.Tensor) else None
+            committed = [p for p in rec.committed if p // 32 == (chunk & 0xFFFFFFFF)]
+            if not outs:  # a chunk of padding only: nothing to replay (the verifier takes it as claimed)
+                replayed = claimed
+            else:
+                replayed = gather_rows(wanted, outs)[0]
+                if claimed is not None:
+                    replayed = with_claimed_padding(replayed, wanted.positions, committed, claimed)
             signed = part.signed[chunk]
             verdict = check_claim(
                 signed,  # type: ignore[arg-type]
                 part.tree.proof(signed.commitment.leaf),  # type: ignore[attr-defined, union-attr]
-                out[0, wanted.rows],
+                replayed,
                 tol,
                 expected_scope=part.scope,
                 chunk_index=chunk,
@@ -255,16 +271,10 @@ def verify_job(parts, replicas, model: str, layers, account, replica_account, hi
 
 
 def split_at(calls: list[RecordedCall], lo: int) -> tuple[list[RecordedCall], list[RecordedCall]]:
-    """The replay's calls as [prefix before position lo] + [the chunk's window]."""
-    if len(calls) == 2 or lo == 0:
-        return calls[:-1], calls[-1:]
-    (only,) = calls
-    t = only.tensors
-    mask = [t[2]] if len(t) > 2 else []
-    return (
-        [RecordedCall(0, 0, True, [t[0][:, :lo], t[1][:, :lo], *[m[:, :lo] for m in mask]])],
-        [RecordedCall(1, lo, False, [t[0][:, lo:], t[1][:, lo:], *[m[:, lo:] for m in mask]])],
-    )
+    """The replay's calls as [calls wholly before position lo] + [the rest: the chunk's window] (a prefill that
+    reaches into the window counts in the window; positions here are the replay's, padding removed)."""
+    at = next((i for i, c in enumerate(calls) if c.first_position + int(c.tensors[0].shape[1]) > lo), len(calls))
+    return calls[:at], calls[at:]
 
 
 def detection_table(

@@ -1,17 +1,18 @@
 """Verification replays through the coordinator: one sampled chunk is re-run on a replica worker.
 
-A replay of chunk c of sequence s (positions [32c, 32c + 32)) is a prefill of that one sequence's recorded stage
-input from position 0 to the chunk's end, in a fresh session of the replica's own (`chunk_replay`): the rows of the
-chunk need the whole prefix in the replica's KV cache, but not the token-by-token decode that produced it, so a
-check costs a prefill of at most one sequence (prefill runs several times faster per token than decode). Hidden-state
-stages get one call, shaped like an ordinary prompt prefill of one sequence; the last stage gets the prefix as a
-prefill that returns its last-token logits only, then the chunk's positions with every row's logits (the committed
-rows are each step's last position). An honest replay differs from the worker's KV-cache decode by float drift only
-(calibrated: "prefix prefill + token-by-token KV decode", `market/verifier/calibrate.py`).
+A replay of chunk c of sequence s (positions [32c, 32c + 32)) re-runs that one sequence's recorded stage input
+from position 0 past the chunk's end in a fresh session of the replica's own (`chunk_replay`): the rows of the
+chunk need the whole prefix in the replica's KV cache, but not the batch it ran in. On the wire it is an ordinary
+generation of one prompt (docs/verification.md, "Replays look like work"): a fresh run-like session id and scope,
+a prefill of a randomly drawn prefix of the sequence (its left padding removed), then one-token decode steps; the
+last stage answers last-token logits per call as it always does. An honest replay differs from the worker's
+batched KV-cache decode by float drift only (calibrated: "prefix prefill + token-by-token KV decode" and
+"batched, padded", `market/verifier/calibrate.py`).
 """
 
 from __future__ import annotations
 
+import random
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -86,22 +87,36 @@ def load_part(session: Session, blobs: BlobStore, *, run_id: str, layer_start: i
 
 @dataclass(frozen=True)
 class ChunkReplay:
-    """What a replica is sent to reproduce one chunk, and which rows of its last answer are the chunk's."""
+    """What a replica is sent to reproduce one chunk: one ordinary batch-1 session (a prompt prefill, then
+    one-token decode steps), and where the chunk's rows are in its answers."""
 
-    calls: list[RecordedCall]  # batch 1: the chunk's sequence alone
-    rows: list[int]  # indices into the last call's output rows (dim 1)
-    positions: list[int]  # the committed positions those rows are at
+    calls: list[RecordedCall]  # the session's forward calls, in order (step 0 = prefill, step k = decode)
+    rows: list[tuple[int, int]]  # per compared position: (index into `calls`, row of that call's output)
+    positions: list[int]  # the committed positions (the audited run's columns) those rows are at; padding excluded
+    last_token_only: bool  # the audited stage's answers (last stage: last-token logits, as in every ordinary call)
 
 
-def chunk_replay(part: RecordedPart, chunk_index: int) -> ChunkReplay:
-    """The calls that reproduce chunk `chunk_index` (sequence << 32 | position chunk) of a recorded part."""
+MAX_PAD_DRAW = CHUNK_TOKENS  # prefill length and session end are drawn over a window of this many positions
+
+
+def chunk_replay(part: RecordedPart, chunk_index: int, rng: random.Random | None = None) -> ChunkReplay:
+    """The calls that reproduce chunk `chunk_index` (sequence << 32 | position chunk) of a recorded part.
+
+    Shaped like ordinary work on the wire (docs/verification.md, "Replays look like work"): the chunk's sequence
+    alone with its left padding removed (a batch of 1 never has padding in ordinary work; padding rows are
+    outputs at masked positions that no real token reads, so they are not compared), as a prefill of its first
+    `a` positions and one-token decode steps up to `b`, with the same `step`, `first_position`, positions and
+    `last_token_only` a generation of that prompt would send. `a` and `b` are drawn at random (unaligned with the
+    chunk grid, at least one decode step where the sequence allows) so neither the prompt length nor the session
+    length gives the replay away; on the last stage every compared row is a last-token row of a call, as in
+    ordinary decode (never a many-row logits answer)."""
+    rng = rng or random.SystemRandom()
     seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
     batch = int(part.calls[0].tensors[0].shape[0]) if part.calls else 0
     lo, hi = pc * CHUNK_TOKENS, (pc + 1) * CHUNK_TOKENS
     positions = [p for p in part.committed if lo <= p < hi]
     if not 0 <= seq < batch or not positions:
         raise NotFound("chunk", f"{chunk_index:#x} of {part.model} [{part.layer_start}, {part.layer_end})")
-    end = positions[-1] + 1
     inputs, pos, mask = [], [], []
     for rec in part.calls:
         x = rec.tensors[0][seq : seq + 1]
@@ -110,23 +125,58 @@ def chunk_replay(part: RecordedPart, chunk_index: int) -> ChunkReplay:
         pos.append(p if p.shape[0] == 1 else p[seq : seq + 1])
         tokens = int(x.shape[1])
         mask.append(rec.tensors[2][seq : seq + 1] if len(rec.tensors) > 2 else torch.ones(1, tokens, dtype=torch.int64))
-    x_all, p_all, m_all = (
-        torch.cat(inputs, dim=1)[:, :end],
-        torch.cat(pos, dim=1)[:, :end],
-        torch.cat(mask, dim=1)[:, :end],
-    )
+    x_all, p_all, m_all = torch.cat(inputs, dim=1), torch.cat(pos, dim=1), torch.cat(mask, dim=1)
+    real = m_all[0].nonzero().flatten()
+    pad = int(real[0]) if len(real) else int(m_all.shape[1])
+    if len(real) != m_all.shape[1] - pad:
+        raise Conflict(f"sequence {seq} of {part.model} [{part.layer_start}, {part.layer_end}): padding not leading")
+    last_only = any(rec.last_token_only for rec in part.calls)
+    wanted = [p for p in positions if p >= pad]
+    if not wanted:  # the chunk is padding only: nothing a replay could reproduce
+        return ChunkReplay([], [], [], last_only)
+    x_seq, p_seq = x_all[:, pad:], p_all[:, pad:]
+    total = int(x_seq.shape[1])  # recorded positions of the sequence, padding removed
+    first, end = wanted[0] - pad, wanted[-1] + 1 - pad
+    # Session end b: past the chunk by a random 0..31 where the sequence goes on.
+    b = min(total, end + rng.randrange(MAX_PAD_DRAW))
+    if last_only:  # each compared row must be a call's last row: prefill up to the first, decode the rest
+        a = max(1, first + 1 - rng.randrange(MAX_PAD_DRAW))
+    else:  # hidden states come back for every position: the chunk may sit inside the prefill
+        a = max(1, b - 1 - rng.randrange(MAX_PAD_DRAW))
+    if b > 1:
+        a = min(a, b - 1)  # at least one decode step, as an ordinary generation of more than one token has
+    calls = [RecordedCall(0, 0, last_only, [x_seq[:, :a].contiguous(), p_seq[:, :a].contiguous()])]
+    for at in range(a, b):
+        one = [x_seq[:, at : at + 1].contiguous(), p_seq[:, at : at + 1].contiguous()]
+        calls.append(RecordedCall(at - a + 1, at, last_only, one))
+    rows: list[tuple[int, int]] = []
+    for col in wanted:
+        at = col - pad
+        if at < a:
+            rows.append((0, 0 if last_only else at))  # last_only: at == a - 1 by the choice of a
+        else:
+            rows.append((at - a + 1, 0))
+    return ChunkReplay(calls, rows, wanted, last_only)
 
-    def call(step: int, a: int, b: int, last_only: bool) -> RecordedCall:
-        tensors = [x_all[:, a:b].contiguous(), p_all[:, a:b].contiguous()]
-        if not bool(m_all[:, :b].all()):
-            tensors.append(m_all[:, a:b].contiguous())
-        return RecordedCall(step, a, last_only, tensors)
 
-    if not any(rec.last_token_only for rec in part.calls):  # hidden states: every position comes back
-        return ChunkReplay([call(0, 0, end, False)], list(range(lo, end)), positions)
-    calls = [call(0, 0, lo, True)] if lo > 0 else []  # the prefix: only its KV cache is needed
-    calls.append(call(len(calls), lo, end, False))
-    return ChunkReplay(calls, [p - lo for p in positions], positions)
+def gather_rows(replay: ChunkReplay, outputs: list[torch.Tensor]) -> torch.Tensor:
+    """The chunk's rows [1, n, width] from the answers to `replay.calls` (in order), at `replay.positions`."""
+    return torch.stack([outputs[c][0, r] for c, r in replay.rows]).unsqueeze(0).contiguous()
+
+
+def with_claimed_padding(
+    rows: torch.Tensor, positions: list[int], committed: list[int], claimed: torch.Tensor
+) -> torch.Tensor:
+    """A replay's rows [n, width] at `positions`, completed to every committed position of the chunk (`claimed`:
+    the rows the worker sent there, [m, width]): rows at padding positions, which a replay leaves out, are taken
+    as claimed (no real token reads them, so they are not compared)."""
+    if positions == committed:
+        return rows
+    if not set(positions) <= set(committed) or claimed.shape[0] != len(committed):
+        raise Conflict(f"replayed positions {positions} are not among the committed {committed}")
+    replayed = dict(zip(positions, rows, strict=True))
+    out = [replayed[p].to(claimed.dtype) if p in replayed else claimed[i] for i, p in enumerate(committed)]
+    return torch.stack(out).contiguous()
 
 
 def replicas(links: LinkRegistry, *, model: str, layer_start: int, layer_end: int) -> list[WorkerLink]:
@@ -173,6 +223,10 @@ async def replay_on(
         rid = link.next_rid()
         return await link.call(rid, encode_message({**header, "rid": rid, "session": session}, tensors), timeout)
 
+    if not replay.calls:
+        raise Conflict("nothing to replay: the chunk is padding only")
+    outputs: list[torch.Tensor] = []
+    signed: list[tuple[bytes, bytes]] = []
     await call({"op": "open", "scope": scope_to_json(scope)}, [])
     try:
         for rec in replay.calls:
@@ -185,7 +239,7 @@ async def replay_on(
                 },
                 rec.tensors,
             )
-            output = reply.tensors[0]
+            output = reply.tensors[0] if reply.tensors else torch.empty(0)
             sent = reply.header.get("sent")
             try:
                 sha = bytes.fromhex(str(sent["output_sha256"]).removeprefix("0x"))  # type: ignore[index]
@@ -195,8 +249,14 @@ async def replay_on(
             digest = sent_digest(scope, rec.step, rec.first_position, sha)
             if sha != tensor_sha256(output) or not verify_signer(digest, signature, replica):
                 raise Conflict(f"replica {replica}: answer not signed by it")
+            tokens = 1 if rec.last_token_only else int(rec.tensors[0].shape[1])
+            if output.dim() != 3 or output.shape[0] != 1 or output.shape[1] != tokens:
+                raise Conflict(f"replica {replica}: answer of shape {list(output.shape)}")
+            outputs.append(output)
+            signed.append((digest, signature))
     finally:
         await call({"op": "close"}, [])
-    if output.dim() != 3 or output.shape[0] != 1 or output.shape[1] <= max(replay.rows):
-        raise Conflict(f"replica {replica}: answer of shape {list(output.shape)}")
-    return ReplayAnswer(output[:, replay.rows].contiguous(), digest, signature)
+    rows = gather_rows(replay, outputs)
+    # The evidence against a lying replica: its signed hash over the answer holding the chunk's first row.
+    digest, signature = signed[replay.rows[0][0]]
+    return ReplayAnswer(rows, digest, signature)

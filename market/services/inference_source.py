@@ -35,6 +35,7 @@ from globai.protocol.scopes import stage_scope
 from globai.protocol.signing import ChunkScope, sent_digest, verify_signer
 from globai.protocol.tensors import decode_message
 from market.blobstore import BlobNotFound, BlobStore
+from market.coordinator.verify_replay import with_claimed_padding
 from market.db import JobRun, Worker
 from market.db.inference import InferenceRun, StageCommitment, StageRecord, StageViolation
 from market.domain_errors import NotFound
@@ -91,9 +92,9 @@ class MarketVerifierClient:
 
     def replay(
         self, run_id: str, layer_start: int, worker: str, replica: str, chunk_index: int
-    ) -> tuple[torch.Tensor, tuple[str, str]]:
-        """(the replica's rows of the chunk [n, width], (the digest it signed over the answer holding them, its
-        signature))."""
+    ) -> tuple[torch.Tensor, list[int], tuple[str, str]]:
+        """(the replica's rows of the chunk [n, width], the committed positions they are at (padding excluded),
+        (the digest it signed over the answer holding them, its signature))."""
         body = {
             "run_id": run_id,
             "layer_start": layer_start,
@@ -107,7 +108,8 @@ class MarketVerifierClient:
             raise ReplicaUnavailable(str(exc)) from None
         message = decode_message(raw, max_bytes=MAX_REPLAY_BYTES)
         evidence = (str(message.header.get("sent_digest") or ""), str(message.header.get("sent_signature") or ""))
-        return message.tensors[0][0], evidence
+        positions = [int(p) for p in message.header.get("positions") or []]
+        return message.tensors[0][0], positions, evidence
 
 
 class InferenceWorkSource:
@@ -269,12 +271,31 @@ class InferenceWorkSource:
         return self.client.replicas(model, part.layer_start, part.layer_end)
 
     def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
+        """The replica's rows of the chunk. A replay leaves out the sequence's left padding (ordinary work never
+        pads a batch of 1): rows at padding positions are outputs no real token reads, and are taken as the worker
+        sent them (not compared)."""
         run_id, stage, worker = self._split(part.work_key)
         key = (run_id, stage, worker, replica, chunk_index)
-        rows, _ = self._cached(
-            self._replays, key, lambda: self.client.replay(run_id, stage, worker, replica, chunk_index)
-        )
+
+        def fetch() -> tuple[torch.Tensor, tuple[str, str]]:
+            rows, positions, evidence = self.client.replay(run_id, stage, worker, replica, chunk_index)
+            return self._with_padding(part, chunk_index, rows, positions), evidence
+
+        rows, _ = self._cached(self._replays, key, fetch)
         return rows
+
+    def _with_padding(
+        self, part: ClaimedPart, chunk_index: int, rows: torch.Tensor, positions: list[int]
+    ) -> torch.Tensor:
+        if self.blobs is None:
+            return rows
+        kept, seed = self._kept(part)
+        seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
+        committed = [p for p in range(pc * 32, pc * 32 + 32) if (seq, p) in kept]
+        if seed is not None:  # logits rows: never at padding positions
+            return rows
+        claimed = torch.stack([kept[(seq, p)] for p in committed])
+        return with_claimed_padding(rows, positions, committed, claimed)
 
     def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> tuple[str, str]:
         run_id, stage, worker = self._split(part.work_key)
@@ -285,6 +306,16 @@ class InferenceWorkSource:
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
         if self.blobs is None:
             return None
+        rows, seed = self._kept(part)
+        seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
+        got = [rows[(seq, p)] for p in range(pc * 32, pc * 32 + 32) if (seq, p) in rows]
+        if not got:
+            return None
+        stacked = torch.stack(got).contiguous()
+        return stacked if seed is None else ProjectedRows(stacked, seed)
+
+    def _kept(self, part: ClaimedPart) -> tuple[dict[tuple[int, int], torch.Tensor], int | None]:
+        """Every row the worker sent on the part's stage by (sequence, position), and the projection seed."""
         run_id, stage, worker = self._split(part.work_key)
         key = (run_id, stage, worker)
         with self._lock:
@@ -298,13 +329,7 @@ class InferenceWorkSource:
                 self._held[key] = cached
                 while len(self._held) > self._cache_size:
                     self._held.popitem(last=False)
-        rows, seed = cached
-        seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
-        got = [rows[(seq, p)] for p in range(pc * 32, pc * 32 + 32) if (seq, p) in rows]
-        if not got:
-            return None
-        stacked = torch.stack(got).contiguous()
-        return stacked if seed is None else ProjectedRows(stacked, seed)
+        return cached
 
     def _load_held(
         self, part: ClaimedPart, run_id: str, stage: int, worker: str

@@ -5,6 +5,7 @@ by its replica."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -240,6 +241,190 @@ def test_worker_that_sends_other_than_it_commits_is_caught_by_the_coordinator(
             wid = s.query(Worker.id).filter_by(address=cheat.address).scalar()
             kinds = [e.kind for e in s.query(ReputationEvent).filter_by(worker_id=wid)]
         assert kinds == ["fail"]
+    finally:
+        for w in workers:
+            w.stop()
+        engine.dispose()
+
+
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def session_signature(messages: list[Any], layers: tuple[int, int], num_layers: int) -> tuple[Any, ...]:
+    """What a worker can see of one session, as a tuple of fields a replay must share with ordinary work.
+
+    Compared: op order (open, forward..., close); header key sets per op; the session id's format (a UUID4);
+    the scope's keys, chain id, job id = keccak(session), task id = keccak("<session>/stage/<first layer>"),
+    stage = first layer, a 32-byte nonce; per forward: `rid` an int, `step` 0, 1, 2, ... with `first_position` 0
+    then prefill length + step - 1, `last_token_only` = last stage, tensor count, dtypes and ranks, batch size,
+    whether a mask is sent (exactly when the batch is padded), positions as `generate` computes them (prefill) and
+    one past the last (decode), one token per decode step, at least one decode step."""
+    from eth_utils import keccak
+
+    from globai.models.reference import prefill_positions
+
+    ops = [m.header["op"] for m in messages]
+    opened, forwards, closed = messages[0], messages[1:-1], messages[-1]
+    session = opened.header["session"]
+    scope = opened.header["scope"]
+    scope_ok = (
+        scope["chain_id"] == 31337
+        and scope["job_id"] == "0x" + keccak(text=session).hex()
+        and scope["task_id"] == "0x" + keccak(text=f"{session}/stage/{layers[0]}").hex()
+        and scope["stage"] == layers[0]
+        and len(bytes.fromhex(scope["job_nonce"].removeprefix("0x"))) == 32
+    )
+    first = forwards[0]
+    prefill = int(first.tensors[0].shape[1])
+    batch = int(first.tensors[0].shape[0])
+    mask = first.tensors[2] if len(first.tensors) > 2 else None
+    padded = mask is not None and not bool(mask.all())
+    want_pos = prefill_positions(mask if mask is not None else torch.ones(batch, prefill, dtype=torch.int64))
+    calls_ok = torch.equal(first.tensors[1], want_pos) or torch.equal(first.tensors[1], want_pos[:1])
+    last = first.tensors[1][:, -1:]
+    for m in forwards[1:]:
+        last = last + 1
+        calls_ok = calls_ok and (
+            int(m.tensors[0].shape[1]) == 1
+            and int(m.tensors[0].shape[0]) == batch
+            and len(m.tensors) == 2
+            and torch.equal(m.tensors[1], last)
+        )
+    steps_ok = all(
+        m.header["step"] == k and m.header["first_position"] == (0 if k == 0 else prefill + k - 1)
+        for k, m in enumerate(forwards)
+    )
+    return (
+        tuple(dict.fromkeys(ops)),
+        ops[0] == "open" and ops[-1] == "close" and set(ops[1:-1]) == {"forward"},
+        frozenset(opened.header),
+        frozenset(scope),
+        bool(UUID4.match(session)),
+        scope_ok,
+        frozenset(frozenset(m.header) for m in forwards),
+        frozenset((type(m.header["rid"]).__name__, type(m.header["step"]).__name__) for m in forwards),
+        frozenset(m.header["last_token_only"] for m in forwards) == {layers[1] == num_layers},
+        frozenset(
+            (len(m.tensors), tuple(str(t.dtype) for t in m.tensors), tuple(t.dim() for t in m.tensors))
+            for m in forwards[1:]
+        ),
+        (len(first.tensors), tuple(str(t.dtype) for t in first.tensors), tuple(t.dim() for t in first.tensors)),
+        batch,
+        mask is not None,
+        padded == (mask is not None),
+        calls_ok,
+        steps_ok,
+        len(forwards) >= 2,
+        frozenset(closed.header),
+    )
+
+
+def test_replays_look_like_ordinary_work_at_the_worker(
+    admin_market,
+    staked: list[LocalAccount],
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Every message each worker receives is captured; sessions of ordinary runs (a padded batch of 2 and a single
+    prompt) and the verifier's replays of every committed chunk of both stages are reduced to
+    `session_signature`: each replay's signature is one that ordinary work also has, and every check passes."""
+    from globai.protocol.tensors import decode_message
+
+    market, admin = admin_market
+    layout = {staked[0]: "0:2", staked[1]: "2:4", staked[2]: "0:2", staked[3]: "2:4"}
+    workers = [
+        InProcessWorker.start(market, a, layers, tmp_path / f"c{i}") for i, (a, layers) in enumerate(layout.items())
+    ]
+    seen: dict[str, dict[str, list[Any]]] = {}  # worker address -> session -> messages in arrival order
+
+    def capture(worker: InProcessWorker) -> None:
+        server = worker.daemon.server
+        assert server is not None
+        handle = server.handle_many
+        box = seen.setdefault(worker.daemon.config.account.address, {})
+
+        def handle_many(raws):  # type: ignore[no-untyped-def]
+            for raw in raws:
+                m = decode_message(raw, max_bytes=1 << 30)
+                if m.header.get("op") in ("open", "forward", "close"):
+                    box.setdefault(m.header["session"], []).append(m)
+            return handle(raws)
+
+        server.handle_many = handle_many  # type: ignore[method-assign]
+
+    for w in workers:
+        capture(w)
+    engine = make_engine(market.settings.database_url)
+    sessions = make_session_factory(engine)
+    try:
+        market.wait_workers(4, timeout=120)
+        requester = Requester(market, Account.from_key(b"\x78" * 32))
+        runs = [
+            requester.generate([[5, 9, 11, 3] * 9, [7, 1, 2] * 5], max_new_tokens=40)["id"],
+            requester.generate([[4, 8, 15, 16, 23, 42] * 3], max_new_tokens=20)["id"],
+        ]
+        for run in runs:
+            assert wait_finished(requester, run)["status"] == "completed"
+        job_id = str(uuid.uuid4())
+        with Session(engine) as s:
+            s.add(
+                Job(
+                    id=job_id,
+                    chain_job_id="0x" + "12" * 32,
+                    requester=admin.address,
+                    kind="inference",
+                    model=MODEL,
+                    spec={},
+                    spec_hash="0x" + "01" * 32,
+                    budget=1,
+                    price_per_unit=1,
+                    max_units=1,
+                    deadline=datetime.now(UTC) + timedelta(hours=1),
+                    status="completed",
+                    created_at=datetime.now(UTC),
+                )
+            )
+            s.add_all([JobRun(run_id=r, job_id=job_id) for r in runs])
+            s.commit()
+        source = InferenceWorkSource(
+            sessions,
+            MarketVerifierClient(market.url, admin),
+            chain_id=31337,
+            models_dir=Path(market.settings.models_dir),
+            blob_dir=Path(market.settings.blob_dir),
+        )
+        layers_of = {a.address: tuple(int(v) for v in spec.split(":")) for a, spec in layout.items()}
+        replayed = 0
+        for part in source.parts(job_id):
+            replica = next(r for r in source.replicas(job_id, part) if r.address != part.worker)
+            for chunk in part.chunk_indices:
+                signed, proof = source.commitment(job_id, part.work_key, chunk)
+                verdict = check_claim(
+                    signed,
+                    proof,
+                    source.replay(job_id, part, chunk, replica.address),
+                    DEFAULT_TOLERANCES[part.dtype],
+                    k=8,
+                    expected_scope=part.scope,
+                    chunk_index=chunk,
+                    worker=part.worker,
+                    signed_root=part.signed_root,
+                    held=source.held(job_id, part, chunk),
+                )
+                assert verdict.ok, (part.layer_start, chunk, verdict)
+                replayed += 1
+        ordinary, replays = set(), []
+        for address, by_session in seen.items():
+            layers = layers_of[address]
+            for session, messages in by_session.items():
+                sig = session_signature(messages, layers, 4)  # type: ignore[arg-type]
+                if session in runs:
+                    ordinary.add(sig)
+                else:
+                    replays.append(sig)
+        assert len(replays) == replayed > 10
+        assert {sig[12] for sig in ordinary} == {True, False}  # padded and unpadded batches were both seen
+        odd = [sig for sig in replays if sig not in ordinary]
+        assert not odd, odd[:1]
     finally:
         for w in workers:
             w.stop()

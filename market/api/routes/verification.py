@@ -3,11 +3,11 @@
 - `GET /v1/verification/replicas?model=&layer_start=&layer_end=`: live workers serving exactly those layers, with
   the weight replicas are drawn by (reputation mean x stake);
 - `POST /v1/verification/replay`: reproduce one chunk of one worker's recorded stage calls on a replica (a prefill
-  of that sequence up to the chunk's end, `verify_replay.chunk_replay`); the answer is a binary tensor message
-  (`globai.protocol.tensors`) holding the replica's rows [1, n, width], row i being the output at `positions[i]` of
-  its header (the chunk's positions the worker committed to); `sent_digest` (the digest the replica signed over the
-  answer holding them) and `sent_signature` (its signature, which the vault checks) are the evidence against a
-  lying replica.
+  session of that sequence past the chunk's end, shaped like ordinary work, `verify_replay.chunk_replay`); the
+  answer is a binary tensor message (`globai.protocol.tensors`) holding the replica's rows [1, n, width], row i
+  being the output at `positions[i]` of its header (the chunk's committed positions, padding excluded);
+  `sent_digest` (the digest the replica signed over the answer holding the first of them) and `sent_signature`
+  (its signature, which the vault checks) are the evidence against a lying replica.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
+import torch
 from fastapi import APIRouter, Query, Response
 
 from globai.protocol.tensors import encode_message
@@ -66,23 +67,20 @@ async def replay(body: ReplayIn, _admin: AdminDep, ctx: CtxDep) -> Response:
 
     part = await asyncio.to_thread(load)
     wanted = chunk_replay(part, body.chunk_index)
-    answer = await replay_on(
-        coordinator.links,
-        part.model,
-        (part.layer_start, part.layer_end),
-        wanted,
-        replica=body.replica,
-        chain_id=coordinator.config.chain_id,
-        timeout=coordinator.config.call_timeout_s,
-    )
-    raw = encode_message(
-        {
-            "op": "replay",
-            "positions": wanted.positions,
-            "layer_end": part.layer_end,
-            "sent_digest": "0x" + answer.sent_digest.hex(),
-            "sent_signature": "0x" + answer.sent_signature.hex(),
-        },
-        [answer.output],
-    )
+    header: dict[str, Any] = {"op": "replay", "positions": wanted.positions, "layer_end": part.layer_end}
+    rows = torch.empty(1, 0, 1)  # a chunk of padding only: nothing to reproduce (its rows are not compared)
+    if wanted.calls:
+        answer = await replay_on(
+            coordinator.links,
+            part.model,
+            (part.layer_start, part.layer_end),
+            wanted,
+            replica=body.replica,
+            chain_id=coordinator.config.chain_id,
+            timeout=coordinator.config.call_timeout_s,
+        )
+        rows = answer.output
+        header["sent_digest"] = "0x" + answer.sent_digest.hex()
+        header["sent_signature"] = "0x" + answer.sent_signature.hex()
+    raw = encode_message(header, [rows])
     return Response(content=raw, media_type="application/octet-stream")

@@ -1,0 +1,97 @@
+"""`verify_replay.chunk_replay` (pure): a replay is one ordinary batch-1 generation session on the wire (a prompt
+prefill, then one-token decode steps, no padding, no mask, the stage's usual `last_token_only`), and its answers'
+rows are the audited chunk's rows at the right positions."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from globai.models.reference import prefill_positions
+from market.coordinator.verify_replay import (
+    ChunkReplay,
+    RecordedCall,
+    RecordedPart,
+    chunk_replay,
+    gather_rows,
+    with_claimed_padding,
+)
+
+HIDDEN = 4
+
+
+def recorded(lengths: list[int], new_tokens: int, *, last: bool) -> tuple[RecordedPart, torch.Tensor]:
+    """A left-padded batch run as the coordinator records it; every input row holds (sequence, column) so an
+    identity stage's answers say where each row came from. Returns the part and the inputs [B, T, hidden]."""
+    width = max(lengths)
+    mask = torch.zeros(len(lengths), width, dtype=torch.int64)
+    for i, n in enumerate(lengths):
+        mask[i, width - n :] = 1
+    total = width + new_tokens
+    x = torch.zeros(len(lengths), total, HIDDEN)
+    for b in range(len(lengths)):
+        x[b, :, 0] = b
+        x[b, :, 1] = torch.arange(total, dtype=torch.float32)
+    positions = prefill_positions(mask)
+    calls = [RecordedCall(0, 0, last, [x[:, :width], positions, mask])]
+    last_pos = positions[:, -1:]
+    committed = [width - 1] if last else list(range(width))
+    for step in range(1, new_tokens + 1):
+        last_pos = last_pos + 1
+        col = width + step - 1
+        calls.append(RecordedCall(step, col, last, [x[:, col : col + 1], last_pos]))
+        committed.append(col)
+    return RecordedPart("m", 2, 4, calls, committed), x
+
+
+def identity_answers(replay: ChunkReplay) -> list[torch.Tensor]:
+    return [c.tensors[0][:, -1:] if c.last_token_only else c.tensors[0] for c in replay.calls]
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_replay_is_an_ordinary_session_and_its_rows_are_the_chunks(last: bool) -> None:
+    lengths, new_tokens = [40, 13, 70], 60
+    part, x = recorded(lengths, new_tokens, last=last)
+    width = max(lengths)
+    prefill_lengths, session_lengths = set(), set()
+    for seed in range(40):
+        for seq in range(len(lengths)):
+            pad = width - lengths[seq]
+            for pc in sorted({p // 32 for p in part.committed}):
+                replay = chunk_replay(part, (seq << 32) | pc, random.Random(seed * 1000 + seq * 10 + pc))
+                committed = [p for p in part.committed if p // 32 == pc]
+                assert replay.positions == [p for p in committed if p >= pad]
+                if not replay.positions:
+                    assert replay.calls == []
+                    continue
+                calls = replay.calls
+                # The wire shape of an ordinary generation of one prompt.
+                assert [c.step for c in calls] == list(range(len(calls)))
+                a = int(calls[0].tensors[0].shape[1])
+                assert calls[0].first_position == 0 and a >= 1
+                assert torch.equal(calls[0].tensors[1], torch.arange(a).view(1, a))
+                for k, c in enumerate(calls[1:], start=1):
+                    assert c.first_position == a + k - 1
+                    assert list(c.tensors[0].shape[:2]) == [1, 1] and torch.equal(
+                        c.tensors[1], torch.tensor([[a + k - 1]])
+                    )
+                assert all(len(c.tensors) == 2 and c.tensors[0].shape[0] == 1 for c in calls)  # no mask, batch 1
+                assert all(c.last_token_only == last for c in calls)
+                total = width - pad + new_tokens
+                assert len(calls) >= 2 or total == 1  # at least one decode step
+                prefill_lengths.add(a % 32)
+                session_lengths.add((a + len(calls) - 1) % 32)
+                # Its answers hold the audited rows: (sequence, column) of each compared position.
+                rows = gather_rows(replay, identity_answers(replay))[0]
+                assert rows[:, 0].tolist() == [seq] * len(replay.positions)
+                assert rows[:, 1].tolist() == [float(p) for p in replay.positions]
+                # Padding rows are completed from the claim, the rest come from the replay.
+                claimed = x[seq, committed] + 100.0
+                full = with_claimed_padding(rows, replay.positions, committed, claimed)
+                for i, p in enumerate(committed):
+                    want = x[seq, p] if p >= pad else claimed[i]
+                    assert torch.equal(full[i], want)
+    # Neither the prompt length nor the session length follows the chunk grid.
+    assert len(prefill_lengths) > 16 and len(session_lengths) > 16
