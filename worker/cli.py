@@ -75,7 +75,7 @@ def run(
         threads = thread_policies.apply(thread_policy, threads)  # before torch loads: OpenMP reads it then
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--thread-policy") from None
-    from worker.runtime.daemon import WorkerConfig, WorkerDaemon
+    from worker.runtime.daemon import WorkerConfig, WorkerDaemon, event_loop_factory
 
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("worker").setLevel(logging.INFO)
@@ -123,7 +123,8 @@ def run(
         await daemon.serve(stop)
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(main())
     finally:
         daemon.close()
     typer.echo("worker stopped", err=True)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,19 @@ from worker.stage import DEFAULT_MAX_CACHE_BYTES, DEFAULT_SESSION_TTL_S, Stage
 
 log = logging.getLogger(__name__)
 INLINE_BYTES = 64 * 1024  # requests up to this size run on the event loop thread
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The daemon's event loop: uvloop where it is installed (it comes with `uvicorn[standard]`, a dependency; the
+    market's uvicorn runs on it too), which cuts the loop's share of each hop (docs/inference.md, Performance);
+    `GLOBAI_WORKER_LOOP=asyncio` keeps the standard loop. None: asyncio's default."""
+    if os.environ.get("GLOBAI_WORKER_LOOP", "uvloop") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 class NotEligibleError(GlobaiError):
@@ -267,24 +282,35 @@ class WorkerDaemon:
 
     async def _pump(self, ws: ClientConnection, stop: asyncio.Event, stopper: asyncio.Task[Any]) -> None:
         """Answer what arrives; messages that queued up while a forward ran are answered together (continuous
-        batching: concurrent sessions' decode steps become one forward, `StageServer.handle_many`)."""
+        batching: concurrent sessions' decode steps become one forward, `StageServer.handle_many`).
+
+        One reader task feeds a queue for the whole connection; the loop only awaits the queue (no task or
+        `asyncio.wait` per message: that machinery was a measurable part of each hop, docs/inference.md). A stop
+        request or the reader's end puts `None` in the queue."""
         assert self.server is not None
-        inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         reader = asyncio.create_task(self._read(ws, inbox))
+        wake = lambda _: inbox.put_nowait(None)  # noqa: E731
+        stopper.add_done_callback(wake)
+        reader.add_done_callback(wake)
         try:
-            while not stop.is_set():
-                receive = asyncio.ensure_future(inbox.get())
-                done, _ = await asyncio.wait({receive, stopper, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if receive not in done:
-                    receive.cancel()
-                    if reader in done:
+            while True:
+                raw = await inbox.get()
+                if raw is None or stop.is_set():
+                    if reader.done() and not reader.cancelled():
                         reader.result()  # the socket closed or failed: raise it for the reconnect loop
                     await ws.close(1001, "worker shutting down")
                     return
-                raws = [receive.result()]
-                await asyncio.sleep(0)  # let the reader hand over frames already on the socket
+                raws = [raw]
+                if inbox.empty():
+                    await asyncio.sleep(0)  # let the reader hand over frames already on the socket
+                ending = False
                 while not inbox.empty():
-                    raws.append(inbox.get_nowait())
+                    more = inbox.get_nowait()
+                    if more is None:
+                        ending = True  # answered below, then the next turn stops
+                        break
+                    raws.append(more)
                 if sum(len(r) for r in raws) <= INLINE_BYTES:
                     # Decode steps are small and short: a thread hand-off would cost more than it saves.
                     replies = self.server.handle_many(raws)
@@ -293,14 +319,18 @@ class WorkerDaemon:
                 for reply in replies:
                     if reply is not None:
                         await ws.send(reply)
+                if ending:
+                    inbox.put_nowait(None)
         finally:
+            stopper.remove_done_callback(wake)
+            reader.remove_done_callback(wake)
             reader.cancel()
 
     @staticmethod
-    async def _read(ws: ClientConnection, inbox: asyncio.Queue[bytes]) -> None:
+    async def _read(ws: ClientConnection, inbox: asyncio.Queue[bytes | None]) -> None:
         while True:
             raw = await ws.recv(decode=False)
-            await inbox.put(raw.encode() if isinstance(raw, str) else raw)
+            inbox.put_nowait(raw.encode() if isinstance(raw, str) else raw)
 
     def close(self) -> None:
         self.http.close()
