@@ -128,7 +128,12 @@ def run_step(var: Path, workers: int, procs: int, redis_url: str | None, idle_s:
         session.commit()
     engine.dispose()
     port = _free_port()
-    env = {"GLOBAI_MODELS_DIR": str(var / "models"), "GLOBAI_BLOB_DIR": str(var / "blobs")}
+    # The simulated workers compute nothing: no join challenge (it would keep them unrouted, uncounted).
+    env = {
+        "GLOBAI_MODELS_DIR": str(var / "models"),
+        "GLOBAI_BLOB_DIR": str(var / "blobs"),
+        "GLOBAI_JOIN_CHALLENGE": "false",
+    }
     if procs > 1:
         assert redis_url is not None
         env |= {

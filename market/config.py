@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     blob_dir: str = "var/blobs"
     blob_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     stage_timeout_s: float = Field(default=60.0, gt=0)
+    # A new worker link answers a challenge forward (timed, checked) before it is routed (docs/inference.md).
+    # Off only for tests that drive a worker socket by hand.
+    join_challenge: bool = True
 
     # The paid OpenAI-compatible API (docs/openai.md). Per-token prices in GLB wei (multiples of 1 gwei, the
     # settlement unit of a credit): the defaults, and per model {"name": {"prompt": wei, "completion": wei}}.

@@ -81,6 +81,8 @@ def coordinator_config(settings: Settings) -> CoordinatorConfig:
         chain_id=settings.chain_id,
         call_timeout_s=settings.stage_timeout_s,
         retention_s=settings.blob_retention_s,
+        tolerances_path=settings.tolerances_path,
+        join_challenge=settings.join_challenge,
     )
 
 

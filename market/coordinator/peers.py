@@ -66,8 +66,9 @@ def link_json(link: WorkerLink) -> dict[str, Any]:
         "layers": [link.layer_start, link.layer_end],
         "max_batch": link.max_batch,
         "max_tokens": link.max_tokens,
-        "throughput_tokens_s": link.throughput_tokens_s,
-        "latency_ms": link.latency_ms,
+        # What the owning process measured (its join challenge at least) caps what the others route it on.
+        "throughput_tokens_s": link.effective_tokens_s,
+        "latency_ms": link.effective_latency_ms,
         "reputation": [rep.alpha, rep.beta, rep.evidence],
     }
 

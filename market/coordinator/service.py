@@ -29,8 +29,16 @@ from globai.protocol.signing import ChunkScope
 from market import metrics
 from market.blobstore import BlobStore
 from market.coordinator.catalog import ModelCatalog, ServedModel
+from market.coordinator.challenge import (
+    REFERENCE_MAX_BYTES,
+    ChallengeFailed,
+    References,
+    build_challenge,
+    judge,
+    run_challenge,
+)
 from market.coordinator.chat import render_chat
-from market.coordinator.links import LinkRegistry, WorkerLink
+from market.coordinator.links import LinkRegistry, StageFailed, WorkerGone, WorkerLink
 from market.coordinator.peers import PeerConfig, Peers
 from market.coordinator.pipeline import GenerationFailed, PipelineRun, RouteUnavailable
 from market.coordinator.records import finish_run, save_evidence
@@ -40,7 +48,9 @@ from market.db import Worker
 from market.db.inference import InferenceRun
 from market.domain_errors import InvalidRequest, NotFound
 from market.scheduler.reputation import Reputation
+from market.services.verification import VerifierConfig
 from market.services.workers import record_outcome, worker_reputation
+from market.verifier.compare import load_tolerances
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED_RUNS = 256
@@ -56,6 +66,9 @@ class CoordinatorConfig:
     standbys: int = 1
     max_batch: int = 8
     max_new_tokens: int = 512
+    join_challenge: bool = True  # a challenge forward before a new link is routable (`challenge.py`)
+    reference_max_bytes: int = REFERENCE_MAX_BYTES  # models up to this size are checked against the market's own run
+    tolerances_path: str = ""  # the verifier's calibration (empty: shipped defaults)
 
 
 Messages = Sequence[Mapping[str, str]]  # one conversation: [{"role": "user", "content": "..."}, ...]
@@ -89,6 +102,8 @@ class Coordinator:
         self._clock = clock
         self._rng = random.Random(secrets.randbits(64))
         self._standing_at = 0.0
+        self.references = References(config.reference_max_bytes)
+        self.verifier = VerifierConfig(tolerances=load_tolerances(config.tolerances_path or None))
 
     # --- standing of live links (a slash or a ban takes effect at once, not at the next reconnect) ------------
     def read_standing(self, addresses: set[str]) -> dict[str, tuple[str | None, Reputation | None]]:
@@ -146,6 +161,87 @@ class Coordinator:
                 continue
             self.apply_standing(standing)
             self._standing_at = time.monotonic()
+
+    # --- admission: the challenge forward at join ---------------------------------------------------------------
+    async def admit(self, link: WorkerLink) -> bool:
+        """Challenge a new link before it becomes routable (`challenge.py`); True: add it to the registry.
+
+        Its timed answer is its first observed speed, so its declared figures are capped before any route uses
+        it. A wrong answer keeps it out of every route and counts as a failed check on its reputation: against
+        the market's own reference, or when two replicas of other operators disagree with it (one disagreeing
+        replica with no second opinion keeps it out, but is not held against it). Unanswered: kept out."""
+        served = self.catalog.get(link.model)
+        if not self.config.join_challenge or served is None or served.manifest.task != "causal-lm":
+            return True
+        layers = (link.layer_start, link.layer_end)
+        seed = secrets.randbits(62)
+        try:
+            challenge = await asyncio.to_thread(build_challenge, served, layers, seed=seed, references=self.references)
+        except Exception:  # the market's own fault (e.g. its copy of the model): not held against the worker
+            log.exception("join challenge for %s could not be built; admitted on its declared figures", link.address)
+            return True
+        timeout, chain_id = self.config.call_timeout_s, self.config.chain_id
+        try:
+            answer = await run_challenge(link, challenge, chain_id=chain_id, timeout=timeout)
+        except (WorkerGone, StageFailed, ChallengeFailed) as exc:
+            log.warning("worker %s not admitted: the join challenge failed: %s", link.address, exc)
+            return False
+        for positions, wall_ms, compute_ms in answer.timings:
+            link.observe(positions, wall_ms, compute_ms)
+        tol = self.verifier.tolerance(served.manifest.name, served.manifest.precision)
+        if challenge.expected is not None:
+            verdict = judge(answer, challenge.expected, tol)
+            if not verdict.ok:
+                await asyncio.to_thread(self._challenge_failed, link, f"the market's reference: {verdict.reason}")
+            return verdict.ok
+        against: list[str] = []
+        for replica in self._challenge_replicas(link):
+            try:
+                other = await run_challenge(replica, challenge, chain_id=chain_id, timeout=timeout)
+            except (WorkerGone, StageFailed, ChallengeFailed) as exc:
+                log.info("join challenge of %s: replica %s did not answer: %s", link.address, replica.address, exc)
+                continue
+            verdict = judge(answer, other.rows, tol)
+            if verdict.ok:
+                return True
+            against.append(replica.address)
+            if len(against) >= 2:
+                detail = f"replicas {', '.join(against)} ({verdict.reason})"
+                await asyncio.to_thread(self._challenge_failed, link, detail)
+                return False
+        if against:
+            log.warning("worker %s not admitted now: replica %s disagrees with it", link.address, against[0])
+            return False
+        log.info("worker %s admitted on its timed challenge alone (no reference, no replica)", link.address)
+        return True
+
+    def _challenge_replicas(self, link: WorkerLink, n: int = 2) -> list[WorkerLink]:
+        """Up to `n` live links of other operators serving exactly the same layers, in random order."""
+        same = [
+            lnk
+            for lnk in self.links.live(link.model)
+            if (lnk.layer_start, lnk.layer_end) == (link.layer_start, link.layer_end)
+            and lnk.operator_id != link.operator_id
+            and lnk.address != link.address
+        ]
+        self._rng.shuffle(same)
+        picked: list[WorkerLink] = []
+        for lnk in same:
+            if lnk.operator_id not in {p.operator_id for p in picked}:
+                picked.append(lnk)
+        return picked[:n]
+
+    def _challenge_failed(self, link: WorkerLink, detail: str) -> None:
+        log.warning("worker %s not admitted: wrong answer to the join challenge (%s)", link.address, detail)
+        with self._session_factory() as session:
+            record_outcome(
+                session,
+                worker_id=link.worker_id,
+                kind="fail",
+                now=self._clock(),
+                detail=f"wrong answer to the join challenge on [{link.layer_start}, {link.layer_end}): {detail}",
+            )
+            session.commit()
 
     # --- routing ---------------------------------------------------------------------------------------------
     def candidates(self, model: str) -> list[RouteCandidate]:

@@ -15,7 +15,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,8 +173,17 @@ class InProcessWorker:
 
     @classmethod
     def start(
-        cls, market: MarketServer, account: LocalAccount, layers: str, cache: Path, *, model: str = MODEL, **kw: Any
+        cls,
+        market: MarketServer,
+        account: LocalAccount,
+        layers: str,
+        cache: Path,
+        *,
+        model: str = MODEL,
+        setup: Callable[[WorkerDaemon], None] | None = None,
+        **kw: Any,
     ) -> InProcessWorker:
+        """`setup(daemon)` runs after it registered and loaded its stage, before it connects."""
         config = WorkerConfig(
             market_url=market.url,
             account=account,
@@ -189,6 +198,8 @@ class InProcessWorker:
         )
         worker = cls(WorkerDaemon(config))
         worker.daemon.prepare()
+        if setup is not None:
+            setup(worker.daemon)
         ready = threading.Event()
 
         def run() -> None:

@@ -35,7 +35,9 @@ TOKEN_TTL_S = 10  # the smallest the settings allow
 def short_tokens(
     tiny_model: Path, deployment: Any, anvil: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[MarketServer]:
-    yield from serve_market(tiny_model.parent, deployment, anvil, tmp_path_factory, token_ttl_s=TOKEN_TTL_S)
+    yield from serve_market(
+        tiny_model.parent, deployment, anvil, tmp_path_factory, token_ttl_s=TOKEN_TTL_S, join_challenge=False
+    )
 
 
 def _open_socket(market: MarketServer, account: LocalAccount, digest: str) -> ClientConnection:

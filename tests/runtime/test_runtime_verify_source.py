@@ -196,10 +196,10 @@ def test_worker_that_sends_other_than_it_commits_is_caught_by_the_coordinator(
     market, admin = admin_market
     cheat, honest = staked[4], staked[5]
     workers = [InProcessWorker.start(market, a, "0:4", tmp_path / f"c{i}") for i, a in enumerate((cheat, honest))]
-    apply_cheat(workers[0].daemon.server, "unbound")
     engine = make_engine(market.settings.database_url)
     try:
         market.wait_workers(2, timeout=120)
+        apply_cheat(workers[0].daemon.server, "unbound:0")  # admitted (its join challenge answered): cheats from now
         coordinator = market.coordinator
         original = coordinator.plan
 

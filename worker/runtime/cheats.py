@@ -7,6 +7,10 @@ must catch them by replaying sampled chunks on other workers:
 - `outside_topk`: every coordinate outside each row's top-8 shrunk by 10 % (invisible to an 8-value sketch).
 `unbound` commits to the honest output but sends another (x1.10 on every other row), with a valid signed hash of
 what it sends: the coordinator must find the commitment contradicting the sent rows and the worker be slashed.
+A cheat is patient by default: its worker answers its first session honestly (`honest_sessions` = 1), since that is
+the market's join challenge for any cheater that knows about it (the challenge looks like ordinary work, so the
+first session is all a cheater can spare); `MODE:0` cheats from the first session on (the join challenge must keep
+it out of every route).
 Never enable this outside tests: it gets a worker slashed.
 """
 
@@ -36,24 +40,44 @@ CHEATS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 SEND_CHEATS = ("unbound",)
 
 
-def apply_cheat(server: Any, mode: str) -> None:
-    """Install cheat `mode` on a `StageServer` (its steps then run one at a time, through the wrapped calls)."""
+class _Patience:
+    """Honest in the first `n` sessions the worker sees, cheating in every later one."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen: list[Any] = []
+
+    def cheats(self, session: Any) -> bool:
+        if session not in self.seen:
+            self.seen.append(session)
+        return self.seen.index(session) >= self.n
+
+
+def apply_cheat(server: Any, spec: str) -> None:
+    """Install cheat `spec` ("MODE" or "MODE:HONEST_SESSIONS") on a `StageServer` (its steps then run one at a
+    time, through the wrapped calls)."""
+    mode, _, honest = spec.partition(":")
+    if not honest.isdigit() and honest:
+        raise ValueError(f"cheat {spec!r}: the number of honest sessions must be a whole number")
+    patience = _Patience(int(honest or 1))
     server.merge_steps = False
     if mode in SEND_CHEATS:
-        _unbound(server)
+        _unbound(server, patience)
     elif mode in CHEATS:
-        _output_cheat(server.stage, mode)
+        _output_cheat(server.stage, mode, patience)
     else:
         known = sorted([*CHEATS, *SEND_CHEATS])
         raise ValueError(f"unknown cheat {mode!r} (known: {', '.join(known)})")
-    log.warning("CHEATING WORKER (%s): for verification tests only", mode)
+    log.warning("CHEATING WORKER (%s, honest in %d session(s)): for verification tests only", mode, patience.n)
 
 
-def _output_cheat(stage: Any, mode: str) -> None:
+def _output_cheat(stage: Any, mode: str, patience: _Patience) -> None:
     honest = stage.forward
 
     def forward(session_id: Any, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = honest(session_id, inputs, *args, **kwargs)
+        if not patience.cheats(session_id):
+            return out
         if mode == "identity" and inputs.dim() == 3 and inputs.shape == out.shape:
             return inputs.clone()
         return CHEATS[mode](out).to(out.dtype)
@@ -61,14 +85,14 @@ def _output_cheat(stage: Any, mode: str) -> None:
     stage.forward = forward
 
 
-def _unbound(server: Any) -> None:
+def _unbound(server: Any, patience: _Patience) -> None:
     from worker.runtime.commits import sign_sent
 
     honest = server._forward
 
     def forward(session: str, header: dict[str, Any], tensors: list[torch.Tensor]) -> tuple[Any, ...]:
         reply, output, signed = honest(session, header, tensors)  # commitments made over the honest output
-        if output.dim() == 3 and output.shape[1] > 0:
+        if patience.cheats(session) and output.dim() == 3 and output.shape[1] > 0:
             output = output.clone()
             output[:, ::2] = (output[:, ::2] * 1.10).to(output.dtype)
             scope = server.commits[session].scope

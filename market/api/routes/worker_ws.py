@@ -2,7 +2,8 @@
 
 The first message must be the worker's `hello` (model, digest, layer range); the market checks the model and
 the worker's eligibility (registered, staked, not banned), answers `welcome`, and from then on matches the
-worker's `result`/`error` answers to the coordinator's requests. A malformed or oversized frame gets an `error`
+worker's `result`/`error` answers to the coordinator's requests. The link becomes routable once it has answered
+the coordinator's join challenge (`Coordinator.admit`). A malformed or oversized frame gets an `error`
 answer and the connection stays up; only the socket closing removes the worker (its runs fail over).
 """
 
@@ -70,7 +71,20 @@ async def worker_socket(ws: WebSocket, ctx: CtxDep) -> None:
         return
     except WebSocketDisconnect:
         return
-    coordinator.links.add(link)
+
+    async def admit() -> None:
+        # The join challenge runs over this socket (its answers come through the loop below); only an admitted
+        # link is routable. One that failed stays connected and unrouted: reconnecting would only challenge it again.
+        try:
+            admitted = await coordinator.admit(link)
+        except Exception:  # the market's own fault: logged, the link stays unrouted
+            log.exception("admitting worker %s failed", link.address)
+            return
+        if admitted and link.alive:
+            coordinator.links.add(link)
+            log.info("worker %s admitted: %s [%d, %d)", link.address, link.model, link.layer_start, link.layer_end)
+
+    admission = asyncio.create_task(admit())
 
     async def expire() -> None:
         # The socket lives no longer than the token that opened it (the worker signs in again and reconnects), nor
@@ -112,6 +126,8 @@ async def worker_socket(ws: WebSocket, ctx: CtxDep) -> None:
         pass
     finally:
         expiry.cancel()
+        admission.cancel()
+        link.close("socket closed")
         coordinator.links.remove(link.link_id, "socket closed")
         log.info("worker %s disconnected", link.address)
 
