@@ -47,6 +47,8 @@ from market.training.model import evaluate_loss, initial_checkpoint
 from market.training.rounds import RoundState, Submission, decide_round
 from market.training.spec import ConfigModelRef, TrainingJobSpec, task_seed
 from market.training.storage import TrainingStorage, estimate_memory_bytes, parameter_shapes
+from market.training.verification import decide_update
+from market.verifier.disputes import GUILTY, Vote
 
 log = logging.getLogger(__name__)
 
@@ -586,6 +588,9 @@ def _step_verifying(
     waiting = False
     for u in accepted:
         assert u is not None
+        if u.check == "disputed":
+            waiting = not _decide_dispute(s, storage, shapes, job, rnd, u, now) or waiting
+            continue
         if u.check != "pending":
             continue
         replay = s.get(TrainingUpdate, u.check_task_id)
@@ -596,8 +601,14 @@ def _step_verifying(
             u.check_metrics = dict(verdict.metrics.__dict__) if verdict.metrics else {}
             if not verdict.ok:
                 log.warning(
-                    "job %s round %d: update of %s failed its replay (%s)", job.id, rnd.round, u.worker, verdict.reason
+                    "job %s round %d: update of %s failed its replay (%s): disputed",
+                    job.id,
+                    rnd.round,
+                    u.worker,
+                    verdict.reason,
                 )
+                _open_disputes(s, job, tj, rnd, u, now)
+                waiting = True
         elif rnd.verify_deadline_at is not None and now >= rnd.verify_deadline_at:
             u.check, u.check_reason = "void", "no replica replayed it in time"
             _cancel(s, [t for t in [s.get(Task, u.check_task_id)] if t is not None], now)
@@ -622,6 +633,95 @@ def _step_verifying(
     rnd.aggregated = keep  # the round's inputs are fixed from here on
     s.commit()
     return "verified"
+
+
+DISPUTE_ROUNDS = (1, 2)
+
+
+def _dispute_task(s: Session, job: Job, u: TrainingUpdate, r: int, now: datetime) -> Task:
+    """A replay of `u`'s task for dispute round `r`, never claimed by `u`'s operator."""
+    original = s.get(Task, u.task_id)
+    assert original is not None
+    payload = {**original.payload, "replay_of": u.task_id, "dispute": r}
+    (task,) = job_service.enqueue_tasks(s, job=job, tasks=[_task_spec(job, payload, u.operator_id)], now=now)
+    return task
+
+
+def _open_disputes(s: Session, job: Job, tj: TrainingJob, rnd: TrainingRound, u: TrainingUpdate, now: datetime) -> None:
+    """A first replay disagreed with `u`: two more replicas of other operators replay the same task; the round
+    waits for them (its verification deadline moves on by a round timeout)."""
+    tasks = [_dispute_task(s, job, u, r, now) for r in DISPUTE_ROUNDS]
+    u.check = "disputed"
+    u.check_metrics = {**(u.check_metrics or {}), "disputes": [t.id for t in tasks]}
+    timeout = timedelta(seconds=job_spec(tj).round_timeout_s)
+    rnd.verify_deadline_at = max(rnd.verify_deadline_at or now, now + timeout)
+
+
+def _decide_dispute(
+    s: Session,
+    storage: TrainingStorage,
+    shapes: dict[str, tuple[int, ...]],
+    job: Job,
+    rnd: TrainingRound,
+    u: TrainingUpdate,
+    now: datetime,
+) -> bool:
+    """Decide a disputed update 2-of-3 (`verification.decide_update`) as soon as the independent votes settle it
+    (the worker is guilty once one dispute replay agrees with the first; cleared once both disagree with it), or
+    at the round's verification deadline (a missing vote is void). A replay by an operator that already voted (the
+    first replica's, the other dispute's) is void, and its slot is queued again for another operator while there
+    is time. The loser's signed update fails: the worker's if guilty, else an outvoted replica's (its replay is
+    then unpaid and slashed, `verify.hand_over_for_settlement`). False: still waiting."""
+    first = s.get(TrainingUpdate, u.check_task_id)
+    assert first is not None  # a dispute is opened only on a received first replay
+    timed_out = rnd.verify_deadline_at is not None and now >= rnd.verify_deadline_at
+    involved = {u.operator_id, first.operator_id}
+    slots = list((u.check_metrics or {}).get("disputes", []))
+    votes = [Vote(0, "fail", u.check_reason)]
+    replays: dict[int, TrainingUpdate] = {0: first}
+    waiting: list[str] = []
+    for index, (r, task_id) in enumerate(zip(DISPUTE_ROUNDS, slots, strict=False)):
+        replay = s.get(TrainingUpdate, task_id)
+        if replay is None:
+            votes.append(Vote(r, "void", "not replayed"))
+            waiting.append(task_id)
+        elif replay.operator_id in involved:
+            votes.append(Vote(r, "void", f"operator {replay.operator_id} already voted"))
+            if not timed_out:
+                slots[index] = _dispute_task(s, job, u, r, now).id
+                waiting.append(slots[index])
+        else:
+            involved.add(replay.operator_id)
+            verdict = verify.judge_replay(storage, shapes, u, replay)
+            votes.append(Vote(r, "pass" if verdict.ok else "fail", verdict.reason[:160]))
+            replays[r] = replay
+    outcome, losers = decide_update(votes)
+    settled = outcome == GUILTY or sum(v.status == "pass" for v in votes) == len(DISPUTE_ROUNDS)
+    if not (settled or timed_out or not waiting):
+        u.check_metrics = {**(u.check_metrics or {}), "disputes": slots}
+        return False
+    _cancel(s, [t for t in (s.get(Task, tid) for tid in waiting) if t is not None], now)
+    u.check = "fail" if outcome == GUILTY else "pass"
+    u.check_metrics = {
+        **(u.check_metrics or {}),
+        "disputes": slots,
+        "outcome": outcome,
+        "votes": [[v.round, v.status, v.reason] for v in votes],
+    }
+    winners = [r for r in replays if r not in losers]
+    for r in losers:
+        loser = replays[r]
+        loser.check, loser.check_reason = "fail", f"outvoted 2-of-3 on the replay of {u.task_id}"[:160]
+        loser.check_task_id = replays[winners[0]].task_id if winners else None  # the finder
+    log.warning(
+        "job %s round %d: update of %s %s 2-of-3 (%s)",
+        job.id,
+        rnd.round,
+        u.worker,
+        outcome,
+        ", ".join(f"{v.round}:{v.status}" for v in votes),
+    )
+    return True
 
 
 @dataclass(frozen=True)

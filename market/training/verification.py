@@ -7,15 +7,20 @@ order (thread counts, BLAS kernels), which is tiny; a random update (cosine ≈ 
 
 Thresholds are calibrated (`calibrate_tolerance`): max honest drift measured by replays, times a margin, with
 floors.
+
+A replay that disagrees is not a verdict yet: two more replicas of other operators replay the task and the update is
+decided 2-of-3 exactly as an inference segment is (`decide_update`, over `market.verifier.disputes.decide_segment`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from market.verifier.disputes import GUILTY, Vote, decide_segment
 
 
 @dataclass(frozen=True)
@@ -101,3 +106,14 @@ def calibrate_tolerance(
     cos_gap = max(floor_rel_l2**2, margin * max(1 - s.cosine for s in samples))
     ratio = max(floor_rel_l2, margin * max(abs(s.norm_ratio - 1) for s in samples))
     return UpdateTolerance(max_rel_l2=rel, min_cosine=1 - cos_gap, max_norm_ratio_dev=ratio)
+
+
+def decide_update(votes: Sequence[Vote]) -> tuple[str, list[int]]:
+    """An update whose first replay (round 0) disagreed, decided 2-of-3 with the dispute replays (rounds 1, 2):
+    the outcome (`disputes.GUILTY`, `CLEARED`, ...) and the rounds whose replica was outvoted: its signed replay
+    is the wrong one (it fails, unpaid and slashed like any wrong signed update)."""
+    outcome, first_lost = decide_segment(votes)
+    losers = [0] if first_lost else []
+    if outcome == GUILTY:
+        losers += [v.round for v in votes if v.round > 0 and v.status == "pass"]
+    return outcome, losers

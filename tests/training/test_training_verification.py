@@ -111,3 +111,16 @@ def test_calibration_needs_samples_and_keeps_floors() -> None:
     exact = update_metrics({"a": torch.ones(3)}, {"a": torch.ones(3)})
     tol = calibrate_tolerance([exact])
     assert tol.max_rel_l2 == 1e-4 and tol.min_cosine < 1.0
+
+
+def test_a_disputed_update_is_decided_2_of_3_and_the_outvoted_replica_loses() -> None:
+    from market.training.verification import decide_update
+    from market.verifier.disputes import Vote
+
+    first = Vote(0, "fail", "relative L2 error")
+    assert decide_update([first, Vote(1, "pass", ""), Vote(2, "pass", "")]) == ("cleared", [0])
+    assert decide_update([first, Vote(1, "fail", ""), Vote(2, "pass", "")]) == ("guilty", [2])
+    assert decide_update([first, Vote(1, "fail", ""), Vote(2, "fail", "")]) == ("guilty", [])
+    assert decide_update([first, Vote(1, "fail", ""), Vote(2, "void", "")]) == ("guilty", [])
+    # One independent vote for the worker and none against it besides the first: cleared, nobody provably wrong.
+    assert decide_update([first, Vote(1, "pass", ""), Vote(2, "void", "")]) == ("cleared", [])

@@ -245,8 +245,8 @@ def test_concurrent_aggregators_apply_a_round_once(api: dict[str, Any], corpus: 
 
 
 def test_round_of_only_cheats_is_run_again(api: dict[str, Any], corpus: bytes) -> None:
-    """W = 1 and its only update is caught by the replay: the round is not applied; it reopens with a fresh task,
-    and the honest redo (replayed by a third operator) is what gets applied."""
+    """W = 1 and its only update is caught by the replay (and the two dispute replays): the round is not applied;
+    it reopens with a fresh task, and the honest redo (replayed by a third operator) is what gets applied."""
     job_id = _post(api, corpus, rounds=1, workers_per_round=1, inner_steps=2)
     with Session(api["engine"]) as s:
         tj = s.get(TrainingJob, job_id)
@@ -266,7 +266,10 @@ def test_round_of_only_cheats_is_run_again(api: dict[str, Any], corpus: bytes) -
     assert cheater.claim() is None  # its own replay goes to another operator
     replay = honest_a.run_once()
     assert replay is not None and replay.replay
-    assert step() == "open"  # caught: reopened, nothing applied
+    assert step() == "verifying"  # disputed: two more operators replay it
+    for replica in (honest_b, _worker(api, "op-c")):
+        assert replica.run_once() is not None
+    assert step() == "open"  # caught 2-of-3: reopened, nothing applied
     assert storage.checkpoints.versions(job_id) == [0]
     redo = honest_a.run_once()
     assert redo is not None and not redo.replay and step() == "verifying"
