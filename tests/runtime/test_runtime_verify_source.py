@@ -331,16 +331,13 @@ def test_replays_look_like_ordinary_work_at_the_worker(
 
     market, admin = admin_market
     layout = {staked[0]: "0:2", staked[1]: "2:4", staked[2]: "0:2", staked[3]: "2:4"}
-    workers = [
-        InProcessWorker.start(market, a, layers, tmp_path / f"c{i}") for i, (a, layers) in enumerate(layout.items())
-    ]
     seen: dict[str, dict[str, list[Any]]] = {}  # worker address -> session -> messages in arrival order
 
-    def capture(worker: InProcessWorker) -> None:
-        server = worker.daemon.server
+    def capture(daemon: Any) -> None:  # before it connects: its join challenge is captured too
+        server = daemon.server
         assert server is not None
         handle = server.handle_many
-        box = seen.setdefault(worker.daemon.config.account.address, {})
+        box = seen.setdefault(daemon.config.account.address, {})
 
         def handle_many(raws):  # type: ignore[no-untyped-def]
             for raw in raws:
@@ -351,12 +348,17 @@ def test_replays_look_like_ordinary_work_at_the_worker(
 
         server.handle_many = handle_many  # type: ignore[method-assign]
 
-    for w in workers:
-        capture(w)
+    workers = [
+        InProcessWorker.start(market, a, layers, tmp_path / f"c{i}", setup=capture)
+        for i, (a, layers) in enumerate(layout.items())
+    ]
     engine = make_engine(market.settings.database_url)
     sessions = make_session_factory(engine)
     try:
         market.wait_workers(4, timeout=120)
+        challenges = {address: dict(by_session) for address, by_session in seen.items()}  # the join challenges
+        for by_session in seen.values():
+            by_session.clear()
         requester = Requester(market, Account.from_key(b"\x78" * 32))
         runs = [
             requester.generate([[5, 9, 11, 3] * 9, [7, 1, 2] * 5], max_new_tokens=40)["id"],
@@ -425,6 +427,10 @@ def test_replays_look_like_ordinary_work_at_the_worker(
         assert {sig[12] for sig in ordinary} == {True, False}  # padded and unpadded batches were both seen
         odd = [sig for sig in replays if sig not in ordinary]
         assert not odd, odd[:1]
+        # Each worker's join challenge was one session, shaped like ordinary work as well.
+        assert all(len(by_session) == 1 for by_session in challenges.values()) and len(challenges) == 4
+        joined = [session_signature(m, layers_of[a], 4) for a, b in challenges.items() for m in b.values()]  # type: ignore[arg-type]
+        assert all(sig in ordinary for sig in joined), [sig for sig in joined if sig not in ordinary][:1]
     finally:
         for w in workers:
             w.stop()
