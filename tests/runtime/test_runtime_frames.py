@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
 import torch
 from eth_account.signers.local import LocalAccount
 from websockets.sync.client import connect
@@ -27,8 +28,17 @@ def _error(raw: bytes) -> dict:  # type: ignore[type-arg]
 
 
 def test_bad_frames_from_a_worker_are_answered_and_the_market_goes_on(
-    market: MarketServer, requester: Requester, staked: list[LocalAccount], tiny_model: Path, tmp_path: Path
+    market: MarketServer,
+    requester: Requester,
+    staked: list[LocalAccount],
+    tiny_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    async def admitted(link: object) -> bool:  # the hand-driven socket below answers no join challenge
+        return True
+
+    monkeypatch.setattr(market.coordinator, "admit", admitted)
     workers = [
         InProcessWorker.start(market, staked[i], layers, tmp_path / f"w{i}") for i, layers in enumerate(["0:2", "2:4"])
     ]
