@@ -7,17 +7,18 @@ Measured in one process, process CPU time, torch threads as given:
 1. the job: a left-padded batch of B chat prompts through two real `worker.stage.Stage`s (layers [0, 15) and
    [15, 30)), prefill then greedy KV-cache decode for N steps (`run_pipeline_local`, the coordinator's driver), and
    the worker's commitments (`worker.runtime.commits`: sketch + signature per 32-token chunk, signed answers, root).
-2. verification at the default policy, per stage part: the sampling draw, then per sampled chunk what the market
-   does now (`market/coordinator/verify_replay.chunk_replay`): the replica's prefill of that sequence up to the
-   chunk's end (the last stage: prefix with last-token logits, then the chunk with every row's logits) with its
-   own commitments and signed answers, and the verifier's check (`check_claim`: signatures, Merkle proof, whole
-   held tensor on the hidden-state stage, the market's seeded projections on the logits).
-3. side by side, on the same sampled chunks: what verification cost before this change (every recorded call of a
-   sampled part replayed one by one on a replica, i.e. the stage's whole decode again, once per part: a lower
-   bound, the old path did it once per (part, replica)), and what a replay from a recorded KV state would cost
-   (only the chunk's window, its prefix already cached; not implemented: it needs the worker to commit to its KV).
-4. power: P(a worker cheating on a fraction f of its chunks is caught within 1 and 10 jobs), analytic
-   (`sampling.detection_probability`) and Monte Carlo through the real sampler (`sample_segments`, fresh seeds).
+2. verification at the default policy, per stage part: the sampling draw (per sequence), then per sampled
+   sequence what the market does (`market/coordinator/verify_replay.chunk_replay`): an ordinary-looking batch-1
+   generation session of that sequence on the replica up to its last committed chunk (a prefill of a random prefix,
+   then one-token decode steps; on the last stage each committed row is a decode step's last-token logits) with its
+   own commitments and signed answers, and the verifier's check of every chunk of the sequence against that one
+   replay (`check_claim`: signatures, Merkle proof, whole held tensor on the hidden-state stage, the market's
+   seeded projections on the logits); side by side, the same sequence as one prefill (cheaper, recognisable).
+3. side by side, on the same recorded run: the policy this replaced (chunks drawn one by one at a per-job rate,
+   each replayed alone).
+4. power: P(a worker cheating in a fraction f of its sequences is caught in 1 job and before it has served the
+   policy's N sequences), analytic (`sampling.detection_probability`) and Monte Carlo through the real sampler
+   (`sample_segments`, fresh seeds), with 10 % colluding replicas.
 5. false slashes: every check above is an honest worker's chunk against an honest replica's replay.
 """
 
@@ -50,6 +51,7 @@ from globai.protocol.signing import ChunkScope  # noqa: E402
 from market.coordinator.chat import render_chat  # noqa: E402
 from market.coordinator.service import left_pad  # noqa: E402
 from market.coordinator.verify_replay import (  # noqa: E402
+    ChunkReplay,
     RecordedCall,
     RecordedPart,
     chunk_replay,
@@ -199,106 +201,165 @@ def run_on_replica(replica: Stage, calls: list[RecordedCall], account, sid: str)
     return outs
 
 
-def verify_job(parts, replicas, model: str, layers, account, replica_account, history, tol, runs):  # type: ignore[no-untyped-def]
-    """(new CPU s, old CPU s, window-only CPU s, chunks checked, failures) per run, for a job of `runs` runs alike:
-    the rate is drawn from the worker's chunks in the whole job (now), or in this run alone (before). The run is
-    sampled `runs` times with fresh seeds (one draw per run of the job) and the costs averaged per run."""
-    new_s = old_s = window_s = 0.0
-    checked = failures = 0
+def prefill_replay(rec: RecordedPart, chunk: int) -> ChunkReplay:
+    """For comparison only: the same sequence as one prefill with every row back (hidden states), or the prompt
+    with its last-token logits then the rest in one call with every row's logits (last stage). Cheaper, but
+    recognisable on the wire (ordinary work never asks a many-row logits answer), so not what the market sends."""
+    shaped = chunk_replay(rec, chunk, random.Random(0))
+    seq = chunk >> 32
+    x = torch.cat([c.tensors[0][seq : seq + 1] for c in rec.calls], dim=1)
+    pos = torch.cat([c.tensors[1] if c.tensors[1].shape[0] == 1 else c.tensors[1][seq : seq + 1] for c in rec.calls], 1)
+    mask = torch.cat(
+        [c.tensors[2][seq : seq + 1] if len(c.tensors) > 2 else torch.ones_like(c.tensors[1][:1]) for c in rec.calls], 1
+    )
+    pad = int(mask[0].nonzero().flatten()[0])
+    end = shaped.positions[-1] + 1
+    x, pos = x[:, pad:end], pos[:, pad:end]
+    if not shaped.last_token_only:
+        calls = [RecordedCall(0, 0, False, [x.contiguous(), pos.contiguous()])]
+        return ChunkReplay(calls, [(0, p - pad) for p in shaped.positions], shaped.positions, False)
+    first = shaped.positions[0] - pad
+    calls = [RecordedCall(0, 0, True, [x[:, :first].contiguous(), pos[:, :first].contiguous()])] if first else []
+    calls.append(RecordedCall(len(calls), first, False, [x[:, first:].contiguous(), pos[:, first:].contiguous()]))
+    return ChunkReplay(calls, [(len(calls) - 1, p - pad - first) for p in shaped.positions], shaped.positions, False)
+
+
+def before_rate(history: sampling.WorkerHistory, chunks_per_job: int) -> float:
+    """The policy this change replaced (per chunk, target "10 % of chunks caught within 10 jobs at 99.9 %" with
+    10 % colluding replicas, p_econ = 0.035 from C 0.8, R 1, S 50), for the side-by-side column."""
+    detect = (1 - 0.001 ** (1 / (0.1 * chunks_per_job * 10))) / 0.9
+    base = max(2 * 0.8 / (0.9 * 51), min(detect, 1.0), 0.01)
+    return min(base + (1 - base) * sampling.distrust(history), 1.0)
+
+
+def check_chunks(part: Part, rec: RecordedPart, kept: torch.Tensor, chunks: list[int], wanted, outs, account, tol):  # type: ignore[no-untyped-def]
+    """The verifier's check of each chunk against the replica's rows of it (`InferenceWorkSource.replay`: rows at
+    padding positions taken as sent): signatures, proof, held tensor. Returns the failures."""
+    rows = gather_rows(wanted, outs)[0] if outs else None
+    failures = 0
+    for chunk in chunks:
+        pc = chunk & 0xFFFFFFFF
+        held = held_rows(part, rec, kept, chunk)  # kept by the market during the job: not verification work
+        idx = [i for i, p in enumerate(wanted.positions) if p // 32 == pc]
+        committed = [p for p in rec.committed if p // 32 == pc]
+        claimed = held if isinstance(held, torch.Tensor) else None
+        replayed = rows[idx] if rows is not None else claimed
+        if claimed is not None and replayed is not None:
+            replayed = with_claimed_padding(replayed, [wanted.positions[i] for i in idx], committed, claimed)
+        signed = part.signed[chunk]
+        verdict = check_claim(
+            signed,  # type: ignore[arg-type]
+            part.tree.proof(signed.commitment.leaf),  # type: ignore[attr-defined, union-attr]
+            replayed,
+            tol,
+            expected_scope=part.scope,
+            chunk_index=chunk,
+            worker=account.address,
+            signed_root=part.root,  # type: ignore[arg-type]
+            held=held,
+        )
+        failures += not verdict.ok
+    return failures
+
+
+@dataclass
+class Costs:
+    """Measured CPU seconds of one recorded run's checks, per stage part."""
+
+    sequence: list[list[float]]  # [part][sequence]: replay of the whole sequence + the check of each of its chunks
+    prefill: list[list[float]]  # the same as one prefill with every row back (recognisable; for comparison)
+    chunk: list[list[float]]  # [part][chunk of the measured sequences]: that chunk replayed alone + its check
+    before_sequences: int  # how many sequences `chunk` covers (of B)
+    checked: int = 0
+    failures: int = 0
+
+
+def measure(parts, replicas, model: str, layers, account, replica_account, tol, before_sequences: int) -> Costs:  # type: ignore[no-untyped-def]
+    """Replay every sequence of every part once, as the market does (now) and as one prefill (for comparison),
+    and every chunk of the first `before_sequences` sequences alone (before), on a replica, timing each, and check
+    every chunk against each replay."""
+    costs = Costs([], [], [], before_sequences)
     for part, replica, span in zip(parts, replicas, layers, strict=True):
-        t0 = cpu()
         rec = recorded(part, model, span)
-        rate = sampling.sampling_rate(sampling.DEFAULT_ECONOMICS, history, runs * len(part.signed))
-        task = sampling.TaskChunks(part.scope.task_id, part.index, sorted(part.signed), rate)
-        segments = [seg for _ in range(runs) for seg in sampling.sample_segments(os.urandom(32), [task])]
-        old_rate = sampling.sampling_rate(sampling.DEFAULT_ECONOMICS, history, len(part.signed))
-        old_task = sampling.TaskChunks(part.scope.task_id, part.index, sorted(part.signed), old_rate)
-        sampled_before = bool(sampling.sample_segments(os.urandom(32), [old_task]))
-        new_s += cpu() - t0
         kept = torch.cat(part.outputs, dim=1)
-        for seg in segments:
-            chunk = seg.chunk_index
-            wanted = chunk_replay(rec, chunk)
-            held = held_rows(part, rec, kept, chunk)  # kept by the market during the job: not verification work
-            t0 = cpu()
-            outs = run_on_replica(replica, wanted.calls, replica_account, "replay") if wanted.calls else []
-            claimed = held if isinstance(held, torch.Tensor) else None
-            committed = [p for p in rec.committed if p // 32 == (chunk & 0xFFFFFFFF)]
-            if not outs:  # a chunk of padding only: nothing to replay (the verifier takes it as claimed)
-                replayed = claimed
-            else:
-                replayed = gather_rows(wanted, outs)[0]
-                if claimed is not None:
-                    replayed = with_claimed_padding(replayed, wanted.positions, committed, claimed)
-            signed = part.signed[chunk]
-            verdict = check_claim(
-                signed,  # type: ignore[arg-type]
-                part.tree.proof(signed.commitment.leaf),  # type: ignore[attr-defined, union-attr]
-                replayed,
-                tol,
-                expected_scope=part.scope,
-                chunk_index=chunk,
-                worker=account.address,
-                signed_root=part.root,  # type: ignore[arg-type]
-                held=held,
-            )
-            new_s += cpu() - t0
-            checked += 1
-            failures += not verdict.ok
-            # A replay from a recorded KV state: the prefix is already in the cache, only the window is computed.
-            lo = (chunk & 0xFFFFFFFF) * 32
-            prefix, window = split_at(wanted.calls, lo)
-            replica.open_session("window")
-            for c in prefix:
-                replica.forward(
-                    "window", *c.tensors[:2], c.tensors[2] if len(c.tensors) > 2 else None, last_token_only=True
-                )
-            t0 = cpu()
-            for c in window:
-                replica.forward(
-                    "window",
-                    *c.tensors[:2],
-                    c.tensors[2] if len(c.tensors) > 2 else None,
-                    last_token_only=c.last_token_only,
-                )
-            window_s += cpu() - t0
-            replica.close_session("window")
-        if sampled_before:  # before: the whole part's recorded calls, one by one, on a replica
-            t0 = cpu()
-            run_on_replica(replica, rec.calls, replica_account, "old")
-            old_s += cpu() - t0
-    return new_s / runs, old_s, window_s / runs, checked, failures
+        by_seq: dict[int, list[int]] = {}
+        for c in sorted(part.signed):
+            by_seq.setdefault(c >> 32, []).append(c)
+        for lst in (costs.sequence, costs.prefill, costs.chunk):
+            lst.append([])
+        for seq, seq_chunks in sorted(by_seq.items()):
+            for make, into in ((chunk_replay, costs.sequence), (prefill_replay, costs.prefill)):
+                wanted = make(rec, seq_chunks[-1])
+                t0 = cpu()
+                outs = run_on_replica(replica, wanted.calls, replica_account, "replay") if wanted.calls else []
+                costs.failures += check_chunks(part, rec, kept, seq_chunks, wanted, outs, account, tol)
+                costs.checked += len(seq_chunks)
+                into[-1].append(cpu() - t0)
+            if seq >= before_sequences:
+                continue
+            for chunk in seq_chunks:  # before: each chunk its own replay, as the market sends it
+                wanted = chunk_replay(rec, chunk)
+                t0 = cpu()
+                outs = run_on_replica(replica, wanted.calls, replica_account, "before") if wanted.calls else []
+                check_chunks(part, rec, kept, [chunk], wanted, outs, account, tol)
+                costs.chunk[-1].append(cpu() - t0)
+    return costs
 
 
-def split_at(calls: list[RecordedCall], lo: int) -> tuple[list[RecordedCall], list[RecordedCall]]:
-    """The replay's calls as [calls wholly before position lo] + [the rest: the chunk's window] (a prefill that
-    reaches into the window counts in the window; positions here are the replay's, padding removed)."""
-    at = next((i for i, c in enumerate(calls) if c.first_position + int(c.tensors[0].shape[1]) > lo), len(calls))
-    return calls[:at], calls[at:]
+def expected_cost(costs: Costs, p_now: float, p_before: float, batch: int) -> tuple[float, float, float]:
+    """(now, as one prefill, before) expected CPU seconds per run: each sequence is replayed with probability p_now;
+    before, each chunk with probability p_before (the sequences of a left-padded batch have the same length: the
+    measured ones stand for all B)."""
+    now = sum(p_now * c for part in costs.sequence for c in part)
+    prefill = sum(p_now * c for part in costs.prefill for c in part)
+    before = sum(p_before * c for part in costs.chunk for c in part) * batch / costs.before_sequences
+    return now, prefill, before
+
+
+def drawn_chunks(parts, history, runs: int) -> int:  # type: ignore[no-untyped-def]
+    """Chunks the real sampler picks over `runs` draws with fresh seeds (to show the draw, not to time it)."""
+    n = 0
+    for part in parts:
+        chunks = sorted(part.signed)
+        rate = sampling.sampling_rate(sampling.DEFAULT_ECONOMICS, history, sampling.chunks_per_sequence(chunks))
+        task = sampling.TaskChunks(part.scope.task_id, part.index, chunks, rate)
+        n += sum(len(sampling.sample_segments(os.urandom(32), [task])) for _ in range(runs))
+    return n
 
 
 def detection_table(
-    chunks_per_job: int, trials: int, rng: random.Random
+    sequences_per_job: int, trials: int, rng: random.Random
 ) -> list[tuple[float, float, float, float, float]]:
-    """(f, analytic 1 job, analytic 10 jobs, Monte Carlo 10 jobs, analytic 10 jobs with r = 0.1)."""
-    p = sampling.sampling_rate(sampling.DEFAULT_ECONOMICS, ESTABLISHED, chunks_per_job)
+    """(f, analytic 1 job, analytic within N sequences, Monte Carlo within N sequences, mean sequences served
+    until caught (Monte Carlo)) for an established worker cheating in a fraction f of its sequences, 10 % of the
+    replicas colluding (a sampled cheated sequence is missed when its replica colludes)."""
+    r = sampling.DEFAULT_ECONOMICS.collusion
+    n = sampling.DEFAULT_POLICY.target_sequences
+    jobs = -(-n // sequences_per_job)
+    p = sampling.sampling_rate(sampling.DEFAULT_ECONOMICS, ESTABLISHED, 3)
+    chunks = [seq << 32 | c for seq in range(sequences_per_job) for c in range(3)]
     out = []
     for f in (0.01, 0.02, 0.05, 0.10, 0.20, 0.50, 1.00):
         caught = 0
+        served: list[int] = []
         for _ in range(trials):
-            for _job in range(10):
-                cheated = [c for c in range(chunks_per_job) if rng.random() < f]
-                task = sampling.TaskChunks(b"\x07" * 32, 1, cheated, p)
-                if sampling.sample_segments(rng.randbytes(32), [task]):
-                    caught += 1
+            for job in range(10 * jobs):  # long enough to see when it is caught
+                cheated = {seq for seq in range(sequences_per_job) if rng.random() < f}
+                task = sampling.TaskChunks(b"\x07" * 32, 1, chunks, p)
+                hit = {seg.chunk_index >> 32 for seg in sampling.sample_segments(rng.randbytes(32), [task])}
+                if any(seq in cheated and rng.random() >= r for seq in hit):
+                    caught += job < jobs
+                    served.append((job + 1) * sequences_per_job)
                     break
+            else:
+                served.append(10 * jobs * sequences_per_job)
         out.append(
             (
                 f,
-                sampling.detection_probability(p, f, chunks_per_job, 1),
-                sampling.detection_probability(p, f, chunks_per_job, 10),
+                sampling.detection_probability(p, f, sequences_per_job, r),
+                sampling.detection_probability(p, f, jobs * sequences_per_job, r),
                 caught / trials,
-                sampling.detection_probability(p, f, chunks_per_job, 10, 0.1),
+                sum(served) / len(served),
             )
         )
     return out
@@ -341,24 +402,32 @@ def main(argv: list[str] | None = None) -> int:
     account, replica_account = Account.create(), Account.create()
     rows = []
     made: dict[tuple[int, int], tuple] = {}  # type: ignore[type-arg]
+    checked = failures = 0
     for batch, new, runs, labels in JOBS[:1] if args.quick else JOBS:
         if (batch, new) not in made:
-            made[(batch, new)] = run_job(model_dir, workers, batch, new, account)
-        parts, job_s, commit_s, prompt = made[(batch, new)]
+            parts, job_s, commit_s, prompt = run_job(model_dir, workers, batch, new, account)
+            costs = measure(parts, replicas, manifest.name, layers, account, replica_account, tol, 2)
+            checked, failures = checked + costs.checked, failures + costs.failures
+            made[(batch, new)] = (parts, job_s, commit_s, prompt, costs)
+        parts, job_s, commit_s, prompt, costs = made[(batch, new)]
         chunks = len(parts[0].signed)
+        k = max(sampling.chunks_per_sequence(sorted(p.signed)) for p in parts)
+        full = sum(c for part in costs.sequence for c in part)
         for label in labels:
             history = ESTABLISHED if label == "established" else sampling.WorkerHistory()
-            p = sampling.sampling_rate(sampling.DEFAULT_ECONOMICS, history, runs * chunks)
-            new_s, old_s, window_s, checked, fails = verify_job(
-                parts, replicas, manifest.name, layers, account, replica_account, history, tol, runs
-            )
-            rows.append(
-                (runs, batch, prompt, new, chunks, label, p, checked, job_s, commit_s, old_s, new_s, window_s, fails)
-            )
+            p = sampling.sampling_rate(sampling.DEFAULT_ECONOMICS, history, k)
+            old_p = before_rate(history, runs * chunks)
+            new_s, pre_s, old_s = expected_cost(costs, p, old_p, batch)
+            drawn = drawn_chunks(parts, history, 100)
+            row = (runs, batch, prompt, new, chunks, label, p, old_p, drawn, job_s, commit_s, old_s, new_s, full, pre_s)
+            rows.append(row)
             print(rows[-1], flush=True)
-    per_job = rows[-1][0] * rows[-1][4]
-    table = detection_table(per_job, args.trials, random.Random(7))
+    table = detection_table(8, args.trials, random.Random(7))
     load_end = os.getloadavg()
+    econ, policy = sampling.DEFAULT_ECONOMICS, sampling.DEFAULT_POLICY
+    p3 = sampling.sampling_rate(econ, ESTABLISHED, 3)
+    rich = sampling.Economics(econ.cost * 10, econ.reward * 10, econ.slash, econ.collusion)
+    none, one = (1 - p3) ** 8, 8 * p3 * (1 - p3) ** 7
 
     def pct(x: float, job: float) -> str:
         return f"{100 * x / job:.1f} %"
@@ -379,59 +448,77 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "**Cost per run** (process CPU seconds; a job = R runs alike, each B chat prompts of P tokens, left-padded, + "
         "N greedy KV-cache decode steps through both stages (the coordinator's default `max_batch` is 8, the API's "
-        "default `max_new_tokens` 32); verification = sampling + for each sampled chunk the replica's replay with "
-        "its commitments and signed answers + the verifier's check; shares are of the run's compute, worker "
-        "commitments excluded; the run is sampled R times with fresh seeds, one draw per run of the job, and the "
-        "verification costs are averaged per run):",
+        "default `max_new_tokens` 32); shares are of the run's compute, worker commitments excluded. Now: each of "
+        "the worker's sequences is drawn with probability p (per stage part), a drawn sequence is replayed once on a "
+        "replica as the market sends it (`verify_replay.chunk_replay`: an ordinary-looking batch-1 generation "
+        "session up to its last committed chunk, a prefill of a random prefix then one-token decode steps; on the "
+        "last stage every committed row is a decode step's last-token logits), with the replica's commitments and "
+        "signed answers, and every chunk of it is checked against that replay "
+        "(`check_claim`: signatures, Merkle proof, the whole held tensor on stage 0, the market's seeded projections "
+        "of the logits on the last stage). Before: the replaced policy (chunks drawn one by one at a rate from "
+        '"10 % of chunks caught within 10 jobs", each replayed alone), on the same recorded run. Costs are '
+        "expectations: every sequence of the run is replayed and timed once (every chunk of the first 2 sequences "
+        "alone for the before column, which stand for all B: the sequences of a left-padded batch have the same "
+        "length), each weighted by its probability of being drawn; the R runs of a job only change the before "
+        "policy's per-job rate):",
         "",
-        "| R x (B x P + N) | chunks / stage / run | worker | rate p | chunks checked (R draws) | run CPU s "
-        "| worker commitments | before: whole-part replay | now: chunk replay (prefix prefill) "
-        "| replay from a KV state (window only) | false fails |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| R x (B x P + N) | chunks / stage / run | worker | p now (per sequence) | p before (per chunk) "
+        "| chunks checked per run now (mean of 100 draws) | run CPU s | worker commitments | every sequence replayed "
+        "| before | now | now, if a replay were one prefill (recognisable) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        runs, batch, prompt, new, chunks, label, p, checked, job_s, commit_s, old_s, new_s, window_s, fails = r
+        runs, batch, prompt, new, chunks, label, p, old_p, drawn, job_s, commit_s, old_s, new_s, full, pre_s = r
         lines.append(
-            f"| {job_name(r)} | {chunks} | {label} | {p:.3f} | {checked} | {job_s:.2f} | "
-            f"{commit_s:.2f} s ({pct(commit_s, job_s)}) | {old_s:.2f} s ({pct(old_s, job_s)}) | "
-            f"{new_s:.2f} s ({pct(new_s, job_s)}) | {window_s:.2f} s ({pct(window_s, job_s)}) | {fails} |"
+            f"| {job_name(r)} | {chunks} | {label} | {p:.3f} | {old_p:.3f} | {drawn / 100:.1f} | {job_s:.2f} | "
+            f"{commit_s:.2f} s ({pct(commit_s, job_s)}) | {full:.2f} s ({pct(full, job_s)}) | "
+            f"{old_s:.2f} s ({pct(old_s, job_s)}) | **{new_s:.2f} s ({pct(new_s, job_s)})** | "
+            f"{pre_s:.2f} s ({pct(pre_s, job_s)}) |"
         )
     established = [r for r in rows if r[5] == "established"]
-    met = [job_name(r) for r in established if r[11] <= 0.05 * r[8]]
+    met = [job_name(r) for r in established if r[12] <= 0.05 * r[9]]
+    missed = [f"{job_name(r)} ({pct(r[12], r[9])})" for r in established if r[12] > 0.05 * r[9]]
     lines += [
         "",
-        "Verification share of an established worker's job now: "
-        + ", ".join(f"{pct(r[11], r[8])} ({job_name(r)})" for r in established)
+        "Verification share of an established worker's job: "
+        + ", ".join(f"{pct(r[12], r[9])} ({job_name(r)})" for r in established)
         + "; goal <= 5 %: "
-        + (f"met for {', '.join(met)}." if met else "not met in the measured range.")
-        + " Before this change a sampled part was replayed call by call (the stage's whole decode again) and the "
-        "rate was drawn per run, not per job; a check is now one prefill of one sequence up to the sampled chunk, "
-        "and the rate counts the worker's chunks over the whole job (the detection target is per job). The target "
-        "(10 % cheating caught within 10 jobs at 99.9 %, 10 % colluding replicas) needs ~7.7 checked chunks per "
-        "worker per job whatever its size (and the economic floor p >= 0.035 more on large jobs), each a prefill of "
-        "half a sequence on average (plus, on the last stage, the vocabulary-wide logits of the chunk's 32 rows), "
-        "against a job that decodes at batch B: the share falls as the job grows and stays high on a one-run "
-        "default job, where ~28 % of its 24 chunks per stage must be checked. Before this change the share was "
-        "~100 % at every size. Replaying only the chunk's window from a recorded KV state would cost the last "
-        "column; that needs the worker to commit to its KV cache per chunk and keep it until the sample is drawn (not "
-        "implemented). New workers are checked at p >= 0.75 on purpose.",
+        + (f"met for {', '.join(met)}" if met else "not met in the measured range")
+        + (f"; not met for {', '.join(missed)}." if missed else ".")
+        + " These are expectations over the draws (a run replays Binomial(8, p) sequences per stage; the "
+        f"default job replays none in {none:.0%} of runs and one in {one:.0%}). The rate is per worker, not per "
+        "job: p_detect makes a "
+        f"worker cheating in {policy.target_cheat_fraction:.0%} of its sequences caught with "
+        f"{policy.target_detection:.1%} before it has served {policy.target_sequences} sequences (10 % colluding "
+        'replicas), whatever the size of each job. New workers are checked at p >= 0.75 on purpose (the "new" row).',
         "",
-        f"**False slashes**: {sum(r[7] for r in rows)} honest chunks checked above (whole hidden-state tensors on "
+        f"**Economics** (`DEFAULT_ECONOMICS`, GLB per 32-token chunk: pay R = {econ.reward}, the demo's 0.01 GLB per "
+        f"unit; cost C = {econ.cost}; slash S = {econ.slash:g}, the vault's default minStake; collusion r = "
+        f"{econ.collusion}): cheating on a whole sequence of K = 3 chunks (the default job's stage 0) gains at most "
+        f"{3 * econ.cost:.2f} GLB; at p = {p3:.4f} it costs {-sampling.cheating_ev(p3, econ, 3):.2f} GLB in "
+        f"expectation (EV {sampling.cheating_ev(p3, econ, 3):.2f} GLB per cheated sequence); break-even p = "
+        f"{sampling.economic_rate(econ, 3):.4f}, p_econ (x2) = {2 * sampling.economic_rate(econ, 3):.4f}. A job "
+        f"paying 10x the demo's price needs p >= {2 * sampling.economic_rate(rich, 3):.3f} "
+        "for the same margin (the floor rises with pay / stake).",
+        "",
+        f"**False slashes**: {checked} honest chunks checked above (whole hidden-state tensors on "
         "stage 0, the market's seeded projections of the logits plus the sketch on the last stage, against a "
-        f"replica's prefix-prefill replay of the worker's KV-cache decode): {sum(r[13] for r in rows)} failures.",
+        f"replica's replay of the worker's KV-cache decode, in both replay shapes; every chunk of every measured "
+        f"run): {failures} failures.",
         "",
-        f"**Detection** (established worker, {per_job} chunks per job, p = "
-        f"{sampling.sampling_rate(sampling.DEFAULT_ECONOMICS, ESTABLISHED, per_job):.4f}; Monte Carlo: "
-        f"{args.trials} runs of 10 jobs through `sample_segments` with fresh seeds; a sampled cheated chunk counts "
-        'as caught: every cheat in "Verification: binding and coverage" is caught on 100 % of sampled chunks in '
-        "the full and projection modes):",
+        f"**Detection** (established worker, p = {p3:.4f} per sequence, jobs of 8 sequences x 3 chunks; a worker "
+        "cheating in each sequence with probability f; a sampled cheated sequence is caught unless its replica "
+        'colludes (10 %): every cheat in "Verification: binding and coverage" is caught on 100 % of sampled chunks '
+        f"in the full and projection modes; Monte Carlo: {args.trials} workers through `sample_segments` with fresh "
+        "seeds per job):",
         "",
-        "| cheat fraction f | P(caught in 1 job) | P(caught within 10 jobs) | Monte Carlo (10 jobs) "
-        "| 10 jobs, 10 % colluding replicas |",
+        f"| cheat fraction f (of sequences) | P(caught in 1 job) | P(caught within {policy.target_sequences} "
+        "sequences) | Monte Carlo | mean sequences served until caught (Monte Carlo; not caught within 10 N "
+        "counts as 10 N) |",
         "|---|---|---|---|---|",
     ]
-    for f, one, ten, mc, col in table:
-        lines.append(f"| {f:.0%} | {one:.4f} | {ten:.6f} | {mc:.3f} | {col:.6f} |")
+    for f, one, within, mc, served in table:
+        lines.append(f"| {f:.0%} | {one:.4f} | {within:.6f} | {mc:.3f} | {served:.0f} |")
     section = "\n".join(lines) + "\n"
     print(section)
     if not args.no_write:

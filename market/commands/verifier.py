@@ -81,29 +81,28 @@ def calibrate(
 
 @app.command()
 def rate(
-    chunks_per_job: Annotated[float, typer.Option(help="Chunks this worker produces per job.")] = 32,
-    cost: Annotated[float, typer.Option(help="C: compute cost saved by cheating on a chunk.")] = 0.8,
-    reward: Annotated[float, typer.Option(help="R: pay per chunk, forfeited when caught.")] = 1.0,
-    slash: Annotated[float, typer.Option(help="S: slashed per detected cheat.")] = 50.0,
+    chunks_per_sequence: Annotated[float, typer.Option(help="K: chunks in this worker's longest sequence.")] = 3,
+    cost: Annotated[float, typer.Option(help="C: compute cost saved by cheating on a chunk (GLB).")] = 0.256,
+    reward: Annotated[float, typer.Option(help="R: pay per chunk, forfeited when caught (GLB).")] = 0.32,
+    slash: Annotated[float, typer.Option(help="S: slashed per detected cheat (GLB).")] = 100.0,
     collusion: Annotated[float, typer.Option(help="r: fraction of colluding replicas.")] = 0.1,
     verified: Annotated[float, typer.Option(help="Worker's verified chunks (decayed).")] = 0.0,
     failed: Annotated[float, typer.Option(help="Worker's failed checks (decayed).")] = 0.0,
 ) -> None:
-    """Print the sampling rate the policy picks, and what it implies."""
+    """Print the sampling rate the policy picks (per sequence), and what it implies."""
     from market.verifier import sampling
 
     econ = sampling.Economics(cost=cost, reward=reward, slash=slash, collusion=collusion)
-    p = sampling.sampling_rate(econ, sampling.WorkerHistory(verified, failed), chunks_per_job)
+    k = chunks_per_sequence
+    p = sampling.sampling_rate(econ, sampling.WorkerHistory(verified, failed), k)
     policy = sampling.DEFAULT_POLICY
-    typer.echo(f"sampling rate p = {p:.4f}")
+    typer.echo(f"sampling rate p = {p:.4f} per sequence")
     typer.echo(
-        f"  break-even C/((1-r)(R+S)) = {sampling.economic_rate(econ):.4f}; EV of cheating = "
-        f"{sampling.cheating_ev(p, econ):.3f} per chunk"
+        f"  break-even KC/((1-r)(KR+S)) = {sampling.economic_rate(econ, k):.4f}; EV of cheating = "
+        f"{sampling.cheating_ev(p, econ, k):.3f} per sequence of {k:g} chunks"
     )
-    detect = sampling.detection_probability(
-        p, policy.target_cheat_fraction, chunks_per_job, policy.target_jobs, collusion
-    )
+    detect = sampling.detection_probability(p, policy.target_cheat_fraction, policy.target_sequences, collusion)
     typer.echo(
-        f"  P(catch a worker cheating on {policy.target_cheat_fraction:.0%} of chunks within "
-        f"{policy.target_jobs} jobs) = {detect:.6f}"
+        f"  P(catch a worker cheating in {policy.target_cheat_fraction:.0%} of its sequences before it has served "
+        f"{policy.target_sequences} sequences) = {detect:.6f}"
     )

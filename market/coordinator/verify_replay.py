@@ -1,8 +1,10 @@
-"""Verification replays through the coordinator: one sampled chunk is re-run on a replica worker.
+"""Verification replays through the coordinator: a sampled sequence is re-run on a replica worker.
 
-A replay of chunk c of sequence s (positions [32c, 32c + 32)) re-runs that one sequence's recorded stage input
-from position 0 past the chunk's end in a fresh session of the replica's own (`chunk_replay`): the rows of the
-chunk need the whole prefix in the replica's KV cache, but not the batch it ran in. On the wire it is an ordinary
+A replay of sequence s up to chunk c (positions [0, 32c + 32)) re-runs that one sequence's recorded stage input
+from position 0 past the chunk's end in a fresh session of the replica's own (`chunk_replay`) and brings back the
+row of every committed position of chunks 0..c: the session computes them anyway, so one replay checks them all
+(the sampling unit is a whole sequence, `market/verifier/sampling.py`). The rows need the whole prefix in the
+replica's KV cache, but not the batch it ran in. On the wire it is an ordinary
 generation of one prompt (docs/verification.md, "Replays look like work"): a fresh run-like session id and scope,
 a prefill of a randomly drawn prefix of the sequence (its left padding removed), then one-token decode steps; the
 last stage answers last-token logits per call as it always does. An honest replay differs from the worker's
@@ -87,8 +89,8 @@ def load_part(session: Session, blobs: BlobStore, *, run_id: str, layer_start: i
 
 @dataclass(frozen=True)
 class ChunkReplay:
-    """What a replica is sent to reproduce one chunk: one ordinary batch-1 session (a prompt prefill, then
-    one-token decode steps), and where the chunk's rows are in its answers."""
+    """What a replica is sent to reproduce a sequence up to a chunk: one ordinary batch-1 session (a prompt
+    prefill, then one-token decode steps), and where the rows of chunks 0..c are in its answers."""
 
     calls: list[RecordedCall]  # the session's forward calls, in order (step 0 = prefill, step k = decode)
     rows: list[tuple[int, int]]  # per compared position: (index into `calls`, row of that call's output)
@@ -100,7 +102,8 @@ MAX_PAD_DRAW = CHUNK_TOKENS  # prefill length and session end are drawn over a w
 
 
 def chunk_replay(part: RecordedPart, chunk_index: int, rng: random.Random | None = None) -> ChunkReplay:
-    """The calls that reproduce chunk `chunk_index` (sequence << 32 | position chunk) of a recorded part.
+    """The calls that reproduce sequence `chunk_index >> 32` of a recorded part up to the end of its chunk
+    `chunk_index & 0xFFFFFFFF`, with the row of every committed position of chunks 0..c (padding excluded).
 
     Shaped like ordinary work on the wire (docs/verification.md, "Replays look like work"): the chunk's sequence
     alone with its left padding removed (a batch of 1 never has padding in ordinary work; padding rows are
@@ -114,9 +117,9 @@ def chunk_replay(part: RecordedPart, chunk_index: int, rng: random.Random | None
     seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
     batch = int(part.calls[0].tensors[0].shape[0]) if part.calls else 0
     lo, hi = pc * CHUNK_TOKENS, (pc + 1) * CHUNK_TOKENS
-    positions = [p for p in part.committed if lo <= p < hi]
-    if not 0 <= seq < batch or not positions:
+    if not 0 <= seq < batch or not any(lo <= p < hi for p in part.committed):
         raise NotFound("chunk", f"{chunk_index:#x} of {part.model} [{part.layer_start}, {part.layer_end})")
+    positions = [p for p in part.committed if p < hi]  # chunks 0..c: the session computes them all anyway
     inputs, pos, mask = [], [], []
     for rec in part.calls:
         x = rec.tensors[0][seq : seq + 1]

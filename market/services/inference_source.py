@@ -6,7 +6,8 @@
   Units = output rows the worker committed to (one token position through one stage).
 - commitments: the stored signed chunk commitments; Merkle proofs from the tree over all of the part's chunks.
 - replicas and replays: the market's `/v1/verification/*` endpoints (the coordinator holds the workers'
-  sockets); one replay per sampled chunk (a prefill of its sequence up to the chunk's end on the replica).
+  sockets); one replay per sampled sequence (a session of it up to its last committed chunk on the replica),
+  whose rows answer every chunk of that sequence (kept in a small LRU while its chunks are compared).
 
 A job's parts and each part's parsed commitments + Merkle tree are cached (bounded LRU): a completed job's
 evidence never changes, and a long job has hundreds of sampled chunks, each its own check.
@@ -128,8 +129,12 @@ class InferenceWorkSource:
         self.chain_id = chain_id
         self.models_dir = Path(models_dir)
         self._manifests: dict[str, Manifest] = {}
-        # per (run, stage, worker, replica, chunk): the replica's rows and the digest it signed over them
-        self._replays: OrderedDict[tuple[str, int, str, str, int], tuple[torch.Tensor, tuple[str, str]]] = OrderedDict()
+        # per (run, stage, worker, replica, sequence): the replica's rows, their positions and the digest it signed
+        # over them; a sequence's chunks are compared one after the other (`run_check`), so a few are enough
+        self._replays: OrderedDict[tuple[str, int, str, str, int], tuple[torch.Tensor, list[int], tuple[str, str]]] = (
+            OrderedDict()
+        )
+        self._replay_cache_size = 4
         self._parts: OrderedDict[str, list[ClaimedPart]] = OrderedDict()
         self._trees: OrderedDict[str, tuple[dict[int, SignedCommitment], merkle.MerkleTree]] = OrderedDict()
         self._cache_size = cache_size
@@ -270,19 +275,34 @@ class InferenceWorkSource:
             model = run.model if run is not None else ""
         return self.client.replicas(model, part.layer_start, part.layer_end)
 
-    def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
-        """The replica's rows of the chunk. A replay leaves out the sequence's left padding (ordinary work never
-        pads a batch of 1): rows at padding positions are outputs no real token reads, and are taken as the worker
-        sent them (not compared)."""
+    def _sequence_replay(
+        self, part: ClaimedPart, chunk_index: int, replica: str
+    ) -> tuple[torch.Tensor, list[int], tuple[str, str]]:
+        """The replica's replay of the chunk's whole sequence (up to its last committed chunk), once per sequence:
+        (rows, the committed position of each, evidence)."""
         run_id, stage, worker = self._split(part.work_key)
-        key = (run_id, stage, worker, replica, chunk_index)
+        seq = chunk_index >> 32
+        last = max((c for c in part.chunk_indices if c >> 32 == seq), default=chunk_index)
+        key = (run_id, stage, worker, replica, seq)
+        with self._lock:
+            if key in self._replays:
+                self._replays.move_to_end(key)
+                return self._replays[key]
+        value = self.client.replay(run_id, stage, worker, replica, max(last, chunk_index))
+        with self._lock:
+            self._replays[key] = value
+            while len(self._replays) > self._replay_cache_size:
+                self._replays.popitem(last=False)
+        return value
 
-        def fetch() -> tuple[torch.Tensor, tuple[str, str]]:
-            rows, positions, evidence = self.client.replay(run_id, stage, worker, replica, chunk_index)
-            return self._with_padding(part, chunk_index, rows, positions), evidence
-
-        rows, _ = self._cached(self._replays, key, fetch)
-        return rows
+    def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
+        """The replica's rows of the chunk, from the replay of its whole sequence. A replay leaves out the
+        sequence's left padding (ordinary work never pads a batch of 1): rows at padding positions are outputs no
+        real token reads, and are taken as the worker sent them (not compared)."""
+        rows, positions, _ = self._sequence_replay(part, chunk_index, replica)
+        lo = (chunk_index & 0xFFFFFFFF) * 32
+        idx = [i for i, p in enumerate(positions) if lo <= p < lo + 32]
+        return self._with_padding(part, chunk_index, rows[idx].contiguous(), [positions[i] for i in idx])
 
     def _with_padding(
         self, part: ClaimedPart, chunk_index: int, rows: torch.Tensor, positions: list[int]
@@ -298,10 +318,7 @@ class InferenceWorkSource:
         return with_claimed_padding(rows, positions, committed, claimed)
 
     def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> tuple[str, str]:
-        run_id, stage, worker = self._split(part.work_key)
-        with self._lock:
-            cached = self._replays.get((run_id, stage, worker, replica, chunk_index))
-        return ("", "") if cached is None else cached[1]
+        return self._sequence_replay(part, chunk_index, replica)[2]
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
         if self.blobs is None:

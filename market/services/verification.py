@@ -1,10 +1,11 @@
 """The verification pipeline's logic (the Celery tasks in `market.tasks.verification` are thin wrappers).
 
     open_run            before the work: draw the job's sampling secret, publish only its hash (beacon)
-    start_verification  after every signed root is in: reveal the seed, sample segments per worker at the
-                        policy's rate, pick a replica of another operator for each -> check ids
-    run_check           replay one segment on its replica, compare with the claim; a tolerance mismatch opens
-                        two dispute checks on two more replicas -> new check ids
+    start_verification  after every signed root is in: reveal the seed, sample sequences per worker at the
+                        policy's rate (a check per committed chunk of each), pick a replica of another operator
+                        per sequence -> one check id per sequence to replay
+    run_check           replay one sequence on its replica, compare each of its sampled chunks with the claim; a
+                        tolerance mismatch opens two dispute checks on two more replicas -> new check ids
     decide_job          once no check is pending: 2-of-3 per segment, work parts paid / unpaid, reputation,
                         slash records for the guilty
     execute_slash       `StakingVault.slash` once per (job, worker), evidence = the signed commitment's digest,
@@ -209,6 +210,26 @@ def _pending_ids(session: Session, job_id: str) -> list[str]:
     )
 
 
+def _group(check: VerificationCheck) -> tuple[object, ...]:
+    """Round-0 checks of one part's sequence on one replica are answered by one replay (`run_check`)."""
+    if check.round != 0:
+        return (check.id,)
+    return (check.work_key, check.chunk_index >> 32, check.replica)
+
+
+def _replay_ids(session: Session, job_id: str) -> list[str]:
+    """One pending check id per replay to run (`run_check` on it decides its whole group)."""
+    rows = session.scalars(
+        select(VerificationCheck)
+        .where(VerificationCheck.job_id == job_id, VerificationCheck.status == "pending")
+        .order_by(VerificationCheck.work_key, VerificationCheck.chunk_index, VerificationCheck.round)
+    ).all()
+    lead: dict[tuple[object, ...], str] = {}
+    for c in rows:
+        lead.setdefault(_group(c), c.id)
+    return list(lead.values())
+
+
 # --- sampling --------------------------------------------------------------------------------------------------
 
 
@@ -235,7 +256,7 @@ def start_verification(
         log.warning("job %s had no verification run before its work; drawing the secret now", job_id)
         run = open_run(session, job_id=job_id, now=now)
     if run.status != "open":
-        return _pending_ids(session, job_id)  # a redelivered task: the replays still pending
+        return _replay_ids(session, job_id)  # a redelivered task: the replays still pending
     chain_job_id, secret, beacon = job.chain_job_id, bytes.fromhex(run.secret[2:]), bytes.fromhex(run.beacon[2:])
     session.commit()
 
@@ -247,19 +268,17 @@ def start_verification(
     roots = {work_id(part.work_key): part.signed_root.root for part in parts}
     seed = sampling.sampling_seed(bytes.fromhex(chain_job_id[2:]), roots, secret, beacon)
     by_task = {work_id(part.work_key): part for part in parts}
-    # The policy's "chunks per job" is per worker: all its parts of this job (every run, every stage) together.
+    # The unit is a sequence; the economics take the worker's longest sequence in the job (in chunks).
     per_worker: dict[str, int] = defaultdict(int)
     for part in parts:
-        per_worker[part.worker] += len(part.chunk_indices)
+        per_worker[part.worker] = max(per_worker[part.worker], sampling.chunks_per_sequence(part.chunk_indices))
     histories = {worker: _history(session, worker, now) for worker in per_worker}
     tasks = [
         sampling.TaskChunks(
             task_id=work_id(part.work_key),
             stage=part.stage,
             chunk_indices=part.chunk_indices,
-            rate=sampling.sampling_rate(
-                cfg.economics, histories[part.worker], max(per_worker[part.worker], 1), cfg.policy
-            ),
+            rate=sampling.sampling_rate(cfg.economics, histories[part.worker], per_worker[part.worker], cfg.policy),
         )
         for part in parts
     ]
@@ -281,7 +300,7 @@ def start_verification(
     run = session.get(VerificationRun, job_id)
     if run is None or run.status != "open":  # another delivery of this task got here first
         session.commit()
-        return _pending_ids(session, job_id)
+        return _replay_ids(session, job_id)
     existing = {p.work_key: p for p in session.scalars(select(WorkPart).where(WorkPart.job_id == job_id))}
     for part, task in zip(parts, tasks, strict=True):
         row = existing.get(part.work_key)
@@ -326,9 +345,13 @@ def start_verification(
                 decided_at=now,
             )
         )
+    picked: dict[tuple[str, int], Replica | None] = {}  # one replica per sequence: one replay checks all its chunks
     for seg in segments:
         part = by_task[seg.task_id]
-        replica = _pick(rng, pools[part.work_key], {part.operator_id}, {part.worker})
+        key = (part.work_key, seg.chunk_index >> 32)
+        if key not in picked:
+            picked[key] = _pick(rng, pools[part.work_key], {part.operator_id}, {part.worker})
+        replica = picked[key]
         session.add(
             VerificationCheck(
                 job_id=job_id,
@@ -347,7 +370,7 @@ def start_verification(
     run.status, run.seed, run.sampled, run.updated_at = "replaying", "0x" + seed.hex(), len(segments), now
     session.commit()
     log.info("job %s: %d of %d chunks sampled", job_id, len(segments), sum(len(p.chunk_indices) for p in parts))
-    ids = _pending_ids(session, job_id)
+    ids = _replay_ids(session, job_id)
     session.commit()
     return ids
 
@@ -364,7 +387,8 @@ def run_check(
     now: datetime,
     rng: random.Random | None = None,
 ) -> tuple[str, list[str]]:
-    """Replay one check's segment and decide it; returns (job id, ids of dispute checks it opened).
+    """Replay one check's sequence and decide every pending round-0 check of it on the same replica (one replay
+    answers them all); a dispute check is decided alone. Returns (job id, ids of dispute checks it opened).
 
     The replay runs outside any DB transaction (see `start_verification`).
     """
@@ -372,78 +396,99 @@ def run_check(
     check = session.get(VerificationCheck, check_id)
     if check is None:
         raise NotFound("verification check", check_id)
-    job_id, work_key, chunk, replica, rnd = check.job_id, check.work_key, check.chunk_index, check.replica, check.round
-    pending = check.status == "pending"
-    session.commit()
-    if not pending:
+    job_id, work_key, replica, rnd = check.job_id, check.work_key, check.replica, check.round
+    if check.status != "pending":
+        session.commit()
         return job_id, []
+    group = [check]
+    if rnd == 0:
+        siblings = session.scalars(
+            select(VerificationCheck).where(
+                VerificationCheck.job_id == job_id,
+                VerificationCheck.work_key == work_key,
+                VerificationCheck.round == 0,
+                VerificationCheck.status == "pending",
+            )
+        ).all()
+        group = sorted((c for c in siblings if _group(c) == _group(check)), key=lambda c: c.chunk_index)
+    todo = [(c.id, c.chunk_index) for c in group]
+    session.commit()
     part = next((p for p in source.parts(job_id) if p.work_key == work_key), None)
     if part is None:
         raise NotFound("work part", work_key)
-    signed, proof = source.commitment(job_id, work_key, chunk)
-    verdict = check_structure(
-        signed, proof, expected_scope=part.scope, chunk_index=chunk, worker=part.worker, signed_root=part.signed_root
-    )
-    replica_evidence, replica_signature = "", ""
-    if verdict is None:
-        assert replica is not None  # pending checks always have one
-        replayed = source.replay(job_id, part, chunk, replica)
-        replica_evidence, replica_signature = source.replay_evidence(job_id, part, chunk, replica)
-        verdict = check_claim(
+    judged = []
+    for cid, chunk in todo:
+        signed, proof = source.commitment(job_id, work_key, chunk)
+        verdict = check_structure(
             signed,
             proof,
-            replayed,
-            cfg.tolerance(part.model, part.dtype),
-            k=cfg.sketch_k,
             expected_scope=part.scope,
             chunk_index=chunk,
             worker=part.worker,
             signed_root=part.signed_root,
-            held=source.held(job_id, part, chunk),
         )
-    pool = source.replicas(job_id, part) if rnd == 0 and verdict.needs_replay_vote else []
-
-    check = session.get(VerificationCheck, check_id)
-    if check is None or check.status != "pending":  # decided meanwhile by a duplicate delivery
-        session.commit()
-        return job_id, []
-    check.status = "pass" if verdict.ok else "fail"
-    check.reason = verdict.reason[:128]
-    check.metrics = {k: v for k, v in verdict.metrics.items() if v == v}  # drop NaN (not JSON)
-    if replica_evidence:
-        check.metrics["replica_evidence"] = replica_evidence
-        check.metrics["replica_signature"] = replica_signature
-    check.evidence = "0x" + signed.commitment.digest.hex()
-    check.metrics["evidence_signature"] = "0x" + signed.signature.hex()
-    check.decided_at = now
-    opened: list[str] = []
-    if rnd == 0 and verdict.needs_replay_vote:
-        used_ops = {part.operator_id}
-        used = {part.worker, replica or ""}
-        first = next((r for r in pool if r.address == replica), None)
-        if first is not None:
-            used_ops.add(first.operator_id)
-        for dispute_round in DISPUTE_ROUNDS:
-            pick = _pick(rng, pool, used_ops, used)
-            row = VerificationCheck(
-                job_id=job_id,
-                work_key=work_key,
-                worker=check.worker,
-                stage=check.stage,
+        replica_evidence, replica_signature = "", ""
+        if verdict is None:
+            assert replica is not None  # pending checks always have one
+            replayed = source.replay(job_id, part, chunk, replica)
+            replica_evidence, replica_signature = source.replay_evidence(job_id, part, chunk, replica)
+            verdict = check_claim(
+                signed,
+                proof,
+                replayed,
+                cfg.tolerance(part.model, part.dtype),
+                k=cfg.sketch_k,
+                expected_scope=part.scope,
                 chunk_index=chunk,
-                round=dispute_round,
-                replica=None if pick is None else pick.address,
-                status="pending" if pick else "void",
-                reason="" if pick else "no_replica",
-                created_at=now,
-                decided_at=None if pick else now,
+                worker=part.worker,
+                signed_root=part.signed_root,
+                held=source.held(job_id, part, chunk),
             )
-            session.add(row)
-            session.flush()
-            if pick is not None:
-                used.add(pick.address)
-                used_ops.add(pick.operator_id)
-                opened.append(row.id)
+        judged.append((cid, chunk, signed, verdict, replica_evidence, replica_signature))
+    disputed = rnd == 0 and any(v.needs_replay_vote for _, _, _, v, _, _ in judged)
+    pool = source.replicas(job_id, part) if disputed else []
+
+    opened: list[str] = []
+    for cid, chunk, signed, verdict, replica_evidence, replica_signature in judged:
+        check = session.get(VerificationCheck, cid)
+        if check is None or check.status != "pending":  # decided meanwhile by a duplicate delivery
+            continue
+        check.status = "pass" if verdict.ok else "fail"
+        check.reason = verdict.reason[:128]
+        check.metrics = {k: v for k, v in verdict.metrics.items() if v == v}  # drop NaN (not JSON)
+        if replica_evidence:
+            check.metrics["replica_evidence"] = replica_evidence
+            check.metrics["replica_signature"] = replica_signature
+        check.evidence = "0x" + signed.commitment.digest.hex()
+        check.metrics["evidence_signature"] = "0x" + signed.signature.hex()
+        check.decided_at = now
+        if rnd == 0 and verdict.needs_replay_vote:
+            used_ops = {part.operator_id}
+            used = {part.worker, replica or ""}
+            first = next((r for r in pool if r.address == replica), None)
+            if first is not None:
+                used_ops.add(first.operator_id)
+            for dispute_round in DISPUTE_ROUNDS:
+                pick = _pick(rng, pool, used_ops, used)
+                row = VerificationCheck(
+                    job_id=job_id,
+                    work_key=work_key,
+                    worker=check.worker,
+                    stage=check.stage,
+                    chunk_index=chunk,
+                    round=dispute_round,
+                    replica=None if pick is None else pick.address,
+                    status="pending" if pick else "void",
+                    reason="" if pick else "no_replica",
+                    created_at=now,
+                    decided_at=None if pick else now,
+                )
+                session.add(row)
+                session.flush()
+                if pick is not None:
+                    used.add(pick.address)
+                    used_ops.add(pick.operator_id)
+                    opened.append(row.id)
     session.commit()
     return job_id, opened
 

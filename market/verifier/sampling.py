@@ -1,24 +1,36 @@
-r"""Sampling policy: how often to replay a worker's chunks, and which ones (pure functions).
+r"""Sampling policy: how often to replay a worker's work, and which of it (pure functions).
 
-Economics (per chunk). A worker that cheats on a chunk saves its compute cost C. Each chunk is replayed with
-probability p; a replay catches a cheat unless the deciding replicas collude with the cheater (fraction r of the
-replica pool), and a caught cheater forfeits the reward R and is slashed S. The expected value of cheating on a
-chunk is
+Unit: a sequence. A stage's output of one sequence is replayed by one prefill of that sequence on a replica
+(`market/coordinator/verify_replay.chunk_replay`), and that one forward reproduces every chunk of the sequence: a
+sampled sequence has *all* its committed chunks checked, and nothing is recomputed that is not compared. So the
+draw is per (task, sequence), with probability p, and every chunk of the worker's sequence is checked with
+probability p (its marginal), all of them together.
 
-    EV = C - p (1 - r) (R + S),     so cheating loses money iff    p > C / ((1 - r) (R + S)).
+Economics (per sequence of K chunks). A worker that cheats on a sequence saves at most its compute cost K C. The
+sequence is replayed with probability p; a replay catches a cheat unless the deciding replicas collude with the
+cheater (fraction r of the replica pool), and a caught cheater forfeits at least the sequence's reward K R (in
+fact its whole share of the job) and is slashed S. The expected value of cheating on a sequence is
 
-We take p_econ = safety * C / ((1 - r)(R + S)) (safety > 1 absorbs estimation error in C and r, and the small
-extra chance that a 2-of-3 dispute is won by two colluders: the exact catch power is (1 - r)(1 - r^2) ~ 1 - r).
+    EV = K C - p (1 - r) (K R + S),     so cheating loses money iff    p > K C / ((1 - r) (K R + S)).
 
-Detection target. Chunks are sampled independently (each with probability p, see `sample_segments`), so a
-worker that cheats on a fraction f of its n chunks per job goes unnoticed for J jobs with probability
-(1 - p(1 - r))^(f n J). The target "caught within J jobs with probability >= P" needs
+We take p_econ = safety * K C / ((1 - r)(K R + S)) (safety > 1 absorbs estimation error in C and r, and the
+small extra chance that a 2-of-3 dispute is won by two colluders: the exact catch power is (1 - r)(1 - r^2)).
+K is the longest sequence of the worker's in the job (in chunks): cheating on a long sequence gains most per
+detection event.
 
-    p_detect = (1 - (1 - P)^(1 / (f n J))) / (1 - r).
+Detection target, per worker over its history (not per job: a job's size is the requester's choice). Sequences
+are drawn independently, so a worker that cheats in a fraction f of the sequences it serves goes unnoticed
+for N sequences with probability (1 - p(1 - r))^(f N). The target "caught with probability >= P before it has
+served N sequences" needs
 
-Defaults: f = 10 %, J = 10, P = 99.9 %. Examples (r = 0): n = 8 chunks/job -> p = 0.578; n = 32 -> 0.194;
-n = 128 -> 0.053; n = 512 -> 0.0134. A replayed chunk is a prefill (one batched forward), far cheaper than the
-token-by-token decode that produced it, so even p ~ 0.2 is a small fraction of the job's compute.
+    p_detect = (1 - (1 - P)^(1 / (f N))) / (1 - r).
+
+Defaults: f = 10 %, N = 1,500 sequences, P = 99.9 %, r = 10 % -> p_detect = 0.0500 (a default job is 8
+sequences: 188 such jobs). N is what the cost goal buys: replaying every sequence of the default job costs ~3/4
+of the job's compute on CPU (`bench/verify.py`), so <= 5 % allows p ~ 0.065; N = 1,500 leaves a margin. A worker
+cheating on a fraction f of its *chunks* cheats in at least a fraction f K_mean / K_max of its sequences (all
+sequences of one run have the same length, so >= f within a run). A cheat that saves compute changes a whole call
+(every sequence of the batch), and is then drawn once per sequence.
 
 Trust. New and recently failed workers are checked more: with a Beta(alpha, beta) posterior over "this
 worker's chunks are bad", alpha = a0 + w * failed, beta = b0 + verified / penalty^failed (time-decayed counts
@@ -30,12 +42,13 @@ kept by the reputation module; a recent failure also discounts the credit of old
 d decreases monotonically with verified history and increases with failures; a new worker starts at
 a0 / (a0 + b0) (0.75 by default, i.e. p >= 0.75).
 
-Which chunks. The seed is keccak256("GLOBAI-SAMPLE-V1" || jobId || (taskId, commitments root) sorted by taskId
-|| secret), where `secret` is drawn by the market when the job is created, published only as
+Which sequences. The seed is keccak256("GLOBAI-SAMPLE-V1" || jobId || (taskId, commitments root) sorted by
+taskId || secret), where `secret` is drawn by the market when the job is created, published only as
 keccak256("GLOBAI-BEACON-V1" || secret) and revealed after every worker's signed root is in. Nobody can predict
 the sample while working (the secret is hidden), nobody can steer it afterwards (the secret was committed
-before the roots existed, and the roots are fixed), and anyone can recompute it (auditable). Chunk (task, stage,
-chunk) is sampled iff keccak256(seed || taskId || uint32 stage || uint64 chunk) / 2^256 < p for that worker.
+before the roots existed, and the roots are fixed), and anyone can recompute it (auditable). Sequence s of
+(task, stage) is sampled iff keccak256(seed || taskId || uint32 stage || uint32 s) / 2^256 < p for that worker,
+and then every committed chunk (s << 32 | c) of it is.
 """
 
 from __future__ import annotations
@@ -70,9 +83,9 @@ class Economics:
 class SamplingPolicy:
     safety: float = 2.0
     p_min: float = 0.01
-    target_cheat_fraction: float = 0.10
-    target_jobs: int = 10
-    target_detection: float = 0.999
+    target_cheat_fraction: float = 0.10  # f: a worker cheating in this fraction of its sequences ...
+    target_sequences: int = 1500  # N: ... is caught before it has served this many sequences ...
+    target_detection: float = 0.999  # P: ... with this probability
     prior_bad: float = 3.0  # a0: pseudo-count of bad outcomes for a new worker
     prior_good: float = 1.0  # b0
     failure_weight: float = 10.0  # one failed check counts like this many bad outcomes
@@ -80,8 +93,11 @@ class SamplingPolicy:
 
 
 DEFAULT_POLICY = SamplingPolicy()
-# Illustrative defaults (GLB per chunk): cost 80 % of the reward, slash 50 rewards, 10 % colluding replicas.
-DEFAULT_ECONOMICS = Economics(cost=0.8, reward=1.0, slash=50.0, collusion=0.10)
+# GLB per 32-token chunk at the devnet's defaults: the demo's price of 0.01 GLB per unit (one position through one
+# stage, `market/demo/paid_inference.PRICE_PER_UNIT`) makes R = 0.32; cost C = 80 % of it; the slash is the vault's
+# default minStake, S = 100 GLB (`globai/chain/deploy.py`, what `VerifierConfig.slash_amount = 0` slashes); 10 %
+# colluding replicas. A job that pays more per token raises p_econ (see `economic_rate`).
+DEFAULT_ECONOMICS = Economics(cost=0.256, reward=0.32, slash=100.0, collusion=0.10)
 
 
 @dataclass(frozen=True)
@@ -92,30 +108,29 @@ class WorkerHistory:
     failed: float = 0.0
 
 
-def economic_rate(econ: Economics) -> float:
-    """The break-even rate C / ((1 - r)(R + S)); cheating has negative EV strictly above it."""
-    stake = (1 - econ.collusion) * (econ.reward + econ.slash)
-    return math.inf if stake == 0 else econ.cost / stake
+def economic_rate(econ: Economics, chunks_per_sequence: float = 1.0) -> float:
+    """The break-even rate K C / ((1 - r)(K R + S)) for sequences of K chunks; cheating has negative EV above it."""
+    k = max(chunks_per_sequence, 1.0)
+    stake = (1 - econ.collusion) * (k * econ.reward + econ.slash)
+    return math.inf if stake == 0 else k * econ.cost / stake
 
 
-def cheating_ev(p: float, econ: Economics) -> float:
-    """Expected gain of cheating on one chunk when chunks are replayed with probability p."""
-    return econ.cost - p * (1 - econ.collusion) * (econ.reward + econ.slash)
+def cheating_ev(p: float, econ: Economics, chunks_per_sequence: float = 1.0) -> float:
+    """Expected gain of cheating on one sequence of K chunks when sequences are replayed with probability p."""
+    k = max(chunks_per_sequence, 1.0)
+    return k * econ.cost - p * (1 - econ.collusion) * (k * econ.reward + econ.slash)
 
 
-def detection_probability(
-    p: float, cheat_fraction: float, chunks_per_job: float, jobs: float, collusion: float = 0.0
-) -> float:
-    """P(at least one cheated chunk is sampled and caught) over `jobs` jobs of `chunks_per_job` chunks."""
+def detection_probability(p: float, cheat_fraction: float, sequences: float, collusion: float = 0.0) -> float:
+    """P(at least one cheated sequence is sampled and caught) when a fraction of `sequences` sequences is cheated."""
     if not (0 <= p <= 1 and 0 <= cheat_fraction <= 1 and 0 <= collusion < 1):
         raise ValueError("probabilities out of range")
-    cheated = cheat_fraction * chunks_per_job * jobs
-    return 1.0 - (1.0 - p * (1.0 - collusion)) ** cheated
+    return 1.0 - (1.0 - p * (1.0 - collusion)) ** (cheat_fraction * sequences)
 
 
-def detection_rate(chunks_per_job: float, policy: SamplingPolicy = DEFAULT_POLICY, collusion: float = 0.0) -> float:
+def detection_rate(policy: SamplingPolicy = DEFAULT_POLICY, collusion: float = 0.0) -> float:
     """Smallest p meeting the policy's detection target (1.0 when the target is out of reach)."""
-    cheated = policy.target_cheat_fraction * chunks_per_job * policy.target_jobs
+    cheated = policy.target_cheat_fraction * policy.target_sequences
     if cheated <= 0:
         return 1.0
     p = (1.0 - (1.0 - policy.target_detection) ** (1.0 / cheated)) / (1.0 - collusion)
@@ -134,13 +149,13 @@ def distrust(history: WorkerHistory, policy: SamplingPolicy = DEFAULT_POLICY) ->
 def sampling_rate(
     econ: Economics,
     history: WorkerHistory,
-    chunks_per_job: float,
+    chunks_per_sequence: float = 1.0,
     policy: SamplingPolicy = DEFAULT_POLICY,
 ) -> float:
-    """Probability with which each of this worker's chunks in a job is replayed."""
+    """Probability with which each of this worker's sequences (all their chunks) in a job is replayed."""
     base = max(
-        min(policy.safety * economic_rate(econ), 1.0),
-        detection_rate(chunks_per_job, policy, econ.collusion),
+        min(policy.safety * economic_rate(econ, chunks_per_sequence), 1.0),
+        detection_rate(policy, econ.collusion),
         policy.p_min,
     )
     p = base + (1.0 - base) * distrust(history, policy)
@@ -166,7 +181,7 @@ def sampling_seed(job_id: bytes, roots: Mapping[bytes, bytes], secret: bytes, be
 
 @dataclass(frozen=True)
 class TaskChunks:
-    """One worker task's committed chunks and the rate chosen for that worker."""
+    """One worker task's committed chunks (sequence << 32 | chunk) and the rate chosen for that worker."""
 
     task_id: bytes
     stage: int
@@ -181,18 +196,33 @@ class Segment:
     chunk_index: int
 
 
-def chunk_draw(seed: bytes, task_id: bytes, stage: int, chunk_index: int) -> float:
-    """Uniform in [0, 1) from the seed; independent per chunk, so the rate maths above holds exactly."""
-    digest = keccak(seed + task_id + stage.to_bytes(4, "big") + chunk_index.to_bytes(8, "big"))
+def sequence_of(chunk_index: int) -> int:
+    return chunk_index >> 32
+
+
+def chunks_per_sequence(chunk_indices: Sequence[int]) -> int:
+    """K: the most chunks any one sequence has among these (0 when there are none)."""
+    counts: dict[int, int] = {}
+    for c in chunk_indices:
+        counts[sequence_of(c)] = counts.get(sequence_of(c), 0) + 1
+    return max(counts.values(), default=0)
+
+
+def sequence_draw(seed: bytes, task_id: bytes, stage: int, sequence: int) -> float:
+    """Uniform in [0, 1) from the seed; independent per (task, stage, sequence), so the rate maths above holds."""
+    digest = keccak(seed + task_id + stage.to_bytes(4, "big") + sequence.to_bytes(4, "big"))
     return int.from_bytes(digest, "big") / 2**256
 
 
 def sample_segments(seed: bytes, tasks: Sequence[TaskChunks]) -> list[Segment]:
-    """Deterministic given the seed: the (task, stage, chunk) segments to replay, sorted."""
-    out = [
-        Segment(t.task_id, t.stage, c)
-        for t in tasks
-        for c in t.chunk_indices
-        if chunk_draw(seed, t.task_id, t.stage, c) < t.rate
-    ]
+    """Deterministic given the seed: every committed (task, stage, chunk) of each sampled sequence, sorted."""
+    out = []
+    for t in tasks:
+        drawn: dict[int, bool] = {}
+        for c in t.chunk_indices:
+            seq = sequence_of(c)
+            if seq not in drawn:
+                drawn[seq] = sequence_draw(seed, t.task_id, t.stage, seq) < t.rate
+            if drawn[seq]:
+                out.append(Segment(t.task_id, t.stage, c))
     return sorted(out)

@@ -14,7 +14,7 @@ from market.verifier import sampling
 from tests.verification.conftest import Harness, JobResult
 from tests.verification.network import HONEST_DRIFTS, SimNetwork, SimWorker
 
-LENGTHS = (64, 64, 40)  # 2 + 2 + 2 = 6 chunks per part
+LENGTHS = (64, 40, 32, 64, 20, 40)  # 6 sequences (the sampling unit), 2 + 2 + 1 + 2 + 1 + 2 = 10 chunks per part
 CHEATS = (
     "perturbed_weights",
     "int8_weights",
@@ -60,8 +60,14 @@ def caught(result: JobResult, worker: str) -> bool:
     return result.slashed.get(worker) == "confirmed"
 
 
-def predicted_catch(rate: float, cheated_chunks: int, collusion: float = 0.0) -> float:
-    return sampling.detection_probability(rate, 1.0, cheated_chunks, 1, collusion)
+def predicted_catch(rate: float, cheated_sequences: int, collusion: float = 0.0) -> float:
+    """Sequences are drawn independently, each with all its chunks: P(a sequence with a cheated chunk is drawn
+    and its replica does not collude)."""
+    return sampling.detection_probability(rate, 1.0, cheated_sequences, collusion)
+
+
+def cheated_sequences(net: SimNetwork, worker: SimWorker, job_id: str) -> int:
+    return len({c >> 32 for c in net.jobs[job_id][0].signed if SimNetwork._cheats_on(worker, job_id, c)})
 
 
 @pytest.mark.parametrize("cheat", CHEATS)
@@ -78,8 +84,8 @@ def test_each_cheat_is_caught_and_slashed(cheat: str, harness: Harness) -> None:
         job = harness.job(net, two_part_job(net, cheater, honest[n % 3], seed=10 * n, forged_from=forged_from))
         results.extend(harness.wait([job]))
     for r in results:
-        # Predicted: each of the 6 cheated chunks is replayed with the part's rate (>= 0.75 for this new worker).
-        assert predicted_catch(r.rates[cheater.address], 6) > 0.99
+        # Predicted: each of the 6 cheated sequences is replayed with the part's rate (>= 0.75 for this new worker).
+        assert predicted_catch(r.rates[cheater.address], len(LENGTHS)) > 0.999
         assert caught(r, cheater.address), (cheat, r.checks)
         assert r.parts[cheater.address] == "unpaid_slashed"
         assert all(r.parts[h.address] == "paid" for h in honest if h.address in r.parts)
@@ -117,7 +123,7 @@ def test_fractional_cheater_caught_at_the_predicted_rate(harness: Harness) -> No
     results = harness.wait(jobs)
     probs = []
     for r in results:
-        cheated = sum(SimNetwork._cheats_on(cheater, r.job_id, c) for c in net.jobs[r.job_id][0].signed)
+        cheated = cheated_sequences(net, cheater, r.job_id)
         assert r.rates[cheater.address] == pytest.approx(0.3)
         probs.append(predicted_catch(0.3, cheated))
         if cheated == 0:
@@ -140,8 +146,8 @@ def test_colluding_replica_only_shields_the_segments_it_checks(harness: Harness)
     firsts = [c for r in results for c in r.checks if c.worker == cheater.address and c.round == 0]
     for c in firsts:  # each first replay fails the cheat exactly when the replica is not the colluder
         assert (c.status == "pass") == (c.replica == colluder.address), c
-    # r = 1/4 of the eligible replicas collude: per job P(caught) = 1 - (1 - p (1 - r))^6.
-    probs = [predicted_catch(0.5, 6, collusion=0.25) for _ in results]
+    # r = 1/4 of the eligible replicas collude, one replica per sequence: per job P(caught) = 1 - (1 - p (1 - r))^6.
+    probs = [predicted_catch(0.5, len(LENGTHS), collusion=0.25) for _ in results]
     ok, detail = _binomial_ok(sum(caught(r, cheater.address) for r in results), probs)
     assert ok, detail
     shares = sum(c.replica == colluder.address for c in firsts) / max(len(firsts), 1)
@@ -280,7 +286,7 @@ def test_lazy_replica_that_loses_a_2_of_3_is_slashed(harness: Harness) -> None:
         if lazy_first:
             assert caught(r, lazy.address)
         assert all(status == "paid" for status in r.parts.values())  # the accused honest workers are cleared
-    assert asked > 0  # 36 first replays drawn among 4 eligible replicas
+    assert asked > 0  # 36 first replicas drawn (one per sequence) among 4 eligible ones
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -54,5 +54,5 @@ def test_cli_calibrate_quick_and_rate(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "0 false positives" in result.output and "identity_stage" in result.output
     assert set(json.loads(out.read_text())["tolerances"]) == {"float32"}
-    result = CliRunner().invoke(app, ["rate", "--chunks-per-job", "64"])
+    result = CliRunner().invoke(app, ["rate", "--chunks-per-sequence", "8"])
     assert result.exit_code == 0 and "sampling rate p =" in result.output

@@ -2,10 +2,11 @@
 
 - `GET /v1/verification/replicas?model=&layer_start=&layer_end=`: live workers serving exactly those layers, with
   the weight replicas are drawn by (reputation mean x stake);
-- `POST /v1/verification/replay`: reproduce one chunk of one worker's recorded stage calls on a replica (a prefill
-  session of that sequence past the chunk's end, shaped like ordinary work, `verify_replay.chunk_replay`); the
-  answer is a binary tensor message (`globai.protocol.tensors`) holding the replica's rows [1, n, width], row i
-  being the output at `positions[i]` of its header (the chunk's committed positions, padding excluded);
+- `POST /v1/verification/replay`: reproduce one worker's recorded stage calls of one sequence up to a chunk on a
+  replica (a prefill session of that sequence past the chunk's end, shaped like ordinary work,
+  `verify_replay.chunk_replay`); the answer is a binary tensor message (`globai.protocol.tensors`) holding the
+  replica's rows [1, n, width], row i being the output at `positions[i]` of its header (the committed positions
+  of the sequence's chunks 0..c, padding excluded: one replay answers every chunk of a sampled sequence);
   `sent_digest` (the digest the replica signed over the answer holding the first of them) and `sent_signature`
   (its signature, which the vault checks) are the evidence against a lying replica.
 """
