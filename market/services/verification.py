@@ -217,6 +217,21 @@ def _group(check: VerificationCheck) -> tuple[object, ...]:
     return (check.work_key, check.chunk_index >> 32, check.replica)
 
 
+def _siblings(session: Session, check: VerificationCheck) -> list[VerificationCheck]:
+    """The pending checks of `check`'s group (itself included), by chunk."""
+    if check.round != 0:
+        return [check]
+    rows = session.scalars(
+        select(VerificationCheck).where(
+            VerificationCheck.job_id == check.job_id,
+            VerificationCheck.work_key == check.work_key,
+            VerificationCheck.round == 0,
+            VerificationCheck.status == "pending",
+        )
+    ).all()
+    return sorted((c for c in rows if _group(c) == _group(check)), key=lambda c: c.chunk_index)
+
+
 def _replay_ids(session: Session, job_id: str) -> list[str]:
     """One pending check id per replay to run (`run_check` on it decides its whole group)."""
     rows = session.scalars(
@@ -400,18 +415,7 @@ def run_check(
     if check.status != "pending":
         session.commit()
         return job_id, []
-    group = [check]
-    if rnd == 0:
-        siblings = session.scalars(
-            select(VerificationCheck).where(
-                VerificationCheck.job_id == job_id,
-                VerificationCheck.work_key == work_key,
-                VerificationCheck.round == 0,
-                VerificationCheck.status == "pending",
-            )
-        ).all()
-        group = sorted((c for c in siblings if _group(c) == _group(check)), key=lambda c: c.chunk_index)
-    todo = [(c.id, c.chunk_index) for c in group]
+    todo = [(c.id, c.chunk_index) for c in _siblings(session, check)]
     session.commit()
     part = next((p for p in source.parts(job_id) if p.work_key == work_key), None)
     if part is None:
@@ -494,12 +498,14 @@ def run_check(
 
 
 def void_check(session: Session, *, check_id: str, reason: str, now: datetime) -> str | None:
-    """Give up on a check whose replica stayed unavailable: it no longer blocks the job (its vote is void)."""
+    """Give up on a check whose replica stayed unavailable: it no longer blocks the job (its vote is void), nor do
+    the other checks its replay would have answered (`_group`)."""
     check = session.get(VerificationCheck, check_id)
     if check is None or check.status != "pending":
         session.commit()
         return None if check is None else check.job_id
-    check.status, check.reason, check.decided_at = "void", reason[:128], now
+    for row in _siblings(session, check):
+        row.status, row.reason, row.decided_at = "void", reason[:128], now
     session.commit()
     return check.job_id
 
