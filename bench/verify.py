@@ -25,6 +25,7 @@ Measured in one process, process CPU time, torch threads as given:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import random
@@ -387,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="1 keeps CPU time free of spin-waiting")
     parser.add_argument("--trials", type=int, default=300)
-    parser.add_argument("--quick", action="store_true", help="the smallest job only (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="the default job only")
+    parser.add_argument("--smoke", action="store_true", help="2 prompts, 8 new tokens, nothing written (a code check)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -403,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     made: dict[tuple[int, int], tuple] = {}  # type: ignore[type-arg]
     checked = failures = 0
-    for batch, new, runs, labels in JOBS[:1] if args.quick else JOBS:
+    jobs = ((2, 8, 1, ("established",)),) if args.smoke else JOBS[:1] if args.quick else JOBS
+    for batch, new, runs, labels in jobs:
         if (batch, new) not in made:
             parts, job_s, commit_s, prompt = run_job(model_dir, workers, batch, new, account)
             costs = measure(parts, replicas, manifest.name, layers, account, replica_account, tol, 2)
@@ -476,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{pre_s:.2f} s ({pct(pre_s, job_s)}) |"
         )
     established = [r for r in rows if r[5] == "established"]
+    default = rows[0]  # 1 x (8 x 39 + 32), established: the largest p that keeps it <= 5 %, and the N it implies
+    p_star = 0.05 * default[9] / default[13]
+    f, big_p, r_col = policy.target_cheat_fraction, policy.target_detection, econ.collusion
+    q_star = p_star * (1 - r_col)
+    n_star = math.log(1 - big_p) / (f * math.log(1 - q_star)) if 0 < q_star < 1 else math.inf
     met = [job_name(r) for r in established if r[12] <= 0.05 * r[9]]
     missed = [f"{job_name(r)} ({pct(r[12], r[9])})" for r in established if r[12] > 0.05 * r[9]]
     lines += [
@@ -490,7 +498,11 @@ def main(argv: list[str] | None = None) -> int:
         "job: p_detect makes a "
         f"worker cheating in {policy.target_cheat_fraction:.0%} of its sequences caught with "
         f"{policy.target_detection:.1%} before it has served {policy.target_sequences} sequences (10 % colluding "
-        'replicas), whatever the size of each job. New workers are checked at p >= 0.75 on purpose (the "new" row).',
+        'replicas), whatever the size of each job. New workers are checked at p >= 0.75 on purpose (the "new" row). '
+        f"Replaying every sequence as the market sends it costs {default[13] / default[9]:.2f}x the default run, so "
+        f"<= 5 % there allows p <= {p_star:.4f} (a target of N >= {n_star:,.0f} sequences), against the economic "
+        f"floor p_econ = {2 * sampling.economic_rate(econ, 3):.4f}; as one prefill it would cost "
+        f"{sum(c for part in made[default[1], default[3]][4].prefill for c in part) / default[9]:.2f}x.",
         "",
         f"**Economics** (`DEFAULT_ECONOMICS`, GLB per 32-token chunk: pay R = {econ.reward}, the demo's 0.01 GLB per "
         f"unit; cost C = {econ.cost}; slash S = {econ.slash:g}, the vault's default minStake; collusion r = "
@@ -521,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {f:.0%} | {one:.4f} | {within:.6f} | {mc:.3f} | {served:.0f} |")
     section = "\n".join(lines) + "\n"
     print(section)
-    if not args.no_write:
+    if not (args.no_write or args.smoke):
         existing = BENCHMARKS.read_text() if BENCHMARKS.is_file() else ""
         BENCHMARKS.write_text(replace_section(existing, section))
     return 0

@@ -1,6 +1,6 @@
 """`verify_replay.chunk_replay` (pure): a replay is one ordinary batch-1 generation session on the wire (a prompt
 prefill, then one-token decode steps, no padding, no mask, the stage's usual `last_token_only`), and its answers'
-rows are the audited chunk's rows at the right positions."""
+rows are the audited sequence's rows of chunks 0..c at the right positions (one replay checks them all)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def test_replay_is_an_ordinary_session_and_its_rows_are_the_chunks(last: bool) -
             for pc in sorted({p // 32 for p in part.committed}):
                 replay = chunk_replay(part, (seq << 32) | pc, random.Random(seed * 1000 + seq * 10 + pc))
                 committed = [p for p in part.committed if p // 32 == pc]
-                assert replay.positions == [p for p in committed if p >= pad]
+                upto = [p for p in part.committed if p // 32 <= pc]  # every chunk of the sequence up to c
+                assert replay.positions == [p for p in upto if p >= pad]
                 if not replay.positions:
                     assert replay.calls == []
                     continue
@@ -87,9 +88,10 @@ def test_replay_is_an_ordinary_session_and_its_rows_are_the_chunks(last: bool) -
                 rows = gather_rows(replay, identity_answers(replay))[0]
                 assert rows[:, 0].tolist() == [seq] * len(replay.positions)
                 assert rows[:, 1].tolist() == [float(p) for p in replay.positions]
-                # Padding rows are completed from the claim, the rest come from the replay.
+                # Padding rows of chunk c are completed from the claim, the rest come from the replay.
                 claimed = x[seq, committed] + 100.0
-                full = with_claimed_padding(rows, replay.positions, committed, claimed)
+                mine = [i for i, p in enumerate(replay.positions) if p // 32 == pc]
+                full = with_claimed_padding(rows[mine], [replay.positions[i] for i in mine], committed, claimed)
                 for i, p in enumerate(committed):
                     want = x[seq, p] if p >= pad else claimed[i]
                     assert torch.equal(full[i], want)
