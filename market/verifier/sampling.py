@@ -26,8 +26,9 @@ served N sequences" needs
     p_detect = (1 - (1 - P)^(1 / (f N))) / (1 - r).
 
 Defaults: f = 10 %, N = 1,500 sequences, P = 99.9 %, r = 10 % -> p_detect = 0.0500 (a default job is 8
-sequences: 188 such jobs). N is what the cost goal buys: replaying every sequence of the default job costs ~3/4
-of the job's compute on CPU (`bench/verify.py`), so <= 5 % allows p ~ 0.065; N = 1,500 leaves a margin. A worker
+sequences: 188 such jobs). N is what the cost goal buys with prefill-shaped replays (every sequence of the default
+job replayed costs ~0.7x the job on CPU, so <= 5 % allows p ~ 0.07); replays shaped like ordinary work cost ~4.5x
+(`bench/verify.py`, BENCHMARKS.md "Verification"), which no rate above the economic floor brings to 5 %. A worker
 cheating on a fraction f of its *chunks* cheats in at least a fraction f K_mean / K_max of its sequences (all
 sequences of one run have the same length, so >= f within a run). A cheat that saves compute changes a whole call
 (every sequence of the batch), and is then drawn once per sequence.
