@@ -395,7 +395,7 @@ def test_replays_look_like_ordinary_work_at_the_worker(
             blob_dir=Path(market.settings.blob_dir),
         )
         layers_of = {a.address: tuple(int(v) for v in spec.split(":")) for a, spec in layout.items()}
-        replayed = 0
+        replayed, sequences = 0, set()
         for part in source.parts(job_id):
             replica = next(r for r in source.replicas(job_id, part) if r.address != part.worker)
             for chunk in part.chunk_indices:
@@ -414,6 +414,7 @@ def test_replays_look_like_ordinary_work_at_the_worker(
                 )
                 assert verdict.ok, (part.layer_start, chunk, verdict)
                 replayed += 1
+                sequences.add((part.work_key, chunk >> 32))
         ordinary, replays = set(), []
         for address, by_session in seen.items():
             layers = layers_of[address]
@@ -423,7 +424,8 @@ def test_replays_look_like_ordinary_work_at_the_worker(
                     ordinary.add(sig)
                 else:
                     replays.append(sig)
-        assert len(replays) == replayed > 10
+        # One replay session per (part, sequence): it answers every chunk of that sequence.
+        assert len(replays) == len(sequences) and replayed > 10
         assert {sig[12] for sig in ordinary} == {True, False}  # padded and unpadded batches were both seen
         odd = [sig for sig in replays if sig not in ordinary]
         assert not odd, odd[:1]
