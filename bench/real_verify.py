@@ -11,8 +11,9 @@ chunk is what `market/coordinator/verify_replay.py` sends a replica (`chunk_repl
 its recorded calls concatenated into one prefill up to the chunk's end (the last stage: the prefix, then the
 chunk's positions with every row's logits) in a fresh session, here at `--replica-threads`. Every committed chunk
 (32 positions of hidden states on the first stage; the last-token logits rows on the last stage) is judged with
-the model's shipped tolerance (`market/verifier/tolerances/`) from the worker's sketch, as the verifier judges a
-commitment, and from the full tensor. The bench reports checks and failures; a failure would be a false slash.
+the model's shipped tolerance (`market/verifier/tolerances/`) from the worker's sketch as committed (version 2,
+k = 1, with its projections), from the old version-1 k = 8 sketch, and from the full tensor. The bench reports
+checks and failures; a failure would be a false slash.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from globai.models.builtin import add_builtin  # noqa: E402
 from globai.models.manifest import load_manifest  # noqa: E402
 from globai.models.reference import Recorded, run_pipeline_local  # noqa: E402
 from globai.models.tokenizer import load_tokenizer  # noqa: E402
-from globai.protocol.commitments import chunk_id  # noqa: E402
+from globai.protocol.commitments import chunk_id, tensor_sha256  # noqa: E402
 from globai.protocol.sampling import greedy  # noqa: E402
 from globai.protocol.sketch import sketch_chunk  # noqa: E402
 from market.coordinator.chat import render_chat  # noqa: E402
@@ -116,7 +117,7 @@ def run(
     workers = [Stage(model_dir, 0, half), Stage(model_dir, half, manifest.num_layers)]
     replicas = [Stage(model_dir, 0, half), Stage(model_dir, half, manifest.num_layers)]
     eos = set(manifest.generation.eos_token_ids)  # type: ignore[union-attr]
-    checks = fails_sketch = fails_full = exact = tokens = 0
+    checks = fails_sketch = fails_v1 = fails_full = exact = tokens = 0
     started = time.monotonic()
     for job in range(jobs):
         prompt, mask = job_prompts(manifest, tokenizer, job, batch)
@@ -153,14 +154,17 @@ def run(
                     c = claim[seq, rows]
                     r = replay_chunk(replica, part, chunk_id(seq, pc), c)
                     v_full = compare_hidden_states(c, r, tol)
-                    v_sketch = compare_sketch(sketch_chunk(c), r, tol)
+                    v_sketch = compare_sketch(sketch_chunk(c), r, tol, output_sha256=tensor_sha256(c))
+                    v_v1 = compare_sketch(sketch_chunk(c, 8, version=1), r, tol, k=8)  # the old commitment
                     checks += 1
                     fails_full += not v_full.ok
                     fails_sketch += not v_sketch.ok
+                    fails_v1 += not v_v1.ok
                     exact += bool(v_full.metrics.exact_match)
     return {
         "checks": checks,
         "fails_sketch": fails_sketch,
+        "fails_v1": fails_v1,
         "fails_full": fails_full,
         "exact": exact,
         "tokens": tokens,
@@ -200,15 +204,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.worker_threads} thread(s); the verifier's replay of a chunk is a prefill of that sequence alone up "
         f"to the chunk's end in a fresh session at {args.replica_threads} threads (`verify_replay.chunk_replay`, "
         "what the market asks a replica). Every committed chunk "
-        "of both stages is judged with the model's shipped tolerance (`market/verifier/tolerances/`).",
+        "of both stages is judged with the model's shipped tolerance (`market/verifier/tolerances/`): from the "
+        "sketch as committed (version 2, k = 1: top-1 and a projection seeded by the chunk's sha256), from the "
+        "version-1 k = 8 sketch committed before, and from the full tensor.",
         "",
-        "| dtype | jobs | positions decoded (batch x steps) | chunks checked | failed (sketch, as committed) "
-        "| failed (full tensor) | bit-identical |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| dtype | jobs | positions decoded (batch x steps) | chunks checked | failed (sketch v2 k=1, as committed) "
+        "| failed (sketch v1 k=8, before) | failed (full tensor) | bit-identical |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for dtype, r in results.items():
         lines.append(
-            f"| {dtype} | {args.jobs} | {r['tokens']} | {r['checks']} | {r['fails_sketch']} | "
+            f"| {dtype} | {args.jobs} | {r['tokens']} | {r['checks']} | {r['fails_sketch']} | {r['fails_v1']} | "
             f"{r['fails_full']} | {r['exact']} |"
         )
     total = sum(r["fails_sketch"] for r in results.values())

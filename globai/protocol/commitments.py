@@ -4,7 +4,10 @@ For each stage output the worker splits the tokens into chunks of `CHUNK_TOKENS`
 positions [32c, 32c+32) of the sequence) and commits, per chunk, to
 - `output_sha256`: sha256 of the exact bytes of the chunk tensor [tokens, hidden] (C order, little-endian, the
   job's dtype - the same bytes the tensor codec sends), and
-- `sketch`: the chunk's top-k sketch (`globai.protocol.sketch`), hashed with sha256 into the signed digest.
+- `sketch`: the chunk's sketch (`globai.protocol.sketch`, version 2: top-1 and a projection seeded by
+  `output_sha256` per token, 200 bytes for 32 tokens), hashed with sha256 into the signed digest.
+Signed commitment: 32 + 200 + 65 = 297 bytes per 32 tokens. Commitments in version 1 (top-8, 1,032-byte sketches)
+still parse, so records kept before the change still verify.
 It signs `signing.commit_digest(...)` for each chunk, and once the task is done, the Merkle root
 (`merkle.commitment_leaf` over the commit digests) with `signing.root_digest(...)`.
 
@@ -29,7 +32,16 @@ from eth_utils import to_checksum_address
 from globai.errors import GlobaiError
 from globai.protocol import merkle, signing
 from globai.protocol.signing import ChunkScope
-from globai.protocol.sketch import DEFAULT_K, MAX_K, MalformedSketch, parse_sketch, sketch_chunk
+from globai.protocol.sketch import (
+    DEFAULT_K,
+    DEFAULT_VERSION,
+    MAX_K,
+    MAX_TOKENS,
+    MalformedSketch,
+    parse_sketch,
+    sketch_chunk,
+    sketch_size,
+)
 
 CHUNK_TOKENS = 32
 
@@ -167,9 +179,12 @@ def _hex(v: Any, length: int | None) -> bytes:
     return raw
 
 
-def commit_chunk(scope: ChunkScope, chunk_index: int, chunk: torch.Tensor, k: int = DEFAULT_K) -> ChunkCommitment:
+def commit_chunk(
+    scope: ChunkScope, chunk_index: int, chunk: torch.Tensor, k: int = DEFAULT_K, *, version: int = DEFAULT_VERSION
+) -> ChunkCommitment:
     """Commitment to one output chunk [tokens, hidden] exactly as it is sent."""
-    return ChunkCommitment(scope, chunk_index, tensor_sha256(chunk), sketch_chunk(chunk, k))
+    sha = tensor_sha256(chunk)
+    return ChunkCommitment(scope, chunk_index, sha, sketch_chunk(chunk, k, version=version, output_sha256=sha))
 
 
 def commit_output(
@@ -251,7 +266,7 @@ def verify_in_root(commitment: ChunkCommitment, proof: Sequence[bytes], signed_r
 # the sketch. The scope is not sent: it is the session's, and the receiver rebuilds every commitment with the
 # scope it issued (a worker that signed another scope fails signature verification).
 _RECORD = struct.Struct("<Q32s65sH")
-MAX_SKETCH_BYTES = 8 + 4 * MAX_K * CHUNK_TOKENS
+MAX_SKETCH_BYTES = max(sketch_size(MAX_TOKENS, MAX_K, version) for version in (1, 2))
 MAX_COMMITMENT_BYTES = _RECORD.size + MAX_SKETCH_BYTES
 
 

@@ -69,6 +69,12 @@ def calibrate(
                 f"  {metric:15s} {_fmt(dist['p99']):>11s} {_fmt(worst):>11s} "
                 f"{_fmt(section['tolerance'][tol_field]):>10s}"
             )
+        sk = honest["sketch"]
+        worst_sketch = ", ".join(f"{m} {_fmt(v)}" for m, v in sk["worst"].items())
+        typer.echo(
+            f"  committed sketch (k = {sk['k']}): {sk['chunks']} honest chunks, {sk['false_positives']} false "
+            f"positives; worst {worst_sketch}"
+        )
         for info_name, info in honest["informational"].items():
             typer.echo(f"  informational {info_name}: pass rate {info['pass_rate']:.0%} (not used for thresholds)")
         typer.echo("  cheats (fraction of chunks caught: full tensor / sketch only):")

@@ -16,8 +16,11 @@ computed differently; each such way is a scenario:
 Per dtype, every scenario's output is compared chunk by chunk with the reference (`compare_hidden_states`).
 Threshold per metric = max(observed max x (1 + margin), floor) (for `topk_overlap`: min(observed min - margin,
 cap)). Floors encode what any machine may legitimately do that this one didn't (one fp16 rounding flip, kernel
-reduction order of other CPUs). Then every cheat in `cheats.all_cheats` is compared the same way, in full
-tensor mode and in sketch-only mode, and the report says on which fraction of chunks each is caught.
+reduction order of other CPUs). Every honest chunk is also judged from the sketch a worker commits to
+(`sketch_k`, version 2: top-k and Fiat-Shamir projections) with those thresholds: the report's `honest.sketch`
+counts its false positives (0 required) and its worst metrics. Then every cheat in `cheats.all_cheats` is compared
+the same way, in full tensor mode and in sketch-only mode, and the report says on which fraction of chunks each is
+caught.
 
 All compute is here; reading/writing files is the CLI's job (`market/commands/verifier.py`).
 """
@@ -36,10 +39,10 @@ import torch
 from transformers import LlamaForCausalLM
 
 from globai.models import quant
-from globai.protocol.commitments import chunk_bounds
+from globai.protocol.commitments import chunk_bounds, tensor_sha256
 from globai.protocol.sketch import DEFAULT_K, sketch_chunk
 from market.verifier import cheats
-from market.verifier.compare import Metrics, Tolerance, compare_hidden_states, compare_sketch, judge
+from market.verifier.compare import Metrics, Tolerance, Verdict, compare_hidden_states, compare_sketch, judge
 from market.verifier.tiny import TinyLlamaSpec, calibration_model, embed, new_cache, run_stage
 
 # Metric name in `Metrics` -> field of `Tolerance` and whether larger values are worse.
@@ -75,7 +78,7 @@ class CalibrationSettings:
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     margin: float = 3.0
     overlap_margin: float = 0.05
-    sketch_k: int = DEFAULT_K
+    sketch_k: int = DEFAULT_K  # the committed sketch's k (version 2); full-tensor metrics use compare.FULL_K
     informational: tuple[str, ...] = ("sdpa_attention", "eager_attention")
     # Where the verifier's replica runs ("cpu", "cuda"): with "cuda" the reference is a GPU replay of the same
     # weights (TF32 off, torch's default), so thresholds cover CPU-worker vs GPU-replica drift as well.
@@ -189,6 +192,15 @@ def _text_ids(model_dir: str, at_least: int) -> list[int]:
     return ids
 
 
+def sketch_verdict(claimed: torch.Tensor, replayed: torch.Tensor, tol: Tolerance, k: int = DEFAULT_K) -> Verdict:
+    """A chunk judged from the sketch its worker commits to (version 2, seeded by the chunk's own sha256)."""
+    sha = tensor_sha256(claimed)
+    return compare_sketch(sketch_chunk(claimed, k, output_sha256=sha), replayed, tol, k=k, output_sha256=sha)
+
+
+SKETCH_METRICS = ("topk_overlap", "value_max_err", "value_mean_err", "projection_err")
+
+
 def _chunks(claimed: torch.Tensor, reference: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for _, start, stop in chunk_bounds(reference.shape[0]):
         yield claimed[start:stop], reference[start:stop]
@@ -257,14 +269,20 @@ def calibrate_dtype(s: CalibrationSettings, dtype: str) -> dict:
         inputs = stage_inputs(model, s)
         refs = _replays(model, inputs, s)
         honest: dict[str, list[Metrics]] = {}
+        pairs_by_scenario: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for name, run in scenarios(s).items():
-            honest[name] = [
-                compare_hidden_states(c, r, _LOOSE, k=s.sketch_k).metrics
-                for i in range(len(inputs))
-                for c, r in _chunks(run(model, inputs, i), refs[i])
+            pairs_by_scenario[name] = [
+                pair for i in range(len(inputs)) for pair in _chunks(run(model, inputs, i), refs[i])
             ]
+            honest[name] = [compare_hidden_states(c, r, _LOOSE).metrics for c, r in pairs_by_scenario[name]]
         everything = [m for name, ms in honest.items() if name not in s.informational for m in ms]
         tol = thresholds(everything, FLOORS[dtype.partition("+")[0]], s.margin, s.overlap_margin)
+        sketched = [
+            sketch_verdict(c, r, tol, s.sketch_k)
+            for name, pairs in pairs_by_scenario.items()
+            if name not in s.informational
+            for c, r in pairs
+        ]
         cheat_report = {}
         for name, cheat in cheats.all_cheats(model.dtype).items():
             pairs = [
@@ -272,8 +290,8 @@ def calibrate_dtype(s: CalibrationSettings, dtype: str) -> dict:
                 for i, x in enumerate(inputs)
                 for pair in _chunks(cheat(model, x.unsqueeze(0), s.stage)[0], refs[i])
             ]
-            full = [compare_hidden_states(c, r, tol, k=s.sketch_k) for c, r in pairs]
-            sketch = [compare_sketch(sketch_chunk(c, s.sketch_k), r, tol, k=s.sketch_k) for c, r in pairs]
+            full = [compare_hidden_states(c, r, tol) for c, r in pairs]
+            sketch = [sketch_verdict(c, r, tol, s.sketch_k) for c, r in pairs]
             cheat_report[name] = {
                 "chunks": len(pairs),
                 "caught_full": sum(not v.ok for v in full) / len(pairs),
@@ -290,6 +308,15 @@ def calibrate_dtype(s: CalibrationSettings, dtype: str) -> dict:
             "distribution": {metric: percentiles([getattr(m, metric) for m in everything]) for metric in THRESHOLDED},
             "worst_by_scenario": {
                 name: {metric: _worst(ms, metric) for metric in THRESHOLDED} for name, ms in honest.items()
+            },
+            "sketch": {
+                "k": s.sketch_k,
+                "chunks": len(sketched),
+                "false_positives": sum(not v.ok for v in sketched),
+                "worst": {
+                    metric: (min if metric == "topk_overlap" else max)(getattr(v.metrics, metric) for v in sketched)
+                    for metric in SKETCH_METRICS
+                },
             },
             "informational": {
                 name: {

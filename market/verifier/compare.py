@@ -2,7 +2,8 @@
 
 Two modes, one set of metrics:
 - `compare_hidden_states(claimed, replayed, tol)`: the full claimed chunk [tokens, hidden] is available;
-- `compare_sketch(claimed_sketch_bytes, replayed, tol)`: only the committed sketch is (a few hundred bytes).
+- `compare_sketch(claimed_sketch_bytes, replayed, tol, output_sha256=...)`: only the committed sketch is (200 bytes
+  per 32 tokens in version 2).
 
 Errors are scale-free so one calibration carries across layers and activation magnitudes (`scale` = RMS of
 the replayed chunk): `max_rel_err` = max |c - r| / (|r| + scale) (relative per element, with the RMS as a floor so
@@ -11,7 +12,11 @@ mean |c - r| / scale. Sketch metrics: per token, the fraction of the claimed top
 replay's top-k (`topk_overlap`, averaged over tokens), and on those matched indices the difference between the
 claimed fp16 value and the replayed value rounded to fp16, in fp16 ULPs (`value_max_err`, `value_mean_err`).
 Honest drift far below an fp16 step mostly rounds to the same value (at most a 1-ULP flip); a systematic change
-(other weights, other dtype, skipped work) moves many values by a step or more.
+(other weights, other dtype, skipped work) moves many values by a step or more. A version-2 sketch also carries
+each row's projection on a direction drawn from the commitment's `output_sha256` (`sketch.project`):
+`projection_err` = max over rows of the distance from the replayed row's projection to the claimed fp16 value's
+rounding interval, over the replayed row's RMS (a change of relative L2 size rho anywhere in a row moves it by
+~rho x N(0, 1)); it is judged against `max_rel_err`, like the market's own projections (`compare_projections`).
 
 Fail closed: malformed sketches, shape mismatches and non-finite claims are verdicts with ok=False; a
 non-finite *replay* raises `ValueError` because it says nothing about the worker (the caller retries it).
@@ -37,8 +42,13 @@ from globai.protocol.sketch import (
     Sketch,
     compute_sketch,
     parse_sketch,
+    project,
     top_indices,
 )
+
+# Top-k size of the sketch metrics in full-tensor mode (the tolerances' value/overlap metrics were calibrated on it);
+# independent of the k a worker commits to.
+FULL_K = 8
 
 
 @dataclass(frozen=True)
@@ -197,6 +207,19 @@ def _sketch_metrics(sketch: Sketch, replayed: torch.Tensor) -> tuple[float, floa
     return overlap, float(err.max()), float(err.sum()) / max(int(err.numel()), k * CHUNK_TOKENS)
 
 
+def _projection_err(sketch: Sketch, replayed: torch.Tensor, output_sha256: bytes) -> float:
+    """Max over rows of the distance from the replay's projection to the claimed fp16 projection's rounding
+    interval (saturated values: open-ended), over the replayed row's RMS."""
+    claimed = sketch.projection_tensor()
+    half_ulp = _fp16_ulp(claimed.float()).double() / 2
+    low = torch.where(claimed <= -FP16_MAX, -math.inf, claimed - half_ulp)
+    high = torch.where(claimed >= FP16_MAX, math.inf, claimed + half_ulp)
+    r = project(replayed, output_sha256)
+    dist = (low - r).clamp_min(0) + (r - high).clamp_min(0)
+    rms = replayed.double().pow(2).mean(dim=1).sqrt().clamp_min(1e-30)
+    return float((dist / rms).max())
+
+
 def judge(metrics: Metrics, tol: Tolerance) -> Verdict:
     """Decide on measured metrics (NaN metrics are not applicable and pass)."""
     failed = [
@@ -223,11 +246,13 @@ def compare_sketch(
     tol: Tolerance,
     *,
     k: int | None = DEFAULT_K,
+    output_sha256: bytes | None = None,
 ) -> Verdict:
     """Check a committed sketch against a replayed chunk [tokens, hidden].
 
     `k` is the sketch size the job requires (None accepts any); hidden size and token count must match the
-    replay. Anything unparsable or inconsistent is `malformed`.
+    replay. Anything unparsable or inconsistent is `malformed`. A version-2 sketch is checked with the
+    commitment's `output_sha256` (it seeds the projection direction; `ValueError` without it).
     """
     x = _check_replay(replayed)
     try:
@@ -235,8 +260,18 @@ def compare_sketch(
     except MalformedSketch:
         return Verdict(False, "malformed", Metrics(n_tokens=x.shape[0]))
     overlap, vmax, vmean = _sketch_metrics(sketch, x)
+    projection_err = float("nan")
+    if sketch.version == 2:
+        if output_sha256 is None:
+            raise ValueError("a version-2 sketch is checked with its commitment's output_sha256")
+        projection_err = _projection_err(sketch, x, output_sha256)
     metrics = Metrics(
-        n_tokens=x.shape[0], scale=_scale(x), topk_overlap=overlap, value_max_err=vmax, value_mean_err=vmean
+        n_tokens=x.shape[0],
+        scale=_scale(x),
+        topk_overlap=overlap,
+        value_max_err=vmax,
+        value_mean_err=vmean,
+        projection_err=projection_err,
     )
     return judge(metrics, tol)
 
@@ -276,7 +311,7 @@ def compare_hidden_states(
     tol: Tolerance,
     *,
     claimed_sha256: bytes | None = None,
-    k: int = DEFAULT_K,
+    k: int = FULL_K,
 ) -> Verdict:
     """Check a full claimed chunk against a replayed one (both [tokens, hidden]).
 

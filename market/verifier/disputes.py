@@ -31,7 +31,7 @@ import torch
 from globai.protocol import merkle
 from globai.protocol.commitments import SignedCommitment, SignedRoot, tensor_sha256
 from globai.protocol.signing import ChunkScope, verify_signer
-from globai.protocol.sketch import sketch_chunk
+from globai.protocol.sketch import sketch_like
 from market.verifier.compare import Tolerance, compare_hidden_states, compare_projections, compare_sketch
 
 STRUCTURAL_SLASHABLE = frozenset({"wrong_scope", "not_in_root", "malformed", "unbound"})
@@ -108,16 +108,20 @@ def check_claim(
     if isinstance(held, torch.Tensor):
         # The signed sketch must be the canonical sketch of the rows it commits to (else a false, signed claim).
         sketch = signed.commitment.sketch
-        if len(sketch) < 8 or sketch != sketch_chunk(held, sketch[5]) or (k is not None and sketch[5] != k):
+        canonical = sketch_like(sketch, held, signed.commitment.output_sha256)
+        if sketch != canonical or (k is not None and sketch[5] != k):
             return ClaimVerdict(False, "malformed", False, {})
         full = compare_hidden_states(held, replayed, tol)
         return ClaimVerdict(full.ok, full.reason, not full.ok, full.metrics.to_json())
-    verdict = compare_sketch(signed.commitment.sketch, replayed, tol, k=k)
+    verdict = compare_sketch(
+        signed.commitment.sketch, replayed, tol, k=k, output_sha256=signed.commitment.output_sha256
+    )
     if verdict.reason == "malformed":
         return ClaimVerdict(False, "malformed", False, verdict.metrics.to_json())
     if isinstance(held, ProjectedRows):  # the sketch's top-k plus whole-row projections the market kept
         projected = compare_projections(held.rows, replayed, held.seed, tol)
-        metrics = {**verdict.metrics.to_json(), "projection_err": projected.metrics.to_json()["projection_err"]}
+        errs = [e for e in (verdict.metrics.projection_err, projected.metrics.projection_err) if e == e]
+        metrics = {**verdict.metrics.to_json(), "projection_err": max(errs) if errs else None}
         reasons = [v.reason for v in (verdict, projected) if not v.ok]
         ok = not reasons
         return ClaimVerdict(ok, ",".join(reasons) if reasons else verdict.reason, not ok, metrics)

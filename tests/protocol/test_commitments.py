@@ -181,6 +181,22 @@ def test_binary_frame_round_trip_any_length_and_strictness() -> None:
         take_commitments(decode_message(encode_message(header, tensors), max_bytes=10**8), scope=SCOPE, width=64)
 
 
+def test_commitment_is_under_300_bytes_per_32_tokens_and_old_records_parse() -> None:
+    """Signed commitment = sha256 (32) + version-2 sketch (200) + signature (65) = 297 bytes per 32 tokens; a
+    version-1 (top-8) commitment, as records kept before the change hold it, still parses and verifies."""
+    from globai.protocol.commitments import decode_commitments, encode_commitments
+
+    chunk = _output(tokens=32, hidden=576)
+    new = sign_commitment(commit_chunk(SCOPE, 0, chunk), WORKER)
+    assert len(new.commitment.output_sha256) + len(new.commitment.sketch) + len(new.signature) == 297
+    old = sign_commitment(commit_chunk(SCOPE, 1, chunk, 8, version=1), WORKER)
+    assert len(old.commitment.sketch) == 1032
+    for signed in (new, old):
+        assert SignedCommitment.from_json(signed.to_json(), hidden=576) == signed
+        assert verify_commitment(signed, WORKER.address)
+    assert decode_commitments(encode_commitments([new, old]), scope=SCOPE, hidden=576) == [new, old]
+
+
 def test_signatures_are_eth_accounts_own() -> None:
     """`sign_digest` / `recover_signer` call libsecp256k1 directly: byte-identical to eth-account's EIP-191."""
     import hashlib

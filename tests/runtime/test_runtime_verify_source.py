@@ -19,6 +19,7 @@ from eth_account.signers.local import LocalAccount
 from sqlalchemy.orm import Session
 
 from globai.dev.services import free_port
+from globai.protocol.sketch import DEFAULT_K
 from market.config import Settings
 from market.db import Job, JobRun
 from market.db.engine import make_engine, make_session_factory
@@ -147,7 +148,7 @@ def test_honest_run_checks_whole_tensors_and_projections(
                     proof,
                     replayed,
                     DEFAULT_TOLERANCES[part.dtype],
-                    k=8,
+                    k=DEFAULT_K,
                     expected_scope=part.scope,
                     chunk_index=chunk,
                     worker=part.worker,
@@ -165,7 +166,7 @@ def test_honest_run_checks_whole_tensors_and_projections(
                         proof,
                         replayed,
                         DEFAULT_TOLERANCES[part.dtype],
-                        k=8,
+                        k=DEFAULT_K,
                         expected_scope=part.scope,
                         chunk_index=chunk,
                         worker=part.worker,

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from globai.chain.client import ChainClient
 from globai.chain.deploy import GLB
+from globai.protocol.sketch import DEFAULT_K
 from market.db import SettlementReport, SlashRecord, VerificationCheck, VerificationRun, WorkPart
 from market.services.verification import ClaimedPart, VerifierConfig, open_run
 from market.tasks.celery_app import create_celery, runtime
@@ -150,7 +151,7 @@ def harness(vengine: Engine, redis_url: str, chain, deployment) -> Iterator[Harn
     app.conf.task_default_queue = f"verify-{uuid.uuid4().hex[:8]}"
     client = ChainClient(chain.url)
     router = Router()
-    config = VerifierConfig(sketch_k=8, slash_amount=10 * GLB)
+    config = VerifierConfig(sketch_k=DEFAULT_K, slash_amount=10 * GLB)
     configure_verifier(app, source=router, config=config, operator=operator_for(client, deployment, admin))
     funder = Funder(client, deployment, admin, chain.accounts[1])
     funder.prefund(1_000_000 * GLB)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from globai.chain.deploy import GLB
+from globai.protocol.sketch import DEFAULT_K
 from market.services.verification import VerifierConfig
 from market.verifier import sampling
 from tests.verification.conftest import Harness, JobResult
@@ -104,7 +105,7 @@ def fixed_rate(p: float) -> VerifierConfig:
     """A policy whose rate is exactly p for everyone (no trust dynamics), to test the rate maths itself."""
     policy = sampling.SamplingPolicy(p_min=p, target_detection=1e-9, prior_bad=0.0, failure_weight=0.0)
     econ = sampling.Economics(cost=0.0, reward=1.0, slash=1.0)
-    return VerifierConfig(policy=policy, economics=econ, sketch_k=8, slash_amount=GLB)
+    return VerifierConfig(policy=policy, economics=econ, sketch_k=DEFAULT_K, slash_amount=GLB)
 
 
 def _binomial_ok(observed: int, probs: list[float]) -> tuple[bool, str]:

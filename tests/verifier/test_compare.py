@@ -13,7 +13,7 @@ import market.verifier as verifier_pkg
 from globai.protocol.commitments import tensor_sha256
 from globai.protocol.sketch import sketch_chunk
 from market.verifier import cheats
-from market.verifier.calibrate import scenarios
+from market.verifier.calibrate import scenarios, sketch_verdict
 from market.verifier.compare import (
     DEFAULT_TOLERANCES,
     Tolerance,
@@ -46,7 +46,7 @@ def test_honest_drift_passes(model_and_inputs, scenario: str) -> None:
         for sl in _chunks(ref):
             v = compare_hidden_states(claimed[sl], ref[sl], tol, claimed_sha256=tensor_sha256(claimed[sl]))
             assert v.ok, (scenario, v)
-            s = compare_sketch(sketch_chunk(claimed[sl]), ref[sl], tol)
+            s = sketch_verdict(claimed[sl], ref[sl], tol)
             assert s.ok, (scenario, s)
 
 
@@ -74,7 +74,7 @@ def test_every_cheat_fails_on_every_chunk(model_and_inputs, profile: str) -> Non
             claimed, ref = run(model, x.unsqueeze(0), STAGE)[0], _reference(model, x)
             for sl in _chunks(ref):
                 full = compare_hidden_states(claimed[sl], ref[sl], tol)
-                sketch = compare_sketch(sketch_chunk(claimed[sl]), ref[sl], tol)
+                sketch = sketch_verdict(claimed[sl], ref[sl], tol)
                 assert not full.ok and not sketch.ok, (name, full, sketch)
                 assert full.reason not in ("exact", "within_tolerance")
 
@@ -87,26 +87,30 @@ def test_honest_drift_passes_same_device_profile(model_and_inputs, scenario: str
         claimed, ref = run(model, inputs, i), _reference(model, x)
         for sl in _chunks(ref):
             assert compare_hidden_states(claimed[sl], ref[sl], SAME_DEVICE[dtype]).ok
-            assert compare_sketch(sketch_chunk(claimed[sl]), ref[sl], SAME_DEVICE[dtype]).ok
+            assert sketch_verdict(claimed[sl], ref[sl], SAME_DEVICE[dtype]).ok
 
 
 def test_malformed_sketch_fails_closed() -> None:
     ref = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
     tol = DEFAULT_TOLERANCES["float32"]
+    sha = tensor_sha256(ref)
     good = sketch_chunk(ref)
-    assert compare_sketch(good, ref, tol).ok
+    assert compare_sketch(good, ref, tol, output_sha256=sha).ok
     for bad in (b"", good[:-1], good + b"\0", b"XXXX" + good[4:], sketch_chunk(ref[:31]), sketch_chunk(ref, k=4)):
-        v = compare_sketch(bad, ref, tol)
+        v = compare_sketch(bad, ref, tol, output_sha256=sha)
         assert not v.ok and v.reason == "malformed"
-    nan = bytearray(good)
-    nan[8 + 16 : 8 + 18] = b"\x00\x7e"  # first value of token 0 -> fp16 NaN
-    assert compare_sketch(bytes(nan), ref, tol).reason == "malformed"
+    for offset in (8 + 2, 8 + 4):  # token 0's value, then its projection -> fp16 NaN
+        nan = bytearray(good)
+        nan[offset : offset + 2] = b"\x00\x7e"
+        assert compare_sketch(bytes(nan), ref, tol, output_sha256=sha).reason == "malformed"
+    with pytest.raises(ValueError, match="output_sha256"):
+        compare_sketch(good, ref, tol)  # a version-2 sketch is only checkable with its commitment's hash
 
 
 def test_fabricated_sketch_fails() -> None:
     ref = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
     other = torch.randn(32, 64, generator=torch.Generator().manual_seed(1))
-    v = compare_sketch(sketch_chunk(other), ref, DEFAULT_TOLERANCES["float32"])
+    v = compare_sketch(sketch_chunk(other), ref, DEFAULT_TOLERANCES["float32"], output_sha256=tensor_sha256(other))
     assert not v.ok and "topk_overlap" in v.reason
     json.dumps(v.metrics.to_json(), allow_nan=False)  # storable as-is
 
@@ -167,9 +171,12 @@ def test_projections_see_a_change_anywhere_in_a_row_the_sketch_cannot() -> None:
     cheat = x.clone()
     outside = x[5].abs().argsort()[:400]  # coordinates far from the top-8 of row 5
     cheat[5, outside] *= 0.9
-    assert compare_sketch(sketch_chunk(cheat), x, tol, k=8).ok  # the sketch can't see it
+    assert compare_sketch(sketch_chunk(cheat, 8, version=1), x, tol, k=8).ok  # the old top-8 sketch can't see it
     verdict = compare_projections(project_rows(cheat, seed), x, seed, tol)
     assert not verdict.ok and verdict.reason == "projection_err"
+    # The committed version-2 sketch sees it too: each row's projection on a direction drawn from the output hash.
+    from_sketch = sketch_verdict(cheat, x, tol)
+    assert not from_sketch.ok and from_sketch.reason == "projection_err", from_sketch
     # Projections made with another seed don't match (the seed is the market's secret, not the worker's).
     assert not compare_projections(project_rows(x, seed + 1), x, seed, tol).ok
 
@@ -182,7 +189,7 @@ def test_one_flip_in_a_short_partial_chunk_is_honest_drift() -> None:
     top = int(x[0].abs().argmax())
     y = x.clone()
     y[0, top] = torch.nextafter(x[0, top].half(), torch.tensor(float("inf")).half()).float()  # one fp16 step
-    verdict = compare_sketch(sketch_chunk(y), x, tol)
+    verdict = sketch_verdict(y, x, tol)
     assert verdict.ok, verdict
     assert verdict.metrics.value_max_err >= 1  # the flip is there, within value_max_err
-    assert not compare_sketch(sketch_chunk(x * 1.10), x, tol).ok
+    assert not sketch_verdict(x * 1.10, x, tol).ok
