@@ -406,7 +406,7 @@ def test_replays_look_like_ordinary_work_at_the_worker(
                     proof,
                     source.replay(job_id, part, chunk, replica.address),
                     DEFAULT_TOLERANCES[part.dtype],
-                    k=8,
+                    k=DEFAULT_K,
                     expected_scope=part.scope,
                     chunk_index=chunk,
                     worker=part.worker,
