@@ -208,7 +208,8 @@ def section() -> str:
         "on every chunk from 200 bytes of sketch. "
         "Through the whole pipeline (Celery, Anvil), `tests/verification/test_cheating.py` catches and slashes the "
         "`unbound`, `outside_topk`, `sub_fp16` and lazy-replica workers with version-2 commitments, and its 200 "
-        "honest jobs (fp32 and bf16, whole tensors and projections) give 0 false failures, 0 slashes; the real "
+        "honest jobs (fp32 and bf16, whole tensors and projections) gave 953 replayed chunks, 0 false failures, "
+        "0 slashes (run 2026-12-02); the real "
         'SmolLM2 jobs are in "Verification: SmolLM2".',
         "",
     ]
