@@ -48,17 +48,33 @@ def hop_cost(c: RouteCandidate) -> float:
     return (c.latency_ms + compute) / max(score(c.scored), 1e-6)
 
 
-# A hop whose exact layer range no other operator serves can't be replayed by an independent replica, so its
-# work could not be checked (and is not paid): such hops cost this much more, used only when nothing else chains.
+# A hop whose layer range no other operator covers - alone or as a chain - can't be replayed by an independent
+# replica, so its work could not be checked (and is not paid): such hops cost this much more, used only when
+# nothing else chains.
 UNREPLICATED_PENALTY = 8.0
 
 
+def _tiles(start: int, end: int, spans: set[tuple[int, int]]) -> bool:
+    """Whether some of `spans` chain from `start` to `end` exactly."""
+    reached, frontier = {start}, [start]
+    while frontier:
+        at = frontier.pop()
+        for lo, hi in spans:
+            if lo == at and hi <= end and hi not in reached:
+                reached.add(hi)
+                frontier.append(hi)
+    return end in reached
+
+
 def replicated(candidates: Sequence[RouteCandidate]) -> set[str]:
-    """Link ids whose exact layer range is also served by a worker of another operator."""
-    ops: dict[tuple[int, int], set[str]] = {}
+    """Link ids whose layer range workers of other operators also cover: one serving exactly that range, or a
+    chain of narrower ones (`verify_replay.replica_chains` replays through such a chain)."""
+    out: set[str] = set()
     for c in candidates:
-        ops.setdefault((c.start, c.end), set()).add(c.operator_id)
-    return {c.link_id for c in candidates if len(ops[(c.start, c.end)] - {c.operator_id}) > 0}
+        spans = {(o.start, o.end) for o in candidates if o.operator_id != c.operator_id and c.start <= o.start}
+        if _tiles(c.start, c.end, spans):
+            out.add(c.link_id)
+    return out
 
 
 def plan_span(

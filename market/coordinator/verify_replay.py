@@ -17,12 +17,14 @@ from __future__ import annotations
 import random
 import secrets
 import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from globai.errors import GlobaiError
 from globai.protocol.commitments import CHUNK_TOKENS, tensor_sha256
 from globai.protocol.pipeline import scope_to_json
 from globai.protocol.scopes import stage_scope
@@ -30,6 +32,7 @@ from globai.protocol.signing import sent_digest, verify_signer
 from globai.protocol.tensors import decode_message, encode_message
 from market.blobstore import BlobStore
 from market.coordinator.links import LinkRegistry, WorkerLink
+from market.coordinator.routing import RouteCandidate, plan_span
 from market.db.inference import InferenceRun, StageRecord
 from market.domain_errors import Conflict, NotFound
 
@@ -190,12 +193,73 @@ def replicas(links: LinkRegistry, *, model: str, layer_start: int, layer_end: in
     return [found[a] for a in sorted(found)]
 
 
+MAX_CHAINS = 3  # a round-0 replay and two dispute votes, each on workers of operators the others don't use
+
+
+def replica_chains(
+    links: LinkRegistry, *, model: str, layer_start: int, layer_end: int, exclude_operators: Collection[str] = ()
+) -> list[list[WorkerLink]]:
+    """Chains of two or more live workers whose ranges together cover exactly [layer_start, layer_end), for a span
+    no single worker of another operator serves whole (Deliver 3: a replay may run across a chain). The
+    coordinator's routing picks each (`routing.plan_span`, cheapest by measured speed and reputation); every
+    further chain avoids the operators of the ones before, so the chains are independent voters."""
+    live = [
+        lnk
+        for lnk in links.live(model)
+        if layer_start <= lnk.layer_start
+        and lnk.layer_end <= layer_end
+        and (lnk.layer_start, lnk.layer_end) != (layer_start, layer_end)
+    ]
+    used = set(exclude_operators)
+    chains: list[list[WorkerLink]] = []
+    while len(chains) < MAX_CHAINS:
+        candidates = [
+            RouteCandidate(
+                lnk.link_id,
+                lnk.operator_id,
+                lnk.layer_start,
+                lnk.layer_end,
+                lnk.effective_tokens_s,
+                lnk.effective_latency_ms,
+                lnk.reputation,
+            )
+            for lnk in live
+            if lnk.operator_id not in used
+        ]
+        path = plan_span(layer_start, layer_end, candidates)
+        if not path:
+            break
+        by_id = {lnk.link_id: lnk for lnk in live}
+        chain = [by_id[c.link_id] for c in path]
+        chains.append(chain)
+        used |= {lnk.operator_id for lnk in chain}
+    return chains
+
+
 @dataclass(frozen=True)
 class ReplayAnswer:
     output: torch.Tensor  # the chunk's rows [1, n, width], at `ChunkReplay.positions`
-    sent_digest: bytes  # the `signing.sent_digest` the replica signed over the answer that holds them: evidence
-    sent_signature: bytes  # the replica's signature over `sent_digest` (what the vault checks when it is slashed)
-    # against it if it loses a 2-of-3
+    sent_digest: bytes  # the `signing.sent_digest` the (last) replica signed over the answer that holds them
+    sent_signature: bytes  # its signature over `sent_digest` (what the vault checks when it is slashed)
+    session: str = ""  # the replay session's id: one paid replay, however many checks use its rows
+
+
+def _hop_links(links: LinkRegistry, model: str, layers: tuple[int, int], replicas: Sequence[str]) -> list[WorkerLink]:
+    """The live links of `replicas` (in order) whose ranges tile `layers` exactly."""
+    hops: list[WorkerLink] = []
+    at = layers[0]
+    for address in replicas:
+        link = next(
+            (lnk for lnk in links.live(model) if lnk.address == address and lnk.layer_start == at),
+            None,
+        )
+        if link is None or link.layer_end > layers[1]:
+            raise Conflict(f"replica {address} does not serve {model} from layer {at} within {layers} now")
+        hops.append(link)
+        at = link.layer_end
+    if at != layers[1] or not hops:
+        raise Conflict(f"replicas {list(replicas)} do not cover {model} {list(layers)}")
+    return hops
 
 
 async def replay_on(
@@ -204,62 +268,72 @@ async def replay_on(
     layers: tuple[int, int],
     replay: ChunkReplay,
     *,
-    replica: str,
+    replica: str | Sequence[str],
     chain_id: int,
     timeout: float,
 ) -> ReplayAnswer:
-    """Run a chunk's replay calls on `replica`; every answer must carry the replica's signed output hash.
+    """Run a chunk's replay calls on `replica` - one address, or the addresses of a chain whose ranges tile
+    `layers` in order (each hop's output goes to the next, the last hop's rows are compared); every answer must
+    carry its worker's signed output hash.
 
-    Nothing on the wire links the replay to the audited run: the session id is a fresh run-like UUID and the scope
-    is built exactly like a real run's (keccak of that id, "<id>/stage/<first layer>", a fresh nonce)."""
-    link = next(
-        (lnk for lnk in links.live(model) if lnk.address == replica and (lnk.layer_start, lnk.layer_end) == layers),
-        None,
-    )
-    if link is None:
-        raise Conflict(f"replica {replica} does not serve {model} [{layers[0]}, {layers[1]}) now")
+    Nothing on the wire links the replay to the audited run: one fresh run-like session id on every hop and each
+    hop's scope built exactly like a real run's (keccak of that id, "<id>/stage/<first layer>", one fresh nonce);
+    inner hops of a chain get hidden states and answer every position, as inner hops of a route do."""
+    if not replay.calls:
+        raise Conflict("nothing to replay: the chunk is padding only")
+    hops = _hop_links(links, model, layers, [replica] if isinstance(replica, str) else list(replica))
     session = str(uuid.uuid4())
-    # A replay looks like ordinary work: a fresh run-like session and its stage scope (nothing links it to the run).
-    scope = stage_scope(chain_id, session, layers[0], secrets.token_bytes(32))
+    nonce = secrets.token_bytes(32)
+    scopes = [stage_scope(chain_id, session, hop.layer_start, nonce) for hop in hops]
 
-    async def call(header: dict[str, object], tensors: list[torch.Tensor]):  # type: ignore[no-untyped-def]
+    async def call(link: WorkerLink, header: dict[str, object], tensors: list[torch.Tensor]):  # type: ignore[no-untyped-def]
         rid = link.next_rid()
         return await link.call(rid, encode_message({**header, "rid": rid, "session": session}, tensors), timeout)
 
-    if not replay.calls:
-        raise Conflict("nothing to replay: the chunk is padding only")
     outputs: list[torch.Tensor] = []
     signed: list[tuple[bytes, bytes]] = []
-    await call({"op": "open", "scope": scope_to_json(scope)}, [])
+    opened: list[WorkerLink] = []
     try:
+        for hop, scope in zip(hops, scopes, strict=True):
+            await call(hop, {"op": "open", "scope": scope_to_json(scope)}, [])
+            opened.append(hop)
         for rec in replay.calls:
-            reply = await call(
-                {
-                    "op": "forward",
-                    "step": rec.step,
-                    "first_position": rec.first_position,
-                    "last_token_only": rec.last_token_only,
-                },
-                rec.tensors,
-            )
-            output = reply.tensors[0] if reply.tensors else torch.empty(0)
-            sent = reply.header.get("sent")
-            try:
-                sha = bytes.fromhex(str(sent["output_sha256"]).removeprefix("0x"))  # type: ignore[index]
-                signature = bytes.fromhex(str(sent["signature"]).removeprefix("0x"))  # type: ignore[index]
-            except (KeyError, TypeError, ValueError):
-                raise Conflict(f"replica {replica} answered without a signed output hash") from None
-            digest = sent_digest(scope, rec.step, rec.first_position, sha)
-            if sha != tensor_sha256(output) or not verify_signer(digest, signature, replica):
-                raise Conflict(f"replica {replica}: answer not signed by it")
-            tokens = 1 if rec.last_token_only else int(rec.tensors[0].shape[1])
-            if output.dim() != 3 or output.shape[0] != 1 or output.shape[1] != tokens:
-                raise Conflict(f"replica {replica}: answer of shape {list(output.shape)}")
-            outputs.append(output)
+            hidden = rec.tensors[0]
+            for i, (hop, scope) in enumerate(zip(hops, scopes, strict=True)):
+                last_only = rec.last_token_only and i == len(hops) - 1
+                reply = await call(
+                    hop,
+                    {
+                        "op": "forward",
+                        "step": rec.step,
+                        "first_position": rec.first_position,
+                        "last_token_only": last_only,
+                    },
+                    [hidden, *rec.tensors[1:]],
+                )
+                output = reply.tensors[0] if reply.tensors else torch.empty(0)
+                sent = reply.header.get("sent")
+                try:
+                    sha = bytes.fromhex(str(sent["output_sha256"]).removeprefix("0x"))  # type: ignore[index]
+                    signature = bytes.fromhex(str(sent["signature"]).removeprefix("0x"))  # type: ignore[index]
+                except (KeyError, TypeError, ValueError):
+                    raise Conflict(f"replica {hop.address} answered without a signed output hash") from None
+                digest = sent_digest(scope, rec.step, rec.first_position, sha)
+                if sha != tensor_sha256(output) or not verify_signer(digest, signature, hop.address):
+                    raise Conflict(f"replica {hop.address}: answer not signed by it")
+                tokens = 1 if last_only else int(rec.tensors[0].shape[1])
+                if output.dim() != 3 or output.shape[0] != 1 or output.shape[1] != tokens:
+                    raise Conflict(f"replica {hop.address}: answer of shape {list(output.shape)}")
+                hidden = output
+            outputs.append(hidden)
             signed.append((digest, signature))
     finally:
-        await call({"op": "close"}, [])
+        for hop in opened:
+            try:
+                await call(hop, {"op": "close"}, [])
+            except GlobaiError:
+                pass  # a hop that went away: its session is gone with it
     rows = gather_rows(replay, outputs)
     # The evidence against a lying replica: its signed hash over the answer holding the chunk's first row.
     digest, signature = signed[replay.rows[0][0]]
-    return ReplayAnswer(rows, digest, signature)
+    return ReplayAnswer(rows, digest, signature, session)

@@ -40,7 +40,7 @@ from market.coordinator.verify_replay import with_claimed_padding
 from market.db import JobRun, Worker
 from market.db.inference import InferenceRun, StageCommitment, StageRecord, StageViolation
 from market.domain_errors import NotFound
-from market.services.verification import BindingFault, ClaimedPart, Replica, ReplicaUnavailable
+from market.services.verification import BindingFault, ClaimedPart, ReplayReceipt, Replica, ReplicaUnavailable
 from market.verifier.disputes import ProjectedRows
 
 MAX_REPLAY_BYTES = 1 << 30
@@ -86,31 +86,57 @@ class MarketVerifierClient:
             raise ReplicaUnavailable(f"{path}: HTTP {response.status_code} {response.text[:200]}")
         return check(response)
 
-    def replicas(self, model: str, layer_start: int, layer_end: int) -> list[Replica]:
-        params = {"model": model, "layer_start": layer_start, "layer_end": layer_end}
+    def replicas(self, model: str, layer_start: int, layer_end: int, worker: str | None = None) -> list[Replica]:
+        params: dict[str, Any] = {"model": model, "layer_start": layer_start, "layer_end": layer_end}
+        if worker is not None:
+            params["worker"] = worker  # a chain is offered only of workers of other operators than its
         rows = self._request("GET", "/v1/verification/replicas", params=params).json()
-        return [Replica(to_checksum_address(r["address"]), r["operator_id"], float(r.get("weight", 1.0))) for r in rows]
+        return [
+            Replica(
+                to_checksum_address(r["address"]),
+                r["operator_id"],
+                float(r.get("weight", 1.0)),
+                tuple(
+                    (
+                        to_checksum_address(h["address"]),
+                        str(h["operator_id"]),
+                        int(h["layer_start"]),
+                        int(h["layer_end"]),
+                    )
+                    for h in r.get("chain") or []
+                ),
+            )
+            for r in rows
+        ]
 
     def replay(
         self, run_id: str, layer_start: int, worker: str, replica: str, chunk_index: int
-    ) -> tuple[torch.Tensor, list[int], tuple[str, str]]:
+    ) -> tuple[torch.Tensor, list[int], ReplayReceipt]:
         """(the replica's rows of the chunk [n, width], the committed positions they are at (padding excluded),
-        (the digest it signed over the answer holding them, its signature))."""
-        body = {
+        its receipt: the digest it signed over the answer holding them, its signature, the positions it ran)."""
+        hops = replica.split("+")  # a chain replica: its hops' addresses in layer order
+        body: dict[str, Any] = {
             "run_id": run_id,
             "layer_start": layer_start,
             "worker": worker,
-            "replica": replica,
+            "replica": hops[0],
             "chunk_index": chunk_index,
         }
+        if len(hops) > 1:
+            body["chain"] = hops
         try:
             raw = self._request("POST", "/v1/verification/replay", json=body).content
         except MarketError as exc:
             raise ReplicaUnavailable(str(exc)) from None
         message = decode_message(raw, max_bytes=MAX_REPLAY_BYTES)
-        evidence = (str(message.header.get("sent_digest") or ""), str(message.header.get("sent_signature") or ""))
+        receipt = ReplayReceipt(
+            str(message.header.get("sent_digest") or ""),
+            str(message.header.get("sent_signature") or ""),
+            int(message.header.get("units") or 0),
+            str(message.header.get("replay_id") or ""),
+        )
         positions = [int(p) for p in message.header.get("positions") or []]
-        return message.tensors[0][0], positions, evidence
+        return message.tensors[0][0], positions, receipt
 
 
 class InferenceWorkSource:
@@ -129,9 +155,10 @@ class InferenceWorkSource:
         self.chain_id = chain_id
         self.models_dir = Path(models_dir)
         self._manifests: dict[str, Manifest] = {}
-        # per (run, stage, worker, replica, sequence): the replica's rows, their positions and the digest it signed
-        # over them; a sequence's chunks are compared one after the other (`run_check`), so a few are enough
-        self._replays: OrderedDict[tuple[str, int, str, str, int], tuple[torch.Tensor, list[int], tuple[str, str]]] = (
+        # per (run, stage, worker, replica, sequence): the replica's rows, their positions and its receipt (signed
+        # digest, units, replay id); a sequence's chunks are compared one after the other (`run_check`), so a few
+        # are enough
+        self._replays: OrderedDict[tuple[str, int, str, str, int], tuple[torch.Tensor, list[int], ReplayReceipt]] = (
             OrderedDict()
         )
         self._replay_cache_size = 4
@@ -273,11 +300,11 @@ class InferenceWorkSource:
         with self.sessions() as session:
             run = session.get(InferenceRun, run_id)
             model = run.model if run is not None else ""
-        return self.client.replicas(model, part.layer_start, part.layer_end)
+        return self.client.replicas(model, part.layer_start, part.layer_end, part.worker)
 
     def _sequence_replay(
         self, part: ClaimedPart, chunk_index: int, replica: str
-    ) -> tuple[torch.Tensor, list[int], tuple[str, str]]:
+    ) -> tuple[torch.Tensor, list[int], ReplayReceipt]:
         """The replica's replay of the chunk's whole sequence (up to its last committed chunk), once per sequence:
         (rows, the committed position of each, evidence)."""
         run_id, stage, worker = self._split(part.work_key)
@@ -317,7 +344,7 @@ class InferenceWorkSource:
         claimed = torch.stack([kept[(seq, p)] for p in committed])
         return with_claimed_padding(rows, positions, committed, claimed)
 
-    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> tuple[str, str]:
+    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> ReplayReceipt:
         return self._sequence_replay(part, chunk_index, replica)[2]
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:

@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from eth_utils import keccak, to_checksum_address
@@ -88,10 +88,55 @@ class Replica:
     # Drawn with probability proportional to this (reputation mean x stake in GLB, `replica_weight`): a sybil
     # "operator" costs stake, and a replica with a poor record is rarely asked.
     weight: float = 1.0
+    # A chain of workers whose ranges together cover the part's layers (none serves them all): every hop as
+    # (address, operator id, layer start, layer end), in layer order; `address`/`operator_id` are the first hop's.
+    chain: tuple[tuple[str, str, int, int], ...] = ()
+
+    @property
+    def ident(self) -> str:
+        """What a check names as its replica for the source: the address, or the hops' addresses joined by "+"."""
+        return "+".join(h[0] for h in self.chain) if self.chain else self.address
+
+    @property
+    def addresses(self) -> set[str]:
+        return {h[0] for h in self.chain} | {self.address}
+
+    @property
+    def operators(self) -> set[str]:
+        return {h[1] for h in self.chain} | {self.operator_id}
+
+
+def chain_hops(metrics: dict[str, Any] | None) -> list[tuple[str, int, int]]:
+    """The (address, layer start, layer end) hops a check's chain replay ran on ([] for a single replica)."""
+    return [(str(a), int(lo), int(hi)) for a, lo, hi in (metrics or {}).get("chain") or []]
 
 
 def replica_weight(reputation_mean: float, stake_wei: int) -> float:
     return max(reputation_mean, 1e-3) * max(stake_wei / 10**18, 1e-9)
+
+
+@dataclass(frozen=True)
+class ReplayReceipt:
+    """What a replica's replay left: the digest it signed over the answer holding the chunk (`signing.sent_digest`,
+    0x-hex) and its signature - the evidence that slashes it when it loses a 2-of-3 - and the work it did (token
+    positions through the stage, the unit inference work is paid in). Empty when the replica carried none."""
+
+    digest: str = ""
+    signature: str = ""
+    units: int = 0
+    replay_id: str = ""  # one id per replay the replica ran (checks that share a replay's rows share it: paid once)
+
+
+# A replay used in a check is paid like work: a work part of the replica keyed "<audited part>/r/<replay id>".
+REPLAY_KEY = "/r/"  # work keys are at most 128 characters: "<run>/<stage>/<worker>/r/<uuid>/<hop>" fits
+
+
+def replay_key(work_key: str, replay_id: str) -> str:
+    return f"{work_key}{REPLAY_KEY}{replay_id}"
+
+
+def is_replay(work_key: str) -> bool:
+    return REPLAY_KEY in work_key
 
 
 @dataclass(frozen=True)
@@ -126,9 +171,8 @@ class WorkSource(Protocol):
         for the chunk, [tokens, hidden]. Raises `ReplicaUnavailable` when it can't now."""
         ...
 
-    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> tuple[str, str]:
-        """(digest, signature): the digest the replica signed over its replay answer (`signing.sent_digest`, 0x-hex)
-        and its signature, the evidence that slashes it when it loses a 2-of-3; ("", "") when it carried none."""
+    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> ReplayReceipt:
+        """The replica's signed evidence and work units for its replay of the chunk (after `replay`)."""
         ...
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
@@ -194,10 +238,17 @@ def _history(session: Session, worker: str, now: datetime) -> sampling.WorkerHis
 
 
 def _pick(rng: random.Random, pool: Sequence[Replica], exclude_ops: set[str], exclude: set[str]) -> Replica | None:
-    candidates = [r for r in pool if r.operator_id not in exclude_ops and r.address not in exclude]
+    candidates = [r for r in pool if not r.operators & exclude_ops and not r.addresses & exclude]
     if not candidates:
         return None
     return rng.choices(candidates, weights=[max(r.weight, 1e-12) for r in candidates])[0]
+
+
+def _chain_metrics(replica: Replica | None) -> dict[str, Any]:
+    """A check's metrics start with the chain its replay runs on (a chain replica only)."""
+    if replica is None or not replica.chain:
+        return {}
+    return {"chain": [[a, lo, hi] for a, _, lo, hi in replica.chain]}
 
 
 def _pending_ids(session: Session, job_id: str) -> list[str]:
@@ -308,7 +359,9 @@ def start_verification(
     pools = {part.work_key: source.replicas(job_id, part) for part in parts}
     sampled = {by_task[seg.task_id].work_key for seg in segments}
     for part, task in zip(parts, tasks, strict=True):
-        alone = not any(r.operator_id != part.operator_id and r.address != part.worker for r in pools[part.work_key])
+        alone = not any(
+            part.operator_id not in r.operators and part.worker not in r.addresses for r in pools[part.work_key]
+        )
         if alone and part.work_key not in sampled and part.chunk_indices:  # record why it is not paid
             segments.append(sampling.Segment(task.task_id, part.stage, part.chunk_indices[0]))
 
@@ -378,6 +431,7 @@ def start_verification(
                 replica=None if replica is None else replica.address,
                 status="pending" if replica is not None else "void",
                 reason="" if replica else "no_replica",
+                metrics=_chain_metrics(replica),
                 created_at=now,
                 decided_at=None if replica else now,
             )
@@ -412,6 +466,8 @@ def run_check(
     if check is None:
         raise NotFound("verification check", check_id)
     job_id, work_key, replica, rnd = check.job_id, check.work_key, check.replica, check.round
+    hops = chain_hops(check.metrics)
+    replica_id = "+".join(a for a, _, _ in hops) if hops else replica  # what the source replays on
     if check.status != "pending":
         session.commit()
         return job_id, []
@@ -431,11 +487,11 @@ def run_check(
             worker=part.worker,
             signed_root=part.signed_root,
         )
-        replica_evidence, replica_signature = "", ""
+        receipt: ReplayReceipt | None = None
         if verdict is None:
-            assert replica is not None  # pending checks always have one
-            replayed = source.replay(job_id, part, chunk, replica)
-            replica_evidence, replica_signature = source.replay_evidence(job_id, part, chunk, replica)
+            assert replica_id is not None  # pending checks always have one
+            replayed = source.replay(job_id, part, chunk, replica_id)
+            receipt = source.replay_evidence(job_id, part, chunk, replica_id)
             verdict = check_claim(
                 signed,
                 proof,
@@ -448,30 +504,36 @@ def run_check(
                 signed_root=part.signed_root,
                 held=source.held(job_id, part, chunk),
             )
-        judged.append((cid, chunk, signed, verdict, replica_evidence, replica_signature))
-    disputed = rnd == 0 and any(v.needs_replay_vote for _, _, _, v, _, _ in judged)
+        judged.append((cid, chunk, signed, verdict, receipt))
+    disputed = rnd == 0 and any(v.needs_replay_vote for _, _, _, v, _ in judged)
     pool = source.replicas(job_id, part) if disputed else []
 
     opened: list[str] = []
-    for cid, chunk, signed, verdict, replica_evidence, replica_signature in judged:
+    for cid, chunk, signed, verdict, receipt in judged:
         check = session.get(VerificationCheck, cid)
         if check is None or check.status != "pending":  # decided meanwhile by a duplicate delivery
             continue
         check.status = "pass" if verdict.ok else "fail"
         check.reason = verdict.reason[:128]
         check.metrics = {k: v for k, v in verdict.metrics.items() if v == v}  # drop NaN (not JSON)
-        if replica_evidence:
-            check.metrics["replica_evidence"] = replica_evidence
-            check.metrics["replica_signature"] = replica_signature
+        if hops:
+            check.metrics["chain"] = [[a, lo, hi] for a, lo, hi in hops]
+        if receipt is not None:
+            check.metrics["replay_units"] = receipt.units  # the replica's work: paid as a work part (`decide_job`)
+            check.metrics["replay_id"] = receipt.replay_id or check.id
+            if receipt.digest:
+                check.metrics["replica_evidence"] = receipt.digest
+                check.metrics["replica_signature"] = receipt.signature
         check.evidence = "0x" + signed.commitment.digest.hex()
         check.metrics["evidence_signature"] = "0x" + signed.signature.hex()
         check.decided_at = now
         if rnd == 0 and verdict.needs_replay_vote:
             used_ops = {part.operator_id}
-            used = {part.worker, replica or ""}
-            first = next((r for r in pool if r.address == replica), None)
+            used = {part.worker, replica or "", *(a for a, _, _ in hops)}
+            first = next((r for r in pool if r.ident == replica_id), None)
             if first is not None:
-                used_ops.add(first.operator_id)
+                used_ops |= first.operators
+                used |= first.addresses
             for dispute_round in DISPUTE_ROUNDS:
                 pick = _pick(rng, pool, used_ops, used)
                 row = VerificationCheck(
@@ -484,14 +546,15 @@ def run_check(
                     replica=None if pick is None else pick.address,
                     status="pending" if pick else "void",
                     reason="" if pick else "no_replica",
+                    metrics=_chain_metrics(pick),
                     created_at=now,
                     decided_at=None if pick else now,
                 )
                 session.add(row)
                 session.flush()
                 if pick is not None:
-                    used.add(pick.address)
-                    used_ops.add(pick.operator_id)
+                    used |= pick.addresses
+                    used_ops |= pick.operators
                     opened.append(row.id)
     session.commit()
     return job_id, opened
@@ -511,6 +574,17 @@ def void_check(session: Session, *, check_id: str, reason: str, now: datetime) -
 
 
 # --- decision --------------------------------------------------------------------------------------------------
+
+
+def losing_replays(rows: Sequence[VerificationCheck], outcome: str) -> set[str]:
+    """Ids of a segment's checks whose replica answered against its 2-of-3 decision (only where disputes voted)."""
+    if not any(r.round > 0 and r.status in ("pass", "fail") for r in rows):
+        return set()
+    if outcome == GUILTY:
+        return {r.id for r in rows if r.status == "pass"}
+    if outcome == "cleared":
+        return {r.id for r in rows if r.status == "fail"}
+    return set()
 
 
 @dataclass(frozen=True)
@@ -547,6 +621,7 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
     for c in checks:
         segments[(c.work_key, c.chunk_index)].append(c)
     guilty: dict[str, tuple[str, str, str]] = {}  # worker -> (evidence, finder, the worker's signature over it)
+    outvoted: set[str] = set()  # checks whose replica's answer lost its segment's 2-of-3: that replay is not paid
     faulty_parts: set[str] = set()
     unchecked_parts: set[str] = set()  # a sampled segment no replica could check
     workers = {w.address: w for w in session.scalars(select(Worker)).all()} if checks else {}
@@ -571,7 +646,10 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
                 job_id=job_id,
                 detail=f"{work_key}#{first.chunk_index}: {first.reason}",
             )
-        liar = workers.get(first.replica or "")
+        outvoted.update(losing_replays(rows, outcome))
+        # A chain that lost can't say which of its hops was wrong: no reputation hit, no slash (its replays are
+        # unpaid below); a single replica that lost takes both.
+        liar = None if chain_hops(first.metrics) else workers.get(first.replica or "")
         if first_lost and liar is not None:
             record_outcome(
                 session,
@@ -587,7 +665,35 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
             # worker it accused is the finder.
             signature = str((first.metrics or {}).get("replica_signature", ""))
             guilty.setdefault(first.replica, (evidence, first.worker, signature))
-    for part in session.scalars(select(WorkPart).where(WorkPart.job_id == job_id)):
+    parts = {p.work_key: p for p in session.scalars(select(WorkPart).where(WorkPart.job_id == job_id))}
+    for check in checks:  # every replay a check used is work of its replica (of each hop of a chain)
+        units = (check.metrics or {}).get("replay_units")
+        audited = parts.get(check.work_key)
+        if check.replica is None or not isinstance(units, int) or audited is None:
+            continue
+        hops = chain_hops(check.metrics) or [(check.replica, audited.layer_start, audited.layer_end)]
+        for i, (address, lo, hi) in enumerate(hops):
+            replay_id = str((check.metrics or {}).get("replay_id") or check.id)
+            key = replay_key(check.work_key, replay_id) + (f"/{i}" if len(hops) > 1 else "")
+            if key not in parts:
+                hop = workers.get(address)
+                parts[key] = WorkPart(
+                    job_id=job_id,
+                    work_key=key,
+                    worker=address,
+                    operator_id=hop.operator_id if hop is not None else address.lower(),
+                    stage=lo,
+                    layer_start=lo,
+                    layer_end=hi,
+                    units=units,
+                    chunk_count=0,
+                    root="",
+                    rate=0.0,
+                )
+                session.add(parts[key])
+            if check.id in outvoted:
+                faulty_parts.add(key)  # its answer lost the 2-of-3 (and slashes it where it signed it)
+    for part in parts.values():
         if part.worker in guilty:
             part.status = UNPAID_SLASHED  # the cheater's whole share of the job: its unverified work is refunded
         elif part.work_key in faulty_parts:

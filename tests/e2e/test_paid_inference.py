@@ -56,7 +56,7 @@ def test_paid_inference_job_verified_settled_audited(
     assert [o["prompt"] for o in out.outputs] == prompts
     assert all(o["tokens"] is not None and len(o["tokens"]) == 12 for o in out.outputs)
     assert len({o["run_id"] for o in out.outputs}) == 2
-    # The cheater is slashed, the honest worker paid, the verifiers did not work for the job.
+    # The cheater is slashed, the honest worker paid, and the verifiers are paid for their replays (work too).
     assert [(s["status"]) for s in out.result["slashes"]] == ["confirmed"]
     assert out.stake_after["worker-cheat"] == out.stake_before["worker-cheat"] - 50 * GLB
     assert out.credited["worker-cheat"] == 0
@@ -64,7 +64,11 @@ def test_paid_inference_job_verified_settled_audited(
     assert out.stake_after["worker-honest"] == out.stake_before["worker-honest"] >= STAKE
     assert out.escrow_status == 2 and out.settlement_tx
     s = out.result["settlement"]
-    assert [p["amount"] for p in s["payees"]] == [str(out.credited["worker-honest"])]
+    address = {name: demo_account(name).address for name in out.credited}
+    assert {p["payee"]: int(p["amount"]) for p in s["payees"]} == {
+        address[name]: wei for name, wei in out.credited.items() if wei > 0
+    }
+    assert any(wei > 0 for name, wei in out.credited.items() if name.startswith("verifier"))
     assert out.audit_job[0], out.audit_job[1]
     assert out.audit_chain[0], out.audit_chain[1]
     elapsed = time.monotonic() - started

@@ -12,7 +12,7 @@ from eth_account import Account
 from globai.client import sign_in
 from globai.models.manifest import load_manifest
 from market.blobstore import BlobNotFound, BlobStore
-from market.coordinator.routing import RouteCandidate, plan_route, plan_span
+from market.coordinator.routing import RouteCandidate, plan_route, plan_span, replicated
 from market.scheduler.reputation import Reputation
 from tests.runtime.conftest import MarketServer
 from worker.runtime.placement import choose_layer_range, layers_that_fit, parse_layers
@@ -125,24 +125,23 @@ def test_unstaked_worker_is_refused_before_downloading(market: MarketServer, tmp
 
 
 def test_routing_prefers_spans_an_independent_replica_can_check() -> None:
-    # A faster whole-model worker that nobody else can replay loses to a chain whose every span has a replica of
+    # A faster worker whose range no other operator covers loses to a chain whose every span has a replica of
     # another operator (its work could not be checked, so it could not be paid).
-    alone = _cand("whole", "o1", 0, 4, tps=2000.0)
+    alone = _cand("wide", "o1", 0, 3, tps=2000.0)
+    tail = _cand("tail", "o1", 3, 4)
     chain = [_cand("x", "o2", 0, 2), _cand("x2", "o3", 0, 2), _cand("y", "o4", 2, 4), _cand("y2", "o5", 2, 4)]
-    path = plan_span(0, 4, [alone, *chain])
+    path = plan_span(0, 4, [alone, tail, *chain])
     assert path is not None and [(c.start, c.end) for c in path] == [(0, 2), (2, 4)]
     # Where nothing replicable chains, the unreplicated route is still used.
-    assert [c.link_id for c in plan_span(0, 4, [alone, chain[0]]) or []] == ["whole"]
+    assert [c.link_id for c in plan_span(0, 4, [alone, tail, chain[0]]) or []] == ["wide", "tail"]
     # A replica of the same operator does not count as independent.
-    same_op = [
-        alone,
-        _cand("whole2", "o1", 0, 4),
-        _cand("x", "o2", 0, 2),
-        _cand("x2", "o3", 0, 2),
-        _cand("y", "o4", 2, 4),
-        _cand("y2", "o5", 2, 4),
-    ]
+    same_op = [alone, tail, _cand("wide2", "o1", 0, 3), _cand("tail2", "o1", 3, 4), *chain]
     assert [c.link_id for c in plan_span(0, 4, same_op) or []] in (["x", "y"], ["x", "y2"], ["x2", "y"], ["x2", "y2"])
+    # A range no single other worker serves is still checkable through a chain of other operators' workers that
+    # together cover it (Deliver 3: a replay across a chain), so the fast whole-model worker is used.
+    whole = _cand("whole", "o1", 0, 4, tps=2000.0)
+    assert [c.link_id for c in plan_span(0, 4, [whole, *chain]) or []] == ["whole"]
+    assert replicated([whole, chain[0]]) == set()  # [2, 4) uncovered: no chain
 
 
 def test_declared_speed_is_capped_by_what_the_coordinator_measures() -> None:

@@ -142,7 +142,8 @@ def test_honest_run_checks_whole_tensors_and_projections(
                 held = source.held(job_id, part, chunk)
                 kinds.add(type(held).__name__)
                 replayed = source.replay(job_id, part, chunk, pool[0].address)
-                assert all(e.startswith("0x") for e in source.replay_evidence(job_id, part, chunk, pool[0].address))
+                receipt = source.replay_evidence(job_id, part, chunk, pool[0].address)
+                assert receipt.digest.startswith("0x") and receipt.signature.startswith("0x") and receipt.units > 0
                 verdict = check_claim(
                     signed,
                     proof,
@@ -434,6 +435,136 @@ def test_replays_look_like_ordinary_work_at_the_worker(
         assert all(len(by_session) == 1 for by_session in challenges.values()) and len(challenges) == 4
         joined = [session_signature(m, layers_of[a], 4) for a, b in challenges.items() for m in b.values()]  # type: ignore[arg-type]
         assert all(sig in ordinary for sig in joined), [sig for sig in joined if sig not in ordinary][:1]
+    finally:
+        for w in workers:
+            w.stop()
+        engine.dispose()
+
+
+def test_span_no_replica_serves_whole_is_replayed_through_a_chain(
+    admin_market,
+    staked: list[LocalAccount],
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """The audited worker serves layers [0, 4) and nobody else does; two workers of other operators serve [0, 2)
+    and [2, 4). The market offers that pair as a chain replica (`verify_replay.replica_chains`, the coordinator's
+    routing), replays every chunk through it - one session id on both hops, each hop's own stage scope, the inner
+    hop answering hidden states - and every check of the honest work passes on the last hop's logits. Without the
+    second half there is no chain and no replica (the work would be held)."""
+    from eth_utils import keccak
+
+    from globai.protocol.tensors import decode_message
+
+    market, admin = admin_market
+    whole, first, second = staked[0], staked[1], staked[2]
+    layout = {whole: "0:4", first: "0:2", second: "2:4"}
+    workers = [InProcessWorker.start(market, a, spec, tmp_path / f"c{i}") for i, (a, spec) in enumerate(layout.items())]
+    seen: dict[str, list[Any]] = {}  # hop address -> replay messages
+
+    def capture(worker: InProcessWorker) -> None:
+        server = worker.daemon.server
+        assert server is not None
+        handle = server.handle_many
+        box = seen.setdefault(worker.daemon.config.account.address, [])
+
+        def handle_many(raws):  # type: ignore[no-untyped-def]
+            box.extend(decode_message(raw, max_bytes=1 << 30) for raw in raws)
+            return handle(raws)
+
+        server.handle_many = handle_many  # type: ignore[method-assign]
+
+    engine = make_engine(market.settings.database_url)
+    sessions = make_session_factory(engine)
+    try:
+        market.wait_workers(3, timeout=120)
+        coordinator = market.coordinator
+        original = coordinator.plan
+
+        def plan(served):  # type: ignore[no-untyped-def]
+            live = {lnk.address: lnk for lnk in coordinator.links.live()}
+            original(served)
+            return [(live[whole.address], [])]
+
+        coordinator.plan = plan
+        requester = Requester(market, Account.from_key(b"\x78" * 32))
+        done = requester.generate([[5, 9, 11, 3] * 9, [7, 1, 2] * 5], max_new_tokens=30)
+        assert wait_finished(requester, done["id"])["status"] == "completed"
+        coordinator.plan = original
+        for w in workers[1:]:
+            capture(w)
+        job_id = str(uuid.uuid4())
+        with Session(engine) as s:
+            s.add(
+                Job(
+                    id=job_id,
+                    chain_job_id="0x" + "13" * 32,
+                    requester=admin.address,
+                    kind="inference",
+                    model=MODEL,
+                    spec={},
+                    spec_hash="0x" + "01" * 32,
+                    budget=1,
+                    price_per_unit=1,
+                    max_units=1,
+                    deadline=datetime.now(UTC) + timedelta(hours=1),
+                    status="completed",
+                    created_at=datetime.now(UTC),
+                )
+            )
+            s.add(JobRun(run_id=done["id"], job_id=job_id))
+            s.commit()
+        source = InferenceWorkSource(
+            sessions,
+            MarketVerifierClient(market.url, admin),
+            chain_id=31337,
+            models_dir=Path(market.settings.models_dir),
+            blob_dir=Path(market.settings.blob_dir),
+        )
+        (part,) = source.parts(job_id)
+        assert (part.worker, part.layer_start, part.layer_end) == (whole.address, 0, 4)
+        pool = source.replicas(job_id, part)
+        assert [r.address for r in pool if not r.chain] == [whole.address]  # itself (the verifier leaves it out)
+        (chain,) = [r for r in pool if r.chain]
+        assert [(h[0], h[2], h[3]) for h in chain.chain] == [(first.address, 0, 2), (second.address, 2, 4)]
+        for chunk in part.chunk_indices:
+            signed, proof = source.commitment(job_id, part.work_key, chunk)
+            held = source.held(job_id, part, chunk)
+            assert isinstance(held, ProjectedRows)
+            verdict = check_claim(
+                signed,
+                proof,
+                source.replay(job_id, part, chunk, chain.ident),
+                DEFAULT_TOLERANCES[part.dtype],
+                k=8,
+                expected_scope=part.scope,
+                chunk_index=chunk,
+                worker=part.worker,
+                signed_root=part.signed_root,
+                held=held,
+            )
+            assert verdict.ok, (chunk, verdict)
+            receipt = source.replay_evidence(job_id, part, chunk, chain.ident)
+            assert receipt.units > 0 and receipt.digest == ""  # a chain's answer is evidence against no single hop
+            assert UUID4.match(receipt.replay_id)  # the replay session: what its hops are paid for, once
+        # On the wire: each replay is one session on both hops, scoped like the stages of one ordinary run.
+        opens = {a: [m for m in msgs if m.header["op"] == "open"] for a, msgs in seen.items()}
+        sequences = {c >> 32 for c in part.chunk_indices}  # one replay session per sampled sequence
+        assert len(opens[first.address]) == len(opens[second.address]) == len(sequences)
+        for a, b in zip(opens[first.address], opens[second.address], strict=True):
+            session = a.header["session"]
+            assert b.header["session"] == session and UUID4.match(session)
+            assert a.header["scope"]["job_nonce"] == b.header["scope"]["job_nonce"]
+            for m, stage in ((a, 0), (b, 2)):
+                assert m.header["scope"]["task_id"] == "0x" + keccak(text=f"{session}/stage/{stage}").hex()
+        forwards = [m for m in seen[first.address] if m.header["op"] == "forward"]
+        assert forwards and not any(m.header["last_token_only"] for m in forwards)  # the inner hop: hidden states
+        # No second half, no chain: the span has no replica at all.
+        workers[2].stop()
+        gone = time.monotonic() + 15
+        while any(lnk.address == second.address for lnk in coordinator.links.live()):
+            assert time.monotonic() < gone
+            time.sleep(0.05)
+        assert [r.address for r in source.replicas(job_id, part)] == [whole.address]
     finally:
         for w in workers:
             w.stop()

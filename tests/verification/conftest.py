@@ -18,7 +18,7 @@ from globai.chain.client import ChainClient
 from globai.chain.deploy import GLB
 from globai.protocol.sketch import DEFAULT_K
 from market.db import SettlementReport, SlashRecord, VerificationCheck, VerificationRun, WorkPart
-from market.services.verification import ClaimedPart, VerifierConfig, open_run
+from market.services.verification import ClaimedPart, ReplayReceipt, VerifierConfig, is_replay, open_run
 from market.tasks.celery_app import create_celery, runtime
 from market.tasks.verification import verify_job
 from market.tasks.verifier_runtime import configure_verifier
@@ -45,7 +45,7 @@ class Router:
     def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str):  # type: ignore[no-untyped-def]
         return self.by_job[job_id].replay(job_id, part, chunk_index, replica)
 
-    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> tuple[str, str]:
+    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> ReplayReceipt:
         return self.by_job[job_id].replay_evidence(job_id, part, chunk_index, replica)
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int):  # type: ignore[no-untyped-def]
@@ -64,6 +64,7 @@ class JobResult:
     checks: list[VerificationCheck]
     rates: dict[str, float]  # worker -> sampling rate used
     report: dict[str, Any] | None
+    replays: list[tuple[str, int, str]] = field(default_factory=list)  # replicas' replays paid as work
 
 
 @dataclass
@@ -108,7 +109,9 @@ class Harness:
         out = []
         with Session(self.engine) as s:
             for j in job_ids:
-                parts = s.scalars(select(WorkPart).where(WorkPart.job_id == j)).all()
+                rows = s.scalars(select(WorkPart).where(WorkPart.job_id == j)).all()
+                parts = [p for p in rows if not is_replay(p.work_key)]
+                replays = [p for p in rows if is_replay(p.work_key)]
                 report = s.get(SettlementReport, j)
                 out.append(
                     JobResult(
@@ -120,6 +123,7 @@ class Harness:
                         },
                         checks=list(s.scalars(select(VerificationCheck).where(VerificationCheck.job_id == j))),
                         rates={p.worker: p.rate for p in parts},
+                        replays=[(p.worker, p.units, p.status) for p in replays],
                         report=None if report is None else report.report,
                     )
                 )

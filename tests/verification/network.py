@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ from globai.protocol.commitments import (
     tensor_sha256,
 )
 from globai.protocol.signing import ChunkScope, sent_digest, sign_digest
-from market.services.verification import BindingFault, ClaimedPart, Replica
+from market.services.verification import BindingFault, ClaimedPart, ReplayReceipt, Replica
 from market.verifier import cheats
 from market.verifier.calibrate import CalibrationSettings, scenarios, torch_threads
 from market.verifier.compare import project_rows
@@ -79,6 +80,7 @@ class SimWorker:
     cheat_fraction: float = 1.0  # fraction of chunks a cheater cheats on (chosen by a hash: unpredictable to us)
     colludes_with: str | None = None  # address whose claims this replica confirms
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
+    layers: tuple[int, int] = STAGE  # what it serves: a half of the stage makes it a hop of a chain replica
 
     @property
     def address(self) -> str:
@@ -117,7 +119,7 @@ class SimNetwork:
         self._lock = threading.Lock()
         self._scenarios = scenarios(CalibrationSettings(spec=self.spec, stage=STAGE, prefix_len=20))
         self._cheat_models: dict[str, torch.nn.Module] = {}
-        self.replay_digests: dict[tuple[str, str, int, str], tuple[str, str]] = {}  # -> (digest, signature)
+        self.replay_digests: dict[tuple[str, str, int, str], ReplayReceipt] = {}  # -> signed digest, units
 
     # --- workers -----------------------------------------------------------------------------------------------
     def add_worker(self, operator: str, behaviour: str = "honest", **kw: object) -> SimWorker:
@@ -260,7 +262,24 @@ class SimNetwork:
         return signed, part.tree.proof(signed.commitment.leaf)
 
     def replicas(self, job_id: str, part: ClaimedPart) -> list[Replica]:
-        return [Replica(w.address, w.operator) for w in self.workers.values() if w.address != part.worker]
+        """Workers serving the whole stage; where none of another operator does, chains of a first-half and a
+        second-half worker of two other operators (as `verify_replay.replica_chains` offers them)."""
+        whole = [w for w in self.workers.values() if w.layers == STAGE and w.address != part.worker]
+        found = [Replica(w.address, w.operator) for w in whole]
+        if any(w.operator != part.operator_id for w in whole):
+            return found
+        mid = (STAGE[0] + STAGE[1]) // 2
+        firsts = [w for w in self.workers.values() if w.layers == (STAGE[0], mid)]
+        seconds = [w for w in self.workers.values() if w.layers == (mid, STAGE[1])]
+        used = {part.operator_id}
+        for a in firsts:
+            b = next((b for b in seconds if b.operator not in used | {a.operator}), None)
+            if a.operator in used or b is None:
+                continue
+            used |= {a.operator, b.operator}
+            hops = ((a.address, a.operator, STAGE[0], mid), (b.address, b.operator, mid, STAGE[1]))
+            found.append(Replica(a.address, a.operator, chain=hops))
+        return found
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
         if not self.holds:
@@ -286,30 +305,36 @@ class SimNetwork:
             b"\x01" * 32,
         )
         digest = sent_digest(scope, 0, 0, tensor_sha256(out))
-        signature = sign_digest(self.workers[replica].account, digest)
+        signature = sign_digest(self.workers[replica.split("+")[-1]].account, digest)
+        seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
+        units = min((pc + 1) * 32, int(self._part(job_id, part.work_key).inputs[seq].shape[0]))  # its prefill
         with self._lock:
-            self.replay_digests[(job_id, part.work_key, chunk_index, replica)] = (
-                "0x" + digest.hex(),
-                "0x" + signature.hex(),
+            # A chain's answer is not one hop's alone: no evidence against any of them (as the market does).
+            chain = "+" in replica
+            self.replay_digests[(job_id, part.work_key, chunk_index, replica)] = ReplayReceipt(
+                "" if chain else "0x" + digest.hex(), "" if chain else "0x" + signature.hex(), units, str(uuid.uuid4())
             )
         return out
 
-    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> tuple[str, str]:
+    def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> ReplayReceipt:
         with self._lock:
-            return self.replay_digests.get((job_id, part.work_key, chunk_index, replica), ("", ""))
+            return self.replay_digests.get((job_id, part.work_key, chunk_index, replica), ReplayReceipt())
 
     def _replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
         sim = self._part(job_id, part.work_key)
         seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
         start, stop = pc * 32, min((pc + 1) * 32, sim.inputs[seq].shape[0])
-        who = self.workers[replica]
+        hops = [self.workers[a] for a in replica.split("+")]  # one replica, or a chain's hops in layer order
         with self._lock:
             self.replays += 1
-        if who.behaviour == "colluder" and who.colludes_with == part.worker:
+        if any(w.behaviour == "colluder" and w.colludes_with == part.worker for w in hops):
             return sim.outputs[seq][start:stop].clone()  # confirms whatever the cheater claimed
         with torch_threads(CalibrationSettings().threads[0]):  # the calibration's reference replay
             # The recorded input up to the chunk's end: attention needs the chunk's whole prefix.
-            honest = self.honest_stage(sim.inputs[seq][:stop])[start:stop]
-        if who.behaviour == "lazy_replica":  # answers without doing the work: fails whoever it checks
+            h = sim.inputs[seq][:stop].unsqueeze(0)
+            for w in hops:  # a chain: each hop's layers on the previous hop's output
+                h = run_stage(self.model, h, w.layers)
+            honest = h[0, start:stop]
+        if any(w.behaviour == "lazy_replica" for w in hops):  # answers without doing the work: fails every check
             return honest * 1.10
         return honest

@@ -287,7 +287,44 @@ def test_lazy_replica_that_loses_a_2_of_3_is_slashed(harness: Harness) -> None:
         if lazy_first:
             assert caught(r, lazy.address)
         assert all(status == "paid" for status in r.parts.values())  # the accused honest workers are cleared
+        # Its outvoted replays are not paid; the honest replicas' replays (the dispute votes included) are.
+        assert all((st == "unpaid_slashed") == (a == lazy.address) for a, _, st in r.replays), r.replays
     assert asked > 0  # 36 first replicas drawn (one per sequence) among 4 eligible ones
+
+
+def test_honest_replicas_are_paid_for_their_replays(harness: Harness) -> None:
+    """Every replay a check used is a work part of its replica (units = token positions it ran through the stage),
+    settled from the job's escrow with the job's own work: the report carries a record per replay, the escrow
+    credits each replica exactly those records, and the job's audit reconciles against the chain."""
+    from market.audit.job import audit_job
+
+    harness.configure(fixed_rate(1.0))
+    net = SimNetwork()
+    worker = net.add_worker("op-w")
+    replicas = [net.add_worker(f"op-r{i}") for i in range(2)]
+    for w in (worker, *replicas):
+        stake(harness, w)
+    inputs = net.stage_inputs(800, LENGTHS)
+    job = harness.job(net, lambda job_id: [net.do_work(job_id, worker, inputs, work_key=f"{job_id}/w")])
+    (r,) = harness.wait([job])
+    assert r.parts == {worker.address: "paid"} and not r.slashed
+    # Every chunk checked once, no dispute; each replay ran its sequence from position 0 to the chunk's end.
+    ends = [min(32 * (c + 1), n) for n in LENGTHS for c in range(math.ceil(n / 32))]
+    assert len(r.replays) == len(ends)
+    assert {a for a, _, _ in r.replays} <= {x.address for x in replicas}
+    assert all(st == "paid" and units > 0 for _, units, st in r.replays)
+    assert sorted(units for _, units, _ in r.replays) == sorted(ends)
+    assert r.report is not None
+    price = GLB // 100
+    records = [rec for rec in r.report["records"] if "/r/" in rec["task"]]
+    assert len(records) == len(ends) and all(int(rec["amount"]) == price * rec["units"] for rec in records)
+    escrow = harness.funder.c.escrow
+    for replica in replicas:
+        owed = sum(int(rec["amount"]) for rec in records if rec["payee"] == replica.address)
+        assert int(harness.funder.client.call(escrow.functions.balanceOf(replica.address))) == owed
+    assert sum(int(rec["amount"]) for rec in records) == price * sum(ends)
+    result = audit_job(harness.funder.client, escrow, r.report)
+    assert result.ok, result.reason
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -305,3 +342,42 @@ def test_rows_too_wide_to_keep_are_covered_by_projections(dtype: torch.dtype, ha
         firsts = [c for c in r.checks if c.round == 0]
         assert all(c.status == "fail" and "projection_err" in c.reason for c in firsts if c.worker == cheater.address)
         assert all(c.status == "pass" for c in firsts if c.worker != cheater.address)
+
+
+def test_span_covered_only_by_half_range_replicas_is_checked_through_chains(harness: Harness) -> None:
+    """Nobody else serves the audited stage whole; workers of other operators serve its two halves. Each check
+    runs through a chain of a first-half and a second-half worker (Deliver 3): the honest worker is checked and
+    paid (not held), every hop of every chain is paid for its replay, a cheater is outvoted 2-of-3 by three
+    chains and slashed; with no second half there is no chain, and the work is held (unpaid_unchecked)."""
+    harness.configure(fixed_rate(1.0))
+    net, other = SimNetwork(), SimNetwork()  # one worker serves the stage whole in each: the other is no replica
+    mid = (1 + 3) // 2
+    honest = net.add_worker("op-w")
+    cheater = other.add_worker("op-c", "noise_x1.10")
+    halves = [net.add_worker(f"op-h{i}", layers=(1, mid) if i % 2 == 0 else (mid, 3)) for i in range(6)]
+    other.workers.update({h.address: h for h in halves})
+    for w in (honest, cheater, *halves):
+        stake(harness, w)
+    inputs = net.stage_inputs(900, LENGTHS)
+    good = harness.job(net, lambda job_id: [net.do_work(job_id, honest, inputs, work_key=f"{job_id}/w")])
+    bad = harness.job(other, lambda job_id: [other.do_work(job_id, cheater, inputs, work_key=f"{job_id}/c")])
+    r_good, r_bad = harness.wait([good, bad])
+    assert r_good.parts == {honest.address: "paid"} and not r_good.slashed
+    firsts = [c for c in r_good.checks if c.round == 0]
+    ends = [min(32 * (c + 1), n) for n in LENGTHS for c in range(math.ceil(n / 32))]
+    assert len(firsts) == len(ends) and all(c.status == "pass" and len(c.metrics["chain"]) == 2 for c in firsts)
+    # Both hops of each chain are paid for the positions they ran (the sequence up to the chunk's end, per hop).
+    assert len(r_good.replays) == 2 * len(ends) and all(st == "paid" for _, _, st in r_good.replays)
+    assert {a for a, _, _ in r_good.replays} <= {h.address for h in halves}
+    assert sum(units for _, units, _ in r_good.replays) == 2 * sum(ends)
+    assert r_bad.parts == {cheater.address: "unpaid_slashed"} and r_bad.slashed == {cheater.address: "confirmed"}
+    assert any(c.round > 0 and c.status == "fail" and c.metrics.get("chain") for c in r_bad.checks)
+
+    lonely = SimNetwork()
+    alone = lonely.add_worker("op-w")
+    lonely.add_worker("op-h", layers=(1, mid))  # half the span: no chain covers it
+    (r_held,) = harness.wait(
+        [harness.job(lonely, lambda job_id: [lonely.do_work(job_id, alone, inputs, work_key=f"{job_id}/w")])]
+    )
+    assert r_held.parts == {alone.address: "unpaid_unchecked"} and not r_held.replays
+    assert {c.reason for c in r_held.checks} == {"no_replica"}

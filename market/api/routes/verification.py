@@ -1,14 +1,18 @@
 """Verifier-facing endpoints of the coordinator (admin role: the market's own Celery verifiers).
 
-- `GET /v1/verification/replicas?model=&layer_start=&layer_end=`: live workers serving exactly those layers, with
-  the weight replicas are drawn by (reputation mean x stake);
+- `GET /v1/verification/replicas?model=&layer_start=&layer_end=[&worker=]`: live workers serving exactly those
+  layers, with the weight replicas are drawn by (reputation mean x stake); where none of another operator than
+  `worker`'s does, chains of workers of other operators whose ranges together cover the layers
+  (`verify_replay.replica_chains`, each with its hops under `chain`, weighted by its weakest hop);
 - `POST /v1/verification/replay`: reproduce one worker's recorded stage calls of one sequence up to a chunk on a
-  replica (a prefill session of that sequence past the chunk's end, shaped like ordinary work,
-  `verify_replay.chunk_replay`); the answer is a binary tensor message (`globai.protocol.tensors`) holding the
-  replica's rows [1, n, width], row i being the output at `positions[i]` of its header (the committed positions
-  of the sequence's chunks 0..c, padding excluded: one replay answers every chunk of a sampled sequence);
+  replica or a chain (`chain`: the hops' addresses) (a prefill session of that sequence past the chunk's end,
+  shaped like ordinary work, `verify_replay.chunk_replay`); the answer is a binary tensor message
+  (`globai.protocol.tensors`) holding the replica's rows [1, n, width], row i being the output at `positions[i]`
+  of its header (the committed positions of the sequence's chunks 0..c, padding excluded: one replay answers every
+  chunk of a sampled sequence);
   `sent_digest` (the digest the replica signed over the answer holding the first of them) and `sent_signature`
-  (its signature, which the vault checks) are the evidence against a lying replica.
+  (its signature, which the vault checks) are the evidence against a lying replica; `units` (token positions the
+  replica ran through its stage) is what its replay is paid as work.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from fastapi import APIRouter, Query, Response
 from globai.protocol.tensors import encode_message
 from market.api.deps import AdminDep, CoordinatorDep, CtxDep
 from market.api.schemas.verification import ReplayIn
-from market.coordinator.verify_replay import chunk_replay, load_part, replay_on, replicas
+from market.coordinator.links import WorkerLink
+from market.coordinator.verify_replay import chunk_replay, load_part, replay_on, replica_chains, replicas
 from market.services import workers
 from market.services.verification import replica_weight
 
@@ -37,23 +42,49 @@ async def list_replicas(
     model: Annotated[str, Query(max_length=128)],
     layer_start: Annotated[int, Query(ge=0)],
     layer_end: Annotated[int, Query(ge=1)],
+    worker: Annotated[str | None, Query(pattern=r"^0x[0-9a-fA-F]{40}$")] = None,
 ) -> list[dict[str, object]]:
     await coordinator.refresh_standing_async()  # a worker slashed or banned a moment ago is no replica
     found = replicas(coordinator.links, model=model, layer_start=layer_start, layer_end=layer_end)
+    chains: list[list[WorkerLink]] = []
+    # The audited worker's operator: a chain with one of its workers would not be independent of it.
+    own = {lnk.operator_id for lnk in coordinator.links.live() if worker and lnk.address.lower() == worker.lower()}
+    if not any(r.operator_id not in own and r.address.lower() != (worker or "").lower() for r in found):
+        chains = replica_chains(
+            coordinator.links, model=model, layer_start=layer_start, layer_end=layer_end, exclude_operators=own
+        )
 
     def read_stakes() -> dict[str, int]:  # off the event loop (SQLite reads may wait for the write lock)
         with ctx.session_factory() as session:
-            return workers.stakes(session, addresses=[r.address for r in found])
+            addresses = [r.address for r in found] + [lnk.address for chain in chains for lnk in chain]
+            return workers.stakes(session, addresses=addresses)
 
     stakes = await asyncio.to_thread(read_stakes)
-    return [
-        {
-            "address": r.address,
-            "operator_id": r.operator_id,
-            "weight": replica_weight(r.reputation.mean, stakes.get(r.address, 0)),
-        }
-        for r in found
+
+    def weight(lnk: WorkerLink) -> float:
+        return replica_weight(lnk.reputation.mean, stakes.get(lnk.address, 0))
+
+    out: list[dict[str, object]] = [
+        {"address": r.address, "operator_id": r.operator_id, "weight": weight(r)} for r in found
     ]
+    for chain in chains:  # drawn by its weakest hop's weight
+        out.append(
+            {
+                "address": chain[0].address,
+                "operator_id": chain[0].operator_id,
+                "weight": min(weight(lnk) for lnk in chain),
+                "chain": [
+                    {
+                        "address": lnk.address,
+                        "operator_id": lnk.operator_id,
+                        "layer_start": lnk.layer_start,
+                        "layer_end": lnk.layer_end,
+                    }
+                    for lnk in chain
+                ],
+            }
+        )
+    return out
 
 
 @router.post("/replay")
@@ -76,12 +107,15 @@ async def replay(body: ReplayIn, _admin: AdminDep, ctx: CtxDep) -> Response:
             part.model,
             (part.layer_start, part.layer_end),
             wanted,
-            replica=body.replica,
+            replica=body.chain or body.replica,
             chain_id=coordinator.config.chain_id,
             timeout=coordinator.config.call_timeout_s,
         )
         rows = answer.output
-        header["sent_digest"] = "0x" + answer.sent_digest.hex()
-        header["sent_signature"] = "0x" + answer.sent_signature.hex()
+        header["units"] = sum(int(c.tensors[0].shape[1]) for c in wanted.calls)  # positions each hop ran
+        header["replay_id"] = answer.session  # the replay paid once, whatever number of checks its rows serve
+        if not body.chain:  # a chain's last hop signed rows computed from the others' outputs: not its fault alone
+            header["sent_digest"] = "0x" + answer.sent_digest.hex()
+            header["sent_signature"] = "0x" + answer.sent_signature.hex()
     raw = encode_message(header, [rows])
     return Response(content=raw, media_type="application/octet-stream")

@@ -15,3 +15,5 @@ class ReplayIn(BaseModel):
     worker: Address
     replica: Address
     chunk_index: int = Field(ge=0, lt=1 << 64)  # sequence << 32 | position chunk: the one chunk to reproduce
+    # A chain replica: the hops' addresses in layer order (`replica` is the first); their ranges must tile the part's.
+    chain: list[Address] | None = Field(default=None, min_length=2, max_length=16)
