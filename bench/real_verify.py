@@ -105,7 +105,10 @@ def replay_chunk(replica: Stage, part: RecordedPart, chunk: int, claimed: torch.
             )
     finally:
         replica.close_session("replay")
-    return with_claimed_padding(gather_rows(wanted, outs)[0], wanted.positions, committed, claimed)
+    # The session returns every committed row of chunks 0..c; this chunk's are compared here.
+    keep = [i for i, p in enumerate(wanted.positions) if p // 32 == (chunk & 0xFFFFFFFF)]
+    rows = gather_rows(wanted, outs)[0][keep]
+    return with_claimed_padding(rows, [wanted.positions[i] for i in keep], committed, claimed)
 
 
 def run(
