@@ -168,8 +168,10 @@ class Coordinator:
 
         Its timed answer is its first observed speed, so its declared figures are capped before any route uses
         it. A wrong answer keeps it out of every route and counts as a failed check on its reputation: against
-        the market's own reference, or when two replicas of other operators disagree with it (one disagreeing
-        replica with no second opinion keeps it out, but is not held against it). Unanswered: kept out."""
+        the market's own reference, or when two replicas of other operators disagree with it. One disagreeing
+        replica with no second opinion decides nothing (it may be the liar: an incumbent cheater must not keep
+        honest newcomers off its layers): the link is admitted, and as a new worker its work is sampled at the
+        new-worker rate. Unanswered: kept out."""
         served = self.catalog.get(link.model)
         if not self.config.join_challenge or served is None or served.manifest.task != "causal-lm":
             return True
@@ -210,8 +212,12 @@ class Coordinator:
                 await asyncio.to_thread(self._challenge_failed, link, detail)
                 return False
         if against:
-            log.warning("worker %s not admitted now: replica %s disagrees with it", link.address, against[0])
-            return False
+            log.warning(
+                "worker %s admitted: replica %s disagrees with it and no second replica could decide",
+                link.address,
+                against[0],
+            )
+            return True
         log.info("worker %s admitted on its timed challenge alone (no reference, no replica)", link.address)
         return True
 

@@ -156,3 +156,29 @@ def test_without_a_reference_the_challenge_is_checked_against_replicas(
         references.max_bytes = 64 << 20
         for w in workers:
             w.stop()
+
+
+def test_one_disagreeing_incumbent_does_not_keep_an_honest_newcomer_out(
+    market: MarketServer, staked: list[LocalAccount], tmp_path: Path
+) -> None:
+    references = market.coordinator.references
+    references.max_bytes = 0  # no reference: replicas are the only second opinion
+    cheat, newcomer = staked[1], staked[3]
+    failed_before = len(_challenge_fails(market, newcomer.address))
+    workers: list[InProcessWorker] = []
+    try:
+        # The incumbent is alone on [0, 2) (admitted on its timed answer) and answers every challenge wrongly.
+        workers.append(
+            InProcessWorker.start(
+                market, cheat, "0:2", tmp_path / "cheat", setup=lambda d: apply_cheat(d.server, "noise:0")
+            )
+        )
+        market.wait_workers(1, timeout=120)
+        workers.append(InProcessWorker.start(market, newcomer, "0:2", tmp_path / "newcomer"))
+        market.wait_workers(2, timeout=120)  # one replica against it decides nothing: admitted
+        assert _link(market, newcomer.address) is not None
+        assert len(_challenge_fails(market, newcomer.address)) == failed_before
+    finally:
+        references.max_bytes = 64 << 20
+        for w in workers:
+            w.stop()
