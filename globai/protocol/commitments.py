@@ -42,6 +42,7 @@ from globai.protocol.sketch import (
     sketch_chunk,
     sketch_size,
 )
+from globai.protocol.tensors import tensor_sha256 as tensor_sha256  # re-exported: callers import it from here
 
 CHUNK_TOKENS = 32
 
@@ -50,16 +51,6 @@ class MalformedCommitment(GlobaiError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"malformed commitment: {reason}")
         self.reason = reason
-
-
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    """The exact bytes of a tensor: C-contiguous, native little-endian, its own dtype (bf16 included)."""
-    flat = t.detach().contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy().tobytes()
-
-
-def tensor_sha256(t: torch.Tensor) -> bytes:
-    return hashlib.sha256(tensor_bytes(t)).digest()
 
 
 def chunk_id(sequence_index: int, position_chunk: int) -> int:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from globai.errors import GlobaiError
+from globai.protocol.tensors import tensor_sha256
 
 MAGICS = {1: b"GSK1", 2: b"GSK2"}
 VERSIONS = {magic: version for version, magic in MAGICS.items()}
@@ -145,7 +146,7 @@ def compute_sketch(
 ) -> Sketch:
     """Sketch a hidden-state chunk [n_tokens, hidden] (any float dtype).
 
-    Version 2 needs the chunk's `output_sha256` (`commitments.tensor_sha256(chunk)`, computed here when not given).
+    Version 2 needs the chunk's `output_sha256` (`tensors.tensor_sha256(chunk)`, computed here when not given).
     Raises `ValueError` on a tensor that cannot be sketched (wrong rank, too many tokens, non-finite values):
     an honest worker never produces those, and a sketch must not hide them.
     """
@@ -172,8 +173,6 @@ def compute_sketch(
     projections: tuple[float, ...] = ()
     if version == 2:
         if output_sha256 is None:
-            from globai.protocol.commitments import tensor_sha256
-
             output_sha256 = tensor_sha256(chunk)
         projections = tuple(_fp16_values(project(chunk, output_sha256).to(torch.float32)).tolist())
     return Sketch(hidden, k, tuple(indices), tuple(values), version, projections)

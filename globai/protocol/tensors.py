@@ -92,6 +92,17 @@ class FrameError(GlobaiError):
         self.detail = detail
 
 
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """The exact bytes of a tensor: C-contiguous, native little-endian, its own dtype (bf16 included)."""
+    flat = t.detach().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def tensor_sha256(t: torch.Tensor) -> bytes:
+    """sha256 of `tensor_bytes(t)`: the output hash a worker signs for an answer and commits for a chunk."""
+    return hashlib.sha256(tensor_bytes(t)).digest()
+
+
 def dtype_from_name(name: str) -> torch.dtype:
     """Map a manifest dtype name ("float32", "bfloat16", ...) to a wire-allowed torch dtype."""
     try:

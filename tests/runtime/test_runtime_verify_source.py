@@ -535,7 +535,7 @@ def test_span_no_replica_serves_whole_is_replayed_through_a_chain(
                 proof,
                 source.replay(job_id, part, chunk, chain.ident),
                 DEFAULT_TOLERANCES[part.dtype],
-                k=8,
+                k=DEFAULT_K,
                 expected_scope=part.scope,
                 chunk_index=chunk,
                 worker=part.worker,
