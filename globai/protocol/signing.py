@@ -18,6 +18,7 @@ another job, stage or chunk. The worker signs the 32-byte digest with EIP-191 `p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import coincurve
 from eth_abi import encode as abi_encode
@@ -25,6 +26,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
 from globai.errors import GlobaiError
+from globai.protocol.tensors import tensor_sha256
 
 COMMIT_TAG = b"GLOBAI-COMMIT-V1"
 ROOT_TAG = b"GLOBAI-ROOT-V1"
@@ -182,3 +184,37 @@ def verify_signer(digest: bytes, signature: bytes, expected: str) -> bool:
         return recover_signer(digest, signature) == to_checksum_address(expected)
     except BadSignature:
         return False
+
+
+class UnsignedAnswer(ValueError):
+    """A forward answer whose bytes are not what its sender signed: `missing` (no signed output hash), `mismatch`
+    (the bytes hash to something else) or `signer` (the hash is not signed by the expected worker)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class SignedAnswer:
+    output_sha256: bytes
+    signature: bytes
+    digest: bytes
+
+
+def check_sent(
+    sent: object, output: Any, *, scope: ChunkScope, step: int, first_position: int, signer: str
+) -> SignedAnswer:
+    """The `sent` field of a forward answer, checked: its output hash is the answer's exact bytes and it is signed
+    by `signer` over `sent_digest` for this call. Raises UnsignedAnswer (callers map it to their own error)."""
+    try:
+        sha = bytes.fromhex(str(sent["output_sha256"]).removeprefix("0x"))  # type: ignore[index]
+        signature = bytes.fromhex(str(sent["signature"]).removeprefix("0x"))  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        raise UnsignedAnswer("missing") from None
+    if len(sha) != 32 or sha != tensor_sha256(output):
+        raise UnsignedAnswer("mismatch")
+    digest = sent_digest(scope, step, first_position, sha)
+    if not verify_signer(digest, signature, signer):
+        raise UnsignedAnswer("signer")
+    return SignedAnswer(sha, signature, digest)

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 
 from globai.errors import GlobaiError
-from globai.protocol.commitments import CHUNK_TOKENS, tensor_sha256
+from globai.protocol.commitments import CHUNK_TOKENS
 from globai.protocol.pipeline import scope_to_json
 from globai.protocol.scopes import stage_scope
-from globai.protocol.signing import sent_digest, verify_signer
+from globai.protocol.signing import UnsignedAnswer, check_sent
 from globai.protocol.tensors import dtype_from_name, encode_message
 from market.coordinator.catalog import ServedModel
 from market.coordinator.links import StageFailed, WorkerLink
@@ -165,13 +165,11 @@ def _number(value: object) -> bool:
 
 def _check_signed(address: str, scope: Any, call: ChallengeCall, output: torch.Tensor, sent: object) -> None:
     try:
-        sha = bytes.fromhex(str(sent["output_sha256"]).removeprefix("0x"))  # type: ignore[index]
-        signature = bytes.fromhex(str(sent["signature"]).removeprefix("0x"))  # type: ignore[index]
-    except (KeyError, TypeError, ValueError):
-        raise ChallengeFailed(f"{address}: an answer without a signed output hash") from None
-    digest = sent_digest(scope, call.step, call.first_position, sha)
-    if sha != tensor_sha256(output) or not verify_signer(digest, signature, address):
-        raise ChallengeFailed(f"{address}: an answer not signed by it")
+        check_sent(sent, output, scope=scope, step=call.step, first_position=call.first_position, signer=address)
+    except UnsignedAnswer as exc:
+        if exc.kind == "missing":
+            raise ChallengeFailed(f"{address}: an answer without a signed output hash") from None
+        raise ChallengeFailed(f"{address}: an answer not signed by it") from None
 
 
 def judge(answer: Answer, expected: torch.Tensor, tol: Tolerance) -> Verdict:

@@ -17,6 +17,7 @@ from typing import Any
 from globai.errors import GlobaiError
 from globai.protocol.tensors import Message
 from market import metrics
+from market.coordinator.routing import RouteCandidate
 from market.scheduler.reputation import Reputation
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,18 @@ class WorkerLink:
         if self.observed_latency_ms is None:
             return self.latency_ms
         return max(self.latency_ms, self.observed_latency_ms)
+
+    def candidate(self) -> RouteCandidate:
+        """This link as the route planner sees it (measured figures capping declared ones)."""
+        return RouteCandidate(
+            self.link_id,
+            self.operator_id,
+            self.layer_start,
+            self.layer_end,
+            self.effective_tokens_s,
+            self.effective_latency_ms,
+            self.reputation,
+        )
 
     @property
     def local(self) -> bool:

@@ -36,7 +36,7 @@ from globai.protocol.commitments import (
 )
 from globai.protocol.pipeline import StageLimits, scope_to_json, take_commitments
 from globai.protocol.sampling import Sampler, SamplingParams
-from globai.protocol.signing import ChunkScope, sent_digest, verify_signer
+from globai.protocol.signing import ChunkScope, UnsignedAnswer, check_sent
 from globai.protocol.tensors import FrameError, Message, encode_message
 from market import metrics
 from market.coordinator.links import StageFailed, WorkerGone, WorkerLink
@@ -432,16 +432,17 @@ class PipelineRun:
         self, hop: Hop, step: int, first_position: int, output: torch.Tensor, sent: Any
     ) -> tuple[bytes, bytes]:
         """Before an answer is relayed: its bytes hash to what the worker signed for this call (else not relayed)."""
+        address = hop.link.address
         try:
-            sha = bytes.fromhex(str(sent["output_sha256"]).removeprefix("0x"))
-            signature = bytes.fromhex(str(sent["signature"]).removeprefix("0x"))
-        except (KeyError, TypeError, ValueError):
-            raise StageFailed(hop.link.address, "bad_reply", "answer without a signed output hash") from None
-        if len(sha) != 32 or sha != tensor_sha256(output):
-            raise StageFailed(hop.link.address, "bad_reply", "output bytes differ from their signed hash")
-        if not verify_signer(sent_digest(hop.scope, step, first_position, sha), signature, hop.link.address):
-            raise StageFailed(hop.link.address, "bad_reply", "output hash not signed by the worker")
-        return sha, signature
+            answer = check_sent(sent, output, scope=hop.scope, step=step, first_position=first_position, signer=address)
+        except UnsignedAnswer as exc:
+            detail = {
+                "missing": "answer without a signed output hash",
+                "mismatch": "output bytes differ from their signed hash",
+                "signer": "output hash not signed by the worker",
+            }[exc.kind]
+            raise StageFailed(address, "bad_reply", detail) from None
+        return answer.output_sha256, answer.signature
 
     def _split(self, hop: Hop, reply: Message) -> tuple[list[torch.Tensor], list[SignedCommitment]]:
         """A result's output tensors and its commitments frame, parsed under the hop's scope."""

@@ -251,18 +251,7 @@ class Coordinator:
 
     # --- routing ---------------------------------------------------------------------------------------------
     def candidates(self, model: str) -> list[RouteCandidate]:
-        return [
-            RouteCandidate(
-                lnk.link_id,
-                lnk.operator_id,
-                lnk.layer_start,
-                lnk.layer_end,
-                lnk.effective_tokens_s,
-                lnk.effective_latency_ms,
-                lnk.reputation,
-            )
-            for lnk in self.links.live(model)
-        ]
+        return [lnk.candidate() for lnk in self.links.live(model)]
 
     def plan(self, served: ServedModel) -> list[tuple[WorkerLink, list[WorkerLink]]]:
         hops = plan_route(

@@ -25,14 +25,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from globai.errors import GlobaiError
-from globai.protocol.commitments import CHUNK_TOKENS, tensor_sha256
+from globai.protocol.commitments import CHUNK_TOKENS
 from globai.protocol.pipeline import scope_to_json
 from globai.protocol.scopes import stage_scope
-from globai.protocol.signing import sent_digest, verify_signer
+from globai.protocol.signing import UnsignedAnswer, check_sent
 from globai.protocol.tensors import decode_message, encode_message
 from market.blobstore import BlobStore
 from market.coordinator.links import LinkRegistry, WorkerLink
-from market.coordinator.routing import RouteCandidate, plan_span
+from market.coordinator.routing import plan_span
 from market.db.inference import InferenceRun, StageRecord
 from market.domain_errors import Conflict, NotFound
 
@@ -213,19 +213,7 @@ def replica_chains(
     used = set(exclude_operators)
     chains: list[list[WorkerLink]] = []
     while len(chains) < MAX_CHAINS:
-        candidates = [
-            RouteCandidate(
-                lnk.link_id,
-                lnk.operator_id,
-                lnk.layer_start,
-                lnk.layer_end,
-                lnk.effective_tokens_s,
-                lnk.effective_latency_ms,
-                lnk.reputation,
-            )
-            for lnk in live
-            if lnk.operator_id not in used
-        ]
+        candidates = [lnk.candidate() for lnk in live if lnk.operator_id not in used]
         path = plan_span(layer_start, layer_end, candidates)
         if not path:
             break
@@ -314,13 +302,14 @@ async def replay_on(
                 output = reply.tensors[0] if reply.tensors else torch.empty(0)
                 sent = reply.header.get("sent")
                 try:
-                    sha = bytes.fromhex(str(sent["output_sha256"]).removeprefix("0x"))  # type: ignore[index]
-                    signature = bytes.fromhex(str(sent["signature"]).removeprefix("0x"))  # type: ignore[index]
-                except (KeyError, TypeError, ValueError):
-                    raise Conflict(f"replica {hop.address} answered without a signed output hash") from None
-                digest = sent_digest(scope, rec.step, rec.first_position, sha)
-                if sha != tensor_sha256(output) or not verify_signer(digest, signature, hop.address):
-                    raise Conflict(f"replica {hop.address}: answer not signed by it")
+                    answer = check_sent(
+                        sent, output, scope=scope, step=rec.step, first_position=rec.first_position, signer=hop.address
+                    )
+                except UnsignedAnswer as exc:
+                    if exc.kind == "missing":
+                        raise Conflict(f"replica {hop.address} answered without a signed output hash") from None
+                    raise Conflict(f"replica {hop.address}: answer not signed by it") from None
+                digest, signature = answer.digest, answer.signature
                 tokens = 1 if last_only else int(rec.tensors[0].shape[1])
                 if output.dim() != 3 or output.shape[0] != 1 or output.shape[1] != tokens:
                     raise Conflict(f"replica {hop.address}: answer of shape {list(output.shape)}")
