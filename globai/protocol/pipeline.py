@@ -44,6 +44,12 @@ WS_PATH = "/v1/workers/ws"
 # Envelope overhead on top of tensor payloads (JSON header, frame headers) that a limit must allow for.
 ENVELOPE_SLACK = 128 * 1024
 DEFAULT_MAX_BATCH = 8
+# Prompt scoring (OpenAI `echo` + `logprobs`): the last stage answers the logits of every prompt row at once. Such
+# an answer is bounded to this many bytes (rows x vocab x dtype size), so it fits one WebSocket frame
+# (`WS_MAX_BYTES`) and the coordinator's memory; `StageLimits.max_scoring_rows` turns it into rows per model.
+SCORING_MAX_BYTES = 32 << 20
+# The market's WebSocket frame limit (uvicorn `ws_max_size`): a maximal scoring answer plus its commitments.
+WS_MAX_BYTES = 64 << 20
 
 WORKER_OPS = ("hello", "result", "error")
 MARKET_OPS = ("welcome", "open", "forward", "close", "error")
@@ -80,12 +86,20 @@ class StageLimits:
         )
 
     @property
+    def max_scoring_rows(self) -> int:
+        """Most logits rows (batch x positions) one last-stage answer may carry: a scoring prefill's bound."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return max(1, min(self.max_batch * self.max_tokens, SCORING_MAX_BYTES // (self.vocab_size * itemsize)))
+
+    @property
     def max_payload_bytes(self) -> int:
         """Largest legitimate sum of tensor payloads in one message (hidden states or logits + ids)."""
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        # hidden states (or int64 ids) + positions + mask for every token, or last-token logits per sequence
+        # hidden states (or int64 ids) + positions + mask for every token, or logits: one row per sequence, or
+        # every row of a scoring prefill
         per_token = self.hidden_size * max(itemsize, 8) + 2 * 8
-        tensors = self.max_batch * (self.max_tokens * per_token + self.vocab_size * itemsize)
+        logits_rows = max(self.max_batch, self.max_scoring_rows)
+        tensors = self.max_batch * self.max_tokens * per_token + logits_rows * self.vocab_size * itemsize
         return tensors + max_commitments_bytes(self.max_batch, self.max_tokens)
 
     @property
@@ -110,10 +124,16 @@ class StageLimits:
         if len(tensors) == 3:
             validate_tensor(tensors[2], expected_dtype=torch.int64, expected_shape=(batch, tokens))
 
-    def check_output(self, output: torch.Tensor, *, batch: int, tokens: int, last_stage: bool) -> None:
-        """A worker's answer: [B, T, hidden] states, or [B, 1, vocab] logits from the last stage."""
+    def check_output(
+        self, output: torch.Tensor, *, batch: int, tokens: int, last_stage: bool, last_token_only: bool = True
+    ) -> None:
+        """A worker's answer: [B, T, hidden] states, or from the last stage [B, 1, vocab] logits (last token only)
+        or [B, T, vocab] (every row: a scoring prefill, at most `max_scoring_rows` rows)."""
         if last_stage:
-            validate_tensor(output, expected_dtype=self.dtype, expected_shape=(batch, 1, self.vocab_size))
+            rows = 1 if last_token_only else tokens
+            if not last_token_only and batch * rows > self.max_scoring_rows:
+                raise ProtocolError(f"{batch * rows} logits rows in one answer; at most {self.max_scoring_rows}")
+            validate_tensor(output, expected_dtype=self.dtype, expected_shape=(batch, rows, self.vocab_size))
         else:
             validate_tensor(output, expected_dtype=self.dtype, expected_shape=(batch, tokens, self.hidden_size))
 

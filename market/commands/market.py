@@ -66,6 +66,7 @@ def serve(
     """Run the market API with uvicorn (TLS when GLOBAI_SSL_CERTFILE/KEYFILE are set)."""
     import uvicorn
 
+    from globai.protocol.pipeline import WS_MAX_BYTES
     from market.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
     settings = _settings_with_devnet_addresses(Settings())
@@ -102,6 +103,7 @@ def serve(
         port=bind_port,
         timeout_graceful_shutdown=1,  # SIGTERM: open WebSockets and streams get 1 s, then the process exits
         workers=processes,
+        ws_max_size=WS_MAX_BYTES,  # a worker's largest answer (a scoring prefill's logits) is one frame
         ssl_certfile=settings.ssl_certfile,
         ssl_keyfile=settings.ssl_keyfile,
         log_level="warning",

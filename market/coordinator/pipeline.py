@@ -61,6 +61,24 @@ def token_logprobs(logits: torch.Tensor, chosen: torch.Tensor, top: int) -> list
     return out
 
 
+def prompt_logprobs(
+    logits: torch.Tensor, prompt_ids: torch.Tensor, mask: torch.Tensor, top: int
+) -> list[list[dict[str, Any]]]:
+    """Per sequence, per prompt token (left padding left out): its log-probability given the tokens before it
+    (the logits row of the position before, as `token_logprobs` reads a sampled token's) and the `top` most likely
+    tokens there; the first token has nothing before it (`logprob` and `top` None, as OpenAI's `echo` shows it).
+    `logits`: the last stage's answer to a scoring prefill, every row [B, T, vocab]."""
+    out: list[list[dict[str, Any]]] = []
+    for seq in range(int(prompt_ids.shape[0])):
+        start = int(mask[seq].nonzero()[0])
+        ids = prompt_ids[seq, start:]
+        items: list[dict[str, Any]] = [{"id": int(ids[0]), "logprob": None, "top": None}]
+        scored = token_logprobs(logits[seq, start:-1], ids[1:], top) if len(ids) > 1 else []
+        items += [{"id": int(t), **lp} for t, lp in zip(ids[1:].tolist(), scored, strict=True)]
+        out.append(items)
+    return out
+
+
 class RouteUnavailable(GlobaiError):
     def __init__(self, detail: str) -> None:
         super().__init__(f"no route: {detail}")
@@ -84,6 +102,7 @@ class RecordedCall:
     output: torch.Tensor
     sent_sha256: bytes = b""  # sha256 of the output bytes, as the worker signed it (checked on arrival)
     sent_signature: bytes = b""
+    last_stage: bool = False  # the answer is logits (one row per sequence, or every row of a scoring prefill)
 
     def blob(self, run_id: str, layers: tuple[int, int]) -> bytes:
         """Canonical request bytes (no request id): what a verifier replays on another worker."""
@@ -211,6 +230,7 @@ class PipelineRun:
         stop: tuple[str, ...] = (),
         pad_id: int = 0,
         top_logprobs: int | None = None,
+        prompt_logprobs: bool = False,
         forced: list[list[int | None]] | None = None,
     ) -> None:
         self.run_id = run_id
@@ -230,6 +250,9 @@ class PipelineRun:
         self.max_failovers = max_failovers
         self.decode = decode
         self.top_logprobs = top_logprobs  # None: no logprobs in token events; k: the sampled token's and the top k
+        # Prompt scoring (OpenAI `echo` + `logprobs`): the prefill asks the last stage for every row's logits and
+        # a `prompt` event gives each prompt token's logprob (needs `top_logprobs`).
+        self.prompt_logprobs = prompt_logprobs and top_logprobs is not None
         self.session_id = run_id
         self.failovers = 0
         self.excluded: set[str] = set()
@@ -302,8 +325,17 @@ class PipelineRun:
             positions = prefill_positions(mask)
             mask_arg = None if bool(mask.all()) else mask
             t0 = time.perf_counter()
-            logits = await self._through(0, self.prompt_ids, positions, mask_arg, first_position=0)
+            scoring = self.prompt_logprobs
+            logits = await self._through(
+                0, self.prompt_ids, positions, mask_arg, first_position=0, last_token_only=not scoring
+            )
             self.timings["prefill_s"] = time.perf_counter() - t0
+            if scoring:
+                assert self.top_logprobs is not None
+                if not self.forced:  # a resumed run already streamed it
+                    scored = prompt_logprobs(logits, self.prompt_ids, mask, self.top_logprobs)
+                    self.emit({"event": "prompt", "logprobs": scored})
+                logits = logits[:, -1:, :]
             seen = self.prompt_ids.shape[1]
             last = positions[:, -1:]
             t0 = time.perf_counter()
@@ -347,6 +379,9 @@ class PipelineRun:
                 last = last + 1
                 logits = await self._through(step + 1, next_tokens[:, None], last, None, first_position=seen)
                 seen += 1
+            if self.max_new_tokens == 0:  # pure scoring: the prompt only, nothing generated
+                for st in self.stops:
+                    st.finish_length()
             self.timings["decode_s"] = time.perf_counter() - t0
             if self._hop_overhead:
                 ordered = sorted(self._hop_overhead)
@@ -394,10 +429,14 @@ class PipelineRun:
     async def _open(self, hop: Hop) -> None:
         await self._request(hop.link, {"op": "open", "scope": scope_to_json(hop.scope)}, [])
 
-    async def _call(self, hop: Hop, step: int, tensors: list[torch.Tensor], first_position: int) -> torch.Tensor:
-        """One forward on one hop; validates the answer against the manifest and records the call."""
+    async def _call(
+        self, hop: Hop, step: int, tensors: list[torch.Tensor], first_position: int, last_token_only: bool = True
+    ) -> torch.Tensor:
+        """One forward on one hop; validates the answer against the manifest and records the call.
+        `last_token_only`: on the last stage, logits of the last position only (else every row: scoring)."""
         last_stage = hop.end == self.manifest.num_layers
-        header = {"op": "forward", "step": step, "first_position": first_position, "last_token_only": last_stage}
+        last_only = last_stage and last_token_only
+        header = {"op": "forward", "step": step, "first_position": first_position, "last_token_only": last_only}
         sent = time.perf_counter()
         reply = await self._request(hop.link, header, tensors)
         wall_ms = (time.perf_counter() - sent) * 1000
@@ -414,11 +453,13 @@ class PipelineRun:
         output = outputs[0]
         batch, tokens = int(tensors[0].shape[0]), int(tensors[0].shape[1])
         try:
-            self.limits.check_output(output, batch=batch, tokens=tokens, last_stage=last_stage)
+            self.limits.check_output(
+                output, batch=batch, tokens=tokens, last_stage=last_stage, last_token_only=last_only
+            )
         except FrameError as exc:
             raise StageFailed(hop.link.address, "bad_reply", str(exc)) from None
         sha, signature = self._check_sent(hop, step, first_position, output, reply.header.get("sent"))
-        record = RecordedCall(step, tensors, first_position, last_stage, output, sha, signature)
+        record = RecordedCall(step, tensors, first_position, last_only, output, sha, signature, last_stage)
         hop.records.append(record)
         self.evidence.records.append((hop, hop.link, record))
         try:
@@ -489,6 +530,7 @@ class PipelineRun:
         mask: torch.Tensor | None,
         *,
         first_position: int,
+        last_token_only: bool = True,
     ) -> torch.Tensor:
         hidden = inputs
         index = 0
@@ -496,7 +538,7 @@ class PipelineRun:
             hop = self.hops[index]
             tensors = [hidden, positions] + ([mask] if mask is not None else [])
             try:
-                hidden = await self._call(hop, step, tensors, first_position)
+                hidden = await self._call(hop, step, tensors, first_position, last_token_only)
                 index += 1
             except (WorkerGone, StageFailed) as exc:
                 await self._failover(index, exc)
@@ -545,7 +587,9 @@ class PipelineRun:
                 hidden = rec.tensors[0]
                 extra = rec.tensors[1:]
                 for hop in new_hops:
-                    hidden = await self._call(hop, rec.step, [hidden, *extra], rec.first_position)
+                    # A replayed scoring prefill asks the new last hop for every row again.
+                    last_only = rec.last_token_only or not rec.last_stage
+                    hidden = await self._call(hop, rec.step, [hidden, *extra], rec.first_position, last_only)
         except (WorkerGone, StageFailed) as exc:
             # The replacement failed too: drop it and fail over again from the old hop's records.
             failed = next((h for h in new_hops if h.link.address == getattr(exc, "address", None)), new_hops[0])

@@ -21,9 +21,10 @@ def save_evidence(
     retain_until = now + timedelta(seconds=retention_s)
     for hop, link, rec in evidence.records:
         digest = blobs.put(rec.blob(run_id, (hop.start, hop.end)))
-        # Hidden states are kept whole (verification compares the whole claimed tensor); last-token logits
-        # (vocabulary-wide) as projections of each whole row on secret seeded directions, next to the commitment.
-        if rec.last_token_only:
+        # Hidden states are kept whole (verification compares the whole claimed tensor); logits (vocabulary-wide:
+        # last-token rows, or every row of a scoring prefill) as projections of each whole row on secret seeded
+        # directions, next to the commitment.
+        if rec.last_stage:
             b, t, width = rec.output.shape
             projected = project_rows(rec.output.reshape(b * t, width), evidence.projection_seed).reshape(b, t, -1)
             output = blobs.put(encode_message({"op": "projection", "seed": evidence.projection_seed}, [projected]))

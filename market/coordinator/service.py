@@ -299,6 +299,23 @@ class Coordinator:
             return [render_chat(tokenizer, served.manifest, conversation) for conversation in messages]
         return [tokenizer.encode(p).ids for p in prompts or []]
 
+    def check_scoring(self, model: str, ids: Sequence[Sequence[int]]) -> None:
+        """A scoring prefill's logits (every prompt row of every sequence) must fit one answer: at most
+        `StageLimits.max_scoring_rows` rows in all; and the prompts must be of one length (a padded row's logits
+        are no token's, and the verifier leaves padding out of its replays). InvalidRequest naming the limit."""
+        served = self.catalog.get(model)
+        if served is None:
+            raise NotFound("model", model)
+        limit = StageLimits.for_manifest(served.manifest, max_batch=self.config.max_batch).max_scoring_rows
+        rows = sum(len(r) for r in ids)
+        if rows > limit:
+            raise InvalidRequest(
+                f"scoring a prompt (echo with logprobs) is limited to {limit} prompt tokens in all for {model} "
+                f"(n x prompt tokens); got {rows}"
+            )
+        if len({len(r) for r in ids}) > 1:
+            raise InvalidRequest("scoring prompts (echo with logprobs): every prompt must have the same token count")
+
     def decoder(self, model: str) -> Callable[[list[int]], str] | None:
         tokenizer = self.catalog.tokenizer(model)
         if tokenizer is None:
@@ -318,12 +335,14 @@ class Coordinator:
         stop: Sequence[str] = (),
         ignore_eos: bool = False,
         top_logprobs: int | None = None,
+        prompt_logprobs: bool = False,
     ) -> PipelineRun:
         """Plan a route and start generating in the background; the run's events stream as it goes.
 
         Give exactly one of `prompts` (text), `prompt_ids` or `messages` (one conversation per sequence, rendered
         with the model's chat template). Each sequence stops at the model's EOS ids (unless `ignore_eos`), at
-        the first of the `stop` strings, or after `max_new_tokens`.
+        the first of the `stop` strings, or after `max_new_tokens` (0: only with `prompt_logprobs`).
+        `prompt_logprobs` (with `top_logprobs`): score the prompt too (`check_scoring`), a `prompt` event.
         """
         if sum(x is not None for x in (prompts, prompt_ids, messages)) != 1:
             raise InvalidRequest("give exactly one of prompts, prompt_ids and messages")
@@ -345,6 +364,12 @@ class Coordinator:
         limits = StageLimits.for_manifest(manifest, max_batch=self.config.max_batch)
         if max(len(r) for r in ids) + max_new_tokens > limits.max_tokens:
             raise InvalidRequest(f"prompt + max_new_tokens exceeds the model's {limits.max_tokens} positions")
+        if prompt_logprobs:
+            if top_logprobs is None:
+                raise InvalidRequest("prompt_logprobs needs top_logprobs")
+            self.check_scoring(model, ids)
+        elif max_new_tokens < 1:
+            raise InvalidRequest("max_new_tokens must be at least 1 unless the prompt is scored")
         gen = manifest.generation
         eos_ids = frozenset() if ignore_eos or gen is None else frozenset(gen.eos_token_ids)
         await self.refresh_standing_async()  # a slash or ban decided a moment ago already counts for this route
@@ -362,6 +387,8 @@ class Coordinator:
         }
         if top_logprobs is not None:
             params["top_logprobs"] = top_logprobs
+        if prompt_logprobs:
+            params["prompt_logprobs"] = True
         row = InferenceRun(
             requester=requester,
             model=model,
@@ -418,6 +445,7 @@ class Coordinator:
             stop=tuple(params["stop"]),
             pad_id=pad_id,
             top_logprobs=params.get("top_logprobs"),
+            prompt_logprobs=bool(params.get("prompt_logprobs")),
             forced=forced,
         )
         run.requester = requester  # type: ignore[attr-defined]

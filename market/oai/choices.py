@@ -3,6 +3,8 @@
 The coordinator decides where each sequence ends (EOS, caller stop strings, `max_tokens`: market/coordinator/
 stopping.py) and streams visible text deltas; each sequence is one choice here. A choice's completion tokens
 are the tokens generated up to and including the one that ended it: what usage reports and what is charged.
+With `echo` (/completions) a choice starts with its prompt: the text, and with logprobs the prompt tokens' (the
+run's `prompt` event; the first token's logprob is None, as OpenAI shows it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class Choice:
     text: str = ""
     finish_reason: str | None = None
     logprobs: list[dict[str, Any]] = field(default_factory=list)  # per token: id, logprob, top
+    prompt_logprobs: list[dict[str, Any]] = field(default_factory=list)  # echo + logprobs: per prompt token
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,23 @@ class Choices:
     @property
     def done(self) -> bool:
         return all(c.finish_reason is not None for c in self.choices)
+
+    def prompt_event(self, event: dict[str, Any], prompts: Sequence[str]) -> list[Delta]:
+        """The run's scored prompt (echo + logprobs): per choice, its prompt text and prompt tokens' logprobs."""
+        out = []
+        for choice, items, text in zip(self.choices, event["logprobs"], prompts, strict=True):
+            choice.prompt_logprobs = list(items)
+            out.append(Delta(choice.index, text, choice.prompt_logprobs, None))
+        return out
+
+    def finish_unended(self) -> list[Delta]:
+        """Choices the run ended without a token (max_tokens 0: the prompt only) end with "length"."""
+        out = []
+        for choice in self.choices:
+            if choice.finish_reason is None:
+                choice.finish_reason = "length"
+                out.append(Delta(choice.index, "", [], "length"))
+        return out
 
     def token_event(self, event: dict[str, Any]) -> list[Delta]:
         """One decode step of the run: per choice that is still open, its delta."""
@@ -82,6 +102,7 @@ def chat_logprobs(items: list[dict[str, Any]], token_text: Decode) -> dict[str, 
 
 
 def completion_logprobs(items: list[dict[str, Any]], token_text: Decode, offset: int = 0) -> dict[str, Any]:
+    """OpenAI's legacy shape; an item without a logprob (an echoed prompt's first token) shows None for both."""
     tokens = [token_text([i["id"]]) for i in items]
     offsets, at = [], offset
     for t in tokens:
@@ -90,6 +111,6 @@ def completion_logprobs(items: list[dict[str, Any]], token_text: Decode, offset:
     return {
         "tokens": tokens,
         "token_logprobs": [i["logprob"] for i in items],
-        "top_logprobs": [{token_text([t]): v for t, v in i["top"]} for i in items],
+        "top_logprobs": [None if i["top"] is None else {token_text([t]): v for t, v in i["top"]} for i in items],
         "text_offset": offsets,
     }

@@ -2,6 +2,8 @@
 
 Parameters GlobAI does not implement are refused with a 400 that names them, never silently ignored; a few are
 accepted at their neutral value only (e.g. `frequency_penalty: 0`, `response_format: {"type": "text"}`).
+`echo` is implemented for /completions (the prompt in front of the text; with `logprobs`, prompt scoring) and
+accepted only at its neutral value for /chat/completions.
 """
 
 from __future__ import annotations
@@ -120,8 +122,20 @@ class ChatIn(Common):
 
 class CompletionIn(Common):
     prompt: str | Annotated[list[Annotated[str, Field(max_length=200_000)]], Field(min_length=1, max_length=128)]
-    max_tokens: int | None = Field(default=16, ge=1, le=1_000_000)  # OpenAI's default for /completions
+    # OpenAI's default for /completions; 0 only with `echo` (score the prompt, generate nothing)
+    max_tokens: int | None = Field(default=16, ge=0, le=1_000_000)
     logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool = False  # the prompt in front of each choice's text (and, with logprobs, the prompt's logprobs)
+
+    @model_validator(mode="after")
+    def _zero_tokens_need_echo(self) -> CompletionIn:
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens must be at least 1 (0 is allowed only with echo: true)")
+        return self
+
+    def scores_prompt(self) -> bool:
+        """echo with logprobs: every prompt token's logprob (the prefill returns every row's logits)."""
+        return self.echo and self.logprobs is not None
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
@@ -138,7 +152,7 @@ def parse(model: type[Common], body: Any) -> Any:
     if not isinstance(body, dict):
         raise OpenAIError(400, "the request body must be a JSON object")
     for name, neutral in UNSUPPORTED.items():
-        if name in body:
+        if name in body and name not in model.model_fields:
             if body[name] in neutral:
                 body = {k: v for k, v in body.items() if k != name}
             else:

@@ -172,6 +172,8 @@ class Plan:
     max_tokens: int
     top_logprobs: int | None
     sampling: SamplingParams
+    echo: list[str] | None = None  # per choice, the prompt text shown in front of its text (`echo`)
+    scores_prompt: bool = False  # echo + logprobs: the prompt tokens' logprobs too
 
 
 def _plan(coordinator: Coordinator, served: ServedModel, body: ChatIn | CompletionIn, ids: list[list[int]]) -> Plan:
@@ -189,7 +191,7 @@ def _plan(coordinator: Coordinator, served: ServedModel, body: ChatIn | Completi
     longest = max(len(r) for r in rows)
     room = window - longest
     wanted = body.token_limit()
-    if room < 1 or (wanted is not None and wanted > room):
+    if room < (0 if wanted == 0 else 1) or (wanted is not None and wanted > room):
         raise OpenAIError(
             400,
             f"This model's maximum context length is {window} tokens; the prompt has {longest} "
@@ -199,12 +201,21 @@ def _plan(coordinator: Coordinator, served: ServedModel, body: ChatIn | Completi
         )
     max_tokens = wanted if wanted is not None else min(room, coordinator.config.max_new_tokens)
     seed = secrets.randbits(63) if body.seed is None else body.seed % 2**63
+    echo = isinstance(body, CompletionIn) and body.echo
+    scores = isinstance(body, CompletionIn) and body.scores_prompt()
+    if scores:
+        try:
+            coordinator.check_scoring(m.name, rows)
+        except InvalidRequest as exc:
+            raise OpenAIError(400, str(exc), param="echo", code="scoring_limit") from None
     return Plan(
         rows=rows,
         prompt_tokens=sum(len(r) for r in ids),
         max_tokens=max_tokens,
         top_logprobs=body.logprob_count(),
         sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=seed),
+        echo=[p for p in body.prompts() for _ in range(body.n)] if echo and isinstance(body, CompletionIn) else None,
+        scores_prompt=scores,
     )
 
 
@@ -249,6 +260,7 @@ async def _serve(
             sampling=plan.sampling,
             stop=body.stops(),
             top_logprobs=plan.top_logprobs,
+            prompt_logprobs=plan.scores_prompt,
         )
     except RouteUnavailable as exc:
         await billing.release()
@@ -344,12 +356,20 @@ class Generation:
             if self.chat:
                 for i in range(len(self.tracker.choices)):
                     self._put_chat(Delta(i, "", [], None), role=True)
+            elif self.plan.echo is not None and not self.plan.scores_prompt:  # the prompt comes first
+                for i, text in enumerate(self.plan.echo):
+                    self._put(Delta(i, text, [], None))
             async for event in self.run.stream():
                 if event["event"] == "token":
                     for d in self.tracker.token_event(event):
                         self._put(d)
+                elif event["event"] == "prompt" and self.plan.echo is not None:
+                    for d in self.tracker.prompt_event(event, self.plan.echo):
+                        self._put(d)
                 elif event["event"] == "error":
                     raise OpenAIError(503, f"the generation failed: {event.get('detail')}", code="generation_failed")
+            for d in self.tracker.finish_unended():
+                self._put(d)
             status = await self._persisted()
             if status != "completed":
                 raise OpenAIError(503, f"the generation ended {status}", code="generation_failed")
@@ -466,8 +486,10 @@ class Generation:
                     }
                 )
             else:
-                lp = completion_logprobs(c.logprobs, self.token_text) if self.plan.top_logprobs is not None else None
-                choices.append({"index": c.index, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
+                items = c.prompt_logprobs + c.logprobs
+                lp = completion_logprobs(items, self.token_text) if self.plan.top_logprobs is not None else None
+                text = (self.plan.echo[c.index] if self.plan.echo is not None else "") + c.text
+                choices.append({"index": c.index, "text": text, "logprobs": lp, "finish_reason": c.finish_reason})
         return {
             "id": self.id,
             "object": "chat.completion" if self.chat else "text_completion",
