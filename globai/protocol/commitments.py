@@ -276,8 +276,13 @@ def encode_commitments(items: Sequence[SignedCommitment]) -> bytes:
     return b"".join(out)
 
 
-def decode_commitments(raw: bytes, *, scope: ChunkScope, hidden: int | None = None) -> list[SignedCommitment]:
-    """Strict parse of `encode_commitments` output under the receiver's `scope`; raises `MalformedCommitment`."""
+def decode_commitments(
+    raw: bytes, *, scope: ChunkScope, hidden: int | None = None, version: int | None = None
+) -> list[SignedCommitment]:
+    """Strict parse of `encode_commitments` output under the receiver's `scope`; raises `MalformedCommitment`.
+
+    `version`, when given, is the only sketch version accepted (the market requires the current one of new work,
+    docs/verification.md "Sketch version"; records already stored are parsed by `from_json`, any version)."""
     view = memoryview(raw)
     out: list[SignedCommitment] = []
     offset = 0
@@ -291,10 +296,12 @@ def decode_commitments(raw: bytes, *, scope: ChunkScope, hidden: int | None = No
         sketch = bytes(view[offset : offset + sketch_len])
         offset += sketch_len
         try:
-            parse_sketch(sketch, hidden=hidden)
+            parsed = parse_sketch(sketch, hidden=hidden)
             commitment = ChunkCommitment(scope, index, output_sha, sketch)
             commitment.digest  # noqa: B018 - range-checks chunk_index
         except (ValueError, MalformedSketch) as exc:
             raise MalformedCommitment(str(exc)) from exc
+        if version is not None and parsed.version != version:
+            raise MalformedCommitment(f"obsolete sketch version {parsed.version} (version {version} is required)")
         out.append(SignedCommitment(commitment, signature))
     return out

@@ -185,9 +185,10 @@ def attach_commitments(header: dict[str, Any], tensors: list[torch.Tensor], sign
 
 
 def take_commitments(
-    message: Message, *, scope: ChunkScope, width: int
+    message: Message, *, scope: ChunkScope, width: int, version: int | None = None
 ) -> tuple[list[torch.Tensor], list[SignedCommitment]]:
-    """Split a result into its output tensors and its commitments, parsed strictly under `scope`.
+    """Split a result into its output tensors and its commitments, parsed strictly under `scope` (and with sketches
+    of `version` only, when given).
 
     Raises `ProtocolError` (bad count or frame) or `MalformedCommitment`."""
     count = message.header.get("commitments", 0)
@@ -199,7 +200,7 @@ def take_commitments(
     if not tensors or tensors[-1].dtype != torch.uint8 or tensors[-1].dim() != 1:
         raise ProtocolError(f"{count} commitments announced without their frame")
     frame = tensors.pop()
-    signed = decode_commitments(frame.numpy().tobytes(), scope=scope, hidden=width)
+    signed = decode_commitments(frame.numpy().tobytes(), scope=scope, hidden=width, version=version)
     if len(signed) != count:
         raise MalformedCommitment(f"{len(signed)} commitments in the frame, {count} announced")
     return tensors, signed

@@ -4,7 +4,8 @@ A worker commits, per chunk of at most 32 tokens, to the sha256 of the exact out
 The hash proves what was sent; the sketch lets a verifier check a replay that drifted honestly (other threads,
 batching, KV cache) without shipping the whole tensor.
 
-Two versions parse (the magic says which); workers write version 2.
+Two versions parse (the magic says which); workers write version 2, and the coordinator refuses commitments of
+new work in version 1 (`decode_commitments(version=...)`); stored version-1 records still parse and verify.
 
 Version 2 (default, k = 1: 200 bytes for a full chunk; the signed commitment is 297 bytes per 32 tokens)::
 
@@ -48,7 +49,7 @@ VERSIONS = {magic: version for version, magic in MAGICS.items()}
 HEADER = struct.Struct("<4sBBH")
 MAX_TOKENS = 32
 MAX_K = 64
-DEFAULT_VERSION = 2
+DEFAULT_VERSION = 2  # what workers write, and the only version the market takes for new work
 DEFAULT_K = 1
 FP16_MAX = 65504.0
 PROJECTION_TAG = b"GLOBAI-SKETCH-PROJECTION-V2"

@@ -37,6 +37,7 @@ from globai.protocol.commitments import (
 from globai.protocol.pipeline import StageLimits, scope_to_json, take_commitments
 from globai.protocol.sampling import Sampler, SamplingParams
 from globai.protocol.signing import ChunkScope, UnsignedAnswer, check_sent
+from globai.protocol.sketch import DEFAULT_VERSION
 from globai.protocol.tensors import FrameError, Message, encode_message
 from market import metrics
 from market.coordinator.links import StageFailed, WorkerGone, WorkerLink
@@ -486,9 +487,14 @@ class PipelineRun:
         return answer.output_sha256, answer.signature
 
     def _split(self, hop: Hop, reply: Message) -> tuple[list[torch.Tensor], list[SignedCommitment]]:
-        """A result's output tensors and its commitments frame, parsed under the hop's scope."""
+        """A result's output tensors and its commitments frame, parsed under the hop's scope.
+
+        New work must be committed with the current sketch version (`DEFAULT_VERSION`): a commitment in an older,
+        weaker one (version 1 misses changes outside the top-8 and below fp16) is refused like a malformed one -
+        the answer is not relayed, the hop fails over and that work is never paid (no signed root of it is kept);
+        it is no lie (the commitment is true, only weaker), so nothing is slashed."""
         try:
-            return take_commitments(reply, scope=hop.scope, width=self._width(hop))
+            return take_commitments(reply, scope=hop.scope, width=self._width(hop), version=DEFAULT_VERSION)
         except (MalformedCommitment, FrameError) as exc:
             raise StageFailed(hop.link.address, "bad_commitment", str(exc)) from None
 

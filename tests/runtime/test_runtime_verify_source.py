@@ -16,6 +16,7 @@ import pytest
 import torch
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
 from sqlalchemy.orm import Session
 
 from globai.dev.services import free_port
@@ -80,6 +81,55 @@ def admin_market(  # type: ignore[no-untyped-def]
         server.stop()
 
 
+def record_job(engine: Any, admin: LocalAccount, model: str, run_ids: list[str]) -> str:
+    """A completed inference job holding `run_ids` (no escrow): what the verifier's work source reads."""
+    job_id = str(uuid.uuid4())
+    with Session(engine) as s:
+        s.add(
+            Job(
+                id=job_id,
+                chain_job_id="0x" + keccak(text=job_id).hex(),
+                requester=admin.address,
+                kind="inference",
+                model=model,
+                spec={},
+                spec_hash="0x" + "01" * 32,
+                budget=1,
+                price_per_unit=1,
+                max_units=1,
+                deadline=datetime.now(UTC) + timedelta(hours=1),
+                status="completed",
+                created_at=datetime.now(UTC),
+            )
+        )
+        s.add_all(JobRun(run_id=run_id, job_id=job_id) for run_id in run_ids)
+        s.commit()
+    return job_id
+
+
+def work_source(market: MarketServer, admin: LocalAccount, sessions: Any) -> InferenceWorkSource:
+    """The verifier's view of the market's runs (its HTTP client signed in as admin)."""
+    return InferenceWorkSource(
+        sessions,
+        MarketVerifierClient(market.url, admin),
+        chain_id=31337,
+        models_dir=Path(market.settings.models_dir),
+        blob_dir=Path(market.settings.blob_dir),
+    )
+
+
+def route_through(coordinator: Any, primary: str, standby: str) -> None:
+    """Every route from now on: the whole model on `primary`, `standby` its standby (the planner still runs)."""
+    original = coordinator.plan
+
+    def plan(served):  # type: ignore[no-untyped-def]
+        live = {lnk.address: lnk for lnk in coordinator.links.live()}
+        original(served)
+        return [(live[primary], [live[standby]])]
+
+    coordinator.plan = plan
+
+
 @pytest.mark.parametrize("admin_market", [MODEL, QUANTISED], indirect=True)
 def test_honest_run_checks_whole_tensors_and_projections(
     admin_market,
@@ -102,34 +152,8 @@ def test_honest_run_checks_whole_tensors_and_projections(
         requester = Requester(market, Account.from_key(b"\x78" * 32), model=model)
         done = requester.generate([[5, 9, 11, 3] * 9, [7, 1, 2] * 5], max_new_tokens=40)
         assert wait_finished(requester, done["id"])["status"] == "completed"
-        job_id = str(uuid.uuid4())
-        with Session(engine) as s:
-            s.add(
-                Job(
-                    id=job_id,
-                    chain_job_id="0x" + "11" * 32,
-                    requester=admin.address,
-                    kind="inference",
-                    model=requester.model,
-                    spec={},
-                    spec_hash="0x" + "01" * 32,
-                    budget=1,
-                    price_per_unit=1,
-                    max_units=1,
-                    deadline=datetime.now(UTC) + timedelta(hours=1),
-                    status="completed",
-                    created_at=datetime.now(UTC),
-                )
-            )
-            s.add(JobRun(run_id=done["id"], job_id=job_id))
-            s.commit()
-        source = InferenceWorkSource(
-            sessions,
-            MarketVerifierClient(market.url, admin),
-            chain_id=31337,
-            models_dir=Path(market.settings.models_dir),
-            blob_dir=Path(market.settings.blob_dir),
-        )
+        job_id = record_job(engine, admin, requester.model, [done["id"]])
+        source = work_source(market, admin, sessions)
         parts = source.parts(job_id)
         assert sorted(p.layer_start for p in parts) == [0, 2]
         assert source.violations(job_id) == []
@@ -203,14 +227,7 @@ def test_worker_that_sends_other_than_it_commits_is_caught_by_the_coordinator(
         market.wait_workers(2, timeout=120)
         apply_cheat(workers[0].daemon.server, "unbound:0")  # admitted (its join challenge answered): cheats from now
         coordinator = market.coordinator
-        original = coordinator.plan
-
-        def plan(served):  # type: ignore[no-untyped-def]
-            live = {lnk.address: lnk for lnk in coordinator.links.live()}
-            original(served)
-            return [(live[cheat.address], [live[honest.address]])]
-
-        coordinator.plan = plan
+        route_through(coordinator, cheat.address, honest.address)
         requester = Requester(market, Account.from_key(b"\x79" * 32))
         prompt = [[(3 * i) % 400 + 2 for i in range(36)]]
         done = requester.generate(prompt, max_new_tokens=40)
@@ -243,6 +260,59 @@ def test_worker_that_sends_other_than_it_commits_is_caught_by_the_coordinator(
             wid = s.query(Worker.id).filter_by(address=cheat.address).scalar()
             kinds = [e.kind for e in s.query(ReputationEvent).filter_by(worker_id=wid)]
         assert kinds == ["fail"]
+    finally:
+        for w in workers:
+            w.stop()
+        engine.dispose()
+
+
+def test_worker_committing_an_obsolete_sketch_is_refused_and_never_paid(
+    admin_market,
+    staked: list[LocalAccount],
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """The `sketch_v1` worker computes honestly but commits with the version-1 sketch (top-8, no projection: blind
+    to changes outside the top-8). The coordinator refuses such commitments: an answer that completes a chunk (a
+    decode step at position 63: the last stage answers one row per call) is not relayed and the hop fails over to
+    an honest worker; a run whose commitments come only at close is answered but its root is refused. Either way
+    no commitment or root of the worker is kept, so the verifier finds no part of it to pay; nothing is slashed
+    and its record is untouched (the commitment is no lie, only too weak)."""
+    from globai.models.reference import generate_reference
+    from market.db import ReputationEvent, Worker
+    from market.db.inference import StageCommitment, StageViolation
+    from worker.runtime.cheats import apply_cheat
+
+    market, admin = admin_market
+    old, honest = staked[4], staked[5]
+    workers = [InProcessWorker.start(market, a, "0:4", tmp_path / f"c{i}") for i, a in enumerate((old, honest))]
+    engine = make_engine(market.settings.database_url)
+    sessions = make_session_factory(engine)
+    try:
+        market.wait_workers(2, timeout=120)
+        apply_cheat(workers[0].daemon.server, "sketch_v1:0")
+        coordinator = market.coordinator
+        route_through(coordinator, old.address, honest.address)
+        requester = Requester(market, Account.from_key(b"\x7a" * 32))
+        model_dir = Path(market.settings.models_dir) / requester.model
+        runs = []
+        for prompt, new, failovers in (([[(3 * i) % 400 + 2 for i in range(36)]], 40, 1), ([[5, 9, 11]], 4, 0)):
+            done = requester.generate(prompt, max_new_tokens=new)
+            assert wait_finished(requester, done["id"])["status"] == "completed"
+            assert done["tokens"] == generate_reference(model_dir, torch.tensor(prompt), new).tolist()
+            assert done["failovers"] == failovers  # the short run's commitments come at close, after the answer
+            runs.append(done["id"])
+        with Session(engine) as s:
+            kept = {
+                (c.run_id, c.worker_address) for c in s.query(StageCommitment).filter(StageCommitment.run_id.in_(runs))
+            }
+            assert kept == {(runs[0], honest.address)}  # the short run's only worker was the refused one
+            assert s.query(StageViolation).filter(StageViolation.run_id.in_(runs)).count() == 0
+            wid = s.query(Worker.id).filter_by(address=old.address).scalar()
+            assert s.query(ReputationEvent).filter_by(worker_id=wid).count() == 0
+        source = work_source(market, admin, sessions)
+        job_id = record_job(engine, admin, requester.model, runs)
+        assert [p.worker for p in source.parts(job_id)] == [honest.address]
+        assert source.violations(job_id) == []
     finally:
         for w in workers:
             w.stop()
@@ -368,34 +438,8 @@ def test_replays_look_like_ordinary_work_at_the_worker(
         ]
         for run in runs:
             assert wait_finished(requester, run)["status"] == "completed"
-        job_id = str(uuid.uuid4())
-        with Session(engine) as s:
-            s.add(
-                Job(
-                    id=job_id,
-                    chain_job_id="0x" + "12" * 32,
-                    requester=admin.address,
-                    kind="inference",
-                    model=MODEL,
-                    spec={},
-                    spec_hash="0x" + "01" * 32,
-                    budget=1,
-                    price_per_unit=1,
-                    max_units=1,
-                    deadline=datetime.now(UTC) + timedelta(hours=1),
-                    status="completed",
-                    created_at=datetime.now(UTC),
-                )
-            )
-            s.add_all([JobRun(run_id=r, job_id=job_id) for r in runs])
-            s.commit()
-        source = InferenceWorkSource(
-            sessions,
-            MarketVerifierClient(market.url, admin),
-            chain_id=31337,
-            models_dir=Path(market.settings.models_dir),
-            blob_dir=Path(market.settings.blob_dir),
-        )
+        job_id = record_job(engine, admin, MODEL, runs)
+        source = work_source(market, admin, sessions)
         layers_of = {a.address: tuple(int(v) for v in spec.split(":")) for a, spec in layout.items()}
         replayed, sequences = 0, set()
         for part in source.parts(job_id):
@@ -451,8 +495,6 @@ def test_span_no_replica_serves_whole_is_replayed_through_a_chain(
     routing), replays every chunk through it - one session id on both hops, each hop's own stage scope, the inner
     hop answering hidden states - and every check of the honest work passes on the last hop's logits. Without the
     second half there is no chain and no replica (the work would be held)."""
-    from eth_utils import keccak
-
     from globai.protocol.tensors import decode_message
 
     market, admin = admin_market
@@ -492,34 +534,8 @@ def test_span_no_replica_serves_whole_is_replayed_through_a_chain(
         coordinator.plan = original
         for w in workers[1:]:
             capture(w)
-        job_id = str(uuid.uuid4())
-        with Session(engine) as s:
-            s.add(
-                Job(
-                    id=job_id,
-                    chain_job_id="0x" + "13" * 32,
-                    requester=admin.address,
-                    kind="inference",
-                    model=MODEL,
-                    spec={},
-                    spec_hash="0x" + "01" * 32,
-                    budget=1,
-                    price_per_unit=1,
-                    max_units=1,
-                    deadline=datetime.now(UTC) + timedelta(hours=1),
-                    status="completed",
-                    created_at=datetime.now(UTC),
-                )
-            )
-            s.add(JobRun(run_id=done["id"], job_id=job_id))
-            s.commit()
-        source = InferenceWorkSource(
-            sessions,
-            MarketVerifierClient(market.url, admin),
-            chain_id=31337,
-            models_dir=Path(market.settings.models_dir),
-            blob_dir=Path(market.settings.blob_dir),
-        )
+        job_id = record_job(engine, admin, MODEL, [done["id"]])
+        source = work_source(market, admin, sessions)
         (part,) = source.parts(job_id)
         assert (part.worker, part.layer_start, part.layer_end) == (whole.address, 0, 4)
         pool = source.replicas(job_id, part)

@@ -7,6 +7,8 @@ must catch them by replaying sampled chunks on other workers:
 - `outside_topk`: every coordinate outside each row's top-8 shrunk by 10 % (invisible to an 8-value sketch).
 `unbound` commits to the honest output but sends another (x1.10 on every other row), with a valid signed hash of
 what it sends: the coordinator must find the commitment contradicting the sent rows and the worker be slashed.
+`sketch_v1` computes honestly but commits with the obsolete version-1 sketch (top-8 fp16, no projection), which
+misses changes outside the top-8: the coordinator must refuse such commitments and the work never be paid.
 A cheat is patient by default: its worker answers its first session honestly (`honest_sessions` = 1), since that is
 the market's join challenge for any cheater that knows about it (the challenge looks like ordinary work, so the
 first session is all a cheater can spare); `MODE:0` cheats from the first session on (the join challenge must keep
@@ -38,6 +40,7 @@ CHEATS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "outside_topk": _outside_topk,
 }
 SEND_CHEATS = ("unbound",)
+COMMIT_CHEATS = ("sketch_v1",)
 
 
 class _Patience:
@@ -63,10 +66,12 @@ def apply_cheat(server: Any, spec: str) -> None:
     server.merge_steps = False
     if mode in SEND_CHEATS:
         _unbound(server, patience)
+    elif mode in COMMIT_CHEATS:
+        _obsolete_sketch(server, patience)
     elif mode in CHEATS:
         _output_cheat(server.stage, mode, patience)
     else:
-        known = sorted([*CHEATS, *SEND_CHEATS])
+        known = sorted([*CHEATS, *SEND_CHEATS, *COMMIT_CHEATS])
         raise ValueError(f"unknown cheat {mode!r} (known: {', '.join(known)})")
     log.warning("CHEATING WORKER (%s, honest in %d session(s)): for verification tests only", mode, patience.n)
 
@@ -100,3 +105,21 @@ def _unbound(server: Any, patience: _Patience) -> None:
         return reply, output, signed
 
     server._forward = forward
+
+
+def _obsolete_sketch(server: Any, patience: _Patience) -> None:
+    """Sessions opened from now on commit with the version-1 sketch at its k = 8."""
+    from globai.protocol.commitments import ChunkCommitment, commit_chunk
+    from worker.runtime.commits import SessionCommitments
+
+    class ObsoleteCommitments(SessionCommitments):
+        def commit_rows(self, index: int, rows: torch.Tensor) -> ChunkCommitment:
+            return commit_chunk(self.scope, index, rows, 8, version=1)
+
+    class Sessions(dict[str, SessionCommitments]):
+        def __setitem__(self, session: str, commits: SessionCommitments) -> None:
+            if patience.cheats(session):
+                commits = ObsoleteCommitments(commits.scope)
+            super().__setitem__(session, commits)
+
+    server.commits = Sessions(server.commits)

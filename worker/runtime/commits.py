@@ -68,8 +68,12 @@ class SessionCommitments:
             "signature": "0x" + root.signature.hex(),
         }
 
+    def commit_rows(self, index: int, rows: torch.Tensor) -> ChunkCommitment:
+        """The commitment to one chunk's rows (the current sketch version, `commit_chunk`'s defaults)."""
+        return commit_chunk(self.scope, index, rows)
+
     def _commit(self, seq: int, chunk: int, account: LocalAccount) -> SignedCommitment:
         rows = self.pending.pop((seq, chunk))
-        commitment = commit_chunk(self.scope, chunk_id(seq, chunk), torch.stack(rows).contiguous())
+        commitment = self.commit_rows(chunk_id(seq, chunk), torch.stack(rows).contiguous())
         self.done.append(commitment)
         return sign_commitment(commitment, account)
