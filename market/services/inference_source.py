@@ -40,7 +40,14 @@ from market.coordinator.verify_replay import with_claimed_padding
 from market.db import JobRun, Worker
 from market.db.inference import InferenceRun, StageCommitment, StageRecord, StageViolation
 from market.domain_errors import NotFound
-from market.services.verification import BindingFault, ClaimedPart, ReplayReceipt, Replica, ReplicaUnavailable
+from market.services.verification import (
+    BindingFault,
+    ClaimedPart,
+    HopRerun,
+    ReplayReceipt,
+    Replica,
+    ReplicaUnavailable,
+)
 from market.verifier.disputes import ProjectedRows
 
 MAX_REPLAY_BYTES = 1 << 30
@@ -346,6 +353,11 @@ class InferenceWorkSource:
 
     def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> ReplayReceipt:
         return self._sequence_replay(part, chunk_index, replica)[2]
+
+    def rerun_hop(self, job_id: str, part: ClaimedPart, transcript: str, hop: int, replica: str) -> HopRerun:
+        # Chain replays through the market keep no per-hop transcript yet (their receipts carry none), so no
+        # localisation check is ever opened for them (docs/settlement.md, "A losing chain is localised").
+        raise ReplicaUnavailable(f"no per-hop transcript {transcript!r} kept by the market")
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
         if self.blobs is None:

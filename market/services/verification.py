@@ -6,6 +6,8 @@
                         per sequence -> one check id per sequence to replay
     run_check           replay one sequence on its replica, compare each of its sampled chunks with the claim; a
                         tolerance mismatch opens two dispute checks on two more replicas -> new check ids
+    open_localisations  once no check is pending: a chain replica that lost its 2-of-3 gets each hop re-run alone
+                        on two independent replicas (`LOCALISE_ROUND` checks, run by `run_check`) -> new check ids
     decide_job          once no check is pending: 2-of-3 per segment, work parts paid / unpaid, reputation,
                         slash records for the guilty
     execute_slash       `StakingVault.slash` once per (job, worker), evidence = the signed commitment's digest,
@@ -18,6 +20,7 @@ idempotent (state in the DB, compare-and-set on the run's status) so at-least-on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -30,11 +33,12 @@ from typing import Any, Protocol
 import torch
 from eth_utils import keccak, to_checksum_address
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from globai.chain.ports import EvidenceRejected, NothingToSlash, Slasher
 from globai.errors import GlobaiError
-from globai.protocol.commitments import SignedCommitment, SignedRoot
+from globai.protocol.commitments import CHUNK_TOKENS, SignedCommitment, SignedRoot
 from globai.protocol.signing import ChunkScope
 from market.db import Job, ReputationEvent, SlashRecord, VerificationCheck, VerificationRun, Worker, WorkPart
 from market.domain_errors import Conflict, NotFound
@@ -42,7 +46,7 @@ from market.scheduler.reputation import reputation
 from market.services.workers import record_outcome, worker_reputation
 from market.settlement.payout import PAID, UNPAID_FAULTY, UNPAID_SLASHED, UNPAID_UNCHECKED
 from market.verifier import sampling
-from market.verifier.compare import DEFAULT_TOLERANCES, Tolerance, shipped_model_tolerances
+from market.verifier.compare import DEFAULT_TOLERANCES, Tolerance, compare_hidden_states, shipped_model_tolerances
 from market.verifier.disputes import (
     FAULTY,
     GUILTY,
@@ -52,11 +56,16 @@ from market.verifier.disputes import (
     check_claim,
     check_structure,
     decide_segment,
+    localise_chain,
 )
 
 log = logging.getLogger(__name__)
 
 DISPUTE_ROUNDS = (1, 2)
+# A chain replica that lost its 2-of-3 is localised: re-run j of its hop i is the check of round
+# LOCALISE_ROUND + LOCALISE_RERUNS * i + j (`open_localisations`), not a vote on the audited claim.
+LOCALISE_ROUND = 10
+LOCALISE_RERUNS = 2
 
 
 class ReplicaUnavailable(GlobaiError):
@@ -125,6 +134,22 @@ class ReplayReceipt:
     signature: str = ""
     units: int = 0
     replay_id: str = ""  # one id per replay the replica ran (checks that share a replay's rows share it: paid once)
+    # A chain replay's record of every hop's input and signed answer (what `WorkSource.rerun_hop` re-runs a hop
+    # from when the chain loses); "" for a single replica.
+    transcript: str = ""
+
+
+@dataclass(frozen=True)
+class HopRerun:
+    """One hop of a chain replay re-run alone on an independent replica with exactly the input it received."""
+
+    claimed: torch.Tensor  # the rows of the hop's signed answers [n, width], as it sent them
+    rerun: torch.Tensor  # the independent replica's rows for the same input [n, width]
+    input_bound: bool  # its input was byte for byte the previous hop's signed output (hop 0: the audited input)
+    digest: str  # the hop's signed `signing.sent_digest` over one of those answers (0x-hex): the evidence
+    signature: str  # the hop's signature over `digest`
+    units: int = 0  # token positions the re-running replica ran (paid as its replay work)
+    replay_id: str = ""
 
 
 # A replay used in a check is paid like work: a work part of the replica keyed "<audited part>/r/<replay id>".
@@ -173,6 +198,12 @@ class WorkSource(Protocol):
 
     def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> ReplayReceipt:
         """The replica's signed evidence and work units for its replay of the chunk (after `replay`)."""
+        ...
+
+    def rerun_hop(self, job_id: str, part: ClaimedPart, transcript: str, hop: int, replica: str) -> HopRerun:
+        """Re-run hop `hop` of the chain replay recorded as `transcript` (`ReplayReceipt.transcript`) alone on
+        `replica` (an address, or a chain's addresses joined by "+") with exactly the input that hop received.
+        Raises `ReplicaUnavailable` when it can't now."""
         ...
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
@@ -471,6 +502,9 @@ def run_check(
     if check.status != "pending":
         session.commit()
         return job_id, []
+    if rnd >= LOCALISE_ROUND:
+        _rerun_hop(session, source, cfg, check, replica_id or "", now=now)
+        return job_id, []
     todo = [(c.id, c.chunk_index) for c in _siblings(session, check)]
     session.commit()
     part = next((p for p in source.parts(job_id) if p.work_key == work_key), None)
@@ -524,6 +558,8 @@ def run_check(
             if receipt.digest:
                 check.metrics["replica_evidence"] = receipt.digest
                 check.metrics["replica_signature"] = receipt.signature
+            if receipt.transcript:
+                check.metrics["transcript"] = receipt.transcript
         check.evidence = "0x" + signed.commitment.digest.hex()
         check.metrics["evidence_signature"] = "0x" + signed.signature.hex()
         check.decided_at = now
@@ -558,6 +594,139 @@ def run_check(
                     opened.append(row.id)
     session.commit()
     return job_id, opened
+
+
+def _rerun_hop(
+    session: Session, source: WorkSource, cfg: VerifierConfig, check: VerificationCheck, replica: str, *, now: datetime
+) -> None:
+    """Decide one re-run of a losing chain's hop: `fail` when the independent replica's rows for exactly the hop's
+    input contradict the hop's signed answer beyond the calibrated tolerance (the check's evidence is then that
+    signed answer), `pass` when they reproduce it, `void` when the hop's input was not the previous hop's signed
+    output (nothing to hold the hop to)."""
+    check_id, job_id, work_key, chunk = check.id, check.job_id, check.work_key, check.chunk_index
+    metrics = dict(check.metrics or {})
+    session.commit()
+    part = next((p for p in source.parts(job_id) if p.work_key == work_key), None)
+    if part is None:
+        raise NotFound("work part", work_key)
+    rerun = source.rerun_hop(job_id, part, str(metrics["transcript"]), int(metrics["hop_index"]), replica)
+    tol = cfg.tolerance(part.model, part.dtype)
+    # Chunk by chunk, as every claim is compared: the first chunk that disagrees decides.
+    verdicts = [
+        compare_hidden_states(rerun.claimed[at : at + CHUNK_TOKENS], rerun.rerun[at : at + CHUNK_TOKENS], tol)
+        for at in range(0, rerun.claimed.shape[0], CHUNK_TOKENS)
+    ]
+    verdict = next((v for v in verdicts if not v.ok), verdicts[-1] if verdicts else None)
+    check = session.get(VerificationCheck, check_id)  # type: ignore[assignment]
+    if check is None or check.status != "pending":
+        session.commit()
+        return
+    if not rerun.input_bound:
+        check.status, check.reason = "void", "input_not_bound"
+    elif verdict is None or rerun.claimed.shape != rerun.rerun.shape:
+        check.status, check.reason = "void", "rerun_shape"  # no rows to hold the hop to
+    else:
+        check.status, check.reason = ("pass" if verdict.ok else "fail"), verdict.reason[:128]
+        metrics.update({k: v for k, v in verdict.metrics.to_json().items() if v == v})
+    metrics.update(evidence_signature=rerun.signature, replay_units=rerun.units, replay_id=rerun.replay_id or check_id)
+    check.metrics, check.evidence, check.decided_at = metrics, rerun.digest, now
+    log.info("job %s: hop %s of a losing chain on %s#%d: %s", job_id, check.worker, work_key, chunk, check.status)
+    session.commit()
+
+
+def _lost_chains(checks: Sequence[VerificationCheck]) -> list[tuple[VerificationCheck, list[VerificationCheck]]]:
+    """Per sampled segment whose round-0 replica was a chain that lost its 2-of-3: (its round-0 check, the
+    segment's localisation checks so far)."""
+    segments: dict[tuple[str, int], list[VerificationCheck]] = defaultdict(list)
+    for c in checks:
+        segments[(c.work_key, c.chunk_index)].append(c)
+    out = []
+    for rows in segments.values():
+        votes = sorted((r for r in rows if r.round < LOCALISE_ROUND), key=lambda r: r.round)
+        if not votes or votes[0].round != 0 or not chain_hops(votes[0].metrics):
+            continue
+        _, first_lost = decide_segment([Vote(r.round, r.status, r.reason) for r in votes])
+        if first_lost:
+            out.append((votes[0], sorted((r for r in rows if r.round >= LOCALISE_ROUND), key=lambda r: r.round)))
+    return out
+
+
+def _job_checks(session: Session, job_id: str) -> Sequence[VerificationCheck]:
+    return session.scalars(select(VerificationCheck).where(VerificationCheck.job_id == job_id)).all()
+
+
+def _unlocalised(checks: Sequence[VerificationCheck]) -> list[VerificationCheck]:
+    """Round-0 chain checks that lost, carry a transcript to re-run from, and have no localisation checks yet."""
+    return [first for first, reruns in _lost_chains(checks) if not reruns and (first.metrics or {}).get("transcript")]
+
+
+def open_localisations(
+    session: Session,
+    source: WorkSource,
+    *,
+    job_id: str,
+    now: datetime,
+    rng: random.Random | None = None,
+) -> list[str]:
+    """Once no check is pending: for every chain replica that lost its 2-of-3, re-run each hop alone on
+    `LOCALISE_RERUNS` replicas of operators outside the chain and the audited worker's (each re-run a pending
+    check of the hop's address, decided by `run_check`). Returns the ids to run ([] when there is nothing to
+    localise, or another delivery opened them first: the segment's rounds are unique)."""
+    rng = rng or random.SystemRandom()
+    if _pending_ids(session, job_id):
+        session.commit()
+        return []
+    todo = [
+        (c.work_key, c.chunk_index, c.replica or "", chain_hops(c.metrics), str(c.metrics["transcript"]))
+        for c in _unlocalised(_job_checks(session, job_id))
+    ]
+    session.commit()
+    if not todo:
+        return []
+    parts = {p.work_key: p for p in source.parts(job_id)}
+    rows: list[VerificationCheck] = []
+    for work_key, chunk, replica, hops, transcript in todo:
+        part = parts[work_key]
+        chain = next((r for r in source.replicas(job_id, part) if r.ident == "+".join(a for a, _, _ in hops)), None)
+        used_ops = {part.operator_id} | (chain.operators if chain is not None else set())
+        used = {part.worker, replica} | {a for a, _, _ in hops}
+        for i, (address, lo, hi) in enumerate(hops):
+            hop = dataclasses.replace(part, worker=address, layer_start=lo, layer_end=hi, stage=lo)
+            pool = source.replicas(job_id, hop)
+            picked: set[str] = set()
+            for j in range(LOCALISE_RERUNS):
+                pick = _pick(rng, pool, used_ops | picked, used)
+                if pick is not None:
+                    picked |= pick.operators
+                rows.append(
+                    VerificationCheck(
+                        job_id=job_id,
+                        work_key=work_key,
+                        worker=address,
+                        stage=lo,
+                        chunk_index=chunk,
+                        round=LOCALISE_ROUND + LOCALISE_RERUNS * i + j,
+                        replica=None if pick is None else pick.address,
+                        status="pending" if pick else "void",
+                        reason="" if pick else "no_replica",
+                        metrics={
+                            **_chain_metrics(pick),
+                            "hop": [address, lo, hi],
+                            "hop_index": i,
+                            "transcript": transcript,
+                        },
+                        created_at=now,
+                        decided_at=None if pick else now,
+                    )
+                )
+    session.add_all(rows)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent delivery opened them: it runs them
+        session.rollback()
+        return []
+    log.info("job %s: %d losing chain(s) localised hop by hop", job_id, len(todo))
+    return [r.id for r in rows if r.status == "pending"]
 
 
 def void_check(session: Session, *, check_id: str, reason: str, now: datetime) -> str | None:
@@ -603,6 +772,8 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
     decided, never half-way. `deciding` is accepted as a start state for runs an older version left there.
     """
     pending = bool(_pending_ids(session, job_id))
+    if not pending:  # a losing chain still to localise (`open_localisations`) holds the decision too
+        pending = bool(_unlocalised(_job_checks(session, job_id)))
     session.commit()  # end the read transaction (SQLite cannot upgrade a stale read to a write)
     if pending:
         return None
@@ -616,12 +787,14 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
         return None
     job = session.get(Job, job_id)
     assert job is not None
-    checks = session.scalars(select(VerificationCheck).where(VerificationCheck.job_id == job_id)).all()
+    checks = _job_checks(session, job_id)
     segments: dict[tuple[str, int], list[VerificationCheck]] = defaultdict(list)
     for c in checks:
-        segments[(c.work_key, c.chunk_index)].append(c)
+        if c.round < LOCALISE_ROUND:  # the votes on the audited claim; re-runs of a losing chain's hops below
+            segments[(c.work_key, c.chunk_index)].append(c)
     guilty: dict[str, tuple[str, str, str]] = {}  # worker -> (evidence, finder, the worker's signature over it)
     outvoted: set[str] = set()  # checks whose replica's answer lost its segment's 2-of-3: that replay is not paid
+    proved_honest: dict[str, set[str]] = {}  # per losing chain check: hops whose re-runs reproduced their answers
     faulty_parts: set[str] = set()
     unchecked_parts: set[str] = set()  # a sampled segment no replica could check
     workers = {w.address: w for w in session.scalars(select(Worker)).all()} if checks else {}
@@ -647,8 +820,9 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
                 detail=f"{work_key}#{first.chunk_index}: {first.reason}",
             )
         outvoted.update(losing_replays(rows, outcome))
-        # A chain that lost can't say which of its hops was wrong: no reputation hit, no slash (its replays are
-        # unpaid below); a single replica that lost takes both.
+        # A single replica that lost takes a reputation hit and is slashed with its signed answer; a chain that
+        # lost is localised below (the hop its own signed answer convicts), its other hops are unpaid unless their
+        # re-runs proved them honest.
         liar = None if chain_hops(first.metrics) else workers.get(first.replica or "")
         if first_lost and liar is not None:
             record_outcome(
@@ -665,13 +839,41 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
             # worker it accused is the finder.
             signature = str((first.metrics or {}).get("replica_signature", ""))
             guilty.setdefault(first.replica, (evidence, first.worker, signature))
+    for first, reruns in _lost_chains(checks):
+        hops = chain_hops(first.metrics)
+        by_hop = [[r for r in reruns if r.metrics.get("hop_index") == i] for i in range(len(hops))]
+        index, reason, honest = localise_chain([[Vote(r.round, r.status, r.reason) for r in v] for v in by_hop])
+        if not reruns:
+            reason = "not localised: the replay kept no per-hop transcript"
+        first.metrics = {**(first.metrics or {}), "localised": reason}
+        proved_honest[first.id] = {hops[i][0] for i in honest}
+        if index is None:
+            log.warning("job %s: losing chain on %s#%d: %s", job_id, first.work_key, first.chunk_index, reason)
+            continue
+        convicting = next(r for r in by_hop[index] if r.status == "fail")
+        liar_row = workers.get(hops[index][0])
+        if liar_row is not None:
+            record_outcome(
+                session,
+                worker_id=liar_row.id,
+                kind="fail",
+                now=now,
+                job_id=job_id,
+                detail=f"lied as hop {index} of a chain replay of {first.work_key}#{first.chunk_index}",
+            )
+        # Its own signed answer, contradicted by two independent re-runs of its own input: provable, slashable;
+        # the worker the chain accused is the finder.
+        signature = str(convicting.metrics.get("evidence_signature", ""))
+        guilty.setdefault(hops[index][0], (convicting.evidence, first.worker, signature))
     parts = {p.work_key: p for p in session.scalars(select(WorkPart).where(WorkPart.job_id == job_id))}
     for check in checks:  # every replay a check used is work of its replica (of each hop of a chain)
         units = (check.metrics or {}).get("replay_units")
         audited = parts.get(check.work_key)
         if check.replica is None or not isinstance(units, int) or audited is None:
             continue
-        hops = chain_hops(check.metrics) or [(check.replica, audited.layer_start, audited.layer_end)]
+        span = (check.metrics or {}).get("hop")  # a re-run of one hop of a losing chain runs that hop's layers
+        lo, hi = (int(span[1]), int(span[2])) if span else (audited.layer_start, audited.layer_end)
+        hops = chain_hops(check.metrics) or [(check.replica, lo, hi)]
         for i, (address, lo, hi) in enumerate(hops):
             replay_id = str((check.metrics or {}).get("replay_id") or check.id)
             key = replay_key(check.work_key, replay_id) + (f"/{i}" if len(hops) > 1 else "")
@@ -691,7 +893,7 @@ def decide_job(session: Session, cfg: VerifierConfig, *, job_id: str, now: datet
                     rate=0.0,
                 )
                 session.add(parts[key])
-            if check.id in outvoted:
+            if check.id in outvoted and address not in proved_honest.get(check.id, set()):
                 faulty_parts.add(key)  # its answer lost the 2-of-3 (and slashes it where it signed it)
     for part in parts.values():
         if part.worker in guilty:

@@ -1,4 +1,5 @@
-"""Celery verification tasks: sample -> replay on replicas -> compare -> (2-of-3 dispute) -> slash -> settle.
+"""Celery verification tasks: sample -> replay on replicas -> compare -> (2-of-3 dispute) -> (a losing chain:
+re-run each hop) -> slash -> settle.
 
 Thin and idempotent (ids in, state in the DB, `acks_late`): a redelivered or duplicated task finds its work done
 and only re-enqueues what is still pending. Each step enqueues the next after its own commit; a step whose
@@ -75,9 +76,13 @@ def replay_check(self: Task, check_id: str) -> str:
 
 @shared_task(bind=True, name="market.verification.finish_job", **RETRY)
 def finish_job(self: Task, job_id: str) -> str:
-    """Decide the job once no replay is pending; slash the guilty, then settle."""
+    """Decide the job once no replay is pending (a chain replica that lost is first localised hop by hop:
+    `open_localisations`); slash the guilty, then settle."""
     rt = runtime(self.app)
     with rt.session() as session:
+        opened = svc.open_localisations(session, work_source(self.app), job_id=job_id, now=_now())
+        for check_id in opened:
+            replay_check.apply_async((check_id,))
         decision = svc.decide_job(session, verifier_config(self.app), job_id=job_id, now=_now())
         if decision is None:
             run = session.get(VerificationRun, job_id)

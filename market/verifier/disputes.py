@@ -18,6 +18,10 @@ the market projected the rows it received on seeded random directions (`Projecte
 against the worker, and two more replicas (other operators) replay the segment; the worker is guilty when at
 least two of the three replays disagree with its claim. When the two extra replicas both agree with the worker,
 the first replica lost the dispute (its own reputation takes the failure).
+
+A chain replica that lost is localised hop by hop (`localise_chain`): every hop signed its answer and hop i's
+input was hop i-1's signed output (the market relayed it), so each hop is re-run alone with exactly the input it
+received on two independent replicas; a hop whose signed output both re-runs contradict lied on its own input.
 """
 
 from __future__ import annotations
@@ -158,3 +162,31 @@ def decide_segment(votes: Sequence[Vote]) -> tuple[str, bool]:
         return GUILTY, False
     # Two replicas of other operators reproduced the claim: the first replica was wrong (or lying).
     return CLEARED, passes >= 2
+
+
+def localise_chain(reruns: Sequence[Sequence[Vote]]) -> tuple[int | None, str, set[int]]:
+    """(liar hop, reason, hops proved honest) of a chain replica that lost its 2-of-3, from the votes of each hop's
+    independent re-runs (in hop order; `pass`: the re-run reproduced the hop's signed output within tolerance,
+    `fail`: it did not, `void`: no independent replica, or the hop's input was not the previous hop's signed
+    output). The liar is the first hop that two re-runs contradict (2-of-3 against its own signed answer); a hop
+    is honest when at least one re-run reproduced it and none contradicted it. Otherwise no hop is localised."""
+    honest = {
+        i for i, votes in enumerate(reruns) if _decided(votes) and all(v.status == "pass" for v in _decided(votes))
+    }
+    for i, votes in enumerate(reruns):
+        if sum(v.status == "fail" for v in votes) >= 2:
+            return i, f"hop {i} contradicted by {len(_decided(votes))} independent re-runs", honest
+    undecided = [i for i in range(len(reruns)) if i not in honest]
+    if not undecided:
+        return None, "every hop reproduced by its re-runs: the chain's loss is not one hop's lie", honest
+    return None, f"hop {undecided[0]} not localised: {_why(reruns[undecided[0]])}", honest
+
+
+def _decided(votes: Sequence[Vote]) -> list[Vote]:
+    return [v for v in votes if v.status in ("pass", "fail")]
+
+
+def _why(votes: Sequence[Vote]) -> str:
+    if not _decided(votes):
+        return ", ".join(sorted({v.reason or v.status for v in votes})) or "not re-run"
+    return "its re-runs disagree"

@@ -18,7 +18,7 @@ from globai.chain.client import ChainClient
 from globai.chain.deploy import GLB
 from globai.protocol.sketch import DEFAULT_K
 from market.db import SettlementReport, SlashRecord, VerificationCheck, VerificationRun, WorkPart
-from market.services.verification import ClaimedPart, ReplayReceipt, VerifierConfig, is_replay, open_run
+from market.services.verification import ClaimedPart, HopRerun, ReplayReceipt, VerifierConfig, is_replay, open_run
 from market.tasks.celery_app import create_celery, runtime
 from market.tasks.verification import verify_job
 from market.tasks.verifier_runtime import configure_verifier
@@ -47,6 +47,9 @@ class Router:
 
     def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> ReplayReceipt:
         return self.by_job[job_id].replay_evidence(job_id, part, chunk_index, replica)
+
+    def rerun_hop(self, job_id: str, part: ClaimedPart, transcript: str, hop: int, replica: str) -> HopRerun:
+        return self.by_job[job_id].rerun_hop(job_id, part, transcript, hop, replica)
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int):  # type: ignore[no-untyped-def]
         return self.by_job[job_id].held(job_id, part, chunk_index)

@@ -32,7 +32,7 @@ from globai.protocol.commitments import (
     tensor_sha256,
 )
 from globai.protocol.signing import ChunkScope, sent_digest, sign_digest
-from market.services.verification import BindingFault, ClaimedPart, ReplayReceipt, Replica
+from market.services.verification import BindingFault, ClaimedPart, HopRerun, ReplayReceipt, Replica
 from market.verifier import cheats
 from market.verifier.calibrate import CalibrationSettings, scenarios, torch_threads
 from market.verifier.compare import project_rows
@@ -81,10 +81,23 @@ class SimWorker:
     colludes_with: str | None = None  # address whose claims this replica confirms
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
     layers: tuple[int, int] = STAGE  # what it serves: a half of the stage makes it a hop of a chain replica
+    weight: float = 1.0  # its replica draw weight (a chain's: its weakest hop's, as the market offers them)
 
     @property
     def address(self) -> str:
         return str(self.account.address)
+
+
+@dataclass(frozen=True)
+class HopAnswer:
+    """What one hop of a replay got and answered, and its signed hash over the answer (its evidence)."""
+
+    address: str
+    layers: tuple[int, int]
+    input: torch.Tensor  # [tokens, hidden]
+    output: torch.Tensor  # [tokens, width]
+    digest: str
+    signature: str
 
 
 @dataclass
@@ -120,6 +133,7 @@ class SimNetwork:
         self._scenarios = scenarios(CalibrationSettings(spec=self.spec, stage=STAGE, prefix_len=20))
         self._cheat_models: dict[str, torch.nn.Module] = {}
         self.replay_digests: dict[tuple[str, str, int, str], ReplayReceipt] = {}  # -> signed digest, units
+        self.transcripts: dict[str, list[HopAnswer]] = {}  # a chain replay's id -> what each hop got and signed
 
     # --- workers -----------------------------------------------------------------------------------------------
     def add_worker(self, operator: str, behaviour: str = "honest", **kw: object) -> SimWorker:
@@ -262,11 +276,13 @@ class SimNetwork:
         return signed, part.tree.proof(signed.commitment.leaf)
 
     def replicas(self, job_id: str, part: ClaimedPart) -> list[Replica]:
-        """Workers serving the whole stage; where none of another operator does, chains of a first-half and a
-        second-half worker of two other operators (as `verify_replay.replica_chains` offers them)."""
-        whole = [w for w in self.workers.values() if w.layers == STAGE and w.address != part.worker]
-        found = [Replica(w.address, w.operator) for w in whole]
-        if any(w.operator != part.operator_id for w in whole):
+        """Workers serving exactly the part's layers (the stage, or one half of it when a chain's hop is re-run);
+        where none of another operator serves the stage, chains of a first-half and a second-half worker of two
+        other operators (as `verify_replay.replica_chains` offers them)."""
+        layers = (part.layer_start, part.layer_end)
+        whole = [w for w in self.workers.values() if w.layers == layers and w.address != part.worker]
+        found = [Replica(w.address, w.operator, w.weight) for w in whole]
+        if any(w.operator != part.operator_id for w in whole) or layers != STAGE:
             return found
         mid = (STAGE[0] + STAGE[1]) // 2
         firsts = [w for w in self.workers.values() if w.layers == (STAGE[0], mid)]
@@ -278,7 +294,7 @@ class SimNetwork:
                 continue
             used |= {a.operator, b.operator}
             hops = ((a.address, a.operator, STAGE[0], mid), (b.address, b.operator, mid, STAGE[1]))
-            found.append(Replica(a.address, a.operator, chain=hops))
+            found.append(Replica(a.address, a.operator, min(a.weight, b.weight), chain=hops))
         return found
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
@@ -295,32 +311,74 @@ class SimNetwork:
         return []  # no coordinator in between here: binding is checked when a chunk is sampled (`held`)
 
     def replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
-        out = self._replay(job_id, part, chunk_index, replica)
-        # The replica signs its answer as a worker signs any forward answer (a fresh run-like scope).
-        scope = ChunkScope(
+        out, answers = self._replay(job_id, part, chunk_index, replica)
+        # Every hop signs its answer as a worker signs any forward answer (a fresh run-like scope).
+        scope = self._replay_scope(job_id, part, chunk_index, replica)
+        signed = [self._signed(scope, hop, x, y) for hop, x, y in answers]
+        seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
+        units = min((pc + 1) * 32, int(self._part(job_id, part.work_key).inputs[seq].shape[0]))  # its prefill
+        replay_id = str(uuid.uuid4())
+        with self._lock:
+            # A chain's answer is not one hop's alone: no evidence against any of them (as the market does), but
+            # what each hop got and signed is kept, to re-run a hop alone if the chain loses.
+            chain = len(signed) > 1
+            last = signed[-1]
+            self.replay_digests[(job_id, part.work_key, chunk_index, replica)] = ReplayReceipt(
+                "" if chain else last.digest,
+                "" if chain else last.signature,
+                units,
+                replay_id,
+                replay_id if chain else "",
+            )
+            if chain:
+                self.transcripts[replay_id] = signed
+        return out
+
+    @staticmethod
+    def _replay_scope(job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> ChunkScope:
+        return ChunkScope(
             CHAIN_ID,
             keccak(text=f"replay/{job_id}/{chunk_index}/{replica}"),
             keccak(text=f"replay/{job_id}/{part.work_key}"),
             part.stage,
             b"\x01" * 32,
         )
-        digest = sent_digest(scope, 0, 0, tensor_sha256(out))
-        signature = sign_digest(self.workers[replica.split("+")[-1]].account, digest)
-        seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
-        units = min((pc + 1) * 32, int(self._part(job_id, part.work_key).inputs[seq].shape[0]))  # its prefill
+
+    def _signed(self, scope: ChunkScope, worker: SimWorker, x: torch.Tensor, y: torch.Tensor) -> HopAnswer:
+        digest = sent_digest(scope, 0, 0, tensor_sha256(y))
+        signature = sign_digest(worker.account, digest)
+        return HopAnswer(worker.address, worker.layers, x, y, "0x" + digest.hex(), "0x" + signature.hex())
+
+    def rerun_hop(self, job_id: str, part: ClaimedPart, transcript: str, hop: int, replica: str) -> HopRerun:
+        """Hop `hop` of a recorded chain replay re-run alone on `replica` with exactly the input it received."""
         with self._lock:
-            # A chain's answer is not one hop's alone: no evidence against any of them (as the market does).
-            chain = "+" in replica
-            self.replay_digests[(job_id, part.work_key, chunk_index, replica)] = ReplayReceipt(
-                "" if chain else "0x" + digest.hex(), "" if chain else "0x" + signature.hex(), units, str(uuid.uuid4())
-            )
-        return out
+            answers = self.transcripts[transcript]
+            self.replays += 1
+        got = answers[hop]
+        before = answers[hop - 1].output if hop > 0 else None
+        bound = before is None or tensor_sha256(got.input) == tensor_sha256(before)
+        rerun = self._run_hops([self.workers[a] for a in replica.split("+")], got.input)
+        return HopRerun(got.output, rerun, bound, got.digest, got.signature, int(got.input.shape[0]), str(uuid.uuid4()))
+
+    def _run_hops(self, hops: list[SimWorker], x: torch.Tensor) -> torch.Tensor:
+        """Rows [tokens, width] of `hops` run in order on `x` [tokens, hidden]; a lazy hop answers x1.10 of its
+        honest output without the work (as a single lazy replica does)."""
+        h = x.unsqueeze(0)
+        with torch_threads(CalibrationSettings().threads[0]):  # the calibration's reference replay
+            for w in hops:
+                h = run_stage(self.model, h, w.layers)
+                if w.behaviour == "lazy_replica":
+                    h = h * 1.10
+        return h[0]
 
     def replay_evidence(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> ReplayReceipt:
         with self._lock:
             return self.replay_digests.get((job_id, part.work_key, chunk_index, replica), ReplayReceipt())
 
-    def _replay(self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str) -> torch.Tensor:
+    def _replay(
+        self, job_id: str, part: ClaimedPart, chunk_index: int, replica: str
+    ) -> tuple[torch.Tensor, list[tuple[SimWorker, torch.Tensor, torch.Tensor]]]:
+        """The chunk's replayed rows, and per hop (worker, the input it got, its answer) [tokens, width]."""
         sim = self._part(job_id, part.work_key)
         seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
         start, stop = pc * 32, min((pc + 1) * 32, sim.inputs[seq].shape[0])
@@ -328,13 +386,13 @@ class SimNetwork:
         with self._lock:
             self.replays += 1
         if any(w.behaviour == "colluder" and w.colludes_with == part.worker for w in hops):
-            return sim.outputs[seq][start:stop].clone()  # confirms whatever the cheater claimed
-        with torch_threads(CalibrationSettings().threads[0]):  # the calibration's reference replay
-            # The recorded input up to the chunk's end: attention needs the chunk's whole prefix.
-            h = sim.inputs[seq][:stop].unsqueeze(0)
-            for w in hops:  # a chain: each hop's layers on the previous hop's output
-                h = run_stage(self.model, h, w.layers)
-            honest = h[0, start:stop]
-        if any(w.behaviour == "lazy_replica" for w in hops):  # answers without doing the work: fails every check
-            return honest * 1.10
-        return honest
+            claimed = sim.outputs[seq][:stop].clone()  # confirms whatever the cheater claimed
+            return claimed[start:stop], [(hops[-1], sim.inputs[seq][:stop], claimed)]
+        # The recorded input up to the chunk's end: attention needs the chunk's whole prefix; a chain runs each
+        # hop's layers on the previous hop's answer.
+        h = sim.inputs[seq][:stop]
+        answers = []
+        for w in hops:
+            x, h = h, self._run_hops([w], h)
+            answers.append((w, x, h))
+        return h[start:stop], answers

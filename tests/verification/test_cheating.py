@@ -10,7 +10,7 @@ import torch
 
 from globai.chain.deploy import GLB
 from globai.protocol.sketch import DEFAULT_K
-from market.services.verification import VerifierConfig
+from market.services.verification import LOCALISE_ROUND, VerifierConfig
 from market.verifier import sampling
 from tests.verification.conftest import Harness, JobResult
 from tests.verification.network import HONEST_DRIFTS, SimNetwork, SimWorker
@@ -381,3 +381,50 @@ def test_span_covered_only_by_half_range_replicas_is_checked_through_chains(harn
     )
     assert r_held.parts == {alone.address: "unpaid_unchecked"} and not r_held.replays
     assert {c.reason for c in r_held.checks} == {"no_replica"}
+
+
+def test_lying_hop_of_a_losing_chain_is_localised_and_slashed(harness: Harness) -> None:
+    """Nobody else serves the audited stage whole: its checks run through chains of half-range workers. One
+    first-half worker answers without doing the work (x1.10 of its honest answer): the chain through it fails the
+    honest worker's claim and loses the 2-of-3 to two honest chains. Each hop of the losing chain is then re-run
+    alone, on exactly the input it received, by two half-range workers of other operators: the lying hop's own
+    signed answer is contradicted by both and slashes it; its honest partner (fed the liar's answer) is reproduced
+    by both and paid for its replay; the honest worker is paid; the re-runs are paid; the audit passes."""
+    from market.audit.job import audit_job
+
+    harness.configure(fixed_rate(1.0))
+    net = SimNetwork()
+    mid = (1 + 3) // 2
+    honest = net.add_worker("op-w")
+    halves = [net.add_worker(f"op-h{i}", layers=(1, mid) if i % 2 == 0 else (mid, 3)) for i in range(6)]
+    liar, partner = halves[0], halves[1]  # paired into one chain (`SimNetwork.replicas`)
+    liar.behaviour = "lazy_replica"
+    liar.weight = partner.weight = 1e6  # the chain through them is drawn first for every sequence
+    for w in (honest, *halves):
+        stake(harness, w)
+    inputs = net.stage_inputs(910, LENGTHS)
+    (r,) = harness.wait(
+        [harness.job(net, lambda job_id: [net.do_work(job_id, honest, inputs, work_key=f"{job_id}/w")])]
+    )
+    assert r.parts == {honest.address: "paid"}  # the accused worker is cleared
+    assert r.slashed == {liar.address: "confirmed"}
+    firsts = [c for c in r.checks if c.round == 0]
+    assert firsts and all(c.status == "fail" and c.metrics["chain"][0][0] == liar.address for c in firsts)
+    assert all("hop 0 contradicted" in c.metrics["localised"] for c in firsts)
+    reruns = [c for c in r.checks if c.round >= LOCALISE_ROUND]
+    assert len(reruns) == 2 * 2 * len(firsts)  # two re-runs of each of the two hops per lost segment
+    assert all(c.status == ("fail" if c.worker == liar.address else "pass") for c in reruns)
+    assert all(c.replica not in (liar.address, partner.address) for c in reruns)
+    slash = next(c for c in reruns if c.worker == liar.address)
+    assert slash.evidence.startswith("0x") and slash.metrics["evidence_signature"].startswith("0x")
+    # Pay: the liar nothing; its honest partner its replays; the dispute chains and the re-runs theirs.
+    by_worker: dict[str, set[str]] = {}
+    for address, units, status in r.replays:
+        assert units > 0
+        by_worker.setdefault(address, set()).add(status)
+    assert by_worker.pop(liar.address) == {"unpaid_slashed"}
+    assert all(statuses == {"paid"} for statuses in by_worker.values()), by_worker
+    assert partner.address in by_worker
+    assert r.report is not None and liar.address not in {p["payee"] for p in r.report["payees"]}
+    result = audit_job(harness.funder.client, harness.funder.c.escrow, r.report)
+    assert result.ok, result.reason
