@@ -53,10 +53,12 @@ def reference_throughput(device: str = "cpu", tokens: int = 128, repeats: int = 
         vocab_size=512,
     )
     config._attn_implementation = "eager"
+    # float32 spelled out, never the process's default dtype: another thread of the process (the market loading a
+    # bfloat16 reference model, in-process workers in tests) may switch that default while the probe builds.
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        layer = LlamaDecoderLayer(config, layer_idx=0).to(device).eval()
-        hidden = torch.randn(1, tokens, 256, device=device)
+        layer = LlamaDecoderLayer(config, layer_idx=0).to(device=device, dtype=torch.float32).eval()
+        hidden = torch.randn(1, tokens, 256, device=device, dtype=torch.float32)
     rotary = LlamaRotaryEmbedding(config=config).to(device)
     positions = torch.arange(tokens, device=device)[None]
     best = float("inf")
