@@ -182,3 +182,33 @@ def test_one_disagreeing_incumbent_does_not_keep_an_honest_newcomer_out(
         references.max_bytes = 64 << 20
         for w in workers:
             w.stop()
+
+
+def test_patient_cheat_answers_the_first_session_after_each_connection_honestly() -> None:
+    """The test cheater every story uses (`noise`, patient): every connection starts with a join challenge, so it
+    is honest in the first session after each hello, also after a reconnection (a market process it was on died:
+    the next one challenges it again), and cheats in every other session, each keeping what it was first given."""
+
+    class Stage:
+        def forward(self, session: str, inputs: torch.Tensor) -> torch.Tensor:
+            return inputs.clone()
+
+    class Server:
+        merge_steps = True
+        stage = Stage()
+
+        def hello(self) -> bytes:
+            return b"hello"
+
+    server = Server()
+    apply_cheat(server, "noise")
+    x = torch.ones(1, 2, 4)
+
+    def honest(session: str) -> bool:
+        return torch.equal(server.stage.forward(session, x), x)
+
+    assert server.hello() == b"hello"
+    assert honest("challenge-1") and not honest("job") and not honest("replay")
+    server.hello()  # reconnected to another market process
+    assert honest("challenge-2") and not honest("job-resumed")
+    assert not honest("job") and honest("challenge-1")  # decided when first seen

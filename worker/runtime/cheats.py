@@ -9,10 +9,11 @@ must catch them by replaying sampled chunks on other workers:
 what it sends: the coordinator must find the commitment contradicting the sent rows and the worker be slashed.
 `sketch_v1` computes honestly but commits with the obsolete version-1 sketch (top-8 fp16, no projection), which
 misses changes outside the top-8: the coordinator must refuse such commitments and the work never be paid.
-A cheat is patient by default: its worker answers its first session honestly (`honest_sessions` = 1), since that is
-the market's join challenge for any cheater that knows about it (the challenge looks like ordinary work, so the
-first session is all a cheater can spare); `MODE:0` cheats from the first session on (the join challenge must keep
-it out of every route).
+A cheat is patient by default: its worker answers its first session after each connection honestly
+(`honest_sessions` = 1), since that is the market's join challenge for any cheater that knows about it (the
+challenge looks like ordinary work, so the first session is all a cheater can spare; every connection is
+challenged, also a reconnection to the next market process after the one it was on died); `MODE:0` cheats from the
+first session on (the join challenge must keep it out of every route).
 Never enable this outside tests: it gets a worker slashed.
 """
 
@@ -44,16 +45,22 @@ COMMIT_CHEATS = ("sketch_v1",)
 
 
 class _Patience:
-    """Honest in the first `n` sessions the worker sees, cheating in every later one."""
+    """Honest in the first `n` sessions the worker sees after each connection, cheating in every other one (a
+    session keeps what was decided when it was first seen)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.seen: list[Any] = []
+        self.left = n
+        self.decided: dict[Any, bool] = {}
+
+    def connected(self) -> None:
+        self.left = self.n
 
     def cheats(self, session: Any) -> bool:
-        if session not in self.seen:
-            self.seen.append(session)
-        return self.seen.index(session) >= self.n
+        if session not in self.decided:
+            self.decided[session] = self.left <= 0
+            self.left = max(self.left - 1, 0)
+        return self.decided[session]
 
 
 def apply_cheat(server: Any, spec: str) -> None:
@@ -64,6 +71,13 @@ def apply_cheat(server: Any, spec: str) -> None:
         raise ValueError(f"cheat {spec!r}: the number of honest sessions must be a whole number")
     patience = _Patience(int(honest or 1))
     server.merge_steps = False
+    hello = server.hello
+
+    def hello_on_connect() -> bytes:  # sent first on every connection: a join challenge comes next
+        patience.connected()
+        return hello()
+
+    server.hello = hello_on_connect
     if mode in SEND_CHEATS:
         _unbound(server, patience)
     elif mode in COMMIT_CHEATS:
