@@ -1,9 +1,11 @@
-"""A long paid job end to end: 16 prompts of 512 tokens + 256 new tokens (two batches of 8 x 768 positions), with
+"""A long paid job end to end: 16 prompts of 512 tokens + 64 new tokens (two batches of 8 x 576 positions), with
 the demo's cheating worker on layers [0, 2). Before commitments travelled as a binary frame, the first stage's
 prefill answer (8 x 16 signed chunk commitments) overflowed the 64 KiB JSON header and the job failed; verifier
 replays of the last stage (one [8, 768, vocab] frame) were refused as oversized. Now the job must generate, the
 cheater be caught and slashed, the honest worker paid, and both audits pass - through the real processes
-(Anvil, Redis, Celery worker + beat, market, worker daemons), on the tiny model."""
+(Anvil, Redis, Celery worker + beat, market, worker daemons), on the tiny model. (The prompts make it long: 512
+positions per sequence before the first new token; 64 new tokens take every sequence into its 18th chunk. It ran
+256 new tokens until 2026-12-03: 62 s in the suite, against 35 s now, for no further property.)"""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from market.demo.paid_inference import run_paid_inference
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 16, 512, 256
+PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 16, 512, 64
 
 
 def long_prompts() -> list[str]:
@@ -69,4 +71,4 @@ def test_long_paid_job_verifies_settles_audits(chain: Any, deployment: Any, redi
     assert out.escrow_status == 2
     assert out.audit_job[0], out.audit_job[1]
     assert out.audit_chain[0], out.audit_chain[1]
-    print(f"\nlong job (16x512+256): {time.monotonic() - started:.1f} s {out.timings} verification {v}")
+    print(f"\nlong job (16x512+64): {time.monotonic() - started:.1f} s {out.timings} verification {v}")
