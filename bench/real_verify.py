@@ -8,8 +8,9 @@ chat prompts (different lengths, rendered with the model's template) through two
 (layers [0, 15) and [15, 30)), prefill then greedy KV-cache decode until every sequence reaches end-of-sequence
 (`run_pipeline_local`, the coordinator's driver), at `--worker-threads` torch threads. The verifier's replay of a
 chunk is what `market/coordinator/verify_replay.py` sends a replica (`chunk_replay`): the chunk's sequence alone,
-its recorded calls concatenated into one prefill up to the chunk's end (the last stage: the prefix, then the
-chunk's positions with every row's logits) in a fresh session, here at `--replica-threads`. Every committed chunk
+its recorded calls concatenated into one prefill answering every row (the last stage: every row's logits, as a
+prompt-scoring request) up to a random point past the chunk's end, then 0..3 one-token decode steps, in a fresh
+session, here at `--replica-threads`. Every committed chunk
 (32 positions of hidden states on the first stage; the last-token logits rows on the last stage) is judged with
 the model's shipped tolerance (`market/verifier/tolerances/`) from the worker's sketch as committed (version 2,
 k = 1, with its projections), from the old version-1 k = 8 sketch, and from the full tensor. The bench reports
@@ -85,7 +86,7 @@ def recorded_part(record: Recorded, stage: int, last: bool) -> RecordedPart:
         calls.append(RecordedCall(len(calls), seen, last, tensors))
         seen += x.shape[1]
         committed.extend([seen - 1] if last else range(seen - x.shape[1], seen))
-    return RecordedPart("", 0, 0, calls, committed)
+    return RecordedPart("", 0, 0, calls, committed, last_stage=last)
 
 
 def replay_chunk(replica: Stage, part: RecordedPart, chunk: int, claimed: torch.Tensor) -> torch.Tensor:
@@ -218,12 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Honest jobs on SmolLM2-135M-Instruct: each a batch of {args.batch} chat prompts (left-padded), two stages "
         f"([0, 15) and [15, 30)), greedy KV-cache decode for {args.max_new_tokens} steps (a sequence past its "
         "end-of-sequence token is fed the pad id, as the coordinator does) at "
-        f"{args.worker_threads} thread(s); the verifier's replay of a chunk is a prefill of that sequence alone up "
-        f"to the chunk's end in a fresh session at {args.replica_threads} threads (`verify_replay.chunk_replay`, "
-        "what the market asks a replica). Every committed chunk "
-        "of both stages is judged with the model's shipped tolerance (`market/verifier/tolerances/`): from the "
-        "sketch as committed (version 2, k = 1: top-1 and a projection seeded by the chunk's sha256), from the "
-        "version-1 k = 8 sketch committed before, and from the full tensor.",
+        f"{args.worker_threads} thread(s); the verifier's replay of a chunk is a prefill of that sequence alone "
+        "answering every row (logits on the last stage, as a prompt-scoring request) up to a random point past the "
+        "chunk's end, then 0..3 one-token decode steps, in a fresh session at "
+        f"{args.replica_threads} threads (`verify_replay.chunk_replay`, what the market asks a replica). "
+        "Every committed chunk of both stages is judged with the model's shipped tolerance "
+        "(`market/verifier/tolerances/`): from the sketch as committed (version 2, k = 1: top-1 and a projection "
+        "seeded by the chunk's sha256), from the version-1 k = 8 sketch committed before, and from the full tensor.",
         "",
         "| dtype | jobs | positions decoded (batch x steps) | chunks checked | failed (sketch v2 k=1, as committed) "
         "| failed (sketch v1 k=8, before) | failed (full tensor) | bit-identical |",

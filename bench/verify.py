@@ -9,11 +9,13 @@ Measured in one process, process CPU time, torch threads as given:
    the worker's commitments (`worker.runtime.commits`: sketch + signature per 32-token chunk, signed answers, root).
 2. verification at the default policy, per stage part: the sampling draw (per sequence), then per sampled
    sequence what the market does (`market/coordinator/verify_replay.chunk_replay`): an ordinary-looking batch-1
-   generation session of that sequence on the replica up to its last committed chunk (a prefill of a random prefix,
-   then one-token decode steps; on the last stage each committed row is a decode step's last-token logits) with its
+   session of that sequence on the replica up to a random point past its last committed chunk (one prefill
+   answering every row - on the last stage a prompt-scoring request's logits, OpenAI `echo` + `logprobs` - then
+   0..3 one-token decode steps; the prefill bounded by `StageLimits.max_scoring_rows` on the last stage) with its
    own commitments and signed answers, and the verifier's check of every chunk of the sequence against that one
    replay (`check_claim`: signatures, Merkle proof, whole held tensor on the hidden-state stage, the market's
-   seeded projections on the logits); side by side, the same sequence as one prefill (cheaper, recognisable).
+   seeded projections on the logits); side by side, the same sequence as one prefill up to the chunk's end with
+   no decode steps (the lower bound of a replay).
 3. side by side, on the same recorded run: the policy this replaced (chunks drawn one by one at a per-job rate,
    each replayed alone).
 4. power: P(a worker cheating in a fraction f of its sequences is caught in 1 job and before it has served the
@@ -48,6 +50,7 @@ from globai.models.reference import run_pipeline_local  # noqa: E402
 from globai.models.tokenizer import load_tokenizer  # noqa: E402
 from globai.protocol import merkle  # noqa: E402
 from globai.protocol.commitments import SignedRoot, sign_commitment, sign_task_root  # noqa: E402
+from globai.protocol.pipeline import StageLimits  # noqa: E402
 from globai.protocol.signing import ChunkScope  # noqa: E402
 from market.coordinator.chat import render_chat  # noqa: E402
 from market.coordinator.service import left_pad  # noqa: E402
@@ -203,9 +206,8 @@ def run_on_replica(replica: Stage, calls: list[RecordedCall], account, sid: str)
 
 
 def prefill_replay(rec: RecordedPart, chunk: int) -> ChunkReplay:
-    """For comparison only: the same sequence as one prefill with every row back (hidden states), or the prompt
-    with its last-token logits then the rest in one call with every row's logits (last stage). Cheaper, but
-    recognisable on the wire (ordinary work never asks a many-row logits answer), so not what the market sends."""
+    """For comparison only: the same sequence as one prefill up to the chunk's end with every row back, no decode
+    steps and no random session end: the lower bound of what a replay costs."""
     shaped = chunk_replay(rec, chunk, random.Random(0))
     seq = chunk >> 32
     x = torch.cat([c.tensors[0][seq : seq + 1] for c in rec.calls], dim=1)
@@ -216,13 +218,8 @@ def prefill_replay(rec: RecordedPart, chunk: int) -> ChunkReplay:
     pad = int(mask[0].nonzero().flatten()[0])
     end = shaped.positions[-1] + 1
     x, pos = x[:, pad:end], pos[:, pad:end]
-    if not shaped.last_token_only:
-        calls = [RecordedCall(0, 0, False, [x.contiguous(), pos.contiguous()])]
-        return ChunkReplay(calls, [(0, p - pad) for p in shaped.positions], shaped.positions, False)
-    first = shaped.positions[0] - pad
-    calls = [RecordedCall(0, 0, True, [x[:, :first].contiguous(), pos[:, :first].contiguous()])] if first else []
-    calls.append(RecordedCall(len(calls), first, False, [x[:, first:].contiguous(), pos[:, first:].contiguous()]))
-    return ChunkReplay(calls, [(len(calls) - 1, p - pad - first) for p in shaped.positions], shaped.positions, False)
+    calls = [RecordedCall(0, 0, False, [x.contiguous(), pos.contiguous()])]
+    return ChunkReplay(calls, [(0, p - pad) for p in shaped.positions], shaped.positions, shaped.last_stage)
 
 
 def before_rate(history: sampling.WorkerHistory, chunks_per_job: int) -> float:
@@ -275,10 +272,17 @@ class Costs:
     failures: int = 0
 
 
-def measure(parts, replicas, model: str, layers, account, replica_account, tol, before_sequences: int) -> Costs:  # type: ignore[no-untyped-def]
-    """Replay every sequence of every part once, as the market does (now) and as one prefill (for comparison),
-    and every chunk of the first `before_sequences` sequences alone (before), on a replica, timing each, and check
-    every chunk against each replay."""
+def measure(
+    parts, replicas, model: str, layers, account, replica_account, tol, before_sequences: int, max_rows: int
+) -> Costs:  # type: ignore[no-untyped-def]
+    """Replay every sequence of every part once, as the market does (now; a last-stage prefill answers at most
+    `max_rows` rows, the scoring bound) and as one prefill (for comparison), and every chunk of the first
+    `before_sequences` sequences alone (before), on a replica, timing each, and check every chunk against each
+    replay."""
+
+    def as_market(rec: RecordedPart, chunk: int) -> ChunkReplay:
+        return chunk_replay(rec, chunk, max_prefill_rows=max_rows)
+
     costs = Costs([], [], [], before_sequences)
     for part, replica, span in zip(parts, replicas, layers, strict=True):
         rec = recorded(part, model, span)
@@ -289,7 +293,7 @@ def measure(parts, replicas, model: str, layers, account, replica_account, tol, 
         for lst in (costs.sequence, costs.prefill, costs.chunk):
             lst.append([])
         for seq, seq_chunks in sorted(by_seq.items()):
-            for make, into in ((chunk_replay, costs.sequence), (prefill_replay, costs.prefill)):
+            for make, into in ((as_market, costs.sequence), (prefill_replay, costs.prefill)):
                 wanted = make(rec, seq_chunks[-1])
                 t0 = cpu()
                 outs = run_on_replica(replica, wanted.calls, replica_account, "replay") if wanted.calls else []
@@ -299,7 +303,7 @@ def measure(parts, replicas, model: str, layers, account, replica_account, tol, 
             if seq >= before_sequences:
                 continue
             for chunk in seq_chunks:  # before: each chunk its own replay, as the market sends it
-                wanted = chunk_replay(rec, chunk)
+                wanted = as_market(rec, chunk)
                 t0 = cpu()
                 outs = run_on_replica(replica, wanted.calls, replica_account, "before") if wanted.calls else []
                 check_chunks(part, rec, kept, [chunk], wanted, outs, account, tol)
@@ -401,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = [Stage(model_dir, a, b) for a, b in layers]
     replicas = [Stage(model_dir, a, b) for a, b in layers]
     tol = shipped_model_tolerances()[manifest.name][manifest.dtype]
+    max_rows = StageLimits.for_manifest(manifest).max_scoring_rows  # a scoring prefill's bound (float32: 170)
     account, replica_account = Account.create(), Account.create()
     rows = []
     made: dict[tuple[int, int], tuple] = {}  # type: ignore[type-arg]
@@ -409,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     for batch, new, runs, labels in jobs:
         if (batch, new) not in made:
             parts, job_s, commit_s, prompt = run_job(model_dir, workers, batch, new, account)
-            costs = measure(parts, replicas, manifest.name, layers, account, replica_account, tol, 2)
+            costs = measure(parts, replicas, manifest.name, layers, account, replica_account, tol, 2, max_rows)
             checked, failures = checked + costs.checked, failures + costs.failures
             made[(batch, new)] = (parts, job_s, commit_s, prompt, costs)
         parts, job_s, commit_s, prompt, costs = made[(batch, new)]
@@ -453,9 +458,10 @@ def main(argv: list[str] | None = None) -> int:
         "N greedy KV-cache decode steps through both stages (the coordinator's default `max_batch` is 8, the API's "
         "default `max_new_tokens` 32); shares are of the run's compute, worker commitments excluded. Now: each of "
         "the worker's sequences is drawn with probability p (per stage part), a drawn sequence is replayed once on a "
-        "replica as the market sends it (`verify_replay.chunk_replay`: an ordinary-looking batch-1 generation "
-        "session up to its last committed chunk, a prefill of a random prefix then one-token decode steps; on the "
-        "last stage every committed row is a decode step's last-token logits), with the replica's commitments and "
+        "replica as the market sends it (`verify_replay.chunk_replay`: an ordinary-looking batch-1 session up to "
+        "a random point 0..31 positions past its last committed chunk, one prefill answering every row - on the "
+        "last stage a prompt-scoring request, OpenAI `echo` + `logprobs`, at most "
+        f"{max_rows} rows - then 0..3 one-token decode steps), with the replica's commitments and "
         "signed answers, and every chunk of it is checked against that replay "
         "(`check_claim`: signatures, Merkle proof, the whole held tensor on stage 0, the market's seeded projections "
         "of the logits on the last stage). Before: the replaced policy (chunks drawn one by one at a rate from "
@@ -467,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| R x (B x P + N) | chunks / stage / run | worker | p now (per sequence) | p before (per chunk) "
         "| chunks checked per run now (mean of 100 draws) | run CPU s | worker commitments | every sequence replayed "
-        "| before | now | now, if a replay were one prefill (recognisable) |",
+        "| before | now | one prefill to the chunk's end, no decode steps (lower bound) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -501,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         'replicas), whatever the size of each job. New workers are checked at p >= 0.75 on purpose (the "new" row). '
         f"Replaying every sequence as the market sends it costs {default[13] / default[9]:.2f}x the default run, so "
         f"<= 5 % there allows p <= {p_star:.4f} (a target of N >= {n_star:,.0f} sequences), against the economic "
-        f"floor p_econ = {2 * sampling.economic_rate(econ, 3):.4f}; as one prefill it would cost "
+        f"floor p_econ = {2 * sampling.economic_rate(econ, 3):.4f}; as one prefill to the chunk's end (no random end, "
+        "no decode steps) it would cost "
         f"{sum(c for part in made[default[1], default[3]][4].prefill for c in part) / default[9]:.2f}x.",
         "",
         f"**Economics** (`DEFAULT_ECONOMICS`, GLB per 32-token chunk: pay R = {econ.reward}, the demo's 0.01 GLB per "

@@ -5,11 +5,12 @@ from position 0 past the chunk's end in a fresh session of the replica's own (`c
 row of every committed position of chunks 0..c: the session computes them anyway, so one replay checks them all
 (the sampling unit is a whole sequence, `market/verifier/sampling.py`). The rows need the whole prefix in the
 replica's KV cache, but not the batch it ran in. On the wire it is an ordinary
-generation of one prompt (docs/verification.md, "Replays look like work"): a fresh run-like session id and scope,
-a prefill of a randomly drawn prefix of the sequence (its left padding removed), then one-token decode steps; the
-last stage answers last-token logits per call as it always does. An honest replay differs from the worker's
-batched KV-cache decode by float drift only (calibrated: "prefix prefill + token-by-token KV decode" and
-"batched, padded", `market/verifier/calibrate.py`).
+request for one prompt (docs/verification.md, "Replays look like work"): a fresh run-like session id and scope,
+a prefill of the sequence (its left padding removed) up to a random point past the chunk, then a few one-token
+decode steps. On the last stage the prefill asks for every row's logits, as a prompt-scoring request does (OpenAI
+`echo` + `logprobs`, docs/openai.md), so the whole sequence costs one prefill rather than one batch-1 decode step
+per row. An honest replay differs from the worker's batched KV-cache decode by float drift only (calibrated:
+"prefix prefill + token-by-token KV decode" and "batched, padded", `market/verifier/calibrate.py`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class RecordedPart:
     layer_end: int
     calls: list[RecordedCall]  # in step order, each step once (a call sent again is recorded again)
     committed: list[int]  # positions whose output rows the worker returned (and committed to)
+    last_stage: bool = False  # the stage answers logits (its layers end the model)
 
 
 def load_part(session: Session, blobs: BlobStore, *, run_id: str, layer_start: int, worker: str) -> RecordedPart:
@@ -85,37 +87,54 @@ def load_part(session: Session, blobs: BlobStore, *, run_id: str, layer_start: i
             raise Conflict(f"stage records of {run_id}/{layer_start}: position {rec.first_position}, expected {seen}")
         seen += int(rec.tensors[0].shape[1])
         committed.extend([seen - 1] if rec.last_token_only else range(rec.first_position, seen))
+    # The route's hops end at the model's last layer; a run without a saved route tells by its last-token calls.
+    ends = [int(h["layers"][1]) for h in run.route or [] if isinstance(h, dict) and "layers" in h]
+    last_stage = rows[0].layer_end == max(ends) if ends else any(c.last_token_only for c in calls)
     return RecordedPart(
-        model=run.model, layer_start=layer_start, layer_end=rows[0].layer_end, calls=calls, committed=committed
+        model=run.model,
+        layer_start=layer_start,
+        layer_end=rows[0].layer_end,
+        calls=calls,
+        committed=committed,
+        last_stage=last_stage,
     )
 
 
 @dataclass(frozen=True)
 class ChunkReplay:
     """What a replica is sent to reproduce a sequence up to a chunk: one ordinary batch-1 session (a prompt
-    prefill, then one-token decode steps), and where the rows of chunks 0..c are in its answers."""
+    prefill answering every row, then a few one-token decode steps), and where the rows of chunks 0..c are in
+    its answers."""
 
     calls: list[RecordedCall]  # the session's forward calls, in order (step 0 = prefill, step k = decode)
     rows: list[tuple[int, int]]  # per compared position: (index into `calls`, row of that call's output)
     positions: list[int]  # the committed positions (the audited run's columns) those rows are at; padding excluded
-    last_token_only: bool  # the audited stage's answers (last stage: last-token logits, as in every ordinary call)
+    last_stage: bool  # the audited stage answers logits (decode steps: the last token's; the prefill: every row)
 
 
-MAX_PAD_DRAW = CHUNK_TOKENS  # prefill length and session end are drawn over a window of this many positions
+MAX_PAD_DRAW = CHUNK_TOKENS  # the session end is drawn over a window of this many positions past the chunk
+MAX_DECODE_STEPS = 3  # decode steps after the prefill: 0..3, as a scoring request with max_tokens 0..4 sends
 
 
-def chunk_replay(part: RecordedPart, chunk_index: int, rng: random.Random | None = None) -> ChunkReplay:
+def chunk_replay(
+    part: RecordedPart, chunk_index: int, rng: random.Random | None = None, *, max_prefill_rows: int | None = None
+) -> ChunkReplay:
     """The calls that reproduce sequence `chunk_index >> 32` of a recorded part up to the end of its chunk
     `chunk_index & 0xFFFFFFFF`, with the row of every committed position of chunks 0..c (padding excluded).
 
     Shaped like ordinary work on the wire (docs/verification.md, "Replays look like work"): the chunk's sequence
     alone with its left padding removed (a batch of 1 never has padding in ordinary work; padding rows are
     outputs at masked positions that no real token reads, so they are not compared), as a prefill of its first
-    `a` positions and one-token decode steps up to `b`, with the same `step`, `first_position`, positions and
-    `last_token_only` a generation of that prompt would send. `a` and `b` are drawn at random (unaligned with the
-    chunk grid, at least one decode step where the sequence allows) so neither the prompt length nor the session
-    length gives the replay away; on the last stage every compared row is a last-token row of a call, as in
-    ordinary decode (never a many-row logits answer)."""
+    `a` positions answering every row, then one-token decode steps up to `b`, with the same `step`,
+    `first_position`, positions and `last_token_only` the coordinator sends for that prompt. On the last stage
+    that is a prompt-scoring request (OpenAI `echo` + `logprobs` with `max_tokens` 0..4: a prefill with
+    `last_token_only` false, then decode steps answering the last token's logits). `b` is drawn at random past the
+    chunk's end where the sequence goes on, so the prompt length gives the replay away neither; the decode steps
+    are 0..3 (`MAX_DECODE_STEPS`): a scoring request's `max_tokens` is small, and each decode step costs a replica
+    about as much as a whole prefill of a short sequence (a batch-1 step on a CPU), so few keep a replay at
+    the price of one prefill. A last-stage prefill answers at most `max_prefill_rows` rows (the scoring bound,
+    `StageLimits.max_scoring_rows`): a longer sequence is prefilled up to it and decoded on from there, as a
+    scoring request of that many prompt tokens with a larger `max_tokens` would be."""
     rng = rng or random.SystemRandom()
     seq, pc = chunk_index >> 32, chunk_index & 0xFFFFFFFF
     batch = int(part.calls[0].tensors[0].shape[0]) if part.calls else 0
@@ -136,33 +155,24 @@ def chunk_replay(part: RecordedPart, chunk_index: int, rng: random.Random | None
     pad = int(real[0]) if len(real) else int(m_all.shape[1])
     if len(real) != m_all.shape[1] - pad:
         raise Conflict(f"sequence {seq} of {part.model} [{part.layer_start}, {part.layer_end}): padding not leading")
-    last_only = any(rec.last_token_only for rec in part.calls)
+    last = part.last_stage or any(rec.last_token_only for rec in part.calls)
     wanted = [p for p in positions if p >= pad]
     if not wanted:  # the chunk is padding only: nothing a replay could reproduce
-        return ChunkReplay([], [], [], last_only)
+        return ChunkReplay([], [], [], last)
     x_seq, p_seq = x_all[:, pad:], p_all[:, pad:]
     total = int(x_seq.shape[1])  # recorded positions of the sequence, padding removed
-    first, end = wanted[0] - pad, wanted[-1] + 1 - pad
-    # Session end b: past the chunk by a random 0..31 where the sequence goes on.
+    end = wanted[-1] + 1 - pad
+    # Session end b: past the chunk by a random 0..31 where the sequence goes on; prefill a: b less 0..3 decodes.
     b = min(total, end + rng.randrange(MAX_PAD_DRAW))
-    if last_only:  # each compared row must be a call's last row: prefill up to the first, decode the rest
-        a = max(1, first + 1 - rng.randrange(MAX_PAD_DRAW))
-    else:  # hidden states come back for every position: the chunk may sit inside the prefill
-        a = max(1, b - 1 - rng.randrange(MAX_PAD_DRAW))
-    if b > 1:
-        a = min(a, b - 1)  # at least one decode step, as an ordinary generation of more than one token has
-    calls = [RecordedCall(0, 0, last_only, [x_seq[:, :a].contiguous(), p_seq[:, :a].contiguous()])]
+    a = max(1, b - rng.randrange(MAX_DECODE_STEPS + 1))
+    if last and max_prefill_rows is not None:
+        a = max(1, min(a, max_prefill_rows))
+    calls = [RecordedCall(0, 0, False, [x_seq[:, :a].contiguous(), p_seq[:, :a].contiguous()])]
     for at in range(a, b):
         one = [x_seq[:, at : at + 1].contiguous(), p_seq[:, at : at + 1].contiguous()]
-        calls.append(RecordedCall(at - a + 1, at, last_only, one))
-    rows: list[tuple[int, int]] = []
-    for col in wanted:
-        at = col - pad
-        if at < a:
-            rows.append((0, 0 if last_only else at))  # last_only: at == a - 1 by the choice of a
-        else:
-            rows.append((at - a + 1, 0))
-    return ChunkReplay(calls, rows, wanted, last_only)
+        calls.append(RecordedCall(at - a + 1, at, last, one))
+    rows = [(0, at) if at < a else (at - a + 1, 0) for at in (col - pad for col in wanted)]
+    return ChunkReplay(calls, rows, wanted, last)
 
 
 def gather_rows(replay: ChunkReplay, outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -266,7 +276,9 @@ async def replay_on(
 
     Nothing on the wire links the replay to the audited run: one fresh run-like session id on every hop and each
     hop's scope built exactly like a real run's (keccak of that id, "<id>/stage/<first layer>", one fresh nonce);
-    inner hops of a chain get hidden states and answer every position, as inner hops of a route do."""
+    inner hops of a chain get hidden states and answer every position, as inner hops of a route do. Each call's
+    header has exactly the keys, and its tensors the shapes, that `PipelineRun` sends for an unpadded prompt of
+    one sequence (no mask); on the last stage the prefill asks for every row's logits, as a scoring request does."""
     if not replay.calls:
         raise Conflict("nothing to replay: the chunk is padding only")
     hops = _hop_links(links, model, layers, [replica] if isinstance(replica, str) else list(replica))

@@ -7,6 +7,7 @@
   chain snapshots are untouched).
 - `InProcessWorker`: a `WorkerDaemon` on its own thread and event loop (fast cases); the failover test runs
   `globai worker run` subprocesses instead.
+- `openai_client(market)`: the `openai` client on /openai/v1 with a key whose credit is funded.
 """
 
 from __future__ import annotations
@@ -266,6 +267,33 @@ class Requester:
                 if line:
                     events.append(json.loads(line))
         return events
+
+
+def openai_client(market: MarketServer, requester: str = "0x" + "5c" * 20) -> Any:
+    """The `openai` client on the market's /openai/v1 with a new API key of `requester`, whose credit is funded
+    (written as confirm-funding leaves it: no escrow deposit needed for serving)."""
+    from datetime import UTC, datetime, timedelta
+
+    import openai
+
+    from market.db.engine import make_session_factory
+    from market.services import api_keys, credits
+
+    engine = make_engine(market.settings.database_url)
+    now = datetime.now(UTC)
+    with make_session_factory(engine)() as session:
+        key = api_keys.create_key(
+            session, requester=requester, name="", spend_cap=None, rate_limit_per_min=600, now=now
+        )
+        job, _ = credits.create_credit(
+            session, requester=requester, amount=10**18, deadline=now + timedelta(days=2), fee_bps=200,
+            created_block=0, now=now,
+        )  # fmt: skip
+        job.status, job.funded_amount = "funded", 10**18
+        session.commit()
+        secret = key.key
+    engine.dispose()
+    return openai.OpenAI(base_url=f"{market.url}/openai/v1", api_key=secret, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")

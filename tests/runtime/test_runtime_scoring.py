@@ -6,7 +6,6 @@ text (streamed too), `max_tokens: 0` scores without generating, and the limits a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,40 +15,23 @@ import torch
 from eth_account.signers.local import LocalAccount
 
 from globai.models.reference import reference_logits
-from market.db.engine import make_engine, make_session_factory
-from market.services import api_keys, credits
-from tests.runtime.conftest import MODEL, InProcessWorker, MarketServer
+from tests.runtime.conftest import MODEL, InProcessWorker, MarketServer, openai_client
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 PROMPT = "Once upon a time"
-REQUESTER = "0x" + "5c" * 20
 
 
 @pytest.fixture(scope="module")
 def client(market: MarketServer, staked: list[LocalAccount], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The OpenAI client on a key whose credit is funded (written as confirm-funding leaves it), two workers."""
-    engine = make_engine(market.settings.database_url)
-    now = datetime.now(UTC)
-    with make_session_factory(engine)() as session:
-        key = api_keys.create_key(
-            session, requester=REQUESTER, name="", spend_cap=None, rate_limit_per_min=600, now=now
-        )
-        job, _ = credits.create_credit(
-            session, requester=REQUESTER, amount=10**18, deadline=now + timedelta(days=2), fee_bps=200,
-            created_block=0, now=now,
-        )  # fmt: skip
-        job.status, job.funded_amount = "funded", 10**18
-        session.commit()
-        secret = key.key
-    engine.dispose()
+    """The OpenAI client on a funded key, two workers serving the model's two halves."""
     cache = tmp_path_factory.mktemp("scoring")
     workers = [
         InProcessWorker.start(market, staked[i], layers, cache / str(i)) for i, layers in enumerate(["0:2", "2:4"])
     ]
     try:
         market.wait_workers(2, timeout=120)
-        yield openai.OpenAI(base_url=f"{market.url}/openai/v1", api_key=secret, max_retries=0, timeout=120)
+        yield openai_client(market)
     finally:
         for w in workers:
             w.stop()

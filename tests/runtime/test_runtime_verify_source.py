@@ -28,7 +28,7 @@ from market.db.migrate import upgrade
 from market.services.inference_source import InferenceWorkSource, MarketVerifierClient
 from market.verifier.compare import DEFAULT_TOLERANCES
 from market.verifier.disputes import ProjectedRows, check_claim
-from tests.runtime.conftest import MODEL, SECRET, InProcessWorker, MarketServer, Requester
+from tests.runtime.conftest import MODEL, SECRET, InProcessWorker, MarketServer, Requester, openai_client
 from tests.runtime.test_runtime_failover import wait_finished
 
 QUANTISED = MODEL + "-bf16-int4"
@@ -328,9 +328,10 @@ def session_signature(messages: list[Any], layers: tuple[int, int], num_layers: 
     Compared: op order (open, forward..., close); header key sets per op; the session id's format (a UUID4);
     the scope's keys, chain id, job id = keccak(session), task id = keccak("<session>/stage/<first layer>"),
     stage = first layer, a 32-byte nonce; per forward: `rid` an int, `step` 0, 1, 2, ... with `first_position` 0
-    then prefill length + step - 1, `last_token_only` = last stage, tensor count, dtypes and ranks, batch size,
-    whether a mask is sent (exactly when the batch is padded), positions as `generate` computes them (prefill) and
-    one past the last (decode), one token per decode step, at least one decode step."""
+    then prefill length + step - 1, `last_token_only` of the prefill and of the decode steps (on the last stage
+    true, or false for a scoring prefill; false elsewhere), tensor count, dtypes and ranks, batch size, whether a
+    mask is sent (exactly when the batch is padded), positions as `generate` computes them (prefill) and one past
+    the last (decode), one token per decode step, whether there is a decode step at all."""
     from eth_utils import keccak
 
     from globai.models.reference import prefill_positions
@@ -375,7 +376,11 @@ def session_signature(messages: list[Any], layers: tuple[int, int], num_layers: 
         scope_ok,
         frozenset(frozenset(m.header) for m in forwards),
         frozenset((type(m.header["rid"]).__name__, type(m.header["step"]).__name__) for m in forwards),
-        frozenset(m.header["last_token_only"] for m in forwards) == {layers[1] == num_layers},
+        (
+            layers[1] == num_layers,
+            first.header["last_token_only"],
+            frozenset(m.header["last_token_only"] for m in forwards[1:]),
+        ),
         frozenset(
             (len(m.tensors), tuple(str(t.dtype) for t in m.tensors), tuple(t.dim() for t in m.tensors))
             for m in forwards[1:]
@@ -396,8 +401,9 @@ def test_replays_look_like_ordinary_work_at_the_worker(
     staked: list[LocalAccount],
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    """Every message each worker receives is captured; sessions of ordinary runs (a padded batch of 2 and a single
-    prompt) and the verifier's replays of every committed chunk of both stages are reduced to
+    """Every message each worker receives is captured; sessions of ordinary runs (a padded batch of 2, a single
+    prompt, and prompt-scoring requests through the OpenAI API: echo + logprobs with max_tokens 0 and 3) and the
+    verifier's replays of every committed chunk of both stages (scoring runs included) are reduced to
     `session_signature`: each replay's signature is one that ordinary work also has, and every check passes."""
     from globai.protocol.tensors import decode_message
 
@@ -438,25 +444,36 @@ def test_replays_look_like_ordinary_work_at_the_worker(
         ]
         for run in runs:
             assert wait_finished(requester, run)["status"] == "completed"
+        api = openai_client(market)  # answers once the run's evidence is saved
+        scoring = []
+        for max_tokens in (0, 3):  # scoring: a prefill answering every row's logits, then 0 or 2 decode steps
+            scored = api.completions.create(
+                model=MODEL, prompt="Once upon a time " * 6, max_tokens=max_tokens, echo=True, logprobs=1
+            )
+            assert scored.choices[0].logprobs.token_logprobs[0] is None
+            scoring.append(scored.model_extra["globai"]["run_id"])
+        with Session(engine) as s:  # the API's runs belong to the credit's job
+            credit_job = s.get(JobRun, scoring[0]).job_id  # type: ignore[union-attr]
         job_id = record_job(engine, admin, MODEL, runs)
         source = work_source(market, admin, sessions)
         layers_of = {a.address: tuple(int(v) for v in spec.split(":")) for a, spec in layout.items()}
-        replayed, sequences = 0, set()
-        for part in source.parts(job_id):
-            replica = next(r for r in source.replicas(job_id, part) if r.address != part.worker)
+        replayed, sequences, scored_parts = 0, set(), 0
+        for jid, part in [(j, p) for j in (job_id, credit_job) for p in source.parts(j)]:
+            scored_parts += jid == credit_job
+            replica = next(r for r in source.replicas(jid, part) if r.address != part.worker)
             for chunk in part.chunk_indices:
-                signed, proof = source.commitment(job_id, part.work_key, chunk)
+                signed, proof = source.commitment(jid, part.work_key, chunk)
                 verdict = check_claim(
                     signed,
                     proof,
-                    source.replay(job_id, part, chunk, replica.address),
+                    source.replay(jid, part, chunk, replica.address),
                     DEFAULT_TOLERANCES[part.dtype],
                     k=DEFAULT_K,
                     expected_scope=part.scope,
                     chunk_index=chunk,
                     worker=part.worker,
                     signed_root=part.signed_root,
-                    held=source.held(job_id, part, chunk),
+                    held=source.held(jid, part, chunk),
                 )
                 assert verdict.ok, (part.layer_start, chunk, verdict)
                 replayed += 1
@@ -466,12 +483,12 @@ def test_replays_look_like_ordinary_work_at_the_worker(
             layers = layers_of[address]
             for session, messages in by_session.items():
                 sig = session_signature(messages, layers, 4)  # type: ignore[arg-type]
-                if session in runs:
+                if session in runs + scoring:
                     ordinary.add(sig)
                 else:
                     replays.append(sig)
         # One replay session per (part, sequence): it answers every chunk of that sequence.
-        assert len(replays) == len(sequences) and replayed > 10
+        assert len(replays) == len(sequences) and replayed > 10 and scored_parts == 4  # 2 scoring runs x 2 stages
         assert {sig[12] for sig in ordinary} == {True, False}  # padded and unpadded batches were both seen
         odd = [sig for sig in replays if sig not in ordinary]
         assert not odd, odd[:1]

@@ -6,10 +6,10 @@
   (`verify_replay.replica_chains`, each with its hops under `chain`, weighted by its weakest hop);
 - `POST /v1/verification/replay`: reproduce one worker's recorded stage calls of one sequence up to a chunk on a
   replica or a chain (`chain`: the hops' addresses) (a prefill session of that sequence past the chunk's end,
-  shaped like ordinary work, `verify_replay.chunk_replay`); the answer is a binary tensor message
-  (`globai.protocol.tensors`) holding the replica's rows [1, n, width], row i being the output at `positions[i]`
-  of its header (the committed positions of the sequence's chunks 0..c, padding excluded: one replay answers every
-  chunk of a sampled sequence);
+  shaped like ordinary work - on the last stage a prompt-scoring request - `verify_replay.chunk_replay`); the
+  answer is a binary tensor message (`globai.protocol.tensors`) holding the replica's rows [1, n, width], row i
+  being the output at `positions[i]` of its header (the committed positions of the sequence's chunks 0..c,
+  padding excluded: one replay answers every chunk of a sampled sequence);
   `sent_digest` (the digest the replica signed over the answer holding the first of them) and `sent_signature`
   (its signature, which the vault checks) are the evidence against a lying replica; `units` (token positions the
   replica ran through its stage) is what its replay is paid as work.
@@ -23,11 +23,13 @@ from typing import Annotated, Any
 import torch
 from fastapi import APIRouter, Query, Response
 
+from globai.protocol.pipeline import StageLimits
 from globai.protocol.tensors import encode_message
 from market.api.deps import AdminDep, CoordinatorDep, CtxDep
 from market.api.schemas.verification import ReplayIn
 from market.coordinator.links import WorkerLink
 from market.coordinator.verify_replay import chunk_replay, load_part, replay_on, replica_chains, replicas
+from market.domain_errors import NotFound
 from market.services import workers
 from market.services.verification import replica_weight
 
@@ -98,7 +100,11 @@ async def replay(body: ReplayIn, _admin: AdminDep, ctx: CtxDep) -> Response:
             )
 
     part = await asyncio.to_thread(load)
-    wanted = chunk_replay(part, body.chunk_index)
+    served = coordinator.catalog.get(part.model)
+    if served is None:
+        raise NotFound("model", part.model)
+    scoring_rows = StageLimits.for_manifest(served.manifest, max_batch=coordinator.config.max_batch).max_scoring_rows
+    wanted = chunk_replay(part, body.chunk_index, max_prefill_rows=scoring_rows)
     header: dict[str, Any] = {"op": "replay", "positions": wanted.positions, "layer_end": part.layer_end}
     rows = torch.empty(1, 0, 1)  # a chunk of padding only: nothing to reproduce (its rows are not compared)
     if wanted.calls:
