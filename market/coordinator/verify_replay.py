@@ -19,7 +19,7 @@ import random
 import secrets
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from sqlalchemy import select
@@ -30,7 +30,7 @@ from globai.protocol.commitments import CHUNK_TOKENS
 from globai.protocol.pipeline import scope_to_json
 from globai.protocol.scopes import stage_scope
 from globai.protocol.signing import UnsignedAnswer, check_sent
-from globai.protocol.tensors import decode_message, encode_message
+from globai.protocol.tensors import decode_message, encode_message, tensor_sha256
 from market.blobstore import BlobStore
 from market.coordinator.links import LinkRegistry, WorkerLink
 from market.coordinator.routing import plan_span
@@ -235,11 +235,30 @@ def replica_chains(
 
 
 @dataclass(frozen=True)
+class HopCall:
+    """One call of one hop of a replay: what the market sent it and what it answered, with its signed hash."""
+
+    call: RecordedCall  # its input hidden state and positions, as sent (`last_token_only` as this hop was asked)
+    output: torch.Tensor
+    sent_digest: bytes
+    sent_signature: bytes
+
+
+@dataclass(frozen=True)
+class ReplayHop:
+    address: str
+    layer_start: int
+    layer_end: int
+    calls: list[HopCall]
+
+
+@dataclass(frozen=True)
 class ReplayAnswer:
     output: torch.Tensor  # the chunk's rows [1, n, width], at `ChunkReplay.positions`
     sent_digest: bytes  # the `signing.sent_digest` the (last) replica signed over the answer that holds them
     sent_signature: bytes  # its signature over `sent_digest` (what the vault checks when it is slashed)
     session: str = ""  # the replay session's id: one paid replay, however many checks use its rows
+    hops: list[ReplayHop] = field(default_factory=list)  # what every hop got and answered (the transcript)
 
 
 def _hop_links(links: LinkRegistry, model: str, layers: tuple[int, int], replicas: Sequence[str]) -> list[WorkerLink]:
@@ -293,6 +312,7 @@ async def replay_on(
     outputs: list[torch.Tensor] = []
     signed: list[tuple[bytes, bytes]] = []
     opened: list[WorkerLink] = []
+    transcript = [ReplayHop(h.address, h.layer_start, h.layer_end, []) for h in hops]
     try:
         for hop, scope in zip(hops, scopes, strict=True):
             await call(hop, {"op": "open", "scope": scope_to_json(scope)}, [])
@@ -325,6 +345,8 @@ async def replay_on(
                 tokens = 1 if last_only else int(rec.tensors[0].shape[1])
                 if output.dim() != 3 or output.shape[0] != 1 or output.shape[1] != tokens:
                     raise Conflict(f"replica {hop.address}: answer of shape {list(output.shape)}")
+                sent = RecordedCall(rec.step, rec.first_position, last_only, [hidden, *rec.tensors[1:]])
+                transcript[i].calls.append(HopCall(sent, output, digest, signature))
                 hidden = output
             outputs.append(hidden)
             signed.append((digest, signature))
@@ -337,4 +359,110 @@ async def replay_on(
     rows = gather_rows(replay, outputs)
     # The evidence against a lying replica: its signed hash over the answer holding the chunk's first row.
     digest, signature = signed[replay.rows[0][0]]
-    return ReplayAnswer(rows, digest, signature, session)
+    return ReplayAnswer(rows, digest, signature, session, transcript)
+
+
+# --- a losing chain's hops, re-run one by one ------------------------------------------------------------------
+
+
+MAX_TRANSCRIPT_HOPS = 5  # three tensors per hop in one message of at most 16
+
+
+def encode_transcript(model: str, hops: Sequence[ReplayHop], *, last_stage: bool) -> bytes | None:
+    """A chain replay's transcript as one tensor message (kept in the blob store): per hop, the input hidden states
+    and positions of its calls and its answers, each concatenated along the tokens (the calls' lengths in the
+    header), with the signed hash of every answer. None for a chain too long to fit one message."""
+    if len(hops) > MAX_TRANSCRIPT_HOPS:
+        return None
+    header: dict[str, object] = {
+        "op": "transcript",
+        "model": model,
+        "last_stage": last_stage,  # the chain's span ends with the model (its last hop answers logits)
+        "hops": [
+            {
+                "address": h.address,
+                "layers": [h.layer_start, h.layer_end],
+                "calls": [
+                    {
+                        "step": c.call.step,
+                        "first_position": c.call.first_position,
+                        "last_token_only": c.call.last_token_only,
+                        "sent_digest": "0x" + c.sent_digest.hex(),
+                        "sent_signature": "0x" + c.sent_signature.hex(),
+                        "tokens": int(c.call.tensors[0].shape[1]),
+                        "rows": int(c.output.shape[1]),
+                    }
+                    for c in h.calls
+                ],
+            }
+            for h in hops
+        ],
+    }
+    tensors = [
+        torch.cat([c.call.tensors[k] if k < 2 else c.output for c in h.calls], dim=1).contiguous()
+        for h in hops
+        for k in range(3)
+    ]
+    return encode_message(header, tensors)
+
+
+@dataclass(frozen=True)
+class HopReplay:
+    """What re-runs one hop of a chain replay alone, and the hop's own signed answers to hold it to."""
+
+    model: str
+    address: str
+    layers: tuple[int, int]
+    replay: ChunkReplay  # the hop's calls, exactly as it got them; `rows`: every row it answered
+    claimed: torch.Tensor  # the hop's answers at those rows [n, width]
+    input_bound: bool  # every input it got was the previous hop's answer, byte for byte (hop 0: the audited input)
+    sent_digest: bytes  # its signed hash over the answer holding the first row: the evidence against it
+    sent_signature: bytes
+
+
+def hop_replay(raw: bytes, hop: int) -> HopReplay:
+    """Hop `hop` of an `encode_transcript` message, to re-run on an independent replica (`replay_on`)."""
+    message = decode_message(raw, max_bytes=MAX_BLOB_BYTES)
+    hops = message.header["hops"]
+    if not 0 <= hop < len(hops):
+        raise NotFound("hop", str(hop))
+    per_hop: list[list[HopCall]] = []
+    for n, h in enumerate(hops):
+        calls = []
+        xs, ps, ys = message.tensors[3 * n : 3 * n + 3]
+        at = answered = 0
+        for c in h["calls"]:
+            t, r = int(c["tokens"]), int(c["rows"])
+            x, pos, output = xs[:, at : at + t], ps[:, at : at + t], ys[:, answered : answered + r]
+            at, answered = at + t, answered + r
+            call = RecordedCall(int(c["step"]), int(c["first_position"]), bool(c["last_token_only"]), [x, pos])
+            digest, signature = bytes.fromhex(c["sent_digest"][2:]), bytes.fromhex(c["sent_signature"][2:])
+            calls.append(HopCall(call, output, digest, signature))
+        per_hop.append(calls)
+    mine = per_hop[hop]
+    before = per_hop[hop - 1] if hop > 0 else None
+    bound = before is None or (
+        len(before) == len(mine)
+        and all(tensor_sha256(a.output) == tensor_sha256(b.call.tensors[0]) for a, b in zip(before, mine, strict=True))
+    )
+    rows: list[tuple[int, int]] = []
+    positions: list[int] = []
+    for i, c in enumerate(mine):
+        tokens = int(c.call.tensors[0].shape[1])
+        first = tokens - 1 if c.call.last_token_only else 0
+        rows.extend((i, r - first) for r in range(first, tokens))
+        positions.extend(c.call.first_position + r for r in range(first, tokens))
+    last_stage = bool(message.header.get("last_stage")) and hop == len(hops) - 1
+    replay = ChunkReplay([c.call for c in mine], rows, positions, last_stage)
+    claimed = gather_rows(replay, [c.output for c in mine])[0]
+    start, end = hops[hop]["layers"]
+    return HopReplay(
+        str(message.header["model"]),
+        str(hops[hop]["address"]),
+        (int(start), int(end)),
+        replay,
+        claimed,
+        bound,
+        mine[0].sent_digest,
+        mine[0].sent_signature,
+    )

@@ -34,7 +34,7 @@ from globai.protocol import merkle
 from globai.protocol.commitments import SignedCommitment, SignedRoot, tensor_sha256
 from globai.protocol.scopes import stage_scope
 from globai.protocol.signing import ChunkScope, sent_digest, verify_signer
-from globai.protocol.tensors import decode_message
+from globai.protocol.tensors import Message, decode_message
 from market.blobstore import BlobNotFound, BlobStore
 from market.coordinator.verify_replay import with_claimed_padding
 from market.db import JobRun, Worker
@@ -121,29 +121,43 @@ class MarketVerifierClient:
     ) -> tuple[torch.Tensor, list[int], ReplayReceipt]:
         """(the replica's rows of the chunk [n, width], the committed positions they are at (padding excluded),
         its receipt: the digest it signed over the answer holding them, its signature, the positions it ran)."""
-        hops = replica.split("+")  # a chain replica: its hops' addresses in layer order
-        body: dict[str, Any] = {
-            "run_id": run_id,
-            "layer_start": layer_start,
-            "worker": worker,
-            "replica": hops[0],
-            "chunk_index": chunk_index,
-        }
-        if len(hops) > 1:
-            body["chain"] = hops
-        try:
-            raw = self._request("POST", "/v1/verification/replay", json=body).content
-        except MarketError as exc:
-            raise ReplicaUnavailable(str(exc)) from None
-        message = decode_message(raw, max_bytes=MAX_REPLAY_BYTES)
+        body = {"run_id": run_id, "layer_start": layer_start, "worker": worker, "chunk_index": chunk_index}
+        message = self._on_replica("/v1/verification/replay", body, replica)
         receipt = ReplayReceipt(
             str(message.header.get("sent_digest") or ""),
             str(message.header.get("sent_signature") or ""),
             int(message.header.get("units") or 0),
             str(message.header.get("replay_id") or ""),
+            str(message.header.get("transcript") or ""),
         )
         positions = [int(p) for p in message.header.get("positions") or []]
         return message.tensors[0][0], positions, receipt
+
+    def _on_replica(self, path: str, body: dict[str, Any], replica: str) -> Message:
+        """POST `body` naming `replica` (an address, or a chain's addresses joined by "+", in layer order); the
+        market's binary answer."""
+        hops = replica.split("+")
+        body = {**body, "replica": hops[0], **({"chain": hops} if len(hops) > 1 else {})}
+        try:
+            raw = self._request("POST", path, json=body).content
+        except MarketError as exc:
+            raise ReplicaUnavailable(str(exc)) from None
+        return decode_message(raw, max_bytes=MAX_REPLAY_BYTES)
+
+    def rerun(self, transcript: str, hop: int, replica: str) -> HopRerun:
+        """Hop `hop` of a chain replay's transcript re-run alone on `replica` (an address, or a chain's joined by
+        "+"): the hop's own answers and the replica's, at the same rows."""
+        message = self._on_replica("/v1/verification/rerun", {"transcript": transcript, "hop": hop}, replica)
+        h = message.header
+        return HopRerun(
+            claimed=message.tensors[0],
+            rerun=message.tensors[1][0],
+            input_bound=bool(h.get("input_bound")),
+            digest=str(h.get("sent_digest") or ""),
+            signature=str(h.get("sent_signature") or ""),
+            units=int(h.get("units") or 0),
+            replay_id=str(h.get("replay_id") or ""),
+        )
 
 
 class InferenceWorkSource:
@@ -355,9 +369,7 @@ class InferenceWorkSource:
         return self._sequence_replay(part, chunk_index, replica)[2]
 
     def rerun_hop(self, job_id: str, part: ClaimedPart, transcript: str, hop: int, replica: str) -> HopRerun:
-        # Chain replays through the market keep no per-hop transcript yet (their receipts carry none), so no
-        # localisation check is ever opened for them (docs/settlement.md, "A losing chain is localised").
-        raise ReplicaUnavailable(f"no per-hop transcript {transcript!r} kept by the market")
+        return self.client.rerun(transcript, hop, replica)
 
     def held(self, job_id: str, part: ClaimedPart, chunk_index: int) -> torch.Tensor | ProjectedRows | None:
         if self.blobs is None:

@@ -46,7 +46,13 @@ from market.scheduler.reputation import reputation
 from market.services.workers import record_outcome, worker_reputation
 from market.settlement.payout import PAID, UNPAID_FAULTY, UNPAID_SLASHED, UNPAID_UNCHECKED
 from market.verifier import sampling
-from market.verifier.compare import DEFAULT_TOLERANCES, Tolerance, compare_hidden_states, shipped_model_tolerances
+from market.verifier.compare import (
+    DEFAULT_TOLERANCES,
+    Tolerance,
+    Verdict,
+    compare_hidden_states,
+    shipped_model_tolerances,
+)
 from market.verifier.disputes import (
     FAULTY,
     GUILTY,
@@ -596,6 +602,18 @@ def run_check(
     return job_id, opened
 
 
+def judge_rerun(rerun: HopRerun, tol: Tolerance) -> Verdict | None:
+    """The hop's signed answer against the independent re-run of its input, chunk by chunk as every claim is
+    compared (the first chunk that disagrees decides); None when there are no matching rows to compare."""
+    if rerun.claimed.shape != rerun.rerun.shape or not rerun.claimed.shape[0]:
+        return None
+    verdicts = [
+        compare_hidden_states(rerun.claimed[at : at + CHUNK_TOKENS], rerun.rerun[at : at + CHUNK_TOKENS], tol)
+        for at in range(0, rerun.claimed.shape[0], CHUNK_TOKENS)
+    ]
+    return next((v for v in verdicts if not v.ok), verdicts[-1])
+
+
 def _rerun_hop(
     session: Session, source: WorkSource, cfg: VerifierConfig, check: VerificationCheck, replica: str, *, now: datetime
 ) -> None:
@@ -610,20 +628,14 @@ def _rerun_hop(
     if part is None:
         raise NotFound("work part", work_key)
     rerun = source.rerun_hop(job_id, part, str(metrics["transcript"]), int(metrics["hop_index"]), replica)
-    tol = cfg.tolerance(part.model, part.dtype)
-    # Chunk by chunk, as every claim is compared: the first chunk that disagrees decides.
-    verdicts = [
-        compare_hidden_states(rerun.claimed[at : at + CHUNK_TOKENS], rerun.rerun[at : at + CHUNK_TOKENS], tol)
-        for at in range(0, rerun.claimed.shape[0], CHUNK_TOKENS)
-    ]
-    verdict = next((v for v in verdicts if not v.ok), verdicts[-1] if verdicts else None)
+    verdict = judge_rerun(rerun, cfg.tolerance(part.model, part.dtype))
     check = session.get(VerificationCheck, check_id)  # type: ignore[assignment]
     if check is None or check.status != "pending":
         session.commit()
         return
     if not rerun.input_bound:
         check.status, check.reason = "void", "input_not_bound"
-    elif verdict is None or rerun.claimed.shape != rerun.rerun.shape:
+    elif verdict is None:
         check.status, check.reason = "void", "rerun_shape"  # no rows to hold the hop to
     else:
         check.status, check.reason = ("pass" if verdict.ok else "fail"), verdict.reason[:128]

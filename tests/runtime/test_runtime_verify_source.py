@@ -118,16 +118,36 @@ def work_source(market: MarketServer, admin: LocalAccount, sessions: Any) -> Inf
     )
 
 
-def route_through(coordinator: Any, primary: str, standby: str) -> None:
-    """Every route from now on: the whole model on `primary`, `standby` its standby (the planner still runs)."""
+def check_replayed(source: InferenceWorkSource, job_id: str, part: Any, chunk: int, replica: str) -> Any:
+    """The verifier's check of one committed chunk against `replica`'s replay (the whole tensor or projections the
+    market kept), at the dtype's default tolerance."""
+    signed, proof = source.commitment(job_id, part.work_key, chunk)
+    return check_claim(
+        signed,
+        proof,
+        source.replay(job_id, part, chunk, replica),
+        DEFAULT_TOLERANCES[part.dtype],
+        k=DEFAULT_K,
+        expected_scope=part.scope,
+        chunk_index=chunk,
+        worker=part.worker,
+        signed_root=part.signed_root,
+        held=source.held(job_id, part, chunk),
+    )
+
+
+def route_through(coordinator: Any, primary: str, *standbys: str) -> Any:
+    """Every route from now on: the whole model on `primary`, `standbys` its standbys (the planner still runs).
+    Returns the original planner."""
     original = coordinator.plan
 
     def plan(served):  # type: ignore[no-untyped-def]
         live = {lnk.address: lnk for lnk in coordinator.links.live()}
         original(served)
-        return [(live[primary], [live[standby]])]
+        return [(live[primary], [live[s] for s in standbys])]
 
     coordinator.plan = plan
+    return original
 
 
 @pytest.mark.parametrize("admin_market", [MODEL, QUANTISED], indirect=True)
@@ -462,19 +482,7 @@ def test_replays_look_like_ordinary_work_at_the_worker(
             scored_parts += jid == credit_job
             replica = next(r for r in source.replicas(jid, part) if r.address != part.worker)
             for chunk in part.chunk_indices:
-                signed, proof = source.commitment(jid, part.work_key, chunk)
-                verdict = check_claim(
-                    signed,
-                    proof,
-                    source.replay(jid, part, chunk, replica.address),
-                    DEFAULT_TOLERANCES[part.dtype],
-                    k=DEFAULT_K,
-                    expected_scope=part.scope,
-                    chunk_index=chunk,
-                    worker=part.worker,
-                    signed_root=part.signed_root,
-                    held=source.held(jid, part, chunk),
-                )
+                verdict = check_replayed(source, jid, part, chunk, replica.address)
                 assert verdict.ok, (part.layer_start, chunk, verdict)
                 replayed += 1
                 sequences.add((part.work_key, chunk >> 32))
@@ -560,21 +568,8 @@ def test_span_no_replica_serves_whole_is_replayed_through_a_chain(
         (chain,) = [r for r in pool if r.chain]
         assert [(h[0], h[2], h[3]) for h in chain.chain] == [(first.address, 0, 2), (second.address, 2, 4)]
         for chunk in part.chunk_indices:
-            signed, proof = source.commitment(job_id, part.work_key, chunk)
-            held = source.held(job_id, part, chunk)
-            assert isinstance(held, ProjectedRows)
-            verdict = check_claim(
-                signed,
-                proof,
-                source.replay(job_id, part, chunk, chain.ident),
-                DEFAULT_TOLERANCES[part.dtype],
-                k=DEFAULT_K,
-                expected_scope=part.scope,
-                chunk_index=chunk,
-                worker=part.worker,
-                signed_root=part.signed_root,
-                held=held,
-            )
+            assert isinstance(source.held(job_id, part, chunk), ProjectedRows)
+            verdict = check_replayed(source, job_id, part, chunk, chain.ident)
             assert verdict.ok, (chunk, verdict)
             receipt = source.replay_evidence(job_id, part, chunk, chain.ident)
             assert receipt.units > 0 and receipt.digest == ""  # a chain's answer is evidence against no single hop
@@ -598,6 +593,63 @@ def test_span_no_replica_serves_whole_is_replayed_through_a_chain(
             assert time.monotonic() < gone
             time.sleep(0.05)
         assert [r.address for r in source.replicas(job_id, part)] == [whole.address]
+    finally:
+        for w in workers:
+            w.stop()
+        engine.dispose()
+
+
+def test_lying_hop_of_a_chain_replay_is_convicted_by_its_own_signed_answer(
+    admin_market,
+    staked: list[LocalAccount],
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """The audited worker serves [0, 4) alone; chains of half-range workers replay it. A first-half worker answers
+    x1.10 (the `noise` cheat). The chain through it fails the honest claim; its replay answer names a transcript
+    (every hop's input and signed answer), and `/v1/verification/rerun` re-runs each hop alone on an independent
+    half-range worker with exactly the input it got: the liar's signed answer is contradicted (and its signature
+    over it recovers to it: slashable evidence), its honest partner, fed the liar's answer, is reproduced."""
+    import dataclasses
+
+    from globai.protocol.signing import verify_signer
+    from market.services.verification import judge_rerun
+    from worker.runtime.cheats import apply_cheat
+
+    market, admin = admin_market
+    whole, liar, other_first, second, other_second = staked[:5]
+    layout = {whole: "0:4", liar: "0:2", other_first: "0:2", second: "2:4", other_second: "2:4"}
+    workers = [InProcessWorker.start(market, a, spec, tmp_path / f"c{i}") for i, (a, spec) in enumerate(layout.items())]
+    engine = make_engine(market.settings.database_url)
+    sessions = make_session_factory(engine)
+    try:
+        market.wait_workers(5, timeout=120)
+        apply_cheat(workers[1].daemon.server, "noise:0")  # admitted: lies from now on
+        coordinator = market.coordinator
+        original = route_through(coordinator, whole.address)
+        requester = Requester(market, Account.from_key(b"\x7b" * 32))
+        done = requester.generate([[5, 9, 11, 3] * 9], max_new_tokens=8)
+        assert wait_finished(requester, done["id"])["status"] == "completed"
+        coordinator.plan = original
+        job_id = record_job(engine, admin, MODEL, [done["id"]])
+        source = work_source(market, admin, sessions)
+        (part,) = source.parts(job_id)
+        chain = next(r for r in source.replicas(job_id, part) if r.chain and r.chain[0][0] == liar.address)
+        partner = chain.chain[1][0]
+        chunk = part.chunk_indices[0]
+        assert not check_replayed(source, job_id, part, chunk, chain.ident).ok  # the lying chain fails the honest claim
+        receipt = source.replay_evidence(job_id, part, chunk, chain.ident)
+        assert receipt.digest == "" and len(receipt.transcript) == 64
+        tol = DEFAULT_TOLERANCES[part.dtype]
+        for hop, (address, lo, hi) in enumerate((h[0], h[2], h[3]) for h in chain.chain):
+            sub = dataclasses.replace(part, worker=address, layer_start=lo, layer_end=hi, stage=lo)
+            (independent,) = [
+                r for r in source.replicas(job_id, sub) if not r.chain and r.address not in (liar.address, partner)
+            ]
+            rerun = source.rerun_hop(job_id, part, receipt.transcript, hop, independent.address)
+            assert rerun.input_bound and rerun.units > 0 and UUID4.match(rerun.replay_id)
+            assert verify_signer(bytes.fromhex(rerun.digest[2:]), bytes.fromhex(rerun.signature[2:]), address)
+            judged = judge_rerun(rerun, tol)
+            assert judged is not None and judged.ok == (address != liar.address), (hop, judged)
     finally:
         for w in workers:
             w.stop()

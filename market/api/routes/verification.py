@@ -12,7 +12,12 @@
   padding excluded: one replay answers every chunk of a sampled sequence);
   `sent_digest` (the digest the replica signed over the answer holding the first of them) and `sent_signature`
   (its signature, which the vault checks) are the evidence against a lying replica; `units` (token positions the
-  replica ran through its stage) is what its replay is paid as work.
+  replica ran through its stage) is what its replay is paid as work. A chain's answer names its `transcript` (a
+  blob: every hop's input and signed answer, `verify_replay.encode_transcript`);
+- `POST /v1/verification/rerun`: re-run one hop of such a transcript alone on an independent replica (or chain)
+  with exactly the input that hop got (`verify_replay.hop_replay`); the answer holds the hop's own answers
+  [n, width] and the replica's [1, n, width] at the same rows, `input_bound`, the hop's `sent_digest` and
+  `sent_signature` (the evidence if it lied), `units` and `replay_id` (the re-run, paid as a replay).
 """
 
 from __future__ import annotations
@@ -26,9 +31,18 @@ from fastapi import APIRouter, Query, Response
 from globai.protocol.pipeline import StageLimits
 from globai.protocol.tensors import encode_message
 from market.api.deps import AdminDep, CoordinatorDep, CtxDep
-from market.api.schemas.verification import ReplayIn
+from market.api.schemas.verification import ReplayIn, RerunIn
+from market.blobstore import BlobNotFound
 from market.coordinator.links import WorkerLink
-from market.coordinator.verify_replay import chunk_replay, load_part, replay_on, replica_chains, replicas
+from market.coordinator.verify_replay import (
+    chunk_replay,
+    encode_transcript,
+    hop_replay,
+    load_part,
+    replay_on,
+    replica_chains,
+    replicas,
+)
 from market.domain_errors import NotFound
 from market.services import workers
 from market.services.verification import replica_weight
@@ -123,5 +137,38 @@ async def replay(body: ReplayIn, _admin: AdminDep, ctx: CtxDep) -> Response:
         if not body.chain:  # a chain's last hop signed rows computed from the others' outputs: not its fault alone
             header["sent_digest"] = "0x" + answer.sent_digest.hex()
             header["sent_signature"] = "0x" + answer.sent_signature.hex()
+        else:  # but every hop signed its own answer: kept, to re-run each hop alone if the chain loses
+            transcript = encode_transcript(part.model, answer.hops, last_stage=wanted.last_stage)
+            if transcript is not None:
+                header["transcript"] = await asyncio.to_thread(coordinator.blobs.put, transcript)
     raw = encode_message(header, [rows])
     return Response(content=raw, media_type="application/octet-stream")
+
+
+@router.post("/rerun")
+async def rerun(body: RerunIn, _admin: AdminDep, ctx: CtxDep) -> Response:
+    coordinator = ctx.coordinator
+    try:
+        raw = await asyncio.to_thread(coordinator.blobs.get, body.transcript)
+    except BlobNotFound:
+        raise NotFound("replay transcript", body.transcript) from None
+    hop = await asyncio.to_thread(hop_replay, raw, body.hop)
+    answer = await replay_on(
+        coordinator.links,
+        hop.model,
+        hop.layers,
+        hop.replay,
+        replica=body.chain or body.replica,
+        chain_id=coordinator.config.chain_id,
+        timeout=coordinator.config.call_timeout_s,
+    )
+    header = {
+        "op": "rerun",
+        "address": hop.address,
+        "input_bound": hop.input_bound,
+        "sent_digest": "0x" + hop.sent_digest.hex(),
+        "sent_signature": "0x" + hop.sent_signature.hex(),
+        "units": sum(int(c.tensors[0].shape[1]) for c in hop.replay.calls),
+        "replay_id": answer.session,
+    }
+    return Response(content=encode_message(header, [hop.claimed, answer.output]), media_type="application/octet-stream")

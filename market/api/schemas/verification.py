@@ -17,3 +17,13 @@ class ReplayIn(BaseModel):
     chunk_index: int = Field(ge=0, lt=1 << 64)  # sequence << 32 | position chunk: the one chunk to reproduce
     # A chain replica: the hops' addresses in layer order (`replica` is the first); their ranges must tile the part's.
     chain: list[Address] | None = Field(default=None, min_length=2, max_length=16)
+
+
+class RerunIn(BaseModel):
+    """Re-run one hop of a chain replay alone (the chain lost its 2-of-3): `transcript` is the replay's transcript
+    blob (its answer's `transcript` header), `hop` the hop's index in it."""
+
+    transcript: str = Field(pattern=r"^[0-9a-f]{64}$")
+    hop: int = Field(ge=0, lt=16)
+    replica: Address
+    chain: list[Address] | None = Field(default=None, min_length=2, max_length=16)
