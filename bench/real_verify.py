@@ -9,7 +9,7 @@ chat prompts (different lengths, rendered with the model's template) through two
 (`run_pipeline_local`, the coordinator's driver), at `--worker-threads` torch threads. The verifier's replay of a
 chunk is what `market/coordinator/verify_replay.py` sends a replica (`chunk_replay`): the chunk's sequence alone,
 its recorded calls concatenated into one prefill answering every row (the last stage: every row's logits, as a
-prompt-scoring request) up to a random point past the chunk's end, then 0..3 one-token decode steps, in a fresh
+prompt-scoring request) up to a random point past the chunk's end, then 0..1 one-token decode steps, in a fresh
 session, here at `--replica-threads`. Every committed chunk
 (32 positions of hidden states on the first stage; the last-token logits rows on the last stage) is judged with
 the model's shipped tolerance (`market/verifier/tolerances/`) from the worker's sketch as committed (version 2,
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "end-of-sequence token is fed the pad id, as the coordinator does) at "
         f"{args.worker_threads} thread(s); the verifier's replay of a chunk is a prefill of that sequence alone "
         "answering every row (logits on the last stage, as a prompt-scoring request) up to a random point past the "
-        "chunk's end, then 0..3 one-token decode steps, in a fresh session at "
+        "chunk's end, then 0..1 one-token decode steps, in a fresh session at "
         f"{args.replica_threads} threads (`verify_replay.chunk_replay`, what the market asks a replica). "
         "Every committed chunk of both stages is judged with the model's shipped tolerance "
         "(`market/verifier/tolerances/`): from the sketch as committed (version 2, k = 1: top-1 and a projection "

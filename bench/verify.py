@@ -11,7 +11,7 @@ Measured in one process, process CPU time, torch threads as given:
    sequence what the market does (`market/coordinator/verify_replay.chunk_replay`): an ordinary-looking batch-1
    session of that sequence on the replica up to a random point past its last committed chunk (one prefill
    answering every row - on the last stage a prompt-scoring request's logits, OpenAI `echo` + `logprobs` - then
-   0..3 one-token decode steps; the prefill bounded by `StageLimits.max_scoring_rows` on the last stage) with its
+   0..1 one-token decode steps; the prefill bounded by `StageLimits.max_scoring_rows` on the last stage) with its
    own commitments and signed answers, and the verifier's check of every chunk of the sequence against that one
    replay (`check_claim`: signatures, Merkle proof, whole held tensor on the hidden-state stage, the market's
    seeded projections on the logits); side by side, the same sequence as one prefill up to the chunk's end with
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "replica as the market sends it (`verify_replay.chunk_replay`: an ordinary-looking batch-1 session up to "
         "a random point 0..31 positions past its last committed chunk, one prefill answering every row - on the "
         "last stage a prompt-scoring request, OpenAI `echo` + `logprobs`, at most "
-        f"{max_rows} rows - then 0..3 one-token decode steps), with the replica's commitments and "
+        f"{max_rows} rows - then 0..1 one-token decode steps), with the replica's commitments and "
         "signed answers, and every chunk of it is checked against that replay "
         "(`check_claim`: signatures, Merkle proof, the whole held tensor on stage 0, the market's seeded projections "
         "of the logits on the last stage). Before: the replaced policy (chunks drawn one by one at a rate from "

@@ -113,7 +113,7 @@ class ChunkReplay:
 
 
 MAX_PAD_DRAW = CHUNK_TOKENS  # the session end is drawn over a window of this many positions past the chunk
-MAX_DECODE_STEPS = 3  # decode steps after the prefill: 0..3, as a scoring request with max_tokens 0..4 sends
+MAX_DECODE_STEPS = 1  # decode steps after the prefill: 0..1, as a scoring request with max_tokens 0..2 sends
 
 
 def chunk_replay(
@@ -127,12 +127,13 @@ def chunk_replay(
     outputs at masked positions that no real token reads, so they are not compared), as a prefill of its first
     `a` positions answering every row, then one-token decode steps up to `b`, with the same `step`,
     `first_position`, positions and `last_token_only` the coordinator sends for that prompt. On the last stage
-    that is a prompt-scoring request (OpenAI `echo` + `logprobs` with `max_tokens` 0..4: a prefill with
+    that is a prompt-scoring request (OpenAI `echo` + `logprobs` with `max_tokens` 0..2: a prefill with
     `last_token_only` false, then decode steps answering the last token's logits). `b` is drawn at random past the
     chunk's end where the sequence goes on, so the prompt length gives the replay away neither; the decode steps
-    are 0..3 (`MAX_DECODE_STEPS`): a scoring request's `max_tokens` is small, and each decode step costs a replica
-    about as much as a whole prefill of a short sequence (a batch-1 step on a CPU), so few keep a replay at
-    the price of one prefill. A last-stage prefill answers at most `max_prefill_rows` rows (the scoring bound,
+    are 0..1 (`MAX_DECODE_STEPS`): pure scoring requests (an evaluation harness's) ask `max_tokens` 0 or 1, and
+    each batch-1 decode step costs a replica a sizeable share of the whole prefill of a short sequence on a CPU
+    (the default job's verification share is at the 5 % goal's edge: BENCHMARKS.md, "Verification").
+    A last-stage prefill answers at most `max_prefill_rows` rows (the scoring bound,
     `StageLimits.max_scoring_rows`): a longer sequence is prefilled up to it and decoded on from there, as a
     scoring request of that many prompt tokens with a larger `max_tokens` would be."""
     rng = rng or random.SystemRandom()
@@ -162,7 +163,7 @@ def chunk_replay(
     x_seq, p_seq = x_all[:, pad:], p_all[:, pad:]
     total = int(x_seq.shape[1])  # recorded positions of the sequence, padding removed
     end = wanted[-1] + 1 - pad
-    # Session end b: past the chunk by a random 0..31 where the sequence goes on; prefill a: b less 0..3 decodes.
+    # Session end b: past the chunk by a random 0..31 where the sequence goes on; prefill a: b less 0..1 decodes.
     b = min(total, end + rng.randrange(MAX_PAD_DRAW))
     a = max(1, b - rng.randrange(MAX_DECODE_STEPS + 1))
     if last and max_prefill_rows is not None:

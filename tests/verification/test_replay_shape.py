@@ -1,5 +1,5 @@
 """`verify_replay.chunk_replay` (pure): a replay is one ordinary batch-1 session on the wire (a prompt prefill
-answering every row - on the last stage a prompt-scoring request's - then 0..3 one-token decode steps, no padding,
+answering every row - on the last stage a prompt-scoring request's - then 0..1 one-token decode steps, no padding,
 no mask), and its answers' rows are the audited sequence's rows of chunks 0..c at the right positions (one replay
 checks them all)."""
 
@@ -114,7 +114,7 @@ def test_replay_is_an_ordinary_session_and_its_rows_are_the_chunks(
                 for i, p in enumerate(committed):
                     want = x[seq, p] if p >= pad else claimed[i]
                     assert torch.equal(full[i], want)
-    # Neither the prompt length nor the session length follows the chunk grid; every decode count 0..3 occurs.
+    # Neither the prompt length nor the session length follows the chunk grid; every decode count 0..1 occurs.
     # (With a small prefill bound on the last stage many prefills stop at the bound.)
     assert len(session_lengths) > 16 and (len(prefill_lengths) > 16 or (last and max_rows is not None))
     assert decodes == set(range(MAX_DECODE_STEPS + 1))
